@@ -96,6 +96,7 @@ def ingest(
             detected_units.add(unit)
         part["split"] = np.full(len(part["ts_exact"]), 1 if fi >= n_train_files else 0, np.int8)
         parts.append(part)
+        del table  # the typed arrays are all that is needed from here on
         bad_parts.extend([bad, bad2])
     quarantine = pd.concat(bad_parts, ignore_index=True) if bad_parts else _empty_quarantine()
     quarantine = quarantine.sort_values(["file", "row"], kind="stable", ignore_index=True)
@@ -118,6 +119,7 @@ def ingest(
         )
 
     raw = _concat(parts)
+    del parts
     if event_types and columns.event_type:
         keep = np.isin(raw.pop("event_type"), event_types)
         stats["filtered_event_type"] = int((~keep).sum())
@@ -127,26 +129,29 @@ def ingest(
         raise IngestError(f"no valid events left in {', '.join(map(str, files))}")
 
     item_codes, item_ids = pd.factorize(raw.pop("item_raw"), sort=False)
-    events = {"item": item_codes.astype(np.int32)}
+    item_codes = item_codes.astype(np.int32)
+    events: dict[str, np.ndarray] = {}
     if "user_raw" in raw:
-        u = raw.pop("user_raw")
-        ucodes, _ = pd.factorize(u, sort=False, use_na_sentinel=True)
+        ucodes, _ = pd.factorize(raw.pop("user_raw"), sort=False, use_na_sentinel=True)
         events["user"] = ucodes.astype(np.int32)
     else:
         events["user"] = np.full(len(item_codes), -1, np.int32)
+    events["item"] = item_codes.astype(np.int32)
     if "session_raw" in raw:
         scodes, _ = pd.factorize(raw.pop("session_raw"), sort=False)
         events["session"] = scodes.astype(np.int64)
     ts_exact = raw["ts_exact"]
-    events.update(ts=np.floor(ts_exact).astype(np.int64), row=raw["row"], file=raw["file"],
-                  split=raw["split"])
-    df = pd.DataFrame(events)
-    df = df[["user", "item", "ts", *(["session"] if "session" in df else []), "row", "file",
-             "split"]]
+    events["ts"] = np.floor(ts_exact).astype(np.int64)
+    if "session" in events:
+        events["session"] = events.pop("session")  # column order of the data contract
+    events.update(row=raw["row"], file=raw["file"], split=raw["split"])
+    df = pd.DataFrame(events, copy=False)
+    del events
 
     stats["duplicates"] = 0
     if drop_duplicates:
         dup = _duplicated(df, ts_exact)
+        del ts_exact
         stats["duplicates"] = int(dup.sum())
         if stats["duplicates"]:
             df = df.loc[~dup].reset_index(drop=True)
@@ -294,10 +299,14 @@ def _parse(
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame, str | None]:
     """Typed arrays of one file's valid rows, the rows that failed, and the detected ts unit."""
     n = table.num_rows
-    reasons = np.full(n, None, dtype=object)
+    # reason code per row (0 = good); the first reason found wins
+    code = np.zeros(n, np.int8)
+    reason_text = [""]
 
     def mark(mask: np.ndarray, reason: str) -> None:
-        reasons[mask & (reasons == None)] = reason  # noqa: E711 - elementwise
+        if mask.any():
+            reason_text.append(reason)
+            code[mask & (code == 0)] = len(reason_text) - 1
 
     item = _ids(table.column(columns.item))
     mark(_null_mask(item), f"empty item id (column {columns.item})")
@@ -319,7 +328,7 @@ def _parse(
     if columns.event_type:
         out["event_type"] = table.column(columns.event_type).to_numpy(zero_copy_only=False)
     row = table.column("__row").to_numpy()
-    bad = reasons != None  # noqa: E711
+    bad = code > 0
     quarantine = _empty_quarantine()
     if bad.any():
         idx = np.flatnonzero(bad)
@@ -328,13 +337,16 @@ def _parse(
             "; ".join(f"{c}={table.column(c)[int(i)].as_py()!r}" for c in raw_cols) for i in idx
         ]
         quarantine = pd.DataFrame(
-            {"file": str(path), "row": row[idx], "raw": raw, "reason": reasons[idx].astype(str)}
+            {"file": str(path), "row": row[idx], "raw": raw,
+             "reason": np.array(reason_text, dtype=object)[code[idx]]}
         )
     keep = ~bad
-    out = {k: v[keep] for k, v in out.items()}
-    out["ts_exact"] = ts[keep]
-    out["row"] = row[keep]
-    out["file"] = np.full(int(keep.sum()), file_index, np.int16)
+    if bad.any():
+        out = {k: v[keep] for k, v in out.items()}
+        ts, row = ts[keep], row[keep]
+    out["ts_exact"] = ts
+    out["row"] = row
+    out["file"] = np.full(len(ts), file_index, np.int16)
     return out, quarantine, unit
 
 
@@ -372,7 +384,8 @@ def _timestamps(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, str | None
         ok = np.isfinite(num)
         if unit != "auto" or values.dtype.kind in "iuf" or (ok.any() and ok.mean() >= 0.5):
             if unit == "auto":
-                med = float(np.median(np.abs(num[ok]))) if ok.any() else 0.0
+                sample = num[ok][:: max(1, int(ok.sum()) // 100_000)]
+                med = float(np.median(np.abs(sample))) if len(sample) else 0.0
                 unit = "s" if med < 1e11 else "ms" if med < 1e14 else "us" if med < 1e17 else "ns"
             return np.where(ok, num, 0) / _UNIT_SCALE[unit], unit, ~ok
     parsed = pd.to_datetime(pd.Series(values, dtype=object), utc=True, errors="coerce",
@@ -385,6 +398,8 @@ def _timestamps(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, str | None
 
 
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
     keys = parts[0].keys()
     out = {}
     for k in keys:
@@ -399,13 +414,27 @@ def _duplicated(df: pd.DataFrame, ts_exact: np.ndarray) -> np.ndarray:
     """Exact duplicate events (same user, item, session and timestamp at input precision, not
     rounded to seconds); the first occurrence is kept."""
     cols = ["user", "item", "ts_exact", *(["session"] if "session" in df else [])]
-    # Duplicates share a timestamp, so only rows whose ts occurs more than once need the full check.
-    cand = pd.Series(ts_exact).duplicated(keep=False).to_numpy()
+    # One 64-bit hash per row finds the candidates fast; only rows sharing a hash get the exact
+    # (slow, multi-column) check, so a hash collision can never drop a real event.
+    h = _mix(ts_exact.view(np.uint64))
+    for c in cols:
+        if c != "ts_exact":
+            h = _mix(h ^ df[c].to_numpy().astype(np.uint64))
+    hs = np.sort(h)
+    cand = np.isin(h, hs[1:][hs[1:] == hs[:-1]])
     out = np.zeros(len(df), bool)
     if cand.any():
         sub = df.loc[cand, [c for c in cols if c != "ts_exact"]].assign(ts_exact=ts_exact[cand])
         out[cand] = sub.duplicated(keep="first").to_numpy()
     return out
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finalizer: a fast, well-spread 64-bit hash of each element."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
 
 
 def _vocabulary(df: pd.DataFrame, item_ids: pd.Index | np.ndarray) -> pd.DataFrame:

@@ -103,12 +103,12 @@ def synth_clicks(
 
     # Bots: a few users producing long, fast, random click streams.
     n_bots = max(1, n_bot_events // 2000) if n_bot_events else 0
-    b_user = n_users + rng.integers(0, max(n_bots, 1), n_bot_events)
+    b_user = np.sort(n_users + rng.integers(0, max(n_bots, 1), n_bot_events))
     b_item = rng.integers(0, n_items, n_bot_events)
     # each bot clicks every 0.2-2 s in one burst on a random day
     b_start = start_ts + rng.integers(0, days, n_bots) * DAY + rng.integers(0, DAY // 2, n_bots)
     b_ts = b_start[b_user - n_users] + _segment_cumsum(
-        rng.uniform(0.2, 2.0, n_bot_events), np.r_[True, np.zeros(n_bot_events - 1, bool)]
+        rng.uniform(0.2, 2.0, n_bot_events), np.r_[True, b_user[1:] != b_user[:-1]]
     ).astype(np.int64) if n_bot_events else np.zeros(0, np.int64)
 
     ev = pd.DataFrame(

@@ -1,0 +1,150 @@
+"""The weighted item graph as CSR (scipy.sparse, int32 indices, float32 weights).
+
+Edge a -> b for each item b that follows a within `window` steps of a session; the weight is the
+sum of the sessions' decay weights (optionally divided by the step distance). networkx appears
+only in the import/export helpers, never in the build.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+
+@dataclass
+class GraphSummary:
+    """Size and shape of an item graph (degrees are out-degrees)."""
+
+    nodes: int
+    edges: int
+    isolated: int
+    dangling: int
+    degree_p50: float
+    degree_p90: float
+    degree_p99: float
+    degree_max: int
+    weak_components: int
+    largest_component: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_item_graph(
+    sessions: pd.DataFrame,
+    session_weight: np.ndarray,
+    n_items: int,
+    *,
+    window: int = 1,
+    distance_weighting: bool = False,
+    directed: bool = False,
+    min_weight: float = 0.0,
+    max_out_edges: int = 0,
+) -> sp.csr_matrix:
+    """Item graph [n_items x n_items] from sessions (`session`, `item`, ordered by session, pos).
+
+    `session_weight[s]` is session s's decay weight. Self-loops are dropped. Rows have sorted
+    column indices (the walkers rely on it).
+    """
+    if window < 1:
+        raise ValueError(f"graph window must be >= 1, got {window}")
+    sess = sessions["session"].to_numpy()
+    item = sessions["item"].to_numpy().astype(np.int32)
+    if len(item) and item.max() >= n_items:
+        raise ValueError(f"item code {item.max()} >= n_items={n_items}")
+    w_ev = np.asarray(session_weight, np.float64)[sess] if len(sess) else np.zeros(0)
+    src, dst, wt = [], [], []
+    for d in range(1, window + 1):
+        same = (sess[d:] == sess[:-d]) & (item[d:] != item[:-d])
+        w = w_ev[:-d][same]
+        src.append(item[:-d][same])
+        dst.append(item[d:][same])
+        wt.append(w / d if distance_weighting else w)
+    src_a, dst_a, wt_a = np.concatenate(src), np.concatenate(dst), np.concatenate(wt)
+    if not directed:
+        src_a, dst_a = np.r_[src_a, dst_a], np.r_[dst_a, src_a]
+        wt_a = np.r_[wt_a, wt_a]
+    g = sp.csr_matrix((wt_a, (src_a, dst_a)), shape=(n_items, n_items), dtype=np.float64)
+    g.sum_duplicates()
+    if min_weight > 0:
+        g.data[g.data < min_weight] = 0
+        g.eliminate_zeros()
+    if max_out_edges > 0:
+        g = _keep_heaviest(g, max_out_edges)
+    g = g.astype(np.float32)
+    g.indices = g.indices.astype(np.int32)
+    g.indptr = g.indptr.astype(np.int64)
+    g.sort_indices()
+    return g
+
+
+def graph_summary(g: sp.csr_matrix) -> GraphSummary:
+    """Nodes, edges, isolated / dangling nodes, out-degree quantiles and weak components."""
+    out_deg = np.diff(g.indptr)
+    in_deg = np.bincount(g.indices, minlength=g.shape[0])
+    n_comp, labels = connected_components(g, directed=True, connection="weak")
+    sizes = np.bincount(labels) if len(labels) else np.zeros(1, np.int64)
+    q = np.quantile(out_deg, [0.5, 0.9, 0.99]) if len(out_deg) else np.zeros(3)
+    return GraphSummary(
+        nodes=int(g.shape[0]), edges=int(g.nnz),
+        isolated=int(((out_deg == 0) & (in_deg == 0)).sum()),
+        dangling=int(((out_deg == 0) & (in_deg > 0)).sum()),
+        degree_p50=float(q[0]), degree_p90=float(q[1]), degree_p99=float(q[2]),
+        degree_max=int(out_deg.max()) if len(out_deg) else 0,
+        weak_components=int(n_comp), largest_component=int(sizes.max()),
+    )
+
+
+def to_networkx(g: sp.csr_matrix, ids: list | np.ndarray | None = None, directed: bool = True):
+    """A networkx (Di)Graph with `weight` edge attributes, nodes named by `ids` when given."""
+    import networkx as nx
+
+    G = nx.from_scipy_sparse_array(g, create_using=nx.DiGraph if directed else nx.Graph)
+    if ids is not None:
+        G = nx.relabel_nodes(G, dict(enumerate(ids)), copy=False)
+    return G
+
+
+def from_networkx(G, nodes: list | None = None) -> tuple[sp.csr_matrix, list]:
+    """CSR (float32 weights, default 1) and the node list giving row order, from a networkx graph."""
+    import networkx as nx
+
+    nodes = list(G.nodes) if nodes is None else nodes
+    g = nx.to_scipy_sparse_array(G, nodelist=nodes, weight="weight", dtype=np.float32,
+                                 format="csr")
+    g = sp.csr_matrix(g)
+    g.indices = g.indices.astype(np.int32)
+    g.sort_indices()
+    return g, nodes
+
+
+def save_graph(g: sp.csr_matrix, path) -> None:
+    """Write the CSR graph as an uncompressed .npz of plain arrays (no pickle)."""
+    sp.save_npz(path, g, compressed=False)
+
+
+def load_graph(path) -> sp.csr_matrix:
+    """Read a graph written by `save_graph`."""
+    g = sp.load_npz(path).tocsr()
+    g.indices = g.indices.astype(np.int32)
+    return g
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _keep_heaviest(g: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Keep the k heaviest out-edges of each row (ties: lower column index first)."""
+    deg = np.diff(g.indptr)
+    if deg.max(initial=0) <= k:
+        return g
+    rows = np.repeat(np.arange(g.shape[0]), deg)
+    order = np.lexsort((g.indices, -g.data, rows))
+    rank = np.empty(g.nnz, np.int64)
+    rank[order] = np.arange(g.nnz) - np.repeat(g.indptr[:-1], deg)
+    keep = rank < k
+    return sp.csr_matrix((g.data[keep], (rows[keep], g.indices[keep])), shape=g.shape)

@@ -1,0 +1,313 @@
+"""DeepWalk and node2vec random walks over a CSR item graph, in numba kernels.
+
+- DeepWalk: the next node is drawn proportionally to edge weight (cumulative weights per row and
+  a binary search; O(edges) memory, O(log degree) per step).
+- node2vec: exact second-order transitions P(x | t, v) ∝ alpha_pq(t, x) * w(v, x) by rejection
+  sampling (KnightKing): propose x from the first-order distribution, accept with probability
+  alpha(t, x) / max(alpha). Whether x neighbours t is a binary search in t's sorted row, so no
+  second-order table is ever built and hubs cost O(log degree) per step.
+- Every walk has its own random stream, derived from (seed, walk index), so the corpus is
+  byte-identical whatever the number of threads.
+- Walks are generated and written in chunks; the corpus never exists as a Python list.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numba
+import numpy as np
+import scipy.sparse as sp
+from numba import njit, prange
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@dataclass
+class WalkStats:
+    """What a walk run produced: walks written, total steps (tokens), seconds, steps per second."""
+
+    walks: int
+    tokens: int
+    seconds: float
+    steps_per_s: float
+
+
+def random_walks(
+    g: sp.csr_matrix,
+    out_path: str | Path,
+    *,
+    method: str = "deepwalk",
+    walks_per_node: int = 10,
+    walk_length: int = 20,
+    p: float = 1.0,
+    q: float = 1.0,
+    popularity: np.ndarray | None = None,
+    seed: int = 0,
+    threads: int = 0,
+    chunk_walks: int = 200_000,
+    progress: bool = False,
+) -> WalkStats:
+    """Write random walks over `g` to `out_path`, one walk per line as space-separated node codes.
+
+    Walks start from every node with out-edges, `walks_per_node` rounds in a seeded node order,
+    or (when `popularity` is given) from start nodes drawn proportionally to it. Walks stop early
+    at dangling nodes; walks of a single node are not written.
+    """
+    t0 = time.perf_counter()
+    indptr, indices, cumw = prepare_csr(g)
+    _check_walk_args(method, walks_per_node, walk_length, p, q)
+    starts = walk_starts(indptr, walks_per_node, seed, popularity)
+    if threads > 0:
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    out_path = Path(out_path)
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    tokens = walks = 0
+    bar = _bar(len(starts), progress)
+    with open(tmp, "wb") as fh:
+        for lo in range(0, len(starts), chunk_walks):
+            chunk = starts[lo:lo + chunk_walks]
+            buf = np.full((len(chunk), walk_length), -1, np.int32)
+            if method == "deepwalk":
+                _deepwalk_kernel(indptr, indices, cumw, chunk, np.uint64(seed), lo, buf)
+            else:
+                _node2vec_kernel(indptr, indices, cumw, chunk, np.uint64(seed), lo,
+                                 1.0 / p, 1.0 / q, buf)
+            data, n_tok, n_walks = _format_walks(buf)
+            fh.write(data.tobytes())
+            tokens += n_tok
+            walks += n_walks
+            if bar is not None:
+                bar.update(len(chunk))
+        fh.flush()
+        os.fsync(fh.fileno())
+    if bar is not None:
+        bar.close()
+    os.replace(tmp, out_path)
+    secs = time.perf_counter() - t0
+    return WalkStats(walks, tokens, secs, tokens / secs if secs else 0.0)
+
+
+def walk_array(
+    g: sp.csr_matrix, starts: np.ndarray, *, method: str = "deepwalk", walk_length: int = 20,
+    p: float = 1.0, q: float = 1.0, seed: int = 0,
+) -> np.ndarray:
+    """Walks from the given start nodes as an int32 array [len(starts), walk_length], -1 padded.
+
+    For tests and small jobs; `random_walks` streams large corpora to disk instead.
+    """
+    indptr, indices, cumw = prepare_csr(g)
+    _check_walk_args(method, 1, walk_length, p, q)
+    starts = np.asarray(starts, np.int32)
+    buf = np.full((len(starts), walk_length), -1, np.int32)
+    if method == "deepwalk":
+        _deepwalk_kernel(indptr, indices, cumw, starts, np.uint64(seed), 0, buf)
+    else:
+        _node2vec_kernel(indptr, indices, cumw, starts, np.uint64(seed), 0, 1.0 / p, 1.0 / q, buf)
+    return buf
+
+
+def prepare_csr(g: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indptr int64, sorted indices int32, per-row cumulative weights float64) of a CSR graph."""
+    if not sp.issparse(g) or g.shape[0] != g.shape[1]:
+        raise ValueError("the graph must be a square scipy.sparse matrix")
+    g = g.tocsr()
+    if not g.has_sorted_indices:
+        g = g.copy()
+        g.sort_indices()
+    data = np.asarray(g.data, np.float64)
+    if len(data) and (not np.isfinite(data).all() or data.min() <= 0):
+        raise ValueError("edge weights must be finite and positive")
+    indptr = g.indptr.astype(np.int64)
+    cum = np.cumsum(data)
+    # per-row cumulative sums: subtract the running total at each row's start
+    row_base = np.r_[0.0, cum][indptr[:-1]]
+    cumw = cum - np.repeat(row_base, np.diff(indptr))
+    return indptr, g.indices.astype(np.int32), cumw
+
+
+def walk_starts(
+    indptr: np.ndarray, walks_per_node: int, seed: int, popularity: np.ndarray | None = None
+) -> np.ndarray:
+    """Start node of every walk (int32): rounds over a seeded permutation of non-dangling nodes,
+    or draws proportional to `popularity` (same total) when given."""
+    has_out = np.flatnonzero(np.diff(indptr) > 0).astype(np.int32)
+    rng = np.random.default_rng(seed)
+    if popularity is not None:
+        w = np.asarray(popularity, np.float64)[has_out]
+        if w.sum() <= 0:
+            raise ValueError("popularity weights sum to zero over nodes with out-edges")
+        return rng.choice(has_out, size=walks_per_node * len(has_out), p=w / w.sum()).astype(
+            np.int32)
+    return np.concatenate([rng.permutation(has_out) for _ in range(walks_per_node)]) if len(
+        has_out) else np.zeros(0, np.int32)
+
+
+# ---------------------------------------------------------------- numba kernels
+
+
+@njit(inline="always")
+def _splitmix(x):
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    z = x
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x, z ^ (z >> np.uint64(31))
+
+
+@njit(inline="always")
+def _uniform(state):
+    state, z = _splitmix(state)
+    return state, (z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@njit(inline="always")
+def _walk_state(seed, walk_id):
+    # an independent stream per walk: hash (seed, walk id) into a splitmix64 state
+    _, s = _splitmix(seed ^ (np.uint64(walk_id) * np.uint64(0xD1B54A32D192ED03)))
+    return s
+
+
+@njit(inline="always")
+def _draw(indptr, cumw, v, u):
+    """Edge index of v's out-edge chosen proportionally to weight, for u uniform in [0, 1)."""
+    lo = indptr[v]
+    hi = indptr[v + 1]
+    r = u * cumw[hi - 1]
+    a, b = lo, hi - 1
+    while a < b:
+        m = (a + b) >> 1
+        if cumw[m] <= r:
+            a = m + 1
+        else:
+            b = m
+    return a
+
+
+@njit(inline="always")
+def _has_edge(indptr, indices, t, x):
+    a = indptr[t]
+    b = indptr[t + 1]
+    while a < b:
+        m = (a + b) >> 1
+        y = indices[m]
+        if y < x:
+            a = m + 1
+        elif y > x:
+            b = m
+        else:
+            return True
+    return False
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _deepwalk_kernel(indptr, indices, cumw, starts, seed, first_id, out):
+    n, length = out.shape
+    for i in prange(n):
+        state = _walk_state(seed, first_id + i)
+        v = starts[i]
+        out[i, 0] = v
+        for s in range(1, length):
+            if indptr[v] == indptr[v + 1]:
+                break
+            state, u = _uniform(state)
+            v = indices[_draw(indptr, cumw, v, u)]
+            out[i, s] = v
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _node2vec_kernel(indptr, indices, cumw, starts, seed, first_id, inv_p, inv_q, out):
+    n, length = out.shape
+    amax = max(inv_p, 1.0, inv_q)
+    for i in prange(n):
+        state = _walk_state(seed, first_id + i)
+        t = -1
+        v = starts[i]
+        out[i, 0] = v
+        for s in range(1, length):
+            if indptr[v] == indptr[v + 1]:
+                break
+            if t < 0:
+                state, u = _uniform(state)
+                x = indices[_draw(indptr, cumw, v, u)]
+            else:
+                while True:
+                    state, u = _uniform(state)
+                    x = indices[_draw(indptr, cumw, v, u)]
+                    if x == t:
+                        a = inv_p
+                    elif _has_edge(indptr, indices, t, x):
+                        a = 1.0
+                    else:
+                        a = inv_q
+                    state, u2 = _uniform(state)
+                    if u2 * amax < a:
+                        break
+            t = v
+            v = x
+            out[i, s] = v
+
+
+@njit(cache=True)
+def _digits(x):
+    d = 1
+    while x >= 10:
+        x //= 10
+        d += 1
+    return d
+
+
+@njit(parallel=True, cache=True)
+def _format_walks(walks):
+    """ASCII lines 'a b c\\n' for each walk of >= 2 nodes; returns (bytes, tokens, walks)."""
+    n, length = walks.shape
+    nbytes = np.zeros(n + 1, np.int64)
+    ntok = np.zeros(n, np.int64)
+    for i in prange(n):
+        k = 0
+        b = 0
+        while k < length and walks[i, k] >= 0:
+            b += _digits(walks[i, k]) + 1
+            k += 1
+        if k >= 2:
+            nbytes[i + 1] = b
+            ntok[i] = k
+    offs = np.cumsum(nbytes)
+    buf = np.empty(offs[-1], np.uint8)
+    for i in prange(n):
+        if ntok[i] == 0:
+            continue
+        o = offs[i]
+        for k in range(ntok[i]):
+            x = walks[i, k]
+            d = _digits(x)
+            for j in range(d - 1, -1, -1):
+                buf[o + j] = 48 + x % 10
+                x //= 10
+            o += d
+            buf[o] = 32 if k < ntok[i] - 1 else 10
+            o += 1
+    return buf, ntok.sum(), (ntok > 0).sum()
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _check_walk_args(method: str, walks_per_node: int, walk_length: int, p: float, q: float):
+    if method not in ("deepwalk", "node2vec"):
+        raise ValueError(f"walk method must be 'deepwalk' or 'node2vec', got {method!r}")
+    if walks_per_node < 1 or walk_length < 2:
+        raise ValueError("walks_per_node must be >= 1 and walk_length >= 2")
+    if not (p > 0 and q > 0):
+        raise ValueError(f"node2vec p and q must be > 0, got p={p}, q={q}")
+
+
+def _bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="walk", desc="walks", mininterval=1.0)
