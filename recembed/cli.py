@@ -11,7 +11,7 @@ import typer
 
 from recembed.config import ConfigError, load_config
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Click logs to item embeddings and nearest-neighbour indexes.")
 
 SetOpt = Annotated[Optional[list[str]],  # noqa: UP045 - typer needs Optional

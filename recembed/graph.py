@@ -76,9 +76,9 @@ def build_item_graph(
     if max_out_edges > 0:
         g = _keep_heaviest(g, max_out_edges)
     g = g.astype(np.float32)
-    g.indices = g.indices.astype(np.int32)
-    g.indptr = g.indptr.astype(np.int64)
     g.sort_indices()
+    if g.nnz < 2**31:  # scipy wants indices and indptr of one dtype
+        g.indices, g.indptr = g.indices.astype(np.int32), g.indptr.astype(np.int32)
     return g
 
 
@@ -117,7 +117,6 @@ def from_networkx(G, nodes: list | None = None) -> tuple[sp.csr_matrix, list]:
     g = nx.to_scipy_sparse_array(G, nodelist=nodes, weight="weight", dtype=np.float32,
                                  format="csr")
     g = sp.csr_matrix(g)
-    g.indices = g.indices.astype(np.int32)
     g.sort_indices()
     return g, nodes
 
@@ -129,9 +128,7 @@ def save_graph(g: sp.csr_matrix, path) -> None:
 
 def load_graph(path) -> sp.csr_matrix:
     """Read a graph written by `save_graph`."""
-    g = sp.load_npz(path).tocsr()
-    g.indices = g.indices.astype(np.int32)
-    return g
+    return sp.load_npz(path).tocsr()
 
 
 # ---------------------------------------------------------------- helpers

@@ -6,15 +6,21 @@ The stage modules themselves never see a Config; this is the only place that unp
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from recembed.config import Config
+from recembed.graph import build_item_graph, graph_summary, load_graph, save_graph
 from recembed.ingest import ColumnMap, IngestError, ingest, read_categories, write_parquet_atomic
 from recembed.pipeline import EXIT_BAD_INPUT, PipelineError, Stage
+from recembed.sequences import write_session_corpus
 from recembed.sessions import sessionize
+from recembed.train import concat_corpora, export_vectors, train_word2vec
+from recembed.walks import random_walks
 
 log = logging.getLogger("recembed")
 
@@ -71,6 +77,129 @@ def sessionize_stage(cfg: Config, run: Path, out: Path) -> dict:
     return res.stats
 
 
+def graph_stage(cfg: Config, run: Path, out: Path) -> dict:
+    """graph.npz: the weighted item graph (CSR) of the training sessions."""
+    train = pd.read_parquet(run / "sessions_train.parquet", columns=["session", "item"])
+    table = pd.read_parquet(run / "session_table.parquet", columns=["weight"])
+    n_items = len(pd.read_parquet(run / "vocabulary.parquet", columns=["code"]))
+    gc = cfg.graph
+    g = build_item_graph(train, table["weight"].to_numpy(), n_items, window=gc.window,
+                         distance_weighting=gc.distance_weighting, directed=gc.directed,
+                         min_weight=gc.min_weight, max_out_edges=gc.max_out_edges)
+    save_graph(g, out / "graph.npz")
+    return graph_summary(g).as_dict()
+
+
+def walks_stage(cfg: Config, run: Path, out: Path) -> dict:
+    """walks.txt: random walks over the item graph, one per line."""
+    w = cfg.walks
+    g = load_graph(run / "graph.npz")
+    pop = None
+    if w.start_by_popularity:
+        pop = pd.read_parquet(run / "vocabulary.parquet", columns=["count"])["count"].to_numpy()
+    st = random_walks(g, out / "walks.txt", method=w.method, walks_per_node=w.walks_per_node,
+                      walk_length=w.walk_length, p=w.p, q=w.q, popularity=pop,
+                      seed=cfg.run.seed, threads=cfg.run.n_threads(), progress=cfg.run.progress)
+    return {"walks": st.walks, "tokens": st.tokens, "seconds": round(st.seconds, 3),
+            "steps_per_s": round(st.steps_per_s)}
+
+
+def sequences_stage(cfg: Config, run: Path, out: Path) -> dict:
+    """sessions.txt: the item2vec corpus, sessions replicated by their decay weight."""
+    train = pd.read_parquet(run / "sessions_train.parquet", columns=["session", "item"])
+    table = pd.read_parquet(run / "session_table.parquet", columns=["weight"])
+    st = write_session_corpus(train, table["weight"].to_numpy(), out / "sessions.txt",
+                              replication=cfg.sequences.replication, seed=cfg.run.seed)
+    return vars(st)
+
+
+def train_stage(cfg: Config, run: Path, out: Path) -> dict:
+    """vectors.npy, context_vectors.npy, items.parquet, vectors.bin, vectors.txt, train.json."""
+    corpora = [run / f for f, on in (("sessions.txt", cfg.sequences.enabled),
+                                     ("walks.txt", cfg.walks.enabled)) if on]
+    if not corpora:
+        raise PipelineError("nothing to train on: enable [sequences] and/or [walks]")
+    corpus = concat_corpora(corpora, out / "corpus.txt")
+    t = cfg.train
+    res = train_word2vec(
+        corpus, vector_size=t.vector_size, window=t.window, shrink_windows=t.shrink_windows,
+        negative=t.negative, ns_exponent=t.ns_exponent, sample=t.sample, epochs=t.epochs,
+        alpha=t.alpha, min_alpha=t.min_alpha, min_count=t.min_count, hs=t.hs,
+        workers=t.workers or cfg.run.n_threads(), seed=cfg.run.seed,
+        init=_warm_start_init(cfg, run) if t.warm_start else None,
+        progress=cfg.run.progress,
+    )
+    (out / "corpus.txt").unlink(missing_ok=True)
+    vocab = pd.read_parquet(run / "vocabulary.parquet", columns=["code", "id"])
+    export_vectors(res, vocab, out, context=True)
+    (out / "train.json").write_text(json.dumps(res.stats, indent=2))
+    log.info("trained %s tokens at %s words/s", f"{res.stats['tokens_trained']:,}",
+             f"{res.stats['words_per_s']:,}")
+    return {k: v for k, v in res.stats.items() if k != "loss_per_epoch"}
+
+
+def evaluate_stage(cfg: Config, run: Path, out: Path) -> dict:
+    """metrics.json (every baseline and query strategy, both variants) and report.html."""
+    from recembed.evaluate import best_method, embedding_scorer, evaluate_all
+    from recembed.report import write_report
+    from recembed.train import load_vectors
+
+    e = cfg.evaluate
+    train = pd.read_parquet(run / "sessions_train.parquet", columns=["session", "item"])
+    test = pd.read_parquet(run / "sessions_test.parquet", columns=["session", "item"])
+    n_items = len(pd.read_parquet(run / "vocabulary.parquet", columns=["code"]))
+    items, vectors, context = load_vectors(run)
+    pop = np.bincount(train["item"].to_numpy(), minlength=n_items).astype(np.float64)
+    name = model_name(cfg)
+    embeddings = {
+        f"{name}:{s}": embedding_scorer(vectors, items["item"].to_numpy(), n_items, pop,
+                                        strategy=s, context=context, decay=e.decay,
+                                        history=e.history)
+        for s in e.strategies if not (s == "directional" and context is None)
+    }
+    metrics = evaluate_all(train, test, n_items, ks=e.ks, baselines=e.baselines,
+                           embeddings=embeddings, max_queries=e.max_queries, seed=cfg.run.seed)
+    best, r20 = best_method(metrics, prefix=f"{name}:")
+    metrics["headline"] = {"method": best, "recall@20": r20}
+    train_stats = json.loads((run / "train.json").read_text())
+    metrics["train"] = train_stats
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    cats = pd.read_parquet(run / "categories.parquet")["category"].to_numpy()
+    write_report(out / "report.html", metrics, loss_per_epoch=train_stats.get("loss_per_epoch"),
+                 vectors=vectors, categories=cats[items["item"].to_numpy()],
+                 title=f"recembed: {cfg.run.name}")
+    return {"queries": metrics["queries"]["queries"],
+            "oov_share": metrics["queries"]["oov_share"], "best": best, "recall@20": r20,
+            **{f"{n}_recall@20": m["allow_repeats"].get("recall@20", 0)
+               for n, m in metrics["methods"].items() if ":" not in n}}
+
+
+def model_name(cfg: Config) -> str:
+    """item2vec, deepwalk, node2vec, or a '+' of them: what the vectors were trained on."""
+    parts = (["item2vec"] if cfg.sequences.enabled else []) + (
+        [cfg.walks.method] if cfg.walks.enabled else [])
+    return "+".join(parts)
+
+
+def _warm_start_init(cfg: Config, run: Path):
+    """(current ingest codes, vectors, context) of the current published version's items."""
+    from recembed.publish import current_version_dir
+
+    prev = current_version_dir(Path(cfg.publish.dir))
+    if prev is None:
+        log.warning("train.warm_start is on but nothing is published yet; training from scratch")
+        return None
+    items = pd.read_parquet(prev / "items.parquet")
+    vecs = np.load(prev / "vectors.npy", allow_pickle=False)
+    ctx_p = prev / "context_vectors.npy"
+    ctx = np.load(ctx_p, allow_pickle=False) if ctx_p.exists() else None
+    vocab = pd.read_parquet(run / "vocabulary.parquet", columns=["code", "id"])
+    code_of = pd.Series(vocab["code"].to_numpy(), index=vocab["id"].astype(str))
+    codes = code_of.reindex(items["id"].astype(str)).to_numpy()
+    ok = ~np.isnan(codes.astype(np.float64))
+    return (codes[ok].astype(np.int64), vecs[ok], None if ctx is None else ctx[ok])
+
+
 STAGES: list[Stage] = [
     Stage("ingest", ingest_stage, ("input", "ingest"), (),
           ("events.parquet", "vocabulary.parquet", "categories.parquet"),
@@ -78,4 +207,15 @@ STAGES: list[Stage] = [
                               *([cfg.input.categories_path] if cfg.input.categories_path else [])]),
     Stage("sessionize", sessionize_stage, ("session", "bots", "holdout"), ("ingest",),
           ("sessions_train.parquet", "sessions_test.parquet", "session_table.parquet")),
+    Stage("graph", graph_stage, ("graph",), ("sessionize",), ("graph.npz",),
+          enabled=lambda cfg: cfg.walks.enabled),
+    Stage("walks", walks_stage, ("walks",), ("graph",), ("walks.txt",),
+          enabled=lambda cfg: cfg.walks.enabled),
+    Stage("sequences", sequences_stage, ("sequences",), ("sessionize",), ("sessions.txt",),
+          enabled=lambda cfg: cfg.sequences.enabled),
+    Stage("train", train_stage, ("train", "sequences", "walks"), ("sequences", "walks"),
+          ("vectors.npy", "context_vectors.npy", "items.parquet", "vectors.bin", "vectors.txt",
+           "train.json")),
+    Stage("evaluate", evaluate_stage, ("evaluate",), ("train",),
+          ("metrics.json", "report.html"), enabled=lambda cfg: cfg.evaluate.enabled),
 ]

@@ -23,6 +23,8 @@ import numpy as np
 import scipy.sparse as sp
 from numba import njit, prange
 
+from recembed.corpus import format_lines, padded_to_lines
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -76,10 +78,10 @@ def random_walks(
             else:
                 _node2vec_kernel(indptr, indices, cumw, chunk, np.uint64(seed), lo,
                                  1.0 / p, 1.0 / q, buf)
-            data, n_tok, n_walks = _format_walks(buf)
-            fh.write(data.tobytes())
-            tokens += n_tok
-            walks += n_walks
+            toks, offs = padded_to_lines(buf)
+            fh.write(format_lines(toks, offs).tobytes())
+            tokens += len(toks)
+            walks += len(offs) - 1
             if bar is not None:
                 bar.update(len(chunk))
         fh.flush()
@@ -249,48 +251,6 @@ def _node2vec_kernel(indptr, indices, cumw, starts, seed, first_id, inv_p, inv_q
             t = v
             v = x
             out[i, s] = v
-
-
-@njit(cache=True)
-def _digits(x):
-    d = 1
-    while x >= 10:
-        x //= 10
-        d += 1
-    return d
-
-
-@njit(parallel=True, cache=True)
-def _format_walks(walks):
-    """ASCII lines 'a b c\\n' for each walk of >= 2 nodes; returns (bytes, tokens, walks)."""
-    n, length = walks.shape
-    nbytes = np.zeros(n + 1, np.int64)
-    ntok = np.zeros(n, np.int64)
-    for i in prange(n):
-        k = 0
-        b = 0
-        while k < length and walks[i, k] >= 0:
-            b += _digits(walks[i, k]) + 1
-            k += 1
-        if k >= 2:
-            nbytes[i + 1] = b
-            ntok[i] = k
-    offs = np.cumsum(nbytes)
-    buf = np.empty(offs[-1], np.uint8)
-    for i in prange(n):
-        if ntok[i] == 0:
-            continue
-        o = offs[i]
-        for k in range(ntok[i]):
-            x = walks[i, k]
-            d = _digits(x)
-            for j in range(d - 1, -1, -1):
-                buf[o + j] = 48 + x % 10
-                x //= 10
-            o += d
-            buf[o] = 32 if k < ntok[i] - 1 else 10
-            o += 1
-    return buf, ntok.sum(), (ntok > 0).sum()
 
 
 # ---------------------------------------------------------------- helpers

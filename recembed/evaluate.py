@@ -1,0 +1,392 @@
+"""Offline evaluation: the next-item protocol on the temporal holdout, full ranking, baselines.
+
+For each holdout session and each position t, the prefix up to t is the query and item t+1 the
+target. Every method scores every catalogue item (no sampled negatives), the prefix's last item
+is never recommended (repeats are collapsed, so it is never the target), and, in the
+`exclude_prefix` variant, no earlier prefix item either. Targets never seen in training are
+counted (`oov_share`) and left out of the metrics, for every method alike.
+
+A method is a *scorer*: `scorer(queries, idx) -> float32 [len(idx), n_items]`, higher is better,
+-inf for items it must not recommend. Scorers add `1e-6 * popularity` so ties fall to popular
+items (the usual popularity fill); `top_k` then breaks exact ties by lower item code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from numba import njit, prange
+
+from recembed.graph import build_item_graph
+
+Scorer = Callable[["Queries", np.ndarray], np.ndarray]
+TIE = 1e-6
+
+
+@dataclass
+class Queries:
+    """(prefix, target) pairs over a flat array of holdout items: query i's prefix is
+    `items[start[i] : start[i] + length[i]]`, its target `target[i]`."""
+
+    items: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+    target: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def last(self, idx: np.ndarray) -> np.ndarray:
+        """The last prefix item of each query in idx."""
+        return self.items[self.start[idx] + self.length[idx] - 1]
+
+    def prefix_matrix(self, idx: np.ndarray, n_items: int) -> sp.csr_matrix:
+        """Sparse [len(idx), n_items] counts of each query's prefix items."""
+        lens = self.length[idx]
+        rows = np.repeat(np.arange(len(idx)), lens)
+        pos = np.repeat(self.start[idx] - np.r_[0, np.cumsum(lens)[:-1]], lens) + np.arange(
+            lens.sum())
+        return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, self.items[pos])),
+                             shape=(len(idx), n_items))
+
+
+def make_queries(
+    test: pd.DataFrame, known: np.ndarray, *, max_queries: int = 0, seed: int = 0
+) -> tuple[Queries, dict]:
+    """Queries from holdout sessions (`session`, `item`, ordered by session, pos).
+
+    `known[i]` says whether item i was seen in training; queries whose target is unknown are
+    dropped and counted. With `max_queries` > 0 a seeded sample of that many is kept.
+    """
+    sess = test["session"].to_numpy()
+    items = test["item"].to_numpy().astype(np.int32)
+    if len(sess) == 0:
+        z = np.zeros(0, np.int64)
+        return Queries(items, z, z.astype(np.int32), z.astype(np.int32)), {
+            "targets": 0, "oov_targets": 0, "oov_share": 0.0, "queries": 0}
+    first = np.r_[True, sess[1:] != sess[:-1]]
+    sstart = np.maximum.accumulate(np.where(first, np.arange(len(sess)), 0))
+    is_query = np.r_[~first[1:], False]  # position t has a next item in the same session
+    t = np.flatnonzero(is_query)
+    start, length, target = sstart[t], (t - sstart[t] + 1).astype(np.int32), items[t + 1]
+    ok = known[target]
+    stats = {"targets": len(t), "oov_targets": int((~ok).sum()),
+             "oov_share": float((~ok).mean()) if len(t) else 0.0}
+    start, length, target = start[ok], length[ok], target[ok]
+    if 0 < max_queries < len(target):
+        pick = np.sort(np.random.default_rng(seed).choice(len(target), max_queries,
+                                                          replace=False))
+        start, length, target = start[pick], length[pick], target[pick]
+    stats["queries"] = len(target)
+    return Queries(items, start.astype(np.int64), length, target), stats
+
+
+def evaluate(
+    scorer: Scorer, q: Queries, n_items: int, *, ks: list[int], exclude_prefix: bool = False,
+    popularity: np.ndarray | None = None, batch: int = 512,
+) -> dict:
+    """Metrics of one method: recall/mrr/ndcg/coverage/pop_percentile at each K, recall@K by
+    target popularity bucket, seconds. Items never seen in training are never recommended."""
+    kmax = max(ks)
+    recs = np.full((len(q), kmax), -1, np.int32)
+    t0 = time.perf_counter()
+    for lo in range(0, len(q), batch):
+        idx = np.arange(lo, min(lo + batch, len(q)))
+        scores = np.asarray(scorer(q, idx), np.float32)
+        if popularity is not None:
+            scores[:, popularity <= 0] = -np.inf
+        if exclude_prefix:
+            pm = q.prefix_matrix(idx, n_items).tocoo()
+            scores[pm.row, pm.col] = -np.inf
+        scores[np.arange(len(idx)), q.last(idx)] = -np.inf
+        recs[idx] = top_k(scores, kmax)
+    secs = time.perf_counter() - t0
+    out = ranking_metrics(recs, q.target, ks, n_items)
+    if popularity is not None:
+        out.update(popularity_metrics(recs, q.target, ks, popularity))
+    out["seconds"] = round(secs, 3)
+    return out
+
+
+def evaluate_all(
+    train: pd.DataFrame, test: pd.DataFrame, n_items: int, *, ks: list[int],
+    baselines: list[str], embeddings: dict[str, Scorer] | None = None,
+    max_queries: int = 0, seed: int = 0,
+) -> dict:
+    """Every baseline and embedding scorer on the same queries, both variants (prefix items
+    allowed / excluded): {"ks", "queries": counts, "methods": {name: {variant: metrics}}}."""
+    popularity = np.bincount(train["item"].to_numpy(), minlength=n_items).astype(np.float64)
+    q, qstats = make_queries(test, popularity > 0, max_queries=max_queries, seed=seed)
+    makers = {
+        "pop": lambda: popularity_scorer(popularity),
+        "session_pop": lambda: session_popularity_scorer(popularity),
+        "item_knn": lambda: item_knn_scorer(train, n_items, popularity),
+        "sr": lambda: sequential_rules_scorer(train, n_items, popularity),
+    }
+    methods: dict = {}
+    for name in baselines:
+        t0 = time.perf_counter()
+        scorer = makers[name]()
+        fit = time.perf_counter() - t0
+        methods[name] = {v: {**evaluate(scorer, q, n_items, ks=ks, exclude_prefix=ex,
+                                         popularity=popularity), "fit_seconds": round(fit, 3)}
+                         for v, ex in (("allow_repeats", False), ("exclude_prefix", True))}
+    for name, scorer in (embeddings or {}).items():
+        methods[name] = {v: evaluate(scorer, q, n_items, ks=ks, exclude_prefix=ex,
+                                     popularity=popularity)
+                         for v, ex in (("allow_repeats", False), ("exclude_prefix", True))}
+    return {"ks": list(ks), "queries": qstats, "methods": methods}
+
+
+def best_method(metrics: dict, prefix: str = "", k: int = 20,
+                variant: str = "allow_repeats") -> tuple[str, float]:
+    """(name, recall@k) of the best method whose name starts with `prefix`."""
+    cands = {n: m[variant][f"recall@{k}"] for n, m in metrics["methods"].items()
+             if n.startswith(prefix)}
+    if not cands:
+        return "", 0.0
+    name = max(cands, key=cands.get)
+    return name, cands[name]
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k best scores per row (int32 [n, k]): higher score first, ties by lower
+    index; -inf entries are never returned (-1 pads rows with fewer than k finite scores)."""
+    scores = np.ascontiguousarray(scores, np.float32)
+    return _top_k(scores, k)
+
+
+def ranking_metrics(recs: np.ndarray, targets: np.ndarray, ks: list[int], n_items: int) -> dict:
+    """recall@K (= hit rate, one target), mrr@K, ndcg@K, coverage@K (share of the n_items
+    catalogue appearing in any top-K list) from top-K lists [n, >= max(ks)]."""
+    n = len(targets)
+    hit = recs == targets[:, None]
+    rank = np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, 0)  # 1-based; 0 = not found
+    out: dict = {"queries": n}
+    for k in ks:
+        inside = (rank > 0) & (rank <= k)
+        out[f"recall@{k}"] = float(inside.mean()) if n else 0.0
+        rr = np.divide(1.0, rank, out=np.zeros(n), where=inside)
+        out[f"mrr@{k}"] = float(rr.mean()) if n else 0.0
+        gain = np.divide(1.0, np.log2(rank + 1.0), out=np.zeros(n), where=inside)
+        out[f"ndcg@{k}"] = float(gain.mean()) if n else 0.0
+        top = recs[:, :k]
+        out[f"coverage@{k}"] = float(len(np.unique(top[top >= 0])) / n_items) if n_items else 0.0
+    return out
+
+
+def popularity_metrics(recs: np.ndarray, targets: np.ndarray, ks: list[int],
+                       popularity: np.ndarray) -> dict:
+    """Mean popularity percentile of recommended items at each K (1 = the most popular item),
+    and recall@K per target bucket: head / torso / tail = the items making up the first, second
+    and last third of training clicks."""
+    pct = _pop_percentile(popularity)
+    bucket = popularity_buckets(popularity)
+    out: dict = {}
+    for k in ks:
+        top = recs[:, :k]
+        out[f"pop_percentile@{k}"] = float(pct[top[top >= 0]].mean()) if (top >= 0).any() else 0.0
+    hit = (recs == targets[:, None])
+    rank = np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, 0)
+    for b, name in enumerate(("head", "torso", "tail")):
+        sel = bucket[targets] == b
+        out[f"{name}_share"] = float(sel.mean()) if len(sel) else 0.0
+        for k in ks:
+            out[f"recall@{k}_{name}"] = float(((rank[sel] > 0) & (rank[sel] <= k)).mean()) \
+                if sel.any() else 0.0
+    return out
+
+
+def popularity_buckets(popularity: np.ndarray) -> np.ndarray:
+    """0 head / 1 torso / 2 tail per item: thirds of the total click mass, most popular first."""
+    order = np.argsort(-popularity, kind="stable")
+    cum = np.cumsum(popularity[order]) / max(popularity.sum(), 1)
+    b = np.empty(len(popularity), np.int8)
+    b[order] = np.minimum((cum - popularity[order] / max(popularity.sum(), 1)) * 3, 2).astype(
+        np.int8)
+    return b
+
+
+# ---------------------------------------------------------------- scorers
+
+
+def popularity_scorer(popularity: np.ndarray) -> Scorer:
+    """Most popular items overall."""
+    pop = (popularity / max(popularity.max(), 1)).astype(np.float32)
+    return lambda q, idx: np.broadcast_to(pop, (len(idx), len(pop))).copy()
+
+
+def session_popularity_scorer(popularity: np.ndarray) -> Scorer:
+    """Items of the current session by their count in it, then overall popularity."""
+    pop = (popularity / max(popularity.max(), 1)).astype(np.float32)
+
+    def score(q: Queries, idx: np.ndarray) -> np.ndarray:
+        return q.prefix_matrix(idx, len(pop)).toarray() + TIE * pop
+
+    return score
+
+
+def item_knn_scorer(train: pd.DataFrame, n_items: int, popularity: np.ndarray) -> Scorer:
+    """Cosine similarity of items over session co-occurrence (binary session x item matrix),
+    scored from the last item."""
+    sess = train["session"].to_numpy()
+    _, srow = np.unique(sess, return_inverse=True)
+    x = sp.csr_matrix((np.ones(len(sess), np.float32), (srow, train["item"].to_numpy())),
+                      shape=(srow.max() + 1 if len(srow) else 0, n_items))
+    x.data[:] = 1.0  # duplicates summed above; binary occurrence
+    co = (x.T @ x).tocsr()
+    norm = np.sqrt(co.diagonal()).astype(np.float32)
+    inv = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)
+    sim = sp.diags(inv) @ co @ sp.diags(inv)
+    sim.setdiag(0)
+    return _sparse_row_scorer(sim.tocsr(), popularity)
+
+
+def sequential_rules_scorer(train: pd.DataFrame, n_items: int, popularity: np.ndarray,
+                            steps: int = 10) -> Scorer:
+    """Sequential rules a -> b when b follows a within `steps` steps, weight 1/distance,
+    scored from the last item (Ludewig & Jannach 2018)."""
+    rules = build_item_graph(train, np.ones(int(train["session"].max()) + 1 if len(train) else 0),
+                             n_items, window=steps, distance_weighting=True, directed=True)
+    return _sparse_row_scorer(rules, popularity)
+
+
+def embedding_scorer(
+    vectors: np.ndarray, rows_item: np.ndarray, n_items: int, popularity: np.ndarray, *,
+    strategy: str = "last", context: np.ndarray | None = None, decay: float = 0.5,
+    history: int = 5,
+) -> Scorer:
+    """Scores from item vectors (row r belongs to item code `rows_item[r]`):
+    - last: cosine between the last item and every item;
+    - decayed: cosine with the sum of the last `history` items' unit vectors, weight decay**k;
+    - directional: in[last] . out[candidate] with the output (context) vectors."""
+    d = vectors.shape[1]
+    emb = np.zeros((n_items, d), np.float32)
+    emb[rows_item] = vectors
+    unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    has_vec = np.zeros(n_items, bool)
+    has_vec[rows_item] = True
+    pop = (popularity / max(popularity.max(), 1)).astype(np.float32) * TIE
+    if strategy == "directional":
+        if context is None:
+            raise ValueError("the directional strategy needs output (context) vectors")
+        out_m = np.zeros((n_items, d), np.float32)
+        out_m[rows_item] = context
+        cand, qm = out_m, emb
+    elif strategy in ("last", "decayed"):
+        cand, qm = unit, unit
+    else:
+        raise ValueError(f"unknown strategy {strategy!r}")
+
+    def score(q: Queries, idx: np.ndarray) -> np.ndarray:
+        if strategy == "decayed":
+            qv = np.zeros((len(idx), d), np.float32)
+            end = q.start[idx] + q.length[idx]
+            for k in range(history):
+                ok = q.length[idx] > k
+                qv[ok] += (decay ** k) * qm[q.items[end[ok] - 1 - k]]
+        else:
+            qv = qm[q.last(idx)]
+        s = qv @ cand.T
+        s += pop
+        s[:, ~has_vec] = -np.inf
+        return s
+
+    return score
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _sparse_row_scorer(m: sp.csr_matrix, popularity: np.ndarray) -> Scorer:
+    m = m.tocsr().astype(np.float32)
+    mx = float(m.max()) if m.nnz else 1.0
+    pop = (popularity / max(popularity.max(), 1)).astype(np.float32) * TIE * max(mx, 1e-6)
+
+    def score(q: Queries, idx: np.ndarray) -> np.ndarray:
+        return m[q.last(idx)].toarray() + pop
+
+    return score
+
+
+def _pop_percentile(popularity: np.ndarray) -> np.ndarray:
+    order = np.argsort(-popularity, kind="stable")
+    pct = np.empty(len(popularity))
+    pct[order] = 1.0 - np.arange(len(popularity)) / max(len(popularity), 1)
+    return pct
+
+
+@njit(parallel=True, cache=True)
+def _top_k(scores, k):
+    n, m = scores.shape
+    out = np.full((n, k), -1, np.int32)
+    for i in prange(n):
+        hs = np.empty(k, np.float32)  # min-heap of the best k; root = the worst kept
+        hi = np.empty(k, np.int32)
+        size = 0
+        for j in range(m):
+            s = scores[i, j]
+            if s == -np.inf or s != s:
+                continue
+            if size < k:
+                c = size
+                size += 1
+                hs[c] = s
+                hi[c] = j
+                while c > 0:  # sift up
+                    p = (c - 1) >> 1
+                    if _worse(hs[c], hi[c], hs[p], hi[p]):
+                        hs[c], hs[p] = hs[p], hs[c]
+                        hi[c], hi[p] = hi[p], hi[c]
+                        c = p
+                    else:
+                        break
+            elif _worse(hs[0], hi[0], s, j):
+                hs[0] = s
+                hi[0] = j
+                c = 0
+                while True:  # sift down
+                    left = 2 * c + 1
+                    if left >= size:
+                        break
+                    w = left
+                    if left + 1 < size and _worse(hs[left + 1], hi[left + 1], hs[left], hi[left]):
+                        w = left + 1
+                    if _worse(hs[w], hi[w], hs[c], hi[c]):
+                        hs[c], hs[w] = hs[w], hs[c]
+                        hi[c], hi[w] = hi[w], hi[c]
+                        c = w
+                    else:
+                        break
+        # pop the heap worst-first into the tail of the output
+        for r in range(size - 1, -1, -1):
+            out[i, r] = hi[0]
+            hs[0] = hs[size - 1]
+            hi[0] = hi[size - 1]
+            size -= 1
+            c = 0
+            while True:
+                left = 2 * c + 1
+                if left >= size:
+                    break
+                w = left
+                if left + 1 < size and _worse(hs[left + 1], hi[left + 1], hs[left], hi[left]):
+                    w = left + 1
+                if _worse(hs[w], hi[w], hs[c], hi[c]):
+                    hs[c], hs[w] = hs[w], hs[c]
+                    hi[c], hi[w] = hi[w], hi[c]
+                    c = w
+                else:
+                    break
+    return out
+
+
+@njit(inline="always")
+def _worse(s1, i1, s2, i2):
+    """Is (s1, i1) ranked below (s2, i2)? Lower score, or equal score and higher index."""
+    return s1 < s2 or (s1 == s2 and i1 > i2)

@@ -1,0 +1,91 @@
+"""The item2vec corpus: sessions as sentences for gensim's corpus_file mode, time decay honoured.
+
+gensim has no per-sentence weights, so a session of weight w appears with expected multiplicity
+`w * replication`: the integer part plus a seeded Bernoulli draw for the fraction. Copies are
+written in rounds (round r holds every session with more than r copies), so repeats of a session
+are a whole corpus pass apart rather than adjacent (gensim issue #2701: adjacent repeats act like
+a larger learning rate on one sentence).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recembed.corpus import GENSIM_MAX_TOKENS, format_lines
+
+
+@dataclass
+class CorpusStats:
+    """Sentences and tokens written, and sessions dropped by a zero draw."""
+
+    sentences: int
+    tokens: int
+    sessions_in: int
+    sessions_absent: int
+    max_copies: int
+
+
+def session_multiplicity(
+    weights: np.ndarray, replication: float = 1.0, seed: int = 0
+) -> np.ndarray:
+    """Copies of each session (int32): floor(w * r) plus Bernoulli(frac(w * r)), seeded."""
+    m = np.asarray(weights, np.float64) * replication
+    if (m < 0).any() or not np.isfinite(m).all():
+        raise ValueError("session weights must be finite and non-negative")
+    base = np.floor(m)
+    extra = np.random.default_rng(seed).random(len(m)) < (m - base)
+    return (base + extra).astype(np.int32)
+
+
+def write_session_corpus(
+    sessions: pd.DataFrame,
+    weights: np.ndarray,
+    out_path: str | Path,
+    *,
+    replication: float = 1.0,
+    seed: int = 0,
+    max_tokens: int = GENSIM_MAX_TOKENS,
+) -> CorpusStats:
+    """Write sessions (`session`, `item`, ordered by session then pos) as corpus lines.
+
+    `weights[s]` is session s's decay weight. Sessions longer than `max_tokens` are split.
+    """
+    sess = sessions["session"].to_numpy()
+    item = sessions["item"].to_numpy().astype(np.int64)
+    if len(sess) and (np.diff(sess) < 0).any():
+        raise ValueError("sessions must be ordered by session id (then position)")
+    ids, starts, lengths = np.unique(sess, return_index=True, return_counts=True)
+    copies = session_multiplicity(np.asarray(weights)[ids], replication, seed)
+    # split long sessions into pieces of at most max_tokens, each piece its own line
+    piece_starts, piece_sess = _pieces(starts, lengths, max_tokens)
+    piece_ends = np.r_[piece_starts[1:], len(item)]
+    piece_copies = copies[piece_sess]
+    out_path = Path(out_path)
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    n_lines = n_tok = 0
+    with open(tmp, "wb") as fh:
+        for r in range(int(copies.max(initial=0))):
+            sel = piece_copies > r
+            ps, pe = piece_starts[sel], piece_ends[sel]
+            lens = pe - ps
+            idx = np.repeat(ps - np.r_[0, np.cumsum(lens)[:-1]], lens) + np.arange(lens.sum())
+            fh.write(format_lines(item[idx], np.r_[0, np.cumsum(lens)]).tobytes())
+            n_lines += len(ps)
+            n_tok += int(lens.sum())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, out_path)
+    return CorpusStats(n_lines, n_tok, len(ids), int((copies == 0).sum()),
+                       int(copies.max(initial=0)))
+
+
+def _pieces(starts: np.ndarray, lengths: np.ndarray, max_tokens: int):
+    n_pieces = -(-lengths // max_tokens)
+    piece_sess = np.repeat(np.arange(len(starts)), n_pieces)
+    within = np.arange(n_pieces.sum()) - np.repeat(np.r_[0, np.cumsum(n_pieces)[:-1]], n_pieces)
+    return starts[piece_sess] + within * max_tokens, piece_sess

@@ -1,0 +1,192 @@
+"""A thin wrapper over gensim Word2Vec (skip-gram, negative sampling) trained in corpus_file mode,
+and the vector exports (npy + Parquet ids, word2vec text and binary).
+
+Loss: gensim's running loss is a float32 that stops growing near 2**24..2**27 (gensim #2735), so
+the callback reads it at each epoch end and resets it to zero: what we report is the per-epoch
+loss, never the saturated cumulative one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger("recembed")
+
+
+@dataclass
+class TrainResult:
+    """Input vectors [n, dim] float32, output (context) vectors or None, and the item code of each
+    row (int32, ascending); `stats` holds per-epoch loss, tokens, seconds and words/s."""
+
+    vectors: np.ndarray
+    context: np.ndarray | None
+    codes: np.ndarray
+    counts: np.ndarray
+    stats: dict = field(default_factory=dict)
+
+
+def stable_hash(s: str) -> int:
+    """A process-independent string hash for gensim's vector seeding (Python's `hash` is salted
+    per process, which would make 'same seed, same vectors' false across runs)."""
+    return zlib.crc32(s.encode())
+
+
+def train_word2vec(
+    corpus_file: str | Path,
+    *,
+    vector_size: int = 64,
+    window: int = 3,
+    shrink_windows: bool = True,
+    negative: int = 10,
+    ns_exponent: float = 0.5,
+    sample: float = 0.0,
+    epochs: int = 20,
+    alpha: float = 0.025,
+    min_alpha: float = 0.0001,
+    min_count: int = 1,
+    hs: bool = False,
+    workers: int = 1,
+    seed: int = 42,
+    init: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Skip-gram Word2Vec over a corpus of item-code lines; rows of the result sorted by code.
+
+    `init` = (codes, vectors, context) warm-starts the rows of items present in both (the rest
+    start random as usual).
+    """
+    from gensim.models import Word2Vec
+    from gensim.models.callbacks import CallbackAny2Vec
+
+    corpus_file = str(corpus_file)
+    if Path(corpus_file).stat().st_size == 0:
+        raise ValueError(f"training corpus {corpus_file} is empty")
+    losses: list[float] = []
+    bar = _bar(epochs, progress)
+
+    class EpochLoss(CallbackAny2Vec):
+        def on_epoch_end(self, model):
+            losses.append(float(model.get_latest_training_loss()))
+            model.running_training_loss = 0.0  # float32 accumulator: reset every epoch
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.4g}")
+
+    model = Word2Vec(
+        vector_size=vector_size, window=window, shrink_windows=shrink_windows, sg=1,
+        negative=negative, ns_exponent=ns_exponent, sample=sample, alpha=alpha,
+        min_alpha=min_alpha, min_count=min_count, hs=int(hs), workers=max(1, workers),
+        seed=seed, hashfxn=stable_hash, epochs=epochs,
+    )
+    t0 = time.perf_counter()
+    model.build_vocab(corpus_file=corpus_file)
+    t_vocab = time.perf_counter() - t0
+    if init is not None:
+        _warm_start(model, *init)
+    t1 = time.perf_counter()
+    model.train(corpus_file=corpus_file, total_words=model.corpus_total_words, epochs=epochs,
+                compute_loss=True, callbacks=[EpochLoss()])
+    t_train = time.perf_counter() - t1
+    if bar is not None:
+        bar.close()
+
+    keys = np.array([int(k) for k in model.wv.index_to_key], dtype=np.int64)
+    order = np.argsort(keys)
+    vectors = np.ascontiguousarray(model.wv.vectors[order], dtype=np.float32)
+    context = None
+    if negative > 0 and getattr(model, "syn1neg", None) is not None:
+        context = np.ascontiguousarray(model.syn1neg[order], dtype=np.float32)
+    counts = np.array([model.wv.get_vecattr(k, "count") for k in model.wv.index_to_key])[order]
+    tokens = int(model.corpus_total_words) * epochs
+    stats = {
+        "vocab": len(keys), "corpus_tokens": int(model.corpus_total_words), "epochs": epochs,
+        "tokens_trained": tokens, "vocab_seconds": round(t_vocab, 3),
+        "train_seconds": round(t_train, 3),
+        "words_per_s": round(tokens / t_train) if t_train else 0,
+        "loss_per_epoch": losses,
+    }
+    return TrainResult(vectors, context, keys[order].astype(np.int32), counts.astype(np.int64),
+                       stats)
+
+
+def export_vectors(
+    result: TrainResult, vocabulary: pd.DataFrame, out_dir: str | Path, *, context: bool = True,
+    text: bool = True,
+) -> list[str]:
+    """Write vectors.npy, items.parquet (id, code, count, item), vectors.bin and vectors.txt
+    (word2vec formats keyed by original ids), and context_vectors.npy; returns the file names.
+
+    In the exports `code` is the row in vectors.npy; `item` is the ingest code it came from.
+    """
+    from gensim.models import KeyedVectors
+
+    out_dir = Path(out_dir)
+    ids = vocabulary["id"].astype(str).to_numpy()[result.codes]
+    np.save(out_dir / "vectors.npy", result.vectors, allow_pickle=False)
+    items = pd.DataFrame({"id": pd.array(ids, dtype="string"),
+                          "code": np.arange(len(ids), dtype=np.int32),
+                          "count": result.counts, "item": result.codes})
+    items.to_parquet(out_dir / "items.parquet", index=False)
+    kv = KeyedVectors(result.vectors.shape[1], dtype=np.float32)
+    kv.add_vectors(list(ids), result.vectors)
+    kv.save_word2vec_format(str(out_dir / "vectors.bin"), binary=True)
+    files = ["vectors.npy", "items.parquet", "vectors.bin"]
+    if text:
+        kv.save_word2vec_format(str(out_dir / "vectors.txt"), binary=False)
+        files.append("vectors.txt")
+    if context and result.context is not None:
+        np.save(out_dir / "context_vectors.npy", result.context, allow_pickle=False)
+        files.append("context_vectors.npy")
+    return files
+
+
+def load_vectors(dir_: str | Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
+    """(items table, vectors, context vectors or None) from an export directory."""
+    dir_ = Path(dir_)
+    items = pd.read_parquet(dir_ / "items.parquet")
+    vectors = np.load(dir_ / "vectors.npy", allow_pickle=False)
+    ctx_path = dir_ / "context_vectors.npy"
+    ctx = np.load(ctx_path, allow_pickle=False) if ctx_path.exists() else None
+    return items, vectors, ctx
+
+
+def concat_corpora(paths: list[Path], out: Path) -> Path:
+    """One corpus file from several (gensim's corpus_file mode takes a single file)."""
+    if len(paths) == 1:
+        return paths[0]
+    import shutil
+
+    with open(out, "wb") as dst:
+        for p in paths:
+            with open(p, "rb") as src:
+                shutil.copyfileobj(src, dst, 1 << 24)
+    return out
+
+
+def _warm_start(model, codes: np.ndarray, vectors: np.ndarray, context: np.ndarray | None):
+    idx = model.wv.key_to_index
+    hit = 0
+    for row, code in enumerate(codes):
+        j = idx.get(str(int(code)))
+        if j is not None:
+            model.wv.vectors[j] = vectors[row]
+            if context is not None and getattr(model, "syn1neg", None) is not None:
+                model.syn1neg[j] = context[row]
+            hit += 1
+    log.info("warm start: %d of %d items initialised from the previous version", hit,
+             len(model.wv))
+
+
+def _bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="epoch", desc="train", mininterval=0.5)
