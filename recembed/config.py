@@ -145,6 +145,14 @@ class IndexConfig(_Section):
     ef_construction: int = Field(200, ge=8)
 
 
+class ServingConfig(_Section):
+    decay: float = Field(0.5, gt=0, le=1)
+    history: int = Field(5, ge=1)
+    repeat_weight: float = Field(0.5, ge=0)
+    repeat_decay: float = Field(0.7, gt=0, le=1)
+    candidates: int = Field(100, ge=1)
+
+
 class EvaluateConfig(_Section):
     enabled: bool = True
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20, 50])
@@ -182,6 +190,7 @@ class Config(_Section):
     sequences: SequencesConfig = Field(default_factory=SequencesConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
 

@@ -25,6 +25,7 @@ from numba import njit, prange
 from recembed.graph import build_item_graph
 
 Scorer = Callable[["Queries", np.ndarray], np.ndarray]
+Recommend = Callable[["Queries", np.ndarray, int, bool], np.ndarray]
 TIE = 1e-6
 
 
@@ -87,16 +88,23 @@ def make_queries(
 
 
 def evaluate(
-    scorer: Scorer, q: Queries, n_items: int, *, ks: list[int], exclude_prefix: bool = False,
-    popularity: np.ndarray | None = None, batch: int = 512,
+    scorer: Scorer | None, q: Queries, n_items: int, *, ks: list[int],
+    exclude_prefix: bool = False, popularity: np.ndarray | None = None, batch: int = 512,
+    recommender: Recommend | None = None,
 ) -> dict:
     """Metrics of one method: recall/mrr/ndcg/coverage/pop_percentile at each K, recall@K by
-    target popularity bucket, seconds. Items never seen in training are never recommended."""
+    target popularity bucket, seconds. Items never seen in training are never recommended.
+
+    The method is a `scorer` (dense scores, ranked here) or a `recommender` that returns its
+    own top-K lists (the serving path, evaluated exactly as it answers in production)."""
     kmax = max(ks)
     recs = np.full((len(q), kmax), -1, np.int32)
     t0 = time.perf_counter()
     for lo in range(0, len(q), batch):
         idx = np.arange(lo, min(lo + batch, len(q)))
+        if recommender is not None:
+            recs[idx] = recommender(q, idx, kmax, exclude_prefix)
+            continue
         scores = np.asarray(scorer(q, idx), np.float32)
         if popularity is not None:
             scores[:, popularity <= 0] = -np.inf
@@ -116,7 +124,7 @@ def evaluate(
 def evaluate_all(
     train: pd.DataFrame, test: pd.DataFrame, n_items: int, *, ks: list[int],
     baselines: list[str], embeddings: dict[str, Scorer] | None = None,
-    max_queries: int = 0, seed: int = 0,
+    recommenders: dict[str, Recommend] | None = None, max_queries: int = 0, seed: int = 0,
 ) -> dict:
     """Every baseline and embedding scorer on the same queries, both variants (prefix items
     allowed / excluded): {"ks", "queries": counts, "methods": {name: {variant: metrics}}}."""
@@ -139,6 +147,10 @@ def evaluate_all(
     for name, scorer in (embeddings or {}).items():
         methods[name] = {v: evaluate(scorer, q, n_items, ks=ks, exclude_prefix=ex,
                                      popularity=popularity)
+                         for v, ex in (("allow_repeats", False), ("exclude_prefix", True))}
+    for name, rec in (recommenders or {}).items():
+        methods[name] = {v: evaluate(None, q, n_items, ks=ks, exclude_prefix=ex,
+                                     popularity=popularity, recommender=rec)
                          for v, ex in (("allow_repeats", False), ("exclude_prefix", True))}
     return {"ks": list(ks), "queries": qstats, "methods": methods}
 
@@ -298,6 +310,23 @@ def embedding_scorer(
         return s
 
     return score
+
+
+def serving_recommend(recommender, rows_item: np.ndarray, n_items: int) -> Recommend:
+    """The serving `Recommender.recommend_rows` as an evaluation method: maps ingest codes to
+    vector rows and back (`rows_item[r]` = ingest code of vector row r)."""
+    row_of = np.full(n_items, -1, np.int64)
+    row_of[rows_item] = np.arange(len(rows_item))
+
+    def recommend(q: Queries, idx: np.ndarray, k: int, exclude_prefix: bool) -> np.ndarray:
+        sessions = []
+        for i in idx:
+            r = row_of[q.items[q.start[i]: q.start[i] + q.length[i]]]
+            sessions.append(r[r >= 0])
+        rows, _ = recommender.recommend_rows(sessions, k, exclude_session_items=exclude_prefix)
+        return np.where(rows >= 0, rows_item[np.maximum(rows, 0)], -1).astype(np.int32)
+
+    return recommend
 
 
 # ---------------------------------------------------------------- helpers

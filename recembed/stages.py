@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from recembed.config import Config
+from recembed.evaluate import serving_recommend
 from recembed.graph import build_item_graph, graph_summary, load_graph, save_graph
 from recembed.ingest import ColumnMap, IngestError, ingest, read_categories, write_parquet_atomic
 from recembed.pipeline import EXIT_BAD_INPUT, PipelineError, Stage
@@ -138,6 +139,30 @@ def train_stage(cfg: Config, run: Path, out: Path) -> dict:
     return {k: v for k, v in res.stats.items() if k != "loss_per_epoch"}
 
 
+def index_stage(cfg: Config, run: Path, out: Path) -> dict:
+    """index.faiss + index.json (tuned to index.target_recall), serving.json."""
+    from dataclasses import asdict
+
+    from recembed.index import build_index, save_index, set_threads, tune_index
+    from recembed.serving import ServingSettings, write_settings
+
+    ic = cfg.index
+    set_threads(cfg.run.n_threads())
+    vectors = np.load(run / "vectors.npy", allow_pickle=False)
+    index, meta = build_index(vectors, factory=ic.type, metric=ic.metric,
+                              memory_budget_gb=ic.memory_budget_gb, hnsw_m=ic.hnsw_m,
+                              ef_construction=ic.ef_construction, seed=cfg.run.seed)
+    meta = tune_index(index, vectors, meta, target_recall=ic.target_recall, k=ic.tune_k,
+                      n_queries=ic.tune_queries, seed=cfg.run.seed)
+    if not meta.reached_target:
+        log.warning("index: %s", meta.reason)
+    save_index(index, meta, out)
+    write_settings(out / "serving.json", ServingSettings(**cfg.section("serving")))
+    d = asdict(meta)
+    d.pop("tuning")
+    return d
+
+
 def evaluate_stage(cfg: Config, run: Path, out: Path) -> dict:
     """metrics.json (every baseline and query strategy, both variants) and report.html."""
     from recembed.evaluate import best_method, embedding_scorer, evaluate_all
@@ -157,8 +182,12 @@ def evaluate_stage(cfg: Config, run: Path, out: Path) -> dict:
                                         history=e.history)
         for s in e.strategies if not (s == "directional" and context is None)
     }
+    from recembed.serving import Recommender
+
+    serving = serving_recommend(Recommender.load(run), items["item"].to_numpy(), n_items)
     metrics = evaluate_all(train, test, n_items, ks=e.ks, baselines=e.baselines,
-                           embeddings=embeddings, max_queries=e.max_queries, seed=cfg.run.seed)
+                           embeddings=embeddings, recommenders={f"{name}:serving": serving},
+                           max_queries=e.max_queries, seed=cfg.run.seed)
     best, r20 = best_method(metrics, prefix=f"{name}:")
     metrics["headline"] = {"method": best, "recall@20": r20}
     train_stats = json.loads((run / "train.json").read_text())
@@ -216,6 +245,8 @@ STAGES: list[Stage] = [
     Stage("train", train_stage, ("train", "sequences", "walks"), ("sequences", "walks"),
           ("vectors.npy", "context_vectors.npy", "items.parquet", "vectors.bin", "vectors.txt",
            "train.json")),
-    Stage("evaluate", evaluate_stage, ("evaluate",), ("train",),
+    Stage("index", index_stage, ("index", "serving"), ("train",),
+          ("index.faiss", "index.json", "serving.json")),
+    Stage("evaluate", evaluate_stage, ("evaluate",), ("train", "index"),
           ("metrics.json", "report.html"), enabled=lambda cfg: cfg.evaluate.enabled),
 ]

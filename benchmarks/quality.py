@@ -1,0 +1,132 @@
+"""Quality of every method on the real samples (../shared/data), plus the tuning sweeps and the
+Recall@20-vs-training-tokens curves the config defaults were chosen from.
+
+    python benchmarks/quality.py                      # comparison tables (both datasets)
+    python benchmarks/quality.py --sweep              # + hyper-parameter sweeps and token curves
+
+Each embedding method is trained by the real pipeline (`recembed run` on pipelines/<dataset>.toml
+with overrides); baselines are evaluated on the same split in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import append_results, markdown_table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recembed.config import load_config  # noqa: E402
+from recembed.pipeline import run_pipeline  # noqa: E402
+
+METHODS = {
+    "item2vec": [],
+    "deepwalk": ["sequences.enabled=false", "walks.enabled=true", "walks.method='deepwalk'"],
+    "node2vec": ["sequences.enabled=false", "walks.enabled=true", "walks.method='node2vec'",
+                 "walks.p=0.5", "walks.q=2.0"],
+}
+
+
+def run(dataset: str, overrides: list[str], workdir: Path, baselines: bool = False) -> dict:
+    """Train + evaluate one configuration; returns metrics.json plus stage timings."""
+    ov = [f"run.runs_dir='{workdir}'", "run.progress=false", "evaluate.ks=[10,20]", *overrides]
+    if not baselines:
+        ov.append("evaluate.baselines=[]")
+    cfg = load_config(ROOT / "pipelines" / f"{dataset}.toml", ov)
+    t0 = time.perf_counter()
+    rep = run_pipeline(cfg, echo=lambda s: None)
+    metrics = json.loads((rep.run_dir / "metrics.json").read_text())
+    fit = sum(st.get("seconds", 0) for n, st in rep.stages.items()
+              if n in ("graph", "walks", "sequences", "train"))
+    metrics["fit_seconds"] = fit
+    metrics["wall_seconds"] = time.perf_counter() - t0
+    return metrics
+
+
+def comparison(dataset: str, workdir: Path) -> list[dict]:
+    rows = []
+    for i, (name, ov) in enumerate(METHODS.items()):
+        m = run(dataset, ov, workdir, baselines=(i == 0))
+        for method, res in m["methods"].items():
+            is_emb = ":" in method
+            if not is_emb and i > 0:
+                continue
+            r = res["allow_repeats"]
+            rows.append({
+                "method": method, "recall@10": round(r["recall@10"], 4),
+                "recall@20": round(r["recall@20"], 4), "mrr@20": round(r["mrr@20"], 4),
+                "ndcg@20": round(r["ndcg@20"], 4), "coverage@20": round(r["coverage@20"], 3),
+                "recall@20 excl. prefix": round(res["exclude_prefix"]["recall@20"], 4),
+                "recall@20 tail": round(r["recall@20_tail"], 4),
+                "fit_s": round(m["fit_seconds"] if is_emb else r.get("fit_seconds", 0), 2),
+            })
+            print(rows[-1], flush=True)
+    return rows
+
+
+def sweep(dataset: str, workdir: Path) -> list[dict]:
+    """One-at-a-time sweeps around the defaults, then token curves (epochs for item2vec, walks
+    per node for DeepWalk)."""
+    grid = [("train.window", [1, 2, 3, 5]), ("train.ns_exponent", [-0.5, 0.0, 0.5, 0.75]),
+            ("train.negative", [5, 10, 20]), ("train.vector_size", [32, 64, 128]),
+            ("train.epochs", [5, 10, 20, 40, 80, 160]), ("sequences.replication", [1.0, 4.0])]
+    rows = []
+    for key, values in grid:
+        for v in values:
+            m = run(dataset, [f"{key}={v}"], workdir)
+            rows.append(_row("item2vec", key, v, m))
+    for wpn, length, epochs in ((1, 20, 10), (2, 20, 10), (5, 20, 10), (10, 20, 10),
+                                (20, 20, 10), (10, 10, 10), (10, 40, 10), (10, 20, 5),
+                                (10, 20, 20)):
+        m = run(dataset, [*METHODS["deepwalk"], f"walks.walks_per_node={wpn}",
+                          f"walks.walk_length={length}", f"train.epochs={epochs}"], workdir)
+        rows.append(_row("deepwalk", "walks/node x length x epochs", f"{wpn}x{length}x{epochs}",
+                         m))
+    return rows
+
+
+def _row(model: str, key: str, value, m: dict) -> dict:
+    name, r20 = max(((n, v["allow_repeats"]["recall@20"]) for n, v in m["methods"].items()),
+                    key=lambda t: t[1])
+    t = m["train"]
+    r = {"model": model, "setting": key, "value": value,
+         "tokens_trained": t["tokens_trained"], "best strategy": name.split(":")[-1],
+         "recall@20": round(r20, 4), "mrr@20": round(m["methods"][name]["allow_repeats"]["mrr@20"], 4),
+         "train_s": t["train_seconds"], "words/s": t["words_per_s"]}
+    print(r, flush=True)
+    return r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--datasets", nargs="+", default=["yoochoose", "diginetica"])
+    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--no-compare", action="store_true", help="skip the comparison tables")
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for ds in args.datasets:
+            if not args.no_compare:
+                table = markdown_table(comparison(ds, Path(tmp)))
+            if not args.no_compare and not args.no_record:
+                append_results(f"quality on {ds} (default settings)",
+                               f"python benchmarks/quality.py --datasets {ds}", table,
+                               "allow_repeats variant unless noted: only the query item itself "
+                               "is excluded. fit_s: graph+walks+corpus+training for embeddings.")
+            if args.sweep:
+                table = markdown_table(sweep(ds, Path(tmp)))
+                if not args.no_record:
+                    append_results(f"tuning sweep and token curve on {ds}",
+                                   f"python benchmarks/quality.py --sweep --datasets {ds}", table,
+                                   "One setting changed at a time from the defaults; best "
+                                   "embedding strategy per row.")
+
+
+if __name__ == "__main__":
+    main()

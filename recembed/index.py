@@ -1,0 +1,257 @@
+"""faiss indexes over item vectors: choose, build, tune to a target recall, save, load, search.
+
+Cosine similarity is inner product on L2-normalised vectors (raw inner product on unnormalised
+vectors breaks HNSW's recall, so "ip" is only for directional scoring). Tuning measures recall
+against exact search on a sample of real item queries and raises efSearch / nprobe until the
+target is met, or says it cannot; what was measured goes into the index metadata (index.json).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# faiss guidelines (wiki "Guidelines to choose an index"), in items
+EXACT_BELOW = 50_000
+HNSW_BELOW = 2_000_000
+MIN_POINTS_PER_CENTROID = 39
+
+
+@dataclass
+class IndexMeta:
+    """What index.json records: the factory string, metric, size, the chosen search parameters
+    and what was measured with them."""
+
+    factory: str
+    metric: str
+    n: int
+    dim: int
+    reason: str
+    search_params: str = ""
+    target_recall: float = 0.0
+    tune_k: int = 0
+    recall: float | None = None
+    reached_target: bool | None = None
+    latency_ms: float | None = None
+    qps_batch: float | None = None
+    memory_bytes: int = 0
+    build_seconds: float = 0.0
+    tuning: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def set_threads(n: int) -> None:
+    """faiss OpenMP threads (numba keeps its own pool; see recembed/__init__ for the wait policy)."""
+    import faiss
+
+    faiss.omp_set_num_threads(max(1, n))
+
+
+def choose_index(n: int, dim: int, memory_budget_gb: float = 8.0, hnsw_m: int = 32
+                 ) -> tuple[str, str]:
+    """(faiss factory string, reason) for a catalogue of n vectors of dimension dim."""
+    raw_gb = n * dim * 4 / 2**30
+    if n < EXACT_BELOW:
+        return "Flat", f"{n:,} items < {EXACT_BELOW:,}: exact search is fast enough"
+    nlist = _nlist(n)
+    if raw_gb + n * hnsw_m * 8 / 2**30 > memory_budget_gb:
+        m = _pq_m(dim)
+        return (f"IVF{nlist},PQ{m}x8,Refine(SQ8)",
+                f"vectors need {raw_gb:.1f} GB (+ graph), over the {memory_budget_gb} GB budget: "
+                f"IVF-PQ with an SQ8 refinement")
+    if n < HNSW_BELOW:
+        return f"HNSW{hnsw_m}", f"{n:,} items: HNSW (graph) index"
+    return (f"IVF{nlist}_HNSW32,Flat",
+            f"{n:,} items >= {HNSW_BELOW:,}: IVF with an HNSW coarse quantizer, nlist={nlist}")
+
+
+def build_index(
+    vectors: np.ndarray, *, factory: str = "auto", metric: str = "cosine",
+    memory_budget_gb: float = 8.0, hnsw_m: int = 32, ef_construction: int = 200, seed: int = 0,
+):
+    """(faiss index, IndexMeta) over `vectors` (row i = id i); cosine normalises a copy first."""
+    import faiss
+
+    x = prepare_vectors(vectors, metric)
+    n, dim = x.shape
+    reason = "set in the config"
+    if factory == "auto":
+        factory, reason = choose_index(n, dim, memory_budget_gb, hnsw_m)
+    factory, fallback = _check_training_size(factory, n)
+    if fallback:
+        reason = fallback
+    t0 = time.perf_counter()
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    hnsw = _hnsw_of(index)
+    if hnsw is not None:
+        hnsw.efConstruction = ef_construction
+    if not index.is_trained:
+        rng = np.random.default_rng(seed)
+        sample = x[rng.choice(n, min(n, 256 * _nlist_of(factory, n)), replace=False)]
+        _train_seeded(index, sample, seed)
+    index.add(x)
+    meta = IndexMeta(factory=factory, metric=metric, n=n, dim=dim, reason=reason,
+                     build_seconds=round(time.perf_counter() - t0, 3),
+                     memory_bytes=len(faiss.serialize_index(index)))
+    return index, meta
+
+
+def tune_index(
+    index, vectors: np.ndarray, meta: IndexMeta, *, target_recall: float = 0.95, k: int = 100,
+    n_queries: int = 1000, seed: int = 0,
+) -> IndexMeta:
+    """Raise efSearch / nprobe until recall@k against exact search on sampled item queries
+    reaches `target_recall` (or the largest setting is measured); records all in `meta`."""
+    import faiss
+
+    x = prepare_vectors(vectors, meta.metric)
+    n = len(x)
+    k = min(k, n)
+    rng = np.random.default_rng(seed)
+    qidx = rng.choice(n, min(n_queries, n), replace=False)
+    q = x[qidx]
+    exact = faiss.IndexFlatIP(x.shape[1])
+    exact.add(x)
+    _, truth = exact.search(q, k)
+    meta.target_recall, meta.tune_k = target_recall, k
+    grid = _param_grid(index, meta.factory)
+    ps = faiss.ParameterSpace()
+    for params in grid:
+        if params:
+            ps.set_index_parameters(index, params)
+        t0 = time.perf_counter()
+        _, got = index.search(q, k)
+        dt = time.perf_counter() - t0
+        rec = _recall(got, truth)
+        meta.tuning.append({"params": params, "recall": round(rec, 4),
+                            "qps_batch": round(len(q) / dt, 1)})
+        meta.search_params, meta.recall, meta.qps_batch = params, round(rec, 4), round(
+            len(q) / dt, 1)
+        if rec >= target_recall:
+            break
+    meta.reached_target = bool(meta.recall is not None and meta.recall >= target_recall)
+    if not meta.reached_target:
+        meta.reason += (f"; tuning could not reach recall@{k} {target_recall} (best "
+                        f"{meta.recall}): use a larger hnsw_m / nlist or a Flat index")
+    # single-query latency with the chosen parameters
+    t0 = time.perf_counter()
+    for i in range(min(200, len(q))):
+        index.search(q[i:i + 1], min(10, k))
+    meta.latency_ms = round((time.perf_counter() - t0) / min(200, len(q)) * 1e3, 4)
+    return meta
+
+
+def prepare_vectors(vectors: np.ndarray, metric: str) -> np.ndarray:
+    """float32 C-contiguous vectors, L2-normalised for the cosine metric."""
+    if metric not in ("cosine", "ip"):
+        raise ValueError(f"index metric must be 'cosine' or 'ip', got {metric!r}")
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"vectors must be a non-empty 2-D array, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("vectors contain NaN or infinite values")
+    if metric == "cosine":
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x
+
+
+def save_index(index, meta: IndexMeta, out_dir: str | Path) -> None:
+    """Write index.faiss and index.json into out_dir (faiss' own format; no pickle)."""
+    import faiss
+
+    out_dir = Path(out_dir)
+    faiss.write_index(index, str(out_dir / "index.faiss"))
+    (out_dir / "index.json").write_text(meta.to_json())
+
+
+def load_index(dir_: str | Path):
+    """(faiss index with its tuned search parameters applied, metadata dict)."""
+    import faiss
+
+    dir_ = Path(dir_)
+    index = faiss.read_index(str(dir_ / "index.faiss"))
+    meta = json.loads((dir_ / "index.json").read_text())
+    if meta.get("search_params"):
+        faiss.ParameterSpace().set_index_parameters(index, meta["search_params"])
+    return index, meta
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _nlist(n: int) -> int:
+    # between 4*sqrt(N) and 16*sqrt(N), a power of two, and >= 39 training points per centroid
+    nlist = 2 ** round(math.log2(8 * math.sqrt(n)))
+    return max(1, min(nlist, n // MIN_POINTS_PER_CENTROID))
+
+
+def _pq_m(dim: int) -> int:
+    for m in (dim // 4, dim // 2, dim // 8, 16, 8, 4, 2, 1):
+        if m >= 1 and dim % m == 0:
+            return m
+    return 1
+
+
+def _nlist_of(factory: str, n: int) -> int:
+    import re
+
+    m = re.match(r"IVF(\d+)", factory)
+    return int(m.group(1)) if m else 1
+
+
+def _check_training_size(factory: str, n: int) -> tuple[str, str]:
+    nlist = _nlist_of(factory, n)
+    if factory.startswith("IVF") and nlist * MIN_POINTS_PER_CENTROID > n:
+        return "Flat", (f"{factory} needs {nlist * MIN_POINTS_PER_CENTROID:,} training points "
+                        f"({MIN_POINTS_PER_CENTROID} per centroid) but there are {n:,} items: "
+                        "fell back to exact Flat search")
+    return factory, ""
+
+
+def _train_seeded(index, sample: np.ndarray, seed: int) -> None:
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        cp = ivf.cp
+        cp.seed = seed
+    index.train(sample)
+
+
+def _hnsw_of(index):
+    import faiss
+
+    for candidate in (index, getattr(index, "base_index", None)):
+        if candidate is None:
+            continue
+        try:
+            return faiss.downcast_index(candidate).hnsw
+        except AttributeError:
+            continue
+    return None
+
+
+def _param_grid(index, factory: str) -> list[str]:
+    if factory.startswith("HNSW"):
+        return [f"efSearch={e}" for e in (16, 32, 64, 128, 256, 512, 1024)]
+    if factory.startswith("IVF"):
+        nlist = _nlist_of(factory, 0)
+        probes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p <= nlist]
+        extra = ",quantizer_efSearch={}" if "_HNSW" in factory else ""
+        k_factor = ",k_factor=4" if "Refine" in factory else ""
+        return [f"nprobe={p}" + (extra.format(max(2 * p, 64)) if extra else "") + k_factor
+                for p in probes]
+    return [""]
+
+
+def _recall(got: np.ndarray, truth: np.ndarray) -> float:
+    hits = sum(len(np.intersect1d(g[g >= 0], t)) for g, t in zip(got, truth, strict=True))
+    return hits / truth.size
+

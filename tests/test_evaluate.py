@@ -1,0 +1,88 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from recembed.evaluate import (Queries, evaluate, evaluate_all, item_knn_scorer,
+                               make_queries, popularity_buckets, ranking_metrics,
+                               sequential_rules_scorer, session_popularity_scorer, top_k)
+
+
+def test_ranking_metrics_by_hand():
+    recs = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9], [9, -1, -1]])
+    targets = np.array([2, 7, 9, 9])
+    m = ranking_metrics(recs, targets, [1, 2, 3], n_items=10)
+    # ranks: 2, none, 3, 1
+    assert m["recall@1"] == 0.25 and m["recall@2"] == 0.5 and m["recall@3"] == 0.75
+    assert m["mrr@3"] == pytest.approx((1 / 2 + 1 / 3 + 1) / 4)
+    assert m["mrr@1"] == pytest.approx(1 / 4)
+    assert m["ndcg@3"] == pytest.approx((1 / np.log2(3) + 1 / np.log2(4) + 1) / 4)
+    assert m["coverage@1"] == pytest.approx(4 / 10)  # top-1 items: {1, 4, 7, 9}
+    assert m["coverage@3"] == pytest.approx(9 / 10)
+
+
+def test_top_k_ties_break_by_lower_index_and_k_beyond_the_catalogue():
+    s = np.array([[1.0, 3.0, 3.0, 2.0, -np.inf]], np.float32)
+    assert top_k(s, 2).tolist() == [[1, 2]]
+    assert top_k(s, 7).tolist() == [[1, 2, 3, 0, -1, -1, -1]]
+    flat = np.zeros((1, 6), np.float32)
+    assert top_k(flat, 3).tolist() == [[0, 1, 2]]
+
+
+def test_queries_cover_every_position_and_count_unknown_targets():
+    test = pd.DataFrame({"session": [0, 0, 0, 1, 1, 2], "item": [1, 2, 3, 4, 9, 5]})
+    known = np.ones(10, bool)
+    known[9] = False
+    q, st = make_queries(test, known)
+    # s0 gives (1 -> 2), (1 2 -> 3); s1 gives (4 -> 9) with 9 unknown; s2 is a single item
+    assert st == {"targets": 3, "oov_targets": 1, "oov_share": 1 / 3, "queries": 2}
+    prefixes = [q.items[s:s + n].tolist() for s, n in zip(q.start, q.length, strict=True)]
+    assert prefixes == [[1], [1, 2]] and q.target.tolist() == [2, 3]
+
+
+def test_empty_holdout_gives_zero_queries_not_a_crash():
+    q, st = make_queries(pd.DataFrame({"session": [], "item": []}), np.ones(3, bool))
+    assert st["queries"] == 0 and len(q) == 0
+    m = evaluate(lambda q, i: np.zeros((len(i), 3)), q, 3, ks=[1, 5])
+    assert m["recall@5"] == 0.0 and m["queries"] == 0
+
+
+def test_exclude_prefix_removes_repeat_recommendations():
+    # session [0, 1, 0]: the target 0 repeats an earlier prefix item
+    q = Queries(np.array([0, 1, 0], np.int32), np.array([0]), np.array([2], np.int32),
+                np.array([0], np.int32))
+    pop = np.array([1.0, 5.0, 3.0, 2.0])
+    sp_ = session_popularity_scorer(pop)
+    assert evaluate(sp_, q, 4, ks=[1])["recall@1"] == 1.0
+    assert evaluate(sp_, q, 4, ks=[3], exclude_prefix=True)["recall@3"] == 0.0
+    # the last prefix item (1) is never recommended
+    assert evaluate(sp_, q, 4, ks=[1])["coverage@1"] == 0.25
+
+
+def test_sequential_rules_and_item_knn_on_a_tiny_log():
+    train = pd.DataFrame({"session": [0, 0, 0, 1, 1, 2, 2],
+                          "item": [0, 1, 2, 0, 1, 3, 2]})
+    pop = np.bincount(train["item"], minlength=4).astype(float)
+    q = Queries(np.array([0], np.int32), np.array([0]), np.array([1], np.int32),
+                np.array([1], np.int32))
+    sr = sequential_rules_scorer(train, 4, pop)(q, np.array([0]))[0]
+    # 0 -> 1 twice at distance 1 (weight 2), 0 -> 2 once at distance 2 (0.5), nothing to 3
+    assert sr[1] == pytest.approx(2, abs=1e-3) and sr[2] == pytest.approx(0.5, abs=1e-3)
+    assert sr[3] < 1e-3
+    knn = item_knn_scorer(train, 4, pop)(q, np.array([0]))[0]
+    # cosine over sessions: 0 in {s0,s1}, 1 in {s0,s1}, 2 in {s0,s2}
+    assert knn[1] == pytest.approx(1.0, abs=1e-4) and knn[2] == pytest.approx(0.5, abs=1e-4)
+
+
+def test_popularity_buckets_split_click_mass_in_thirds():
+    pop = np.array([60.0, 20, 10, 5, 5])  # head = item 0 alone carries 60%
+    assert popularity_buckets(pop).tolist() == [0, 1, 2, 2, 2]
+
+
+def test_evaluate_all_runs_every_baseline_on_the_same_queries():
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame({"session": np.repeat(np.arange(300), 4),
+                          "item": rng.integers(0, 30, 1200)})
+    test = pd.DataFrame({"session": np.repeat(np.arange(50), 3), "item": rng.integers(0, 30, 150)})
+    m = evaluate_all(train, test, 30, ks=[5, 20], baselines=["pop", "session_pop", "item_knn", "sr"])
+    assert set(m["methods"]) == {"pop", "session_pop", "item_knn", "sr"}
+    assert {v["allow_repeats"]["queries"] for v in m["methods"].values()} == {100}

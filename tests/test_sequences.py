@@ -1,0 +1,60 @@
+import numpy as np
+import pandas as pd
+
+from recembed.sequences import session_multiplicity, write_session_corpus
+
+
+def _sessions(n, length=3, n_items=50, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"session": np.repeat(np.arange(n), length),
+                         "item": rng.integers(0, n_items, n * length)})
+
+
+def _lines(path):
+    return path.read_text().splitlines()
+
+
+def test_old_sessions_appear_proportionally_less(tmp_path):
+    """A short half-life: sessions of weight 1 and of weight 0.25, replication 4 -> 4 and 1
+    expected copies; weight 0.1 -> 0.4 copies on average."""
+    n = 3000
+    s = pd.DataFrame({"session": np.arange(3 * n), "item": np.arange(3 * n)})  # token = session
+    w = np.r_[np.full(n, 1.0), np.full(n, 0.25), np.full(n, 0.1)]
+    st = write_session_corpus(s, w, tmp_path / "c.txt", replication=4, seed=1)
+    # single-token sessions are still written (filtering is sessionize's job)
+    counts = np.bincount([int(x) for x in _lines(tmp_path / "c.txt")], minlength=3 * n)
+    assert counts[:n].mean() == 4.0
+    assert abs(counts[n:2 * n].mean() - 1.0) < 1e-9
+    assert abs(counts[2 * n:].mean() - 0.4) < 0.03  # Bernoulli(0.4) x 3000: sd 0.009
+    assert st.sessions_absent == int((counts == 0).sum())
+
+
+def test_repeats_are_spread_not_adjacent(tmp_path):
+    s = _sessions(200)
+    write_session_corpus(s, np.full(200, 1.0), tmp_path / "c.txt", replication=3, seed=0)
+    lines = _lines(tmp_path / "c.txt")
+    assert len(lines) == 600
+    assert all(a != b for a, b in zip(lines, lines[1:]))  # noqa: B905
+    assert lines[:200] == lines[200:400]  # round r repeats the corpus order
+
+
+def test_no_decay_gives_every_session_once_in_order(tmp_path):
+    s = _sessions(50, length=4)
+    write_session_corpus(s, np.ones(50), tmp_path / "c.txt")
+    lines = _lines(tmp_path / "c.txt")
+    expect = [" ".join(map(str, g["item"])) for _, g in s.groupby("session")]
+    assert lines == expect
+
+
+def test_long_sessions_are_split_for_gensim(tmp_path):
+    s = pd.DataFrame({"session": np.zeros(25_000, int), "item": np.arange(25_000) % 97})
+    st = write_session_corpus(s, np.ones(1), tmp_path / "c.txt")
+    lens = [len(x.split()) for x in _lines(tmp_path / "c.txt")]
+    assert lens == [10_000, 10_000, 5_000] and st.tokens == 25_000
+
+
+def test_multiplicity_is_seeded():
+    w = np.random.default_rng(0).random(1000)
+    a, b = session_multiplicity(w, 2.0, seed=5), session_multiplicity(w, 2.0, seed=5)
+    assert (a == b).all() and not (a == session_multiplicity(w, 2.0, seed=6)).all()
+    assert ((a == np.floor(2 * w)) | (a == np.floor(2 * w) + 1)).all()

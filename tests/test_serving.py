@@ -1,0 +1,110 @@
+import sys
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recembed.index import build_index, save_index, tune_index
+from recembed.serving import ArtifactError, Recommender, ServingSettings, write_settings
+
+
+def _version(tmp_path, n=300, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    vec = rng.normal(size=(n, d)).astype(np.float32)
+    ids = [f"sku{i}" for i in range(n)]
+    pq.write_table(pa.table({"id": ids, "code": np.arange(n, dtype=np.int32)}),
+                   tmp_path / "items.parquet")
+    np.save(tmp_path / "vectors.npy", vec)
+    index, meta = build_index(vec, factory="HNSW16")
+    tune_index(index, vec, meta, target_recall=0.99, k=20, n_queries=100)
+    save_index(index, meta, tmp_path)
+    write_settings(tmp_path / "serving.json", ServingSettings())
+    return ids, vec
+
+
+def test_similar_never_returns_the_query_and_matches_exact_cosine(tmp_path):
+    ids, vec = _version(tmp_path)
+    r = Recommender.load(tmp_path)
+    res = r.similar(ids[:50], k=10)
+    u = vec / np.linalg.norm(vec, axis=1, keepdims=True)
+    for i, (got, sc) in enumerate(zip(res.ids, res.scores, strict=True)):
+        assert ids[i] not in got and len(got) == 10
+        sims = u @ u[i]
+        sims[i] = -np.inf
+        exact = [ids[j] for j in np.argsort(-sims)[:10]]
+        assert len(set(got) & set(exact)) >= 9
+        assert (np.diff(sc) <= 1e-6).all()
+
+
+def test_batch_and_single_queries_agree_and_exclude_works(tmp_path):
+    ids, _ = _version(tmp_path)
+    r = Recommender.load(tmp_path)
+    batch = r.similar(ids[:5], k=8)
+    for i in range(5):
+        one = r.similar(ids[i], k=8)
+        assert list(one.ids[0]) == list(batch.ids[i])
+    ex = list(batch.ids[0][:3])
+    assert not set(ex) & set(r.similar(ids[0], k=8, exclude=ex).ids[0])
+
+
+def test_unknown_ids_get_a_typed_empty_result(tmp_path):
+    ids, _ = _version(tmp_path)
+    r = Recommender.load(tmp_path)
+    res = r.similar(["nope", ids[1]], k=5)
+    assert res.unknown == ["nope"] and len(res.ids[0]) == 0 and len(res.ids[1]) == 5
+    rec = r.recommend(["nope", "nada"], k=5)
+    assert rec.unknown == ["nada", "nope"] and len(rec.ids[0]) == 0
+
+
+def test_recommend_boosts_session_items_and_skips_the_last(tmp_path):
+    ids, _ = _version(tmp_path)
+    r = Recommender.load(tmp_path)
+    session = [ids[7], ids[100], ids[7], ids[42]]
+    rec = r.recommend(session, k=10)
+    assert ids[42] not in rec.ids[0]
+    assert rec.ids[0][0] in (ids[7], ids[100])  # repeat-aware bonus puts session items first
+    off = r.recommend(session, k=10, exclude_session_items=True)
+    assert not set(session) & set(off.ids[0])
+
+
+def test_concurrent_reads_agree(tmp_path):
+    ids, _ = _version(tmp_path)
+    r = Recommender.load(tmp_path)
+    expect = [list(x) for x in r.similar(ids[:20], k=10).ids]
+    errors = []
+
+    def work():
+        for _ in range(20):
+            if [list(x) for x in r.similar(ids[:20], k=10).ids] != expect:
+                errors.append("mismatch")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_tampered_files_are_refused(tmp_path):
+    import hashlib
+    import json
+
+    _version(tmp_path)
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": files}))
+    Recommender.load(tmp_path)
+    p = tmp_path / "vectors.npy"
+    p.write_bytes(p.read_bytes()[:-8])
+    with pytest.raises(ArtifactError, match="vectors.npy.*sha256"):
+        Recommender.load(tmp_path)
+
+
+def test_serving_imports_no_training_stack():
+    import subprocess
+
+    code = ("import sys, recembed.serving; bad = [m for m in ('gensim', 'pandas', "
+            "'recembed.train', 'numba') if m in sys.modules]; print(bad); assert not bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
