@@ -51,7 +51,7 @@ def run(dataset: str, overrides: list[str], workdir: Path, baselines: bool = Fal
 
 def comparison(dataset: str, workdir: Path) -> list[dict]:
     rows = []
-    for i, (name, ov) in enumerate(METHODS.items()):
+    for i, (_name, ov) in enumerate(METHODS.items()):
         m = run(dataset, ov, workdir, baselines=(i == 0))
         for method, res in m["methods"].items():
             is_emb = ":" in method

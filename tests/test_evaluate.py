@@ -2,9 +2,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recembed.evaluate import (Queries, evaluate, evaluate_all, item_knn_scorer,
-                               make_queries, popularity_buckets, ranking_metrics,
-                               sequential_rules_scorer, session_popularity_scorer, top_k)
+from recembed.evaluate import (
+    Queries,
+    evaluate,
+    evaluate_all,
+    item_knn_scorer,
+    make_queries,
+    popularity_buckets,
+    ranking_metrics,
+    sequential_rules_scorer,
+    session_popularity_scorer,
+    top_k,
+)
 
 
 def test_ranking_metrics_by_hand():

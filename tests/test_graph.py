@@ -4,8 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recembed.graph import (build_item_graph, from_networkx, graph_summary, load_graph,
-                            save_graph, to_networkx)
+from recembed.graph import (
+    build_item_graph,
+    from_networkx,
+    graph_summary,
+    load_graph,
+    save_graph,
+    to_networkx,
+)
 from recembed.ingest import ColumnMap, ingest
 from recembed.sessions import sessionize
 from tests.conftest import DIGI, YOO
@@ -73,7 +79,7 @@ def test_summary_networkx_round_trip_and_save(tmp_path):
     assert (s.nodes, s.edges, s.isolated, s.weak_components, s.largest_component) == (6, 6, 1, 3, 3)
     G = to_networkx(g, ids=["a", "b", "c", "d", "e", "f"])
     assert G["a"]["b"]["weight"] == 1.0
-    g2, nodes = from_networkx(G, nodes=["a", "b", "c", "d", "e", "f"])
+    g2, _nodes = from_networkx(G, nodes=["a", "b", "c", "d", "e", "f"])
     assert (g2 != g).nnz == 0
     save_graph(g, tmp_path / "g.npz")
     assert (load_graph(tmp_path / "g.npz") != g).nnz == 0

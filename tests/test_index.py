@@ -1,8 +1,16 @@
 import numpy as np
 import pytest
 
-from recembed.index import (EXACT_BELOW, HNSW_BELOW, build_index, choose_index, load_index,
-                            prepare_vectors, save_index, tune_index)
+from recembed.index import (
+    EXACT_BELOW,
+    HNSW_BELOW,
+    build_index,
+    choose_index,
+    load_index,
+    prepare_vectors,
+    save_index,
+    tune_index,
+)
 
 
 @pytest.mark.parametrize(("n", "budget", "expect"), [
@@ -20,7 +28,7 @@ def test_auto_choice_by_size_and_memory(n, budget, expect):
 
 def test_ivf_without_enough_training_points_falls_back_and_says_why():
     x = np.random.default_rng(0).normal(size=(500, 16)).astype(np.float32)
-    index, meta = build_index(x, factory="IVF1024,Flat")
+    _index, meta = build_index(x, factory="IVF1024,Flat")
     assert meta.factory == "Flat" and "39" in meta.reason
 
 

@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pandas as pd
 
@@ -34,7 +36,7 @@ def test_repeats_are_spread_not_adjacent(tmp_path):
     write_session_corpus(s, np.full(200, 1.0), tmp_path / "c.txt", replication=3, seed=0)
     lines = _lines(tmp_path / "c.txt")
     assert len(lines) == 600
-    assert all(a != b for a, b in zip(lines, lines[1:]))  # noqa: B905
+    assert all(a != b for a, b in itertools.pairwise(lines))
     assert lines[:200] == lines[200:400]  # round r repeats the corpus order
 
 

@@ -98,7 +98,7 @@ def test_tampered_files_are_refused(tmp_path):
     Recommender.load(tmp_path)
     p = tmp_path / "vectors.npy"
     p.write_bytes(p.read_bytes()[:-8])
-    with pytest.raises(ArtifactError, match="vectors.npy.*sha256"):
+    with pytest.raises(ArtifactError, match=r"vectors\.npy.*sha256"):
         Recommender.load(tmp_path)
 
 
