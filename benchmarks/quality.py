@@ -74,30 +74,45 @@ def sweep(dataset: str, workdir: Path) -> list[dict]:
     """One-at-a-time sweeps around the defaults, then token curves (epochs for item2vec, walks
     per node for DeepWalk)."""
     grid = [("train.window", [1, 2, 3, 5]), ("train.ns_exponent", [-0.5, 0.0, 0.5, 0.75]),
-            ("train.negative", [5, 10, 20]), ("train.vector_size", [32, 64, 128]),
-            ("train.epochs", [5, 10, 20, 40, 80, 160]), ("sequences.replication", [1.0, 4.0])]
+            ("train.negative", [5, 10, 20]), ("train.vector_size", [32, 64, 128])]
     rows = []
     for key, values in grid:
         for v in values:
             m = run(dataset, [f"{key}={v}"], workdir)
             rows.append(_row("item2vec", key, v, m))
-    for wpn, length, epochs in ((1, 20, 10), (2, 20, 10), (5, 20, 10), (10, 20, 10),
-                                (20, 20, 10), (10, 10, 10), (10, 40, 10), (10, 20, 5),
-                                (10, 20, 20)):
+    # token curves: corpus size x epochs
+    for rep in (1.0, 2.0, 4.0):
+        for epochs in (10, 20, 40, 80):
+            m = run(dataset, [f"sequences.replication={rep}", f"train.epochs={epochs}"], workdir)
+            rows.append(_row("item2vec", "replication x epochs", f"{rep:g}x{epochs}", m))
+    for wpn, length, epochs in ((1, 20, 10), (2, 20, 5), (2, 20, 10), (2, 20, 20), (5, 20, 5),
+                                (5, 20, 10), (10, 20, 10), (10, 40, 10), (5, 10, 10)):
         m = run(dataset, [*METHODS["deepwalk"], f"walks.walks_per_node={wpn}",
                           f"walks.walk_length={length}", f"train.epochs={epochs}"], workdir)
         rows.append(_row("deepwalk", "walks/node x length x epochs", f"{wpn}x{length}x{epochs}",
                          m))
+    for key, values in (("serving.repeat_weight", [0.0, 0.25, 0.5, 1.0, 2.0]),
+                        ("serving.decay", [0.3, 0.5, 0.8]), ("serving.history", [1, 3, 5, 10])):
+        for v in values:
+            m = run(dataset, [f"{key}={v}"], workdir)
+            rows.append(_row("item2vec", key, v, m))
+    for wpn, epochs in ((2, 10), (2, 20), (5, 10)):
+        m = run(dataset, ["walks.enabled=true", f"walks.walks_per_node={wpn}",
+                          f"train.epochs={epochs}"], workdir)
+        rows.append(_row("item2vec+deepwalk", "walks/node x epochs", f"{wpn}x{epochs}", m))
     return rows
 
 
 def _row(model: str, key: str, value, m: dict) -> dict:
-    name, r20 = max(((n, v["allow_repeats"]["recall@20"]) for n, v in m["methods"].items()),
+    name, r20 = max(((n, v["allow_repeats"]["recall@20"]) for n, v in m["methods"].items()
+                     if not n.endswith(":serving")),
                     key=lambda t: t[1])
     t = m["train"]
     r = {"model": model, "setting": key, "value": value,
          "tokens_trained": t["tokens_trained"], "best strategy": name.split(":")[-1],
          "recall@20": round(r20, 4), "mrr@20": round(m["methods"][name]["allow_repeats"]["mrr@20"], 4),
+         "serving recall@20": round(next((v["allow_repeats"]["recall@20"] for n, v in
+                                          m["methods"].items() if n.endswith(":serving")), 0), 4),
          "train_s": t["train_seconds"], "words/s": t["words_per_s"]}
     print(r, flush=True)
     return r

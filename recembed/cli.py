@@ -22,6 +22,9 @@ SetOpt = Annotated[Optional[list[str]],  # noqa: UP045 - typer needs Optional
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s %(message)s")
+    if not verbose:  # their per-epoch INFO lines drown the run summary; we report our own
+        for name in ("gensim", "faiss", "numba", "smart_open"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @app.command()
@@ -31,10 +34,15 @@ def run(
     run_dir: Annotated[Optional[Path], typer.Option(help="where outputs go")] = None,  # noqa: UP045
     resume: Annotated[Optional[Path], typer.Option(help="resume this run directory")] = None,  # noqa: UP045
     stage: Annotated[Optional[list[str]], typer.Option(help="run only these stages")] = None,  # noqa: UP045
-    force: Annotated[bool, typer.Option(help="rerun stages even when up to date; "
-                                        "publish past a quality-gate refusal")] = False,
+    fresh: Annotated[bool, typer.Option(help="rerun every stage even when up to date")] = False,
+    force: Annotated[bool, typer.Option(help="publish even if the quality gate refuses "
+                                        "(logged)")] = False,
 ) -> None:
-    """Run the pipeline; a rerun of the same config on the same inputs resumes."""
+    """Run the pipeline; a rerun of the same config on the same inputs resumes.
+
+    Exit codes: 0 done/published, 1 crash, 2 bad config, 3 bad input, 4 quality gate refused,
+    5 publish lock held by another run.
+    """
     from recembed.pipeline import PipelineError, run_pipeline
 
     if resume is not None:
@@ -42,14 +50,103 @@ def run(
             _fail(f"{resume} is not a run directory (no config.toml)", 3)
         config, run_dir = resume / "config.toml", resume
     try:
-        cfg = load_config(config, set_)
+        cfg = load_config(config, [*(set_ or []), *(["publish.force=true"] if force else [])])
     except ConfigError as e:
         _fail(str(e), 2)
     try:
-        report = run_pipeline(cfg, run_dir, stages=stage, force=force, echo=typer.echo)
+        report = run_pipeline(cfg, run_dir, stages=stage, force=fresh, echo=typer.echo)
     except PipelineError as e:
         _fail(str(e), e.exit_code)
     typer.echo(report.summary())
+
+
+@app.command()
+def evaluate(
+    target: Annotated[Path, typer.Argument(help="a run directory, or a published version / "
+                                           "published root (then --run gives the holdout)")],
+    run_: Annotated[Optional[Path], typer.Option("--run", help="run whose holdout to use")] = None,  # noqa: UP045
+) -> None:
+    """Evaluate a run (all methods) or a published version's recommend on a run's holdout."""
+    import json
+
+    from recembed.pipeline import PipelineError, run_pipeline
+
+    if (target / "config.toml").exists() and (target / "sessions_test.parquet").exists():
+        cfg = load_config(target / "config.toml", ["evaluate.enabled=true"])
+        try:
+            run_pipeline(cfg, target, stages=["evaluate"], echo=typer.echo)
+        except PipelineError as e:
+            _fail(str(e), e.exit_code)
+        m = json.loads((target / "metrics.json").read_text())
+        k = 20 if 20 in m["ks"] else m["ks"][-1]
+        typer.echo(f"{m['queries']['queries']:,} queries, {m['queries']['oov_share']:.2%} of "
+                   "targets unseen in training")
+        typer.echo(f"{'method':<34}{'recall@' + str(k):>11}{'mrr@' + str(k):>9}"
+                   f"{'coverage':>10}{'excl. prefix':>14}")
+        for name, v in m["methods"].items():
+            a, e = v["allow_repeats"], v["exclude_prefix"]
+            typer.echo(f"{name:<34}{a[f'recall@{k}']:>11.4f}{a[f'mrr@{k}']:>9.4f}"
+                       f"{a[f'coverage@{k}']:>10.3f}{e[f'recall@{k}']:>14.4f}")
+        return
+    if run_ is None:
+        _fail("evaluating a published version needs --run RUN_DIR (whose holdout to use)", 2)
+    from recembed.serving import ArtifactError, Recommender
+    from recembed.stages import evaluate_version_on_run
+
+    try:
+        rec = Recommender.load(target)
+    except ArtifactError as e:
+        _fail(str(e), 3)
+    m = evaluate_version_on_run(rec, run_, load_config(run_ / "config.toml"))
+    typer.echo(f"recall@20 {m['recall@20']:.4f}  mrr@20 {m['mrr@20']:.4f}  "
+               f"coverage@20 {m['coverage@20']:.3f}  ({m['queries']:,} queries)")
+
+
+@app.command()
+def query(
+    version: Annotated[Path, typer.Argument(help="published root, version or run directory")],
+    item_id: Annotated[list[str], typer.Argument(help="item id(s)")],
+    k: Annotated[int, typer.Option("-k", help="neighbours per item")] = 20,
+) -> None:
+    """Nearest neighbours of items in a published version."""
+    rec = _load(version)
+    res = rec.similar(item_id, k=k)
+    for q, ids, sc in zip(item_id, res.ids, res.scores, strict=True):
+        typer.echo(f"\n{q}" + ("  (unknown id)" if q in res.unknown else ""))
+        _table(rec, ids, sc)
+
+
+@app.command()
+def recommend(
+    version: Annotated[Path, typer.Argument(help="published root, version or run directory")],
+    item_id: Annotated[list[str], typer.Argument(help="recent items of a session, oldest first")],
+    k: Annotated[int, typer.Option("-k", help="items to recommend")] = 20,
+) -> None:
+    """Next-item recommendations for a session (repeat-aware blend, see serving.json)."""
+    rec = _load(version)
+    res = rec.recommend(item_id, k=k)
+    if res.unknown:
+        typer.echo(f"unknown ids ignored: {', '.join(res.unknown)}")
+    _table(rec, res.ids[0], res.scores[0])
+
+
+def _load(path: Path):
+    from recembed.serving import ArtifactError, Recommender
+
+    try:
+        return Recommender.load(path)
+    except ArtifactError as e:
+        _fail(str(e), 3)
+
+
+def _table(rec, ids, scores) -> None:
+    cats = None
+    if rec.categories is not None:
+        cats = rec.categories[[rec.row_of[str(x)] for x in ids]]
+    typer.echo(f"{'rank':>4}  {'item':<20}{'score':>8}" + ("  category" if cats is not None else ""))
+    for i, (x, s) in enumerate(zip(ids, scores, strict=True)):
+        c = f"  {cats[i]}" if cats is not None else ""
+        typer.echo(f"{i + 1:>4}  {x!s:<20}{s:>8.4f}{c}")
 
 
 @app.command()

@@ -103,9 +103,9 @@ class GraphConfig(_Section):
 
 
 class WalksConfig(_Section):
-    enabled: bool = False
+    enabled: bool = True
     method: Literal["deepwalk", "node2vec"] = "deepwalk"
-    walks_per_node: int = Field(10, ge=1)
+    walks_per_node: int = Field(5, ge=1)
     walk_length: int = Field(20, ge=2)
     p: float = Field(1.0, gt=0)
     q: float = Field(1.0, gt=0)
@@ -124,7 +124,7 @@ class TrainConfig(_Section):
     negative: int = Field(10, ge=0)
     ns_exponent: float = 0.5
     sample: float = Field(0.0, ge=0)
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(5, ge=1)
     alpha: float = Field(0.025, gt=0)
     min_alpha: float = Field(0.0001, ge=0)
     min_count: int = Field(1, ge=1)
@@ -150,7 +150,8 @@ class ServingConfig(_Section):
     history: int = Field(5, ge=1)
     repeat_weight: float = Field(0.5, ge=0)
     repeat_decay: float = Field(0.7, gt=0, le=1)
-    candidates: int = Field(100, ge=1)
+    candidates: int = Field(200, ge=1)
+    directional_weight: float = Field(0.5, ge=0, le=1)
 
 
 class EvaluateConfig(_Section):
@@ -172,6 +173,8 @@ class PublishConfig(_Section):
     enabled: bool = False
     dir: str = "published"
     max_recall_drop: float = Field(0.05, ge=0, le=1)
+    min_coverage_ratio: float = Field(0.5, ge=0, le=1)
+    force: bool = False
     keep_versions: int = Field(5, ge=1)
     lock_wait_s: float = Field(0.0, ge=0)
     align_to_previous: bool = False
@@ -244,15 +247,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def dump_config(cfg: Config) -> str:
-    """The resolved config as TOML text (None values left out, as TOML has no null)."""
+    """The resolved config as TOML text; `load_config` reads it back to the same config."""
     import tomli_w
 
     return tomli_w.dumps(_drop_none(cfg.model_dump(mode="json")))
 
 
 def _drop_none(d: Any) -> Any:
+    # TOML has no null: an absent optional value is written as "", which loads back as None
     if isinstance(d, dict):
-        return {k: _drop_none(v) for k, v in d.items() if v is not None}
+        return {k: "" if v is None else _drop_none(v) for k, v in d.items()}
     if isinstance(d, float) and math.isinf(d):
         return "inf"
     return d

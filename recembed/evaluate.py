@@ -316,13 +316,14 @@ def serving_recommend(recommender, rows_item: np.ndarray, n_items: int) -> Recom
     """The serving `Recommender.recommend_rows` as an evaluation method: maps ingest codes to
     vector rows and back (`rows_item[r]` = ingest code of vector row r)."""
     row_of = np.full(n_items, -1, np.int64)
-    row_of[rows_item] = np.arange(len(rows_item))
+    mapped = rows_item >= 0  # rows of items this run has never seen map to -1 (never a hit)
+    row_of[rows_item[mapped]] = np.flatnonzero(mapped)
 
     def recommend(q: Queries, idx: np.ndarray, k: int, exclude_prefix: bool) -> np.ndarray:
         sessions = []
         for i in idx:
             r = row_of[q.items[q.start[i]: q.start[i] + q.length[i]]]
-            sessions.append(r[r >= 0])
+            sessions.append(r)
         rows, _ = recommender.recommend_rows(sessions, k, exclude_session_items=exclude_prefix)
         return np.where(rows >= 0, rows_item[np.maximum(rows, 0)], -1).astype(np.int32)
 

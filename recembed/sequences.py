@@ -1,7 +1,10 @@
 """The item2vec corpus: sessions as sentences for gensim's corpus_file mode, time decay honoured.
 
 gensim has no per-sentence weights, so a session of weight w appears with expected multiplicity
-`w * replication`: the integer part plus a seeded Bernoulli draw for the fraction. Copies are
+`replication * w / mean(w)`: proportional to its weight, and `replication` copies per session on
+average, so a half-life much shorter than the log's span reweights the corpus instead of
+shrinking it to the last few days. The integer part is written plus a seeded Bernoulli draw for
+the fraction. Copies are
 written in rounds (round r holds every session with more than r copies), so repeats of a session
 are a whole corpus pass apart rather than adjacent (gensim issue #2701: adjacent repeats act like
 a larger learning rate on one sentence).
@@ -33,10 +36,12 @@ class CorpusStats:
 def session_multiplicity(
     weights: np.ndarray, replication: float = 1.0, seed: int = 0
 ) -> np.ndarray:
-    """Copies of each session (int32): floor(w * r) plus Bernoulli(frac(w * r)), seeded."""
-    m = np.asarray(weights, np.float64) * replication
-    if (m < 0).any() or not np.isfinite(m).all():
+    """Copies of each session (int32), expected `replication * w / mean(w)`: the floor plus a
+    seeded Bernoulli draw for the fraction."""
+    w = np.asarray(weights, np.float64)
+    if (w < 0).any() or not np.isfinite(w).all():
         raise ValueError("session weights must be finite and non-negative")
+    m = w * (replication / w.mean()) if len(w) and w.mean() > 0 else w
     base = np.floor(m)
     extra = np.random.default_rng(seed).random(len(m)) < (m - base)
     return (base + extra).astype(np.int32)

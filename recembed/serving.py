@@ -5,11 +5,13 @@ stays small. Every file is checked against the manifest's sha256 on load, and a 
 refused. Reads are thread-safe: search parameters are set once at load and never changed.
 
 - `similar(item_ids, k, exclude)`: nearest neighbours of each item (never the item itself).
-- `recommend(session, k)`: for the recent items of a session, the decay-weighted average of
-  their unit vectors is the query; items already in the session get a repeat-aware bonus
-  (about a third of next clicks repeat an item of the session, which nearest-neighbour search
-  alone cannot recommend). Weights live in serving.json (defaults chosen by offline
-  evaluation, see benchmarks/RESULTS.md).
+- `recommend(session, k)`: the decay-weighted average of the recent items' unit vectors is the
+  query; its nearest neighbours are the candidates, scored
+  `(1 - w) * cosine + w * sigmoid(in[last] . out[candidate])` when the version has output
+  (context) vectors (the skip-gram probability that the candidate follows the last item), and
+  items already in the session get a repeat-aware bonus (about a third of next clicks repeat an
+  item of the session, which nearest-neighbour search alone cannot recommend). Weights live in
+  serving.json (defaults chosen by offline evaluation, see benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class ServingSettings:
     repeat_weight: float = 0.5  # bonus per (decayed) occurrence of an item already in the session
     repeat_decay: float = 0.7   # older occurrences count less: repeat_decay**steps_back
     exclude_last: bool = True   # never recommend the item being viewed
-    candidates: int = 100       # neighbours fetched from the index before blending
+    candidates: int = 200       # neighbours fetched from the index before blending
+    directional_weight: float = 0.5  # w above; 0 = cosine only
 
     @classmethod
     def from_dict(cls, d: dict) -> ServingSettings:
@@ -57,11 +60,14 @@ class Recommender:
     """Item ids, unit vectors and a faiss index of one published version."""
 
     def __init__(self, ids: np.ndarray, vectors: np.ndarray, index, settings: ServingSettings,
-                 meta: dict | None = None, categories: np.ndarray | None = None):
+                 meta: dict | None = None, categories: np.ndarray | None = None,
+                 context: np.ndarray | None = None):
         self.ids = np.asarray(ids, dtype=object)
         self.row_of = {str(x): i for i, x in enumerate(self.ids)}
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         self.unit = np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.context = None if context is None else np.ascontiguousarray(context, np.float32)
         self.index = index
         self.settings = settings
         self.meta = meta or {}
@@ -86,6 +92,8 @@ class Recommender:
         try:
             table = pq.read_table(path / "items.parquet")
             vectors = np.load(path / "vectors.npy", allow_pickle=False)
+            ctx_path = path / "context_vectors.npy"
+            context = np.load(ctx_path, allow_pickle=False) if ctx_path.exists() else None
             index = faiss.read_index(str(path / "index.faiss"))
             meta = json.loads((path / "index.json").read_text())
         except (OSError, ValueError, RuntimeError) as e:
@@ -99,7 +107,7 @@ class Recommender:
         if (path / "serving.json").exists():
             settings = ServingSettings.from_dict(json.loads((path / "serving.json").read_text()))
         cats = table.column("category").to_numpy() if "category" in table.column_names else None
-        return cls(table.column("id").to_pylist(), vectors, index, settings, meta, cats)
+        return cls(table.column("id").to_pylist(), vectors, index, settings, meta, cats, context)
 
     def similar(self, item_ids, k: int = 20, exclude=None) -> Results:
         """The k nearest items of each id in `item_ids`, never the item itself nor `exclude`."""
@@ -136,7 +144,7 @@ class Recommender:
         for s in sessions:
             rows, unk = self._rows([str(x) for x in s])
             unknown += unk
-            coded.append(np.array([r for r in rows if r >= 0], dtype=np.int64))
+            coded.append(np.array(rows, dtype=np.int64))  # -1 keeps an unknown item's place
         rows, scores = self.recommend_rows(coded, k, exclude_session_items=exclude_session_items)
         ids = [self.ids[r[r >= 0]] for r in rows]
         sc = [s[r >= 0] for r, s in zip(rows, scores, strict=True)]
@@ -145,37 +153,45 @@ class Recommender:
     def recommend_rows(self, sessions: list[np.ndarray], k: int, *,
                        exclude_session_items: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(rows int64 [n, k], scores float32 [n, k]), -1 / -inf padded, for sessions given as
-        arrays of vector rows (most recent last). The core of `recommend`, used by evaluation."""
+        arrays of vector rows (most recent last; -1 for an item without a vector, which keeps
+        its place in the decay). The core of `recommend`, used by evaluation."""
         st = self.settings
         n = len(sessions)
         out_r = np.full((n, k), -1, np.int64)
         out_s = np.full((n, k), -np.inf, np.float32)
-        live = [i for i, s in enumerate(sessions) if len(s)]
+        live = [i for i, s in enumerate(sessions) if (np.asarray(s) >= 0).any()]
         if not live:
             return out_r, out_s
         q = np.zeros((len(live), self.unit.shape[1]), np.float32)
         for j, i in enumerate(live):
-            recent = sessions[i][::-1][: st.history]
-            q[j] = (st.decay ** np.arange(len(recent))).astype(np.float32) @ self.unit[recent]
+            recent = np.asarray(sessions[i])[::-1][: st.history]
+            wts = (st.decay ** np.arange(len(recent))).astype(np.float32)
+            q[j] = wts[recent >= 0] @ self.unit[recent[recent >= 0]]
         q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         n_c = min(st.candidates + k, len(self.ids))
         cand_s, cand_r = self.index.search(q, n_c)
+        w = st.directional_weight if self.context is not None else 0.0
         for j, i in enumerate(live):
-            s = sessions[i]
-            scores = dict(zip(cand_r[j][cand_r[j] >= 0].tolist(),
-                              cand_s[j][cand_r[j] >= 0].tolist(), strict=True))
+            full = np.asarray(sessions[i])
+            steps_back = np.arange(len(full))[::-1][full >= 0]
+            s = full[full >= 0]  # known items; the directional term uses the latest of them
+            ok = cand_r[j] >= 0
+            cand = cand_r[j][ok]
+            in_session = np.unique(s)
+            rows = np.concatenate([cand, in_session[~np.isin(in_session, cand)]])
+            base = np.concatenate([cand_s[j][ok], self.unit[rows[len(cand):]] @ q[j]])
+            if w > 0:
+                d = self.context[rows] @ self.vectors[s[-1]]
+                base = (1 - w) * base + w / (1 + np.exp(-d))
+            scores = dict(zip(rows.tolist(), base.tolist(), strict=True))
             # repeat-aware bonus for items already in the session (the last one excluded)
-            steps_back = np.arange(len(s))[::-1]
             for item, back in zip(s.tolist(), steps_back.tolist(), strict=True):
                 if exclude_session_items:
                     scores.pop(item, None)
                     continue
-                base = scores.get(item)
-                if base is None:
-                    base = float(self.unit[item] @ q[j])
-                scores[item] = base + st.repeat_weight * st.repeat_decay ** back
-            if st.exclude_last:
-                scores.pop(int(s[-1]), None)
+                scores[item] += st.repeat_weight * st.repeat_decay ** back
+            if st.exclude_last and full[-1] >= 0:
+                scores.pop(int(full[-1]), None)
             if not scores:
                 continue
             r = np.fromiter(scores.keys(), np.int64, len(scores))

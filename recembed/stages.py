@@ -17,7 +17,7 @@ from recembed.config import Config
 from recembed.evaluate import serving_recommend
 from recembed.graph import build_item_graph, graph_summary, load_graph, save_graph
 from recembed.ingest import ColumnMap, IngestError, ingest, read_categories, write_parquet_atomic
-from recembed.pipeline import EXIT_BAD_INPUT, PipelineError, Stage
+from recembed.pipeline import EXIT_BAD_INPUT, EXIT_GATE, EXIT_LOCKED, PipelineError, Stage
 from recembed.sequences import write_session_corpus
 from recembed.sessions import sessionize
 from recembed.train import concat_corpora, export_vectors, train_word2vec
@@ -132,7 +132,8 @@ def train_stage(cfg: Config, run: Path, out: Path) -> dict:
     )
     (out / "corpus.txt").unlink(missing_ok=True)
     vocab = pd.read_parquet(run / "vocabulary.parquet", columns=["code", "id"])
-    export_vectors(res, vocab, out, context=True)
+    cats = pd.read_parquet(run / "categories.parquet")["category"].to_numpy()
+    export_vectors(res, vocab, out, context=True, categories=cats)
     (out / "train.json").write_text(json.dumps(res.stats, indent=2))
     log.info("trained %s tokens at %s words/s", f"{res.stats['tokens_trained']:,}",
              f"{res.stats['words_per_s']:,}")
@@ -203,6 +204,166 @@ def evaluate_stage(cfg: Config, run: Path, out: Path) -> dict:
                for n, m in metrics["methods"].items() if ":" not in n}}
 
 
+def publish_stage(cfg: Config, run: Path, out: Path) -> dict:
+    """Gate against the current version on this run's holdout, then publish; publish.json."""
+    from recembed.publish import (
+        GateRefused,
+        LockBusy,
+        current_version_dir,
+        neighbour_drift,
+        procrustes_rotation,
+        publish_version,
+    )
+    from recembed.serving import ArtifactError, Recommender
+
+    pc = cfg.publish
+    published = Path(pc.dir)
+    metrics = json.loads((run / "metrics.json").read_text())
+    new = Recommender.load(run, verify=False)
+    new_m = _serving_metrics(metrics)
+    gate_metric, drift, transform = None, {}, None
+    current = current_version_dir(published)
+    manifest = run_manifest(cfg, run, metrics)
+    if current is not None and _same_run(current, manifest):
+        # a rerun after a crash between publishing and recording it: already current
+        log.info("%s already holds this run's artifacts; nothing to publish", current.name)
+        info = {"version": current.name, "path": str(current), "reason": "already current"}
+        (out / "publish.json").write_text(json.dumps(info, indent=2))
+        return {"version": current.name, "recall@20": new_m["recall@20"]}
+    if current is not None:
+        try:
+            old = Recommender.load(current)
+        except ArtifactError as e:
+            raise PipelineError(f"the current version fails verification: {e}") from e
+        old_m = evaluate_version_on_run(old, run, cfg)
+        gate_metric = (new_m["recall@20"], old_m["recall@20"])
+        drift = neighbour_drift(list(new.ids), new.unit, list(old.ids), old.unit, k=pc.drift_k,
+                                seed=cfg.run.seed)
+        drift["previous_version"] = current.name
+        if pc.align_to_previous:
+            rot = procrustes_rotation(list(new.ids), new.unit, list(old.ids), old.unit)
+            if rot is not None:
+                transform = _rotate_version(rot, cfg)
+                drift["aligned_to_previous"] = True
+    try:
+        res = publish_version(
+            run, published, manifest=manifest, gate_metric=gate_metric,
+            max_recall_drop=pc.max_recall_drop, min_coverage_ratio=pc.min_coverage_ratio,
+            keep_versions=pc.keep_versions, lock_wait_s=pc.lock_wait_s, force=pc.force,
+            include_context=cfg.train.export_context_vectors, drift=drift, transform=transform,
+            coverage_ratio=(new_m["coverage@20"] / old_m["coverage@20"]
+                            if current is not None and old_m["coverage@20"] > 0 else None),
+        )
+    except GateRefused as e:
+        raise PipelineError(f"quality gate refused to publish: {e}; the current version "
+                            f"({current.name if current else 'none'}) stays. Use --force to "
+                            "publish anyway.", EXIT_GATE) from e
+    except LockBusy as e:
+        raise PipelineError(str(e), EXIT_LOCKED) from e
+    info = {"version": res.version, "path": str(res.path), "reason": res.reason,
+            "gate": res.gate, "drift": res.drift}
+    (out / "publish.json").write_text(json.dumps(info, indent=2, default=str))
+    log.info("published %s to %s", res.version, published)
+    return {"version": res.version, "recall@20": new_m["recall@20"],
+            "previous_recall@20": gate_metric[1] if gate_metric else None,
+            **{f"drift_{k}": v for k, v in drift.items() if isinstance(v, float)}}
+
+
+def evaluate_version_on_run(rec, run: Path, cfg: Config) -> dict:
+    """recall@20 / coverage@20 of a loaded version's `recommend` on this run's holdout."""
+    from recembed.evaluate import evaluate_all, serving_recommend
+
+    train = pd.read_parquet(run / "sessions_train.parquet", columns=["session", "item"])
+    test = pd.read_parquet(run / "sessions_test.parquet", columns=["session", "item"])
+    vocab = pd.read_parquet(run / "vocabulary.parquet", columns=["code", "id"])
+    code_of = pd.Series(vocab["code"].to_numpy(), index=vocab["id"].astype(str))
+    rows_item = code_of.reindex([str(x) for x in rec.ids]).fillna(-1).to_numpy().astype(np.int64)
+    m = evaluate_all(train, test, len(vocab), ks=[20], baselines=[],
+                     recommenders={"v:serving": serving_recommend(rec, rows_item, len(vocab))},
+                     max_queries=cfg.evaluate.max_queries, seed=cfg.run.seed)
+    return _serving_metrics(m)
+
+
+def run_manifest(cfg: Config, run: Path, metrics: dict) -> dict:
+    """Provenance for manifest.json: inputs, event time range, counts per stage, metrics."""
+    import platform
+    import time
+
+    from recembed import __version__
+
+    done = {p.name.split(".")[0]: json.loads(p.read_text()) for p in run.glob("*.done.json")}
+    st = {k: v.get("stats", {}) for k, v in done.items()}
+    vocab = pd.read_parquet(run / "vocabulary.parquet", columns=["first_ts", "last_ts"])
+    inputs = []
+    for p in [*cfg.input.paths, *cfg.input.test_paths]:
+        q = Path(p)
+        files = sorted(q.rglob("*")) if q.is_dir() else [q]
+        inputs += [{"path": str(f), "bytes": f.stat().st_size,
+                    "mtime": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(f.stat().st_mtime))}
+                   for f in files if f.is_file()]
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "code_version": __version__, "python": platform.python_version(),
+        "run_dir": str(run), "model": model_name(cfg),
+        "fingerprints": {k: v.get("fingerprint") for k, v in done.items()},
+        "inputs": inputs,
+        "time_range": {"first_ts": int(vocab["first_ts"].min()),
+                       "last_ts": int(vocab["last_ts"].max())},
+        "counts": {
+            "rows_read": st.get("ingest", {}).get("rows_read"),
+            "quarantined": st.get("ingest", {}).get("quarantined"),
+            "duplicates": st.get("ingest", {}).get("duplicates"),
+            "events": st.get("ingest", {}).get("events"),
+            "bot_events": st.get("sessionize", {}).get("bot_events"),
+            "train_sessions": st.get("sessionize", {}).get("train_sessions"),
+            "holdout_sessions": st.get("sessionize", {}).get("holdout_sessions"),
+            "items": st.get("ingest", {}).get("items"),
+            "vectors": st.get("train", {}).get("vocab"),
+            "corpus_tokens": st.get("train", {}).get("corpus_tokens"),
+        },
+        "metrics": {"headline": metrics.get("headline"), "queries": metrics.get("queries"),
+                    "serving": _serving_metrics(metrics)},
+    }
+
+
+def _same_run(version_dir: Path, manifest: dict) -> bool:
+    try:
+        prev = json.loads((version_dir / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    keys = ("train", "index", "evaluate")
+    return all(prev.get("fingerprints", {}).get(k) == manifest["fingerprints"].get(k)
+               and manifest["fingerprints"].get(k) for k in keys)
+
+
+def _serving_metrics(metrics: dict) -> dict:
+    for name, m in metrics["methods"].items():
+        if name.endswith(":serving"):
+            return m["allow_repeats"]
+    raise PipelineError("metrics.json has no serving evaluation; run the evaluate stage")
+
+
+def _rotate_version(rot: np.ndarray, cfg: Config):
+    """A publish transform: rotate vectors (and context vectors) by `rot`, rebuild the index."""
+    from recembed.index import IndexMeta, build_index, load_index, save_index
+    from recembed.train import write_word2vec
+
+    def transform(d: Path) -> None:
+        for name in ("vectors.npy", "context_vectors.npy"):
+            if (d / name).exists():
+                np.save(d / name, np.load(d / name) @ rot, allow_pickle=False)
+        vec = np.load(d / "vectors.npy")
+        _, meta = load_index(d)
+        index, _ = build_index(vec, factory=meta["factory"], metric=meta["metric"],
+                               hnsw_m=cfg.index.hnsw_m, ef_construction=cfg.index.ef_construction,
+                               seed=cfg.run.seed)
+        save_index(index, IndexMeta(**meta), d)
+        ids = pd.read_parquet(d / "items.parquet")["id"].astype(str).tolist()
+        write_word2vec(ids, vec, d / "vectors.bin", binary=True)
+
+    return transform
+
+
 def model_name(cfg: Config) -> str:
     """item2vec, deepwalk, node2vec, or a '+' of them: what the vectors were trained on."""
     parts = (["item2vec"] if cfg.sequences.enabled else []) + (
@@ -249,4 +410,6 @@ STAGES: list[Stage] = [
           ("index.faiss", "index.json", "serving.json")),
     Stage("evaluate", evaluate_stage, ("evaluate",), ("train", "index"),
           ("metrics.json", "report.html"), enabled=lambda cfg: cfg.evaluate.enabled),
+    Stage("publish", publish_stage, ("publish",), ("evaluate",), ("publish.json",),
+          enabled=lambda cfg: cfg.publish.enabled),
 ]

@@ -118,33 +118,40 @@ def train_word2vec(
 
 def export_vectors(
     result: TrainResult, vocabulary: pd.DataFrame, out_dir: str | Path, *, context: bool = True,
-    text: bool = True,
+    text: bool = True, categories: np.ndarray | None = None,
 ) -> list[str]:
-    """Write vectors.npy, items.parquet (id, code, count, item), vectors.bin and vectors.txt
-    (word2vec formats keyed by original ids), and context_vectors.npy; returns the file names.
-
-    In the exports `code` is the row in vectors.npy; `item` is the ingest code it came from.
-    """
-    from gensim.models import KeyedVectors
-
+    """Write vectors.npy, items.parquet (id, code, count, item[, category]), vectors.bin and
+    vectors.txt (word2vec formats keyed by original ids), and context_vectors.npy; returns the
+    file names. In the exports `code` is the row in vectors.npy; `item` is the ingest code."""
     out_dir = Path(out_dir)
     ids = vocabulary["id"].astype(str).to_numpy()[result.codes]
     np.save(out_dir / "vectors.npy", result.vectors, allow_pickle=False)
     items = pd.DataFrame({"id": pd.array(ids, dtype="string"),
                           "code": np.arange(len(ids), dtype=np.int32),
                           "count": result.counts, "item": result.codes})
+    if categories is not None:
+        items["category"] = np.asarray(categories)[result.codes].astype(np.int32)
     items.to_parquet(out_dir / "items.parquet", index=False)
-    kv = KeyedVectors(result.vectors.shape[1], dtype=np.float32)
-    kv.add_vectors(list(ids), result.vectors)
-    kv.save_word2vec_format(str(out_dir / "vectors.bin"), binary=True)
+    write_word2vec(list(ids), result.vectors, out_dir / "vectors.bin", binary=True)
     files = ["vectors.npy", "items.parquet", "vectors.bin"]
     if text:
-        kv.save_word2vec_format(str(out_dir / "vectors.txt"), binary=False)
+        write_word2vec(list(ids), result.vectors, out_dir / "vectors.txt", binary=False)
         files.append("vectors.txt")
     if context and result.context is not None:
         np.save(out_dir / "context_vectors.npy", result.context, allow_pickle=False)
         files.append("context_vectors.npy")
     return files
+
+
+def write_word2vec(ids: list[str], vectors: np.ndarray, path: str | Path, binary: bool) -> None:
+    """word2vec text or binary format keyed by `ids` (gensim's load_word2vec_format reads it)."""
+    from gensim.models import KeyedVectors
+
+    kv = KeyedVectors(vectors.shape[1], dtype=np.float32)
+    kv.add_vectors(ids, vectors)
+    # equal counts keep the rows in our order (gensim sorts by count when writing)
+    kv.allocate_vecattrs(["count"], [np.int64])
+    kv.save_word2vec_format(str(path), binary=binary)
 
 
 def load_vectors(dir_: str | Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
