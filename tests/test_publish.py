@@ -47,6 +47,10 @@ def snapshot(published: Path) -> dict:
             for p in sorted(published.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
+def set_args(args):
+    return [x for a in args for x in ("--set", a)]
+
+
 def quiet(cfg, run_dir=None, **kw):
     return run_pipeline(cfg, run_dir, echo=lambda s: None, **kw)
 
@@ -166,7 +170,7 @@ def test_kill_9_mid_stage_then_resume_publishes_the_same(log_csv, tmp_path, stag
     quiet(load_config(None, ref_args))
     quiet(load_config(None, [*args, "run.seed=3"]))
     before = snapshot(tmp_path / "published")
-    cmd = [sys.executable, "-m", "recembed.cli", "run", *sum((["--set", a] for a in args), [])]
+    cmd = [sys.executable, "-m", "recembed.cli", "run", *set_args(args)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run_dir = None
     deadline = time.time() + 120
@@ -294,7 +298,7 @@ def test_two_concurrent_runs_on_the_same_published_dir(log_csv, tmp_path):
                 f"publish.dir='{tmp_path / 'published'}'", *FAST, f"run.seed={seed}",
                 "publish.lock_wait_s=120", "publish.max_recall_drop=1.0"]
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "recembed.cli", "run", *sum((["--set", a] for a in args), [])],
+            [sys.executable, "-m", "recembed.cli", "run", *set_args(args)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
@@ -309,5 +313,5 @@ def test_truncated_published_artifact_is_refused(log_csv, tmp_path):
     cur = current_version_dir(tmp_path / "published")
     p = cur / "index.faiss"
     p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
-    with pytest.raises(ArtifactError, match="index.faiss"):
+    with pytest.raises(ArtifactError, match=r"index\.faiss"):
         Recommender.load(tmp_path / "published")
