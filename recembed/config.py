@@ -165,7 +165,7 @@ class EvaluateConfig(_Section):
     )
     decay: float = Field(0.5, gt=0, le=1)
     history: int = Field(5, ge=1)
-    max_queries: int = Field(0, ge=0)
+    max_queries: int = Field(20_000, ge=0)
     report: bool = True
 
 

@@ -97,27 +97,43 @@ def evaluate(
 
     The method is a `scorer` (dense scores, ranked here) or a `recommender` that returns its
     own top-K lists (the serving path, evaluated exactly as it answers in production)."""
+    variant = "exclude_prefix" if exclude_prefix else "allow_repeats"
+    return evaluate_variants(scorer, q, n_items, ks=ks, popularity=popularity, batch=batch,
+                             recommender=recommender, variants=(variant,))[variant]
+
+
+def evaluate_variants(
+    scorer: Scorer | None, q: Queries, n_items: int, *, ks: list[int],
+    popularity: np.ndarray | None = None, batch: int = 512, recommender: Recommend | None = None,
+    variants: tuple[str, ...] = ("allow_repeats", "exclude_prefix"),
+) -> dict[str, dict]:
+    """`evaluate` for several variants, scoring each batch once: {variant: metrics}."""
     kmax = max(ks)
-    recs = np.full((len(q), kmax), -1, np.int32)
+    recs = {v: np.full((len(q), kmax), -1, np.int32) for v in variants}
     t0 = time.perf_counter()
     for lo in range(0, len(q), batch):
         idx = np.arange(lo, min(lo + batch, len(q)))
         if recommender is not None:
-            recs[idx] = recommender(q, idx, kmax, exclude_prefix)
+            for v in variants:
+                recs[v][idx] = recommender(q, idx, kmax, v == "exclude_prefix")
             continue
         scores = np.asarray(scorer(q, idx), np.float32)
         if popularity is not None:
             scores[:, popularity <= 0] = -np.inf
-        if exclude_prefix:
+        scores[np.arange(len(idx)), q.last(idx)] = -np.inf
+        if "allow_repeats" in variants:
+            recs["allow_repeats"][idx] = top_k(scores, kmax)
+        if "exclude_prefix" in variants:
             pm = q.prefix_matrix(idx, n_items).tocoo()
             scores[pm.row, pm.col] = -np.inf
-        scores[np.arange(len(idx)), q.last(idx)] = -np.inf
-        recs[idx] = top_k(scores, kmax)
+            recs["exclude_prefix"][idx] = top_k(scores, kmax)
     secs = time.perf_counter() - t0
-    out = ranking_metrics(recs, q.target, ks, n_items)
-    if popularity is not None:
-        out.update(popularity_metrics(recs, q.target, ks, popularity))
-    out["seconds"] = round(secs, 3)
+    out = {}
+    for v in variants:
+        out[v] = ranking_metrics(recs[v], q.target, ks, n_items)
+        if popularity is not None:
+            out[v].update(popularity_metrics(recs[v], q.target, ks, popularity))
+        out[v]["seconds"] = round(secs, 3)
     return out
 
 
@@ -141,17 +157,13 @@ def evaluate_all(
         t0 = time.perf_counter()
         scorer = makers[name]()
         fit = time.perf_counter() - t0
-        methods[name] = {v: {**evaluate(scorer, q, n_items, ks=ks, exclude_prefix=ex,
-                                         popularity=popularity), "fit_seconds": round(fit, 3)}
-                         for v, ex in (("allow_repeats", False), ("exclude_prefix", True))}
+        res = evaluate_variants(scorer, q, n_items, ks=ks, popularity=popularity)
+        methods[name] = {v: {**m, "fit_seconds": round(fit, 3)} for v, m in res.items()}
     for name, scorer in (embeddings or {}).items():
-        methods[name] = {v: evaluate(scorer, q, n_items, ks=ks, exclude_prefix=ex,
-                                     popularity=popularity)
-                         for v, ex in (("allow_repeats", False), ("exclude_prefix", True))}
+        methods[name] = evaluate_variants(scorer, q, n_items, ks=ks, popularity=popularity)
     for name, rec in (recommenders or {}).items():
-        methods[name] = {v: evaluate(None, q, n_items, ks=ks, exclude_prefix=ex,
-                                     popularity=popularity, recommender=rec)
-                         for v, ex in (("allow_repeats", False), ("exclude_prefix", True))}
+        methods[name] = evaluate_variants(None, q, n_items, ks=ks, popularity=popularity,
+                                          recommender=rec)
     return {"ks": list(ks), "queries": qstats, "methods": methods}
 
 
