@@ -119,8 +119,11 @@ def _pecanpy_compatible(g: sp.csr_matrix) -> sp.csr_matrix:
     return g
 
 
-def measure(cmd: list[str]) -> dict:
-    out = subprocess.run(cmd, capture_output=True, text=True)
+def measure(cmd: list[str], timeout: float = 900) -> dict:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"not finished after {timeout:.0f} s (killed)"}
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -72,6 +72,7 @@ class InputConfig(_Section):
 
 class IngestConfig(_Section):
     max_bad_fraction: float = Field(0.01, ge=0, le=1)
+    window_days: float = Field(0.0, ge=0)
     drop_duplicates: bool = True
 
 
@@ -125,6 +126,7 @@ class TrainConfig(_Section):
     ns_exponent: float = 0.5
     sample: float = Field(0.0, ge=0)
     epochs: int = Field(5, ge=1)
+    max_tokens: int = Field(60_000_000, ge=0)
     alpha: float = Field(0.025, gt=0)
     min_alpha: float = Field(0.0001, ge=0)
     min_count: int = Field(1, ge=1)
@@ -165,7 +167,7 @@ class EvaluateConfig(_Section):
     )
     decay: float = Field(0.5, gt=0, le=1)
     history: int = Field(5, ge=1)
-    max_queries: int = Field(20_000, ge=0)
+    max_queries: int = Field(10_000, ge=0)
     report: bool = True
 
 

@@ -391,41 +391,33 @@ def _top_k(scores, k):
             elif _worse(hs[0], hi[0], s, j):
                 hs[0] = s
                 hi[0] = j
-                c = 0
-                while True:  # sift down
-                    left = 2 * c + 1
-                    if left >= size:
-                        break
-                    w = left
-                    if left + 1 < size and _worse(hs[left + 1], hi[left + 1], hs[left], hi[left]):
-                        w = left + 1
-                    if _worse(hs[w], hi[w], hs[c], hi[c]):
-                        hs[c], hs[w] = hs[w], hs[c]
-                        hi[c], hi[w] = hi[w], hi[c]
-                        c = w
-                    else:
-                        break
+                _sift_down(hs, hi, size)
         # pop the heap worst-first into the tail of the output
         for r in range(size - 1, -1, -1):
             out[i, r] = hi[0]
             hs[0] = hs[size - 1]
             hi[0] = hi[size - 1]
             size -= 1
-            c = 0
-            while True:
-                left = 2 * c + 1
-                if left >= size:
-                    break
-                w = left
-                if left + 1 < size and _worse(hs[left + 1], hi[left + 1], hs[left], hi[left]):
-                    w = left + 1
-                if _worse(hs[w], hi[w], hs[c], hi[c]):
-                    hs[c], hs[w] = hs[w], hs[c]
-                    hi[c], hi[w] = hi[w], hi[c]
-                    c = w
-                else:
-                    break
+            _sift_down(hs, hi, size)
     return out
+
+
+@njit(inline="always")
+def _sift_down(hs, hi, size):
+    c = 0
+    while True:
+        left = 2 * c + 1
+        if left >= size:
+            break
+        w = left
+        if left + 1 < size and _worse(hs[left + 1], hi[left + 1], hs[left], hi[left]):
+            w = left + 1
+        if _worse(hs[w], hi[w], hs[c], hi[c]):
+            hs[c], hs[w] = hs[w], hs[c]
+            hi[c], hi[w] = hi[w], hi[c]
+            c = w
+        else:
+            break
 
 
 @njit(inline="always")

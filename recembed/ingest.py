@@ -74,12 +74,14 @@ def ingest(
     event_types: list[str] | None = None,
     max_bad_fraction: float = 0.01,
     drop_duplicates: bool = True,
+    window_days: float = 0.0,
     quarantine_path: str | Path | None = None,
 ) -> IngestResult:
     """Read, validate and code every input file; bad rows go to the quarantine with a reason.
 
     Raises IngestError (after writing the quarantine) when more than `max_bad_fraction` of the
-    rows are bad, when a column is missing, or when no valid event is left.
+    rows are bad, when a column is missing, or when no valid event is left. `window_days` > 0
+    keeps only events of the last that many days before the newest one.
     """
     test_paths = test_paths or []
     files = [*_expand(paths), *_expand(test_paths)]
@@ -125,6 +127,12 @@ def ingest(
         stats["filtered_event_type"] = int((~keep).sum())
         raw = {k: v[keep] for k, v in raw.items()}
     raw.pop("event_type", None)
+    if window_days > 0 and len(raw["ts_exact"]):
+        # a rolling window: the nightly job trains on the last N days only
+        keep = raw["ts_exact"] > raw["ts_exact"].max() - window_days * 86_400
+        stats["outside_window"] = int((~keep).sum())
+        if not keep.all():
+            raw = {k: v[keep] for k, v in raw.items()}
     if len(raw["ts_exact"]) == 0:
         raise IngestError(f"no valid events left in {', '.join(map(str, files))}")
 

@@ -37,7 +37,7 @@ def ingest_stage(cfg: Config, run: Path, out: Path) -> dict:
             test_paths=i.test_paths, fmt=i.format, delimiter=i.delimiter, ts_unit=i.ts_unit,
             ts_offset_unit=i.ts_offset_unit, event_types=i.event_types,
             max_bad_fraction=cfg.ingest.max_bad_fraction,
-            drop_duplicates=cfg.ingest.drop_duplicates,
+            drop_duplicates=cfg.ingest.drop_duplicates, window_days=cfg.ingest.window_days,
             # the quarantine goes straight into the run dir so it survives a failed run
             quarantine_path=run / "quarantine.parquet",
         )
@@ -126,7 +126,7 @@ def train_stage(cfg: Config, run: Path, out: Path) -> dict:
         corpus, vector_size=t.vector_size, window=t.window, shrink_windows=t.shrink_windows,
         negative=t.negative, ns_exponent=t.ns_exponent, sample=t.sample, epochs=t.epochs,
         alpha=t.alpha, min_alpha=t.min_alpha, min_count=t.min_count, hs=t.hs,
-        workers=t.workers or cfg.run.n_threads(), seed=cfg.run.seed,
+        workers=t.workers or cfg.run.n_threads(), seed=cfg.run.seed, max_tokens=t.max_tokens,
         init=_warm_start_init(cfg, run) if t.warm_start else None,
         progress=cfg.run.progress,
     )

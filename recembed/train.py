@@ -54,13 +54,15 @@ def train_word2vec(
     hs: bool = False,
     workers: int = 1,
     seed: int = 42,
+    max_tokens: int = 0,
     init: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
     progress: bool = False,
 ) -> TrainResult:
     """Skip-gram Word2Vec over a corpus of item-code lines; rows of the result sorted by code.
 
-    `init` = (codes, vectors, context) warm-starts the rows of items present in both (the rest
-    start random as usual).
+    `max_tokens` > 0 caps tokens trained (corpus tokens x epochs) by lowering the epochs (at
+    least 1), so a nightly run's training time stays bounded as the log grows. `init` = (codes,
+    vectors, context) warm-starts the rows of items present in both.
     """
     from gensim.models import Word2Vec
     from gensim.models.callbacks import CallbackAny2Vec
@@ -88,6 +90,14 @@ def train_word2vec(
     t0 = time.perf_counter()
     model.build_vocab(corpus_file=corpus_file)
     t_vocab = time.perf_counter() - t0
+    requested = epochs
+    if max_tokens > 0 and model.corpus_total_words * epochs > max_tokens:
+        epochs = max(1, int(max_tokens // model.corpus_total_words))
+        log.warning("train.max_tokens=%s: %s corpus tokens x %d epochs is over budget; training "
+                    "%d epochs", f"{max_tokens:,}", f"{model.corpus_total_words:,}", requested,
+                    epochs)
+        if bar is not None:
+            bar.total = epochs
     if init is not None:
         _warm_start(model, *init)
     t1 = time.perf_counter()
@@ -107,6 +117,7 @@ def train_word2vec(
     tokens = int(model.corpus_total_words) * epochs
     stats = {
         "vocab": len(keys), "corpus_tokens": int(model.corpus_total_words), "epochs": epochs,
+        "epochs_requested": requested,
         "tokens_trained": tokens, "vocab_seconds": round(t_vocab, 3),
         "train_seconds": round(t_train, 3),
         "words_per_s": round(tokens / t_train) if t_train else 0,

@@ -124,3 +124,12 @@ def test_exact_duplicates_are_dropped_and_counted(tmp_path):
     res = ingest([str(p)], ColumnMap(item="item", ts="ts", user="user"), ts_unit="s")
     # the 1.7 event is not a duplicate even though it falls in the same second
     assert res.stats["duplicates"] == 1 and len(res.events) == 3
+
+
+def test_rolling_window_keeps_the_last_days(tmp_path):
+    day = 86_400
+    rows = "".join(f"u1,i{d},{1_700_000_000 + d * day}\n" for d in range(10))
+    p = _csv(tmp_path, "user,item,ts\n" + rows)
+    res = ingest([str(p)], ColumnMap(item="item", ts="ts", user="user"), window_days=3.5)
+    assert sorted(res.events["ts"]) == [1_700_000_000 + d * day for d in (6, 7, 8, 9)]
+    assert res.stats["outside_window"] == 6

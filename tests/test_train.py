@@ -75,3 +75,12 @@ def test_empty_corpus_is_refused(tmp_path):
     (tmp_path / "e.txt").write_text("")
     with pytest.raises(ValueError, match="empty"):
         train_word2vec(tmp_path / "e.txt")
+
+
+def test_token_budget_lowers_the_epochs(tmp_path):
+    _cluster_corpus(tmp_path / "c.txt", sessions=500)  # 4,000 tokens
+    res = train_word2vec(tmp_path / "c.txt", vector_size=8, epochs=10, workers=1,
+                         max_tokens=12_500)
+    assert res.stats["epochs"] == 3 and res.stats["epochs_requested"] == 10
+    assert len(res.stats["loss_per_epoch"]) == 3
+    assert res.stats["tokens_trained"] == 12_000

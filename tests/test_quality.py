@@ -1,0 +1,36 @@
+"""Quality claims on the real samples, with default settings (slow: trains two models)."""
+
+import json
+
+import pytest
+
+from recembed.config import load_config
+from recembed.pipeline import run_pipeline
+from tests.conftest import ROOT
+
+
+def _metrics(name, tmp_path):
+    cfg = load_config(ROOT / "pipelines" / f"{name}.toml",
+                      [f"run.runs_dir='{tmp_path}'", "run.progress=false"])
+    rep = run_pipeline(cfg, echo=lambda s: None)
+    m = json.loads((rep.run_dir / "metrics.json").read_text())["methods"]
+    return {n: v["allow_repeats"] for n, v in m.items()}
+
+
+@pytest.mark.slow
+def test_yoochoose_targets(tmp_path):
+    m = _metrics("yoochoose", tmp_path)
+    emb = {n: v for n, v in m.items() if ":" in n}
+    best = max(emb, key=lambda n: emb[n]["recall@20"])
+    assert emb[best]["recall@20"] >= 0.40 and emb[best]["mrr@20"] >= 0.17
+    assert emb[best]["recall@20"] > m["item_knn"]["recall@20"]
+    # the serving blend must at least match the sequential-rules baseline
+    serving = next(v for n, v in m.items() if n.endswith(":serving"))
+    assert serving["recall@20"] >= m["sr"]["recall@20"]
+
+
+@pytest.mark.slow
+def test_diginetica_embeddings_beat_every_baseline(tmp_path):
+    m = _metrics("diginetica", tmp_path)
+    best = max(v["recall@20"] for n, v in m.items() if ":" in n)
+    assert all(best > m[b]["recall@20"] for b in ("pop", "session_pop", "item_knn", "sr"))
