@@ -26,7 +26,8 @@ from pathlib import Path
 from recembed.config import load_config
 from recembed.stages import train_stage
 run = Path(sys.argv[1])
-cfg = load_config(None, ["sequences.enabled=false", "walks.enabled=true", "run.progress=false"])
+cfg = load_config(None, ["sequences.enabled=false", "walks.enabled=true", "run.progress=false",
+                        "train.max_tokens=0"])  # same epochs as the direct call
 out = run / "out"
 out.mkdir(exist_ok=True)
 t0 = time.perf_counter()

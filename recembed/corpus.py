@@ -24,11 +24,26 @@ def format_lines(tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 def padded_to_lines(rows: np.ndarray, min_len: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """(tokens, offsets) of the rows of a -1-padded 2D array, keeping rows of >= min_len tokens."""
-    lens = (rows >= 0).sum(axis=1)
-    keep = lens >= min_len
-    rows, lens = rows[keep], lens[keep]
-    tokens = rows[rows >= 0]  # row-major order keeps each walk's tokens in sequence
-    return tokens, np.r_[0, np.cumsum(lens)]
+    return _compact(np.ascontiguousarray(rows), min_len)
+
+
+@njit(parallel=True, cache=True)
+def _compact(rows, min_len):
+    n, m = rows.shape
+    lens = np.zeros(n, np.int64)
+    for i in prange(n):
+        k = 0
+        while k < m and rows[i, k] >= 0:
+            k += 1
+        lens[i] = k if k >= min_len else 0
+    offsets = np.zeros(n + 1, np.int64)
+    offsets[1:] = np.cumsum(lens)
+    tokens = np.empty(offsets[-1], np.int64)
+    for i in prange(n):
+        for k in range(lens[i]):
+            tokens[offsets[i] + k] = rows[i, k]
+    keep = np.flatnonzero(lens > 0)
+    return tokens, np.append(offsets[keep], offsets[-1])
 
 
 @njit(cache=True)

@@ -158,12 +158,6 @@ def session_weights(end_ts: np.ndarray, ref_ts: float, half_life_days: float) ->
     return np.maximum(w, np.finfo(np.float64).tiny)
 
 
-def split_by_days(table: pd.DataFrame, days: float) -> np.ndarray:
-    """Boolean mask of sessions whose end falls in the last `days` days of the table."""
-    end = table["end"].to_numpy()
-    return end > end.max() - days * DAY
-
-
 # ---------------------------------------------------------------- helpers
 
 

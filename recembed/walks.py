@@ -1,11 +1,16 @@
 """DeepWalk and node2vec random walks over a CSR item graph, in numba kernels.
 
-- DeepWalk: the next node is drawn proportionally to edge weight (cumulative weights per row and
-  a binary search; O(edges) memory, O(log degree) per step).
+- DeepWalk: the next node is drawn proportionally to edge weight from per-row alias tables
+  (Walker/Vose): O(1) per step. Each edge slot is one 12-byte record (neighbour, alias
+  probability, alias neighbour), so a step costs two cache misses (the row offsets and the
+  record). Walks are memory-latency bound: a binary search over cumulative weights was 3-4x
+  slower on a 200k-node item graph, and separate arrays ~20% slower.
 - node2vec: exact second-order transitions P(x | t, v) ∝ alpha_pq(t, x) * w(v, x) by rejection
-  sampling (KnightKing): propose x from the first-order distribution, accept with probability
-  alpha(t, x) / max(alpha). Whether x neighbours t is a binary search in t's sorted row, so no
-  second-order table is ever built and hubs cost O(log degree) per step.
+  sampling (KnightKing): propose x from the first-order alias table, accept with probability
+  alpha(t, x) / max(alpha). A draw below min(alpha) / max(alpha) is accepted without looking at
+  x at all (so p = q = 1 costs what DeepWalk costs); otherwise whether x neighbours t is a binary
+  search in t's sorted row. No second-order table is ever built: memory stays O(edges) and hubs
+  cost O(log degree) per checked step.
 - Every walk has its own random stream, derived from (seed, walk index), so the corpus is
   byte-identical whatever the number of threads.
 - Walks are generated and written in chunks; the corpus never exists as a Python list.
@@ -60,7 +65,7 @@ def random_walks(
     at dangling nodes; walks of a single node are not written.
     """
     t0 = time.perf_counter()
-    indptr, indices, cumw = prepare_csr(g)
+    indptr, table = prepare_csr(g)
     _check_walk_args(method, walks_per_node, walk_length, p, q)
     starts = walk_starts(indptr, walks_per_node, seed, popularity)
     if threads > 0:
@@ -73,11 +78,7 @@ def random_walks(
         for lo in range(0, len(starts), chunk_walks):
             chunk = starts[lo:lo + chunk_walks]
             buf = np.full((len(chunk), walk_length), -1, np.int32)
-            if method == "deepwalk":
-                _deepwalk_kernel(indptr, indices, cumw, chunk, np.uint64(seed), lo, buf)
-            else:
-                _node2vec_kernel(indptr, indices, cumw, chunk, np.uint64(seed), lo,
-                                 1.0 / p, 1.0 / q, buf)
+            _walk(method, indptr, table, chunk, seed, lo, p, q, buf)
             toks, offs = padded_to_lines(buf)
             fh.write(format_lines(toks, offs).tobytes())
             tokens += len(toks)
@@ -101,19 +102,17 @@ def walk_array(
 
     For tests and small jobs; `random_walks` streams large corpora to disk instead.
     """
-    indptr, indices, cumw = prepare_csr(g)
+    indptr, table = prepare_csr(g)
     _check_walk_args(method, 1, walk_length, p, q)
     starts = np.asarray(starts, np.int32)
     buf = np.full((len(starts), walk_length), -1, np.int32)
-    if method == "deepwalk":
-        _deepwalk_kernel(indptr, indices, cumw, starts, np.uint64(seed), 0, buf)
-    else:
-        _node2vec_kernel(indptr, indices, cumw, starts, np.uint64(seed), 0, 1.0 / p, 1.0 / q, buf)
+    _walk(method, indptr, table, starts, seed, 0, p, q, buf)
     return buf
 
 
-def prepare_csr(g: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(indptr int64, sorted indices int32, per-row cumulative weights float64) of a CSR graph."""
+def prepare_csr(g: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr int64, edge records int32 [nnz, 3]) of a CSR graph: per edge slot its neighbour
+    (rows sorted), its alias probability (float32 bits) and its alias neighbour."""
     if not sp.issparse(g) or g.shape[0] != g.shape[1]:
         raise ValueError("the graph must be a square scipy.sparse matrix")
     g = g.tocsr()
@@ -124,11 +123,13 @@ def prepare_csr(g: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if len(data) and (not np.isfinite(data).all() or data.min() <= 0):
         raise ValueError("edge weights must be finite and positive")
     indptr = g.indptr.astype(np.int64)
-    cum = np.cumsum(data)
-    # per-row cumulative sums: subtract the running total at each row's start
-    row_base = np.r_[0.0, cum][indptr[:-1]]
-    cumw = cum - np.repeat(row_base, np.diff(indptr))
-    return indptr, g.indices.astype(np.int32), cumw
+    indices = g.indices.astype(np.int32)
+    prob, alias = _alias_tables(indptr, data)
+    table = np.empty((len(indices), 3), np.int32)
+    table[:, 0] = indices
+    table[:, 1] = prob.view(np.int32)
+    table[:, 2] = indices[alias.astype(np.int64) + np.repeat(indptr[:-1], np.diff(indptr))]
+    return indptr, table
 
 
 def walk_starts(
@@ -174,28 +175,74 @@ def _walk_state(seed, walk_id):
 
 
 @njit(inline="always")
-def _draw(indptr, cumw, v, u):
-    """Edge index of v's out-edge chosen proportionally to weight, for u uniform in [0, 1)."""
+def _step(indptr, table, ptable, v, u):
+    """v's next node, drawn proportionally to edge weight, for u uniform in [0, 1): the integer
+    part of u * degree picks a slot, the fraction decides its neighbour or its alias."""
     lo = indptr[v]
-    hi = indptr[v + 1]
-    r = u * cumw[hi - 1]
-    a, b = lo, hi - 1
-    while a < b:
-        m = (a + b) >> 1
-        if cumw[m] <= r:
-            a = m + 1
-        else:
-            b = m
-    return a
+    x = u * (indptr[v + 1] - lo)
+    k = int(x)
+    if x - k < ptable[lo + k, 1]:
+        return table[lo + k, 0]
+    return table[lo + k, 2]
+
+
+@njit(parallel=True, cache=True)
+def _alias_tables(indptr, weights):
+    """Per-row alias tables (Vose): prob[j] and the alias slot of each edge slot j."""
+    n = len(indptr) - 1
+    prob = np.ones(len(weights), np.float32)
+    alias = np.zeros(len(weights), np.int32)
+    for v in prange(n):
+        lo = indptr[v]
+        d = indptr[v + 1] - lo
+        if d == 0:
+            continue
+        total = 0.0
+        for k in range(d):
+            total += weights[lo + k]
+        scaled = np.empty(d, np.float64)
+        small = np.empty(d, np.int64)
+        large = np.empty(d, np.int64)
+        ns = 0
+        nl = 0
+        for k in range(d):
+            scaled[k] = weights[lo + k] * d / total
+            if scaled[k] < 1.0:
+                small[ns] = k
+                ns += 1
+            else:
+                large[nl] = k
+                nl += 1
+        while ns > 0 and nl > 0:
+            ns -= 1
+            sm = small[ns]
+            nl -= 1
+            lg = large[nl]
+            prob[lo + sm] = scaled[sm]
+            alias[lo + sm] = lg
+            scaled[lg] -= 1.0 - scaled[sm]
+            if scaled[lg] < 1.0:
+                small[ns] = lg
+                ns += 1
+            else:
+                large[nl] = lg
+                nl += 1
+        for k in range(nl):  # leftovers are 1 up to rounding
+            prob[lo + large[k]] = 1.0
+            alias[lo + large[k]] = large[k]
+        for k in range(ns):
+            prob[lo + small[k]] = 1.0
+            alias[lo + small[k]] = small[k]
+    return prob, alias
 
 
 @njit(inline="always")
-def _has_edge(indptr, indices, t, x):
+def _has_edge(indptr, table, t, x):
     a = indptr[t]
     b = indptr[t + 1]
     while a < b:
         m = (a + b) >> 1
-        y = indices[m]
+        y = table[m, 0]
         if y < x:
             a = m + 1
         elif y > x:
@@ -206,7 +253,7 @@ def _has_edge(indptr, indices, t, x):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _deepwalk_kernel(indptr, indices, cumw, starts, seed, first_id, out):
+def _deepwalk_kernel(indptr, table, ptable, starts, seed, first_id, out):
     n, length = out.shape
     for i in prange(n):
         state = _walk_state(seed, first_id + i)
@@ -216,14 +263,15 @@ def _deepwalk_kernel(indptr, indices, cumw, starts, seed, first_id, out):
             if indptr[v] == indptr[v + 1]:
                 break
             state, u = _uniform(state)
-            v = indices[_draw(indptr, cumw, v, u)]
+            v = _step(indptr, table, ptable, v, u)
             out[i, s] = v
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _node2vec_kernel(indptr, indices, cumw, starts, seed, first_id, inv_p, inv_q, out):
+def _node2vec_kernel(indptr, table, ptable, starts, seed, first_id, inv_p, inv_q, out):
     n, length = out.shape
     amax = max(inv_p, 1.0, inv_q)
+    sure = min(inv_p, 1.0, inv_q) / amax  # acceptance draws below this need no edge check
     for i in prange(n):
         state = _walk_state(seed, first_id + i)
         t = -1
@@ -234,23 +282,34 @@ def _node2vec_kernel(indptr, indices, cumw, starts, seed, first_id, inv_p, inv_q
                 break
             if t < 0:
                 state, u = _uniform(state)
-                x = indices[_draw(indptr, cumw, v, u)]
+                x = _step(indptr, table, ptable, v, u)
             else:
                 while True:
                     state, u = _uniform(state)
-                    x = indices[_draw(indptr, cumw, v, u)]
+                    x = _step(indptr, table, ptable, v, u)
+                    state, u2 = _uniform(state)
+                    if u2 < sure:
+                        break
                     if x == t:
                         a = inv_p
-                    elif _has_edge(indptr, indices, t, x):
+                    elif _has_edge(indptr, table, t, x):
                         a = 1.0
                     else:
                         a = inv_q
-                    state, u2 = _uniform(state)
                     if u2 * amax < a:
                         break
             t = v
             v = x
             out[i, s] = v
+
+
+def _walk(method, indptr, table, starts, seed, first_id, p, q, out) -> None:
+    ptable = table.view(np.float32)  # the same records, read as float32 for the probability
+    if method == "deepwalk":
+        _deepwalk_kernel(indptr, table, ptable, starts, np.uint64(seed), first_id, out)
+    else:
+        _node2vec_kernel(indptr, table, ptable, starts, np.uint64(seed), first_id, 1.0 / p,
+                         1.0 / q, out)
 
 
 # ---------------------------------------------------------------- helpers
