@@ -81,23 +81,28 @@ def sessionize(
         stats["bot_event_share"] = float(drop.mean())
     del key
 
-    # Session starts: a new entity, or (gap mode) an inactivity gap above the threshold.
-    start = new_entity
-    if not supplied and n0:
-        start[1:] |= np.diff(ts) > gap_minutes * 60
-    sid = np.cumsum(start, dtype=np.int64) - 1
-    del start, new_entity
-
+    gap_s = gap_minutes * 60
     if collapse_repeats and n0:
+        # an immediate repeat (same entity, same item, within the gap) is one view: collapsing
+        # comes before gap splitting, so no kept session has an inner gap above the threshold
         rep = np.zeros(n0, bool)
-        rep[1:] = (item[1:] == item[:-1]) & (sid[1:] == sid[:-1])
+        rep[1:] = (item[1:] == item[:-1]) & ~new_entity[1:]
+        if not supplied:
+            rep[1:] &= np.diff(ts) <= gap_s
         stats["repeats_collapsed"] = int((rep & ~drop).sum())
         drop |= rep
         del rep
     if drop.any():
         keep = ~drop
-        sid, ts, item, ev = sid[keep], ts[keep], item[keep], ev[keep]
+        new_entity, ts, item, ev = new_entity[keep], ts[keep], item[keep], ev[keep]
     del drop
+
+    # Session starts: a new entity, or (gap mode) an inactivity gap above the threshold.
+    start = new_entity
+    if not supplied and len(ts):
+        start[1:] |= np.diff(ts) > gap_s
+    sid = np.cumsum(start, dtype=np.int64) - 1
+    del start, new_entity
 
     # Cap the length by splitting into consecutive chunks of at most max_length events.
     pos = _positions(sid)

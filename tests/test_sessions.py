@@ -1,6 +1,6 @@
 import numpy as np
 import pandas as pd
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from recembed.ingest import ColumnMap, ingest
@@ -99,6 +99,8 @@ events_strategy = st.lists(
 
 @settings(max_examples=150, deadline=None)
 @given(events_strategy, st.integers(1, 90), st.integers(2, 8), st.booleans())
+# a collapsed repeat must not bridge a gap: 0 -> 1 s -> 421 s with a 420 s gap
+@example(rows=[(0, 0, 0), (0, 0, 1), (0, 1, 421)], gap_minutes=7, cap=2, collapse=True)
 def test_sessionize_properties(rows, gap_minutes, cap, collapse):
     ev = pd.DataFrame(rows, columns=["user", "item", "ts"]).astype(
         {"user": np.int32, "item": np.int32, "ts": np.int64})
