@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import faiss
 
-from recembed.index import build_index, prepare_vectors, tune_index
+from recembed.index import build_index, choose_index, prepare_vectors, tune_index
 
 K = 10
 
@@ -68,9 +68,11 @@ def run_synthetic(n: int, d: int, m: int, ef_c: int) -> list[dict]:
                ("IVF4096,Flat", "nprobe", (1, 2, 4, 8, 16, 32, 64)),
                ("IVF4096,PQ32x8,Refine(SQ8)", "nprobe", (4, 8, 16, 32, 64))]
     ps = faiss.ParameterSpace()
+    built = {}
     for factory, pname, values in configs:
         faiss.omp_set_num_threads(2)
         index, meta = build_index(base, factory=factory, hnsw_m=m, ef_construction=ef_c)
+        built[factory] = (index, meta)
         for v in values:
             params = f"{pname}={v}" + (",k_factor=4" if "Refine" in factory else "")
             ps.set_index_parameters(index, params)
@@ -81,7 +83,6 @@ def run_synthetic(n: int, d: int, m: int, ef_c: int) -> list[dict]:
                          "recall@10": round(recall(ids, truth), 4), "QPS 1 thread": round(q1),
                          "QPS 2 threads": round(q2)})
             print(rows[-1], flush=True)
-        del index
 
     try:
         import hnswlib
@@ -111,7 +112,12 @@ def run_synthetic(n: int, d: int, m: int, ef_c: int) -> list[dict]:
 
     # recembed's own choice: auto factory, tuned to recall@10 >= 0.95 on sampled base items
     faiss.omp_set_num_threads(2)
-    index, meta = build_index(base, factory="auto", hnsw_m=m, ef_construction=ef_c)
+    auto, _ = choose_index(n, d, hnsw_m=m)
+    if auto in built:  # the same build as above: reuse it rather than build it twice
+        index, meta = built[auto]
+        meta.reason, meta.tuning = "auto", []
+    else:
+        index, meta = build_index(base, factory="auto", hnsw_m=m, ef_construction=ef_c)
     meta = tune_index(index, base, meta, target_recall=0.95, k=K, n_queries=1000)
     q1, _ = qps(lambda qq: index.search(qq, K), q[:2000], 1)
     q2, ids = qps(lambda qq: index.search(qq, K), q, 2)
