@@ -119,7 +119,7 @@ def _pecanpy_compatible(g: sp.csr_matrix) -> sp.csr_matrix:
     return g
 
 
-def measure(cmd: list[str], timeout: float = 240) -> dict:
+def measure(cmd: list[str], timeout: float = 150) -> dict:
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
