@@ -315,3 +315,12 @@ def test_truncated_published_artifact_is_refused(log_csv, tmp_path):
     p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
     with pytest.raises(ArtifactError, match=r"index\.faiss"):
         Recommender.load(tmp_path / "published")
+
+
+def test_warm_start_from_the_published_version(log_csv, tmp_path, caplog):
+    quiet(cfg_for(log_csv, tmp_path))
+    with caplog.at_level("INFO", logger="recembed"):
+        rep = quiet(cfg_for(log_csv, tmp_path, "train.warm_start=true",
+                            "publish.max_recall_drop=1.0"))
+    assert rep.stages["train"]["status"] == "ran"
+    assert any("warm start:" in r.message and " of " in r.message for r in caplog.records)
