@@ -26,7 +26,8 @@ from recembed.config import load_config  # noqa: E402
 from recembed.pipeline import run_pipeline  # noqa: E402
 
 METHODS = {
-    "item2vec": [],
+    "item2vec+deepwalk": [],  # the defaults
+    "item2vec": ["walks.enabled=false"],
     "deepwalk": ["sequences.enabled=false", "walks.enabled=true", "walks.method='deepwalk'"],
     "node2vec": ["sequences.enabled=false", "walks.enabled=true", "walks.method='node2vec'",
                  "walks.p=0.5", "walks.q=2.0"],
@@ -70,20 +71,25 @@ def comparison(dataset: str, workdir: Path) -> list[dict]:
     return rows
 
 
+# the baseline the recorded sweeps varied one setting at a time from (the defaults back then)
+SWEEP_BASE = ["walks.enabled=false", "train.epochs=20", "train.max_tokens=0"]
+
+
 def sweep(dataset: str, workdir: Path) -> list[dict]:
-    """One-at-a-time sweeps around the defaults, then token curves (epochs for item2vec, walks
+    """One-at-a-time sweeps around SWEEP_BASE, then token curves (epochs for item2vec, walks
     per node for DeepWalk)."""
     grid = [("train.window", [1, 2, 3, 5]), ("train.ns_exponent", [-0.5, 0.0, 0.5, 0.75]),
             ("train.negative", [5, 10, 20]), ("train.vector_size", [32, 64, 128])]
     rows = []
     for key, values in grid:
         for v in values:
-            m = run(dataset, [f"{key}={v}"], workdir)
+            m = run(dataset, [*SWEEP_BASE, f"{key}={v}"], workdir)
             rows.append(_row("item2vec", key, v, m))
     # token curves: corpus size x epochs
     for rep in (1.0, 2.0, 4.0):
         for epochs in (10, 20, 40, 80):
-            m = run(dataset, [f"sequences.replication={rep}", f"train.epochs={epochs}"], workdir)
+            m = run(dataset, [*SWEEP_BASE, f"sequences.replication={rep}",
+                              f"train.epochs={epochs}"], workdir)
             rows.append(_row("item2vec", "replication x epochs", f"{rep:g}x{epochs}", m))
     for wpn, length, epochs in ((1, 20, 10), (2, 20, 5), (2, 20, 10), (2, 20, 20), (5, 20, 5),
                                 (5, 20, 10), (10, 20, 10), (10, 40, 10), (5, 10, 10)):
@@ -94,7 +100,7 @@ def sweep(dataset: str, workdir: Path) -> list[dict]:
     for key, values in (("serving.repeat_weight", [0.0, 0.25, 0.5, 1.0, 2.0]),
                         ("serving.decay", [0.3, 0.5, 0.8]), ("serving.history", [1, 3, 5, 10])):
         for v in values:
-            m = run(dataset, [f"{key}={v}"], workdir)
+            m = run(dataset, [*SWEEP_BASE, f"{key}={v}"], workdir)
             rows.append(_row("item2vec", key, v, m))
     for wpn, epochs in ((2, 10), (2, 20), (5, 10)):
         m = run(dataset, ["walks.enabled=true", f"walks.walks_per_node={wpn}",
