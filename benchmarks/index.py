@@ -74,7 +74,7 @@ def run_synthetic(n: int, d: int, m: int, ef_c: int) -> list[dict]:
         index, meta = build_index(base, factory=factory, hnsw_m=m, ef_construction=ef_c)
         built[factory] = (index, meta)
         for v in values:
-            params = f"{pname}={v}" + (",k_factor=4" if "Refine" in factory else "")
+            params = f"{pname}={v}" + (",k_factor_rf=4" if "Refine" in factory else "")
             ps.set_index_parameters(index, params)
             q1, _ = qps(lambda qq, ix=index: ix.search(qq, K), q[:2000], 1)
             q2, ids = qps(lambda qq, ix=index: ix.search(qq, K), q, 2)

@@ -245,7 +245,7 @@ def _param_grid(index, factory: str) -> list[str]:
         nlist = _nlist_of(factory, 0)
         probes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p <= nlist]
         extra = ",quantizer_efSearch={}" if "_HNSW" in factory else ""
-        k_factor = ",k_factor=4" if "Refine" in factory else ""
+        k_factor = ",k_factor_rf=4" if "Refine" in factory else ""
         return [f"nprobe={p}" + (extra.format(max(2 * p, 64)) if extra else "") + k_factor
                 for p in probes]
     return [""]

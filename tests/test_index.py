@@ -81,3 +81,11 @@ def test_nan_vectors_are_refused():
     x[3, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         build_index(x)
+
+
+def test_ivf_pq_with_refinement_builds_and_tunes():
+    x = _clustered(n=20_000, d=32)
+    index, meta = build_index(x, factory="IVF64,PQ8x8,Refine(SQ8)")
+    meta = tune_index(index, x, meta, target_recall=0.9, k=10, n_queries=200)
+    # the refinement parameter is applied (faiss names it k_factor_rf) and recall is measured
+    assert "k_factor_rf" in meta.search_params and meta.recall > 0.5 and len(meta.tuning) > 1
