@@ -49,7 +49,7 @@ def recall(ids: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(np.intersect1d(a, b)) / K for a, b in zip(ids, truth, strict=True)]))
 
 
-def run_synthetic(n: int, d: int, m: int, ef_c: int) -> list[dict]:
+def run_synthetic(n: int, d: int, m: int, ef_c: int, only: str = "") -> list[dict]:
     x = clustered(n + 10_000, d)
     base, q = x[:n], x[n:]
     faiss.omp_set_num_threads(2)
@@ -67,6 +67,8 @@ def run_synthetic(n: int, d: int, m: int, ef_c: int) -> list[dict]:
     configs = [(f"HNSW{m}", "efSearch", (16, 32, 64, 128, 256)),
                ("IVF4096,Flat", "nprobe", (1, 4, 16, 64)),
                ("IVF4096,PQ32x8,Refine(SQ8)", "nprobe", (8, 32))]
+    if only:
+        configs = [c for c in configs if any(c[0].startswith(o) for o in only.split(","))]
     ps = faiss.ParameterSpace()
     built = {}
     for factory, pname, values in configs:
@@ -151,14 +153,17 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=32)
     ap.add_argument("--ef-construction", type=int, default=80)
     ap.add_argument("--real", nargs="*", default=[])
+    ap.add_argument("--only", default="", help="factory prefixes to run, e.g. HNSW,IVF4096,Flat")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
-    table = markdown_table(run_synthetic(args.n, args.d, args.m, args.ef_construction))
+    table = markdown_table(run_synthetic(args.n, args.d, args.m, args.ef_construction,
+                                         args.only))
     real = markdown_table(run_real(args.real)) if args.real else ""
     print(table, real, sep="\n\n")
     if not args.no_record:
         append_results(f"indexes on {args.n:,} x {args.d} clustered vectors",
-                       f"python benchmarks/index.py --n {args.n} --real {' '.join(args.real)}",
+                       f"python benchmarks/index.py --n {args.n} --only '{args.only}' "
+                       f"--real {' '.join(args.real)}",
                        table + ("\n\nAuto index on real item vectors:\n\n" + real if real else ""),
                        f"k=10, 10k held-out queries, cosine; HNSW M={args.m}, efConstruction="
                        f"{args.ef_construction} for faiss and hnswlib alike. QPS 1 thread on "
