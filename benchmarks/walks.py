@@ -5,9 +5,14 @@ Graphs: the item graph of a 10M-event synthetic log (`recembed synth`), and a po
 {(1,1), (0.5,2), (2,0.5)}. Each measurement runs in a fresh process (peak RSS is its own) and
 includes everything from reading the CSR file to having the walks: PecanPy's setup and numba
 compile, our CSR preparation and writing the corpus file. PecanPy needs numpy < 2, so it gets its
-own venv (benchmarks/.venv-pecanpy, created here with uv or pip).
+own venv (benchmarks/.venv-pecanpy, created here with uv or pip). PecanPy runs in the mode its
+docs recommend for the setting: PreCompFirstOrder for p = q = 1 (weighted first order), SparseOTF
+otherwise (PreComp's second-order tables need sum(degree^2) memory: billions of entries with a
+26k-neighbour hub). Peak RSS is sampled from /proc while a run goes, so a run killed at the time
+limit still reports its peak so far.
 
-    python benchmarks/walks.py
+    python benchmarks/walks.py                # the full comparison, appended to RESULTS.md
+    python benchmarks/walks.py --no-pecanpy   # ours only
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +38,13 @@ from recembed.graph import load_graph
 from recembed.walks import random_walks
 g = load_graph(sys.argv[1])
 method, p, q = sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+t1 = time.perf_counter()
 st = random_walks(g, sys.argv[2], method=method, walks_per_node=10, walk_length=40, p=p, q=q,
                   seed=0, threads=2)
 dt = time.perf_counter() - t0
-print(json.dumps({"steps": st.tokens, "seconds": dt, "kernel_steps_per_s": st.steps_per_s,
+print(json.dumps({"steps": st.tokens, "seconds": dt, "startup_s": t1 - t0, "inner": st.seconds,
+                  "prepare_s": st.prepare_s, "walk_s": st.walk_s, "format_s": st.format_s,
+                  "wait_s": st.write_wait_s,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -44,7 +53,8 @@ import json, resource, sys, time
 t0 = time.perf_counter()
 from pecanpy import pecanpy as node2vec
 p, q = float(sys.argv[2]), float(sys.argv[3])
-g = node2vec.SparseOTF(p=p, q=q, workers=2, verbose=False, random_state=0)
+mode = node2vec.PreCompFirstOrder if p == q == 1 else node2vec.SparseOTF
+g = mode(p=p, q=q, workers=2, verbose=False, random_state=0)
 g.read_npz(sys.argv[1], weighted=True, implicit_ids=True)
 walks = g.simulate_walks(num_walks=10, walk_length=40)
 dt = time.perf_counter() - t0
@@ -119,14 +129,32 @@ def _pecanpy_compatible(g: sp.csr_matrix) -> sp.csr_matrix:
     return g
 
 
-def measure(cmd: list[str], timeout: float = 150) -> dict:
+def measure(cmd: list[str], timeout: float) -> dict:
+    """The JSON line a run prints, or its error; peak RSS sampled from /proc while it runs."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, _vm_hwm_mb(proc.pid))
+        if time.perf_counter() - t0 > timeout:
+            proc.kill()
+            proc.wait()
+            return {"error": f"not finished after {timeout:.0f} s (killed)", "peak_rss_mb": peak}
+        time.sleep(0.2)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        return {"error": err.strip().splitlines()[-1] if err.strip() else "failed"}
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _vm_hwm_mb(pid: int) -> float:
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"not finished after {timeout:.0f} s (killed)"}
-    if out.returncode != 0:
-        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return 0.0
 
 
 def main() -> None:
@@ -134,6 +162,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--no-pecanpy", action="store_true")
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--pecanpy-timeout", type=float, default=900)
     args = ap.parse_args()
     DATA.mkdir(exist_ok=True)
     graphs = {f"item graph ({args.events // 1_000_000}M events)": item_graph(args.events),
@@ -145,11 +174,13 @@ def main() -> None:
             methods = [("node2vec", p, q)] + ([("deepwalk", 1.0, 1.0)] if p == q == 1 else [])
             for method, pp, qq in methods:
                 r = measure([sys.executable, "-c", OURS, str(path), str(DATA / "walks.txt"),
-                             method, str(pp), str(qq)])
+                             method, str(pp), str(qq)], timeout=600)
                 rows.append(_row(gname, f"recembed {method}", p, q, r))
             if pec is not None:
-                r = measure([str(pec), "-c", PECANPY, str(path), str(p), str(q)])
-                rows.append(_row(gname, "PecanPy SparseOTF", p, q, r))
+                r = measure([str(pec), "-c", PECANPY, str(path), str(p), str(q)],
+                            timeout=args.pecanpy_timeout)
+                mode = "PreCompFirstOrder" if p == q == 1 else "SparseOTF"
+                rows.append(_row(gname, f"PecanPy {mode}", p, q, r))
     (DATA / "walks.txt").unlink(missing_ok=True)
     table = markdown_table(rows)
     print(table)
@@ -157,20 +188,27 @@ def main() -> None:
         append_results("random walks: recembed vs PecanPy", "python benchmarks/walks.py", table,
                        "10 walks/node, length 40, 2 threads. seconds = end to end in a fresh "
                        "process (imports, reading the CSR, setup, numba compile or cache load, "
-                       "walks; ours also writes the corpus file, PecanPy returns Python lists). "
-                       "steps/s = walk tokens / seconds.")
+                       "walks; ours also writes the corpus file and fsyncs it, PecanPy returns "
+                       "Python lists). M steps/s = walk tokens / seconds. 'in random_walks' = "
+                       "steps/s from the graph in memory to the corpus on disk (alias tables "
+                       "included, interpreter start and imports not), then where its seconds "
+                       "went: prepare (alias tables + numba runtime start), walk, format, and "
+                       "waiting on the disk. Peak RSS sampled from /proc every 0.2 s.")
 
 
 def _row(graph: str, impl: str, p: float, q: float, r: dict) -> dict:
     if "error" in r:
         return {"graph": graph, "impl": impl, "p,q": f"{p:g},{q:g}", "steps": 0,
-                "seconds": 0.0, "M steps/s": 0.0, "peak RSS MB": 0, "note": r["error"][:60]}
+                "seconds": 0.0, "M steps/s": 0.0, "peak RSS MB": int(r.get("peak_rss_mb", 0)),
+                "note": r["error"][:60]}
     row = {"graph": graph, "impl": impl, "p,q": f"{p:g},{q:g}", "steps": r["steps"],
            "seconds": round(r["seconds"], 2),
            "M steps/s": round(r["steps"] / r["seconds"] / 1e6, 2),
            "peak RSS MB": int(r["peak_rss_mb"]), "note": ""}
-    if "kernel_steps_per_s" in r:
-        row["note"] = f"{r['kernel_steps_per_s'] / 1e6:.1f}M/s inside random_walks()"
+    if "inner" in r:
+        row["note"] = (f"{r['steps'] / r['inner'] / 1e6:.1f}M/s in random_walks; "
+                       f"prepare {r['prepare_s']:.2f} s, walk {r['walk_s']:.2f}, "
+                       f"format {r['format_s']:.2f}, disk wait {r['wait_s']:.2f}")
     print(row, flush=True)
     return row
 

@@ -8,11 +8,13 @@ only in the import/export helpers, never in the build.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
-from scipy.sparse.csgraph import connected_components
+
+if TYPE_CHECKING:  # pandas costs ~1 s to import; loading a graph to walk it never needs it
+    import pandas as pd
 
 
 @dataclass
@@ -86,6 +88,8 @@ def graph_summary(g: sp.csr_matrix) -> GraphSummary:
     """Nodes, edges, isolated / dangling nodes, out-degree quantiles and weak components."""
     out_deg = np.diff(g.indptr)
     in_deg = np.bincount(g.indices, minlength=g.shape[0])
+    from scipy.sparse.csgraph import connected_components
+
     n_comp, labels = connected_components(g, directed=True, connection="weak")
     sizes = np.bincount(labels) if len(labels) else np.zeros(1, np.int64)
     q = np.quantile(out_deg, [0.5, 0.9, 0.99]) if len(out_deg) else np.zeros(3)

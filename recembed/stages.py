@@ -102,7 +102,9 @@ def walks_stage(cfg: Config, run: Path, out: Path) -> dict:
                       walk_length=w.walk_length, p=w.p, q=w.q, popularity=pop,
                       seed=cfg.run.seed, threads=cfg.run.n_threads(), progress=cfg.run.progress)
     return {"walks": st.walks, "tokens": st.tokens, "seconds": round(st.seconds, 3),
-            "steps_per_s": round(st.steps_per_s)}
+            "steps_per_s": round(st.steps_per_s), "prepare_s": round(st.prepare_s, 3),
+            "walk_s": round(st.walk_s, 3), "format_s": round(st.format_s, 3),
+            "write_wait_s": round(st.write_wait_s, 3)}
 
 
 def sequences_stage(cfg: Config, run: Path, out: Path) -> dict:

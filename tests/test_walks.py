@@ -52,6 +52,34 @@ def test_node2vec_second_order_transitions_are_exact(p, q):
     assert _chi2_ok(counts[probs > 0], probs[probs > 0]) > 1e-3
 
 
+@pytest.mark.parametrize(("p", "q"), [(0.25, 4.0), (0.5, 2.0), (0.3, 0.5), (2.0, 0.5)])
+def test_node2vec_on_a_directed_graph_uses_the_reverse_edge_weight_and_out_rows(p, q):
+    """Directed: t=0 -> v=1 has weight 1 but 1 -> 0 weighs 3, so a return is 3/p. "x neighbours
+    t" means the edge t -> x: 0 -> 2 exists (alpha 1), 4 -> 0 exists but 0 -> 4 does not (1/q).
+    With 1/p above max(1, 1/q) the return node has its own envelope box, sized by w(1, 0)."""
+    edges = {(0, 1): 1.0, (1, 0): 3.0, (1, 2): 1.0, (1, 3): 2.0, (1, 4): 0.5, (0, 2): 1.0,
+             (4, 0): 1.0, (2, 5): 1.0, (3, 5): 1.0, (5, 0): 1.0}
+    i, j = zip(*edges, strict=True)
+    g = sp.csr_matrix((np.array(list(edges.values()), np.float32), (i, j)), shape=(6, 6))
+    w = walk_array(g, np.zeros(300_000, np.int32), method="node2vec", walk_length=3, p=p, q=q,
+                   seed=8)
+    via1 = w[w[:, 1] == 1]
+    counts = np.bincount(via1[:, 2], minlength=6)
+    probs = np.array([3 / p, 0, 1.0, 2 / q, 0.5 / q, 0])
+    assert counts[probs == 0].sum() == 0
+    assert _chi2_ok(counts[probs > 0], probs[probs > 0]) > 1e-3
+    # without the edge 1 -> 0 there is no way back: only 2 (alpha 1) and 3, 4 (1/q)
+    del edges[(1, 0)]
+    i, j = zip(*edges, strict=True)
+    g = sp.csr_matrix((np.array(list(edges.values()), np.float32), (i, j)), shape=(6, 6))
+    w = walk_array(g, np.zeros(100_000, np.int32), method="node2vec", walk_length=3, p=p, q=q,
+                   seed=9)
+    counts = np.bincount(w[w[:, 1] == 1, 2], minlength=6)
+    probs = np.array([0, 0, 1.0, 2 / q, 0.5 / q, 0])
+    assert counts[probs == 0].sum() == 0
+    assert _chi2_ok(counts[probs > 0], probs[probs > 0]) > 1e-3
+
+
 def test_node2vec_with_p_q_one_equals_first_order_distribution():
     g, a = _graph()
     w = walk_array(g, np.zeros(200_000, np.int32), method="node2vec", walk_length=3, seed=3)
@@ -87,6 +115,34 @@ def test_same_seed_same_corpus_whatever_the_threads(tmp_path, method):
     a, b = (tmp_path / "a.txt").read_bytes(), (tmp_path / "b.txt").read_bytes()
     assert a == b and len(a) > 100_000
     assert (tmp_path / "c.txt").read_bytes() != a
+
+
+def test_corpus_lines_are_the_walks_in_decimal(tmp_path):
+    """The formatted corpus equals the walks of `walk_array` from the same starts, code by code
+    (codes up to 5 digits), whatever the chunking."""
+    from recembed.walks import prepare_graph, walk_starts
+
+    n, m = 20_000, 120_000
+    rng = np.random.default_rng(2)
+    g = sp.csr_matrix((rng.random(m, np.float32) + 0.1, (rng.integers(0, n, m),
+                                                         rng.integers(0, n, m))), shape=(n, n))
+    for chunk in (0, 777):
+        random_walks(g, tmp_path / "w.txt", method="node2vec", p=0.5, q=2.0, walks_per_node=2,
+                     walk_length=9, seed=4, chunk_walks=chunk)
+        starts = walk_starts(prepare_graph(g).indptr, 2, seed=4)
+        w = walk_array(g, starts, method="node2vec", p=0.5, q=2.0, walk_length=9, seed=4)
+        expected = [" ".join(str(x) for x in row[row >= 0]) for row in w if row[1] >= 0]
+        assert (tmp_path / "w.txt").read_text().splitlines() == expected
+        assert max(len(x) for line in expected for x in line.split()) == 5
+
+
+def test_token_table_is_the_decimal_text():
+    from recembed.corpus import token_table
+
+    packed, lens = token_table(123_457)
+    for x in (0, 7, 9, 10, 99, 100, 4321, 99_999, 100_000, 123_456):
+        text = int(packed[x]).to_bytes(8, "little")[: lens[x]].decode()
+        assert text == str(x)
 
 
 def test_popularity_start_weighting():
