@@ -70,8 +70,8 @@ def ensure_pecanpy() -> Path:
         return py
     if shutil.which("uv"):
         subprocess.run(["uv", "venv", "-q", str(PECANPY_VENV)], check=True)
-        subprocess.run(["uv", "pip", "install", "-q", "--python", str(py), "numpy<2", "pecanpy"],
-                       check=True)
+        subprocess.run(["uv", "pip", "install", "-q", "--compile-bytecode", "--python", str(py),
+                        "numpy<2", "pecanpy"], check=True)
     else:
         subprocess.run([sys.executable, "-m", "venv", str(PECANPY_VENV)], check=True)
         subprocess.run([str(py), "-m", "pip", "install", "-q", "numpy<2", "pecanpy"], check=True)
