@@ -5,9 +5,11 @@
   probability, alias neighbour), so a step touches one record.
 - Walks are memory-latency bound, so each thread advances a block of `_LANES` walks in lockstep:
   their loads are independent and the CPU overlaps the cache misses. On the 200k-node item graph
-  of a 10M-event log this took the kernel from 10M to 88M steps/s (2 threads); one walk at a time
-  waits on every miss. Measured alternatives: cumulative weights + binary search ran ~2x slower
-  than alias tables, separate prob/alias/index arrays 1.6x slower than packed records.
+  of a 10M-event log this took the DeepWalk kernel from 10M to 50-90M steps/s (2 threads) and
+  node2vec (0.5, 2) from 4.9M to 6-8M; one walk at a time waits on every miss. Measured
+  alternatives: cumulative weights + binary search ran ~2x slower than alias tables, separate
+  prob/alias/index arrays 1.6x slower than packed records, and batching the node2vec binary
+  searches one probe per lane per sweep gained nothing.
 - node2vec: exact second-order transitions P(x | t, v) ∝ alpha_pq(t, x) * w(v, x) by rejection
   sampling (KnightKing) without any second-order table: memory stays O(edges). Propose x from
   the first-order alias table and accept with probability alpha(t, x) / M; a draw below
@@ -341,7 +343,7 @@ def _node2vec_kernel(indptr, indices, records, probs, weights, row_sum, row_max,
             prev[j] = -1
             out[i0 + j, 0] = cur[j]
         for s in range(1, length):
-            # pass 1: every lane draws; most accept without an edge check
+            # pass 1: end walks at dangling nodes, take first steps (first order)
             n_wait = 0
             for j in range(m):
                 v = cur[j]
@@ -360,19 +362,10 @@ def _node2vec_kernel(indptr, indices, records, probs, weights, row_sum, row_max,
                     cur[j] = x
                     out[i0 + j, s] = x
                     continue
-                state, x, u = _attempt(indptr, indices, records, probs, weights, row_sum,
-                                       row_max, v, t, state, env, box, sure)
-                rng[j] = state
-                if u < 0.0:
-                    prev[j] = v
-                    cur[j] = x
-                    out[i0 + j, s] = x
-                    continue
-                cand[j] = x
-                cand_u[j] = u
+                cand[j] = -1  # no proposal yet
                 waiting[n_wait] = j
                 n_wait += 1
-            # pass 2: edge checks, lanes in lockstep, until every lane has accepted a node
+            # pass 2: the lanes propose and check in lockstep until every one has accepted
             while n_wait > 0:
                 k = 0
                 for r in range(n_wait):
@@ -380,17 +373,18 @@ def _node2vec_kernel(indptr, indices, records, probs, weights, row_sum, row_max,
                     v = cur[j]
                     t = prev[j]
                     x = cand[j]
-                    if x == t:
-                        a = a_ret
-                    elif _find(indices, indptr[t], indptr[t + 1], x) >= 0:
-                        a = 1.0
-                    else:
-                        a = inv_q
-                    if cand_u[j] * env < a:
-                        prev[j] = v
-                        cur[j] = x
-                        out[i0 + j, s] = x
-                        continue
+                    if x >= 0:
+                        if x == t:
+                            a = a_ret
+                        elif _find(indices, indptr[t], indptr[t + 1], x) >= 0:
+                            a = 1.0
+                        else:
+                            a = inv_q
+                        if cand_u[j] * env < a:
+                            prev[j] = v
+                            cur[j] = x
+                            out[i0 + j, s] = x
+                            continue
                     state, x, u = _attempt(indptr, indices, records, probs, weights, row_sum,
                                            row_max, v, t, rng[j], env, box, sure)
                     rng[j] = state
