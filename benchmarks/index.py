@@ -66,9 +66,10 @@ def run_synthetic(n: int, d: int, m: int, ef_c: int, only: str = "") -> list[dic
 
     configs = [(f"HNSW{m}", "efSearch", (16, 32, 64, 128, 256)),
                ("IVF4096,Flat", "nprobe", (1, 4, 16, 64)),
-               ("IVF4096,PQ32x8,Refine(SQ8)", "nprobe", (8, 32))]
+               ("IVF4096,PQ32x8,Refine(SQ8)", "nprobe", ("8,k_factor_rf=4", "8,k_factor_rf=16",
+                                                          "32,k_factor_rf=16", "32,k_factor_rf=64"))]
     if only:
-        configs = [c for c in configs if any(c[0].startswith(o) for o in only.split(","))]
+        configs = [c for c in configs if any(c[0].startswith(o) for o in only.split(";"))]
     ps = faiss.ParameterSpace()
     built = {}
     for factory, pname, values in configs:
@@ -76,7 +77,7 @@ def run_synthetic(n: int, d: int, m: int, ef_c: int, only: str = "") -> list[dic
         index, meta = build_index(base, factory=factory, hnsw_m=m, ef_construction=ef_c)
         built[factory] = (index, meta)
         for v in values:
-            params = f"{pname}={v}" + (",k_factor_rf=4" if "Refine" in factory else "")
+            params = f"{pname}={v}"
             ps.set_index_parameters(index, params)
             q1, _ = qps(lambda qq, ix=index: ix.search(qq, K), q[:2000], 1)
             q2, ids = qps(lambda qq, ix=index: ix.search(qq, K), q, 2)
@@ -153,7 +154,9 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=32)
     ap.add_argument("--ef-construction", type=int, default=80)
     ap.add_argument("--real", nargs="*", default=[])
-    ap.add_argument("--only", default="", help="factory prefixes to run, e.g. HNSW,IVF4096,Flat")
+    ap.add_argument("--only", default="",
+                    help="factory prefixes to run, ;-separated (factories contain commas), "
+                         "e.g. 'HNSW;IVF4096,PQ'")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     table = markdown_table(run_synthetic(args.n, args.d, args.m, args.ef_construction,

@@ -245,9 +245,11 @@ def _param_grid(index, factory: str) -> list[str]:
         nlist = _nlist_of(factory, 0)
         probes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p <= nlist]
         extra = ",quantizer_efSearch={}" if "_HNSW" in factory else ""
-        k_factor = ",k_factor_rf=4" if "Refine" in factory else ""
-        return [f"nprobe={p}" + (extra.format(max(2 * p, 64)) if extra else "") + k_factor
-                for p in probes]
+        # a Refine index re-ranks k_factor_rf * k PQ candidates exactly; where PQ codes are
+        # coarse, 4x caps recall whatever nprobe (0.68 recall@10 on 1M clustered vectors)
+        factors = (4, 16, 64) if "Refine" in factory else (0,)
+        return [f"nprobe={p}" + (extra.format(max(2 * p, 64)) if extra else "")
+                + (f",k_factor_rf={f}" if f else "") for p in probes for f in factors]
     return [""]
 
 

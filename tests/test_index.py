@@ -89,3 +89,6 @@ def test_ivf_pq_with_refinement_builds_and_tunes():
     meta = tune_index(index, x, meta, target_recall=0.9, k=10, n_queries=200)
     # the refinement parameter is applied (faiss names it k_factor_rf) and recall is measured
     assert "k_factor_rf" in meta.search_params and meta.recall > 0.5 and len(meta.tuning) > 1
+    # the grid raises the refinement factor as well as nprobe, so the target is reachable
+    assert {t["params"].split("k_factor_rf=")[1] for t in meta.tuning} >= {"4", "16"}
+    assert meta.reached_target
