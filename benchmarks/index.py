@@ -64,20 +64,21 @@ def run_synthetic(n: int, d: int, m: int, ef_c: int, only: str = "") -> list[dic
              "QPS 2 threads": round(len(q) / flat_s)}]
     print(rows[-1], flush=True)
 
-    configs = [(f"HNSW{m}", "efSearch", (16, 32, 64, 128, 256)),
-               ("IVF4096,Flat", "nprobe", (1, 4, 16, 64)),
-               ("IVF4096,PQ32x8,Refine(SQ8)", "nprobe", ("8,k_factor_rf=4", "8,k_factor_rf=16",
-                                                          "32,k_factor_rf=16", "32,k_factor_rf=64"))]
+    configs = [(f"HNSW{m}", [f"efSearch={e}" for e in (16, 32, 64, 128, 256)]),
+               ("IVF4096,Flat", [f"nprobe={p}" for p in (1, 4, 16, 64)]),
+               ("IVF4096,PQ32x8,Refine(SQ8)", [f"nprobe={p},k_factor_rf={f}" for p, f in
+                                               ((8, 4), (8, 16), (32, 16), (32, 64))])]
     if only:
         configs = [c for c in configs if any(c[0].startswith(o) for o in only.split(";"))]
+    auto_factory, _ = choose_index(n, d, hnsw_m=m)
     ps = faiss.ParameterSpace()
-    built = {}
-    for factory, pname, values in configs:
+    built = {}  # the build the auto row below would repeat, kept for it; the rest are freed
+    for factory, grid in configs:
         faiss.omp_set_num_threads(2)
         index, meta = build_index(base, factory=factory, hnsw_m=m, ef_construction=ef_c)
-        built[factory] = (index, meta)
-        for v in values:
-            params = f"{pname}={v}"
+        if factory == auto_factory:
+            built[factory] = (index, meta)
+        for params in grid:
             ps.set_index_parameters(index, params)
             q1, _ = qps(lambda qq, ix=index: ix.search(qq, K), q[:2000], 1)
             q2, ids = qps(lambda qq, ix=index: ix.search(qq, K), q, 2)
@@ -115,9 +116,8 @@ def run_synthetic(n: int, d: int, m: int, ef_c: int, only: str = "") -> list[dic
 
     # recembed's own choice: auto factory, tuned to recall@10 >= 0.95 on sampled base items
     faiss.omp_set_num_threads(2)
-    auto, _ = choose_index(n, d, hnsw_m=m)
-    if auto in built:  # the same build as above: reuse it rather than build it twice
-        index, meta = built[auto]
+    if auto_factory in built:  # the same build as above: reuse it rather than build it twice
+        index, meta = built[auto_factory]
         meta.reason, meta.tuning = "auto", []
     else:
         index, meta = build_index(base, factory="auto", hnsw_m=m, ef_construction=ef_c)

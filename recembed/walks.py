@@ -120,14 +120,16 @@ def random_walks(
             pending = None
             for c, lo in enumerate(range(0, len(starts), chunk)):
                 part = ids[:min(chunk, len(starts) - lo)]
-                t = time.perf_counter()
+                t1 = time.perf_counter()
                 _walk(method, wg, starts[lo:lo + len(part)], seed, lo, p, q, part)
-                t, clock["walk"] = time.perf_counter(), clock["walk"] + time.perf_counter() - t
+                t2 = time.perf_counter()
                 text, n_lines, n_tokens = format_padded(part, packed, lens, out=texts[c % 2])
-                t, clock["format"] = time.perf_counter(), clock["format"] + time.perf_counter() - t
+                t3 = time.perf_counter()
                 if pending is not None:
                     pending.result()  # the previous chunk, in the other buffer
-                clock["wait"] += time.perf_counter() - t
+                clock["walk"] += t2 - t1
+                clock["format"] += t3 - t2
+                clock["wait"] += time.perf_counter() - t3
                 pending = writer.submit(fh.write, text)
                 tokens += n_tokens
                 walks += n_lines
@@ -304,18 +306,12 @@ def _deepwalk_kernel(indptr, records, probs, starts, seed, first_id, out):
                 if v < 0:
                     out[i0 + j, s] = -1
                     continue
-                lo = indptr[v]
-                d = indptr[v + 1] - lo
-                if d == 0:  # dangling: the walk ends here
+                if indptr[v] == indptr[v + 1]:  # dangling: the walk ends here
                     cur[j] = -1
                     out[i0 + j, s] = -1
                     continue
-                state, z = _splitmix(rng[j])
+                state, nxt = _draw(indptr, records, probs, v, rng[j])
                 rng[j] = state
-                x = (z >> np.uint64(11)) * (1.0 / 9007199254740992.0) * d
-                k = int(x)
-                # written out rather than through _draw: measured 2.5x faster in this loop
-                nxt = records[lo + k, 0] if x - k < probs[lo + k, 1] else records[lo + k, 2]
                 cur[j] = nxt
                 out[i0 + j, s] = nxt
 

@@ -136,15 +136,6 @@ def test_corpus_lines_are_the_walks_in_decimal(tmp_path):
         assert max(len(x) for line in expected for x in line.split()) == 5
 
 
-def test_token_table_is_the_decimal_text():
-    from recembed.corpus import token_table
-
-    packed, lens = token_table(123_457)
-    for x in (0, 7, 9, 10, 99, 100, 4321, 99_999, 100_000, 123_456):
-        text = int(packed[x]).to_bytes(8, "little")[: lens[x]].decode()
-        assert text == str(x)
-
-
 def test_popularity_start_weighting():
     from recembed.walks import walk_starts
 
