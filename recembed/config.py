@@ -78,6 +78,8 @@ class IngestConfig(_Section):
 
 class SessionConfig(_Section):
     gap_minutes: float = Field(30.0, gt=0)
+    auto_gap: bool = True
+    max_short_share: float = Field(0.5, ge=0, le=1)
     max_length: int = Field(200, ge=2)
     min_length: int = Field(2, ge=1)
     collapse_repeats: bool = True
@@ -89,10 +91,28 @@ class BotConfig(_Section):
     max_events_per_day: int = Field(1000, ge=1)
     min_median_gap_s: float = Field(1.0, ge=0)
     min_events_for_gap_rule: int = Field(20, ge=2)
+    outlier_z: float = Field(3.5, gt=0)
+    max_share: float = Field(0.25, ge=0, le=1)
 
 
 class HoldoutConfig(_Section):
     days: float = Field(1.0, ge=0)
+
+
+class ValidationConfig(_Section):
+    share: float = Field(0.1, ge=0, lt=1)
+    min_sessions: int = Field(1000, ge=0)
+    max_sessions: int = Field(20_000, ge=0)
+
+
+class CalibrateConfig(_Section):
+    enabled: bool = True
+    time_budget_s: float = Field(300.0, ge=0)
+    max_queries: int = Field(5000, ge=10)
+    max_train_tokens: int = Field(3_000_000, ge=1000)
+    corpora: list[Literal["both", "sessions", "walks"]] = Field(
+        default_factory=lambda: ["both", "sessions", "walks"])
+    target_tokens: list[int] = Field(default_factory=lambda: [1_000_000, 3_000_000, 10_000_000])
 
 
 class GraphConfig(_Section):
@@ -104,7 +124,7 @@ class GraphConfig(_Section):
 
 
 class WalksConfig(_Section):
-    enabled: bool = True
+    enabled: bool | Literal["auto"] = "auto"
     method: Literal["deepwalk", "node2vec"] = "deepwalk"
     walks_per_node: int = Field(5, ge=1)
     walk_length: int = Field(20, ge=2)
@@ -114,7 +134,7 @@ class WalksConfig(_Section):
 
 
 class SequencesConfig(_Section):
-    enabled: bool = True
+    enabled: bool | Literal["auto"] = "auto"
     replication: float = Field(1.0, gt=0)
 
 
@@ -125,7 +145,8 @@ class TrainConfig(_Section):
     negative: int = Field(10, ge=0)
     ns_exponent: float = 0.5
     sample: float = Field(0.0, ge=0)
-    epochs: int = Field(5, ge=1)
+    epochs: int | Literal["auto"] = "auto"
+    target_tokens: int | Literal["auto"] = "auto"
     max_tokens: int = Field(60_000_000, ge=0)
     alpha: float = Field(0.025, gt=0)
     min_alpha: float = Field(0.0001, ge=0)
@@ -148,12 +169,28 @@ class IndexConfig(_Section):
 
 
 class ServingConfig(_Section):
-    decay: float = Field(0.5, gt=0, le=1)
-    history: int = Field(5, ge=1)
-    repeat_weight: float = Field(0.5, ge=0)
+    weights: dict[str, float] | Literal["auto"] = "auto"
+    decay: float | Literal["auto"] = "auto"
+    temperature: float | Literal["auto"] = "auto"
+    neighbours: Literal["auto", "vsknn", "stan", "off"] = "auto"
+    history: int = Field(10, ge=1)
     repeat_decay: float = Field(0.7, gt=0, le=1)
     candidates: int = Field(200, ge=1)
-    directional_weight: float = Field(0.5, ge=0, le=1)
+    popular: int = Field(50, ge=0)
+    rule_steps: int = Field(10, ge=1)
+
+    @field_validator("weights")
+    @classmethod
+    def _known_signals(cls, v):
+        from recembed.blend import SIGNALS
+
+        if isinstance(v, dict):
+            bad = sorted(set(v) - set(SIGNALS))
+            if bad:
+                raise ValueError(f"unknown signal(s) {bad}; signals: {list(SIGNALS)}")
+            if any(x < 0 for x in v.values()) or not any(v.values()):
+                raise ValueError("weights must be >= 0 and not all 0")
+        return v
 
 
 class EvaluateConfig(_Section):
@@ -190,6 +227,8 @@ class Config(_Section):
     session: SessionConfig = Field(default_factory=SessionConfig)
     bots: BotConfig = Field(default_factory=BotConfig)
     holdout: HoldoutConfig = Field(default_factory=HoldoutConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    calibrate: CalibrateConfig = Field(default_factory=CalibrateConfig)
     graph: GraphConfig = Field(default_factory=GraphConfig)
     walks: WalksConfig = Field(default_factory=WalksConfig)
     sequences: SequencesConfig = Field(default_factory=SequencesConfig)

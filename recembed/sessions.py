@@ -16,6 +16,13 @@ import numpy as np
 import pandas as pd
 
 DAY = 86_400
+MIN_WEIGHT = 1e-6  # decay floor: a normal float32, so no session's edges round to zero
+_WIDER_GAPS_S = (2 * 3600, 8 * 3600, DAY, 7 * DAY, np.inf)
+
+
+class DataLossError(ValueError):
+    """A filter would remove a surprising share of the data (or all of it); the message names
+    the rule, the share and the key that overrides it."""
 
 
 @dataclass
@@ -41,14 +48,53 @@ def sessionize(
     max_events_per_day: int = 1000,
     min_median_gap_s: float = 1.0,
     min_events_for_gap_rule: int = 20,
+    bot_outlier_z: float = 3.5,
+    bot_max_share: float = 0.25,
+    auto_gap: bool = True,
+    max_short_share: float = 0.5,
+    validation_share: float = 0.1,
+    validation_max_sessions: int = 20_000,
 ) -> SessionResult:
     """Sessions from events (columns as produced by `ingest`), split into train and holdout.
 
     A `session` column in `events` wins over gap splitting. When rows carry `split` = 1 (events
     from explicit test files), those sessions form the holdout; otherwise it is the sessions that
     end in the last `holdout_days` days.
+
+    Parameters
+    ----------
+    events : DataFrame
+        `user` int32 (-1 absent), `item` int32, `ts` int64 unix seconds[, `session`][, `split`].
+    gap_minutes : float, minutes, > 0
+        Inactivity gap that starts a new session (gap mode).
+    max_length, min_length : int, events
+        Longer sessions are split into chunks; shorter ones are dropped (counted).
+    collapse_repeats : bool
+        Collapse immediate repeats of the same item.
+    half_life_days : float, days, > 0 (inf = no decay)
+        Session weight `0.5 ** (age / half_life)`, floored at `MIN_WEIGHT`: decay down-weights,
+        it never erases a session.
+    holdout_days : float, days, >= 0
+        Sessions ending in the last N days are the holdout (when no explicit test files).
+    bots, max_events_per_day, min_median_gap_s, min_events_for_gap_rule, bot_outlier_z
+        Bot filter. An entity (user, or supplied session) is a bot when it is an *outlier of the
+        population* on a rule and also past the rule's absolute bound: more than
+        `max_events_per_day` events on a day, or (with at least `min_events_for_gap_rule`
+        events) a median gap under `min_median_gap_s` seconds. Outlier = modified z-score of
+        log10(value) beyond `bot_outlier_z` (Iglewicz & Hoaglin's 3.5): a log whose users all
+        rate items seconds apart keeps them.
+    bot_max_share : float in [0, 1]
+        More bot events than this share stops the run (`DataLossError`, names the key).
+    auto_gap : bool
+        Gap mode only: when one-event sessions would hold more than `max_short_share` of the
+        events (purchase logs: days between a user's events), widen the gap (2 h, 8 h, 1 d, 7 d,
+        whole user history) until they do not; reported as a warning.
+    validation_share, validation_max_sessions
+        The most recent training sessions (this share, at most this many) get `split` = 2: the
+        validation split that calibration uses. It is part of the training window (never the
+        holdout); `sessions_train` holds them too.
     """
-    stats: dict = {}
+    stats: dict = {"warnings": []}
     n0 = len(events)
     supplied = "session" in events.columns
     if not supplied and (events["user"].to_numpy() < 0).any():
@@ -74,11 +120,21 @@ def sessionize(
     drop = np.zeros(n0, bool)
     stats["bot_entities"] = 0
     if bots and n0:
-        drop = _bot_rows(key, ts, new_entity, max_events_per_day, min_median_gap_s,
-                         min_events_for_gap_rule)
+        drop, rules = _bot_rows(key, ts, new_entity, max_events_per_day, min_median_gap_s,
+                                min_events_for_gap_rule, bot_outlier_z)
         stats["bot_entities"] = int((drop & new_entity).sum())
         stats["bot_events"] = int(drop.sum())
         stats["bot_event_share"] = float(drop.mean())
+        stats.update(rules)
+        if stats["bot_event_share"] > bot_max_share:
+            raise DataLossError(
+                f"the bot filter would remove {stats['bot_event_share']:.1%} of all events "
+                f"({stats['bot_events']:,} of {n0:,}; daily-volume rule "
+                f"{rules['bot_events_volume_rule']:,}, median-gap rule "
+                f"{rules['bot_events_gap_rule']:,}), above bots.max_share={bot_max_share:.0%}. "
+                "If these really are bots, raise bots.max_share; if they are people, set "
+                "bots.enabled=false or loosen bots.min_median_gap_s / bots.max_events_per_day")
+    stats.setdefault("bot_events", 0)
     del key
 
     gap_s = gap_minutes * 60
@@ -98,6 +154,9 @@ def sessionize(
     del drop
 
     # Session starts: a new entity, or (gap mode) an inactivity gap above the threshold.
+    stats["gap_minutes"] = gap_minutes
+    if not supplied and len(ts):
+        gap_s = _choose_gap(new_entity, ts, gap_s, min_length, max_short_share, auto_gap, stats)
     start = new_entity
     if not supplied and len(ts):
         start[1:] |= np.diff(ts) > gap_s
@@ -116,6 +175,11 @@ def sessionize(
     short = lengths < min_length
     stats["sessions_too_short"] = int(short.sum())
     keep = ~short[sid]
+    stats["events_in_short_sessions"] = int((~keep).sum())
+    if len(keep) and (~keep).mean() > max_short_share:
+        stats["warnings"].append(
+            f"session.min_length={min_length}: {(~keep).mean():.0%} of the events are in "
+            "sessions too short to carry co-occurrence and are not trained on")
     sid, ts, item, pos, ev = sid[keep], ts[keep], item[keep], pos[keep], ev[keep]
     # contiguous session ids 0..S-1 in the same order (sid is non-decreasing)
     sid = np.cumsum(np.r_[len(sid) > 0, sid[1:] != sid[:-1]], dtype=np.int64) - 1
@@ -131,9 +195,12 @@ def sessionize(
     else:
         cutoff = (s_end.max() if len(s_end) else 0) - holdout_days * DAY
         s_split = ((s_end > cutoff) & (holdout_days > 0)).astype(np.int8)
-    train_end = s_end[s_split == 0]
+    s_split = _mark_validation(s_split, s_end, validation_share, validation_max_sessions)
+    train_end = s_end[s_split != 1]
     ref = train_end.max() if len(train_end) else (s_end.max() if len(s_end) else 0)
     weights = session_weights(s_end, ref, half_life_days)
+    tw = weights[s_split != 1]
+    stats["effective_sessions"] = float(tw.sum() ** 2 / (tw ** 2).sum()) if len(tw) else 0.0
 
     table = pd.DataFrame(
         {"session": np.arange(len(starts), dtype=np.int64), "user": events["user"].to_numpy()[ev[starts]],
@@ -141,13 +208,16 @@ def sessionize(
         copy=False,
     )
     is_test = s_split[sid] == 1
+    if not len(table):
+        raise DataLossError(_nothing_left(stats, n0, min_length))
     cols = {"session": sid, "item": item.astype(np.int32), "ts": ts, "pos": pos, "event": ev}
     # copy=False: no block consolidation, the filtered arrays become the columns as they are
     train = pd.DataFrame({k: v[~is_test] for k, v in cols.items()}, copy=False)
     test = pd.DataFrame({k: v[is_test] for k, v in cols.items()}, copy=False)
     stats.update(
         events_in=n0, events_kept=len(sid), sessions=len(table),
-        train_sessions=int((s_split == 0).sum()), holdout_sessions=int((s_split == 1).sum()),
+        train_sessions=int((s_split != 1).sum()), holdout_sessions=int((s_split == 1).sum()),
+        validation_sessions=int((s_split == 2).sum()),
         train_events=len(train), holdout_events=len(test),
         mean_session_length=float(s_len.mean()) if len(s_len) else 0.0,
     )
@@ -155,12 +225,25 @@ def sessionize(
 
 
 def session_weights(end_ts: np.ndarray, ref_ts: float, half_life_days: float) -> np.ndarray:
-    """Time-decay weight per session, `0.5 ** (age / half_life)` in (0, 1]; age = ref - end."""
+    """Time-decay weight per session, `0.5 ** (age / half_life)` in [MIN_WEIGHT, 1];
+    age = ref - end.
+
+    The floor keeps every session in the graph and corpus: stored as float32 in the graph, an
+    unfloored weight of a session 3 years old at a 7-day half-life rounds to 0 and the walks
+    refused the graph (issue 17, item 0).
+    """
     if np.isinf(half_life_days):
         return np.ones(len(end_ts))
     age_days = np.maximum(ref_ts - end_ts.astype(np.float64), 0.0) / DAY
     w = np.exp2(-age_days / half_life_days)
-    return np.maximum(w, np.finfo(np.float64).tiny)
+    return np.maximum(w, MIN_WEIGHT)
+
+
+def training_split_mask(table: pd.DataFrame, *, calibration: bool) -> np.ndarray:
+    """Sessions to train on: every non-holdout session, or (calibration) those before the
+    validation split."""
+    split = table["split"].to_numpy()
+    return split == 0 if calibration else split != 1
 
 
 # ---------------------------------------------------------------- helpers
@@ -206,9 +289,10 @@ def _positions(group: np.ndarray) -> np.ndarray:
 
 def _bot_rows(
     key: np.ndarray, ts: np.ndarray, new_entity: np.ndarray, max_per_day: int,
-    min_median_gap: float, min_events: int,
-) -> np.ndarray:
-    """Rows of entities over the daily event limit or with a median gap under the threshold."""
+    min_median_gap: float, min_events: int, z: float,
+) -> tuple[np.ndarray, dict]:
+    """Rows of bot entities, and per-rule counts: an entity is a bot when it is past a rule's
+    absolute bound AND an outlier of the population on that rule (modified z-score of log10)."""
     ent = np.cumsum(new_entity) - 1
     n_ent = int(ent[-1]) + 1
     day = ts // DAY
@@ -219,14 +303,88 @@ def _bot_rows(
     run_ent = ent[run_start]
     max_daily = np.zeros(n_ent, np.int64)
     np.maximum.at(max_daily, run_ent, run_len)
-    bot = max_daily > max_per_day
+    lv = np.log10(max_daily.astype(np.float64))
+    volume = (max_daily > max_per_day) & (_robust_z(lv, lv) > z)
 
     counts = np.bincount(ent, minlength=n_ent)
     gaps = np.diff(ts).astype(np.float64)
     inner = ~new_entity[1:]
-    eligible = counts[ent[1:]] >= min_events
-    sel = inner & eligible
+    gap_bot = np.zeros(n_ent, bool)
+    sel = inner & (counts[ent[1:]] >= 3)
     if sel.any():
         med = pd.Series(gaps[sel]).groupby(ent[1:][sel]).median()
-        bot[med.index.to_numpy()[med.to_numpy() < min_median_gap]] = True
-    return bot[ent]
+        who = med.index.to_numpy()
+        lg = np.log10(np.maximum(med.to_numpy(), 0.01))
+        # the population (entities with 3+ events) sets the scale; the rule applies to those
+        # with min_events+ only, and only below the absolute bound
+        low = -_robust_z(lg, lg) > z
+        gap_bot[who] = low & (med.to_numpy() < min_median_gap) & (counts[who] >= min_events)
+    bot = volume | gap_bot
+    rules = {"bot_events_volume_rule": int(counts[volume].sum()),
+             "bot_events_gap_rule": int(counts[gap_bot & ~volume].sum())}
+    return bot[ent], rules
+
+
+def _robust_z(x: np.ndarray, population: np.ndarray) -> np.ndarray:
+    """Modified z-score of x against the population: 0.6745 (x - median) / MAD, the MAD floored
+    at 0.1 decades so that a population of identical users does not make every deviation
+    infinite."""
+    med = np.median(population)
+    mad = max(np.median(np.abs(population - med)), 0.1)
+    return 0.6745 * (x - med) / mad
+
+
+def _choose_gap(new_entity: np.ndarray, ts: np.ndarray, gap_s: float, min_length: int,
+                max_short: float, auto: bool, stats: dict) -> float:
+    """The configured gap, or (auto) the smallest wider one that leaves no more than `max_short`
+    of the events in sessions shorter than `min_length`."""
+    d = np.diff(ts)
+    n = len(ts)
+
+    def short_share(g: float) -> float:
+        start = new_entity.copy()
+        start[1:] |= d > g
+        lengths = np.bincount(np.cumsum(start) - 1)
+        return float(lengths[lengths < min_length].sum() / n)
+
+    share = short_share(gap_s)
+    if not auto or share <= max_short:
+        return gap_s
+    for g in _WIDER_GAPS_S:
+        if g <= gap_s:
+            continue
+        s2 = short_share(g)
+        if s2 <= max_short or np.isinf(g):
+            label = "the whole user history" if np.isinf(g) else f"{g / 60:g} minutes"
+            stats["gap_minutes"] = float(g / 60)
+            stats["warnings"].append(
+                f"session.gap_minutes={gap_s / 60:g} left {share:.0%} of the events in sessions "
+                f"shorter than session.min_length; the gap was widened to {label} ({s2:.0%} "
+                "left). Set session.auto_gap=false to keep the configured gap")
+            return float(g)
+    return gap_s
+
+
+def _mark_validation(split: np.ndarray, end: np.ndarray, share: float, cap: int) -> np.ndarray:
+    """split = 2 for the most recent training sessions (by end time, ties by order)."""
+    train = np.flatnonzero(split == 0)
+    n_val = min(int(len(train) * share), cap)
+    if n_val < 1 or len(train) - n_val < 1:
+        return split
+    order = train[np.argsort(end[train], kind="stable")]
+    out = split.copy()
+    out[order[-n_val:]] = 2
+    return out
+
+
+def _nothing_left(stats: dict, n0: int, min_length: int) -> str:
+    parts = [f"{n0:,} events in"]
+    if stats.get("bot_events"):
+        parts.append(f"{stats['bot_events']:,} removed as bots (bots.enabled)")
+    if stats.get("repeats_collapsed"):
+        parts.append(f"{stats['repeats_collapsed']:,} immediate repeats collapsed "
+                     "(session.collapse_repeats)")
+    parts.append(f"{stats.get('sessions_too_short', 0):,} sessions shorter than "
+                 f"session.min_length={min_length} dropped")
+    return ("no session is left to train on: " + "; ".join(parts) + ". A log needs users (or "
+            "sessions) with at least two events: check [input.columns] and [session]")

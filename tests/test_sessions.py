@@ -33,7 +33,7 @@ def test_yoochoose_sessions_match_a_straightforward_count():
     raw = raw.assign(sid=raw["SessionId"], item=raw["ItemId"], t=np.floor(raw["Time"]))
     ref = _reference_sessions(raw)
     tab = s.table
-    assert sorted(tab.loc[tab["split"] == 0, "length"]) == sorted(ref[0])
+    assert sorted(tab.loc[tab["split"] != 1, "length"]) == sorted(ref[0])
     assert sorted(tab.loc[tab["split"] == 1, "length"]) == sorted(ref[1])
     assert len(s.train) == sum(ref[0]) and len(s.test) == sum(ref[1])
 
@@ -70,7 +70,7 @@ def test_bots_are_removed_and_reported():
     bot = pd.DataFrame({"user": 99, "item": rng.integers(0, 30, 3000),
                         "ts": 1_000_000 + np.arange(3000) // 3})  # 3 clicks per second
     ev = pd.concat([human, bot], ignore_index=True).astype({"user": np.int32, "item": np.int32})
-    s = sessionize(ev, holdout_days=0, collapse_repeats=False)
+    s = sessionize(ev, holdout_days=0, collapse_repeats=False, bot_max_share=1.0)
     assert s.stats["bot_entities"] == 1 and s.stats["bot_events"] == 3000
     assert (s.table["user"] != 99).all()
     off = sessionize(ev, holdout_days=0, bots=False, collapse_repeats=False)
