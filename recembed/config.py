@@ -196,7 +196,7 @@ class ServingConfig(_Section):
 class EvaluateConfig(_Section):
     enabled: bool = True
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20, 50])
-    baselines: list[Literal["pop", "session_pop", "item_knn", "sr"]] = Field(
+    baselines: list[Literal["pop", "session_pop", "item_knn", "sr", "vsknn", "stan", "vstan"]] = Field(
         default_factory=lambda: ["pop", "session_pop", "item_knn", "sr"]
     )
     strategies: list[Literal["last", "decayed", "directional"]] = Field(

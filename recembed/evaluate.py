@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from numba import njit, prange
 
 from recembed.graph import build_item_graph
+from recembed.sknn import METHODS, SessionIndex, method_params, session_end_times, sknn_scorer
 
 Scorer = Callable[["Queries", np.ndarray], np.ndarray]
 Recommend = Callable[["Queries", np.ndarray, int, bool], np.ndarray]
@@ -141,9 +142,13 @@ def evaluate_all(
     train: pd.DataFrame, test: pd.DataFrame, n_items: int, *, ks: list[int],
     baselines: list[str], embeddings: dict[str, Scorer] | None = None,
     recommenders: dict[str, Recommend] | None = None, max_queries: int = 0, seed: int = 0,
+    train_ts: np.ndarray | None = None,
 ) -> dict:
     """Every baseline and embedding scorer on the same queries, both variants (prefix items
-    allowed / excluded): {"ks", "queries": counts, "methods": {name: {variant: metrics}}}."""
+    allowed / excluded): {"ks", "queries": counts, "methods": {name: {variant: metrics}}}.
+
+    The session-kNN baselines (vsknn, stan, vstan) need event times (unix seconds): `train_ts`
+    aligned with `train`'s rows, else its `ts` column."""
     popularity = np.bincount(train["item"].to_numpy(), minlength=n_items).astype(np.float64)
     q, qstats = make_queries(test, popularity > 0, max_queries=max_queries, seed=seed)
     makers = {
@@ -151,6 +156,7 @@ def evaluate_all(
         "session_pop": lambda: session_popularity_scorer(popularity),
         "item_knn": lambda: item_knn_scorer(train, n_items, popularity),
         "sr": lambda: sequential_rules_scorer(train, n_items, popularity),
+        **{m: (lambda m=m: _sknn_maker(m, train, n_items, train_ts)) for m in METHODS},
     }
     methods: dict = {}
     for name in baselines:
@@ -343,6 +349,18 @@ def serving_recommend(recommender, rows_item: np.ndarray, n_items: int) -> Recom
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _sknn_maker(method: str, train: pd.DataFrame, n_items: int,
+                train_ts: np.ndarray | None) -> Scorer:
+    if train_ts is None and "ts" not in train.columns:
+        raise ValueError(f"baseline {method!r} needs the training events' times: pass train_ts "
+                         "or a ts column in train")
+    ts = train["ts"].to_numpy() if train_ts is None else np.asarray(train_ts)
+    sess = train["session"].to_numpy()
+    index = SessionIndex.build(sess, train["item"].to_numpy(), session_end_times(sess, ts),
+                               n_items)
+    return sknn_scorer(index, method_params(method), n_items)
 
 
 def _sparse_row_scorer(m: sp.csr_matrix, popularity: np.ndarray) -> Scorer:

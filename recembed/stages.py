@@ -173,7 +173,7 @@ def evaluate_stage(cfg: Config, run: Path, out: Path) -> dict:
     from recembed.train import load_vectors
 
     e = cfg.evaluate
-    train = pd.read_parquet(run / "sessions_train.parquet", columns=["session", "item"])
+    train = pd.read_parquet(run / "sessions_train.parquet", columns=["session", "item", "ts"])
     test = pd.read_parquet(run / "sessions_test.parquet", columns=["session", "item"])
     n_items = len(pd.read_parquet(run / "vocabulary.parquet", columns=["code"]))
     items, vectors, context = load_vectors(run)
