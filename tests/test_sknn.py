@@ -275,3 +275,14 @@ def test_evaluate_all_runs_the_session_knn_baselines_from_the_ts_column():
         assert m["methods"][name]["allow_repeats"]["recall@1"] == 1.0, name
     with pytest.raises(ValueError, match="train_ts"):
         evaluate_all(train.drop(columns="ts"), test, 6, ks=[1], baselines=["stan"])
+
+
+def test_the_module_imports_numpy_only():
+    # the serving process imports recembed.sknn and must not pull in the training stack
+    import subprocess
+    import sys
+
+    code = ("import sys, recembed.sknn; print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'pandas', 'scipy', 'numba', 'gensim', 'pyarrow', 'faiss'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
