@@ -19,10 +19,13 @@ The objective is Recall@20 + MRR@20 on validation (allow-repeats protocol).
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from recembed.blend import SIGNALS, BlendModel, BlendSettings, Signals, blended_scores
 
@@ -48,28 +51,6 @@ class BlendChoice:
         return {"settings": self.settings.to_dict(), "recall@20": self.recall,
                 "mrr@20": self.mrr, "signals_alone": self.corners,
                 "evaluations": self.evaluations, "seconds": round(self.seconds, 3)}
-
-
-def validation_queries(sessions: np.ndarray, items: np.ndarray, known: np.ndarray, *,
-                       max_queries: int = 5000, seed: int = 0
-                       ) -> tuple[list[np.ndarray], np.ndarray, dict]:
-    """(prefixes, targets, counts): every (prefix, next item) of the validation sessions whose
-    target `known[target]` is true and differs from the last prefix item; a seeded sample of at
-    most `max_queries`. `sessions`/`items` are per-event arrays in session order."""
-    if len(sessions) == 0:
-        return [], np.zeros(0, np.int64), {"targets": 0, "queries": 0, "oov_targets": 0}
-    first = np.r_[True, sessions[1:] != sessions[:-1]]
-    sstart = np.maximum.accumulate(np.where(first, np.arange(len(sessions)), 0))
-    t = np.flatnonzero(np.r_[~first[1:], False])
-    target = items[t + 1]
-    ok = known[target] & (target != items[t])
-    stats = {"targets": len(t), "oov_targets": int((~known[target]).sum())}
-    t = t[ok]
-    if 0 < max_queries < len(t):
-        t = np.sort(np.random.default_rng(seed).choice(t, max_queries, replace=False))
-    prefixes = [items[sstart[i]: i + 1] for i in t]
-    stats["queries"] = len(t)
-    return prefixes, items[t + 1].astype(np.int64), stats
 
 
 def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndarray, *,
@@ -126,6 +107,9 @@ def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndar
 
     if not len(targets):
         return BlendChoice(st, 0.0, 0.0, seconds=time.perf_counter() - t0)
+    # a move must win at least half a query: on a few hundred validation queries, smaller
+    # gains are noise that coordinate ascent would happily fit
+    min_gain = 0.5 / len(targets)
     # corners: every signal alone (its baseline inside the blend)
     corners: dict = {}
     best, best_rm, best_opt = st, (-1.0, -1.0), 0
@@ -167,7 +151,7 @@ def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndar
                 else:
                     cand = replace(best, **{coord: v})
                 rm = score(cand, opt)
-                if obj(rm) > obj(best_rm) + 1e-9:
+                if obj(rm) > obj(best_rm) + min_gain:
                     best, best_rm, best_opt, improved = cand, rm, opt, True
         if not improved:
             break
@@ -176,15 +160,191 @@ def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndar
                        time.perf_counter() - t0)
 
 
-def epochs_for(corpus_tokens: int, target_tokens: int, *, lo: int = 1, hi: int = 500) -> int:
-    """Epochs so that corpus tokens x epochs is about `target_tokens` (DESIGN.md: a fixed epoch
-    count is wrong for most logs; DIGINETICA's 9.8k-token corpus needed 100-200 epochs)."""
-    if corpus_tokens <= 0:
-        return lo
-    return int(min(max(round(target_tokens / corpus_tokens), lo), hi))
+def calibrate_run(
+    train: pd.DataFrame, table: pd.DataFrame, n_items: int, workdir: Path, *,
+    half_life_days: float, corpora: list[str], target_tokens: list[int],
+    graph_params: dict, walk_params: dict, train_params: dict, blend_fixed: dict,
+    base_blend: BlendSettings, neighbour_options: list[dict], rule_steps: int = 10,
+    baselines: tuple[str, ...] = ("pop", "session_pop", "sr", "item_knn", "vsknn", "stan"),
+    max_queries: int = 5000, max_train_tokens: int = 3_000_000, time_budget_s: float = 300.0,
+    seed: int = 0, threads: int = 1, progress: bool = False,
+) -> dict:
+    """Train candidate models on the sessions before the validation split, choose corpus,
+    training amount and blend on the validation sessions; the calibration record.
+
+    Parameters
+    ----------
+    train : DataFrame
+        Training-window events (`session`, `item`, `ts`), ordered by session then position;
+        the validation sessions included.
+    table : DataFrame
+        The session table (`session`, `end`, `split`: 0 train, 2 validation).
+    n_items : int
+        Catalogue size (ingest codes).
+    workdir : Path
+        Scratch directory for candidate corpora (removed afterwards).
+    half_life_days : float, days
+        Decay of the session weights (reference: the newest calibration-train session).
+    corpora : list of {"both", "sessions", "walks"}
+        Corpus options to try, first = the default.
+    target_tokens : list of int
+        Training amounts (corpus tokens x epochs) to try, middle = the default; [0] = the
+        configured epochs.
+    graph_params, walk_params, train_params : dict
+        Keyword arguments of `build_item_graph`, `random_walks`, `train_word2vec` (without
+        seeds, threads and target_tokens).
+    blend_fixed : dict
+        Blend settings given explicitly in the config (never searched).
+    base_blend : BlendSettings
+        The blend's fixed parts (history, candidates, ...).
+    neighbour_options : list of dict
+        Session-kNN methods to try in the blend.
+    max_queries : int
+        Validation queries (a seeded sample).
+    max_train_tokens : int
+        The calibration models train on the most recent calibration-train sessions holding at
+        most this many events (bounds calibration time on big logs).
+    time_budget_s : float, seconds
+        Candidates after this much time are skipped (the best so far is kept, and the record
+        says what was skipped).
+    """
+    from recembed.evaluate import evaluate_all, make_queries
+    from recembed.sessions import session_weights
+
+    t0 = time.perf_counter()
+    split = table["split"].to_numpy()
+    sid = train["session"].to_numpy()
+    ssplit = pd.Series(split, index=table["session"].to_numpy())
+    ev_split = ssplit.reindex(sid).to_numpy()
+    ct = train[ev_split == 0]
+    val = train[ev_split == 2]
+    record: dict = {"enabled": True, "validation_sessions": int((split == 2).sum()),
+                    "notes": [], "candidates": []}
+    if not len(val) or not len(ct):
+        record.update(enabled=False, reason="no validation split (too few training sessions)")
+        return record
+    # the most recent calibration-train sessions, at most max_train_tokens events
+    ends = table.set_index("session")["end"]
+    ct_sess = np.unique(ct["session"].to_numpy())
+    if len(ct) > max_train_tokens:
+        lens = ct.groupby("session").size().reindex(ct_sess).to_numpy()
+        order = np.argsort(-ends.reindex(ct_sess).to_numpy(), kind="stable")
+        keep = ct_sess[order[np.cumsum(lens[order]) <= max_train_tokens]]
+        ct = ct[np.isin(ct["session"].to_numpy(), keep)]
+        record["notes"].append(f"calibration models trained on the {len(keep):,} most recent "
+                               f"sessions ({len(ct):,} events; calibrate.max_train_tokens)")
+    ref = float(ends.reindex(np.unique(ct["session"].to_numpy())).max())
+    weights = pd.Series(session_weights(ends.to_numpy(np.float64), ref, half_life_days),
+                        index=ends.index)
+    pop = np.bincount(ct["item"].to_numpy(), minlength=n_items).astype(np.float64)
+    q, qstats = make_queries(val, pop > 0, max_queries=max_queries, seed=seed)
+    record["validation_queries"] = qstats
+    base = evaluate_all(ct, val, n_items, ks=[20], baselines=list(baselines),
+                        max_queries=max_queries, seed=seed, train_ts=ct["ts"].to_numpy())
+    record["baselines"] = {n: {"recall@20": m["allow_repeats"]["recall@20"],
+                               "mrr@20": m["allow_repeats"]["mrr@20"]}
+                           for n, m in base["methods"].items()}
+    workdir.mkdir(parents=True, exist_ok=True)
+    plan = [(c, target_tokens[len(target_tokens) // 2]) for c in corpora]
+    best: dict | None = None
+    try:
+        i = 0
+        while i < len(plan):
+            corpus, tokens = plan[i]
+            i += 1
+            if best is not None and time.perf_counter() - t0 > time_budget_s:
+                record["notes"].append(f"time budget calibrate.time_budget_s={time_budget_s:g} "
+                                       f"reached: skipped {plan[i - 1:]}")
+                break
+            cand = _candidate(ct, weights, n_items, q, workdir, corpus=corpus, tokens=tokens,
+                              graph_params=graph_params, walk_params=walk_params,
+                              train_params=train_params, blend_fixed=blend_fixed,
+                              base_blend=base_blend, neighbour_options=neighbour_options,
+                              rule_steps=rule_steps, seed=seed, threads=threads,
+                              budget=max(time_budget_s / 10, 5.0))
+            record["candidates"].append({k: v for k, v in cand.items() if k != "choice"})
+            log.info("calibrate: %s, %s tokens: validation recall@20 %.4f mrr@20 %.4f (%.1f s)",
+                     corpus, f"{tokens:,}", cand["recall@20"], cand["mrr@20"], cand["seconds"])
+            if best is None or cand["objective"] > best["objective"]:
+                best = cand
+            if i == len(corpora):  # corpus chosen: now the training amount
+                plan += [(best["corpus"], t) for t in target_tokens if t != tokens]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert best is not None
+    choice: BlendChoice = best["choice"]
+    record.update(corpus=best["corpus"], target_tokens=best["target_tokens"],
+                  blend=choice.as_dict(), seconds=round(time.perf_counter() - t0, 3))
+    record["validation"] = {"recall@20": choice.recall, "mrr@20": choice.mrr}
+    inside = {"session_pop": "repeat", "sr": "rules", "vsknn": "neighbours",
+              "stan": "neighbours", "pop": "popularity"}
+    for name, m in record["baselines"].items():
+        if m["recall@20"] > choice.recall:
+            why = (f"its signal ({inside[name]}) is in the blend search, but the candidate set "
+                   "or the blend's normalisation loses part of it" if name in inside else
+                   "its signal is not a blend signal (covered by rules and neighbours)")
+            record["notes"].append(f"baseline {name} beats the blend on validation "
+                                   f"({m['recall@20']:.4f} vs {choice.recall:.4f}): {why}")
+    return record
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, workdir: Path, *,
+               corpus: str, tokens: int, graph_params: dict, walk_params: dict,
+               train_params: dict, blend_fixed: dict, base_blend: BlendSettings,
+               neighbour_options: list[dict], rule_steps: int, seed: int, threads: int,
+               budget: float) -> dict:
+    """Train one calibration model and choose its blend: the candidate's record."""
+    from recembed.graph import build_item_graph
+    from recembed.sequences import write_session_corpus
+    from recembed.train import concat_corpora, train_word2vec
+    from recembed.walks import random_walks
+
+    t0 = time.perf_counter()
+    files = []
+    w = weights.reindex(np.arange(int(weights.index.max()) + 1)).fillna(0).to_numpy()
+    if corpus in ("both", "sessions"):
+        write_session_corpus(ct, w, workdir / "sessions.txt", seed=seed)
+        files.append(workdir / "sessions.txt")
+    if corpus in ("both", "walks"):
+        g = build_item_graph(ct, w, n_items, **graph_params)
+        random_walks(g, workdir / "walks.txt", seed=seed, threads=threads, **walk_params)
+        files.append(workdir / "walks.txt")
+    path = concat_corpora(files, workdir / "corpus.txt")
+    res = train_word2vec(path, seed=seed, target_tokens=tokens, progress=False, **train_params)
+    model, row_of = serving_model(ct, n_items, res.codes, res.vectors, res.context,
+                                  rule_steps=rule_steps)
+    prefixes = [row_of[q.items[s: s + n]] for s, n in zip(q.start, q.length, strict=True)]
+    choice = choose_blend(model, prefixes, row_of[q.target], base=base_blend, fixed=blend_fixed,
+                          neighbour_options=neighbour_options, time_budget_s=budget)
+    return {"corpus": corpus, "target_tokens": tokens, "epochs": res.stats["epochs"],
+            "corpus_tokens": res.stats["corpus_tokens"], "recall@20": choice.recall,
+            "mrr@20": choice.mrr, "objective": choice.recall + choice.mrr,
+            "seconds": round(time.perf_counter() - t0, 3), "choice": choice}
+
+
+def serving_model(train: pd.DataFrame, n_items: int, codes: np.ndarray, vectors: np.ndarray,
+                  context: np.ndarray | None, *, rule_steps: int = 10, search=None
+                  ) -> tuple[BlendModel, np.ndarray]:
+    """The blend model of trained vectors (rows = `codes`, ingest codes ascending) and the
+    training sessions: rules and session-kNN index in vector-row space; (model, row_of) with
+    row_of[ingest code] = vector row or -1."""
+    from recembed.blend import sequential_rules
+    from recembed.sknn import SessionIndex, session_end_times
+
+    row_of = np.full(n_items, -1, np.int64)
+    row_of[codes] = np.arange(len(codes))
+    rows = row_of[train["item"].to_numpy()]
+    sess = train["session"].to_numpy()
+    rules = sequential_rules(rows, sess, len(codes), steps=rule_steps)
+    ok = rows >= 0
+    ends = session_end_times(sess[ok], train["ts"].to_numpy()[ok])
+    nbi = SessionIndex.build(sess[ok], rows[ok], ends, len(codes))
+    pop = np.bincount(train["item"].to_numpy(), minlength=n_items)[codes]
+    return BlendModel(vectors, context, rules=rules, neighbours=nbi, popularity=pop,
+                      search=search), row_of
 
 
 def _recall_mrr(sig: Signals, st: BlendSettings, targets: np.ndarray, k: int
@@ -207,3 +367,94 @@ def _recall_mrr(sig: Signals, st: BlendSettings, targets: np.ndarray, k: int
     recall = float(ok.mean())
     mrr = float(np.where(ok, 1.0 / rank, 0.0).mean())
     return recall, mrr
+
+
+def calibration_search(cfg) -> dict:
+    """What a run searches: only keys left at "auto" ({"any": bool, "kw": calibrate_run's
+    keyword arguments})."""
+    w, sq, t, sv = cfg.walks, cfg.sequences, cfg.train, cfg.serving
+    if w.enabled == "auto" and sq.enabled == "auto":
+        corpora = list(cfg.calibrate.corpora)
+    else:
+        corpora = [_corpus_of(_on(w.enabled), _on(sq.enabled))]
+    if t.epochs != "auto":
+        tokens: list[int] = [0]
+    elif t.target_tokens != "auto":
+        tokens = [int(t.target_tokens)]
+    else:
+        tokens = sorted(cfg.calibrate.target_tokens)
+    fixed = {k: getattr(sv, k) for k in ("weights", "decay", "temperature")
+             if getattr(sv, k) != "auto"}
+    if sv.neighbours != "auto":
+        fixed["neighbours"] = {"method": sv.neighbours}
+    options = [{"method": "stan"}, {"method": "vsknn"}]
+    search_any = len(corpora) > 1 or len(tokens) > 1 or len(fixed) < 4
+    tp = {"vector_size": t.vector_size, "window": t.window, "shrink_windows": t.shrink_windows,
+          "negative": t.negative, "ns_exponent": t.ns_exponent, "sample": t.sample,
+          "alpha": t.alpha, "min_alpha": t.min_alpha, "min_count": t.min_count, "hs": t.hs,
+          "workers": t.workers or cfg.run.n_threads(), "max_tokens": t.max_tokens,
+          "epochs": 1 if t.epochs == "auto" else t.epochs}
+    gp = {"window": cfg.graph.window, "distance_weighting": cfg.graph.distance_weighting,
+          "directed": cfg.graph.directed, "min_weight": cfg.graph.min_weight,
+          "max_out_edges": cfg.graph.max_out_edges}
+    wp = {"method": w.method, "walks_per_node": w.walks_per_node, "walk_length": w.walk_length,
+          "p": w.p, "q": w.q}
+    kw = {"half_life_days": cfg.session.half_life_days, "corpora": corpora,
+          "target_tokens": tokens, "graph_params": gp, "walk_params": wp, "train_params": tp,
+          "blend_fixed": fixed, "base_blend": blend_settings(cfg, None),
+          "neighbour_options": options, "rule_steps": sv.rule_steps,
+          "max_queries": cfg.calibrate.max_queries,
+          "max_train_tokens": cfg.calibrate.max_train_tokens,
+          "time_budget_s": cfg.calibrate.time_budget_s}
+    return {"any": search_any, "kw": kw}
+
+
+def resolve_config(cfg, record: dict | None):
+    """A copy of `cfg` with every "auto" key set: to the calibrated choice in `record`, or to
+    the documented fallback (both corpora, 3M training tokens, the default blend)."""
+    out = cfg.model_copy(deep=True)
+    rec = record if record and record.get("enabled") else {}
+    corpus = rec.get("corpus", "both")
+    if out.walks.enabled == "auto" and out.sequences.enabled == "auto":
+        out.walks.enabled = corpus in ("both", "walks")
+        out.sequences.enabled = corpus in ("both", "sessions")
+    if out.walks.enabled == "auto":
+        out.walks.enabled = True
+    if out.sequences.enabled == "auto":
+        out.sequences.enabled = True
+    if out.train.target_tokens == "auto":
+        out.train.target_tokens = int(rec.get("target_tokens") or DEFAULT_TARGET_TOKENS)
+    chosen = (rec.get("blend") or {}).get("settings") or {}
+    default = BlendSettings()
+    for key in ("weights", "decay", "temperature"):
+        if getattr(out.serving, key) == "auto":
+            setattr(out.serving, key, chosen.get(key, getattr(default, key)))
+    if out.serving.neighbours == "auto":
+        out.serving.neighbours = (chosen.get("neighbours") or default.neighbours)["method"]
+    return out
+
+
+def blend_settings(cfg, _record=None) -> BlendSettings:
+    """The serving blend of a resolved config ("auto" keys take the defaults)."""
+    sv, d = cfg.serving, BlendSettings()
+
+    def pick(key):
+        v = getattr(sv, key)
+        return getattr(d, key) if v == "auto" else v
+
+    nb = d.neighbours if sv.neighbours == "auto" else {"method": sv.neighbours}
+    return BlendSettings(weights=dict(pick("weights")), decay=float(pick("decay")),
+                         temperature=float(pick("temperature")), history=sv.history,
+                         repeat_decay=sv.repeat_decay, candidates=sv.candidates,
+                         popular=sv.popular, neighbours=dict(nb))
+
+
+DEFAULT_TARGET_TOKENS = 3_000_000
+
+
+def _on(v) -> bool:
+    return v is True or v == "auto"
+
+
+def _corpus_of(walks: bool, sessions: bool) -> str:
+    return "both" if walks and sessions else ("walks" if walks else "sessions")

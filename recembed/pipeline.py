@@ -55,6 +55,9 @@ class Stage:
     outputs: tuple[str, ...]
     enabled: Callable[[Config], bool] = lambda cfg: True
     inputs: Callable[[Config], list[str]] = lambda cfg: []
+    # a stage that settles config values left at "auto" (calibrate): the runner hands the
+    # resolved config to every later stage, so their fingerprints hold the chosen values
+    resolve: Callable[[Config, Path], Config] | None = None
 
 
 @dataclass
@@ -100,7 +103,9 @@ def run_pipeline(
         wanted = [s for s in wanted if s.name in _closure(stages, all_stages)]
     report = RunReport(run_dir)
     fingerprints: dict[str, str] = {}
-    for st in wanted:
+    for st in list(wanted):
+        if st not in wanted:  # switched off by a resolved setting
+            continue
         fp = stage_fingerprint(cfg, st, fingerprints)
         fingerprints[st.name] = fp
         done = run_dir / f"{st.name}.done.json"
@@ -108,9 +113,12 @@ def run_pipeline(
             prev = json.loads(done.read_text())
             report.stages[st.name] = {"status": "skipped", "stats": prev.get("stats", {})}
             echo(f"[{st.name}] up to date, skipped")
-            continue
-        echo(f"[{st.name}] running")
-        report.stages[st.name] = _run_stage(cfg, st, fp, run_dir)
+        else:
+            echo(f"[{st.name}] running")
+            report.stages[st.name] = _run_stage(cfg, st, fp, run_dir)
+        if st.resolve is not None:
+            cfg = st.resolve(cfg, run_dir)
+            wanted = [s for s in wanted if s.enabled(cfg)]
     _write_text_atomic(run_dir / "summary.json", json.dumps(report.stages, indent=2, default=_json))
     return report
 

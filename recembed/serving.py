@@ -5,13 +5,9 @@ stays small. Every file is checked against the manifest's sha256 on load, and a 
 refused. Reads are thread-safe: search parameters are set once at load and never changed.
 
 - `similar(item_ids, k, exclude)`: nearest neighbours of each item (never the item itself).
-- `recommend(session, k)`: the decay-weighted average of the recent items' unit vectors is the
-  query; its nearest neighbours are the candidates, scored
-  `(1 - w) * cosine + w * sigmoid(in[last] . out[candidate])` when the version has output
-  (context) vectors (the skip-gram probability that the candidate follows the last item), and
-  items already in the session get a repeat-aware bonus (about a third of next clicks repeat an
-  item of the session, which nearest-neighbour search alone cannot recommend). Weights live in
-  serving.json (defaults chosen by offline evaluation, see benchmarks/RESULTS.md).
+- `recommend(session, k)`: the blend of `recembed.blend` (directional skip-gram score over the
+  decayed prefix, sequential rules, session-kNN, in-session repeats, popularity) with the
+  weights that the run chose on its validation split (serving.json, blend.npz).
 """
 
 from __future__ import annotations
@@ -23,27 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+from recembed.blend import BlendModel, BlendSettings, Csr
+
 
 class ArtifactError(RuntimeError):
     """A published version that is missing files or whose files do not match their checksums."""
 
 
-@dataclass
-class ServingSettings:
-    """Blend weights of `recommend` (serving.json)."""
-
-    decay: float = 0.5          # weight of the item j steps back in the query vector: decay**j
-    history: int = 5            # recent items used for the query vector
-    repeat_weight: float = 0.5  # bonus per (decayed) occurrence of an item already in the session
-    repeat_decay: float = 0.7   # older occurrences count less: repeat_decay**steps_back
-    exclude_last: bool = True   # never recommend the item being viewed
-    candidates: int = 200       # neighbours fetched from the index before blending
-    directional_weight: float = 0.5  # w above; 0 = cosine only
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ServingSettings:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+# the blend's settings are serving.json; the name is kept for callers of the first release
+ServingSettings = BlendSettings
 
 
 @dataclass
@@ -59,9 +43,10 @@ class Results:
 class Recommender:
     """Item ids, unit vectors and a faiss index of one published version."""
 
-    def __init__(self, ids: np.ndarray, vectors: np.ndarray, index, settings: ServingSettings,
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray, index, settings: BlendSettings,
                  meta: dict | None = None, categories: np.ndarray | None = None,
-                 context: np.ndarray | None = None):
+                 context: np.ndarray | None = None, extras: dict | None = None,
+                 context_index=None):
         self.ids = np.asarray(ids, dtype=object)
         self.row_of = {str(x): i for i, x in enumerate(self.ids)}
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -72,6 +57,7 @@ class Recommender:
         self.settings = settings
         self.meta = meta or {}
         self.categories = categories
+        self.model = _blend_model(self.vectors, self.context, extras or {}, context_index)
 
     @classmethod
     def load(cls, path: str | Path, *, verify: bool = True) -> Recommender:
@@ -103,11 +89,13 @@ class Recommender:
         if len(table) != len(vectors) or index.ntotal != len(vectors):
             raise ArtifactError(f"{path}: {len(table)} ids, {len(vectors)} vectors and "
                                 f"{index.ntotal} indexed items disagree")
-        settings = ServingSettings()
+        settings = BlendSettings()
         if (path / "serving.json").exists():
-            settings = ServingSettings.from_dict(json.loads((path / "serving.json").read_text()))
+            settings = BlendSettings.from_dict(json.loads((path / "serving.json").read_text()))
         cats = table.column("category").to_numpy() if "category" in table.column_names else None
-        return cls(table.column("id").to_pylist(), vectors, index, settings, meta, cats, context)
+        extras, ctx_index = _load_extras(path)
+        return cls(table.column("id").to_pylist(), vectors, index, settings, meta, cats, context,
+                   extras, ctx_index)
 
     def similar(self, item_ids, k: int = 20, exclude=None) -> Results:
         """The k nearest items of each id in `item_ids`, never the item itself nor `exclude`."""
@@ -155,51 +143,8 @@ class Recommender:
         """(rows int64 [n, k], scores float32 [n, k]), -1 / -inf padded, for sessions given as
         arrays of vector rows (most recent last; -1 for an item without a vector, which keeps
         its place in the decay). The core of `recommend`, used by evaluation."""
-        st = self.settings
-        n = len(sessions)
-        out_r = np.full((n, k), -1, np.int64)
-        out_s = np.full((n, k), -np.inf, np.float32)
-        live = [i for i, s in enumerate(sessions) if (np.asarray(s) >= 0).any()]
-        if not live:
-            return out_r, out_s
-        q = np.zeros((len(live), self.unit.shape[1]), np.float32)
-        for j, i in enumerate(live):
-            recent = np.asarray(sessions[i])[::-1][: st.history]
-            wts = (st.decay ** np.arange(len(recent))).astype(np.float32)
-            q[j] = wts[recent >= 0] @ self.unit[recent[recent >= 0]]
-        q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        n_c = min(st.candidates + k, len(self.ids))
-        cand_s, cand_r = self.index.search(q, n_c)
-        w = st.directional_weight if self.context is not None else 0.0
-        for j, i in enumerate(live):
-            full = np.asarray(sessions[i])
-            steps_back = np.arange(len(full))[::-1][full >= 0]
-            s = full[full >= 0]  # known items; the directional term uses the latest of them
-            ok = cand_r[j] >= 0
-            cand = cand_r[j][ok]
-            in_session = np.unique(s)
-            rows = np.concatenate([cand, in_session[~np.isin(in_session, cand)]])
-            base = np.concatenate([cand_s[j][ok], self.unit[rows[len(cand):]] @ q[j]])
-            if w > 0:
-                d = self.context[rows] @ self.vectors[s[-1]]
-                base = (1 - w) * base + w / (1 + np.exp(-d))
-            scores = dict(zip(rows.tolist(), base.tolist(), strict=True))
-            # repeat-aware bonus for items already in the session (the last one excluded)
-            for item, back in zip(s.tolist(), steps_back.tolist(), strict=True):
-                if exclude_session_items:
-                    scores.pop(item, None)
-                    continue
-                scores[item] += st.repeat_weight * st.repeat_decay ** back
-            if st.exclude_last and full[-1] >= 0:
-                scores.pop(int(full[-1]), None)
-            if not scores:
-                continue
-            r = np.fromiter(scores.keys(), np.int64, len(scores))
-            v = np.fromiter(scores.values(), np.float32, len(scores))
-            top = np.lexsort((r, -v))[:k]
-            out_r[i, : len(top)] = r[top]
-            out_s[i, : len(top)] = v[top]
-        return out_r, out_s
+        return self.model.recommend([np.asarray(x, np.int64) for x in sessions], self.settings,
+                                    k, exclude_session_items=exclude_session_items)
 
     def _rows(self, ids: list[str]) -> tuple[list[int], list[str]]:
         rows = [self.row_of.get(x, -1) for x in ids]
@@ -223,6 +168,42 @@ def verify_files(dir_: Path, files: dict[str, str]) -> None:
                                 "tampered; refusing to serve it")
 
 
-def write_settings(path: str | Path, settings: ServingSettings) -> None:
+def write_settings(path: str | Path, settings: BlendSettings) -> None:
     """serving.json with the blend weights."""
     Path(path).write_text(json.dumps(asdict(settings), indent=2))
+
+
+def _load_extras(path: Path) -> tuple[dict, object]:
+    """blend.npz arrays and the inner-product index over the output vectors, when present
+    (versions published before the blend have neither: the blend then runs on vectors only)."""
+    import faiss
+
+    extras: dict = {}
+    try:
+        if (path / "blend.npz").exists():
+            with np.load(path / "blend.npz", allow_pickle=False) as z:
+                extras = {k: z[k] for k in z.files}
+        ctx_index = None
+        if (path / "index_context.faiss").exists():
+            ctx_index = faiss.read_index(str(path / "index_context.faiss"))
+            meta_p = path / "index_context.json"
+            meta = json.loads(meta_p.read_text()) if meta_p.exists() else {}
+            if meta.get("search_params"):
+                faiss.ParameterSpace().set_index_parameters(ctx_index, meta["search_params"])
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ArtifactError(f"{path}: cannot load the blend artifacts: {e}") from e
+    return extras, ctx_index
+
+
+def _blend_model(vectors: np.ndarray, context: np.ndarray | None, extras: dict,
+                 context_index) -> BlendModel:
+    from recembed.sknn import SessionIndex
+
+    rules = None
+    if "rules_indptr" in extras:
+        rules = Csr(extras["rules_indptr"], extras["rules_indices"], extras["rules_data"])
+    nb = {k[3:]: v for k, v in extras.items() if k.startswith("nb_")}
+    neighbours = SessionIndex.from_arrays(nb) if nb else None
+    search = context_index.search if context_index is not None else None
+    return BlendModel(vectors, context, rules=rules, neighbours=neighbours,
+                      popularity=extras.get("popularity"), search=search)

@@ -53,6 +53,7 @@ def sessionize(
     auto_gap: bool = True,
     max_short_share: float = 0.5,
     validation_share: float = 0.1,
+    validation_min_sessions: int = 1000,
     validation_max_sessions: int = 20_000,
 ) -> SessionResult:
     """Sessions from events (columns as produced by `ingest`), split into train and holdout.
@@ -89,8 +90,9 @@ def sessionize(
         Gap mode only: when one-event sessions would hold more than `max_short_share` of the
         events (purchase logs: days between a user's events), widen the gap (2 h, 8 h, 1 d, 7 d,
         whole user history) until they do not; reported as a warning.
-    validation_share, validation_max_sessions
-        The most recent training sessions (this share, at most this many) get `split` = 2: the
+    validation_share, validation_min_sessions, validation_max_sessions
+        The most recent training sessions (this share; at least the minimum but never more than
+        a quarter of them; at most the maximum) get `split` = 2: the
         validation split that calibration uses. It is part of the training window (never the
         holdout); `sessions_train` holds them too.
     """
@@ -195,7 +197,8 @@ def sessionize(
     else:
         cutoff = (s_end.max() if len(s_end) else 0) - holdout_days * DAY
         s_split = ((s_end > cutoff) & (holdout_days > 0)).astype(np.int8)
-    s_split = _mark_validation(s_split, s_end, validation_share, validation_max_sessions)
+    s_split = _mark_validation(s_split, s_end, validation_share, validation_min_sessions,
+                               validation_max_sessions)
     train_end = s_end[s_split != 1]
     ref = train_end.max() if len(train_end) else (s_end.max() if len(s_end) else 0)
     weights = session_weights(s_end, ref, half_life_days)
@@ -365,10 +368,13 @@ def _choose_gap(new_entity: np.ndarray, ts: np.ndarray, gap_s: float, min_length
     return gap_s
 
 
-def _mark_validation(split: np.ndarray, end: np.ndarray, share: float, cap: int) -> np.ndarray:
+def _mark_validation(split: np.ndarray, end: np.ndarray, share: float, least: int,
+                     cap: int) -> np.ndarray:
     """split = 2 for the most recent training sessions (by end time, ties by order)."""
     train = np.flatnonzero(split == 0)
-    n_val = min(int(len(train) * share), cap)
+    n_val = min(max(int(len(train) * share), min(least, len(train) // 4)), cap)
+    if share <= 0:
+        n_val = 0
     if n_val < 1 or len(train) - n_val < 1:
         return split
     order = train[np.argsort(end[train], kind="stable")]

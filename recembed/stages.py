@@ -19,7 +19,7 @@ from recembed.graph import build_item_graph, graph_summary, load_graph, save_gra
 from recembed.ingest import ColumnMap, IngestError, ingest, read_categories, write_parquet_atomic
 from recembed.pipeline import EXIT_BAD_INPUT, EXIT_GATE, EXIT_LOCKED, PipelineError, Stage
 from recembed.sequences import write_session_corpus
-from recembed.sessions import sessionize
+from recembed.sessions import DataLossError, sessionize
 from recembed.train import concat_corpora, export_vectors, train_word2vec
 from recembed.walks import random_walks
 
@@ -61,13 +61,22 @@ def ingest_stage(cfg: Config, run: Path, out: Path) -> dict:
 def sessionize_stage(cfg: Config, run: Path, out: Path) -> dict:
     """sessions_train.parquet, sessions_test.parquet, session_table.parquet."""
     events = pd.read_parquet(run / "events.parquet")
-    s, b = cfg.session, cfg.bots
-    res = sessionize(
-        events, gap_minutes=s.gap_minutes, max_length=s.max_length, min_length=s.min_length,
-        collapse_repeats=s.collapse_repeats, half_life_days=s.half_life_days,
-        holdout_days=cfg.holdout.days, bots=b.enabled, max_events_per_day=b.max_events_per_day,
-        min_median_gap_s=b.min_median_gap_s, min_events_for_gap_rule=b.min_events_for_gap_rule,
-    )
+    s, b, v = cfg.session, cfg.bots, cfg.validation
+    try:
+        res = sessionize(
+            events, gap_minutes=s.gap_minutes, max_length=s.max_length,
+            min_length=s.min_length, collapse_repeats=s.collapse_repeats,
+            half_life_days=s.half_life_days, holdout_days=cfg.holdout.days, bots=b.enabled,
+            max_events_per_day=b.max_events_per_day, min_median_gap_s=b.min_median_gap_s,
+            min_events_for_gap_rule=b.min_events_for_gap_rule, bot_outlier_z=b.outlier_z,
+            bot_max_share=b.max_share, auto_gap=s.auto_gap, max_short_share=s.max_short_share,
+            validation_share=v.share, validation_min_sessions=v.min_sessions,
+            validation_max_sessions=v.max_sessions,
+        )
+    except DataLossError as e:
+        raise PipelineError(str(e), EXIT_BAD_INPUT) from e
+    for w in res.stats["warnings"]:
+        log.warning("sessionize: %s", w)
     if res.stats["train_sessions"] == 0:
         raise PipelineError("no training sessions left after sessionizing "
                             f"({res.stats}); check the column mapping and session settings",
@@ -116,6 +125,37 @@ def sequences_stage(cfg: Config, run: Path, out: Path) -> dict:
     return vars(st)
 
 
+def calibrate_stage(cfg: Config, run: Path, out: Path) -> dict:
+    """calibration.json: corpus, training amount and serving blend chosen on validation."""
+    from recembed.calibrate import calibrate_run, calibration_search
+
+    search = calibration_search(cfg)
+    if not cfg.calibrate.enabled or not search["any"]:
+        rec = {"enabled": False, "reason": "calibrate.enabled = false" if not
+               cfg.calibrate.enabled else "every calibrated key is set in the config"}
+    else:
+        train = pd.read_parquet(run / "sessions_train.parquet", columns=["session", "item", "ts"])
+        table = pd.read_parquet(run / "session_table.parquet", columns=["session", "end", "split"])
+        n_items = len(pd.read_parquet(run / "vocabulary.parquet", columns=["code"]))
+        rec = calibrate_run(train, table, n_items, out / "work", seed=cfg.run.seed,
+                            threads=cfg.run.n_threads(), progress=cfg.run.progress, **search["kw"])
+    (out / "calibration.json").write_text(json.dumps(rec, indent=2, default=_plain))
+    for note in rec.get("notes", []):
+        log.warning("calibrate: %s", note)
+    v = rec.get("validation", {})
+    return {"enabled": rec["enabled"], "corpus": rec.get("corpus"),
+            "target_tokens": rec.get("target_tokens"), "validation_recall@20": v.get("recall@20"),
+            "validation_mrr@20": v.get("mrr@20"), "seconds": rec.get("seconds")}
+
+
+def _plain(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    raise TypeError(type(o))
+
+
 def train_stage(cfg: Config, run: Path, out: Path) -> dict:
     """vectors.npy, context_vectors.npy, items.parquet, vectors.bin, vectors.txt, train.json."""
     corpora = [run / f for f, on in (("sessions.txt", cfg.sequences.enabled),
@@ -126,7 +166,9 @@ def train_stage(cfg: Config, run: Path, out: Path) -> dict:
     t = cfg.train
     res = train_word2vec(
         corpus, vector_size=t.vector_size, window=t.window, shrink_windows=t.shrink_windows,
-        negative=t.negative, ns_exponent=t.ns_exponent, sample=t.sample, epochs=t.epochs,
+        negative=t.negative, ns_exponent=t.ns_exponent, sample=t.sample,
+        epochs=1 if t.epochs == "auto" else t.epochs,
+        target_tokens=t.target_tokens if t.epochs == "auto" else 0,
         alpha=t.alpha, min_alpha=t.min_alpha, min_count=t.min_count, hs=t.hs,
         workers=t.workers or cfg.run.n_threads(), seed=cfg.run.seed, max_tokens=t.max_tokens,
         init=_warm_start_init(cfg, run) if t.warm_start else None,
@@ -146,8 +188,9 @@ def index_stage(cfg: Config, run: Path, out: Path) -> dict:
     """index.faiss + index.json (tuned to index.target_recall), serving.json."""
     from dataclasses import asdict
 
+    from recembed.calibrate import blend_settings
     from recembed.index import build_index, save_index, set_threads, tune_index
-    from recembed.serving import ServingSettings, write_settings
+    from recembed.serving import write_settings
 
     ic = cfg.index
     set_threads(cfg.run.n_threads())
@@ -160,10 +203,44 @@ def index_stage(cfg: Config, run: Path, out: Path) -> dict:
     if not meta.reached_target:
         log.warning("index: %s", meta.reason)
     save_index(index, meta, out)
-    write_settings(out / "serving.json", ServingSettings(**cfg.section("serving")))
+    write_settings(out / "serving.json", blend_settings(cfg))
+    _serving_extras(cfg, run, out)
     d = asdict(meta)
     d.pop("tuning")
     return d
+
+
+def _serving_extras(cfg: Config, run: Path, out: Path) -> None:
+    """blend.npz (sequential rules, session-kNN index, popularity in vector-row space) and
+    index_context.faiss (inner-product index over the output vectors: the directional score as
+    plain ANN, usable without recembed)."""
+    import faiss
+
+    from recembed.calibrate import serving_model
+    from recembed.index import build_index, tune_index
+    from recembed.train import load_vectors
+
+    items, vectors, context = load_vectors(run)
+    train = pd.read_parquet(run / "sessions_train.parquet", columns=["session", "item", "ts"])
+    n_items = len(pd.read_parquet(run / "vocabulary.parquet", columns=["code"]))
+    model, _ = serving_model(train, n_items, items["item"].to_numpy(), vectors, context,
+                             rule_steps=cfg.serving.rule_steps)
+    arrays = {"rules_indptr": model.rules.indptr, "rules_indices": model.rules.indices,
+              "rules_data": model.rules.data,
+              "popularity": np.bincount(train["item"].to_numpy(), minlength=n_items)[
+                  items["item"].to_numpy()].astype(np.float64),
+              **{f"nb_{k}": v for k, v in model.neighbours.to_arrays().items()}}
+    with open(out / "blend.npz", "wb") as fh:
+        np.savez(fh, **arrays)
+    if context is not None:
+        ic = cfg.index
+        index, meta = build_index(context, factory=ic.type, metric="ip",
+                                  memory_budget_gb=ic.memory_budget_gb, hnsw_m=ic.hnsw_m,
+                                  ef_construction=ic.ef_construction, seed=cfg.run.seed)
+        meta = tune_index(index, context, meta, target_recall=ic.target_recall, k=ic.tune_k,
+                          n_queries=ic.tune_queries, seed=cfg.run.seed)
+        faiss.write_index(index, str(out / "index_context.faiss"))
+        (out / "index_context.json").write_text(meta.to_json())
 
 
 def evaluate_stage(cfg: Config, run: Path, out: Path) -> dict:
@@ -366,10 +443,16 @@ def _rotate_version(rot: np.ndarray, cfg: Config):
     return transform
 
 
+def _resolved(cfg: Config, run: Path) -> Config:
+    from recembed.calibrate import resolve_config
+
+    return resolve_config(cfg, json.loads((run / "calibration.json").read_text()))
+
+
 def model_name(cfg: Config) -> str:
     """item2vec, deepwalk, node2vec, or a '+' of them: what the vectors were trained on."""
-    parts = (["item2vec"] if cfg.sequences.enabled else []) + (
-        [cfg.walks.method] if cfg.walks.enabled else [])
+    parts = (["item2vec"] if cfg.sequences.enabled is True else []) + (
+        [cfg.walks.method] if cfg.walks.enabled is True else [])
     return "+".join(parts)
 
 
@@ -399,17 +482,20 @@ STAGES: list[Stage] = [
                               *([cfg.input.categories_path] if cfg.input.categories_path else [])]),
     Stage("sessionize", sessionize_stage, ("session", "bots", "holdout"), ("ingest",),
           ("sessions_train.parquet", "sessions_test.parquet", "session_table.parquet")),
-    Stage("graph", graph_stage, ("graph",), ("sessionize",), ("graph.npz",),
-          enabled=lambda cfg: cfg.walks.enabled),
+    Stage("calibrate", calibrate_stage,
+          ("calibrate", "session", "graph", "walks", "sequences", "train", "serving"),
+          ("sessionize",), ("calibration.json",), resolve=lambda cfg, run: _resolved(cfg, run)),
+    Stage("graph", graph_stage, ("graph",), ("sessionize", "calibrate"), ("graph.npz",),
+          enabled=lambda cfg: cfg.walks.enabled is not False),
     Stage("walks", walks_stage, ("walks",), ("graph",), ("walks.txt",),
-          enabled=lambda cfg: cfg.walks.enabled),
-    Stage("sequences", sequences_stage, ("sequences",), ("sessionize",), ("sessions.txt",),
-          enabled=lambda cfg: cfg.sequences.enabled),
+          enabled=lambda cfg: cfg.walks.enabled is not False),
+    Stage("sequences", sequences_stage, ("sequences",), ("sessionize", "calibrate"),
+          ("sessions.txt",), enabled=lambda cfg: cfg.sequences.enabled is not False),
     Stage("train", train_stage, ("train", "sequences", "walks"), ("sequences", "walks"),
           ("vectors.npy", "context_vectors.npy", "items.parquet", "vectors.bin", "vectors.txt",
            "train.json")),
-    Stage("index", index_stage, ("index", "serving"), ("train",),
-          ("index.faiss", "index.json", "serving.json")),
+    Stage("index", index_stage, ("index", "serving"), ("train", "calibrate"),
+          ("index.faiss", "index.json", "serving.json", "blend.npz")),
     Stage("evaluate", evaluate_stage, ("evaluate",), ("train", "index"),
           ("metrics.json", "report.html"), enabled=lambda cfg: cfg.evaluate.enabled),
     Stage("publish", publish_stage, ("publish",), ("evaluate",), ("publish.json",),
