@@ -334,11 +334,15 @@ def _ratings(n: int, span: float, rng: np.random.Generator) -> Generated:
     on arrival (skewed early) they rate ~60% of them in one sitting, the rest in bursts of
     ~15 days apart (lognormal, median 4 days). Inside a burst the gap is human and bursty: a
     per-user pace (lognormal, median 2.2 s, faster for heavy raters) times lognormal noise,
-    3% pauses of 20-600 s, timestamps in whole seconds (so fast raters tie). Evening peak.
+    3% pauses of 20-600 s, timestamps in whole seconds; ~30% of users (more among heavy
+    raters) submit pages of ~10 ratings at one timestamp, pages 10-90 s apart, so their median
+    gap is 0 s, as in MovieLens. Evening peak. No bots.
 
-    Measured (200k events, seed 0): no repeats (repeat_share 0); median per-user median gap
-    2 s, 82% of users under 5 s and 17% under 1 s; span ~212 days; popular_next_share 0.15;
-    same_category_next_share 0.22 (vs 0.09 for independent draws).
+    Measured (200k events, seed 0): 1452 users, 1813 items, median 90 ratings per user; no
+    repeats (repeat_share 0); the median of per-user median gaps is 1 s, 82% of users under
+    5 s and 34% under 1 s; span 212 days; ~24 ratings per 30-minute session, a user's sittings
+    a median 3.2 days apart; popular_next_share 0.075; same_category_next_share 0.145 (0.079
+    for independent draws).
     """
     n_genres = 18
     n_items = max(300, int(2.2 * n ** 0.55))
@@ -412,9 +416,11 @@ def _histories(n: int, span: float, rng: np.random.Generator) -> Generated:
     (its last item + 1); 5% of events re-view the item two steps back and 4% revisit a random
     earlier item of the user. In-session gaps lognormal (median 60 s).
 
-    Measured (200k events, seed 0): span ~1090 days; median gap between a user's sessions ~10
-    days; repeat_share 0.10 (0.06 inside the session); popular_next_share 0.17;
-    same_category_next_share 0.90.
+    Measured (200k events, seed 0): 1044 users, 16k items; span 1090 days, a user's own span
+    a median 650 days (82% over a year); sessions of 5.8 events a median 8 days apart; inside a
+    session 56% of next items are 1-3 steps forward in the series; repeat_share 0.28 (0.12
+    inside the session; popular heads re-viewed over the years); popular_next_share 0.024
+    (drift spreads popularity); same_category_next_share 0.83.
     """
     n_items = max(500, int(n ** 0.85 / 2))
     n_cat = max(8, int(np.sqrt(n_items) / 2))
@@ -497,9 +503,10 @@ def _purchases(n: int, span: float, rng: np.random.Generator) -> Generated:
     another item of its category (30%) or of any category (10%); 8% of repeat orders re-buy the
     user's first item. Gaps inside an order lognormal (median 45 s).
 
-    Measured (200k events, seed 0): 0.66 of seen items seen <= 3 times; median events per user
-    2; median gap between a user's orders ~20 days; repeat_share 0.04; popular_next_share 0.09;
-    same_category_next_share 0.90.
+    Measured (200k events, seed 0): 50k users, 160k catalogue items of which 70k seen, 87% of
+    those seen <= 3 times; median 3 events per user; orders of 1.6 items a median 21 days
+    apart; repeat_share 0.11 (0.04 inside the order); popular_next_share 0.25;
+    same_category_next_share 0.88.
     """
     n_items = max(1000, int(0.8 * n))
     sizes, off, item_cat = _layout(n_items, max(20, n_items // 200), 0.7, 8)
@@ -570,9 +577,10 @@ def _music(n: int, span: float, rng: np.random.Generator) -> Generated:
     track 2+ plays back in the session (12%) or a discovery by global popularity (10%). Gap =
     track length (lognormal, median 215 s), 12% skips (5-40 s).
 
-    Measured (200k events, seed 0): repeat_share 0.86 (0.27 inside the session);
-    album runs make the next item the next track in ~0.37 of next events;
-    popular_next_share 0.24; same_category_next_share (same artist) 0.45.
+    Measured (200k events, seed 0): 268 users (median 452 plays), 7.2k tracks of which 4.4k
+    played; sessions of 15 plays a median 1.1 days apart; repeat_share 0.85 (0.20 inside the
+    session); the next play is the album's next track in 51% of next events;
+    popular_next_share 0.28; same_category_next_share (same artist) 0.62.
     """
     n_art = max(20, int(np.sqrt(n) / 2))
     n_alb_art = rng.geometric(0.35, n_art)
