@@ -17,9 +17,14 @@ and benchmarks know the right answer on data unlike the click samples (numbers m
   album runs (track i -> i+1).
 
 Each profile's docstring (`_ratings`, `_histories`, `_purchases`, `_music`) lists what it plants
-and what `describe` measures. `bot_share` adds genuine bots to any profile: a few users with
-very fast (0.3-1.5 s), very regular, very long streams (thousands of events a day); their ids
-are in `SynthLog.bot_users`.
+and what `describe` measures. In short (share of next events that repeat an item the user had
+before / that are popular / same category as the previous event of the session):
+
+    clicks 0.25 / 0.22 / 0.79    ratings 0 / 0.075 / 0.15    histories 0.28 / 0.024 / 0.83
+    purchases 0.11 / 0.25 / 0.88    music 0.85 / 0.28 / 0.62 (same artist)
+
+`bot_share` adds genuine bots to any profile: a few users with very fast (0.3-1.5 s), very
+regular, very long streams (thousands of events a day); their ids are in `SynthLog.bot_users`.
 """
 
 from __future__ import annotations
