@@ -152,14 +152,22 @@ def _table(rec, ids, scores) -> None:
 @app.command()
 def synth(
     out: Annotated[Path, typer.Argument(help="output .csv or .parquet")],
+    profile: Annotated[str, typer.Option(help="clicks, ratings, histories, purchases or "
+                                         "music")] = "clicks",
     events: Annotated[int, typer.Option(help="number of events")] = 100_000,
-    days: Annotated[int, typer.Option(help="days covered")] = 14,
+    days: Annotated[Optional[float], typer.Option(help="days covered (default: the "  # noqa: UP045
+                                                  "profile's)")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    bot_share: Annotated[Optional[float], typer.Option(help="share of events from bots "  # noqa: UP045
+                                                       "(default: 0.02 clicks, else 0)")] = None,
 ) -> None:
-    """Generate a realistic synthetic click log (and `<stem>_items.csv` with categories)."""
-    from recembed.synth import synth_clicks, write_synth
+    """Generate a realistic synthetic log (and `<stem>_items.csv` with categories)."""
+    from recembed.synth import synth_profile, write_synth
 
-    log = synth_clicks(events, days=days, seed=seed)
+    try:
+        log = synth_profile(profile, events, seed, bot_share=bot_share, days=days)
+    except ValueError as e:
+        _fail(str(e), 2)
     ev, items = write_synth(log, out)
     typer.echo(f"wrote {len(log.events):,} events to {ev} and {len(log.items):,} items to {items}")
 
