@@ -20,6 +20,7 @@ from recembed.ingest import ColumnMap, IngestError, ingest, read_categories, wri
 from recembed.pipeline import EXIT_BAD_INPUT, EXIT_GATE, EXIT_LOCKED, PipelineError, Stage
 from recembed.sequences import write_session_corpus
 from recembed.sessions import sessionize
+from recembed.sources import SourceOptions
 from recembed.train import concat_corpora, export_vectors, train_word2vec
 from recembed.walks import random_walks
 
@@ -40,6 +41,8 @@ def ingest_stage(cfg: Config, run: Path, out: Path) -> dict:
             drop_duplicates=cfg.ingest.drop_duplicates, window_days=cfg.ingest.window_days,
             # the quarantine goes straight into the run dir so it survives a failed run
             quarantine_path=run / "quarantine.parquet",
+            source=SourceOptions(encoding=i.encoding, partition_date=i.partition_date,
+                                 filters={k: [str(v) for v in vs] for k, vs in i.filters.items()}),
         )
     except IngestError as e:
         raise PipelineError(str(e), EXIT_BAD_INPUT) from e
