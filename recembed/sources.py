@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -262,6 +261,9 @@ def open_parquet(path: str | Path) -> ParquetSource:
         found = pads.dataset(path, format="parquet", partitioning="hive")
         names = list(dict.fromkeys(k for f in found.get_fragments()
                                    for k in pads.get_partition_keys(f.partition_expression)))
+        # in directory order (outermost first), as the user sees them in the paths
+        first = found.files[0] if found.files else ""
+        names.sort(key=lambda n: (first.find(f"/{n}=") % (len(first) + 1), n))
         if names:
             # partition values as strings: `hour=03` stays "03", and ids / dates parse like any
             # string column instead of by a type pyarrow guessed from the directory names
@@ -335,15 +337,13 @@ def _window_cut(
                      if (v := pads.get_partition_keys(f.partition_expression).get(col)) is not None})
     if not values:
         return None
-    when = pd.to_datetime(pd.Series(values, dtype=object), utc=True, errors="coerce",
-                          format="ISO8601")
-    if strict and when.isna().any():
-        bad = [v for v, t in zip(values, when, strict=True) if pd.isna(t)][:3]
+    secs = np.array([_iso_seconds(v) for v in values], np.float64)
+    if strict and not np.isfinite(secs).all():
+        bad = [v for v, t in zip(values, secs, strict=True) if not np.isfinite(t)][:3]
         raise SourceError(
             f"input.partition_date={col!r}: {src.path} has partition values {bad} that are not "
             "dates (YYYY-MM-DD or ISO-8601); unset input.partition_date or fix the partitions"
         )
-    secs = ((when - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(np.float64)
     dated = np.flatnonzero(np.isfinite(secs))
     if not len(dated):
         return None
@@ -364,6 +364,17 @@ def _window_cut(
     log.info("%s: the %.4g-day window skips %d of %d %s partitions", src.path, window_days,
              len(values) - len(keep), len(values), col)
     return pc.field(col).isin(keep)
+
+
+def _iso_seconds(value: str) -> float:
+    """Unix seconds of an ISO-8601 date or datetime (naive = UTC), NaN when it is not one."""
+    for tz in (None, "UTC"):  # arrow parses a zone suffix only into a zoned type
+        try:
+            return float(pc.cast(pa.array([value]), pa.timestamp("s", tz=tz))
+                         .cast(pa.int64())[0].as_py())
+        except (pa.ArrowInvalid, TypeError):
+            continue
+    return float("nan")
 
 
 def _decode_utf8(
@@ -407,7 +418,8 @@ def _cast_strings(table: pa.Table, need: list[str]) -> pa.Table:
 
 
 def _show(v: bytes | None) -> str:
-    return "None" if v is None else repr(v.decode("utf-8", errors="backslashreplace"))
+    # the bytes that do not decode are shown as \xNN escapes
+    return "None" if v is None else "'" + v.decode("utf-8", errors="backslashreplace") + "'"
 
 
 def _canonical(encoding: str) -> str:
