@@ -9,9 +9,11 @@ mapped columns, with the rows it could not read kept aside with their reason.
   the content wins. xz, zip, lz4, 7z, brotli and snappy are refused with a message naming the file
   and the formats that are read. Decompression is pyarrow's own streaming codec.
 - **Encoding.** `input.encoding` (default utf-8). A UTF-8 byte-order mark (Excel) is stripped.
-  Under UTF-8 a row whose mapped columns are not valid UTF-8 goes to the quarantine with its file,
-  row and the offending byte; the other rows are read. Any other encoding is transcoded by
-  pyarrow (Python's codecs) and a byte that encoding cannot decode stops the file with its name.
+  A row whose mapped columns do not decode goes to the quarantine with its file, row and the
+  offending byte; the other rows are read. UTF-8 is validated by Arrow block by block (only a
+  failing block is decoded value by value); other encodings are transcoded by pyarrow, and when a
+  byte does not decode, an ASCII-compatible encoding (cp1252, latin-1, ...) is re-read and
+  decoded row by row, while any other (utf-16) stops with the file's name.
 - **Hive partitions.** A Parquet directory laid out as `dt=2026-11-21/region=eu/part-*.parquet`
   gets its partition columns (`dt`, `region`) as string columns, usable as any mapped column
   (e.g. `columns.ts = "dt"`) and in `input.filters` (column -> values to keep), which prunes
@@ -188,8 +190,8 @@ def read_delimited(
 ) -> DelimitedRead:
     """The `need` columns of a CSV / TSV file as strings.
 
-    Rows with the wrong number of fields, and (under UTF-8) rows whose `need` columns are not
-    valid UTF-8, are returned in `bad` with their 0-based data row and reason; the rest is read.
+    Rows with the wrong number of fields, and rows whose `need` columns do not decode under
+    `encoding`, are returned in `bad` with their 0-based data row and reason; the rest is read.
     Raises SourceError when the file cannot be parsed at all.
     """
     path = Path(path)
@@ -206,45 +208,58 @@ def read_delimited(
         )
         return "skip"
 
-    def read(threads: bool) -> pa.Table:
+    def read(threads: bool, raw: bool) -> pa.Table:
         return pacsv.read_csv(
             pa.input_stream(str(path), compression=compression),
             read_options=pacsv.ReadOptions(
                 column_names=header, skip_rows=1, block_size=1 << 24, use_threads=threads,
-                # utf-8 is validated per row below (binary columns), other encodings transcoded
-                encoding="utf8" if utf8 else enc),
+                # raw: bytes as they are, decoded per row below; else pyarrow transcodes
+                encoding="utf8" if raw else enc),
             parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(
                 include_columns=need,
-                column_types={c: pa.binary() if utf8 else pa.string() for c in need},
+                column_types={c: pa.binary() if raw else pa.string() for c in need},
                 null_values=null_values,
                 strings_can_be_null=True,
             ),
         )
 
-    try:
-        table = read(threads=True)
+    def read_all(raw: bool) -> pa.Table:
+        invalid.clear()
+        table = read(threads=True, raw=raw)
         if invalid:
             # row numbers of bad lines are only known to the single-threaded reader
             invalid.clear()
-            table = read(threads=False)
-    except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+            table = read(threads=False, raw=raw)
+        return table
+
+    # UTF-8 is read raw and validated per row. Other encodings are transcoded by pyarrow; when a
+    # byte does not decode, an ASCII-compatible encoding is re-read raw and decoded row by row
+    # so that only the rows holding such bytes are quarantined.
+    raw = utf8
+    try:
+        try:
+            table = read_all(raw)
+        except (pa.ArrowInvalid, UnicodeError) as e:
+            if raw or not _ascii_compatible(enc) or "decode" not in str(e):
+                raise
+            raw = True
+            table = read_all(raw)
+    except (pa.ArrowInvalid, UnicodeError) as e:
         hint = "" if utf8 else f" (input.encoding={encoding!r})"
         raise SourceError(f"{path}: cannot parse as delimited text{hint}: {e}") from e
     n_total = table.num_rows + len(invalid)
     bad_rows = np.array(sorted(r for r, _, _ in invalid), dtype=np.int64)
     rows = np.setdiff1d(np.arange(n_total, dtype=np.int64), bad_rows, assume_unique=True)
     bad = [(int(r), t, m) for r, t, m in invalid]
-    if utf8:
-        table, keep, undecodable = _decode_utf8(table, need)
+    if raw:
+        strings, keep, undecodable = _decode(table, need, enc, encoding)
+        for i, reason in undecodable:
+            shown = "; ".join(f"{c}={_show(table.column(c)[i].as_py(), enc)}" for c in need)
+            bad.append((int(rows[i]), shown, reason))
+        table = strings
         if undecodable:
-            for i, reason in undecodable:
-                raw = "; ".join(f"{c}={_show(table.column(c)[i].as_py())}" for c in need)
-                bad.append((int(rows[i]), raw, reason))
-            table = _cast_strings(table.filter(pa.array(keep)), need)
-            rows = rows[keep]
-        else:
-            table = _cast_strings(table, need)
+            table, rows = table.filter(pa.array(keep)), rows[keep]
     bad.sort(key=lambda b: b[0])
     return DelimitedRead(table, rows, bad, n_total)
 
@@ -377,49 +392,58 @@ def _iso_seconds(value: str) -> float:
     return float("nan")
 
 
-def _decode_utf8(
-    table: pa.Table, need: list[str]
+def _decode(
+    table: pa.Table, need: list[str], enc: str, configured: str,
 ) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
-    """(table, keep mask, [(table row, reason)]) for rows whose columns are not valid UTF-8."""
+    """(the `need` columns decoded to strings, keep mask, [(table row, reason)]) for a table of
+    raw bytes; a row with a value that does not decode under `enc` is not kept."""
     keep = np.ones(table.num_rows, bool)
     reasons: dict[int, str] = {}
-    if table.num_rows == 0:
-        return table, keep, []
+    if enc == "utf-8":
+        advice = ("if the file is not UTF-8, set input.encoding (e.g. 'cp1252' or 'latin-1')")
+        what = "not valid UTF-8"
+    else:
+        advice = f"check input.encoding={configured!r}"
+        what = f"not valid {configured}"
+    out = {}
     for c in need:
-        col = table.column(c).combine_chunks()
+        col = table.column(c).combine_chunks() if table.num_rows else pa.array([], pa.binary())
+        blocks = []
         for start in range(0, len(col), _CHECK_BLOCK):
             block = col.slice(start, _CHECK_BLOCK)
-            try:
-                pc.cast(block, pa.string())
-                continue
-            except pa.ArrowInvalid:
-                pass
-            # only a failing block pays for the per-value check
-            for j, v in enumerate(block.to_pylist()):
-                if v is None:
+            if enc == "utf-8":
+                try:  # arrow validates UTF-8 in C; only a failing block is decoded value by value
+                    blocks.append(pc.cast(block, pa.string()))
                     continue
+                except pa.ArrowInvalid:
+                    pass
+            values = []
+            for j, v in enumerate(block.to_pylist()):
                 try:
-                    v.decode("utf-8")
+                    values.append(None if v is None else v.decode(enc))
                 except UnicodeDecodeError as e:
-                    i = start + j
-                    keep[i] = False
+                    values.append(None)
+                    keep[start + j] = False
                     reasons.setdefault(
-                        i, f"not valid UTF-8 in column {c} (byte 0x{v[e.start]:02x} at offset "
-                           f"{e.start}); if the file is not UTF-8, set input.encoding "
-                           "(e.g. 'cp1252' or 'latin-1')")
-    return table, keep, sorted(reasons.items())
+                        start + j, f"{what} in column {c} (byte 0x{v[e.start]:02x} at offset "
+                                   f"{e.start}); {advice}")
+            blocks.append(pa.array(values, pa.string()))
+        out[c] = pa.chunked_array(blocks, pa.string())
+    return pa.table(out), keep, sorted(reasons.items())
 
 
-def _cast_strings(table: pa.Table, need: list[str]) -> pa.Table:
-    for c in need:
-        i = table.schema.get_field_index(c)
-        table = table.set_column(i, c, pc.cast(table.column(c), pa.string()))
-    return table
+def _ascii_compatible(enc: str) -> bool:
+    """Delimiters, quotes and newlines are the ASCII bytes (cp1252, latin-1, shift_jis: yes;
+    utf-16: no), so the raw bytes can be split into rows before decoding."""
+    try:
+        return all(ch.encode(enc) == ch.encode("ascii") for ch in ',;|\t"\r\n')
+    except (UnicodeError, LookupError):
+        return False
 
 
-def _show(v: bytes | None) -> str:
+def _show(v: bytes | None, enc: str = "utf-8") -> str:
     # the bytes that do not decode are shown as \xNN escapes
-    return "None" if v is None else "'" + v.decode("utf-8", errors="backslashreplace") + "'"
+    return "None" if v is None else "'" + v.decode(enc, errors="backslashreplace") + "'"
 
 
 def _canonical(encoding: str) -> str:

@@ -150,6 +150,26 @@ def test_issue17_item18_input_encoding_reads_latin1(tmp_path):
     assert cafe == 2
 
 
+def test_issue17_item18_rows_undecodable_under_input_encoding_are_quarantined(tmp_path):
+    # 0x81 is undefined in cp1252; 0x80 is the euro sign
+    p = tmp_path / "cp.csv"
+    p.write_bytes(b"user,item,ts\nu1,a\x81b,1700000000\nu2,\x80,1700000060\nu3,c,1700000120\n")
+    q = tmp_path / "q.parquet"
+    res = ingest([str(p)], COLS, source=SourceOptions(encoding="cp1252"), max_bad_fraction=0.5,
+                 quarantine_path=q)
+    quar = pd.read_parquet(q)
+    assert quar["row"].tolist() == [0]
+    assert "not valid cp1252 in column item (byte 0x81" in quar.loc[0, "reason"]
+    assert sorted(res.vocabulary["id"]) == ["c", "\u20ac"]
+
+
+def test_utf16_input_is_transcoded(tmp_path):
+    p = tmp_path / "u16.csv"
+    p.write_bytes(_log_text().replace("i3", "ü3").encode("utf-16"))  # with its BOM
+    res = ingest([str(p)], COLS, source=SourceOptions(encoding="utf-16"))
+    assert len(res.events) == 50 and "ü3" in set(res.vocabulary["id"])
+
+
 def test_a_wholly_latin1_file_stops_with_advice_on_input_encoding(tmp_path):
     p = _latin1_log(tmp_path, n=100, bad=range(100))
     with pytest.raises(IngestError, match=r"100 of 100 rows.*not valid UTF-8.*input\.encoding"):
