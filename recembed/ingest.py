@@ -240,10 +240,10 @@ def _read_file(
     need = list(dict.fromkeys(columns.required()))
     try:
         if kind == "parquet":
-            src = sources.open_parquet(path)
+            src = sources.open_parquet(path, ts_column=columns.ts, options=source,
+                                       window_days=window_days)
             _check_columns(path, need, src.columns)
-            table = sources.read_parquet(src, need, ts_column=columns.ts, options=source,
-                                         window_days=window_days)
+            table = sources.read_parquet(src, need)
             table = table.append_column(
                 "__row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
             return table, _empty_quarantine(), table.num_rows

@@ -106,11 +106,15 @@ class DelimitedRead:
 
 @dataclass
 class ParquetSource:
-    """A Parquet file or (Hive-partitioned) directory, opened but not read."""
+    """A Parquet file or (Hive-partitioned) directory with its partitions selected, not yet read.
+
+    `selection` is the partition expression of `input.filters` and the window cut (None: all).
+    """
 
     path: Path
     dataset: pads.Dataset
     partition_columns: list[str]
+    selection: pc.Expression | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -264,64 +268,95 @@ def read_delimited(
     return DelimitedRead(table, rows, bad, n_total)
 
 
-def open_parquet(path: str | Path) -> ParquetSource:
-    """A Parquet file or directory; Hive partition directories (`key=value`) become string columns.
+def open_parquet(
+    path: str | Path, *, ts_column: str | None = None, options: SourceOptions | None = None,
+    window_days: float = 0.0,
+) -> ParquetSource:
+    """A Parquet file or directory; Hive partition directories (`key=value`) become string columns,
+    and the partitions that `options.filters` and the window leave are selected.
 
-    Raises SourceError when it is not readable Parquet.
+    No file of a partition left out is ever opened, not even for its schema: the schema is read
+    from the first selected file.
+
+    Parameters
+    ----------
+    path : str or Path
+        A Parquet file, or a directory of them (Hive-partitioned or not).
+    ts_column : str or None
+        The timestamp column (`columns.ts`); a partition column there enables window pruning.
+    options : SourceOptions
+        `input.filters` and `input.partition_date`.
+    window_days : float
+        `ingest.window_days` (days, >= 0; 0 = no window).
+
+    Raises
+    ------
+    SourceError
+        Not readable Parquet, no file, or a filter / `partition_date` key that does not fit.
     """
     path = Path(path)
+    options = options or SourceOptions()
     try:
         if not path.is_dir():  # a single file is never partitioned, whatever its path holds
             return ParquetSource(path, pads.dataset(path, format="parquet"), [])
-        found = pads.dataset(path, format="parquet", partitioning="hive")
-        names = list(dict.fromkeys(k for f in found.get_fragments()
-                                   for k in pads.get_partition_keys(f.partition_expression)))
-        # in directory order (outermost first), as the user sees them in the paths
-        first = found.files[0] if found.files else ""
-        names.sort(key=lambda n: (first.find(f"/{n}=") % (len(first) + 1), n))
-        if names:
-            # partition values as strings: `hour=03` stays "03", and ids / dates parse like any
-            # string column instead of by a type pyarrow guessed from the directory names
-            part = pads.partitioning(pa.schema([(n, pa.string()) for n in names]), flavor="hive")
-            found = pads.dataset(path, format="parquet", partitioning=part)
+        # listing only: with an explicit (empty) schema no file is opened
+        files = pads.dataset(path, format="parquet", schema=pa.schema([])).files
+        if not files:
+            raise SourceError(f"{path}: the directory holds no Parquet files")
+        names = _partition_names(path, files)
+        # partition values as strings: `hour=03` stays "03", and ids / dates parse like any
+        # string column instead of by a type pyarrow guessed from the directory names
+        keys = pa.schema([(n, pa.string()) for n in names])
+        part = pads.partitioning(keys, flavor="hive")
+        by_partition = pads.dataset(path, format="parquet", partitioning=part, schema=keys)
+        selection = _selection(path, by_partition, names, ts_column, options, window_days)
+        first = next(iter(by_partition.get_fragments(filter=selection)), None)
+        if first is None:
+            raise SourceError(f"{path}: input.filters {options.filters} leave no partition to "
+                              "read; check the values against the partition directories")
+        file_schema = first.physical_schema
+        schema = pa.schema([f for f in file_schema if f.name not in names] + list(keys))
+        dataset = pads.dataset(path, format="parquet", partitioning=part, schema=schema)
     except (pa.ArrowInvalid, OSError) as e:
         raise SourceError(f"{path}: not a readable Parquet file or directory: {e}") from e
-    if path.is_dir() and not found.files:
-        raise SourceError(f"{path}: the directory holds no Parquet files")
-    return ParquetSource(path, found, names)
+    return ParquetSource(path, dataset, names, selection)
 
 
-def read_parquet(
-    src: ParquetSource, need: list[str], *, ts_column: str, options: SourceOptions,
-    window_days: float = 0.0,
-) -> pa.Table:
-    """The `need` columns of the partitions selected by `options.filters` and the window.
-
-    Raises SourceError naming the config key when a filter or `partition_date` column is not a
-    partition column, or when a `partition_date` value is not a date.
-    """
-    expr = partition_filter(src, ts_column=ts_column, options=options, window_days=window_days)
+def read_parquet(src: ParquetSource, need: list[str]) -> pa.Table:
+    """The `need` columns of the selected partitions. Raises SourceError on corrupt data."""
     try:
-        table = src.dataset.to_table(columns=need, filter=expr)
+        return src.dataset.to_table(columns=need, filter=src.selection)
     except (pa.ArrowInvalid, OSError) as e:
         raise SourceError(f"{src.path}: corrupted Parquet data: {e}") from e
-    return table
 
 
-def partition_filter(
-    src: ParquetSource, *, ts_column: str, options: SourceOptions, window_days: float = 0.0,
+# ---------------------------------------------------------------- helpers
+
+
+def _partition_names(root: Path, files: list[str]) -> list[str]:
+    """Hive partition keys in directory order (outermost first), from the `key=value` segments."""
+    names: dict[str, None] = {}
+    for f in files:
+        for seg in Path(f).relative_to(root).parts[:-1]:
+            if "=" in seg:
+                names.setdefault(seg.split("=", 1)[0], None)
+    return list(names)
+
+
+def _selection(
+    path: Path, by_partition: pads.Dataset, parts: list[str], ts_column: str | None,
+    options: SourceOptions, window_days: float,
 ) -> pc.Expression | None:
     """The partition expression for `options.filters` and the window cut (None: read all)."""
-    parts = src.partition_columns
     for key in options.filters:
         if key not in parts:
             raise SourceError(
-                f"input.filters.{key}: {src.path} has no partition column {key!r}; its partition "
+                f"input.filters.{key}: {path} has no partition column {key!r}; its partition "
                 f"columns are {parts or 'none (not a Hive-partitioned directory)'}"
             )
     if options.partition_date and options.partition_date not in parts:
         raise SourceError(
-            f"input.partition_date={options.partition_date!r}: {src.path} has no such partition "
+            f"input.partition_date={options.partition_date!r}: {path} has no such partition "
             f"column; its partition columns are {parts or 'none'}"
         )
     expr = None
@@ -330,25 +365,23 @@ def partition_filter(
         expr = e if expr is None else expr & e
     date_col = options.partition_date or (ts_column if ts_column in parts else None)
     if window_days > 0 and date_col is not None:
-        cut = _window_cut(src, date_col, expr, window_days, strict=bool(options.partition_date))
+        cut = _window_cut(path, by_partition, date_col, expr, window_days,
+                          strict=bool(options.partition_date))
         if cut is not None:
             expr = cut if expr is None else expr & cut
     if expr is not None:
-        n_all = len(src.dataset.files)
-        n_read = sum(1 for _ in src.dataset.get_fragments(filter=expr))
-        log.info("%s: reading %d of %d files (partition filters and window)", src.path, n_read,
-                 n_all)
+        n_read = sum(1 for _ in by_partition.get_fragments(filter=expr))
+        log.info("%s: reading %d of %d files (partition filters and window)", path, n_read,
+                 len(by_partition.files))
     return expr
 
 
-# ---------------------------------------------------------------- helpers
-
-
 def _window_cut(
-    src: ParquetSource, col: str, expr: pc.Expression | None, window_days: float, strict: bool,
+    path: Path, by_partition: pads.Dataset, col: str, expr: pc.Expression | None,
+    window_days: float, strict: bool,
 ) -> pc.Expression | None:
     """`col IN (values on or after the cut)` or None when nothing is pruned."""
-    values = sorted({str(v) for f in src.dataset.get_fragments(filter=expr)
+    values = sorted({str(v) for f in by_partition.get_fragments(filter=expr)
                      if (v := pads.get_partition_keys(f.partition_expression).get(col)) is not None})
     if not values:
         return None
@@ -356,7 +389,7 @@ def _window_cut(
     if strict and not np.isfinite(secs).all():
         bad = [v for v, t in zip(values, secs, strict=True) if not np.isfinite(t)][:3]
         raise SourceError(
-            f"input.partition_date={col!r}: {src.path} has partition values {bad} that are not "
+            f"input.partition_date={col!r}: {path} has partition values {bad} that are not "
             "dates (YYYY-MM-DD or ISO-8601); unset input.partition_date or fix the partitions"
         )
     dated = np.flatnonzero(np.isfinite(secs))
@@ -368,7 +401,7 @@ def _window_cut(
     # an isolated newest partition (a typo such as dt=3026-01-01) does not anchor the cut
     while top > 0 and secs[order[top]] - secs[order[top - 1]] > span:
         log.warning("%s: partition %s=%s is more than %.0f days after the next older one; it is "
-                    "read but does not anchor the window", src.path, col, values[order[top]],
+                    "read but does not anchor the window", path, col, values[order[top]],
                     span / 86_400)
         top -= 1
     cut = secs[order[top]] - span
@@ -376,7 +409,7 @@ def _window_cut(
     keep = [v for v, s in zip(values, secs, strict=True) if not (np.isfinite(s) and s < cut)]
     if len(keep) == len(values):
         return None
-    log.info("%s: the %.4g-day window skips %d of %d %s partitions", src.path, window_days,
+    log.info("%s: the %.4g-day window skips %d of %d %s partitions", path, window_days,
              len(values) - len(keep), len(values), col)
     return pc.field(col).isin(keep)
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recembed.ingest import ColumnMap, IngestError, ingest
-from recembed.sources import SourceOptions, detect_compression, open_parquet, partition_filter
+from recembed.sources import SourceOptions, detect_compression, open_parquet
 from tests.conftest import YOO
 
 COLS = ColumnMap(item="item", ts="ts", user="user")
@@ -237,6 +237,13 @@ def test_filter_on_a_column_that_is_not_a_partition_names_the_key(tmp_path):
                source=SourceOptions(filters={"country": ["de"]}))
 
 
+def test_filters_that_select_no_partition_say_so(tmp_path):
+    _lake(tmp_path / "lake", days=2)
+    with pytest.raises(IngestError, match=r"input\.filters .*'asia'.*leave no partition"):
+        ingest([str(tmp_path / "lake")], ColumnMap(item="it", ts="t", user="u"),
+               source=SourceOptions(filters={"region": ["asia"]}))
+
+
 def test_filters_on_a_csv_input_are_refused(tmp_path):
     p = tmp_path / "log.csv"
     p.write_text(_log_text())
@@ -245,8 +252,8 @@ def test_filters_on_a_csv_input_are_refused(tmp_path):
 
 
 def test_window_prunes_partitions_when_the_timestamp_is_the_partition(tmp_path):
-    # 2026-11-13 holds garbage: reading it would fail, so success proves it was never opened
-    truth = _lake(tmp_path / "lake", days=10, corrupt="2026-11-13")
+    # the oldest partition holds garbage: success proves it was never opened, not even for its schema
+    truth = _lake(tmp_path / "lake", days=10, corrupt="2026-11-12")
     cols = ColumnMap(item="it", ts="dt", user="u")
     with pytest.raises(IngestError, match="Parquet"):
         ingest([str(tmp_path / "lake")], cols)  # without a window every partition is read
@@ -260,7 +267,7 @@ def test_window_prunes_partitions_when_the_timestamp_is_the_partition(tmp_path):
 
 
 def test_window_prunes_by_partition_date_and_keeps_every_event_in_the_window(tmp_path):
-    truth = _lake(tmp_path / "lake", days=10, corrupt="2026-11-13")
+    truth = _lake(tmp_path / "lake", days=10, corrupt="2026-11-12")
     cols = ColumnMap(item="it", ts="t", user="u")
     res = ingest([str(tmp_path / "lake")], cols, window_days=2.5,
                  source=SourceOptions(partition_date="dt"))
@@ -285,10 +292,9 @@ def test_a_far_future_partition_does_not_anchor_the_pruning(tmp_path):
     typo = tmp_path / "lake" / "dt=3026-11-21" / "region=eu"
     typo.mkdir(parents=True)
     pd.DataFrame({"u": ["x"], "it": ["y"], "t": [T0]}).to_parquet(typo / "part-0.parquet")
-    src = open_parquet(tmp_path / "lake")
-    expr = partition_filter(src, ts_column="dt", options=SourceOptions(), window_days=3)
+    src = open_parquet(tmp_path / "lake", ts_column="dt", window_days=3)
     read = sorted({Path(f.path).parent.parent.name
-                   for f in src.dataset.get_fragments(filter=expr)})
+                   for f in src.dataset.get_fragments(filter=src.selection)})
     # anchored at 2026-11-21: 3 days + 2 days slack back, and the typo partition is still read
     assert read == [f"dt=2026-11-{d}" for d in range(16, 22)] + ["dt=3026-11-21"]
 
@@ -301,3 +307,19 @@ def test_parquet_is_found_by_magic_bytes_and_single_files_have_no_partitions(tmp
     res = ingest([str(d / "export.bin")], COLS)
     assert res.events["ts"].tolist() == [T0, T0 + 5]
     assert open_parquet(d / "export.bin").partition_columns == []
+
+
+def test_the_input_keys_reach_the_reader_through_the_pipeline(tmp_path):
+    from recembed.config import load_config
+    from recembed.pipeline import run_pipeline
+
+    truth = _lake(tmp_path / "lake", days=6, corrupt="2026-11-12")
+    cfg = load_config(None, [
+        f"input.paths=['{tmp_path / 'lake'}']", "input.categories_path=''",
+        "input.columns.item='it'", "input.columns.ts='t'", "input.columns.user='u'",
+        "input.partition_date='dt'", "input.filters={region=['us']}", "ingest.window_days=1",
+        f"run.runs_dir='{tmp_path / 'runs'}'", "run.progress=false"])
+    rep = run_pipeline(cfg, stages=["ingest"], echo=lambda s: None)
+    events = pd.read_parquet(rep.run_dir / "events.parquet")
+    us = truth[(truth["region"] == "us") & (truth["t"] > truth["t"].max() - DAY)]
+    assert sorted(events["ts"]) == sorted(us["t"])
