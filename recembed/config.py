@@ -68,6 +68,25 @@ class InputConfig(_Section):
     event_types: list[str] = Field(default_factory=list)
     categories_path: str | None = None
     categories_columns: list[str] = Field(default_factory=lambda: ["item_id", "category"])
+    encoding: str = "utf-8"
+    partition_date: str | None = None
+    filters: dict[str, list[str | int]] = Field(default_factory=dict)
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_codec(cls, v: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {v!r} (e.g. utf-8, cp1252, latin-1)") from None
+        return v
+
+    @field_validator("partition_date")
+    @classmethod
+    def _empty_is_none(cls, v: str | None) -> str | None:
+        return v or None
 
 
 class IngestConfig(_Section):

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+
+from recembed import sources
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def ingest(
     drop_duplicates: bool = True,
     window_days: float = 0.0,
     quarantine_path: str | Path | None = None,
+    source: sources.SourceOptions | None = None,
 ) -> IngestResult:
     """Read, validate and code every input file; bad rows go to the quarantine with a reason.
 
@@ -91,7 +92,7 @@ def ingest(
     parts, bad_parts, stats = [], [], {"rows_read": 0, "files": [str(f) for f in files]}
     detected_units: set[str] = set()
     for fi, f in enumerate(files):
-        table, bad, n_rows = _read_file(f, columns, fmt, delimiter)
+        table, bad, n_rows = _read_file(f, columns, fmt, delimiter, source, window_days)
         stats["rows_read"] += n_rows
         part, bad2, unit = _parse(table, f, fi, columns, ts_unit, ts_offset_unit)
         if unit:
@@ -209,87 +210,62 @@ def _expand(paths: list[str]) -> list[Path]:
 
 
 def _format_of(path: Path, fmt: str) -> str:
+    """csv / tsv / parquet: `fmt` unless auto; then a directory or a Parquet suffix or magic
+    number is Parquet, `.tsv` / `.tab` (under any compression suffix) TSV, anything else CSV."""
     if fmt != "auto":
         return fmt
-    if path.is_dir() or path.suffix in (".parquet", ".pq"):
+    suffix = sources.data_suffix(path)
+    if path.is_dir() or suffix in (".parquet", ".pq") or sources.is_parquet_file(path):
         return "parquet"
-    return "tsv" if path.suffix == ".tsv" else "csv"
+    return "tsv" if suffix in (".tsv", ".tab") else "csv"
 
 
-def _sniff_delimiter(path: Path) -> str:
-    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
-        head = fh.readline()
-    counts = {d: head.count(d) for d in (",", ";", "\t", "|")}
-    return max(counts, key=counts.get) if max(counts.values()) else ","
+def _sniff_delimiter(path: Path, encoding: str = "utf-8") -> str:
+    try:
+        return sources.sniff_delimiter(path, encoding)
+    except sources.SourceError as e:
+        raise IngestError(str(e)) from e
 
 
 def _read_file(
-    path: Path, columns: ColumnMap, fmt: str, delimiter: str | None
+    path: Path, columns: ColumnMap, fmt: str, delimiter: str | None,
+    source: sources.SourceOptions | None = None, window_days: float = 0.0,
 ) -> tuple[pa.Table, pd.DataFrame, int]:
-    """The mapped columns of one file (plus `__row`), rows that could not be parsed, rows read."""
+    """The mapped columns of one file (plus `__row`), rows that could not be read, rows read.
+
+    Opening (compression, encoding, Hive partitions, pruning) is `recembed.sources`' job.
+    """
+    source = source or sources.SourceOptions()
     kind = _format_of(path, fmt)
     need = list(dict.fromkeys(columns.required()))
-    if kind == "parquet":
-        try:
-            dataset = pads.dataset(path, format="parquet")
-        except (pa.ArrowInvalid, OSError) as e:
-            raise IngestError(f"{path}: not a readable Parquet file or directory: {e}") from e
-        _check_columns(path, need, dataset.schema.names)
-        try:
-            table = dataset.to_table(columns=need)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise IngestError(f"{path}: corrupted Parquet data: {e}") from e
-        table = table.append_column("__row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
-        return table, _empty_quarantine(), table.num_rows
-
-    delim = delimiter or ("\t" if kind == "tsv" else _sniff_delimiter(path))
-    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
-        header = next(csv.reader([fh.readline()], delimiter=delim), [])
-    header = [h.strip() for h in header]
-    if not header:
-        raise IngestError(f"{path}: empty file (no header line)")
-    _check_columns(path, need, header)
-    invalid: list[tuple[int | None, str, str]] = []
-
-    def on_invalid(row: pacsv.InvalidRow) -> str:
-        # row.number is the 1-based line number (None when reading multi-threaded)
-        invalid.append(
-            (None if row.number is None else row.number - 2, row.text,
-             f"wrong column count: expected {row.expected_columns}, got {row.actual_columns}")
-        )
-        return "skip"
-
-    def read(threads: bool) -> pa.Table:
-        return pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(column_names=header, skip_rows=1,
-                                           block_size=1 << 24, use_threads=threads),
-            parse_options=pacsv.ParseOptions(delimiter=delim, invalid_row_handler=on_invalid),
-            convert_options=pacsv.ConvertOptions(
-                include_columns=need,
-                column_types={c: pa.string() for c in need},
-                null_values=NULL_STRINGS,
-                strings_can_be_null=True,
-            ),
-        )
-
     try:
-        table = read(threads=True)
-        if invalid:
-            # row numbers of bad lines are only known to the single-threaded reader
-            invalid.clear()
-            table = read(threads=False)
-    except (pa.ArrowInvalid, UnicodeDecodeError) as e:
-        raise IngestError(f"{path}: cannot parse as {kind.upper()}: {e}") from e
-    n_total = table.num_rows + len(invalid)
-    bad_rows = np.array(sorted(r for r, _, _ in invalid), dtype=np.int64)
-    rows = np.setdiff1d(np.arange(n_total, dtype=np.int64), bad_rows, assume_unique=True)
-    table = table.append_column("__row", pa.array(rows))
+        if kind == "parquet":
+            src = sources.open_parquet(path, ts_column=columns.ts, options=source,
+                                       window_days=window_days)
+            _check_columns(path, need, src.columns)
+            table = sources.read_parquet(src, need)
+            table = table.append_column(
+                "__row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+            return table, _empty_quarantine(), table.num_rows
+        if source.filters:
+            raise IngestError(f"input.filters selects Hive partitions of Parquet directories; "
+                              f"{path} is a {kind.upper()} file. Remove input.filters or filter "
+                              "the file upstream.")
+        delim = delimiter or ("\t" if kind == "tsv" else _sniff_delimiter(path, source.encoding))
+        line = sources.read_head(path, source.encoding)
+        header = [h.strip() for h in next(csv.reader([line], delimiter=delim), [])]
+        if not header:
+            raise IngestError(f"{path}: empty file (no header line)")
+        _check_columns(path, need, header)
+        got = sources.read_delimited(path, header, delim, need, NULL_STRINGS, source.encoding)
+    except sources.SourceError as e:
+        raise IngestError(str(e)) from e
+    table = got.table.append_column("__row", pa.array(got.rows))
     bad = pd.DataFrame(
-        {"file": str(path), "row": [r for r, _, _ in invalid], "raw": [t for _, t, _ in invalid],
-         "reason": [m for _, _, m in invalid]}
+        {"file": str(path), "row": [r for r, _, _ in got.bad], "raw": [t for _, t, _ in got.bad],
+         "reason": [m for _, _, m in got.bad]}
     )
-    return table, bad if len(bad) else _empty_quarantine(), n_total
+    return table, bad if len(bad) else _empty_quarantine(), got.n_rows
 
 
 def _check_columns(path: Path, need: list[str], have: list[str]) -> None:

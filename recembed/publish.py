@@ -26,7 +26,8 @@ import numpy as np
 log = logging.getLogger("recembed")
 
 VERSION_FILES = ("vectors.npy", "items.parquet", "vectors.bin", "index.faiss", "index.json",
-                 "serving.json", "metrics.json", "config.toml", "report.html")
+                 "serving.json", "blend.npz", "index_context.faiss", "index_context.json",
+                 "calibration.json", "metrics.json", "config.toml", "report.html")
 
 
 class GateRefused(RuntimeError):

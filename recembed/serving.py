@@ -2,7 +2,8 @@
 
 Imports numpy, pyarrow and faiss only: no gensim, pandas or training code, so a serving process
 stays small. Every file is checked against the manifest's sha256 on load, and a mismatch is
-refused. Reads are thread-safe: search parameters are set once at load and never changed.
+refused; so is a version without a manifest, and a LATEST that leads out of the published root.
+An unpublished run directory is checked against its stages' done-files (`load_run`). Reads are thread-safe: search parameters are set once at load and never changed.
 
 - `similar(item_ids, k, exclude)`: nearest neighbours of each item (never the item itself).
 - `recommend(session, k)`: the blend of `recembed.blend` (directional skip-gram score over the
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -61,20 +63,105 @@ class Recommender:
 
     @classmethod
     def load(cls, path: str | Path, *, verify: bool = True) -> Recommender:
-        """Load a version directory, or the current version of a published/ root (via LATEST)."""
+        """Load a published version: a published/ root (the version its LATEST names) or a version
+        directory, every file checked against the version's manifest.json.
+
+        A run directory (config.toml and train.done.json, no manifest) is delegated to `load_run`,
+        which checks the files against the stages' done-files. Anything else is refused.
+
+        Parameters
+        ----------
+        path : str or Path
+            published/ root, version directory or run directory.
+        verify : bool
+            Hash every file against its recorded sha256 (False skips the hashing only: a version
+            without a manifest, or a LATEST leaving the root, is refused either way).
+
+        Raises
+        ------
+        ArtifactError
+            What is wrong, and with which file.
+        """
+        path = Path(path)
+        if (path / "LATEST").exists() or (path / "LATEST").is_symlink():
+            path = _resolve_latest(path)
+        elif not (path / "manifest.json").exists() and _is_run_dir(path):
+            return cls.load_run(path, verify=verify)
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            what = "a published version" if path.name.startswith("v") else "a version"
+            raise ArtifactError(
+                f"{path} has no manifest.json: refusing to serve it, since without a manifest "
+                f"its files cannot be verified. Load {what} written by `recembed publish`, or a "
+                "run directory (config.toml + train.done.json) with Recommender.load_run"
+            )
+        manifest = _read_json(manifest_path)
+        files = manifest.get("files") if isinstance(manifest, dict) else None
+        if not isinstance(files, dict) or not files:
+            raise ArtifactError(f"{manifest_path} lists no files: cannot verify the version")
+        _check_recorded(path, files, "manifest.json")
+        if verify:
+            verify_files(path, files)
+        return cls._read(path)
+
+    @classmethod
+    def load_run(cls, run_dir: str | Path, *, verify: bool = True) -> Recommender:
+        """Load an unpublished run directory, checking each file it serves against the sha256
+        that its stage recorded (train.done.json, index.done.json).
+
+        Parameters
+        ----------
+        run_dir : str or Path
+            A run directory whose train and index stages have finished.
+        verify : bool
+            Hash the files (False checks only that every file is recorded).
+
+        Raises
+        ------
+        ArtifactError
+            When a stage has not finished, the index predates the vectors, or a file is
+            missing, unrecorded, truncated or changed.
+        """
+        run = Path(run_dir)
+        if not (run / "config.toml").is_file():
+            raise ArtifactError(f"{run} is not a run directory (no config.toml)")
+        recorded: dict[str, str] = {}
+        source: dict[str, str] = {}
+        finished: dict[str, datetime | None] = {}
+        for stage in _SERVED_STAGES:
+            done = run / f"{stage}.done.json"
+            if not done.is_file():
+                raise ArtifactError(
+                    f"{run}: {done.name} is missing, so the {stage} stage has not finished; "
+                    "finish the run (`recembed run` resumes it) before loading it"
+                )
+            rec = _read_json(done)
+            outputs = rec.get("outputs") if isinstance(rec, dict) else None
+            if not isinstance(outputs, dict):
+                raise ArtifactError(f"{done} records no outputs: cannot verify the run")
+            for name, digest in outputs.items():
+                recorded[name] = digest
+                source[name] = done.name
+            finished[stage] = _finished(rec)
+        t_train, t_index = finished["train"], finished["index"]
+        if t_train is not None and t_index is not None and t_index < t_train:
+            raise ArtifactError(
+                f"{run}: index.done.json ({t_index:%Y-%m-%d %H:%M:%S}) predates train.done.json "
+                f"({t_train:%Y-%m-%d %H:%M:%S}): the index was built from older vectors. Rerun "
+                "the index stage (`recembed run` resumes it)"
+            )
+        _check_recorded(run, recorded, "the run's done-files")
+        if verify:
+            for name in _served_files(run):
+                verify_files(run, {name: recorded[name]}, source=source[name])
+        return cls._read(run)
+
+    @classmethod
+    def _read(cls, path: Path) -> Recommender:
+        """The artifacts of a checked directory (`load` and `load_run` verify first)."""
         import faiss
         import pyarrow.parquet as pq
 
-        path = Path(path)
-        if (path / "LATEST").exists():
-            path = path / (path / "LATEST").read_text().strip()
-        if not (path / "vectors.npy").exists():
-            raise ArtifactError(f"{path} holds no vectors.npy: not a version or run directory")
-        manifest = {}
-        if (path / "manifest.json").exists():
-            manifest = json.loads((path / "manifest.json").read_text())
-            if verify:
-                verify_files(path, manifest.get("files", {}))
         try:
             table = pq.read_table(path / "items.parquet")
             vectors = np.load(path / "vectors.npy", allow_pickle=False)
@@ -151,20 +238,33 @@ class Recommender:
         return rows, [x for x, r in zip(ids, rows, strict=True) if r < 0]
 
 
-def verify_files(dir_: Path, files: dict[str, str]) -> None:
-    """Raise ArtifactError unless every listed file exists and has the recorded sha256."""
+def verify_files(dir_: Path, files: dict[str, str], *, source: str = "manifest.json") -> None:
+    """Raise ArtifactError unless every listed file exists and has the recorded sha256.
+
+    Parameters
+    ----------
+    dir_ : Path
+        The directory holding the files.
+    files : dict
+        File name (directly inside `dir_`) -> hex sha256.
+    source : str
+        Where the checksums come from, for the messages.
+    """
     if not files:
-        raise ArtifactError(f"{dir_}/manifest.json lists no files")
+        raise ArtifactError(f"{dir_}/{source} lists no files")
     for name, digest in files.items():
+        if not _plain_name(name):
+            raise ArtifactError(f"{dir_}/{source} lists {name!r}, which is not a file name "
+                                "directly inside the directory: refusing the version")
         p = dir_ / name
-        if not p.exists():
-            raise ArtifactError(f"{p} is missing (listed in the manifest)")
+        if not p.is_file():
+            raise ArtifactError(f"{p} is missing (listed in {source})")
         h = hashlib.sha256()
         with open(p, "rb") as fh:
             while b := fh.read(1 << 20):
                 h.update(b)
         if h.hexdigest() != digest:
-            raise ArtifactError(f"{p} does not match its sha256 in the manifest: truncated or "
+            raise ArtifactError(f"{p} does not match its sha256 in {source}: truncated or "
                                 "tampered; refusing to serve it")
 
 
@@ -207,3 +307,75 @@ def _blend_model(vectors: np.ndarray, context: np.ndarray | None, extras: dict,
     search = context_index.search if context_index is not None else None
     return BlendModel(vectors, context, rules=rules, neighbours=neighbours,
                       popularity=extras.get("popularity"), search=search)
+
+
+# ---------------------------------------------------------------- helpers
+
+_SERVED_STAGES = ("train", "index")  # the stages whose outputs a run directory serves
+_REQUIRED = ("items.parquet", "vectors.npy", "index.faiss", "index.json")
+_OPTIONAL = ("context_vectors.npy", "serving.json", "blend.npz", "index_context.faiss",
+             "index_context.json")  # read when present
+
+
+def _served_files(path: Path) -> list[str]:
+    """The files `_read` will open in `path`."""
+    return [*_REQUIRED, *(n for n in _OPTIONAL if (path / n).exists())]
+
+
+def _check_recorded(path: Path, files: dict[str, str], source: str) -> None:
+    """Every file the loader opens must have a recorded checksum: nothing is served unverified."""
+    missing = [n for n in _REQUIRED if not (path / n).is_file()]
+    if missing:
+        raise ArtifactError(f"{path} lacks {', '.join(missing)}: not a complete version")
+    unlisted = [n for n in _served_files(path) if n not in files]
+    if unlisted:
+        raise ArtifactError(f"{path}: {', '.join(unlisted)} not recorded in {source}, so it "
+                            "cannot be verified; refusing to serve it")
+
+
+def _resolve_latest(root: Path) -> Path:
+    """The version directory that root/LATEST names, which must sit directly inside root."""
+    latest = root / "LATEST"
+    try:
+        name = latest.read_text().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{latest} cannot be read: {e}") from e
+    where = f"LATEST must name a version directory directly inside the published root {root}"
+    if not name:
+        raise ArtifactError(f"{latest} is empty; {where}")
+    if Path(name).is_absolute():
+        raise ArtifactError(f"{latest} names an absolute path {name!r}; {where}")
+    if not _plain_name(name):
+        raise ArtifactError(f"{latest} names {name!r}, which is not a plain version name "
+                            f"('..' or a path); {where}")
+    target = root / name
+    if not target.is_dir():
+        raise ArtifactError(f"{latest} names {name!r}, which is not a directory in {root}")
+    real, real_root = target.resolve(), root.resolve()
+    if real.parent != real_root:
+        raise ArtifactError(f"{latest} names {name!r}, a symlink to {real}, outside the "
+                            f"published root; {where}")
+    return real
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name \
+        and "\x00" not in name
+
+
+def _is_run_dir(path: Path) -> bool:
+    return (path / "config.toml").is_file() and (path / "train.done.json").is_file()
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path} is not readable JSON (truncated?): {e}") from e
+
+
+def _finished(record: dict) -> datetime | None:
+    try:
+        return datetime.strptime(record["finished"], "%Y-%m-%dT%H:%M:%S%z")
+    except (KeyError, TypeError, ValueError):
+        return None  # a done-file without a time: the order check is skipped

@@ -20,6 +20,7 @@ from recembed.ingest import ColumnMap, IngestError, ingest, read_categories, wri
 from recembed.pipeline import EXIT_BAD_INPUT, EXIT_GATE, EXIT_LOCKED, PipelineError, Stage
 from recembed.sequences import write_session_corpus
 from recembed.sessions import DataLossError, sessionize
+from recembed.sources import SourceOptions
 from recembed.train import concat_corpora, export_vectors, train_word2vec
 from recembed.walks import random_walks
 
@@ -40,6 +41,8 @@ def ingest_stage(cfg: Config, run: Path, out: Path) -> dict:
             drop_duplicates=cfg.ingest.drop_duplicates, window_days=cfg.ingest.window_days,
             # the quarantine goes straight into the run dir so it survives a failed run
             quarantine_path=run / "quarantine.parquet",
+            source=SourceOptions(encoding=i.encoding, partition_date=i.partition_date,
+                                 filters={k: [str(v) for v in vs] for k, vs in i.filters.items()}),
         )
     except IngestError as e:
         raise PipelineError(str(e), EXIT_BAD_INPUT) from e
@@ -232,12 +235,14 @@ def _serving_extras(cfg: Config, run: Path, out: Path) -> None:
               **{f"nb_{k}": v for k, v in model.neighbours.to_arrays().items()}}
     with open(out / "blend.npz", "wb") as fh:
         np.savez(fh, **arrays)
-    if context is not None:
+    # without output vectors (hs) the file still exists: the same search over input vectors
+    ctx = context if context is not None else vectors
+    if ctx is not None:
         ic = cfg.index
-        index, meta = build_index(context, factory=ic.type, metric="ip",
+        index, meta = build_index(ctx, factory=ic.type, metric="ip",
                                   memory_budget_gb=ic.memory_budget_gb, hnsw_m=ic.hnsw_m,
                                   ef_construction=ic.ef_construction, seed=cfg.run.seed)
-        meta = tune_index(index, context, meta, target_recall=ic.target_recall, k=ic.tune_k,
+        meta = tune_index(index, ctx, meta, target_recall=ic.target_recall, k=ic.tune_k,
                           n_queries=ic.tune_queries, seed=cfg.run.seed)
         faiss.write_index(index, str(out / "index_context.faiss"))
         (out / "index_context.json").write_text(meta.to_json())
@@ -495,7 +500,8 @@ STAGES: list[Stage] = [
           ("vectors.npy", "context_vectors.npy", "items.parquet", "vectors.bin", "vectors.txt",
            "train.json")),
     Stage("index", index_stage, ("index", "serving"), ("train", "calibrate"),
-          ("index.faiss", "index.json", "serving.json", "blend.npz")),
+          ("index.faiss", "index.json", "serving.json", "blend.npz", "index_context.faiss",
+           "index_context.json")),
     Stage("evaluate", evaluate_stage, ("evaluate",), ("train", "index"),
           ("metrics.json", "report.html"), enabled=lambda cfg: cfg.evaluate.enabled),
     Stage("publish", publish_stage, ("publish",), ("evaluate",), ("publish.json",),

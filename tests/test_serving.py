@@ -21,7 +21,17 @@ def _version(tmp_path, n=300, d=16, seed=0):
     tune_index(index, vec, meta, target_recall=0.99, k=20, n_queries=100)
     save_index(index, meta, tmp_path)
     write_settings(tmp_path / "serving.json", ServingSettings())
+    _write_manifest(tmp_path)
     return ids, vec
+
+
+def _write_manifest(d):
+    import hashlib
+    import json
+
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir()
+             if p.name != "manifest.json"}
+    (d / "manifest.json").write_text(json.dumps({"files": files}))
 
 
 def test_similar_never_returns_the_query_and_matches_exact_cosine(tmp_path):
@@ -89,12 +99,7 @@ def test_concurrent_reads_agree(tmp_path):
 
 
 def test_tampered_files_are_refused(tmp_path):
-    import hashlib
-    import json
-
     _version(tmp_path)
-    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
-    (tmp_path / "manifest.json").write_text(json.dumps({"files": files}))
     Recommender.load(tmp_path)
     p = tmp_path / "vectors.npy"
     p.write_bytes(p.read_bytes()[:-8])
