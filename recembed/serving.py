@@ -83,8 +83,11 @@ class Recommender:
             What is wrong, and with which file.
         """
         path = Path(path)
+        if not path.is_dir():
+            raise ArtifactError(f"{path} is not a directory: give a published/ root, a version "
+                                "or a run directory")
         if (path / "LATEST").exists() or (path / "LATEST").is_symlink():
-            path = _resolve_latest(path)
+            path = resolve_latest(path)
         elif not (path / "manifest.json").exists() and _is_run_dir(path):
             return cls.load_run(path, verify=verify)
         manifest_path = path / "manifest.json"
@@ -333,8 +336,9 @@ def _check_recorded(path: Path, files: dict[str, str], source: str) -> None:
                             "cannot be verified; refusing to serve it")
 
 
-def _resolve_latest(root: Path) -> Path:
-    """The version directory that root/LATEST names, which must sit directly inside root."""
+def resolve_latest(root: Path) -> Path:
+    """The version directory that root/LATEST names, which must sit directly inside root (no
+    absolute path, no `..`, no symlink leading out); raises ArtifactError saying what is wrong."""
     latest = root / "LATEST"
     try:
         name = latest.read_text().strip()

@@ -57,6 +57,7 @@ _MAGIC = [  # (leading bytes, compression name); the content decides, not the su
     (b"\x04\x22\x4d\x18", "lz4"),
     (b"7z\xbc\xaf\x27\x1c", "7z"),
     (b"\xff\x06\x00\x00sNaPpY", "snappy"),
+    (b"\x1f\x9d", "compress"),
 ]
 _SUFFIX = {
     ".gz": "gzip", ".gzip": "gzip", ".bz2": "bz2", ".bz": "bz2", ".zst": "zstd", ".zstd": "zstd",
@@ -132,6 +133,8 @@ def detect_compression(path: str | Path) -> str | None:
     with open(path, "rb") as fh:
         head = fh.read(16)
     by_magic = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+    if by_magic == "bz2" and head[3:4] not in b"123456789":  # "BZh" + block size 1-9
+        by_magic = None
     by_suffix = _SUFFIX.get(path.suffix.lower())
     found = by_magic
     if by_magic is None and by_suffix is not None:
