@@ -170,7 +170,8 @@ class BlendModel:
                     top = np.argpartition(-nb_vals, want - 1)[:want]
                     nb_rows, nb_vals = nb_rows[top], nb_vals[top]
                 parts.append(nb_rows)
-            u = np.unique(np.concatenate(parts))
+            # a session without any known item gets nothing (Results: unknown ids are listed)
+            u = np.unique(np.concatenate(parts)) if len(known) else np.zeros(0, np.int64)
             u = u[u >= 0]
             unions.append(u)
             extra.append((known, s, r_rows, r_vals, nb_rows, nb_vals))

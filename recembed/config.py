@@ -11,7 +11,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -164,8 +164,8 @@ class TrainConfig(_Section):
     negative: int = Field(10, ge=0)
     ns_exponent: float = 0.5
     sample: float = Field(0.0, ge=0)
-    epochs: int | Literal["auto"] = "auto"
-    target_tokens: int | Literal["auto"] = "auto"
+    epochs: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    target_tokens: Annotated[int, Field(ge=1000)] | Literal["auto"] = "auto"
     max_tokens: int = Field(60_000_000, ge=0)
     alpha: float = Field(0.025, gt=0)
     min_alpha: float = Field(0.0001, ge=0)
@@ -189,8 +189,8 @@ class IndexConfig(_Section):
 
 class ServingConfig(_Section):
     weights: dict[str, float] | Literal["auto"] = "auto"
-    decay: float | Literal["auto"] = "auto"
-    temperature: float | Literal["auto"] = "auto"
+    decay: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] = "auto"
+    temperature: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
     neighbours: Literal["auto", "vsknn", "stan", "off"] = "auto"
     history: int = Field(10, ge=1)
     repeat_decay: float = Field(0.7, gt=0, le=1)

@@ -11,7 +11,8 @@ def _cfg(synth_csv, tmp_path, *extra):
     return load_config(None, [
         f"input.paths=['{synth_csv}']", "input.columns.user='user_id'",
         f"input.categories_path='{synth_csv.with_name(synth_csv.stem + '_items.csv')}'",
-        f"run.runs_dir='{tmp_path}'", "evaluate.enabled=false", *extra])
+        f"run.runs_dir='{tmp_path}'", "evaluate.enabled=false", "calibrate.enabled=false",
+        *extra])
 
 
 def test_run_writes_outputs_and_a_rerun_skips(synth_csv, tmp_path):

@@ -23,7 +23,7 @@ from recembed.serving import ArtifactError, Recommender
 
 FAST = ["train.epochs=3", "train.workers=1", "train.vector_size=16", "evaluate.baselines=[]",
         "evaluate.strategies=['last']", "walks.enabled=true", "walks.walks_per_node=2",
-        "publish.enabled=true", "run.progress=false"]
+        "publish.enabled=true", "run.progress=false", "calibrate.enabled=false"]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from recembed.serving import ArtifactError, Recommender
 
 FAST = ["train.epochs=2", "train.workers=1", "train.vector_size=8", "evaluate.baselines=[]",
         "evaluate.strategies=['last']", "walks.walks_per_node=1", "publish.enabled=true",
-        "run.progress=false"]
+        "run.progress=false", "calibrate.enabled=false"]
 
 
 @pytest.fixture(scope="module")
