@@ -147,9 +147,9 @@ def ingest(
         stats["outside_window"] = int((~keep & ~late).sum())
         if late.any():
             bad_parts.append(_quarantine_rows(raw, late, ctx, lambda t, u: (
-                f"timestamp {_iso(t)} follows the rest of the log after a silence of "
-                f"{(t - anchor) / DAY:.1f}+ days (clock error?); ingest.window_days ends at "
-                f"{_iso(anchor)}, the newest event before it")))
+                f"straggler timestamp {_iso(t)}, {(t - anchor) / DAY:.1f} days after the rest "
+                f"of the log, behind a silence (clock error?); ingest.window_days ends at "
+                f"{_iso(anchor)}, the newest event before the silence")))
         if not keep.all():
             raw = {k: v[keep] for k, v in raw.items()}
     quarantine = pd.concat(bad_parts, ignore_index=True) if bad_parts else _empty_quarantine()
