@@ -25,7 +25,7 @@ from recembed.ingest import ColumnMap, ingest
 from recembed.pipeline import default_run_dir, registered_stages, stage_fingerprint
 from recembed.sessions import sessionize
 
-SETTINGS = settings(max_examples=15, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=15, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
 COLS = ColumnMap(item="item", ts="ts", user="user")
