@@ -9,11 +9,19 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -44,8 +52,8 @@ class RunConfig(_Section):
 class ColumnsConfig(_Section):
     """Input column names; "" or unset for an absent optional column."""
 
-    item: str = "item_id"
-    ts: str = "timestamp"
+    item: str = Field("item_id", min_length=1)
+    ts: str = Field("timestamp", min_length=1)
     user: str | None = "user_id"
     session: str | None = None
     event_type: str | None = None
@@ -67,10 +75,30 @@ class InputConfig(_Section):
     ts_offset_unit: Literal["s", "ms"] = "ms"
     event_types: list[str] = Field(default_factory=list)
     categories_path: str | None = None
-    categories_columns: list[str] = Field(default_factory=lambda: ["item_id", "category"])
+    categories_columns: list[str] = Field(default_factory=lambda: ["item_id", "category"],
+                                          min_length=2, max_length=2)
+    na_values: list[str] = Field(default_factory=list)
     encoding: str = "utf-8"
     partition_date: str | None = None
     filters: dict[str, list[str | int]] = Field(default_factory=dict)
+
+    @field_validator("delimiter", "categories_path", "partition_date")
+    @classmethod
+    def _empty_is_none(cls, v: str | None) -> str | None:
+        # TOML has no null: dump_config writes None as "", which must load back as None
+        return v or None
+
+    @model_validator(mode="after")
+    def _needs_columns(self) -> InputConfig:
+        if self.event_types and not self.columns.event_type:
+            raise ValueError(
+                f"input.event_types={self.event_types} needs input.columns.event_type (the "
+                "column that holds the event type); set it, or set input.event_types = []")
+        if not self.columns.user and not self.columns.session:
+            raise ValueError(
+                "input.columns.user is empty and input.columns.session is not set: events "
+                "cannot be grouped into sessions; map a user column or a session column")
+        return self
 
     @field_validator("encoding")
     @classmethod
@@ -83,14 +111,11 @@ class InputConfig(_Section):
             raise ValueError(f"unknown text encoding {v!r} (e.g. utf-8, cp1252, latin-1)") from None
         return v
 
-    @field_validator("partition_date")
-    @classmethod
-    def _empty_is_none(cls, v: str | None) -> str | None:
-        return v or None
 
 
 class IngestConfig(_Section):
     max_bad_fraction: float = Field(0.01, ge=0, le=1)
+    max_ts_distance_days: float = Field(10_957.5, ge=0)
     window_days: float = Field(0.0, ge=0)
     drop_duplicates: bool = True
 
@@ -177,7 +202,7 @@ class TrainConfig(_Section):
 
 
 class IndexConfig(_Section):
-    type: str = "auto"
+    type: str = Field("auto", min_length=1)
     metric: Literal["cosine", "ip"] = "cosine"
     target_recall: float = Field(0.95, gt=0, le=1)
     tune_k: int = Field(100, ge=1)
@@ -226,6 +251,16 @@ class EvaluateConfig(_Section):
     max_queries: int = Field(10_000, ge=0)
     report: bool = True
 
+    @field_validator("ks")
+    @classmethod
+    def _positive_ks(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("needs at least one cut-off, e.g. [1, 5, 10, 20, 50]")
+        bad = [k for k in v if k < 1]
+        if bad:
+            raise ValueError(f"cut-offs must be >= 1 (got {bad})")
+        return sorted(set(v))
+
 
 class PublishConfig(_Section):
     enabled: bool = False
@@ -257,11 +292,16 @@ class Config(_Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
 
-    @field_validator("evaluate")
-    @classmethod
-    def _sorted_ks(cls, v: EvaluateConfig) -> EvaluateConfig:
-        v.ks = sorted(set(v.ks))
-        return v
+    @model_validator(mode="after")
+    def _cross_section(self) -> Config:
+        if self.publish.enabled and 20 not in self.evaluate.ks:
+            # the publish quality gate compares Recall@20 of the new and the current version
+            raise ValueError(
+                f"evaluate.ks={self.evaluate.ks} must include 20 when publish.enabled = true "
+                "(the quality gate compares Recall@20)")
+        if self.index.type != "auto":
+            _check_index_type(self.index.type, self.train.vector_size)
+        return self
 
     def section(self, name: str) -> dict[str, Any]:
         """One section as a plain dict (used for stage fingerprints)."""
@@ -271,11 +311,14 @@ class Config(_Section):
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Config from a TOML file (or defaults) with `section.key=value` overrides applied.
 
-    Relative input paths are resolved against the config file's directory's parent when the file
-    lives in `pipelines/`, else against the file's directory, so configs run from any cwd.
+    Path rule (one rule for every path key: input.paths, input.test_paths,
+    input.categories_path, run.runs_dir, publish.dir, also when given by an override): a relative
+    path resolves against the config's project root, which is the parent of the file's directory
+    when that directory is named `pipelines`, else the file's own directory, and the current
+    directory when there is no config file. So a config runs the same from any working directory.
     """
     raw: dict[str, Any] = {}
-    base = Path.cwd()
+    base = project_root(path)
     if path is not None:
         path = Path(path)
         if not path.exists():
@@ -284,26 +327,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: invalid TOML: {e}") from e
-        base = path.resolve().parent
-        if base.name == "pipelines":
-            base = base.parent
     for ov in overrides or []:
         _apply_override(raw, ov)
     _check_keys(raw, Config, "")
+    where = path or "config"
     try:
         cfg = Config.model_validate(raw)
+        cfg.input.paths = [_resolve(p, base) for p in cfg.input.paths]
+        cfg.input.test_paths = [_resolve(p, base) for p in cfg.input.test_paths]
+        if cfg.input.categories_path:
+            cfg.input.categories_path = _resolve(cfg.input.categories_path, base)
+        cfg.run.runs_dir = _resolve(cfg.run.runs_dir, base)
+        cfg.publish.dir = _resolve(cfg.publish.dir, base)
     except ValidationError as e:
-        where = path or "config"
-        msgs = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
-        )
-        raise ConfigError(f"{where}: {msgs}") from e
-    cfg.input.paths = [_resolve(p, base) for p in cfg.input.paths]
-    cfg.input.test_paths = [_resolve(p, base) for p in cfg.input.test_paths]
-    cfg.input.categories_path = cfg.input.categories_path or None
-    if cfg.input.categories_path:
-        cfg.input.categories_path = _resolve(cfg.input.categories_path, base)
+        raise ConfigError(f"{where}: {'; '.join(_error_text(err) for err in e.errors())}") from e
     return cfg
+
+
+def project_root(path: str | Path | None) -> Path:
+    """The directory relative paths of the config at `path` resolve against (see load_config)."""
+    if path is None:
+        return Path.cwd()
+    base = Path(path).resolve().parent
+    return base.parent if base.name == "pipelines" else base
 
 
 def dump_config(cfg: Config) -> str:
@@ -313,13 +359,38 @@ def dump_config(cfg: Config) -> str:
     return tomli_w.dumps(_drop_none(cfg.model_dump(mode="json")))
 
 
+def _error_text(err: Any) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
+
+
 def _drop_none(d: Any) -> Any:
     # TOML has no null: an absent optional value is written as "", which loads back as None
     if isinstance(d, dict):
         return {k: "" if v is None else _drop_none(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_drop_none(v) for v in d]
     if isinstance(d, float) and math.isinf(d):
-        return "inf"
+        return "inf" if d > 0 else "-inf"
     return d
+
+
+def _check_index_type(factory: str, dim: int) -> None:
+    # faiss itself is the only complete parser of its factory strings; an empty index of the
+    # configured dimension is cheap to build and also catches e.g. PQ16 with vector_size 60
+    import faiss
+
+    try:
+        faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        text = str(e).strip()
+        m = re.search(r"\.(?:cpp|h):\d+: (.*)", text)
+        reason = (m.group(1) if m else text.splitlines()[-1]).strip()
+        raise ValueError(
+            f"index.type={factory!r} is not a faiss factory string usable with "
+            f"train.vector_size={dim} ({reason}); use 'auto' or e.g. 'Flat', 'HNSW32', "
+            "'IVF1024,Flat', 'IVF1024,PQ16'") from None
 
 
 def _resolve(p: str, base: Path) -> str:

@@ -25,11 +25,20 @@ from recembed import sources
 
 log = logging.getLogger(__name__)
 
-NULL_STRINGS = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
+# Only the empty field is missing: "NA", "None", "null", "nan" are ids like any other string
+# unless `input.na_values` lists them (see `_parse`).
+NULL_STRINGS = [""]
 QUARANTINE_SCHEMA = pa.schema(
     [("file", pa.string()), ("row", pa.int64()), ("raw", pa.string()), ("reason", pa.string())]
 )
 _UNIT_SCALE = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+DAY = 86_400
+# float64 holds every integer up to 2**53 exactly; a float id above it was rounded when written
+_MAX_EXACT_FLOAT = 2**53
+# pandas datetimes hold 1677-09-21 .. 2262-04-11; a timestamp outside is a wrong unit or garbage
+_TS_LIMIT_S = 9_223_372_036
+# At most this share of the newest rows can be cut from the top as stragglers (see _window_mask).
+_STRAGGLER_SHARE = 0.001
 
 
 class IngestError(ValueError):
@@ -72,7 +81,9 @@ def ingest(
     ts_unit: str = "auto",
     ts_offset_unit: str = "ms",
     event_types: list[str] | None = None,
+    na_values: list[str] | None = None,
     max_bad_fraction: float = 0.01,
+    max_ts_distance_days: float = 10_957.5,
     drop_duplicates: bool = True,
     window_days: float = 0.0,
     quarantine_path: str | Path | None = None,
@@ -80,36 +91,78 @@ def ingest(
 ) -> IngestResult:
     """Read, validate and code every input file; bad rows go to the quarantine with a reason.
 
+    Ids are kept byte for byte (no trimming); an id column of integral floats gives the same ids
+    as the integers (a non-integral one is refused); the empty field is a missing id, and so is
+    any string in `na_values` (nothing else: "NA" or "null" are ids by default). A row without an
+    item id, or without a user id when there is no session column, is quarantined.
+
+    Timestamps further than `max_ts_distance_days` (days, >= 0; 0 = no limit) from the median
+    event time, or outside what a datetime can hold, are quarantined with their reason (a row in
+    ms inside a seconds file lands ~50,000 years away). `window_days` > 0 keeps only events of the
+    last that many days before the window's end: the newest event, unless at most 0.1% of the rows
+    follow the rest after a silence longer than the window (or than max(1 day, 1000 typical
+    gaps), when shorter); those are clock errors, quarantined, and the window ends before them.
+
     Raises IngestError (after writing the quarantine) when more than `max_bad_fraction` of the
-    rows are bad, when a column is missing, or when no valid event is left. `window_days` > 0
-    keeps only events of the last that many days before the newest one.
+    rows are bad, when a column is missing, or when no valid event is left.
     """
+    if not columns.user and not columns.session:
+        raise IngestError("events need a user or a session column to be grouped into sessions "
+                          "(input.columns.user / input.columns.session)")
     test_paths = test_paths or []
     files = [*_expand(paths), *_expand(test_paths)]
     n_train_files = len(_expand(paths))
     if not files:
         raise IngestError(f"no input files matched {paths + test_paths}")
     parts, bad_parts, stats = [], [], {"rows_read": 0, "files": [str(f) for f in files]}
-    detected_units: set[str] = set()
+    units: list[str | None] = []
     for fi, f in enumerate(files):
         table, bad, n_rows = _read_file(f, columns, fmt, delimiter, source, window_days)
         stats["rows_read"] += n_rows
-        part, bad2, unit = _parse(table, f, fi, columns, ts_unit, ts_offset_unit)
-        if unit:
-            detected_units.add(unit)
+        part, bad2, unit = _parse(table, f, fi, columns, ts_unit, ts_offset_unit, na_values or [])
+        units.append(unit)
         part["split"] = np.full(len(part["ts_exact"]), 1 if fi >= n_train_files else 0, np.int8)
         parts.append(part)
         del table  # the typed arrays are all that is needed from here on
         bad_parts.extend([bad, bad2])
+    raw = _concat(parts)
+    del parts
+    ctx = (files, units, columns)
+    far = _implausible_ts(raw["ts_exact"], max_ts_distance_days)
+    stats["ts_implausible"] = int(far.sum())
+    if far.any():
+        med = float(np.median(raw["ts_exact"][~far])) if (~far).any() else 0.0
+        bad_parts.append(_quarantine_rows(raw, far, ctx, lambda t, u: _far_reason(
+            t, u, med, max_ts_distance_days, columns.ts)))
+        raw = {k: v[~far] for k, v in raw.items()}
+    if event_types and columns.event_type:
+        keep = np.isin(raw.pop("event_type"), event_types)
+        stats["filtered_event_type"] = int((~keep).sum())
+        raw = {k: v[keep] for k, v in raw.items()}
+    raw.pop("event_type", None)
+    if window_days > 0 and len(raw["ts_exact"]):
+        # a rolling window: the nightly job trains on the last N days only
+        keep, late, anchor = _window_mask(raw["ts_exact"], window_days * DAY)
+        stats["window_end"] = _iso(anchor)
+        stats["window_stragglers"] = int(late.sum())
+        stats["outside_window"] = int((~keep & ~late).sum())
+        if late.any():
+            bad_parts.append(_quarantine_rows(raw, late, ctx, lambda t, u: (
+                f"straggler timestamp {_iso(t)}, {(t - anchor) / DAY:.1f} days after the rest "
+                f"of the log, behind a silence (clock error?); ingest.window_days ends at "
+                f"{_iso(anchor)}, the newest event before the silence")))
+        if not keep.all():
+            raw = {k: v[keep] for k, v in raw.items()}
     quarantine = pd.concat(bad_parts, ignore_index=True) if bad_parts else _empty_quarantine()
     quarantine = quarantine.sort_values(["file", "row"], kind="stable", ignore_index=True)
     stats["quarantined"] = len(quarantine)
+    stats["quarantine_reasons"] = _reason_counts(quarantine)
     if quarantine_path is not None:
         write_parquet_atomic(
             pa.Table.from_pandas(quarantine, schema=QUARANTINE_SCHEMA, preserve_index=False),
             quarantine_path,
         )
-    stats["ts_unit"] = ",".join(sorted(detected_units)) or ts_unit
+    stats["ts_unit"] = ",".join(sorted({u for u in units if u})) or ts_unit
     if stats["rows_read"] == 0:
         raise IngestError(f"no rows in the input files: {', '.join(map(str, files))}")
     bad_frac = len(quarantine) / stats["rows_read"]
@@ -121,19 +174,6 @@ def ingest(
             f"the rows are kept in {quarantine_path or 'the quarantine'}"
         )
 
-    raw = _concat(parts)
-    del parts
-    if event_types and columns.event_type:
-        keep = np.isin(raw.pop("event_type"), event_types)
-        stats["filtered_event_type"] = int((~keep).sum())
-        raw = {k: v[keep] for k, v in raw.items()}
-    raw.pop("event_type", None)
-    if window_days > 0 and len(raw["ts_exact"]):
-        # a rolling window: the nightly job trains on the last N days only
-        keep = raw["ts_exact"] > raw["ts_exact"].max() - window_days * 86_400
-        stats["outside_window"] = int((~keep).sum())
-        if not keep.all():
-            raw = {k: v[keep] for k, v in raw.items()}
     if len(raw["ts_exact"]) == 0:
         raise IngestError(f"no valid events left in {', '.join(map(str, files))}")
 
@@ -160,10 +200,17 @@ def ingest(
     stats["duplicates"] = 0
     if drop_duplicates:
         dup = _duplicated(df, ts_exact)
-        del ts_exact
         stats["duplicates"] = int(dup.sum())
         if stats["duplicates"]:
             df = df.loc[~dup].reset_index(drop=True)
+            ts_exact = ts_exact[~dup]
+    if len(ts_exact) > 1 and (np.diff(ts_exact) < 0).any() \
+            and (ts_exact != np.floor(ts_exact)).any():
+        # `ts` keeps whole seconds (the data contract) and sessionize orders by it, ties in row
+        # order: rows in time order keep the sub-second order of events within one second
+        order = np.argsort(ts_exact, kind="stable")
+        df = df.take(order).reset_index(drop=True)
+    del ts_exact
     stats["events"] = len(df)
     stats["items"] = len(item_ids)
     stats["users"] = int(df["user"].max()) + 1 if len(df) else 0
@@ -172,10 +219,28 @@ def ingest(
 
 
 def read_categories(path: str, item_col: str, cat_col: str, vocabulary: pd.DataFrame) -> np.ndarray:
-    """Category code per item code (int32, -1 unknown), from a side file of (item id, category)."""
+    """Category code per item code (int32, -1 unknown), from a side file of (item id, category).
+
+    Item ids are matched byte for byte, as in `ingest`. Raises IngestError naming the file and the
+    config key when the file is missing or lacks a column.
+    """
     p = Path(path)
+    if not p.is_file():
+        raise IngestError(f"categories file {p} (input.categories_path) does not exist; fix the "
+                          'path, or set input.categories_path = "" to run without categories')
     delim = _sniff_delimiter(p)
-    df = pd.read_csv(p, sep=delim, dtype=str, usecols=[item_col, cat_col])
+    try:
+        have = list(pd.read_csv(p, sep=delim, nrows=0).columns)
+    except (ValueError, UnicodeDecodeError) as e:  # pandas' EmptyDataError / ParserError too
+        raise IngestError(f"categories file {p} (input.categories_path): cannot read it as CSV: "
+                          f"{e}") from e
+    missing = [c for c in (item_col, cat_col) if c not in have]
+    if missing:
+        raise IngestError(
+            f"categories file {p} has no column(s) {missing}; the file has columns {have}. Set "
+            "input.categories_columns = [item column, category column]")
+    df = pd.read_csv(p, sep=delim, dtype=str, usecols=[item_col, cat_col],
+                     keep_default_na=False, na_values=[""])
     cats, _ = pd.factorize(df[cat_col])
     lookup = pd.Series(cats, index=df[item_col].astype(str)).groupby(level=0).first()
     out = lookup.reindex(vocabulary["id"].astype(str)).fillna(-1).to_numpy().astype(np.int32)
@@ -279,7 +344,7 @@ def _check_columns(path: Path, need: list[str], have: list[str]) -> None:
 
 def _parse(
     table: pa.Table, path: Path, file_index: int, columns: ColumnMap, ts_unit: str,
-    offset_unit: str,
+    offset_unit: str, na_values: list[str],
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame, str | None]:
     """Typed arrays of one file's valid rows, the rows that failed, and the detected ts unit."""
     n = table.num_rows
@@ -292,8 +357,10 @@ def _parse(
             reason_text.append(reason)
             code[mask & (code == 0)] = len(reason_text) - 1
 
-    item = _ids(table.column(columns.item))
-    mark(_null_mask(item), f"empty item id (column {columns.item})")
+    rows_in = table.column("__row").to_numpy()
+    item = _ids(table.column(columns.item), columns.item, path, rows_in, na_values)
+    na_note = f" or one of input.na_values={na_values}" if na_values else ""
+    mark(_null_mask(item), f"empty item id{na_note} (column {columns.item})")
     ts, unit, ts_bad = _timestamps(table.column(columns.ts), ts_unit)
     mark(ts_bad, f"unparseable timestamp (column {columns.ts})")
     if columns.ts_offset:
@@ -304,14 +371,19 @@ def _parse(
         ts = ts + np.where(bad_off, 0, off) / _UNIT_SCALE[offset_unit]
     out: dict[str, np.ndarray] = {"item_raw": item}
     if columns.session:
-        s = _ids(table.column(columns.session))
-        mark(_null_mask(s), f"empty session id (column {columns.session})")
+        s = _ids(table.column(columns.session), columns.session, path, rows_in, na_values)
+        mark(_null_mask(s), f"empty session id{na_note} (column {columns.session})")
         out["session_raw"] = s
     if columns.user:
-        out["user_raw"] = _ids(table.column(columns.user))
+        u = _ids(table.column(columns.user), columns.user, path, rows_in, na_values)
+        if not columns.session:
+            # without a session column the user id is what groups events into sessions
+            mark(_null_mask(u), f"empty user id{na_note} (column {columns.user}) and no "
+                                "session column")
+        out["user_raw"] = u
     if columns.event_type:
         out["event_type"] = table.column(columns.event_type).to_numpy(zero_copy_only=False)
-    row = table.column("__row").to_numpy()
+    row = rows_in
     bad = code > 0
     quarantine = _empty_quarantine()
     if bad.any():
@@ -334,16 +406,48 @@ def _parse(
     return out, quarantine, unit
 
 
-def _ids(col: pa.ChunkedArray) -> np.ndarray:
-    """Ids as a numpy array: integers stay integers (fast factorize), everything else strings."""
+def _ids(col: pa.ChunkedArray, name: str, path: Path, rows: np.ndarray,
+         na_values: list[str]) -> np.ndarray:
+    """Ids as a numpy array, byte for byte (never trimmed), None where missing.
+
+    Integers stay integers (fast factorize); a float column (what pandas makes of integer ids
+    with one NaN) gives the same integers, and is refused when a value is not an integer that a
+    float holds exactly; everything else becomes strings. Missing: null, the empty string, NaN of
+    a float column, and any value whose text is in `na_values`.
+    """
     t = col.type
+    if pa.types.is_dictionary(t):  # pandas categoricals
+        col = pc.cast(col, t.value_type)
+        t = col.type
+    if pa.types.is_floating(t):
+        v = col.to_numpy(zero_copy_only=False).astype(np.float64)  # null -> NaN
+        nan = np.isnan(v)
+        with np.errstate(invalid="ignore"):
+            bad = ~nan & ~((v == np.floor(v)) & (np.abs(v) <= _MAX_EXACT_FLOAT))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise IngestError(
+                f"{path}: column {name} holds floats that are not exact integer ids ({int(bad.sum())}"
+                f" rows, first {v[i]!r} in data row {int(rows[i])}); ids must be integers (below "
+                "2**53 when stored as floats) or strings: write the column as int64 or string")
+        if not nan.any():
+            col = pa.chunked_array([pa.array(v.astype(np.int64))])
+        else:
+            ints = np.where(nan, 0, v).astype(np.int64)
+            col = pa.chunked_array([pa.array(ints, mask=nan)])
+        t = col.type
     if pa.types.is_integer(t) and col.null_count == 0:
-        return col.to_numpy()
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        col = pc.utf8_trim_whitespace(col)
-        col = pc.if_else(pc.equal(col, ""), pa.scalar(None, col.type), col)
-        return col.to_numpy(zero_copy_only=False)
-    return pc.cast(col, pa.string()).to_numpy(zero_copy_only=False)
+        a = col.to_numpy()
+        na_ints = [int(x) for x in na_values if x.lstrip("+-").isdigit()]
+        if not na_ints or not np.isin(a, na_ints).any():
+            return a
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        col = pc.cast(col, pa.string())
+    missing = pc.equal(col, "")
+    if na_values:
+        missing = pc.or_kleene(missing, pc.is_in(col, value_set=pa.array(na_values, pa.string())))
+    col = pc.if_else(missing, pa.scalar(None, col.type), col)
+    return col.to_numpy(zero_copy_only=False)
 
 
 def _null_mask(a: np.ndarray) -> np.ndarray:
@@ -356,11 +460,17 @@ def _timestamps(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, str | None
     """Unix seconds (float64, sub-second precision kept), the unit used (detected when `unit` is
     auto), and a bad-row mask."""
     t = col.type
-    if pa.types.is_timestamp(t) or pa.types.is_date(t):
-        secs = pc.cast(pc.cast(col, pa.timestamp("s")), pa.int64())
-        bad = pc.is_null(secs).to_numpy(zero_copy_only=False)
-        return np.nan_to_num(secs.to_numpy(zero_copy_only=False).astype(np.float64)), \
-            "timestamp", bad
+    if pa.types.is_date(t):
+        col = pc.cast(col, pa.timestamp("s"))  # whole days: exact in seconds
+        t = col.type
+    if pa.types.is_timestamp(t):
+        # the integer count in the column's own unit, then seconds as float64: casting to
+        # timestamp("s") would refuse (or drop) sub-second values; float rounding is monotone,
+        # so order is kept (events < ~0.25 us apart may tie, and then keep their row order)
+        ticks = pc.cast(col, pa.int64())
+        bad = pc.is_null(ticks).to_numpy(zero_copy_only=False)
+        secs = np.nan_to_num(ticks.to_numpy(zero_copy_only=False).astype(np.float64))
+        return secs / _UNIT_SCALE[t.unit], "timestamp", bad
     values = col.to_numpy(zero_copy_only=False)
     if unit != "iso":
         num = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(np.float64) \
@@ -381,6 +491,93 @@ def _timestamps(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, str | None
     return secs, "iso", bad
 
 
+def _implausible_ts(ts: np.ndarray, max_days: float) -> np.ndarray:
+    """Rows whose time a datetime cannot hold, or (max_days > 0) further than max_days from the
+    median of the others."""
+    out = np.abs(ts) > _TS_LIMIT_S
+    if max_days > 0 and (~out).any():
+        med = np.median(ts[~out])
+        out |= np.abs(ts - med) > max_days * DAY
+    return out
+
+
+def _far_reason(t: float, unit: str | None, med: float, max_days: float, col: str) -> str:
+    where = "outside the years 1677..2262 a datetime can hold" if abs(t) > _TS_LIMIT_S else (
+        f"{abs(t - med) / (365.25 * DAY):,.0f} years from the median event time {_iso(med)} "
+        f"(ingest.max_ts_distance_days={max_days:g})")
+    hint = ""
+    names = list(_UNIT_SCALE)
+    for k in (1, 2, 3, -1, -2, -3):
+        f = 1000.0**k
+        if abs(t / f - med) <= max(max_days, 366) * DAY:
+            i = names.index(unit) + k if unit in names else -1
+            other = f"in {names[i]} " if 0 <= i < len(names) else ""
+            hint = (f"; it looks like a value {other}read as {unit}: "
+                    f"it would be {_iso(t / f)}")
+            break
+    return f"implausible timestamp (column {col}) {where}{hint}"
+
+
+def _window_mask(ts: np.ndarray, window_s: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """(rows in the window, straggler rows after its end, the end) of a window of window_s
+    seconds ending at the newest event that is not a straggler (see `ingest`)."""
+    n = len(ts)
+    m = max(1, int(n * _STRAGGLER_SHARE))
+    anchor = float(ts.max())
+    if n > m + 1:
+        lo, hi = np.percentile(ts, [1, 99])
+        typical = (hi - lo) / (0.98 * n)
+        silence = min(window_s, max(DAY, 1000 * typical))
+        top = np.sort(np.partition(ts, n - m - 1)[n - m - 1:])  # the m + 1 newest
+        big = np.flatnonzero(np.diff(top) > silence)
+        if big.size:
+            anchor = float(top[big[0]])
+    late = ts > anchor
+    return (ts > anchor - window_s) & ~late, late, anchor
+
+
+def _quarantine_rows(raw: dict[str, np.ndarray], mask: np.ndarray, ctx: tuple,
+                     reason_of) -> pd.DataFrame:
+    """Quarantine rows for `mask` of the concatenated arrays; `reason_of(seconds, unit)` says
+    why."""
+    files, units, columns = ctx
+    idx = np.flatnonzero(mask)
+    fi, ts = raw["file"][idx], raw["ts_exact"][idx]
+    cols = [(columns.item, "item_raw"), (columns.user, "user_raw"),
+            (columns.session, "session_raw")]
+    texts = []
+    for j, i in enumerate(idx):
+        parts = [f"{c}={_py(raw[k][i])!r}" for c, k in cols if c and k in raw]
+        parts.append(f"{columns.ts}={_ts_text(float(ts[j]), units[fi[j]])}")
+        texts.append("; ".join(parts))
+    return pd.DataFrame({"file": [str(files[k]) for k in fi], "row": raw["row"][idx],
+                         "raw": texts,
+                         "reason": [reason_of(float(t), units[k]) for t, k in zip(ts, fi, strict=True)]})
+
+
+def _py(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _ts_text(t: float, unit: str | None) -> str:
+    if unit in _UNIT_SCALE:
+        v = t * _UNIT_SCALE[unit]
+        return repr(int(v)) if v == int(v) else repr(v)
+    return _iso(t)
+
+
+def _iso(t: float) -> str:
+    if abs(t) > _TS_LIMIT_S:
+        return f"{t:.6g} s since 1970"
+    return pd.Timestamp(t, unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _reason_counts(quarantine: pd.DataFrame) -> dict[str, int]:
+    """Rows per quarantine reason, the reason's kind only (text before the first '(')."""
+    kinds = quarantine["reason"].astype(str).str.split("(", n=1).str[0].str.strip()
+    return {k: int(v) for k, v in kinds.value_counts().items()}
+
+
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     if len(parts) == 1:
         return parts[0]
@@ -389,7 +586,9 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     for k in keys:
         arrs = [p[k] for p in parts]
         if any(a.dtype == object for a in arrs) and not all(a.dtype == object for a in arrs):
-            arrs = [a.astype(str).astype(object) for a in arrs]
+            # integer ids of one file meet string ids of another: compare them as text (a
+            # missing id stays None, never the string "None")
+            arrs = [a if a.dtype == object else a.astype(str).astype(object) for a in arrs]
         out[k] = np.concatenate(arrs)
     return out
 

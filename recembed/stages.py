@@ -36,8 +36,9 @@ def ingest_stage(cfg: Config, run: Path, out: Path) -> dict:
             ColumnMap(item=c.item, ts=c.ts, user=c.user, session=c.session,
                       event_type=c.event_type, ts_offset=c.ts_offset),
             test_paths=i.test_paths, fmt=i.format, delimiter=i.delimiter, ts_unit=i.ts_unit,
-            ts_offset_unit=i.ts_offset_unit, event_types=i.event_types,
+            ts_offset_unit=i.ts_offset_unit, event_types=i.event_types, na_values=i.na_values,
             max_bad_fraction=cfg.ingest.max_bad_fraction,
+            max_ts_distance_days=cfg.ingest.max_ts_distance_days,
             drop_duplicates=cfg.ingest.drop_duplicates, window_days=cfg.ingest.window_days,
             # the quarantine goes straight into the run dir so it survives a failed run
             quarantine_path=run / "quarantine.parquet",
@@ -51,7 +52,11 @@ def ingest_stage(cfg: Config, run: Path, out: Path) -> dict:
     cats = pd.DataFrame({"code": res.vocabulary["code"], "category": -1})
     if i.categories_path:
         item_col, cat_col = i.categories_columns
-        cats["category"] = read_categories(i.categories_path, item_col, cat_col, res.vocabulary)
+        try:
+            cats["category"] = read_categories(i.categories_path, item_col, cat_col,
+                                               res.vocabulary)
+        except IngestError as e:
+            raise PipelineError(str(e), EXIT_BAD_INPUT) from e
     write_parquet_atomic(cats, out / "categories.parquet")
     if res.stats["quarantined"]:
         log.warning("%d rows quarantined in %s", res.stats["quarantined"],
@@ -167,7 +172,7 @@ def train_stage(cfg: Config, run: Path, out: Path) -> dict:
         raise PipelineError("nothing to train on: enable [sequences] and/or [walks]")
     corpus = concat_corpora(corpora, out / "corpus.txt")
     t = cfg.train
-    res = train_word2vec(
+    res = _train_word2vec(
         corpus, vector_size=t.vector_size, window=t.window, shrink_windows=t.shrink_windows,
         negative=t.negative, ns_exponent=t.ns_exponent, sample=t.sample,
         epochs=1 if t.epochs == "auto" else t.epochs,
@@ -452,6 +457,18 @@ def _resolved(cfg: Config, run: Path) -> Config:
     from recembed.calibrate import resolve_config
 
     return resolve_config(cfg, json.loads((run / "calibration.json").read_text()))
+
+
+def _train_word2vec(corpus, **kw):
+    """train_word2vec, with gensim's error for an empty vocabulary named as the config key."""
+    try:
+        return train_word2vec(corpus, **kw)
+    except RuntimeError as e:
+        if "build vocabulary" not in str(e):  # gensim's words when min_count left no item
+            raise
+        raise PipelineError(f"train.min_count={kw['min_count']} is above the corpus count of "
+                            "every item: nothing left to train; lower train.min_count",
+                            EXIT_BAD_INPUT) from e
 
 
 def model_name(cfg: Config) -> str:

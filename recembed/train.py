@@ -170,14 +170,29 @@ def export_vectors(
 
 
 def write_word2vec(ids: list[str], vectors: np.ndarray, path: str | Path, binary: bool) -> None:
-    """word2vec text or binary format keyed by `ids` (gensim's load_word2vec_format reads it)."""
+    """word2vec text or binary format keyed by `ids` (gensim's load_word2vec_format reads it).
+
+    The format ends a key at whitespace, so keys are escaped: every whitespace character and
+    '%' is written as the %XX escapes of its UTF-8 bytes (`"a b"` -> `"a%20b"`, `"5%"` -> `"5%25"`);
+    `urllib.parse.unquote(key)` gives the id back byte for byte. Other ids are written as they are.
+    items.parquet always holds the ids unescaped.
+    """
     from gensim.models import KeyedVectors
 
     kv = KeyedVectors(vectors.shape[1], dtype=np.float32)
-    kv.add_vectors(ids, vectors)
+    kv.add_vectors([word2vec_key(i) for i in ids], vectors)
     # equal counts keep the rows in our order (gensim sorts by count when writing)
     kv.allocate_vecattrs(["count"], [np.int64])
     kv.save_word2vec_format(str(path), binary=binary)
+
+
+def word2vec_key(item_id: str) -> str:
+    """The key of `item_id` in the word2vec exports (see `write_word2vec`)."""
+    if "%" not in item_id and not any(c.isspace() for c in item_id):
+        return item_id
+    from urllib.parse import quote
+
+    return "".join(quote(c, safe="") if c == "%" or c.isspace() else c for c in item_id)
 
 
 def load_vectors(dir_: str | Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
