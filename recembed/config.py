@@ -144,7 +144,7 @@ class HoldoutConfig(_Section):
 
 
 class ValidationConfig(_Section):
-    share: float = Field(0.1, ge=0, lt=1)
+    share: float = Field(0.1, ge=0, le=0.5)
     min_sessions: int = Field(1000, ge=0)
     max_sessions: int = Field(20_000, ge=0)
 
@@ -180,6 +180,7 @@ class WalksConfig(_Section):
 class SequencesConfig(_Section):
     enabled: bool | Literal["auto"] = "auto"
     replication: float = Field(1.0, gt=0)
+    min_copies: int = Field(1, ge=0)
 
 
 class TrainConfig(_Section):

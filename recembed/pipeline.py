@@ -230,9 +230,12 @@ def _file_stamp(path: str) -> dict:
     p = Path(path)
     if not p.exists():
         return {"path": str(p), "missing": True}
-    files = sorted(p.rglob("*")) if p.is_dir() else [p]
-    return {"path": str(p), "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns)
-                                       for f in files if f.is_file()]}
+    try:
+        files = sorted(p.rglob("*")) if p.is_dir() else [p]
+        return {"path": str(p), "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                                           for f in files if f.is_file()]}
+    except OSError as e:  # unreadable: ingest names it; the stamp only has to be stable
+        return {"path": str(p), "unreadable": e.__class__.__name__}
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

@@ -34,17 +34,48 @@ class CorpusStats:
 
 
 def session_multiplicity(
-    weights: np.ndarray, replication: float = 1.0, seed: int = 0
+    weights: np.ndarray, replication: float = 1.0, seed: int = 0,
+    session_ids: np.ndarray | None = None, min_copies: int = 1,
 ) -> np.ndarray:
     """Copies of each session (int32), expected `replication * w / mean(w)`: the floor plus a
-    seeded Bernoulli draw for the fraction."""
+    Bernoulli draw for the fraction, at least `min_copies`.
+
+    Parameters
+    ----------
+    weights : float array [S], >= 0
+        Decay weight of each session.
+    replication : float > 0
+        Copies per session on average.
+    seed : int
+        The run's seed.
+    session_ids : int array [S] or None
+        Each session's id: the Bernoulli draw of a session comes from a hash of (seed, id), one
+        stream per session, so any engine or partitioning writes the same corpus. None = 0..S-1.
+    min_copies : int >= 0
+        Floor of the copies: decay down-weights a session but never erases it (1, the default);
+        0 lets a session with a small weight drop out of the corpus (counted as
+        `sessions_absent`).
+    """
     w = np.asarray(weights, np.float64)
     if (w < 0).any() or not np.isfinite(w).all():
         raise ValueError("session weights must be finite and non-negative")
     m = w * (replication / w.mean()) if len(w) and w.mean() > 0 else w
     base = np.floor(m)
-    extra = np.random.default_rng(seed).random(len(m)) < (m - base)
-    return (base + extra).astype(np.int32)
+    ids = np.arange(len(w)) if session_ids is None else np.asarray(session_ids)
+    extra = session_uniform(ids, seed) < (m - base)
+    return np.maximum(base + extra, min_copies).astype(np.int32)
+
+
+def session_uniform(session_ids: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform [0, 1) number per session from splitmix64 of (seed, session id): the same for a
+    session whatever else is in the batch."""
+    with np.errstate(over="ignore"):
+        z = (np.asarray(session_ids).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+             + np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def write_session_corpus(
@@ -55,6 +86,7 @@ def write_session_corpus(
     replication: float = 1.0,
     seed: int = 0,
     max_tokens: int = GENSIM_MAX_TOKENS,
+    min_copies: int = 1,
 ) -> CorpusStats:
     """Write sessions (`session`, `item`, ordered by session then pos) as corpus lines.
 
@@ -65,7 +97,8 @@ def write_session_corpus(
     if len(sess) and (np.diff(sess) < 0).any():
         raise ValueError("sessions must be ordered by session id (then position)")
     ids, starts, lengths = np.unique(sess, return_index=True, return_counts=True)
-    copies = session_multiplicity(np.asarray(weights)[ids], replication, seed)
+    copies = session_multiplicity(np.asarray(weights)[ids], replication, seed, session_ids=ids,
+                                  min_copies=min_copies)
     # split long sessions into pieces of at most max_tokens, each piece its own line
     piece_starts, piece_sess = _pieces(starts, lengths, max_tokens)
     piece_ends = np.r_[piece_starts[1:], len(item)]

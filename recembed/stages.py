@@ -21,7 +21,7 @@ from recembed.pipeline import EXIT_BAD_INPUT, EXIT_GATE, EXIT_LOCKED, PipelineEr
 from recembed.sequences import write_session_corpus
 from recembed.sessions import DataLossError, sessionize
 from recembed.sources import SourceOptions
-from recembed.train import concat_corpora, export_vectors, train_word2vec
+from recembed.train import EmptyVocabulary, concat_corpora, export_vectors, train_word2vec
 from recembed.walks import random_walks
 
 log = logging.getLogger("recembed")
@@ -98,10 +98,10 @@ def sessionize_stage(cfg: Config, run: Path, out: Path) -> dict:
 def graph_stage(cfg: Config, run: Path, out: Path) -> dict:
     """graph.npz: the weighted item graph (CSR) of the training sessions."""
     train = pd.read_parquet(run / "sessions_train.parquet", columns=["session", "item"])
-    table = pd.read_parquet(run / "session_table.parquet", columns=["weight"])
+    weights = _weights_by_id(run)
     n_items = len(pd.read_parquet(run / "vocabulary.parquet", columns=["code"]))
     gc = cfg.graph
-    g = build_item_graph(train, table["weight"].to_numpy(), n_items, window=gc.window,
+    g = build_item_graph(train, weights, n_items, window=gc.window,
                          distance_weighting=gc.distance_weighting, directed=gc.directed,
                          min_weight=gc.min_weight, max_out_edges=gc.max_out_edges)
     save_graph(g, out / "graph.npz")
@@ -127,10 +127,19 @@ def walks_stage(cfg: Config, run: Path, out: Path) -> dict:
 def sequences_stage(cfg: Config, run: Path, out: Path) -> dict:
     """sessions.txt: the item2vec corpus, sessions replicated by their decay weight."""
     train = pd.read_parquet(run / "sessions_train.parquet", columns=["session", "item"])
-    table = pd.read_parquet(run / "session_table.parquet", columns=["weight"])
-    st = write_session_corpus(train, table["weight"].to_numpy(), out / "sessions.txt",
-                              replication=cfg.sequences.replication, seed=cfg.run.seed)
+    st = write_session_corpus(train, _weights_by_id(run), out / "sessions.txt",
+                              replication=cfg.sequences.replication, seed=cfg.run.seed,
+                              min_copies=cfg.sequences.min_copies)
     return vars(st)
+
+
+def _weights_by_id(run: Path) -> np.ndarray:
+    """Session weights indexed by session id (joined by id, never by table position)."""
+    table = pd.read_parquet(run / "session_table.parquet", columns=["session", "weight"])
+    sid = table["session"].to_numpy()
+    w = np.zeros(int(sid.max()) + 1 if len(sid) else 0)
+    w[sid] = table["weight"].to_numpy()
+    return w
 
 
 def calibrate_stage(cfg: Config, run: Path, out: Path) -> dict:
@@ -145,8 +154,14 @@ def calibrate_stage(cfg: Config, run: Path, out: Path) -> dict:
         train = pd.read_parquet(run / "sessions_train.parquet", columns=["session", "item", "ts"])
         table = pd.read_parquet(run / "session_table.parquet", columns=["session", "end", "split"])
         n_items = len(pd.read_parquet(run / "vocabulary.parquet", columns=["code"]))
-        rec = calibrate_run(train, table, n_items, out / "work", seed=cfg.run.seed,
-                            threads=cfg.run.n_threads(), progress=cfg.run.progress, **search["kw"])
+        try:
+            rec = calibrate_run(train, table, n_items, out / "work", seed=cfg.run.seed,
+                                threads=cfg.run.n_threads(), progress=cfg.run.progress,
+                                **search["kw"])
+        except EmptyVocabulary as e:
+            raise PipelineError(f"train.min_count={cfg.train.min_count} is above the corpus "
+                                "count of every item: nothing left to train; lower "
+                                "train.min_count", EXIT_BAD_INPUT) from e
     (out / "calibration.json").write_text(json.dumps(rec, indent=2, default=_plain))
     for note in rec.get("notes", []):
         log.warning("calibrate: %s", note)
@@ -463,9 +478,7 @@ def _train_word2vec(corpus, **kw):
     """train_word2vec, with gensim's error for an empty vocabulary named as the config key."""
     try:
         return train_word2vec(corpus, **kw)
-    except RuntimeError as e:
-        if "build vocabulary" not in str(e):  # gensim's words when min_count left no item
-            raise
+    except EmptyVocabulary as e:
         raise PipelineError(f"train.min_count={kw['min_count']} is above the corpus count of "
                             "every item: nothing left to train; lower train.min_count",
                             EXIT_BAD_INPUT) from e

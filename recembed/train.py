@@ -20,6 +20,10 @@ import pandas as pd
 log = logging.getLogger("recembed")
 
 
+class EmptyVocabulary(ValueError):
+    """No item reaches min_count in the corpus."""
+
+
 @dataclass
 class TrainResult:
     """Input vectors [n, dim] float32, output (context) vectors or None, and the item code of each
@@ -92,6 +96,9 @@ def train_word2vec(
     t0 = time.perf_counter()
     model.build_vocab(corpus_file=corpus_file)
     t_vocab = time.perf_counter() - t0
+    if not model.wv.key_to_index:
+        raise EmptyVocabulary(f"min_count={min_count} is above the corpus count of every item: "
+                              "nothing left to train")
     if target_tokens > 0:
         epochs = epochs_for(model.corpus_total_words, target_tokens)
     requested = epochs

@@ -44,6 +44,8 @@ vector_size = 16
 [walks]
 walks_per_node = 1
 walk_length = 5
+[calibrate]
+corpora = ["both"]
 [index]
 type = "Flat"
 [evaluate]
@@ -166,7 +168,7 @@ def test_item03_resume_and_evaluate_skip_every_finished_stage(small_run):
     vec = run_dir / "vectors.npy"
     before = (vec.stat().st_mtime_ns, vec.read_bytes())
     stages = [p.name.split(".")[0] for p in run_dir.glob("*.done.json")]
-    assert len(stages) == 8  # ingest .. evaluate
+    assert len(stages) == 9  # ingest, sessionize, calibrate, graph .. evaluate
     r = runner.invoke(app, ["run", "--resume", str(run_dir)])
     assert r.exit_code == 0, r.output
     for st in stages:

@@ -69,7 +69,8 @@ def _check_exports(ids: list[str], out) -> None:
         assert [unquote(k) for k in kv.index_to_key] == ids, name
     index, meta = build_index(vectors, factory="Flat")
     save_index(index, meta, out)
-    rec = Recommender.load(out, verify=False)
+    _write_manifest(out)
+    rec = Recommender.load(out)
     assert list(rec.ids) == ids
     assert rec.similar(ids, k=1).unknown == []
 
@@ -254,6 +255,16 @@ def _leaves(model, prefix=""):
             yield f"{prefix}{name}", f, model
 
 
+def _write_manifest(d) -> None:
+    """A manifest listing every file with its sha256 (what publish writes), so serving loads d."""
+    import hashlib
+    import json
+
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir()
+             if p.is_file() and p.name != "manifest.json"}
+    (d / "manifest.json").write_text(json.dumps({"files": files}))
+
+
 def _put(raw: dict, key: str, value) -> None:
     *sections, name = key.split(".")
     for s in sections:
@@ -273,8 +284,23 @@ def _bounds(f) -> dict:
             for attr in ("ge", "gt", "le", "lt", "min_length", "max_length") if hasattr(m, attr)}
 
 
+# keys whose type is a choice ("auto" or a value) or a mapping: their valid values by hand
+CHOICES = {
+    "walks.enabled": ["auto", True, False], "sequences.enabled": ["auto", True, False],
+    "train.epochs": ["auto", 1, 7], "train.target_tokens": ["auto", 5000, 2_000_000],
+    "serving.weights": ["auto", {"directional": 1.0}, {"rules": 0.5, "repeat": 2.0}],
+    "serving.decay": ["auto", 0.5, 1.0], "serving.temperature": ["auto", 0.25, 2.0],
+    "input.filters": [{}, {"region": ["eu"]}, {"dt": ["2026-11-21", 3]}],
+    "input.encoding": ["utf-8", "cp1252", "latin-1"],
+    "calibrate.target_tokens": [[1_000_000, 3_000_000, 10_000_000], [50_000], [2000, 9000]],
+    "calibrate.corpora": [["both", "sessions", "walks"], ["walks"], ["sessions", "both"]],
+}
+
+
 def _strategy(key: str, f) -> st.SearchStrategy:
     ann, b = f.annotation, _bounds(f)
+    if key in CHOICES:
+        return st.sampled_from(CHOICES[key])
     if key == "index.type":
         return st.sampled_from(["auto", "Flat", "HNSW16", "IVF8,Flat", "IVF16_HNSW8,Flat"])
     if key in PATH_KEYS:
@@ -312,6 +338,8 @@ def _other_value(f, model, key):
     """A valid value of a key that differs from its default."""
     default, ann = f.get_default(call_default_factory=True), f.annotation
     origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if key in CHOICES:
+        return next(v for v in CHOICES[key] if v != default)
     if ann is bool:
         return not default
     if origin is typing.Literal:
