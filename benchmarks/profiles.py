@@ -3,7 +3,7 @@ from a config holding only `[input]`, on logs unlike the click samples.
 
     python benchmarks/profiles.py [--events 200000] [--seed 0] [--only ratings,music]
 
-For each profile the log is generated into benchmarks/data/ (kept between runs), a TOML with
+For each profile the log is generated into benchmarks/data/ (rewritten each run), a TOML with
 only the [input] section is written beside it, and `run_pipeline` runs it fresh with every
 other key at its default (publish is off by default). It prints, and appends to RESULTS.md, an
 overview (events, share removed as bots, sessions kept / too short / absent from the item2vec
@@ -31,12 +31,12 @@ from recembed.synth import PROFILES, describe, synth_profile, write_synth  # noq
 
 
 def prepare(profile: str, events: int, seed: int) -> tuple[Path, dict]:
-    """The profile's log and items file in benchmarks/data (generated once), the TOML with only
-    [input], and the log's measured properties."""
+    """The profile's log and items file in benchmarks/data (rewritten every time, so the file is
+    what this commit's generator draws), the TOML with only [input], and the log's measured
+    properties."""
     log_path = DATA / f"profile_{profile}_{events}_s{seed}.parquet"
     log = synth_profile(profile, events, seed)
-    if not log_path.exists():
-        write_synth(log, log_path)
+    write_synth(log, log_path)
     items = log_path.with_name(f"{log_path.stem}_items.csv")
     toml = log_path.with_suffix(".toml")
     toml.write_text(f"[input]\npaths = ['{log_path}']\ncategories_path = '{items}'\n")
