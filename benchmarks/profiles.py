@@ -3,7 +3,7 @@ from a config holding only `[input]`, on logs unlike the click samples.
 
     python benchmarks/profiles.py [--events 200000] [--seed 0] [--only ratings,music]
 
-For each profile the log is generated into benchmarks/data/ (kept between runs), a TOML with
+For each profile the log is generated into benchmarks/data/ (rewritten each run), a TOML with
 only the [input] section is written beside it, and `run_pipeline` runs it fresh with every
 other key at its default (publish is off by default). It prints, and appends to RESULTS.md, an
 overview (events, share removed as bots, sessions kept / too short / absent from the item2vec
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,17 +26,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recembed.config import load_config  # noqa: E402
-from recembed.pipeline import run_pipeline  # noqa: E402
+from recembed.pipeline import registered_stages, run_pipeline  # noqa: E402
 from recembed.synth import PROFILES, describe, synth_profile, write_synth  # noqa: E402
 
 
 def prepare(profile: str, events: int, seed: int) -> tuple[Path, dict]:
-    """The profile's log and items file in benchmarks/data (generated once), the TOML with only
-    [input], and the log's measured properties."""
+    """The profile's log and items file in benchmarks/data (rewritten every time, so the file is
+    what this commit's generator draws), the TOML with only [input], and the log's measured
+    properties."""
     log_path = DATA / f"profile_{profile}_{events}_s{seed}.parquet"
     log = synth_profile(profile, events, seed)
-    if not log_path.exists():
-        write_synth(log, log_path)
+    write_synth(log, log_path)
     items = log_path.with_name(f"{log_path.stem}_items.csv")
     toml = log_path.with_suffix(".toml")
     toml.write_text(f"[input]\npaths = ['{log_path}']\ncategories_path = '{items}'\n")
@@ -43,12 +44,20 @@ def prepare(profile: str, events: int, seed: int) -> tuple[Path, dict]:
 
 
 def run_profile(profile: str, events: int, seed: int) -> tuple[dict, list[dict]]:
-    """One fresh default run; returns the overview row and the per-method rows."""
+    """One fresh default run; returns the overview row and the per-method rows. A run that
+    crashes gets a row naming the stage and the error (the other profiles still run)."""
     toml, props = prepare(profile, events, seed)
     cfg = load_config(toml)
     run_dir = DATA / "profile_runs" / toml.stem
+    shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()
-    rep = run_pipeline(cfg, run_dir, force=True, echo=lambda s: None)
+    try:
+        rep = run_pipeline(cfg, run_dir, force=True, echo=lambda s: None)
+    except Exception as e:  # a crash is a result here: reported in the table
+        failed = next((s.name for s in registered_stages() if s.enabled(cfg)
+                       and not (run_dir / f"{s.name}.done.json").exists()), "?")
+        return {"profile": profile, "best": f"CRASHED in {failed}: {type(e).__name__}: {e}",
+                "seconds": round(time.perf_counter() - t0, 1)}, []
     seconds = time.perf_counter() - t0
     st = {name: s.get("stats", {}) for name, s in rep.stages.items()}
     ses, seq = st.get("sessionize", {}), st.get("sequences", {})
@@ -89,9 +98,12 @@ def main() -> None:
         row, methods = run_profile(p, args.events, args.seed)
         print(row, flush=True)
         rows.append(row)
-        tables.append(f"**{p}** ({row['events']:,} events after ingest, {row['seconds']} s)\n\n"
-                      + markdown_table(methods))
-    table = markdown_table(rows) + "\n\n" + "\n\n".join(tables)
+        if methods:
+            tables.append(f"**{p}** ({row['events']:,} events after ingest, {row['seconds']} s)"
+                          "\n\n" + markdown_table(methods))
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # a crashed row has fewer columns
+    table = markdown_table([{k: r.get(k, "") for k in keys} for r in rows])
+    table += "\n\n" + "\n\n".join(tables)
     notes = ("Config: only [input] (paths, categories_path); every other key at its default "
              "(bots on, half_life_days 7, holdout 1 day, min_length 2, publish off). "
              "'too short': share of 30-minute sessions under min_length; 'absent from corpus': "

@@ -73,7 +73,13 @@ def test_ratings_plant_taste_not_order():
     same = (cat[1:] == cat[:-1])[nxt[1:]].mean()
     shares = pd.Series(cat).value_counts(normalize=True).to_numpy()
     # consecutive ratings share a genre more often than independent draws would
-    assert same > 1.3 * (shares ** 2).sum()
+    assert same > 1.25 * (shares ** 2).sum()
+    # ... and a hidden niche far more often: a user's ratings concentrate on a few niches
+    niche = log.items.set_index("item_id")["niche"].reindex(ev["item_id"]).to_numpy()
+    conc = pd.Series(niche).groupby(ev["user_id"].to_numpy()).agg(
+        lambda x: (x.value_counts(normalize=True) ** 2).sum())
+    n_share = pd.Series(niche).value_counts(normalize=True).to_numpy()
+    assert conc.median() > 2 * (n_share ** 2).sum()  # 1x for taste-free draws
 
 
 def test_histories_span_years_with_sessions_days_apart():
