@@ -123,7 +123,7 @@ class IngestConfig(_Section):
 class SessionConfig(_Section):
     gap_minutes: float = Field(30.0, gt=0)
     auto_gap: bool = True
-    max_short_share: float = Field(0.5, ge=0, le=1)
+    max_short_share: float = Field(0.25, ge=0, le=1)
     max_length: int = Field(200, ge=2)
     min_length: int = Field(2, ge=1)
     collapse_repeats: bool = True
@@ -241,14 +241,14 @@ class ServingConfig(_Section):
 class EvaluateConfig(_Section):
     enabled: bool = True
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20, 50])
-    baselines: list[Literal["pop", "session_pop", "item_knn", "sr", "vsknn", "stan", "vstan"]] = Field(
-        default_factory=lambda: ["pop", "session_pop", "item_knn", "sr"]
+    baselines: list[Literal["pop", "session_pop", "item_knn", "sr", "vsknn", "stan", "vstan"]] = \
+        Field(default_factory=lambda: ["pop", "session_pop", "item_knn", "sr", "vsknn", "stan",
+                                       "vstan"])
+    strategies: list[Literal["last", "decayed", "directional", "ann"]] = Field(
+        default_factory=lambda: ["last", "decayed", "directional", "ann"]
     )
-    strategies: list[Literal["last", "decayed", "directional"]] = Field(
-        default_factory=lambda: ["last", "decayed", "directional"]
-    )
-    decay: float = Field(0.5, gt=0, le=1)
-    history: int = Field(5, ge=1)
+    decay: float = Field(0.65, gt=0, le=1)
+    history: int = Field(10, ge=1)
     max_queries: int = Field(10_000, ge=0)
     report: bool = True
 

@@ -294,7 +294,10 @@ def embedding_scorer(
     """Scores from item vectors (row r belongs to item code `rows_item[r]`):
     - last: cosine between the last item and every item;
     - decayed: cosine with the sum of the last `history` items' unit vectors, weight decay**k;
-    - directional: in[last] . out[candidate] with the output (context) vectors."""
+    - directional: in[last] . out[candidate] with the output (context) vectors;
+    - ann: sum of the last `history` items' input vectors (weight decay**k) . out[candidate]:
+      what an inner-product index over context_vectors.npy answers (index_context.faiss), the
+      directional score as plain ANN without recembed's Python."""
     d = vectors.shape[1]
     emb = np.zeros((n_items, d), np.float32)
     emb[rows_item] = vectors
@@ -302,9 +305,9 @@ def embedding_scorer(
     has_vec = np.zeros(n_items, bool)
     has_vec[rows_item] = True
     pop = (popularity / max(popularity.max(), 1)).astype(np.float32) * TIE
-    if strategy == "directional":
+    if strategy in ("directional", "ann"):
         if context is None:
-            raise ValueError("the directional strategy needs output (context) vectors")
+            raise ValueError(f"the {strategy} strategy needs output (context) vectors")
         out_m = np.zeros((n_items, d), np.float32)
         out_m[rows_item] = context
         cand, qm = out_m, emb
@@ -314,7 +317,7 @@ def embedding_scorer(
         raise ValueError(f"unknown strategy {strategy!r}")
 
     def score(q: Queries, idx: np.ndarray) -> np.ndarray:
-        if strategy == "decayed":
+        if strategy in ("decayed", "ann"):
             qv = np.zeros((len(idx), d), np.float32)
             end = q.start[idx] + q.length[idx]
             for k in range(history):

@@ -51,7 +51,7 @@ def sessionize(
     bot_outlier_z: float = 3.5,
     bot_max_share: float = 0.25,
     auto_gap: bool = True,
-    max_short_share: float = 0.5,
+    max_short_share: float = 0.25,
     validation_share: float = 0.1,
     validation_min_sessions: int = 1000,
     validation_max_sessions: int = 20_000,
@@ -186,6 +186,8 @@ def sessionize(
     # contiguous session ids 0..S-1 in the same order (sid is non-decreasing)
     sid = np.cumsum(np.r_[len(sid) > 0, sid[1:] != sid[:-1]], dtype=np.int64) - 1
 
+    if not len(ts):
+        raise DataLossError(_nothing_left(stats, n0, min_length))
     starts = np.flatnonzero(pos == 0)
     ends = np.r_[starts[1:], len(sid)] - 1
     s_start, s_end = ts[starts], ts[ends]

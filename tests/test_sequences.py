@@ -22,13 +22,17 @@ def test_old_sessions_appear_proportionally_less(tmp_path):
     n = 3000
     s = pd.DataFrame({"session": np.arange(3 * n), "item": np.arange(3 * n)})  # token = session
     w = np.r_[np.full(n, 1.0), np.full(n, 0.25), np.full(n, 0.1)]
-    st = write_session_corpus(s, w, tmp_path / "c.txt", replication=1.8, seed=1)
+    st = write_session_corpus(s, w, tmp_path / "c.txt", replication=1.8, seed=1, min_copies=0)
     # single-token sessions are still written (filtering is sessionize's job)
     counts = np.bincount([int(x) for x in _lines(tmp_path / "c.txt")], minlength=3 * n)
     assert counts[:n].mean() == 4.0
     assert abs(counts[n:2 * n].mean() - 1.0) < 1e-9
     assert abs(counts[2 * n:].mean() - 0.4) < 0.03  # Bernoulli(0.4) x 3000: sd 0.009
-    assert st.sessions_absent == int((counts == 0).sum())
+    assert st.sessions_absent == int((counts == 0).sum()) > 0
+    # at the default floor no session drops out: the light ones appear once
+    write_session_corpus(s, w, tmp_path / "d.txt", replication=1.8, seed=1)
+    floor = np.bincount([int(x) for x in _lines(tmp_path / "d.txt")], minlength=3 * n)
+    assert floor[2 * n:].min() == 1 and (floor[:n] == 4).all()
 
 
 def test_repeats_are_spread_not_adjacent(tmp_path):
@@ -57,8 +61,9 @@ def test_long_sessions_are_split_for_gensim(tmp_path):
 
 def test_multiplicity_is_seeded():
     w = np.random.default_rng(0).random(1000)
-    a, b = session_multiplicity(w, 2.0, seed=5), session_multiplicity(w, 2.0, seed=5)
-    assert (a == b).all() and not (a == session_multiplicity(w, 2.0, seed=6)).all()
+    a = session_multiplicity(w, 2.0, seed=5, min_copies=0)
+    b = session_multiplicity(w, 2.0, seed=5, min_copies=0)
+    assert (a == b).all() and not (a == session_multiplicity(w, 2.0, seed=6, min_copies=0)).all()
     m = 2 * w / w.mean()
     assert ((a == np.floor(m)) | (a == np.floor(m) + 1)).all()
     assert abs(a.mean() - 2.0) < 0.1
