@@ -1,11 +1,12 @@
 """Quality of every method on the real samples (../shared/data), plus the tuning sweeps and the
 Recall@20-vs-training-tokens curves the config defaults were chosen from.
 
-    python benchmarks/quality.py                      # comparison tables (both datasets)
+    python benchmarks/quality.py                      # comparison tables (samples + synth profiles)
     python benchmarks/quality.py --sweep              # + hyper-parameter sweeps and token curves
 
-Each embedding method is trained by the real pipeline (`recembed run` on pipelines/<dataset>.toml
-with overrides); baselines are evaluated on the same split in the same run.
+The comparison is one default run per dataset (`recembed run` on pipelines/<dataset>.toml, or a
+synth profile with a config holding only [input]): the run calibrates itself on its validation
+split; the baselines are evaluated on the same holdout in the same run.
 """
 
 from __future__ import annotations
@@ -25,50 +26,66 @@ sys.path.insert(0, str(ROOT))
 from recembed.config import load_config  # noqa: E402
 from recembed.pipeline import run_pipeline  # noqa: E402
 
-METHODS = {
-    "item2vec+deepwalk": [],  # the defaults
-    "item2vec": ["walks.enabled=false"],
-    "deepwalk": ["sequences.enabled=false", "walks.enabled=true", "walks.method='deepwalk'"],
-    "node2vec": ["sequences.enabled=false", "walks.enabled=true", "walks.method='node2vec'",
-                 "walks.p=0.5", "walks.q=2.0"],
-}
+
+def default_run(dataset: str, workdir: Path) -> tuple[dict, dict]:
+    """One run at the defaults (self-calibrated): a sample's pipelines/<name>.toml, or a synth
+    profile with a config holding only [input]. (metrics.json, run info)."""
+    from profiles import prepare
+
+    if (ROOT / "pipelines" / f"{dataset}.toml").exists():
+        cfg = load_config(ROOT / "pipelines" / f"{dataset}.toml",
+                          [f"run.runs_dir='{workdir}'", "run.progress=false"])
+    else:
+        toml, _ = prepare(dataset, PROFILE_EVENTS, 0)
+        cfg = load_config(toml, [f"run.runs_dir='{workdir}'", "run.progress=false"])
+    t0 = time.perf_counter()
+    rep = run_pipeline(cfg, echo=lambda s: None)
+    metrics = json.loads((rep.run_dir / "metrics.json").read_text())
+    cal = json.loads((rep.run_dir / "calibration.json").read_text())
+    info = {"wall_s": time.perf_counter() - t0,
+            "calibrate_s": rep.stages["calibrate"].get("seconds", 0),
+            "fit_s": sum(st.get("seconds", 0) for n, st in rep.stages.items()
+                         if n in ("graph", "walks", "sequences", "train", "index")),
+            "chosen": f"{cal.get('corpus')}, {cal.get('target_tokens')} tokens, "
+                      f"weights {(cal.get('blend') or {}).get('settings', {}).get('weights')}",
+            "queries": metrics["queries"]["queries"]}
+    return metrics, info
+
+
+PROFILE_EVENTS = 200_000
 
 
 def run(dataset: str, overrides: list[str], workdir: Path, baselines: bool = False) -> dict:
-    """Train + evaluate one configuration; returns metrics.json plus stage timings."""
-    ov = [f"run.runs_dir='{workdir}'", "run.progress=false", "evaluate.ks=[10,20]", *overrides]
+    """Train + evaluate one configuration of a sample (the sweeps); metrics.json + timings."""
+    ov = [f"run.runs_dir='{workdir}'", "run.progress=false", "evaluate.ks=[10,20]",
+          "calibrate.enabled=false", *overrides]
     if not baselines:
         ov.append("evaluate.baselines=[]")
     cfg = load_config(ROOT / "pipelines" / f"{dataset}.toml", ov)
     t0 = time.perf_counter()
     rep = run_pipeline(cfg, echo=lambda s: None)
     metrics = json.loads((rep.run_dir / "metrics.json").read_text())
-    fit = sum(st.get("seconds", 0) for n, st in rep.stages.items()
-              if n in ("graph", "walks", "sequences", "train"))
-    metrics["fit_seconds"] = fit
+    metrics["fit_seconds"] = sum(st.get("seconds", 0) for n, st in rep.stages.items()
+                                 if n in ("graph", "walks", "sequences", "train"))
     metrics["wall_seconds"] = time.perf_counter() - t0
     return metrics
 
 
-def comparison(dataset: str, workdir: Path) -> list[dict]:
+def comparison(dataset: str, workdir: Path) -> tuple[list[dict], dict]:
+    """Every baseline and recembed's paths (recommend, the ANN-only strategies) of one default
+    run, with seconds (baselines: fit + scoring; recembed: the run's training and calibration)."""
+    m, info = default_run(dataset, workdir)
     rows = []
-    for i, (_name, ov) in enumerate(METHODS.items()):
-        m = run(dataset, ov, workdir, baselines=(i == 0))
-        for method, res in m["methods"].items():
-            is_emb = ":" in method
-            if not is_emb and i > 0:
-                continue
-            r = res["allow_repeats"]
-            rows.append({
-                "method": method, "recall@10": round(r["recall@10"], 4),
-                "recall@20": round(r["recall@20"], 4), "mrr@20": round(r["mrr@20"], 4),
-                "ndcg@20": round(r["ndcg@20"], 4), "coverage@20": round(r["coverage@20"], 3),
-                "recall@20 excl. prefix": round(res["exclude_prefix"]["recall@20"], 4),
-                "recall@20 tail": round(r["recall@20_tail"], 4),
-                "fit_s": round(m["fit_seconds"] if is_emb else r.get("fit_seconds", 0), 2),
-            })
-            print(rows[-1], flush=True)
-    return rows
+    for method, res in m["methods"].items():
+        r = res["allow_repeats"]
+        secs = r.get("fit_seconds", 0) + r.get("seconds", 0)
+        rows.append({
+            "method": method, "recall@20": round(r["recall@20"], 4),
+            "mrr@20": round(r["mrr@20"], 4), "coverage@20": round(r["coverage@20"], 3),
+            "recall@20 excl. prefix": round(res["exclude_prefix"]["recall@20"], 4),
+            "seconds": round(secs, 2)})
+        print(rows[-1], flush=True)
+    return rows, info
 
 
 # the baseline the recorded sweeps varied one setting at a time from (the defaults back then)
@@ -93,12 +110,12 @@ def sweep(dataset: str, workdir: Path) -> list[dict]:
             rows.append(_row("item2vec", "replication x epochs", f"{rep:g}x{epochs}", m))
     for wpn, length, epochs in ((1, 20, 10), (2, 20, 5), (2, 20, 10), (2, 20, 20), (5, 20, 5),
                                 (5, 20, 10), (10, 20, 10), (10, 40, 10), (5, 10, 10)):
-        m = run(dataset, [*METHODS["deepwalk"], f"walks.walks_per_node={wpn}",
+        m = run(dataset, ["sequences.enabled=false", "walks.enabled=true",
+                          f"walks.walks_per_node={wpn}",
                           f"walks.walk_length={length}", f"train.epochs={epochs}"], workdir)
         rows.append(_row("deepwalk", "walks/node x length x epochs", f"{wpn}x{length}x{epochs}",
                          m))
-    for key, values in (("serving.repeat_weight", [0.0, 0.25, 0.5, 1.0, 2.0]),
-                        ("serving.decay", [0.3, 0.5, 0.8]), ("serving.history", [1, 3, 5, 10])):
+    for key, values in (("serving.decay", [0.3, 0.5, 0.8]), ("serving.history", [1, 3, 5, 10])):
         for v in values:
             m = run(dataset, [*SWEEP_BASE, f"{key}={v}"], workdir)
             rows.append(_row("item2vec", key, v, m))
@@ -126,7 +143,9 @@ def _row(model: str, key: str, value, m: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--datasets", nargs="+", default=["yoochoose", "diginetica"])
+    ap.add_argument("--datasets", nargs="+", default=["yoochoose", "diginetica", "clicks",
+                                                      "ratings", "histories", "purchases",
+                                                      "music"])
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--no-compare", action="store_true", help="skip the comparison tables")
     ap.add_argument("--no-record", action="store_true")
@@ -134,12 +153,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for ds in args.datasets:
             if not args.no_compare:
-                table = markdown_table(comparison(ds, Path(tmp)))
+                rows, info = comparison(ds, Path(tmp))
+                table = markdown_table(rows)
             if not args.no_compare and not args.no_record:
-                append_results(f"quality on {ds} (default settings)",
-                               f"python benchmarks/quality.py --datasets {ds}", table,
-                               "allow_repeats variant unless noted: only the query item itself "
-                               "is excluded. fit_s: graph+walks+corpus+training for embeddings.")
+                append_results(
+                    f"quality on {ds} (defaults, self-calibrated)",
+                    f"python benchmarks/quality.py --datasets {ds}", table,
+                    f"{info['queries']:,} holdout queries; allow_repeats variant unless noted "
+                    "(only the query item itself is excluded). `:serving` is "
+                    "`Recommender.recommend`; `:ann` the inner-product index over the context "
+                    "vectors queried with the decayed prefix; `:last` the cosine `similar` path. "
+                    f"Run: {info['wall_s']:.0f} s in all, calibration {info['calibrate_s']:.0f} "
+                    f"s, graph+walks+corpus+training+index {info['fit_s']:.0f} s. Chosen on "
+                    f"validation: {info['chosen']}. Synth profiles: {PROFILE_EVENTS:,} events, "
+                    "seed 0, config with only [input].")
             if args.sweep:
                 table = markdown_table(sweep(ds, Path(tmp)))
                 if not args.no_record:
