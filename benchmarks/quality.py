@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from recembed.config import load_config  # noqa: E402
 from recembed.pipeline import run_pipeline  # noqa: E402
+from recembed.stages import STAGES  # noqa: E402
 
 METHODS = {
     "item2vec+deepwalk": [],  # the defaults
@@ -41,7 +42,7 @@ def run(dataset: str, overrides: list[str], workdir: Path, baselines: bool = Fal
         ov.append("evaluate.baselines=[]")
     cfg = load_config(ROOT / "pipelines" / f"{dataset}.toml", ov)
     t0 = time.perf_counter()
-    rep = run_pipeline(cfg, echo=lambda s: None)
+    rep = run_pipeline(cfg, plan=STAGES, echo=lambda s: None)
     metrics = json.loads((rep.run_dir / "metrics.json").read_text())
     fit = sum(st.get("seconds", 0) for n, st in rep.stages.items()
               if n in ("graph", "walks", "sequences", "train"))

@@ -13,7 +13,14 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -205,6 +212,32 @@ class Config(_Section):
         v.ks = sorted(set(v.ks))
         return v
 
+    @model_validator(mode="after")
+    def _runnable(self) -> Config:
+        # combinations every key of which is valid alone, but that no run can execute
+        c, t = self.input.columns, self.train
+        bad = [
+            (t.negative == 0 and not t.hs,
+             "train.negative = 0 with train.hs = false leaves no training objective; set "
+             "train.negative > 0 or train.hs = true"),
+            (not self.sequences.enabled and not self.walks.enabled,
+             "sequences.enabled = false and walks.enabled = false leave no training corpus; "
+             "enable one"),
+            (self.publish.enabled and not self.evaluate.enabled,
+             "publish.enabled = true needs evaluate.enabled = true (the quality gate compares "
+             "evaluations)"),
+            (bool(self.input.event_types) and not c.event_type,
+             "input.event_types needs input.columns.event_type (the column to filter on)"),
+            (not c.user and not c.session,
+             "input.columns.user and input.columns.session are both empty: sessions need one"),
+            (len(self.input.categories_columns) != 2,
+             "input.categories_columns must be [item column, category column]"),
+        ]
+        msgs = [m for cond, m in bad if cond]
+        if msgs:
+            raise ValueError("; ".join(msgs))
+        return self
+
     def section(self, name: str) -> dict[str, Any]:
         """One section as a plain dict (used for stage fingerprints)."""
         return getattr(self, name).model_dump(mode="json")
@@ -237,7 +270,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except ValidationError as e:
         where = path or "config"
         msgs = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+            (f"{'.'.join(str(p) for p in err['loc'])}: " if err["loc"] else "")
+            + err["msg"].removeprefix("Value error, ") for err in e.errors()
         )
         raise ConfigError(f"{where}: {msgs}") from e
     cfg.input.paths = [_resolve(p, base) for p in cfg.input.paths]

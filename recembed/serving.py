@@ -16,12 +16,14 @@ refused. Reads are thread-safe: search parameters are set once at load and never
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from recembed.artifacts import sha256, unit_rows
+from recembed.index import load_index
 
 
 class ArtifactError(RuntimeError):
@@ -64,8 +66,7 @@ class Recommender:
                  context: np.ndarray | None = None):
         self.ids = np.asarray(ids, dtype=object)
         self.row_of = {str(x): i for i, x in enumerate(self.ids)}
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        self.unit = np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+        self.unit = unit_rows(vectors)
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.context = None if context is None else np.ascontiguousarray(context, np.float32)
         self.index = index
@@ -76,7 +77,6 @@ class Recommender:
     @classmethod
     def load(cls, path: str | Path, *, verify: bool = True) -> Recommender:
         """Load a version directory, or the current version of a published/ root (via LATEST)."""
-        import faiss
         import pyarrow.parquet as pq
 
         path = Path(path)
@@ -94,12 +94,9 @@ class Recommender:
             vectors = np.load(path / "vectors.npy", allow_pickle=False)
             ctx_path = path / "context_vectors.npy"
             context = np.load(ctx_path, allow_pickle=False) if ctx_path.exists() else None
-            index = faiss.read_index(str(path / "index.faiss"))
-            meta = json.loads((path / "index.json").read_text())
+            index, meta = load_index(path)
         except (OSError, ValueError, RuntimeError) as e:
             raise ArtifactError(f"{path}: cannot load the artifacts: {e}") from e
-        if meta.get("search_params"):
-            faiss.ParameterSpace().set_index_parameters(index, meta["search_params"])
         if len(table) != len(vectors) or index.ntotal != len(vectors):
             raise ArtifactError(f"{path}: {len(table)} ids, {len(vectors)} vectors and "
                                 f"{index.ntotal} indexed items disagree")
@@ -214,11 +211,7 @@ def verify_files(dir_: Path, files: dict[str, str]) -> None:
         p = dir_ / name
         if not p.exists():
             raise ArtifactError(f"{p} is missing (listed in the manifest)")
-        h = hashlib.sha256()
-        with open(p, "rb") as fh:
-            while b := fh.read(1 << 20):
-                h.update(b)
-        if h.hexdigest() != digest:
+        if sha256(p) != digest:
             raise ArtifactError(f"{p} does not match its sha256 in the manifest: truncated or "
                                 "tampered; refusing to serve it")
 

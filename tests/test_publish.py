@@ -20,6 +20,7 @@ from recembed.config import load_config
 from recembed.pipeline import EXIT_BAD_INPUT, EXIT_GATE, EXIT_LOCKED, PipelineError, run_pipeline
 from recembed.publish import apply_retention, current_version_dir, list_versions, publish_lock
 from recembed.serving import ArtifactError, Recommender
+from recembed.stages import STAGES
 
 FAST = ["train.epochs=3", "train.workers=1", "train.vector_size=16", "evaluate.baselines=[]",
         "evaluate.strategies=['last']", "walks.enabled=true", "walks.walks_per_node=2",
@@ -51,8 +52,8 @@ def set_args(args):
     return [x for a in args for x in ("--set", a)]
 
 
-def quiet(cfg, run_dir=None, **kw):
-    return run_pipeline(cfg, run_dir, echo=lambda s: None, **kw)
+def quiet(cfg, run_dir=None, plan=STAGES, **kw):
+    return run_pipeline(cfg, run_dir, plan=plan, echo=lambda s: None, **kw)
 
 
 def test_publish_layout_manifest_and_serving(log_csv, tmp_path):
@@ -117,16 +118,17 @@ def reference(log_csv, tmp_path_factory):
 def test_exception_in_a_stage_then_resume_publishes_the_same(log_csv, tmp_path, reference,
                                                              stage, monkeypatch):
     """An exception at the end of each stage (its outputs already written), then a rerun."""
-    from recembed import stages
+    import dataclasses
 
     quiet(cfg_for(log_csv, tmp_path, "run.seed=3"))  # a current version to protect
     before = snapshot(tmp_path / "published")
     cfg = cfg_for(log_csv, tmp_path)
-    idx = [s.name for s in stages.STAGES].index(stage)
-    real = stages.STAGES[idx].fn
+    plan = list(STAGES)
+    idx = [s.name for s in plan].index(stage)
+    real = plan[idx].run
 
-    def crash(cfg, run, out):
-        real(cfg, run, out)  # outputs half-way into place, then the process "dies"
+    def crash(ctx):
+        real(ctx)  # outputs half-way into place, then the process "dies"
         raise RuntimeError(f"injected crash in {stage}")
 
     if stage == "publish":
@@ -142,9 +144,9 @@ def test_exception_in_a_stage_then_resume_publishes_the_same(log_csv, tmp_path, 
 
         monkeypatch.setattr(publish, "_write_synced", crash_on_latest)
     else:
-        monkeypatch.setattr(stages.STAGES[idx], "fn", crash)
+        plan[idx] = dataclasses.replace(plan[idx], run=crash)
     with pytest.raises(RuntimeError, match="injected"):
-        quiet(cfg)
+        quiet(cfg, plan=plan)
     assert snapshot(tmp_path / "published") == before
     monkeypatch.undo()
     rep = quiet(cfg)
@@ -233,12 +235,12 @@ def test_bad_input_fails_clearly_and_keeps_the_current_version(log_csv, tmp_path
 
 
 def test_disk_full_while_writing_a_version(log_csv, tmp_path, monkeypatch):
-    from recembed import publish
+    from recembed import artifacts
 
     quiet(cfg_for(log_csv, tmp_path))
     before = snapshot(tmp_path / "published")
     calls = {"n": 0}
-    real = publish._copy_synced
+    real = artifacts.copy_synced
 
     def full(src, dst):
         calls["n"] += 1
@@ -246,7 +248,7 @@ def test_disk_full_while_writing_a_version(log_csv, tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         real(src, dst)
 
-    monkeypatch.setattr(publish, "_copy_synced", full)
+    monkeypatch.setattr(artifacts, "copy_synced", full)
     with pytest.raises(OSError, match="No space"):
         quiet(cfg_for(log_csv, tmp_path, "run.seed=9", "publish.max_recall_drop=1.0"))
     assert snapshot(tmp_path / "published") == before
