@@ -95,7 +95,7 @@ def test_the_runner_holds_stages_to_their_declarations(tmp_path):
     def sneaky(ctx):
         ctx.read(A.VOCABULARY)
 
-    with pytest.raises(PipelineError, match="reads vocabulary.parquet without declaring it"):
+    with pytest.raises(PipelineError, match=r"reads vocabulary\.parquet without declaring it"):
         _quiet(cfg, tmp_path / "a", [Stage("s", sneaky)])
 
     def litter(ctx):
@@ -108,7 +108,7 @@ def test_the_runner_holds_stages_to_their_declarations(tmp_path):
         _quiet(cfg, tmp_path / "c", [Stage("s", lambda ctx: {}, writes=(PARTS,))])
     with pytest.raises(PipelineError, match="reads parts, which no enabled stage writes"):
         resolve_plan([TOY[0]], cfg)
-    with pytest.raises(PipelineError, match="both write total.json"):
+    with pytest.raises(PipelineError, match=r"both write total\.json"):
         resolve_plan([*TOY, dataclasses.replace(TOY[0], name="again")], cfg)
 
 
