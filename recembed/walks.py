@@ -237,19 +237,13 @@ def _walk_state(seed, walk_id):
 
 
 @njit(inline="always")
-def _lanes_start(b, starts, seed, first_id, out):
-    """Block b's lanes: (first walk i0, lanes m, current nodes, random streams), each walk's
-    first node written to `out`. The prologue of both kernels."""
-    n = out.shape[0]
-    i0 = b * _LANES
-    m = min(_LANES, n - i0)
-    cur = np.empty(_LANES, np.int64)
-    rng = np.empty(_LANES, np.uint64)
+def _lanes_start(i0, m, starts, seed, first_id, out, cur, rng):
+    """The prologue of both kernels: lanes 0..m-1 take walks i0.., each with its own random
+    stream, and write their start node."""
     for j in range(m):
         rng[j] = _walk_state(seed, first_id + i0 + j)
         cur[j] = starts[i0 + j]
         out[i0 + j, 0] = cur[j]
-    return i0, m, cur, rng
 
 
 @njit(inline="always")
@@ -306,7 +300,11 @@ def _attempt(indptr, indices, records, probs, weights, row_sum, row_max, v, t, s
 def _deepwalk_kernel(indptr, records, probs, starts, seed, first_id, out):
     n, length = out.shape
     for b in prange((n + _LANES - 1) // _LANES):
-        i0, m, cur, rng = _lanes_start(b, starts, seed, first_id, out)
+        i0 = b * _LANES
+        m = min(_LANES, n - i0)
+        cur = np.empty(_LANES, np.int64)
+        rng = np.empty(_LANES, np.uint64)
+        _lanes_start(i0, m, starts, seed, first_id, out, cur, rng)
         for s in range(1, length):
             for j in range(m):
                 v = cur[j]
@@ -332,7 +330,11 @@ def _node2vec_kernel(indptr, indices, records, probs, weights, row_sum, row_max,
     a_ret = min(inv_p, env)  # acceptance numerator of t drawn from the first-order proposal
     sure = min(a_ret, 1.0, inv_q) / env  # acceptance draws below this need no edge check
     for b in prange((n + _LANES - 1) // _LANES):
-        i0, m, cur, rng = _lanes_start(b, starts, seed, first_id, out)
+        i0 = b * _LANES
+        m = min(_LANES, n - i0)
+        cur = np.empty(_LANES, np.int64)
+        rng = np.empty(_LANES, np.uint64)
+        _lanes_start(i0, m, starts, seed, first_id, out, cur, rng)
         prev = np.full(_LANES, -1, np.int64)
         cand = np.empty(_LANES, np.int64)  # a proposal waiting for its edge check
         cand_u = np.empty(_LANES, np.float64)
