@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recembed import artifacts as A
 from recembed.artifacts import sha256, unit_rows
 from recembed.index import load_index
 
@@ -77,34 +78,28 @@ class Recommender:
     @classmethod
     def load(cls, path: str | Path, *, verify: bool = True) -> Recommender:
         """Load a version directory, or the current version of a published/ root (via LATEST)."""
-        import pyarrow.parquet as pq
-
         path = Path(path)
-        if (path / "LATEST").exists():
-            path = path / (path / "LATEST").read_text().strip()
-        if not (path / "vectors.npy").exists():
-            raise ArtifactError(f"{path} holds no vectors.npy: not a version or run directory")
+        if (path / A.LATEST).exists():
+            path = path / (path / A.LATEST).read_text().strip()
+        if not A.VECTORS.path(path).exists():
+            raise ArtifactError(f"{path} holds no {A.VECTORS.name}: not a version or run directory")
         manifest = {}
-        if (path / "manifest.json").exists():
-            manifest = json.loads((path / "manifest.json").read_text())
+        if (path / A.MANIFEST).exists():
+            manifest = json.loads((path / A.MANIFEST).read_text())
             if verify:
                 verify_files(path, manifest.get("files", {}))
         try:
-            table = pq.read_table(path / "items.parquet")
-            vectors = np.load(path / "vectors.npy", allow_pickle=False)
-            ctx_path = path / "context_vectors.npy"
-            context = np.load(ctx_path, allow_pickle=False) if ctx_path.exists() else None
+            emb = A.Embeddings.load(path)
             index, meta = load_index(path)
-        except (OSError, ValueError, RuntimeError) as e:
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
             raise ArtifactError(f"{path}: cannot load the artifacts: {e}") from e
-        if len(table) != len(vectors) or index.ntotal != len(vectors):
-            raise ArtifactError(f"{path}: {len(table)} ids, {len(vectors)} vectors and "
+        if len(emb.ids) != len(emb.vectors) or index.ntotal != len(emb.vectors):
+            raise ArtifactError(f"{path}: {len(emb.ids)} ids, {len(emb.vectors)} vectors and "
                                 f"{index.ntotal} indexed items disagree")
         settings = ServingSettings()
-        if (path / "serving.json").exists():
-            settings = ServingSettings.from_dict(json.loads((path / "serving.json").read_text()))
-        cats = table.column("category").to_numpy() if "category" in table.column_names else None
-        return cls(table.column("id").to_pylist(), vectors, index, settings, meta, cats, context)
+        if A.SERVING.path(path).exists():
+            settings = ServingSettings.from_dict(json.loads(A.SERVING.path(path).read_text()))
+        return cls(emb.ids, emb.vectors, index, settings, meta, emb.categories, emb.context)
 
     def similar(self, item_ids, k: int = 20, exclude=None) -> Results:
         """The k nearest items of each id in `item_ids`, never the item itself nor `exclude`."""
@@ -206,7 +201,7 @@ class Recommender:
 def verify_files(dir_: Path, files: dict[str, str]) -> None:
     """Raise ArtifactError unless every listed file exists and has the recorded sha256."""
     if not files:
-        raise ArtifactError(f"{dir_}/manifest.json lists no files")
+        raise ArtifactError(f"{dir_}/{A.MANIFEST} lists no files")
     for name, digest in files.items():
         p = dir_ / name
         if not p.exists():
