@@ -44,9 +44,29 @@ def format_lines(tokens: np.ndarray, offsets: np.ndarray,
 
 def format_padded(rows: np.ndarray, packed: np.ndarray, lens: np.ndarray, min_len: int = 2,
                   out: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
-    """(ASCII bytes uint8, lines, tokens) of the rows of a -1-padded int32 code array, one line
-    per row of >= min_len codes, using `token_table` output for the digits. `out` (uint8, at
-    least `padded_text_size` long) is reused instead of allocating; the bytes are a view of it."""
+    """(ASCII bytes uint8, lines, tokens) of the rows of a -1-padded code array, one line per
+    row of at least `min_len` codes.
+
+    Parameters
+    ----------
+    rows : numpy.ndarray of int32, shape (n, width)
+        Codes >= 0, each row padded with -1 after its last code (random walks).
+    packed, lens : numpy.ndarray
+        `token_table` output covering every code.
+    min_len : int >= 1
+        Shorter rows are not written (a one-node walk has no context).
+    out : numpy.ndarray of uint8, optional
+        A buffer of at least `padded_text_size` bytes, reused instead of allocating; the bytes
+        returned are a view of it.
+
+    Examples
+    --------
+    >>> packed, lens = token_table(100)
+    >>> text, lines, tokens = format_padded(np.array([[7, 42, -1], [5, -1, -1]], np.int32),
+    ...                                     packed, lens)
+    >>> text.tobytes(), lines, tokens
+    (b'7 42\\n', 1, 2)
+    """
     rows = np.ascontiguousarray(rows)
     n, m = rows.shape
     begin = np.arange(n, dtype=np.int64) * m

@@ -124,7 +124,16 @@ def build_item_graph(
 
 
 def graph_summary(g: sp.csr_matrix) -> GraphSummary:
-    """Nodes, edges, isolated / dangling nodes, out-degree quantiles and weak components."""
+    """Nodes, edges, isolated / dangling nodes, out-degree quantiles and weak components of a
+    square CSR graph `g`.
+
+    Examples
+    --------
+    >>> g = sp.csr_matrix(np.array([[0, 1, 0], [0, 0, 0], [0, 0, 0]], np.float32))
+    >>> s = graph_summary(g)
+    >>> (s.nodes, s.edges, s.isolated, s.dangling, s.weak_components)
+    (3, 1, 1, 1, 2)
+    """
     out_deg = np.diff(g.indptr)
     in_deg = np.bincount(g.indices, minlength=g.shape[0])
     from scipy.sparse.csgraph import connected_components

@@ -415,8 +415,35 @@ def apply_retention(published: Path, keep: int) -> list[str]:
 
 def neighbour_drift(new_ids: list[str], new_vec: np.ndarray, old_ids: list[str],
                     old_vec: np.ndarray, k: int = 10, sample: int = 2000, seed: int = 0) -> dict:
-    """overlap@k of exact cosine neighbour lists (restricted to shared items) between two
-    versions on a sample of shared items, and the shares of new and dropped items."""
+    """How far two versions' neighbourhoods moved.
+
+    Parameters
+    ----------
+    new_ids, old_ids : list of str
+        Item ids of each version's rows.
+    new_vec, old_vec : numpy.ndarray, shape (n, dim)
+        Their vectors (dimensions may differ).
+    k : int >= 1
+        Neighbours compared.
+    sample : int >= 1
+        Shared items sampled as queries.
+    seed : int
+        Seed of the sample.
+
+    Returns
+    -------
+    dict
+        `overlap@k` (mean share of exact cosine neighbours, among shared items, that both
+        versions agree on; in [0, 1], None with too few shared items), `items_new`,
+        `items_previous`, `shared`, `new_share`, `dropped_share`.
+
+    Examples
+    --------
+    >>> v = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    >>> ids = [str(i) for i in range(50)]
+    >>> neighbour_drift(ids, v, ids, 2 * v, k=5)["overlap@5"]
+    1.0
+    """
     new_pos = {x: i for i, x in enumerate(new_ids)}
     old_pos = {x: i for i, x in enumerate(old_ids)}
     shared = [x for x in new_ids if x in old_pos]
@@ -445,8 +472,19 @@ def neighbour_drift(new_ids: list[str], new_vec: np.ndarray, old_ids: list[str],
 
 def procrustes_rotation(new_ids: list[str], new_vec: np.ndarray, old_ids: list[str],
                         old_vec: np.ndarray) -> np.ndarray | None:
-    """Orthogonal R minimising ||new[shared] R - old[shared]|| (None if too few shared items).
-    Rotation keeps cosine and in.out scores, so it changes no ranking, only coordinates."""
+    """Orthogonal R (float32 [dim, dim]) minimising ||new[shared] R - old[shared]||, matching
+    rows by id; None when the dimensions differ or fewer than `dim` items are shared. A rotation
+    keeps cosine and in.out scores, so it changes no ranking, only coordinates.
+
+    Examples
+    --------
+    >>> v = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+    >>> q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))
+    >>> ids = [str(i) for i in range(20)]
+    >>> r = procrustes_rotation(ids, v @ q.astype(np.float32), ids, v)
+    >>> bool(np.allclose(v @ q @ r, v, atol=1e-4))
+    True
+    """
     from scipy.linalg import orthogonal_procrustes
 
     if new_vec.shape[1] != old_vec.shape[1]:

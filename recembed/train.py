@@ -227,7 +227,27 @@ def export_vectors(
 
 
 def write_word2vec(ids: list[str], vectors: np.ndarray, path: str | Path, binary: bool) -> None:
-    """word2vec text or binary format keyed by `ids` (gensim's load_word2vec_format reads it)."""
+    """Write vectors in word2vec format keyed by `ids`, in row order.
+
+    Parameters
+    ----------
+    ids : list of str
+        Original item id of each row (no spaces).
+    vectors : numpy.ndarray of float32, shape (n, dim)
+        One row per id.
+    path : str or Path
+        Destination file.
+    binary : bool
+        word2vec binary (True) or text (False); gensim's `load_word2vec_format` reads both.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "v.txt"
+    >>> write_word2vec(["a", "b"], np.eye(2, dtype=np.float32), p, binary=False)
+    >>> p.read_text().splitlines()[0]
+    '2 2'
+    """
     from gensim.models import KeyedVectors
 
     kv = KeyedVectors(vectors.shape[1], dtype=np.float32)

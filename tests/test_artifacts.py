@@ -132,7 +132,7 @@ def test_published_root_stamp_follows_the_current_version(tmp_path):
 
 
 @pytest.mark.parametrize("module", ["recembed.artifacts", "recembed.graph", "recembed.sequences",
-                                    "recembed.corpus", "recembed.train"])
+                                    "recembed.corpus", "recembed.train", "recembed.publish"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib

@@ -4,7 +4,6 @@ current published version."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pandas as pd
 
@@ -22,9 +21,8 @@ def run(ctx: StageContext) -> dict:
     cfg, t = ctx.cfg, ctx.cfg.train
     corpus = concat_corpora([ctx.read(a) for a in corpora(cfg)], ctx.scratch / "corpus.txt")
     vocab = pd.read_parquet(ctx.read(A.VOCABULARY), columns=["code", "id"])
-    init = None
-    for root in ctx.inputs(A.PublishedRoot):  # declared only when train.warm_start is on
-        init = warm_start_vectors(A.current_version_dir(Path(root.root)), vocab)
+    warm = ctx.inputs(A.PublishedRoot)  # declared only when train.warm_start is on
+    init = warm_start_vectors(A.current_version_dir(warm[0].root), vocab) if warm else None
     res = train_word2vec(
         corpus, vector_size=t.vector_size, window=t.window, shrink_windows=t.shrink_windows,
         negative=t.negative, ns_exponent=t.ns_exponent, sample=t.sample, epochs=t.epochs,
