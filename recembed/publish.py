@@ -150,7 +150,7 @@ def publish_run(
             old = Recommender.load(current)
         except ArtifactError as e:
             raise CurrentVersionBroken(f"the current version fails verification: {e}") from e
-        old_scores = evaluate_version(old, run_dir, max_queries=policy.max_queries,
+        old_scores = evaluate_version(old, run_dir, ks=metrics.ks, max_queries=policy.max_queries,
                                       seed=policy.seed)
         new = Recommender.load(run_dir, verify=False)
         drift = neighbour_drift(list(new.ids), new.unit, list(old.ids), old.unit,
@@ -213,10 +213,13 @@ def quality_gate(run_dir: Path, new: Scores, current: Scores | None, *,
     return gate
 
 
-def evaluate_version(rec, run_dir: Path, *, max_queries: int = 10_000, seed: int = 0) -> Scores:
-    """A loaded version's `recommend` on a run's holdout (allow_repeats scores at K = 20), its
-    items matched to the run's vocabulary by original id: the gate's view of the current
-    version, and `recembed evaluate <published> --run <run>`."""
+def evaluate_version(rec, run_dir: Path, *, ks: Sequence[int] = (20,), max_queries: int = 10_000,
+                     seed: int = 0) -> Scores:
+    """A loaded version's `recommend` on a run's holdout (allow_repeats scores), its items
+    matched to the run's vocabulary by original id: the gate's view of the current version, and
+    `recembed evaluate <published> --run <run>`. The gate passes the run's own cut-offs `ks`
+    (20 among them), so both versions are scored by the same protocol (the serving path fetches
+    candidates for the largest K)."""
     import pandas as pd
 
     from recembed.evaluate import evaluate_all, serving_recommend
@@ -225,7 +228,7 @@ def evaluate_version(rec, run_dir: Path, *, max_queries: int = 10_000, seed: int
     test = pd.read_parquet(A.SESSIONS_TEST.path(run_dir), columns=["session", "item"])
     vocab = pd.read_parquet(A.VOCABULARY.path(run_dir), columns=["code", "id"])
     rows_item = _codes_of(vocab, rec.ids)
-    m = evaluate_all(train, test, len(vocab), ks=[20], baselines=[],
+    m = evaluate_all(train, test, len(vocab), ks=sorted({20, *ks}), baselines=[],
                      recommenders={"v:serving": serving_recommend(rec, rows_item, len(vocab))},
                      max_queries=max_queries, seed=seed)
     scores = Metrics.from_evaluation(m).serving.allow_repeats

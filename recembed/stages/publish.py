@@ -73,7 +73,7 @@ def evaluate_published(version: Path, run_dir: Path) -> A.Scores:
     from recembed.serving import Recommender
 
     cfg = load_config(A.CONFIG.path(run_dir))
-    return evaluate_version(Recommender.load(version), run_dir,
+    return evaluate_version(Recommender.load(version), run_dir, ks=cfg.evaluate.ks,
                             max_queries=cfg.evaluate.max_queries, seed=cfg.run.seed)
 
 
