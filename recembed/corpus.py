@@ -39,7 +39,7 @@ def format_lines(tokens: np.ndarray, offsets: np.ndarray,
         raise ValueError("tokens must be non-negative")
     packed, lens = table if table is not None else token_table(
         int(tokens.max()) + 1 if len(tokens) else 1)
-    return _format_any(tokens, offsets[:-1], offsets[1:], packed, lens, 1, None)[0]
+    return _format_any(tokens, offsets, packed, lens, 1, None)[0]
 
 
 def format_padded(rows: np.ndarray, packed: np.ndarray, lens: np.ndarray, min_len: int = 2,
@@ -69,8 +69,8 @@ def format_padded(rows: np.ndarray, packed: np.ndarray, lens: np.ndarray, min_le
     """
     rows = np.ascontiguousarray(rows)
     n, m = rows.shape
-    begin = np.arange(n, dtype=np.int64) * m
-    return _format_any(rows.reshape(-1), begin, begin + m, packed, lens, min_len, out)
+    return _format_any(rows.reshape(-1), np.arange(n + 1, dtype=np.int64) * m, packed, lens,
+                       min_len, out)
 
 
 def padded_text_size(shape: tuple[int, int], lens: np.ndarray) -> int:
@@ -90,13 +90,13 @@ def token_table(n: int) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------- helpers
 
 
-def _format_any(tokens, begin, end, packed, lens, min_len, out):
-    size = padded_text_size((1, int((end - begin).sum())), lens)
+def _format_any(tokens, offsets, packed, lens, min_len, out):
+    size = padded_text_size((1, int(offsets[-1] - offsets[0]) if len(offsets) else 0), lens)
     if out is None:
         out = np.empty(size, np.uint8)
     elif len(out) < size:
         raise ValueError("out is too small for these rows")
-    nbytes, lines, n_tok = _format_spans(tokens, begin, end, packed, lens, min_len, out)
+    nbytes, lines, n_tok = _format_spans(tokens, offsets, packed, lens, min_len, out)
     return out[:nbytes], int(lines), int(n_tok)
 
 
@@ -126,27 +126,32 @@ def _token_table(n):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _format_spans(tokens, begin, end, packed, lens, min_len, buf):
-    """Line i is tokens[begin[i]:end[i]] up to its first negative token (walk padding); lines
-    shorter than min_len are skipped. Returns (bytes, lines, tokens) written into buf."""
-    n = len(begin)
+def _format_spans(tokens, offsets, packed, lens, min_len, buf):
+    """Line i is tokens[offsets[i]:offsets[i+1]] up to its first negative token (walk
+    padding); lines shorter than min_len are skipped. Returns (bytes, lines, tokens) written
+    into buf."""
+    n = len(offsets) - 1
     nbytes = np.zeros(n + 1, np.int64)
     ntok = np.zeros(n, np.int64)
     for i in prange(n):
+        # a view per line: indices from 0 compile without negative-index checks
+        line = tokens[offsets[i]:offsets[i + 1]]
         b = 0
-        k = begin[i]
-        while k < end[i] and tokens[k] >= 0:
-            b += lens[tokens[k]] + 1
+        k = 0
+        while k < len(line) and line[k] >= 0:
+            b += lens[line[k]] + 1
             k += 1
-        if k - begin[i] >= min_len:
+        if k >= min_len:
             nbytes[i + 1] = b
-            ntok[i] = k - begin[i]
+            ntok[i] = k
     starts = np.cumsum(nbytes)
     for i in prange(n):
         o = starts[i]
         stop = starts[i + 1]
-        for k in range(begin[i], begin[i] + ntok[i] - 1):
-            x = tokens[k]
+        line = tokens[offsets[i]:offsets[i + 1]]
+        nt = ntok[i]
+        for k in range(nt - 1):
+            x = line[k]
             word = packed[x]
             if o + 8 <= stop:
                 # all 8 bytes of the word, no mispredicted length loop; the next token
@@ -159,8 +164,8 @@ def _format_spans(tokens, begin, end, packed, lens, min_len, buf):
             o += lens[x]
             buf[o] = 32
             o += 1
-        if ntok[i] > 0:  # the line's last token exactly, so nothing spills into the next line
-            x = tokens[begin[i] + ntok[i] - 1]
+        if nt > 0:  # the line's last token exactly, so nothing spills into the next line
+            x = line[nt - 1]
             word = packed[x]
             for j in range(lens[x]):
                 buf[o + j] = (word >> np.uint64(8 * j)) & np.uint64(255)

@@ -334,11 +334,13 @@ def _node2vec_kernel(indptr, indices, records, probs, weights, row_sum, row_max,
         m = min(_LANES, n - i0)
         cur = np.empty(_LANES, np.int64)
         rng = np.empty(_LANES, np.uint64)
-        _lanes_start(i0, m, starts, seed, first_id, out, cur, rng)
-        prev = np.full(_LANES, -1, np.int64)
+        prev = np.empty(_LANES, np.int64)
         cand = np.empty(_LANES, np.int64)  # a proposal waiting for its edge check
         cand_u = np.empty(_LANES, np.float64)
         waiting = np.empty(_LANES, np.int64)
+        _lanes_start(i0, m, starts, seed, first_id, out, cur, rng)
+        for j in range(m):
+            prev[j] = -1
         for s in range(1, length):
             # pass 1: end walks at dangling nodes, take first steps (first order)
             n_wait = 0
