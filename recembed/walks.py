@@ -333,8 +333,8 @@ def _node2vec_kernel(indptr, indices, records, probs, weights, row_sum, row_max,
         i0 = b * _LANES
         m = min(_LANES, n - i0)
         cur = np.empty(_LANES, np.int64)
-        rng = np.empty(_LANES, np.uint64)
         prev = np.empty(_LANES, np.int64)
+        rng = np.empty(_LANES, np.uint64)
         cand = np.empty(_LANES, np.int64)  # a proposal waiting for its edge check
         cand_u = np.empty(_LANES, np.float64)
         waiting = np.empty(_LANES, np.int64)
