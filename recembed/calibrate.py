@@ -377,12 +377,13 @@ def calibration_search(cfg) -> dict:
         corpora = list(cfg.calibrate.corpora)
     else:
         corpora = [_corpus_of(_on(w.enabled), _on(sq.enabled))]
+    amounts = sorted(cfg.calibrate.target_tokens)
     if t.epochs != "auto":
-        tokens: list[int] = [0]
+        tokens: list[int] = [0]  # the configured epochs
     elif t.target_tokens != "auto":
         tokens = [int(t.target_tokens)]
     else:
-        tokens = sorted(cfg.calibrate.target_tokens)
+        tokens = amounts
     fixed = {k: getattr(sv, k) for k in ("weights", "decay", "temperature")
              if getattr(sv, k) != "auto"}
     if sv.neighbours != "auto":

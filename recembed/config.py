@@ -214,7 +214,10 @@ class IndexConfig(_Section):
 
 
 class ServingConfig(_Section):
-    weights: dict[str, float] | Literal["auto"] = "auto"
+    # the signals of recembed.blend.SIGNALS (tests/test_calibrate.py checks they agree; config
+    # sits below the blend in the data flow, so it cannot import it)
+    weights: dict[Literal["directional", "cosine", "rules", "neighbours", "repeat",
+                          "popularity"], float] | Literal["auto"] = "auto"
     decay: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] = "auto"
     temperature: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
     neighbours: Literal["auto", "vsknn", "stan", "off"] = "auto"
@@ -227,12 +230,7 @@ class ServingConfig(_Section):
     @field_validator("weights")
     @classmethod
     def _known_signals(cls, v):
-        from recembed.blend import SIGNALS
-
         if isinstance(v, dict):
-            bad = sorted(set(v) - set(SIGNALS))
-            if bad:
-                raise ValueError(f"unknown signal(s) {bad}; signals: {list(SIGNALS)}")
             if any(x < 0 for x in v.values()) or not any(v.values()):
                 raise ValueError("weights must be >= 0 and not all 0")
         return v
@@ -302,6 +300,32 @@ class Config(_Section):
                 "(the quality gate compares Recall@20)")
         if self.index.type != "auto":
             _check_index_type(self.index.type, self.train.vector_size)
+        return self
+
+    @model_validator(mode="after")
+    def _runnable(self) -> Config:
+        # combinations every key of which is valid alone, but that no run can execute
+        c, t = self.input.columns, self.train
+        bad = [
+            (t.negative == 0 and not t.hs,
+             "train.negative = 0 with train.hs = false leaves no training objective; set "
+             "train.negative > 0 or train.hs = true"),
+            (not self.sequences.enabled and not self.walks.enabled,
+             "sequences.enabled = false and walks.enabled = false leave no training corpus; "
+             "enable one"),
+            (self.publish.enabled and not self.evaluate.enabled,
+             "publish.enabled = true needs evaluate.enabled = true (the quality gate compares "
+             "evaluations)"),
+            (bool(self.input.event_types) and not c.event_type,
+             "input.event_types needs input.columns.event_type (the column to filter on)"),
+            (not c.user and not c.session,
+             "input.columns.user and input.columns.session are both empty: sessions need one"),
+            (len(self.input.categories_columns) != 2,
+             "input.categories_columns must be [item column, category column]"),
+        ]
+        msgs = [m for cond, m in bad if cond]
+        if msgs:
+            raise ValueError("; ".join(msgs))
         return self
 
     def section(self, name: str) -> dict[str, Any]:
