@@ -62,13 +62,16 @@ def train_word2vec(
     target_tokens: int = 0,
     init: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
     progress: bool = False,
+    callbacks: tuple = (),
 ) -> TrainResult:
     """Skip-gram Word2Vec over a corpus of item-code lines; rows of the result sorted by code.
 
     `target_tokens` > 0 sets the epochs to about target_tokens / corpus tokens (`epochs_for`)
     instead of `epochs`. `max_tokens` > 0 caps tokens trained (corpus tokens x epochs) by lowering the epochs (at
     least 1), so a nightly run's training time stays bounded as the log grows. `init` = (codes,
-    vectors, context) warm-starts the rows of items present in both.
+    vectors, context) warm-starts the rows of items present in both. `callbacks`: more gensim
+    `CallbackAny2Vec` objects, run after the loss callback at each epoch end (`recembed.tune`
+    evaluates and prunes there; an exception raised in one stops training).
     """
     from gensim.models import Word2Vec
     from gensim.models.callbacks import CallbackAny2Vec
@@ -113,7 +116,7 @@ def train_word2vec(
         _warm_start(model, *init)
     t1 = time.perf_counter()
     model.train(corpus_file=corpus_file, total_words=model.corpus_total_words, epochs=epochs,
-                compute_loss=True, callbacks=[EpochLoss()])
+                compute_loss=True, callbacks=[EpochLoss(), *callbacks])
     t_train = time.perf_counter() - t1
     if bar is not None:
         bar.close()
