@@ -352,7 +352,7 @@ def _requeue_stale(study) -> None:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         if t.params:
-            study.enqueue_trial(t.params, skip_if_exists=True)
+            study.enqueue_trial(t.params)
         log.warning("tune: trial %d was left running by an earlier search; queued again",
                     t.number)
 
