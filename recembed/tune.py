@@ -387,8 +387,8 @@ def _objective(cfg, run: Path, data: dict, q, sp: dict, prune_queries: int,
             settings["walks.method"] = wp["method"]
             if wp["method"] == "node2vec":
                 for k in ("p", "q"):
-                    wp[k] = float(_suggest(trial, f"walks.{k}", sp[f"walks.{k}"]))
-                    settings[f"walks.{k}"] = _round(wp[k])
+                    wp[k] = _round(float(_suggest(trial, f"walks.{k}", sp[f"walks.{k}"])))
+                    settings[f"walks.{k}"] = wp[k]
         tp = dict(kw["train_params"])
         for k in ("window", "vector_size", "negative"):
             tp[k] = int(_suggest(trial, f"train.{k}", sp[f"train.{k}"]))
@@ -432,7 +432,7 @@ def _objective(cfg, run: Path, data: dict, q, sp: dict, prune_queries: int,
         for k, v in {"recall@20": cand["recall@20"], "mrr@20": cand["mrr@20"],
                      "epochs": cand["epochs"], "corpus_tokens": cand["corpus_tokens"],
                      "seconds": round(time.perf_counter() - t0, 3),
-                     "settings": settings}.items():
+                     "signals_alone": cand["choice"].corners, "settings": settings}.items():
             trial.set_user_attr(k, v)
         echo(f"trial {trial.number}: {OBJECTIVE} {cand['objective']:.4f} "
              f"({cand['epochs']} epochs, {time.perf_counter() - t0:.1f} s)")
@@ -507,8 +507,13 @@ def _directional_score(model, row_of: np.ndarray, probe: dict, decay: float, his
     tgt = row_of[probe["target"]]
     ok = tgt >= 0
     ts = scores[np.arange(len(tgt)), np.maximum(tgt, 0)]
-    rank = (scores > ts[:, None]).sum(axis=1) + 1
-    hit = ok & np.isfinite(ts) & (rank <= k)
+    # rank = 1 + rows scoring higher + equal rows before the target (the blend's tie rule),
+    # so a tie is never a free hit; a query without a known prefix item gets nothing (as in
+    # the blend)
+    col = np.arange(scores.shape[1])[None, :]
+    rank = ((scores > ts[:, None]) | ((scores == ts[:, None]) & (col < tgt[:, None]))).sum(
+        axis=1) + 1
+    hit = ok & (rows >= 0).any(axis=1) & np.isfinite(ts) & (rank <= k)
     if not len(hit):
         return 0.0
     return float(hit.mean() + np.where(hit, 1.0 / rank, 0.0).mean())

@@ -108,6 +108,11 @@ def test_pruning_is_reported_per_epoch_and_stops_a_trial(clicks, tmp_path):
     (t,) = _study(tmp_path / "run2").trials
     assert t.state == optuna.trial.TrialState.COMPLETE
     assert sorted(t.intermediate_values) == [25, 50, 75, 100] and t.user_attrs["epochs"] == 4
+    # the last checkpoint scores the final model as the blend search's directional corner does
+    # (a separate implementation: candidates, normalisation, popularity tie-break)
+    alone = t.user_attrs["signals_alone"]["directional"]
+    assert t.intermediate_values[100] == pytest.approx(alone["recall@20"] + alone["mrr@20"],
+                                                       abs=0.01)
 
 
 def test_directional_score_by_hand():
@@ -124,6 +129,17 @@ def test_directional_score_by_hand():
     assert _directional_score(Model, row_of, probe, 0.5, 2) == pytest.approx(1.0 + 0.75)
     # k = 1: only target 2 is a hit
     assert _directional_score(Model, row_of, probe, 0.5, 2, k=1) == pytest.approx(0.5 + 0.5)
+    # a prefix without a known item is a miss, not a tie at rank 1
+    unknown = np.array([0, 1, -1])
+    probe = {"prefix": np.array([[2, -1]]), "target": np.array([1])}
+    assert _directional_score(Model, unknown, probe, 0.5, 2) == 0.0
+    # ties rank by row: target 2 ties with row 1 (scores 0 . out = 0), so it ranks 2nd
+    zero = {"prefix": np.array([[0, -1]]), "target": np.array([2])}
+
+    class Flat(Model):
+        syn1neg = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], np.float32)
+
+    assert _directional_score(Flat, row_of, zero, 0.5, 2) == pytest.approx(1.0 + 0.5)
 
 
 def test_tuned_toml_loads_through_include_and_changes_the_resolved_config(clicks, tmp_path):
