@@ -131,6 +131,42 @@ def recommend(
     _table(rec, res.ids[0], res.scores[0])
 
 
+@app.command()
+def tune(
+    config: Annotated[Path, typer.Argument(help="pipeline TOML")],
+    trials: Annotated[int, typer.Option(help="trials to add to the study")] = 50,
+    time_budget: Annotated[float, typer.Option(help="seconds; no trial starts after this "
+                                               "(0 = no limit)")] = 3600.0,
+    sample_sessions: Annotated[int, typer.Option(help="tune on the N most recent "
+                                                 "calibration-train sessions (0 = all)")] = 0,
+    set_: SetOpt = None,
+    space: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+        help="search key=value (TOML): a list, [lo, hi] range or a fixed value, e.g. "
+             "'train.vector_size=[32, 64]'")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="run directory")] = None,  # noqa: UP045
+) -> None:
+    """Optuna search of corpus, training and blend settings on the validation split; resumes
+    from <run>/tune.db and writes <run>/tuned.toml (include it from a pipeline TOML)."""
+    from recembed.pipeline import PipelineError
+    from recembed.tune import TuneError, parse_space
+    from recembed.tune import tune as run_tune
+
+    try:
+        cfg = load_config(config, set_ or [])
+        res = run_tune(cfg, run_dir, trials=trials, time_budget_s=time_budget,
+                       sample_sessions=sample_sessions, space=parse_space(space or []),
+                       echo=typer.echo)
+    except (ConfigError, TuneError) as e:
+        _fail(str(e), 2)
+    except PipelineError as e:
+        _fail(str(e), e.exit_code)
+    typer.echo(res.table())
+    typer.echo(f"study {res.study_name} in {res.storage}: {res.added} trials added "
+               f"({res.seconds:.1f} s)")
+    typer.echo(f"best settings: {res.tuned_path}" if res.tuned_path else
+               "no trial completed: nothing written")
+
+
 def _load(path: Path):
     from recembed.serving import ArtifactError, Recommender
 

@@ -65,6 +65,7 @@ def train_word2vec(
     target_tokens: int = 0,
     init: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
     progress: bool = False,
+    callbacks: tuple = (),
 ) -> TrainResult:
     """Train skip-gram Word2Vec on a corpus file of item-code lines (gensim corpus_file mode).
 
@@ -110,6 +111,9 @@ def train_word2vec(
         (float32 [n, vector_size]); `stats["warm_started"]` counts them.
     progress : bool
         Show a per-epoch progress bar.
+    callbacks : sequence of gensim CallbackAny2Vec
+        Run after the loss callback at each epoch end (`recembed.tune` evaluates and prunes
+        there; an exception raised in one stops training).
 
     Returns
     -------
@@ -170,7 +174,7 @@ def train_word2vec(
     warm = _warm_start(model, *init) if init is not None else 0
     t1 = time.perf_counter()
     model.train(corpus_file=corpus_file, total_words=model.corpus_total_words, epochs=epochs,
-                compute_loss=True, callbacks=[EpochLoss()])
+                compute_loss=True, callbacks=[EpochLoss(), *callbacks])
     t_train = time.perf_counter() - t1
     if bar is not None:
         bar.close()

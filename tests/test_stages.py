@@ -253,6 +253,7 @@ LAYERS = [
     {"recembed.stages.evaluate"},
     {"recembed.stages.publish"},
     {"recembed.stages"},
+    {"recembed.tune"},
     {"recembed.cli"},
 ]
 
