@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recembed.config import load_config  # noqa: E402
-from recembed.pipeline import registered_stages, run_pipeline  # noqa: E402
+from recembed.pipeline import run_pipeline  # noqa: E402
+from recembed.stages import STAGES  # noqa: E402
 from recembed.synth import PROFILES, describe, synth_profile, write_synth  # noqa: E402
 
 
@@ -52,9 +53,9 @@ def run_profile(profile: str, events: int, seed: int) -> tuple[dict, list[dict]]
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()
     try:
-        rep = run_pipeline(cfg, run_dir, force=True, echo=lambda s: None)
+        rep = run_pipeline(cfg, run_dir, force=True, plan=STAGES, echo=lambda s: None)
     except Exception as e:  # a crash is a result here: reported in the table
-        failed = next((s.name for s in registered_stages() if s.enabled(cfg)
+        failed = next((s.name for s in STAGES if s.enabled(cfg)
                        and not (run_dir / f"{s.name}.done.json").exists()), "?")
         return {"profile": profile, "best": f"CRASHED in {failed}: {type(e).__name__}: {e}",
                 "seconds": round(time.perf_counter() - t0, 1)}, []

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from recembed.config import load_config  # noqa: E402
 from recembed.pipeline import run_pipeline  # noqa: E402
+from recembed.stages import STAGES  # noqa: E402
 
 
 def default_run(dataset: str, workdir: Path) -> tuple[dict, dict]:
@@ -39,7 +40,7 @@ def default_run(dataset: str, workdir: Path) -> tuple[dict, dict]:
         toml, _ = prepare(dataset, PROFILE_EVENTS, 0)
         cfg = load_config(toml, [f"run.runs_dir='{workdir}'", "run.progress=false"])
     t0 = time.perf_counter()
-    rep = run_pipeline(cfg, echo=lambda s: None)
+    rep = run_pipeline(cfg, plan=STAGES, echo=lambda s: None)
     metrics = json.loads((rep.run_dir / "metrics.json").read_text())
     cal = json.loads((rep.run_dir / "calibration.json").read_text())
     info = {"wall_s": time.perf_counter() - t0,
@@ -63,7 +64,7 @@ def run(dataset: str, overrides: list[str], workdir: Path, baselines: bool = Fal
         ov.append("evaluate.baselines=[]")
     cfg = load_config(ROOT / "pipelines" / f"{dataset}.toml", ov)
     t0 = time.perf_counter()
-    rep = run_pipeline(cfg, echo=lambda s: None)
+    rep = run_pipeline(cfg, plan=STAGES, echo=lambda s: None)
     metrics = json.loads((rep.run_dir / "metrics.json").read_text())
     metrics["fit_seconds"] = sum(st.get("seconds", 0) for n, st in rep.stages.items()
                                  if n in ("graph", "walks", "sequences", "train"))

@@ -29,6 +29,7 @@ import pandas as pd  # noqa: E402
 from recembed.config import load_config  # noqa: E402
 from recembed.evaluate import evaluate_all  # noqa: E402
 from recembed.pipeline import run_pipeline  # noqa: E402
+from recembed.stages import STAGES  # noqa: E402
 
 METHODS = ["pop", "sr", "item_knn", "vsknn", "stan", "vstan"]
 # Recall@20 (MRR@20) of session-rec's implementations on the same splits (issue 12)
@@ -39,7 +40,7 @@ PEERS = {"yoochoose": {"vsknn": "0.574", "stan": "0.576 (0.255)"},
 def evaluate_dataset(dataset: str, workdir: Path) -> list[dict]:
     cfg = load_config(ROOT / "pipelines" / f"{dataset}.toml", ["run.progress=false"])
     run = workdir / dataset
-    run_pipeline(cfg, run, stages=["sessionize"], echo=lambda s: None)
+    run_pipeline(cfg, run, stages=["sessionize"], plan=STAGES, echo=lambda s: None)
     train = pd.read_parquet(run / "sessions_train.parquet", columns=["session", "item", "ts"])
     test = pd.read_parquet(run / "sessions_test.parquet", columns=["session", "item"])
     n_items = len(pd.read_parquet(run / "vocabulary.parquet", columns=["code"]))

@@ -24,14 +24,17 @@ OURS = r"""
 import json, sys, time
 from pathlib import Path
 from recembed.config import load_config
-from recembed.stages import train_stage
+from recembed.pipeline import StageContext
+from recembed.stages import train
 run = Path(sys.argv[1])
 cfg = load_config(None, ["sequences.enabled=false", "walks.enabled=true", "run.progress=false",
                         "train.max_tokens=0"])  # same epochs as the direct call
 out = run / "out"
 out.mkdir(exist_ok=True)
 t0 = time.perf_counter()
-stats = train_stage(cfg, run, out)
+st = train.STAGE
+stats = st.run(StageContext(cfg, st.name, run, out, st.declared_reads(cfg),
+                            st.declared_writes(cfg)))
 print(json.dumps({"seconds": time.perf_counter() - t0, **stats}))
 """
 

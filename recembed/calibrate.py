@@ -256,7 +256,7 @@ def calibrate_run(
                 record["notes"].append(f"time budget calibrate.time_budget_s={time_budget_s:g} "
                                        f"reached: skipped {plan[i - 1:]}")
                 break
-            cand = _candidate(ct, weights, n_items, q, workdir, corpus=corpus, tokens=tokens,
+            cand = train_candidate(ct, weights, n_items, q, workdir, corpus=corpus, tokens=tokens,
                               graph_params=graph_params, walk_params=walk_params,
                               train_params=train_params, blend_fixed=blend_fixed,
                               base_blend=base_blend, neighbour_options=neighbour_options,
@@ -291,12 +291,15 @@ def calibrate_run(
 # ---------------------------------------------------------------- helpers
 
 
-def _candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, workdir: Path, *,
+def train_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, workdir: Path, *,
                corpus: str, tokens: int, graph_params: dict, walk_params: dict,
                train_params: dict, blend_fixed: dict, base_blend: BlendSettings,
                neighbour_options: list[dict], rule_steps: int, seed: int, threads: int,
                budget: float) -> dict:
-    """Train one calibration model and choose its blend: the candidate's record."""
+    """Train one calibration model on `ct` and choose its blend on the queries `q`: the
+    candidate's record (corpus, target_tokens, epochs, corpus_tokens, recall@20, mrr@20,
+    objective, seconds, and `choice`, the BlendChoice). `recembed.tune` trains its trials
+    with it."""
     from recembed.graph import build_item_graph
     from recembed.sequences import write_session_corpus
     from recembed.train import concat_corpora, train_word2vec
@@ -377,12 +380,13 @@ def calibration_search(cfg) -> dict:
         corpora = list(cfg.calibrate.corpora)
     else:
         corpora = [_corpus_of(_on(w.enabled), _on(sq.enabled))]
+    amounts = sorted(cfg.calibrate.target_tokens)
     if t.epochs != "auto":
-        tokens: list[int] = [0]
+        tokens: list[int] = [0]  # the configured epochs
     elif t.target_tokens != "auto":
         tokens = [int(t.target_tokens)]
     else:
-        tokens = sorted(cfg.calibrate.target_tokens)
+        tokens = amounts
     fixed = {k: getattr(sv, k) for k in ("weights", "decay", "temperature")
              if getattr(sv, k) != "auto"}
     if sv.neighbours != "auto":

@@ -44,6 +44,7 @@ def run(
     5 publish lock held by another run.
     """
     from recembed.pipeline import PipelineError, run_pipeline
+    from recembed.stages import STAGES
 
     if resume is not None:
         if not (resume / "config.toml").exists():
@@ -54,7 +55,8 @@ def run(
     except ConfigError as e:
         _fail(str(e), 2)
     try:
-        report = run_pipeline(cfg, run_dir, stages=stage, force=fresh, echo=typer.echo)
+        report = run_pipeline(cfg, run_dir, plan=STAGES, stages=stage, force=fresh,
+                              echo=typer.echo)
     except PipelineError as e:
         _fail(str(e), e.exit_code)
     typer.echo(report.summary())
@@ -67,39 +69,38 @@ def evaluate(
     run_: Annotated[Optional[Path], typer.Option("--run", help="run whose holdout to use")] = None,  # noqa: UP045
 ) -> None:
     """Evaluate a run (all methods) or a published version's recommend on a run's holdout."""
-    import json
-
+    from recembed import artifacts as A
     from recembed.pipeline import PipelineError, run_pipeline
+    from recembed.stages import STAGES
 
-    if (target / "config.toml").exists() and (target / "sessions_test.parquet").exists():
-        cfg = load_config(target / "config.toml", ["evaluate.enabled=true"])
+    if A.CONFIG.path(target).exists() and A.SESSIONS_TEST.path(target).exists():
+        cfg = load_config(A.CONFIG.path(target), ["evaluate.enabled=true"])
         try:
-            run_pipeline(cfg, target, stages=["evaluate"], echo=typer.echo)
+            run_pipeline(cfg, target, plan=STAGES, stages=["evaluate"], echo=typer.echo)
         except PipelineError as e:
             _fail(str(e), e.exit_code)
-        m = json.loads((target / "metrics.json").read_text())
-        k = 20 if 20 in m["ks"] else m["ks"][-1]
-        typer.echo(f"{m['queries']['queries']:,} queries, {m['queries']['oov_share']:.2%} of "
+        m = A.Metrics.load(A.METRICS.path(target))
+        k = m.cutoff
+        typer.echo(f"{m.queries['queries']:,} queries, {m.queries['oov_share']:.2%} of "
                    "targets unseen in training")
         typer.echo(f"{'method':<34}{'recall@' + str(k):>11}{'mrr@' + str(k):>9}"
                    f"{'coverage':>10}{'excl. prefix':>14}")
-        for name, v in m["methods"].items():
-            a, e = v["allow_repeats"], v["exclude_prefix"]
-            typer.echo(f"{name:<34}{a[f'recall@{k}']:>11.4f}{a[f'mrr@{k}']:>9.4f}"
-                       f"{a[f'coverage@{k}']:>10.3f}{e[f'recall@{k}']:>14.4f}")
+        for v in m.methods.values():
+            a = v.allow_repeats
+            typer.echo(f"{v.name:<34}{a.recall(k):>11.4f}{a.mrr(k):>9.4f}"
+                       f"{a.coverage(k):>10.3f}{v.exclude_prefix.recall(k):>14.4f}")
         return
     if run_ is None:
         _fail("evaluating a published version needs --run RUN_DIR (whose holdout to use)", 2)
-    from recembed.serving import ArtifactError, Recommender
-    from recembed.stages import evaluate_version_on_run
+    from recembed.serving import ArtifactError
+    from recembed.stages.publish import evaluate_published
 
     try:
-        rec = Recommender.load(target)
+        s = evaluate_published(target, run_)
     except ArtifactError as e:
         _fail(str(e), 3)
-    m = evaluate_version_on_run(rec, run_, load_config(run_ / "config.toml"))
-    typer.echo(f"recall@20 {m['recall@20']:.4f}  mrr@20 {m['mrr@20']:.4f}  "
-               f"coverage@20 {m['coverage@20']:.3f}  ({m['queries']:,} queries)")
+    typer.echo(f"recall@20 {s.recall(20):.4f}  mrr@20 {s.mrr(20):.4f}  "
+               f"coverage@20 {s.coverage(20):.3f}  ({s.values['queries']:,} queries)")
 
 
 @app.command()
@@ -128,6 +129,42 @@ def recommend(
     if res.unknown:
         typer.echo(f"unknown ids ignored: {', '.join(res.unknown)}")
     _table(rec, res.ids[0], res.scores[0])
+
+
+@app.command()
+def tune(
+    config: Annotated[Path, typer.Argument(help="pipeline TOML")],
+    trials: Annotated[int, typer.Option(help="trials to add to the study")] = 50,
+    time_budget: Annotated[float, typer.Option(help="seconds; no trial starts after this "
+                                               "(0 = no limit)")] = 3600.0,
+    sample_sessions: Annotated[int, typer.Option(help="tune on the N most recent "
+                                                 "calibration-train sessions (0 = all)")] = 0,
+    set_: SetOpt = None,
+    space: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+        help="search key=value (TOML): a list, [lo, hi] range or a fixed value, e.g. "
+             "'train.vector_size=[32, 64]'")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="run directory")] = None,  # noqa: UP045
+) -> None:
+    """Optuna search of corpus, training and blend settings on the validation split; resumes
+    from <run>/tune.db and writes <run>/tuned.toml (include it from a pipeline TOML)."""
+    from recembed.pipeline import PipelineError
+    from recembed.tune import TuneError, parse_space
+    from recembed.tune import tune as run_tune
+
+    try:
+        cfg = load_config(config, set_ or [])
+        res = run_tune(cfg, run_dir, trials=trials, time_budget_s=time_budget,
+                       sample_sessions=sample_sessions, space=parse_space(space or []),
+                       echo=typer.echo)
+    except (ConfigError, TuneError) as e:
+        _fail(str(e), 2)
+    except PipelineError as e:
+        _fail(str(e), e.exit_code)
+    typer.echo(res.table())
+    typer.echo(f"study {res.study_name} in {res.storage}: {res.added} trials added "
+               f"({res.seconds:.1f} s)")
+    typer.echo(f"best settings: {res.tuned_path}" if res.tuned_path else
+               "no trial completed: nothing written")
 
 
 def _load(path: Path):

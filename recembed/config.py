@@ -7,6 +7,7 @@ are an error naming the key and the closest valid one.
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 import os
 import re
@@ -214,7 +215,10 @@ class IndexConfig(_Section):
 
 
 class ServingConfig(_Section):
-    weights: dict[str, float] | Literal["auto"] = "auto"
+    # the signals of recembed.blend.SIGNALS (tests/test_calibrate.py checks they agree; config
+    # sits below the blend in the data flow, so it cannot import it)
+    weights: dict[Literal["directional", "cosine", "rules", "neighbours", "repeat",
+                          "popularity"], float] | Literal["auto"] = "auto"
     decay: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] = "auto"
     temperature: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
     neighbours: Literal["auto", "vsknn", "stan", "off"] = "auto"
@@ -227,12 +231,7 @@ class ServingConfig(_Section):
     @field_validator("weights")
     @classmethod
     def _known_signals(cls, v):
-        from recembed.blend import SIGNALS
-
         if isinstance(v, dict):
-            bad = sorted(set(v) - set(SIGNALS))
-            if bad:
-                raise ValueError(f"unknown signal(s) {bad}; signals: {list(SIGNALS)}")
             if any(x < 0 for x in v.values()) or not any(v.values()):
                 raise ValueError("weights must be >= 0 and not all 0")
         return v
@@ -304,6 +303,32 @@ class Config(_Section):
             _check_index_type(self.index.type, self.train.vector_size)
         return self
 
+    @model_validator(mode="after")
+    def _runnable(self) -> Config:
+        # combinations every key of which is valid alone, but that no run can execute
+        c, t = self.input.columns, self.train
+        bad = [
+            (t.negative == 0 and not t.hs,
+             "train.negative = 0 with train.hs = false leaves no training objective; set "
+             "train.negative > 0 or train.hs = true"),
+            (not self.sequences.enabled and not self.walks.enabled,
+             "sequences.enabled = false and walks.enabled = false leave no training corpus; "
+             "enable one"),
+            (self.publish.enabled and not self.evaluate.enabled,
+             "publish.enabled = true needs evaluate.enabled = true (the quality gate compares "
+             "evaluations)"),
+            (bool(self.input.event_types) and not c.event_type,
+             "input.event_types needs input.columns.event_type (the column to filter on)"),
+            (not c.user and not c.session,
+             "input.columns.user and input.columns.session are both empty: sessions need one"),
+            (len(self.input.categories_columns) != 2,
+             "input.categories_columns must be [item column, category column]"),
+        ]
+        msgs = [m for cond, m in bad if cond]
+        if msgs:
+            raise ValueError("; ".join(msgs))
+        return self
+
     def section(self, name: str) -> dict[str, Any]:
         """One section as a plain dict (used for stage fingerprints)."""
         return getattr(self, name).model_dump(mode="json")
@@ -317,6 +342,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     path resolves against the config's project root, which is the parent of the file's directory
     when that directory is named `pipelines`, else the file's own directory, and the current
     directory when there is no config file. So a config runs the same from any working directory.
+
+    Includes: a top-level `include = ["tuned.toml", ...]` (paths relative to the including file)
+    merges those files' tables under the file's own values: the including file's keys win over
+    the included ones (later includes over earlier ones), and overrides win over both. Sections
+    merge key by key; a non-section value (a list, `serving.weights`) is replaced whole. Path
+    keys in an included file resolve like the including file's (against its project root).
     """
     raw: dict[str, Any] = {}
     base = project_root(path)
@@ -324,10 +355,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
-        try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: invalid TOML: {e}") from e
+        raw = _read_with_includes(path, ())
     for ov in overrides or []:
         _apply_override(raw, ov)
     _check_keys(raw, Config, "")
@@ -343,6 +371,56 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except ValidationError as e:
         raise ConfigError(f"{where}: {'; '.join(_error_text(err) for err in e.errors())}") from e
     return cfg
+
+
+def _read_with_includes(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The TOML at `path` with its `include` files merged under its own values (see
+    load_config); each included file's keys are checked here so an error names that file."""
+    if not path.exists():
+        via = f" (included from {chain[-1]})" if chain else ""
+        raise ConfigError(f"config file {path} does not exist{via}")
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: include cycle ({' -> '.join(map(str, [*chain, path]))})")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from e
+    inc = raw.pop("include", [])
+    inc = [inc] if isinstance(inc, str) else inc
+    if not isinstance(inc, list) or not all(isinstance(x, str) for x in inc):
+        raise ConfigError(f"{path}: include must be a list of file paths, e.g. "
+                          "include = [\"tuned.toml\"]")
+    merged: dict[str, Any] = {}
+    for name in inc:
+        sub = path.parent / os.path.expanduser(name)
+        part = _read_with_includes(sub, (*chain, path.resolve()))
+        try:
+            _check_keys(part, Config, "")
+        except ConfigError as e:
+            raise ConfigError(f"{sub} (included from {path}): {e}") from None
+        merged = _merge(merged, part, Config)
+    shadowed = [f"{sec}.{k}" for sec, tab in raw.items() if isinstance(tab, dict)
+                and isinstance(merged.get(sec), dict)
+                for k, v in tab.items() if k in merged[sec] and merged[sec][k] != v]
+    if shadowed:  # not an error (that is the rule), but a tuned value silently unused is a trap
+        logging.getLogger("recembed").warning(
+            "%s sets %s itself: its values win over the included file(s) %s", path,
+            ", ".join(shadowed), ", ".join(inc))
+    return _merge(merged, raw, Config)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    # sections merge key by key; any other value (lists, serving.weights) is replaced whole
+    out = dict(base)
+    for key, value in over.items():
+        field = model.model_fields.get(key)
+        ann = field.annotation if field else None
+        if (isinstance(value, dict) and isinstance(out.get(key), dict)
+                and isinstance(ann, type) and issubclass(ann, BaseModel)):
+            out[key] = _merge(out[key], value, ann)
+        else:
+            out[key] = value
+    return out
 
 
 def project_root(path: str | Path | None) -> Path:

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
+from recembed.artifacts import session_weights_by_id
+
 if TYPE_CHECKING:  # pandas costs ~1 s to import; loading a graph to walk it never needs it
     import pandas as pd
 
@@ -38,7 +40,7 @@ class GraphSummary:
 
 def build_item_graph(
     sessions: pd.DataFrame,
-    session_weight: np.ndarray,
+    session_weight,
     n_items: int,
     *,
     window: int = 1,
@@ -47,10 +49,44 @@ def build_item_graph(
     min_weight: float = 0.0,
     max_out_edges: int = 0,
 ) -> sp.csr_matrix:
-    """Item graph [n_items x n_items] from sessions (`session`, `item`, ordered by session, pos).
+    """Item graph [n_items x n_items]: edge a -> b weighted by the sessions in which b follows a.
 
-    `session_weight[s]` is session s's decay weight. Self-loops are dropped. Rows have sorted
-    column indices (the walkers rely on it).
+    Parameters
+    ----------
+    sessions : pandas.DataFrame
+        Columns `session` (int64 id) and `item` (int32 code in [0, n_items)), ordered by
+        session, then position.
+    session_weight : pandas.DataFrame, pandas.Series or numpy.ndarray
+        Decay weight of each session, joined by session id: the session table (`session`,
+        `weight`), a Series indexed by session id, or a dense array indexed by session id.
+        Weights are in (0, 1] for decay weights; any finite value >= 0 works.
+    n_items : int
+        Number of item codes (rows and columns of the result).
+    window : int >= 1, steps
+        Edge a -> b when b follows a within this many steps.
+    distance_weighting : bool
+        Divide an edge's session weight by its step distance.
+    directed : bool
+        Keep a -> b only; False adds b -> a too.
+    min_weight : float >= 0
+        Drop edges lighter than this (after summing).
+    max_out_edges : int >= 0
+        Keep only the heaviest out-edges of each node (ties: lower code); 0 = all.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        float32 weights, int32 indices, sorted column indices per row (the walkers rely on it);
+        self-loops are dropped.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> s = pd.DataFrame({"session": [5, 5, 5, 9, 9], "item": [0, 1, 2, 1, 2]})
+    >>> w = pd.DataFrame({"session": [9, 5], "weight": [0.5, 1.0]})
+    >>> g = build_item_graph(s, w, 3, directed=True)
+    >>> g.toarray().tolist()
+    [[0.0, 1.0, 0.0], [0.0, 0.0, 1.5], [0.0, 0.0, 0.0]]
     """
     if window < 1:
         raise ValueError(f"graph window must be >= 1, got {window}")
@@ -58,7 +94,10 @@ def build_item_graph(
     item = sessions["item"].to_numpy().astype(np.int32)
     if len(item) and item.max() >= n_items:
         raise ValueError(f"item code {item.max()} >= n_items={n_items}")
-    w_ev = np.asarray(session_weight, np.float64)[sess] if len(sess) else np.zeros(0)
+    # join by id once per session, then spread over its events
+    first = np.flatnonzero(np.r_[True, sess[1:] != sess[:-1]]) if len(sess) else np.zeros(0, int)
+    w_ev = np.repeat(session_weights_by_id(sess[first], session_weight),
+                     np.diff(np.r_[first, len(sess)]))
     src, dst, wt = [], [], []
     for d in range(1, window + 1):
         same = (sess[d:] == sess[:-d]) & (item[d:] != item[:-d])
@@ -85,7 +124,16 @@ def build_item_graph(
 
 
 def graph_summary(g: sp.csr_matrix) -> GraphSummary:
-    """Nodes, edges, isolated / dangling nodes, out-degree quantiles and weak components."""
+    """Nodes, edges, isolated / dangling nodes, out-degree quantiles and weak components of a
+    square CSR graph `g`.
+
+    Examples
+    --------
+    >>> g = sp.csr_matrix(np.array([[0, 1, 0], [0, 0, 0], [0, 0, 0]], np.float32))
+    >>> s = graph_summary(g)
+    >>> (s.nodes, s.edges, s.isolated, s.dangling, s.weak_components)
+    (3, 1, 1, 1, 2)
+    """
     out_deg = np.diff(g.indptr)
     in_deg = np.bincount(g.indices, minlength=g.shape[0])
     from scipy.sparse.csgraph import connected_components

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from recembed.artifacts import INDEX, INDEX_META, atomic_path, unit_rows, write_text
+
 # faiss guidelines (wiki "Guidelines to choose an index"), in items
 EXACT_BELOW = 50_000
 HNSW_BELOW = 2_000_000
@@ -41,6 +43,7 @@ class IndexMeta:
     qps_batch: float | None = None
     memory_bytes: int = 0
     build_seconds: float = 0.0
+    vectors_sha256: str = ""  # of the vectors.npy the index was built and measured on
     tuning: list[dict] = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -157,9 +160,7 @@ def prepare_vectors(vectors: np.ndarray, metric: str) -> np.ndarray:
         raise ValueError(f"vectors must be a non-empty 2-D array, got shape {x.shape}")
     if not np.isfinite(x).all():
         raise ValueError("vectors contain NaN or infinite values")
-    if metric == "cosine":
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return x
+    return unit_rows(x) if metric == "cosine" else x
 
 
 def save_index(index, meta: IndexMeta, out_dir: str | Path) -> None:
@@ -167,17 +168,20 @@ def save_index(index, meta: IndexMeta, out_dir: str | Path) -> None:
     import faiss
 
     out_dir = Path(out_dir)
-    faiss.write_index(index, str(out_dir / "index.faiss"))
-    (out_dir / "index.json").write_text(meta.to_json())
+    with atomic_path(INDEX.path(out_dir)) as tmp:
+        faiss.write_index(index, str(tmp))
+    write_text(INDEX_META.path(out_dir), meta.to_json())
 
 
 def load_index(dir_: str | Path):
-    """(faiss index with its tuned search parameters applied, metadata dict)."""
+    """(faiss index with its tuned search parameters applied, metadata dict) of a run or
+    version directory. Search parameters are set here once and never per query, so concurrent
+    searches are safe."""
     import faiss
 
     dir_ = Path(dir_)
-    index = faiss.read_index(str(dir_ / "index.faiss"))
-    meta = json.loads((dir_ / "index.json").read_text())
+    index = faiss.read_index(str(INDEX.path(dir_)))
+    meta = json.loads(INDEX_META.path(dir_).read_text())
     if meta.get("search_params"):
         faiss.ParameterSpace().set_index_parameters(index, meta["search_params"])
     return index, meta

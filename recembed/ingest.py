@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from recembed import sources
 
@@ -249,16 +248,9 @@ def read_categories(path: str, item_col: str, cat_col: str, vocabulary: pd.DataF
 
 def write_parquet_atomic(table: pa.Table | pd.DataFrame, path: str | Path) -> None:
     """Write Parquet to a temp name, fsync, rename: a crash never leaves a half file at `path`."""
-    import os
+    from recembed.artifacts import write_parquet
 
-    path = Path(path)
-    if isinstance(table, pd.DataFrame):
-        table = pa.Table.from_pandas(table, preserve_index=False)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_parquet(table, path)
 
 
 # ---------------------------------------------------------------- helpers

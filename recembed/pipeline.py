@@ -1,11 +1,18 @@
-"""The stage runner: calls each stage in order, stores its outputs in the run directory, and skips a
-stage whose fingerprint (its settings plus its inputs' fingerprints) matches a verified earlier
-output, so a crashed nightly run resumes where it stopped.
+"""The stage runner: given a list of stages, derives their order from the artifacts each one
+declares it reads and writes, fingerprints each stage, stores its outputs in the run directory,
+and skips a stage whose fingerprint matches a verified earlier output, so a crashed nightly run
+resumes where it stopped. It imports no stage: the caller passes the plan
+(`recembed.stages.STAGES` for the nightly job).
 
-Crash safety: a stage writes into `<run>/.tmp-<stage>/`, its files are then moved into place, and
-only after that is `<stage>.done.json` (fingerprint + sha256 of each output) written atomically.
-A stage without a matching done-file, or whose outputs no longer hash to what it recorded, runs
-again; nothing half-written is ever trusted.
+- Order: a stage runs after the stages that write what it reads (ties keep the plan's order).
+- Fingerprint: sha256 over the stage's config sections, the seed, the fingerprint of the stage
+  that wrote each artifact it reads, the stamp of each outside input it reads (input files, the
+  published root) and the names it writes.
+- Integrity: a stage writes into `<run>/.tmp-<stage>/`; the runner checks that it wrote exactly
+  what it declared (files or folders of part files), hashes each output, moves it into place,
+  and only then writes `<stage>.done.json` (fingerprint + sha256 of each output) atomically. A
+  stage without a matching done-file, or whose outputs no longer hash to what it recorded, runs
+  again; nothing half-written is ever trusted.
 """
 
 from __future__ import annotations
@@ -13,18 +20,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import resource
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from recembed import __version__
+from recembed import artifacts as A
+from recembed.artifacts import Artifact
 from recembed.config import Config, dump_config
 
 log = logging.getLogger("recembed")
@@ -35,6 +42,8 @@ EXIT_BAD_INPUT = 3
 EXIT_GATE = 4
 EXIT_LOCKED = 5
 
+Declared = Sequence | Callable[[Config], Sequence]
+
 
 class PipelineError(RuntimeError):
     """A run that stopped for a known reason; `exit_code` tells the scheduler which."""
@@ -44,20 +53,87 @@ class PipelineError(RuntimeError):
         self.exit_code = exit_code
 
 
-@dataclass
+@dataclass(frozen=True)
 class Stage:
-    """One step: the config sections it reads, the stages it needs, the files it writes."""
+    """One step of a plan.
+
+    Parameters
+    ----------
+    name : str
+        Unique stage name (also names its done-file and scratch folder).
+    run : callable
+        ``run(ctx: StageContext) -> dict``: reads `ctx.read(artifact)`, writes
+        `ctx.write(artifact)`, returns statistics for the run summary (JSON-serialisable).
+    reads, writes : sequence, or callable ``(Config) -> sequence``
+        The artifacts (`recembed.artifacts.Artifact`) and outside inputs
+        (`InputFiles`, `PublishedRoot`) it reads; the artifacts it writes. A callable makes
+        them depend on the config (e.g. train reads walks.txt only when walks are on).
+    sections : tuple of str
+        Config sections whose values enter the fingerprint.
+    enabled : callable ``(Config) -> bool``
+        Whether the stage is part of this run.
+    resolve : callable ``(Config, run_dir) -> Config``, optional
+        After the stage ran (or was skipped), the config for the stages after it: the
+        calibrate stage sets every key left at "auto" to what it chose.
+    """
 
     name: str
-    fn: Callable[[Config, Path, Path], dict]  # (cfg, run_dir to read, out_dir to write) -> stats
-    sections: tuple[str, ...]
-    deps: tuple[str, ...]
-    outputs: tuple[str, ...]
+    run: Callable[[StageContext], dict | None]
+    reads: Declared = ()
+    writes: Declared = ()
+    sections: tuple[str, ...] = ()
     enabled: Callable[[Config], bool] = lambda cfg: True
-    inputs: Callable[[Config], list[str]] = lambda cfg: []
     # a stage that settles config values left at "auto" (calibrate): the runner hands the
-    # resolved config to every later stage, so their fingerprints hold the chosen values
+    # resolved config to every later stage, so their plan and fingerprints hold the choices
     resolve: Callable[[Config, Path], Config] | None = None
+
+    def declared_reads(self, cfg: Config) -> tuple:
+        """What this stage reads under `cfg`."""
+        return tuple(self.reads(cfg) if callable(self.reads) else self.reads)
+
+    def declared_writes(self, cfg: Config) -> tuple[Artifact, ...]:
+        """What this stage writes under `cfg`."""
+        return tuple(self.writes(cfg) if callable(self.writes) else self.writes)
+
+
+@dataclass
+class StageContext:
+    """What a running stage sees: the config, where to read, where to write, and its declared
+    artifacts. Reading or writing an artifact it did not declare is an error, so the
+    declarations the runner orders and fingerprints by are the files the stage really uses."""
+
+    cfg: Config
+    stage: str
+    run_dir: Path
+    out_dir: Path
+    reads: tuple
+    writes: tuple[Artifact, ...]
+
+    def read(self, artifact: Artifact) -> Path:
+        """Path of a declared input artifact in the run directory."""
+        if artifact not in self.reads and artifact not in A.RUNNER_FILES:
+            raise PipelineError(f"stage {self.stage} reads {artifact.name} without declaring it")
+        return artifact.path(self.run_dir)
+
+    def write(self, artifact: Artifact) -> Path:
+        """Path to write a declared output artifact to (a folder is created for folders)."""
+        if artifact not in self.writes:
+            raise PipelineError(f"stage {self.stage} writes {artifact.name} without declaring it")
+        p = artifact.path(self.out_dir)
+        if artifact.kind == "folder":
+            p.mkdir(exist_ok=True)
+        return p
+
+    @property
+    def scratch(self) -> Path:
+        """A folder for temporary files, removed after the stage (never an output)."""
+        p = self.out_dir / ".scratch"
+        p.mkdir(exist_ok=True)
+        return p
+
+    def inputs(self, kind: type) -> list:
+        """The declared outside inputs of one type (e.g. `PublishedRoot`)."""
+        return [r for r in self.reads if isinstance(r, kind)]
 
 
 @dataclass
@@ -85,30 +161,55 @@ def run_pipeline(
     cfg: Config,
     run_dir: str | Path | None = None,
     *,
+    plan: Sequence[Stage],
     stages: list[str] | None = None,
     force: bool = False,
     echo: Callable[[str], None] = print,
 ) -> RunReport:
-    """Run every enabled stage (or the named ones and what they need), resuming where possible."""
-    all_stages = registered_stages()
+    """Run the enabled stages of `plan` (or the named ones and what they need), resuming.
+
+    Parameters
+    ----------
+    cfg : Config
+        The resolved config.
+    run_dir : str or Path, optional
+        Where outputs go; default `default_run_dir(cfg)` (the same job resumes the same run).
+    plan : sequence of Stage
+        Every stage the job knows (`recembed.stages.STAGES`), in any order.
+    stages : list of str, optional
+        Run only these stages and the stages that write what they read.
+    force : bool
+        Rerun every selected stage even when it is up to date.
+    echo : callable
+        Receives one progress line per stage.
+
+    Returns
+    -------
+    RunReport
+        Status, seconds, peak memory and statistics of each stage.
+
+    Examples
+    --------
+    >>> from recembed.config import load_config
+    >>> from recembed.stages import STAGES
+    >>> cfg = load_config("pipelines/nightly.toml")            # doctest: +SKIP
+    >>> report = run_pipeline(cfg, plan=STAGES)                 # doctest: +SKIP
+    >>> print(report.summary())                                 # doctest: +SKIP
+    """
+    order = resolve_plan(plan, cfg, stages)
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(run_dir / "config.toml", dump_config(cfg))
-    wanted = [s for s in all_stages if s.enabled(cfg)]
-    if stages:
-        unknown = set(stages) - {s.name for s in all_stages}
-        if unknown:
-            raise PipelineError(f"unknown stage(s) {sorted(unknown)}; stages: "
-                                f"{[s.name for s in all_stages]}")
-        wanted = [s for s in wanted if s.name in _closure(stages, all_stages)]
+    A.write_text(A.CONFIG.path(run_dir), dump_config(cfg))
     report = RunReport(run_dir)
     fingerprints: dict[str, str] = {}
-    for st in list(wanted):
-        if st not in wanted:  # switched off by a resolved setting
-            continue
-        fp = stage_fingerprint(cfg, st, fingerprints)
+    producer = {a.name: st.name for st in order for a in st.declared_writes(cfg)}
+    i = 0
+    while i < len(order):
+        st = order[i]
+        i += 1
+        fp = stage_fingerprint(cfg, st, {n: fingerprints.get(p) for n, p in producer.items()})
         fingerprints[st.name] = fp
-        done = run_dir / f"{st.name}.done.json"
+        done = run_dir / A.done_file(st.name)
         if not force and _verified(done, fp, run_dir):
             prev = json.loads(done.read_text())
             report.stages[st.name] = {"status": "skipped", "stats": prev.get("stats", {})}
@@ -117,47 +218,105 @@ def run_pipeline(
             echo(f"[{st.name}] running")
             report.stages[st.name] = _run_stage(cfg, st, fp, run_dir)
         if st.resolve is not None:
+            # the rest of the plan under the resolved config (a chosen corpus may switch
+            # stages off); stages already done keep their place
             cfg = st.resolve(cfg, run_dir)
-            wanted = [s for s in wanted if s.enabled(cfg)]
-    _write_text_atomic(run_dir / "summary.json", json.dumps(report.stages, indent=2, default=_json))
+            seen = {s.name for s in order[:i]}
+            order = order[:i] + [s for s in resolve_plan(plan, cfg, stages) if s.name not in seen]
+            producer = {a.name: s.name for s in order for a in s.declared_writes(cfg)}
+    A.write_json(A.SUMMARY.path(run_dir), report.stages)
     return report
+
+
+def resolve_plan(plan: Sequence[Stage], cfg: Config, only: list[str] | None = None
+                 ) -> list[Stage]:
+    """The enabled stages in run order: each after the stages that write what it reads.
+
+    Raises PipelineError for an unknown stage name, two stages writing one artifact, an
+    artifact that no enabled stage writes, or a cycle.
+    """
+    names = [s.name for s in plan]
+    unknown = set(only or []) - set(names)
+    if unknown:
+        raise PipelineError(f"unknown stage(s) {sorted(unknown)}; stages: {names}")
+    enabled = [s for s in plan if s.enabled(cfg)]
+    producer: dict[str, str] = {}
+    for st in enabled:
+        for a in st.declared_writes(cfg):
+            if a.name in producer:
+                raise PipelineError(f"stages {producer[a.name]} and {st.name} both write {a.name}")
+            producer[a.name] = st.name
+    deps: dict[str, set[str]] = {}
+    for st in enabled:
+        deps[st.name] = set()
+        for a in st.declared_reads(cfg):
+            if not isinstance(a, Artifact) or a in A.RUNNER_FILES:
+                continue
+            if a.name not in producer:
+                raise PipelineError(f"stage {st.name} reads {a.name}, which no enabled stage "
+                                    "writes; enable the stage that writes it")
+            deps[st.name].add(producer[a.name])
+    if only:
+        wanted, todo = set(), [n for n in only if n in deps]
+        missing = [n for n in only if n not in deps]
+        if missing:
+            raise PipelineError(f"stage(s) {missing} are disabled by the config")
+        while todo:
+            n = todo.pop()
+            if n not in wanted:
+                wanted.add(n)
+                todo.extend(deps[n])
+        enabled = [s for s in enabled if s.name in wanted]
+    order: list[Stage] = []
+    placed: set[str] = set()
+    while len(order) < len(enabled):
+        ready = [s for s in enabled if s.name not in placed and deps[s.name] <= placed]
+        if not ready:
+            raise PipelineError("the stages' declarations form a cycle: "
+                                f"{sorted(set(deps) - placed)}")
+        order.append(ready[0])
+        placed.add(ready[0].name)
+    return order
 
 
 def default_run_dir(cfg: Config) -> Path:
     """runs/<name>-<hash of config and input files>: rerunning the same job resumes the same run."""
     h = hashlib.sha256(dump_config(cfg).encode())
     for p in [*cfg.input.paths, *cfg.input.test_paths]:
-        h.update(json.dumps(_file_stamp(p)).encode())
+        h.update(json.dumps(A.file_stamp(p)).encode())
     return Path(cfg.run.runs_dir) / f"{cfg.run.name}-{h.hexdigest()[:12]}"
 
 
-def stage_fingerprint(cfg: Config, st: Stage, upstream: dict[str, str]) -> str:
-    """sha256 over the stage's settings, its input files' stamps and its upstream fingerprints."""
+def stage_fingerprint(cfg: Config, st: Stage, written_by: dict[str, str | None]) -> str:
+    """sha256 over the stage's settings, the fingerprints behind the artifacts it reads (by the
+    stage that writes each, `written_by[name]`), its outside inputs' stamps and its outputs."""
+    reads = []
+    for r in st.declared_reads(cfg):
+        if isinstance(r, Artifact):
+            reads.append({"artifact": r.name, "from": written_by.get(r.name)})
+        else:
+            reads.append({"input": type(r).__name__, "stamp": r.stamp()})
     payload = {
         "stage": st.name,
         "code": __version__,
-        "sections": {s: cfg.section(s) for s in st.sections},
+        # model_dump, not Config.section: fingerprinting is not a stage reading its settings
+        "sections": {s: getattr(cfg, s).model_dump(mode="json") for s in st.sections},
         "seed": cfg.run.seed,
-        "inputs": [_file_stamp(p) for p in st.inputs(cfg)],
-        "deps": {d: upstream.get(d) for d in st.deps},
+        "reads": reads,
+        "writes": [(a.name, a.kind) for a in st.declared_writes(cfg)],
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=_json).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def registered_stages() -> list[Stage]:
-    """Every stage in run order (the stage functions live in `recembed.stages`)."""
-    from recembed import stages
-
-    return stages.STAGES
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while b := fh.read(chunk):
-            h.update(b)
-    return h.hexdigest()
+def stage_records(run_dir: str | Path) -> dict[str, dict]:
+    """{stage: its done-file record} of the stages that finished in a run directory."""
+    out = {}
+    for p in sorted(Path(run_dir).glob(A.done_file("*"))):
+        try:
+            out[p.name.split(".")[0]] = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out
 
 
 def peak_rss_mb() -> float:
@@ -169,20 +328,27 @@ def peak_rss_mb() -> float:
 
 
 def _run_stage(cfg: Config, st: Stage, fp: str, run_dir: Path) -> dict:
-    tmp = run_dir / f".tmp-{st.name}"
+    tmp = run_dir / A.stage_scratch(st.name)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    (run_dir / f"{st.name}.done.json").unlink(missing_ok=True)
+    (run_dir / A.done_file(st.name)).unlink(missing_ok=True)
     t0 = time.perf_counter()
-    stats = st.fn(cfg, run_dir, tmp) or {}
+    writes = st.declared_writes(cfg)
+    ctx = StageContext(cfg, st.name, run_dir, tmp, st.declared_reads(cfg), writes)
+    stats = st.run(ctx) or {}
+    shutil.rmtree(tmp / ".scratch", ignore_errors=True)
     hashes = {}
-    for name in st.outputs:
-        src = tmp / name
-        if not src.exists():
-            raise PipelineError(f"stage {st.name} did not write its output {name}")
-        hashes[name] = sha256_file(src)
-    for name in st.outputs:
-        os.replace(tmp / name, run_dir / name)
+    for a in writes:
+        src = a.path(tmp)
+        if not (src.is_dir() if a.kind == "folder" else src.is_file()):
+            raise PipelineError(f"stage {st.name} did not write its declared output {a.name} "
+                                f"(a {a.kind})")
+        hashes[a.name] = A.sha256(src)
+    extra = sorted(p.name for p in tmp.iterdir() if p.name not in hashes)
+    if extra:
+        raise PipelineError(f"stage {st.name} wrote {extra}, which it does not declare")
+    for a in writes:
+        A.replace(a.path(tmp), a.path(run_dir))
     shutil.rmtree(tmp, ignore_errors=True)
     record = {
         "fingerprint": fp,
@@ -190,10 +356,9 @@ def _run_stage(cfg: Config, st: Stage, fp: str, run_dir: Path) -> dict:
         "seconds": round(time.perf_counter() - t0, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "stats": stats,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "finished": A.now_iso(),
     }
-    _write_text_atomic(run_dir / f"{st.name}.done.json",
-                       json.dumps(record, indent=2, default=_json))
+    A.write_json(run_dir / A.done_file(st.name), record)
     return {"status": "ran", **record}
 
 
@@ -208,53 +373,10 @@ def _verified(done: Path, fp: str, run_dir: Path) -> bool:
         return False
     for name, digest in rec.get("outputs", {}).items():
         p = run_dir / name
-        if not p.exists() or sha256_file(p) != digest:
+        if not p.exists() or A.sha256(p) != digest:
             log.warning("%s changed since it was written; rerunning its stage", p)
             return False
     return True
-
-
-def _closure(names: list[str], all_stages: list[Stage]) -> set[str]:
-    by_name = {s.name: s for s in all_stages}
-    out: set[str] = set()
-    todo = list(names)
-    while todo:
-        n = todo.pop()
-        if n not in out:
-            out.add(n)
-            todo.extend(by_name[n].deps)
-    return out
-
-
-def _file_stamp(path: str) -> dict:
-    p = Path(path)
-    if not p.exists():
-        return {"path": str(p), "missing": True}
-    try:
-        files = sorted(p.rglob("*")) if p.is_dir() else [p]
-        return {"path": str(p), "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns)
-                                           for f in files if f.is_file()]}
-    except OSError as e:  # unreadable: ingest names it; the stamp only has to be stable
-        return {"path": str(p), "unreadable": e.__class__.__name__}
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _json(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, (Path, pd.Timestamp)):
-        return str(o)
-    raise TypeError(type(o))
 
 
 def _short(v) -> bool:

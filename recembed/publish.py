@@ -1,33 +1,37 @@
-"""Versioned publishing: quality gate, drift, atomic LATEST pointer, retention, a publish lock.
+"""Versioned publishing: the quality gate and its inputs, drift, alignment, warm start, an atomic
+LATEST pointer, retention and a publish lock.
 
 A version is assembled in `published/.tmp-<version>/`, verified (checksums, loadable by
 `recembed.serving`, consistent row counts), renamed into place, and only then made current by
 atomically replacing `published/LATEST` (temp file, fsync, rename). Anything that fails before
 that last rename leaves the current version and LATEST exactly as they were.
+
+The gate compares what each version *serves*: the new run's `Recommender.recommend` (as
+evaluated into metrics.json) against the current version's `recommend` on the same holdout.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import logging
 import os
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from recembed import artifacts as A
+from recembed.artifacts import Artifact, Embeddings, Metrics, Scores, current_version_dir
+
 log = logging.getLogger("recembed")
 
-VERSION_FILES = ("vectors.npy", "items.parquet", "vectors.bin", "index.faiss", "index.json",
-                 "serving.json", "blend.npz", "index_context.faiss", "index_context.json",
-                 "calibration.json", "metrics.json", "config.toml", "report.html")
+__all__ = ["current_version_dir"]  # re-exported: callers find versions here
 
 
 class GateRefused(RuntimeError):
@@ -36,6 +40,48 @@ class GateRefused(RuntimeError):
 
 class LockBusy(RuntimeError):
     """Another run holds the publish lock."""
+
+
+class CurrentVersionBroken(RuntimeError):
+    """The current version fails verification, so the gate cannot compare against it."""
+
+
+@dataclass
+class PublishPolicy:
+    """The publish settings (`[publish]` in the config).
+
+    Parameters
+    ----------
+    max_recall_drop : float in [0, 1]
+        Refuse when holdout Recall@20 falls by more than this share of the current version's.
+    min_coverage_ratio : float in [0, 1]
+        Refuse when coverage@20 falls below this share of the current version's.
+    force : bool
+        Publish even when the gate refuses (logged, recorded in the manifest).
+    keep_versions : int >= 1
+        Versions kept; the current one is never deleted.
+    lock_wait_s : float >= 0, seconds
+        Wait this long for another run's publish lock; 0 = fail at once.
+    align_to_previous : bool
+        Rotate the new vectors onto the current version's (orthogonal Procrustes on shared
+        items) and re-index them.
+    drift_k : int >= 1
+        K of the neighbour-overlap drift measure.
+    max_queries : int >= 0
+        Holdout queries the current version is evaluated on (0 = all), as for the new one.
+    seed : int
+        Seed of the query sample, drift sample and re-indexing.
+    """
+
+    max_recall_drop: float = 0.05
+    min_coverage_ratio: float = 0.5
+    force: bool = False
+    keep_versions: int = 5
+    lock_wait_s: float = 0.0
+    align_to_previous: bool = False
+    drift_k: int = 10
+    max_queries: int = 10_000
+    seed: int = 0
 
 
 @dataclass
@@ -48,15 +94,271 @@ class PublishResult:
     reason: str
     gate: dict = field(default_factory=dict)
     drift: dict = field(default_factory=dict)
+    recall_new: float | None = None
+    recall_current: float | None = None
 
 
-def current_version_dir(published: Path) -> Path | None:
-    """The directory LATEST points to, or None when nothing is published yet."""
-    latest = Path(published) / "LATEST"
-    if not latest.exists():
+Reindex = Callable[[Path], tuple]  # vectors.npy path -> (faiss index, IndexMeta)
+
+
+def publish_run(
+    run_dir: Path, published: Path, *, files: Sequence[Artifact], manifest: dict,
+    policy: PublishPolicy, reindex: Reindex | None = None, version: str | None = None,
+) -> PublishResult:
+    """Gate this run's serving path against the current version on this run's holdout, then
+    publish `files` as a new version (aligned to the current one when the policy says so).
+
+    Parameters
+    ----------
+    run_dir : Path
+        A run directory with metrics.json, the holdout, the vocabulary and the `files`.
+    published : Path
+        The published/ root (created when absent).
+    files : sequence of Artifact
+        What a version holds (files or folders of part files); absent optional ones
+        (context vectors, report) are skipped.
+    manifest : dict
+        Provenance (`version_manifest`); `fingerprints` tell a rerun of an already published
+        run, `counts.vectors` is checked against what is published.
+    policy : PublishPolicy
+        Thresholds, retention, lock wait, alignment, seeds.
+    reindex : callable, optional
+        ``reindex(vectors_path) -> (index, IndexMeta)``: builds and tunes the index of aligned
+        vectors (needed when `policy.align_to_previous`).
+    version : str, optional
+        The version name; default `v<YYYYmmdd-HHMMSS>`.
+
+    Returns
+    -------
+    PublishResult
+        Raises GateRefused (unless `policy.force`), LockBusy or CurrentVersionBroken; on any
+        error the current version is untouched.
+    """
+    from recembed.serving import ArtifactError, Recommender
+
+    metrics = Metrics.load(A.METRICS.path(run_dir))
+    new_scores = metrics.serving.allow_repeats
+    current = current_version_dir(published)
+    if current is not None and _same_run(current, manifest):
+        # a rerun after a crash between publishing and recording it: already current
+        log.info("%s already holds this run's artifacts; nothing to publish", current.name)
+        return PublishResult(current.name, current, False, "already current",
+                             recall_new=new_scores.recall(20))
+    old_scores, drift, transform = None, {}, None
+    if current is not None:
+        try:
+            old = Recommender.load(current)
+        except ArtifactError as e:
+            raise CurrentVersionBroken(f"the current version fails verification: {e}") from e
+        old_scores = evaluate_version(old, run_dir, ks=metrics.ks, max_queries=policy.max_queries,
+                                      seed=policy.seed)
+        new = Recommender.load(run_dir, verify=False)
+        drift = neighbour_drift(list(new.ids), new.unit, list(old.ids), old.unit,
+                                k=policy.drift_k, seed=policy.seed)
+        drift["previous_version"] = current.name
+        if policy.align_to_previous:
+            rot = procrustes_rotation(list(new.ids), new.unit, list(old.ids), old.unit)
+            if rot is not None:
+                if reindex is None:
+                    raise ValueError("align_to_previous needs a reindex function")
+                transform = lambda d: align_version(d, rot, reindex)  # noqa: E731
+                drift["aligned_to_previous"] = True
+    gate = quality_gate(run_dir, new_scores, old_scores, max_recall_drop=policy.max_recall_drop,
+                        min_coverage_ratio=policy.min_coverage_ratio)
+    if gate["failures"]:
+        if not policy.force:
+            raise GateRefused("; ".join(gate["failures"]))
+        log.warning("quality gate failed but --force was given, publishing anyway: %s",
+                    "; ".join(gate["failures"]))
+        gate["forced"] = True
+    res = publish_version(run_dir, published, files=files, manifest=manifest, gate=gate,
+                          keep_versions=policy.keep_versions, lock_wait_s=policy.lock_wait_s,
+                          version=version, drift=drift, transform=transform)
+    res.recall_new = new_scores.recall(20)
+    res.recall_current = old_scores.recall(20) if old_scores is not None else None
+    return res
+
+
+def quality_gate(run_dir: Path, new: Scores, current: Scores | None, *,
+                 max_recall_drop: float = 0.05, min_coverage_ratio: float = 0.5) -> dict:
+    """The gate record: {"failures": [...], "coverage", and against a current version
+    "recall_new", "recall_current", "relative_drop", "coverage_ratio"}.
+
+    Fails on an empty vocabulary, NaN vectors, zero coverage@20, a relative Recall@20 drop
+    beyond `max_recall_drop`, or coverage@20 below `min_coverage_ratio` of the current's.
+    """
+    failures = []
+    vec = np.load(A.VECTORS.path(run_dir), allow_pickle=False, mmap_mode="r")
+    if len(vec) == 0:
+        failures.append("empty vocabulary: no vectors were trained")
+    elif not np.isfinite(np.asarray(vec)).all():
+        failures.append("vectors contain NaN or infinite values")
+    cov = new.coverage(20)
+    if cov <= 0:
+        failures.append("coverage@20 is zero: the model recommends nothing")
+    gate: dict = {"failures": failures, "coverage": cov}
+    if current is None:
+        return gate
+    r_new, r_cur = new.recall(20), current.recall(20)
+    drop = (r_cur - r_new) / r_cur if r_cur > 0 else 0.0
+    gate.update(recall_new=r_new, recall_current=r_cur, relative_drop=round(drop, 4))
+    if drop > max_recall_drop:
+        failures.append(f"holdout recall@20 fell {drop:.1%} ({r_cur:.4f} -> {r_new:.4f}), "
+                        f"more than publish.max_recall_drop={max_recall_drop:.0%}")
+    if current.coverage(20) > 0:
+        ratio = cov / current.coverage(20)
+        gate["coverage_ratio"] = round(ratio, 4)
+        if ratio < min_coverage_ratio:
+            failures.append(f"coverage@20 collapsed to {ratio:.0%} of the current version's")
+    return gate
+
+
+def evaluate_version(rec, run_dir: Path, *, ks: Sequence[int] = (20,), max_queries: int = 10_000,
+                     seed: int = 0) -> Scores:
+    """A loaded version's `recommend` on a run's holdout (allow_repeats scores), its items
+    matched to the run's vocabulary by original id: the gate's view of the current version, and
+    `recembed evaluate <published> --run <run>`. The gate passes the run's own cut-offs `ks`
+    (20 among them), so both versions are scored by the same protocol (the serving path fetches
+    candidates for the largest K)."""
+    import pandas as pd
+
+    from recembed.evaluate import evaluate_all, serving_recommend
+
+    train = pd.read_parquet(A.SESSIONS_TRAIN.path(run_dir), columns=["session", "item"])
+    test = pd.read_parquet(A.SESSIONS_TEST.path(run_dir), columns=["session", "item"])
+    vocab = pd.read_parquet(A.VOCABULARY.path(run_dir), columns=["code", "id"])
+    rows_item = _codes_of(vocab, rec.ids)
+    m = evaluate_all(train, test, len(vocab), ks=sorted({20, *ks}), baselines=[],
+                     recommenders={"v:serving": serving_recommend(rec, rows_item, len(vocab))},
+                     max_queries=max_queries, seed=seed)
+    scores = Metrics.from_evaluation(m).serving.allow_repeats
+    return Scores({**scores.values, "queries": m["queries"]["queries"]})
+
+
+def warm_start_vectors(version_dir: Path | None, vocabulary) -> tuple | None:
+    """(ingest codes, vectors, context or None) of a published version's items that are in this
+    run's `vocabulary` (DataFrame with `code`, `id`), for `train_word2vec(init=...)`; None when
+    nothing is published yet."""
+    if version_dir is None:
+        log.warning("train.warm_start is on but nothing is published yet; training from scratch")
         return None
-    d = Path(published) / latest.read_text().strip()
-    return d if d.is_dir() else None
+    prev = Embeddings.load(version_dir)
+    codes = _codes_of(vocabulary, prev.ids)
+    ok = codes >= 0
+    return (codes[ok], prev.vectors[ok], None if prev.context is None else prev.context[ok])
+
+
+def align_version(version_dir: Path, rotation: np.ndarray, reindex: Reindex) -> None:
+    """Rotate a version's vectors (and context vectors) in place, rewrite vectors.bin, and
+    rebuild and re-tune its index on the rotated vectors, so index.json records the recall
+    measured on what is published."""
+    from recembed.index import save_index
+    from recembed.train import write_word2vec
+
+    emb = Embeddings.load(version_dir)
+    emb.vectors = emb.vectors @ rotation
+    if emb.context is not None:
+        emb.context = emb.context @ rotation
+    emb.save(version_dir)
+    write_word2vec([str(x) for x in emb.ids], emb.vectors, A.VECTORS_BIN.path(version_dir),
+                   binary=True)
+    index, meta = reindex(A.VECTORS.path(version_dir))
+    save_index(index, meta, version_dir)
+
+
+def publish_version(
+    run_dir: Path, published: Path, *, files: Sequence[Artifact], manifest: dict, gate: dict,
+    keep_versions: int = 5, lock_wait_s: float = 0.0, version: str | None = None,
+    drift: dict | None = None, transform: Callable[[Path], None] | None = None,
+) -> PublishResult:
+    """Assemble, verify and atomically publish `files` of a run as a new version (no gate:
+    `publish_run` decides). `transform(dir)` may rewrite files in the temp dir (alignment)
+    before checksums are taken. Raises LockBusy; on any error the current version is
+    untouched."""
+    from recembed.serving import Recommender
+
+    published = Path(published)
+    version = version or f"v{time.strftime('%Y%m%d-%H%M%S')}"
+    with publish_lock(published, lock_wait_s):
+        while (published / version).exists():
+            version += "b"
+        tmp = published / f".tmp-{version}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        placed = False
+        try:
+            tmp.mkdir()
+            present = [a for a in files if a.path(run_dir).exists()]
+            for a in present:
+                A.copy_synced(a.path(run_dir), a.path(tmp))
+            if transform is not None:
+                transform(tmp)
+            hashes = {k: v for a in present for k, v in A.file_hashes(a.path(tmp), a.name).items()}
+            man = {**manifest, "version": version, "gate": gate, "drift": drift or {},
+                   "files": dict(sorted(hashes.items()))}
+            _write_synced(tmp / A.MANIFEST, _dumps(man))
+            rec = Recommender.load(tmp, verify=True)  # checksums + loadable + counts agree
+            expect = manifest.get("counts", {}).get("vectors")
+            if expect is not None and len(rec.ids) != expect:
+                raise RuntimeError(f"{len(rec.ids)} items published but the run trained {expect}")
+            A.fsync_dir(tmp)
+            os.rename(tmp, published / version)
+            placed = True
+            A.fsync_dir(published)
+            _write_synced(published / A.LATEST, version + "\n", atomic=True)
+            placed = False  # LATEST points at it now: it is the current version
+            A.fsync_dir(published)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if placed:  # renamed into place but never made current: not a version
+                shutil.rmtree(published / version, ignore_errors=True)
+            raise
+        removed = apply_retention(published, keep_versions)
+    reason = "published" + (f"; removed old versions {removed}" if removed else "")
+    return PublishResult(version, published / version, True, reason, gate, drift or {})
+
+
+def version_manifest(*, code_version: str, run_dir: Path, model: str, fingerprints: dict,
+                     inputs: Sequence[str], stats: dict[str, dict], metrics: Metrics) -> dict:
+    """Provenance for manifest.json: inputs (sizes, mtimes), event time range, counts per stage
+    (from each stage's statistics), fingerprints and the headline metrics."""
+    import platform
+
+    import pyarrow.parquet as pq
+
+    vocab = pq.read_table(A.VOCABULARY.path(run_dir), columns=["first_ts", "last_ts"])
+    files = []
+    for p in inputs:
+        q = Path(p)
+        found = sorted(q.rglob("*")) if q.is_dir() else [q]
+        files += [{"path": str(f), "bytes": f.stat().st_size,
+                   "mtime": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(f.stat().st_mtime))}
+                  for f in found if f.is_file()]
+    first = vocab.column("first_ts").to_numpy()
+    last = vocab.column("last_ts").to_numpy()
+
+    def count(stage: str, key: str):
+        return stats.get(stage, {}).get(key)
+
+    best = metrics.best()
+    return {
+        "created": A.now_iso(), "code_version": code_version,
+        "python": platform.python_version(), "run_dir": str(run_dir), "model": model,
+        "fingerprints": fingerprints, "inputs": files,
+        "time_range": {"first_ts": int(first.min()), "last_ts": int(last.max())},
+        "counts": {
+            **{k: count("ingest", k) for k in ("rows_read", "quarantined", "duplicates",
+                                               "events", "items")},
+            **{k: count("sessionize", k) for k in ("bot_events", "train_sessions",
+                                                   "holdout_sessions")},
+            "vectors": count("train", "vocab"), "corpus_tokens": count("train", "corpus_tokens"),
+        },
+        "metrics": {"headline": {"method": best.name if best else "",
+                                 "recall@20": best.allow_repeats.recall(20) if best else 0.0},
+                    "queries": metrics.queries,
+                    "serving": dict(metrics.serving.allow_repeats.values)},
+        # what the run chose on its validation split, and the validation numbers
+        "calibration": metrics.calibration,
+    }
 
 
 def list_versions(published: Path) -> list[str]:
@@ -64,7 +366,7 @@ def list_versions(published: Path) -> list[str]:
     if not Path(published).exists():
         return []
     return sorted(p.name for p in Path(published).iterdir()
-                  if p.is_dir() and p.name.startswith("v") and (p / "manifest.json").exists())
+                  if p.is_dir() and p.name.startswith("v") and (p / A.MANIFEST).exists())
 
 
 @contextmanager
@@ -103,100 +405,6 @@ def publish_lock(published: Path, wait_s: float = 0.0):
         os.close(fd)  # closing releases the flock
 
 
-def publish_version(
-    run_dir: Path, published: Path, *, manifest: dict, gate_metric: tuple[float, float] | None,
-    max_recall_drop: float = 0.05, min_coverage_ratio: float = 0.5, keep_versions: int = 5,
-    lock_wait_s: float = 0.0, force: bool = False, include_context: bool = True,
-    version: str | None = None, drift: dict | None = None,
-    transform: Callable[[Path], None] | None = None, coverage_ratio: float | None = None,
-) -> PublishResult:
-    """Gate, assemble, verify and atomically publish the run's artifacts as a new version.
-
-    `gate_metric` = (new recall@20, current recall@20 on the same holdout) or None when nothing
-    is published yet. `transform(dir)` may rewrite the vectors in the temp dir (alignment) before
-    checksums are taken. Raises GateRefused (unless `force`) or LockBusy; on any error the
-    current version is untouched.
-    """
-    from recembed.serving import Recommender
-
-    published = Path(published)
-    version = version or f"v{time.strftime('%Y%m%d-%H%M%S')}"
-    gate = sanity_checks(run_dir)
-    if gate_metric is not None:
-        new, cur = gate_metric
-        drop = (cur - new) / cur if cur > 0 else 0.0
-        gate.update(recall_new=new, recall_current=cur, relative_drop=round(drop, 4))
-        if drop > max_recall_drop:
-            gate["failures"].append(f"holdout recall@20 fell {drop:.1%} ({cur:.4f} -> {new:.4f}), "
-                                    f"more than publish.max_recall_drop={max_recall_drop:.0%}")
-    if coverage_ratio is not None:
-        gate["coverage_ratio"] = round(coverage_ratio, 4)
-    if coverage_ratio is not None and coverage_ratio < min_coverage_ratio:
-        gate["failures"].append(f"coverage@20 collapsed to {gate['coverage_ratio']:.0%} of the "
-                                "current version's")
-    if gate["failures"]:
-        if not force:
-            raise GateRefused("; ".join(gate["failures"]))
-        log.warning("quality gate failed but --force was given, publishing anyway: %s",
-                    "; ".join(gate["failures"]))
-        gate["forced"] = True
-
-    with publish_lock(published, lock_wait_s):
-        while (published / version).exists():
-            version += "b"
-        tmp = published / f".tmp-{version}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        placed = False
-        try:
-            tmp.mkdir()
-            names = [*VERSION_FILES, *(["context_vectors.npy"] if include_context and (
-                run_dir / "context_vectors.npy").exists() else [])]
-            for name in names:
-                _copy_synced(run_dir / name, tmp / name)
-            if transform is not None:
-                transform(tmp)
-            from recembed.pipeline import sha256_file
-
-            files = {n: sha256_file(tmp / n) for n in sorted(names)}
-            man = {**manifest, "version": version, "gate": gate, "drift": drift or {},
-                   "files": files}
-            _write_synced(tmp / "manifest.json", json.dumps(man, indent=2, default=str))
-            rec = Recommender.load(tmp, verify=True)  # checksums + loadable + counts agree
-            expect = manifest.get("counts", {}).get("vectors")
-            if expect is not None and len(rec.ids) != expect:
-                raise RuntimeError(f"{len(rec.ids)} items published but the run trained {expect}")
-            _fsync_dir(tmp)
-            os.rename(tmp, published / version)
-            placed = True
-            _fsync_dir(published)
-            _write_synced(published / "LATEST", version + "\n", atomic=True)
-            placed = False  # LATEST points at it now: it is the current version
-            _fsync_dir(published)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if placed:  # renamed into place but never made current: not a version
-                shutil.rmtree(published / version, ignore_errors=True)
-            raise
-        removed = apply_retention(published, keep_versions)
-    reason = "published" + (f"; removed old versions {removed}" if removed else "")
-    return PublishResult(version, published / version, True, reason, gate, drift or {})
-
-
-def sanity_checks(run_dir: Path) -> dict:
-    """{'failures': [...], 'coverage': ...}: empty vocabulary, NaN vectors, no coverage."""
-    failures = []
-    vec = np.load(run_dir / "vectors.npy", allow_pickle=False, mmap_mode="r")
-    if len(vec) == 0:
-        failures.append("empty vocabulary: no vectors were trained")
-    elif not np.isfinite(np.asarray(vec)).all():
-        failures.append("vectors contain NaN or infinite values")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    cov = _serving_metric(metrics, "coverage@20")
-    if cov is not None and cov <= 0:
-        failures.append("coverage@20 is zero: the model recommends nothing")
-    return {"failures": failures, "coverage": cov}
-
-
 def apply_retention(published: Path, keep: int) -> list[str]:
     """Delete the oldest versions beyond `keep`, never the current one; returns those removed."""
     current = current_version_dir(published)
@@ -212,8 +420,35 @@ def apply_retention(published: Path, keep: int) -> list[str]:
 
 def neighbour_drift(new_ids: list[str], new_vec: np.ndarray, old_ids: list[str],
                     old_vec: np.ndarray, k: int = 10, sample: int = 2000, seed: int = 0) -> dict:
-    """overlap@k of exact cosine neighbour lists (restricted to shared items) between two
-    versions on a sample of shared items, and the shares of new and dropped items."""
+    """How far two versions' neighbourhoods moved.
+
+    Parameters
+    ----------
+    new_ids, old_ids : list of str
+        Item ids of each version's rows.
+    new_vec, old_vec : numpy.ndarray, shape (n, dim)
+        Their vectors (dimensions may differ).
+    k : int >= 1
+        Neighbours compared.
+    sample : int >= 1
+        Shared items sampled as queries.
+    seed : int
+        Seed of the sample.
+
+    Returns
+    -------
+    dict
+        `overlap@k` (mean share of exact cosine neighbours, among shared items, that both
+        versions agree on; in [0, 1], None with too few shared items), `items_new`,
+        `items_previous`, `shared`, `new_share`, `dropped_share`.
+
+    Examples
+    --------
+    >>> v = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    >>> ids = [str(i) for i in range(50)]
+    >>> neighbour_drift(ids, v, ids, 2 * v, k=5)["overlap@5"]
+    1.0
+    """
     new_pos = {x: i for i, x in enumerate(new_ids)}
     old_pos = {x: i for i, x in enumerate(old_ids)}
     shared = [x for x in new_ids if x in old_pos]
@@ -223,8 +458,8 @@ def neighbour_drift(new_ids: list[str], new_vec: np.ndarray, old_ids: list[str],
     if len(shared) <= k:
         out[f"overlap@{k}"] = None
         return out
-    a = _unit(new_vec[[new_pos[x] for x in shared]])
-    b = _unit(old_vec[[old_pos[x] for x in shared]])
+    a = A.unit_rows(new_vec[[new_pos[x] for x in shared]])
+    b = A.unit_rows(old_vec[[old_pos[x] for x in shared]])
     rng = np.random.default_rng(seed)
     q = rng.choice(len(shared), min(sample, len(shared)), replace=False)
     overlaps = []
@@ -242,8 +477,19 @@ def neighbour_drift(new_ids: list[str], new_vec: np.ndarray, old_ids: list[str],
 
 def procrustes_rotation(new_ids: list[str], new_vec: np.ndarray, old_ids: list[str],
                         old_vec: np.ndarray) -> np.ndarray | None:
-    """Orthogonal R minimising ||new[shared] R - old[shared]|| (None if too few shared items).
-    Rotation keeps cosine and in.out scores, so it changes no ranking, only coordinates."""
+    """Orthogonal R (float32 [dim, dim]) minimising ||new[shared] R - old[shared]||, matching
+    rows by id; None when the dimensions differ or fewer than `dim` items are shared. A rotation
+    keeps cosine and in.out scores, so it changes no ranking, only coordinates.
+
+    Examples
+    --------
+    >>> v = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+    >>> q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))
+    >>> ids = [str(i) for i in range(20)]
+    >>> r = procrustes_rotation(ids, v @ q.astype(np.float32), ids, v)
+    >>> bool(np.allclose(v @ q @ r, v, atol=1e-4))
+    True
+    """
     from scipy.linalg import orthogonal_procrustes
 
     if new_vec.shape[1] != old_vec.shape[1]:
@@ -260,38 +506,38 @@ def procrustes_rotation(new_ids: list[str], new_vec: np.ndarray, old_ids: list[s
 # ---------------------------------------------------------------- helpers
 
 
-def _serving_metric(metrics: dict, key: str) -> float | None:
-    for name, m in metrics.get("methods", {}).items():
-        if name.endswith(":serving"):
-            return m["allow_repeats"].get(key)
-    return None
+def _codes_of(vocabulary, ids) -> np.ndarray:
+    """This run's ingest code of each id (int64; -1 for an id the run has never seen)."""
+    import pandas as pd
+
+    code_of = pd.Series(vocabulary["code"].to_numpy(), index=vocabulary["id"].astype(str))
+    return code_of.reindex([str(x) for x in ids]).fillna(-1).to_numpy().astype(np.int64)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+def _same_run(version_dir: Path, manifest: dict) -> bool:
+    import json
+
+    try:
+        prev = json.loads((version_dir / A.MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    keys = ("train", "index", "evaluate")
+    return all(prev.get("fingerprints", {}).get(k) == manifest["fingerprints"].get(k)
+               and manifest["fingerprints"].get(k) for k in keys)
 
 
-def _copy_synced(src: Path, dst: Path) -> None:
-    with open(src, "rb") as fi, open(dst, "wb") as fo:
-        shutil.copyfileobj(fi, fo, 1 << 22)
-        fo.flush()
-        os.fsync(fo.fileno())
+def _dumps(obj) -> str:
+    import json
+
+    return json.dumps(obj, indent=2, default=str)
 
 
 def _write_synced(path: Path, text: str, atomic: bool = False) -> None:
-    target = path.with_name(f".{path.name}.tmp-{os.getpid()}") if atomic else path
-    with open(target, "w") as fh:
+    # one seam for the tests that crash a publish between the version and LATEST
+    if atomic:
+        A.write_text(path, text)
+        return
+    with open(path, "w") as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
-    if atomic:
-        os.replace(target, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

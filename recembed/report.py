@@ -11,36 +11,54 @@ from pathlib import Path
 
 import numpy as np
 
+from recembed.artifacts import BUCKETS, VARIANTS, Metrics, write_text
 
-def write_report(path: str | Path, metrics: dict, *, loss_per_epoch: list[float] | None = None,
-                 vectors: np.ndarray | None = None, categories: np.ndarray | None = None,
-                 title: str = "recembed report") -> None:
-    """Write report.html from `metrics` (as written to metrics.json) and optional extras."""
+
+def write_report(path: str | Path, metrics: Metrics, *,
+                 loss_per_epoch: list[float] | None = None, vectors: np.ndarray | None = None,
+                 categories: np.ndarray | None = None, title: str = "recembed report") -> None:
+    """Write a self-contained report.html.
+
+    Parameters
+    ----------
+    path : str or Path
+        Destination file (written atomically).
+    metrics : Metrics
+        The evaluation (`recembed.artifacts.Metrics`, as in metrics.json).
+    loss_per_epoch : list of float, optional
+        Training loss of each epoch.
+    vectors : numpy.ndarray, shape (n, dim), optional
+        Item vectors for the 2D PCA plot (first 20,000 rows).
+    categories : numpy.ndarray of int, optional
+        Category of each vector row (-1 = unknown); the 10 largest are coloured.
+    title : str
+        Page title.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = metrics["methods"]
-    ks = metrics["ks"]
+    methods = list(metrics.methods.values())
+    ks = metrics.ks
     parts = [f"<h1>{html.escape(title)}</h1>", _summary(metrics)]
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for variant, ax in zip(("allow_repeats", "exclude_prefix"), axes, strict=True):
-        for name, m in methods.items():
-            ax.plot(ks, [m[variant][f"recall@{k}"] for k in ks], marker="o", label=name)
+    for variant, ax in zip(VARIANTS, axes, strict=True):
+        for m in methods:
+            ax.plot(ks, [m.variant(variant).recall(k) for k in ks], marker="o", label=m.name)
         ax.set(xscale="log", xlabel="K", ylabel="Recall@K", title=variant.replace("_", " "))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     parts += ["<h2>Recall@K</h2>", _img(fig, plt)]
 
-    k = 20 if 20 in ks else ks[-1]
+    k = metrics.cutoff
     fig, ax = plt.subplots(figsize=(11, 4))
-    names = list(methods)
-    for b, bucket in enumerate(("head", "torso", "tail")):
-        vals = [methods[n]["allow_repeats"].get(f"recall@{k}_{bucket}", 0) for n in names]
-        ax.bar(np.arange(len(names)) + (b - 1) * 0.27, vals, width=0.27, label=bucket)
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    for b, bucket in enumerate(BUCKETS):
+        vals = [m.allow_repeats.recall_by_bucket(k, bucket) for m in methods]
+        ax.bar(np.arange(len(methods)) + (b - 1) * 0.27, vals, width=0.27, label=bucket)
+    ax.set_xticks(range(len(methods)), [m.name for m in methods], rotation=30, ha="right",
+                  fontsize=8)
     ax.set(ylabel=f"Recall@{k}", title="by target popularity (thirds of training clicks)")
     ax.legend()
     fig.tight_layout()
@@ -75,24 +93,24 @@ def write_report(path: str | Path, metrics: dict, *, loss_per_epoch: list[float]
             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
             "padding:3px 8px;text-align:right}th{background:#f4f4f4}</style></head><body>"
             + "\n".join(parts) + "</body></html>")
-    Path(path).write_text(page)
+    write_text(path, page)
 
 
-def _summary(metrics: dict) -> str:
-    q = metrics.get("queries", {})
-    k = 20 if 20 in metrics["ks"] else metrics["ks"][-1]
+def _summary(metrics: Metrics) -> str:
+    q = metrics.queries
+    k = metrics.cutoff
+    cols = ("recall", "mrr", "ndcg", "coverage")
     rows = [f"<p>{q.get('queries', 0):,} queries; {q.get('oov_share', 0):.2%} of targets unseen "
             "in training (not scored).</p>",
             "<table><tr><th>method</th><th>variant</th>"
-            + "".join(f"<th>{c}@{k}</th>" for c in ("recall", "mrr", "ndcg", "coverage"))
-            + "<th>seconds</th></tr>"]
-    for name, m in metrics["methods"].items():
-        for variant, v in m.items():
-            rows.append(f"<tr><td style='text-align:left'>{html.escape(name)}</td>"
+            + "".join(f"<th>{c}@{k}</th>" for c in cols) + "<th>seconds</th></tr>"]
+    for m in metrics.methods.values():
+        for variant in VARIANTS:
+            v = m.variant(variant)
+            rows.append(f"<tr><td style='text-align:left'>{html.escape(m.name)}</td>"
                         f"<td style='text-align:left'>{variant}</td>"
-                        + "".join(f"<td>{v[f'{c}@{k}']:.4f}</td>"
-                                  for c in ("recall", "mrr", "ndcg", "coverage"))
-                        + f"<td>{v.get('seconds', 0):.2f}</td></tr>")
+                        + "".join(f"<td>{getattr(v, c)(k):.4f}</td>" for c in cols)
+                        + f"<td>{v.seconds:.2f}</td></tr>")
     return "\n".join([*rows, "</table>"])
 
 

@@ -13,7 +13,6 @@ An unpublished run directory is checked against its stages' done-files (`load_ru
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -21,7 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from recembed import artifacts as A
+from recembed.artifacts import sha256, unit_rows
 from recembed.blend import BlendModel, BlendSettings, Csr
+from recembed.index import load_index
 
 
 class ArtifactError(RuntimeError):
@@ -51,8 +53,7 @@ class Recommender:
                  context_index=None):
         self.ids = np.asarray(ids, dtype=object)
         self.row_of = {str(x): i for i, x in enumerate(self.ids)}
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        self.unit = np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+        self.unit = unit_rows(vectors)
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.context = None if context is None else np.ascontiguousarray(context, np.float32)
         self.index = index
@@ -162,29 +163,20 @@ class Recommender:
     @classmethod
     def _read(cls, path: Path) -> Recommender:
         """The artifacts of a checked directory (`load` and `load_run` verify first)."""
-        import faiss
-        import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(path / "items.parquet")
-            vectors = np.load(path / "vectors.npy", allow_pickle=False)
-            ctx_path = path / "context_vectors.npy"
-            context = np.load(ctx_path, allow_pickle=False) if ctx_path.exists() else None
-            index = faiss.read_index(str(path / "index.faiss"))
-            meta = json.loads((path / "index.json").read_text())
-        except (OSError, ValueError, RuntimeError) as e:
+            emb = A.Embeddings.load(path)
+            index, meta = load_index(path)
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
             raise ArtifactError(f"{path}: cannot load the artifacts: {e}") from e
-        if meta.get("search_params"):
-            faiss.ParameterSpace().set_index_parameters(index, meta["search_params"])
-        if len(table) != len(vectors) or index.ntotal != len(vectors):
-            raise ArtifactError(f"{path}: {len(table)} ids, {len(vectors)} vectors and "
+        if len(emb.ids) != len(emb.vectors) or index.ntotal != len(emb.vectors):
+            raise ArtifactError(f"{path}: {len(emb.ids)} ids, {len(emb.vectors)} vectors and "
                                 f"{index.ntotal} indexed items disagree")
         settings = BlendSettings()
-        if (path / "serving.json").exists():
-            settings = BlendSettings.from_dict(json.loads((path / "serving.json").read_text()))
-        cats = table.column("category").to_numpy() if "category" in table.column_names else None
+        if A.SERVING.path(path).exists():
+            settings = BlendSettings.from_dict(json.loads(A.SERVING.path(path).read_text()))
         extras, ctx_index = _load_extras(path)
-        return cls(table.column("id").to_pylist(), vectors, index, settings, meta, cats, context,
+        return cls(emb.ids, emb.vectors, index, settings, meta, emb.categories, emb.context,
                    extras, ctx_index)
 
     def similar(self, item_ids, k: int = 20, exclude=None) -> Results:
@@ -256,17 +248,15 @@ def verify_files(dir_: Path, files: dict[str, str], *, source: str = "manifest.j
     if not files:
         raise ArtifactError(f"{dir_}/{source} lists no files")
     for name, digest in files.items():
-        if not _plain_name(name):
-            raise ArtifactError(f"{dir_}/{source} lists {name!r}, which is not a file name "
-                                "directly inside the directory: refusing the version")
+        # a file, or a part file of a folder artifact ("parts/part-0.parquet"); never a path
+        # that leaves the directory
+        if not all(_plain_name(part) for part in name.split("/")):
+            raise ArtifactError(f"{dir_}/{source} lists {name!r}, which is not a file inside "
+                                "the directory: refusing the version")
         p = dir_ / name
         if not p.is_file():
             raise ArtifactError(f"{p} is missing (listed in {source})")
-        h = hashlib.sha256()
-        with open(p, "rb") as fh:
-            while b := fh.read(1 << 20):
-                h.update(b)
-        if h.hexdigest() != digest:
+        if sha256(p) != digest:
             raise ArtifactError(f"{p} does not match its sha256 in {source}: truncated or "
                                 "tampered; refusing to serve it")
 

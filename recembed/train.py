@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recembed.artifacts import VECTORS_BIN, VECTORS_TXT, Artifact, Embeddings
+from recembed.progress import progress_bar
+
 log = logging.getLogger("recembed")
 
 
@@ -62,13 +65,72 @@ def train_word2vec(
     target_tokens: int = 0,
     init: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
     progress: bool = False,
+    callbacks: tuple = (),
 ) -> TrainResult:
-    """Skip-gram Word2Vec over a corpus of item-code lines; rows of the result sorted by code.
+    """Train skip-gram Word2Vec on a corpus file of item-code lines (gensim corpus_file mode).
 
-    `target_tokens` > 0 sets the epochs to about target_tokens / corpus tokens (`epochs_for`)
-    instead of `epochs`. `max_tokens` > 0 caps tokens trained (corpus tokens x epochs) by lowering the epochs (at
-    least 1), so a nightly run's training time stays bounded as the log grows. `init` = (codes,
-    vectors, context) warm-starts the rows of items present in both.
+    Parameters
+    ----------
+    corpus_file : str or Path
+        Text file, one sentence per line, tokens = non-negative integer item codes separated
+        by spaces (as `recembed.sequences` and `recembed.walks` write them). Must not be empty.
+    vector_size : int >= 2
+        Embedding dimension.
+    window : int >= 1, tokens
+        Maximum skip-gram context distance.
+    shrink_windows : bool
+        Sample the effective window uniformly in 1..window per token (gensim's default).
+    negative : int >= 0
+        Negative samples per positive pair; 0 = no negative sampling (then `hs` must be on,
+        and no context vectors are trained).
+    ns_exponent : float
+        Exponent of the negative-sampling distribution (count ** ns_exponent); 0.5 suits
+        click logs, 0.75 is the NLP default.
+    sample : float >= 0
+        Down-sampling threshold of frequent tokens; 0 = off.
+    epochs : int >= 1
+        Passes over the corpus (lowered by `max_tokens`).
+    alpha, min_alpha : float > 0, >= 0
+        Initial and final learning rate (linear decay).
+    min_count : int >= 1
+        Ignore items seen fewer times in the corpus (they get no vector).
+    hs : bool
+        Hierarchical softmax instead of (or with) negative sampling.
+    workers : int >= 1
+        gensim threads; results are reproducible only with 1.
+    seed : int
+        Seed of the initial vectors and of gensim's sampling.
+    target_tokens : int >= 0, tokens
+        > 0: train about target_tokens / corpus tokens epochs (`epochs_for`) instead of
+        `epochs` (DESIGN.md: the training amount, not the epoch count, decides quality).
+    max_tokens : int >= 0
+        Cap on corpus tokens x epochs: above it fewer epochs are trained (at least 1), so a
+        nightly run's training time stays bounded as the log grows; 0 = no cap.
+    init : (codes, vectors, context or None), optional
+        Warm start: rows for item codes (int) present in the corpus start from these vectors
+        (float32 [n, vector_size]); `stats["warm_started"]` counts them.
+    progress : bool
+        Show a per-epoch progress bar.
+    callbacks : sequence of gensim CallbackAny2Vec
+        Run after the loss callback at each epoch end (`recembed.tune` evaluates and prunes
+        there; an exception raised in one stops training).
+
+    Returns
+    -------
+    TrainResult
+        `vectors` [n_items, vector_size] float32 in ascending code order, `codes`, `counts`,
+        `context` (output vectors; None without negative sampling) and `stats`: vocab,
+        corpus_tokens, epochs, epochs_requested, tokens_trained, vocab_seconds,
+        train_seconds, words_per_s, warm_started, loss_per_epoch (reset every epoch).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> corpus = Path(tempfile.mkdtemp()) / "c.txt"
+    >>> _ = corpus.write_text("0 1 2 3\\n3 2 1 0\\n" * 50)
+    >>> res = train_word2vec(corpus, vector_size=8, epochs=2, workers=1, seed=1)
+    >>> res.vectors.shape, res.codes.tolist()
+    ((4, 8), [0, 1, 2, 3])
     """
     from gensim.models import Word2Vec
     from gensim.models.callbacks import CallbackAny2Vec
@@ -77,7 +139,7 @@ def train_word2vec(
     if Path(corpus_file).stat().st_size == 0:
         raise ValueError(f"training corpus {corpus_file} is empty")
     losses: list[float] = []
-    bar = _bar(epochs, progress)
+    bar = progress_bar(epochs, progress, unit="epoch", desc="train")
 
     class EpochLoss(CallbackAny2Vec):
         def on_epoch_end(self, model):
@@ -109,11 +171,10 @@ def train_word2vec(
                     epochs)
         if bar is not None:
             bar.total = epochs
-    if init is not None:
-        _warm_start(model, *init)
+    warm = _warm_start(model, *init) if init is not None else 0
     t1 = time.perf_counter()
     model.train(corpus_file=corpus_file, total_words=model.corpus_total_words, epochs=epochs,
-                compute_loss=True, callbacks=[EpochLoss()])
+                compute_loss=True, callbacks=[EpochLoss(), *callbacks])
     t_train = time.perf_counter() - t1
     if bar is not None:
         bar.close()
@@ -132,6 +193,7 @@ def train_word2vec(
         "tokens_trained": tokens, "vocab_seconds": round(t_vocab, 3),
         "train_seconds": round(t_train, 3),
         "words_per_s": round(tokens / t_train) if t_train else 0,
+        "warm_started": warm,
         "loss_per_epoch": losses,
     }
     return TrainResult(vectors, context, keys[order].astype(np.int32), counts.astype(np.int64),
@@ -152,37 +214,70 @@ def epochs_for(corpus_tokens: int, target_tokens: int, *, lo: int = 1, hi: int =
 def export_vectors(
     result: TrainResult, vocabulary: pd.DataFrame, out_dir: str | Path, *, context: bool = True,
     text: bool = True, categories: np.ndarray | None = None,
-) -> list[str]:
-    """Write vectors.npy, items.parquet (id, code, count, item[, category]), vectors.bin and
-    vectors.txt (word2vec formats keyed by original ids), and context_vectors.npy; returns the
-    file names. In the exports `code` is the row in vectors.npy; `item` is the ingest code."""
+) -> list[Artifact]:
+    """Write a training result as `Embeddings` (vectors.npy, items.parquet and, when `context`
+    and trained, context_vectors.npy) plus word2vec binary (vectors.bin) and text (vectors.txt)
+    files keyed by original ids.
+
+    Parameters
+    ----------
+    result : TrainResult
+        What `train_word2vec` returned.
+    vocabulary : pandas.DataFrame
+        The run's vocabulary: `id` (original item id) of each ingest `code` (row i = code i).
+    out_dir : str or Path
+        Destination directory.
+    context : bool
+        Also write the output (context) vectors.
+    text : bool
+        Also write the word2vec text format.
+    categories : numpy.ndarray of int, optional
+        Category of each ingest code (-1 = unknown), stored in items.parquet.
+
+    Returns
+    -------
+    list of Artifact
+        What was written. In items.parquet row i is vector row i and `code` is the ingest code.
+    """
     out_dir = Path(out_dir)
     ids = vocabulary["id"].astype(str).to_numpy()[result.codes]
-    np.save(out_dir / "vectors.npy", result.vectors, allow_pickle=False)
-    items = pd.DataFrame({"id": pd.array(ids, dtype="string"),
-                          "code": np.arange(len(ids), dtype=np.int32),
-                          "count": result.counts, "item": result.codes})
-    if categories is not None:
-        items["category"] = np.asarray(categories)[result.codes].astype(np.int32)
-    items.to_parquet(out_dir / "items.parquet", index=False)
-    write_word2vec(list(ids), result.vectors, out_dir / "vectors.bin", binary=True)
-    files = ["vectors.npy", "items.parquet", "vectors.bin"]
+    emb = Embeddings(ids=ids, codes=result.codes, vectors=result.vectors,
+                     context=result.context if context else None, counts=result.counts,
+                     categories=None if categories is None else np.asarray(categories)[
+                         result.codes])
+    written = emb.save(out_dir)
+    write_word2vec(list(ids), result.vectors, VECTORS_BIN.path(out_dir), binary=True)
+    written.append(VECTORS_BIN)
     if text:
-        write_word2vec(list(ids), result.vectors, out_dir / "vectors.txt", binary=False)
-        files.append("vectors.txt")
-    if context and result.context is not None:
-        np.save(out_dir / "context_vectors.npy", result.context, allow_pickle=False)
-        files.append("context_vectors.npy")
-    return files
+        write_word2vec(list(ids), result.vectors, VECTORS_TXT.path(out_dir), binary=False)
+        written.append(VECTORS_TXT)
+    return written
 
 
 def write_word2vec(ids: list[str], vectors: np.ndarray, path: str | Path, binary: bool) -> None:
-    """word2vec text or binary format keyed by `ids` (gensim's load_word2vec_format reads it).
+    """Write vectors in word2vec format keyed by `ids`, in row order.
 
-    The format ends a key at whitespace, so keys are escaped: every whitespace character and
-    '%' is written as the %XX escapes of its UTF-8 bytes (`"a b"` -> `"a%20b"`, `"5%"` -> `"5%25"`);
-    `urllib.parse.unquote(key)` gives the id back byte for byte. Other ids are written as they are.
-    items.parquet always holds the ids unescaped.
+    Parameters
+    ----------
+    ids : list of str
+        Original item id of each row. The format ends a key at whitespace, so keys are
+        escaped: every whitespace character and '%' is written as the %XX escapes of its UTF-8
+        bytes (`"a b"` -> `"a%20b"`, `"5%"` -> `"5%25"`); `urllib.parse.unquote(key)` gives
+        the id back byte for byte. items.parquet always holds the ids unescaped.
+    vectors : numpy.ndarray of float32, shape (n, dim)
+        One row per id.
+    path : str or Path
+        Destination file.
+    binary : bool
+        word2vec binary (True) or text (False); gensim's `load_word2vec_format` reads both.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "v.txt"
+    >>> write_word2vec(["a", "b"], np.eye(2, dtype=np.float32), p, binary=False)
+    >>> p.read_text().splitlines()[0]
+    '2 2'
     """
     from gensim.models import KeyedVectors
 
@@ -202,18 +297,9 @@ def word2vec_key(item_id: str) -> str:
     return "".join(quote(c, safe="") if c == "%" or c.isspace() else c for c in item_id)
 
 
-def load_vectors(dir_: str | Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
-    """(items table, vectors, context vectors or None) from an export directory."""
-    dir_ = Path(dir_)
-    items = pd.read_parquet(dir_ / "items.parquet")
-    vectors = np.load(dir_ / "vectors.npy", allow_pickle=False)
-    ctx_path = dir_ / "context_vectors.npy"
-    ctx = np.load(ctx_path, allow_pickle=False) if ctx_path.exists() else None
-    return items, vectors, ctx
-
-
 def concat_corpora(paths: list[Path], out: Path) -> Path:
-    """One corpus file from several (gensim's corpus_file mode takes a single file)."""
+    """One corpus file from several (gensim's corpus_file mode takes a single file): `paths[0]`
+    itself when there is one, else their concatenation written to `out`."""
     if len(paths) == 1:
         return paths[0]
     import shutil
@@ -225,7 +311,8 @@ def concat_corpora(paths: list[Path], out: Path) -> Path:
     return out
 
 
-def _warm_start(model, codes: np.ndarray, vectors: np.ndarray, context: np.ndarray | None):
+def _warm_start(model, codes: np.ndarray, vectors: np.ndarray, context: np.ndarray | None
+                ) -> int:
     idx = model.wv.key_to_index
     hit = 0
     for row, code in enumerate(codes):
@@ -237,11 +324,4 @@ def _warm_start(model, codes: np.ndarray, vectors: np.ndarray, context: np.ndarr
             hit += 1
     log.info("warm start: %d of %d items initialised from the previous version", hit,
              len(model.wv))
-
-
-def _bar(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="epoch", desc="train", mininterval=0.5)
+    return hit

@@ -37,7 +37,9 @@ import numpy as np
 import scipy.sparse as sp
 from numba import njit, prange
 
+from recembed.artifacts import atomic_path
 from recembed.corpus import format_padded, padded_text_size, token_table
+from recembed.progress import progress_bar
 
 _LANES = 32  # walks advanced in lockstep per thread (16-64 measured within 15% of each other)
 _CHUNK_TOKENS = 8_000_000  # walk tokens per chunk: ~32 MB of codes + ~60 MB of text
@@ -111,12 +113,10 @@ def random_walks(
     ids = np.empty((chunk, walk_length), np.int32)
     # two text buffers: the writer thread writes one while the next chunk is formatted
     texts = [np.empty(padded_text_size(ids.shape, lens), np.uint8) for _ in range(2)]
-    out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     tokens = walks = 0
-    bar = _bar(len(starts), progress)
+    bar = progress_bar(len(starts), progress, unit="walk", desc="walks", mininterval=1.0)
     try:
-        with open(tmp, "wb") as fh, ThreadPoolExecutor(1) as writer:
+        with atomic_path(out_path) as tmp, open(tmp, "wb") as fh, ThreadPoolExecutor(1) as writer:
             pending = None
             for c, lo in enumerate(range(0, len(starts), chunk)):
                 part = ids[:min(chunk, len(starts) - lo)]
@@ -141,9 +141,7 @@ def random_walks(
             fh.flush()
             os.fsync(fh.fileno())  # the stage marks itself done next: the corpus must be on disk
             clock["wait"] += time.perf_counter() - t
-        os.replace(tmp, out_path)
     finally:
-        tmp.unlink(missing_ok=True)
         if bar is not None:
             bar.close()
     secs = time.perf_counter() - t0
@@ -239,6 +237,16 @@ def _walk_state(seed, walk_id):
 
 
 @njit(inline="always")
+def _lanes_start(i0, m, starts, seed, first_id, out, cur, rng):
+    """The prologue of both kernels: lanes 0..m-1 take walks i0.., each with its own random
+    stream, and write their start node."""
+    for j in range(m):
+        rng[j] = _walk_state(seed, first_id + i0 + j)
+        cur[j] = starts[i0 + j]
+        out[i0 + j, 0] = cur[j]
+
+
+@njit(inline="always")
 def _draw(indptr, records, probs, v, state):
     """v's next node, drawn proportionally to edge weight: the integer part of u * degree picks
     a slot, the fraction decides its neighbour or its alias. Returns (state, node)."""
@@ -296,10 +304,7 @@ def _deepwalk_kernel(indptr, records, probs, starts, seed, first_id, out):
         m = min(_LANES, n - i0)
         cur = np.empty(_LANES, np.int64)
         rng = np.empty(_LANES, np.uint64)
-        for j in range(m):
-            rng[j] = _walk_state(seed, first_id + i0 + j)
-            cur[j] = starts[i0 + j]
-            out[i0 + j, 0] = cur[j]
+        _lanes_start(i0, m, starts, seed, first_id, out, cur, rng)
         for s in range(1, length):
             for j in range(m):
                 v = cur[j]
@@ -333,11 +338,9 @@ def _node2vec_kernel(indptr, indices, records, probs, weights, row_sum, row_max,
         cand = np.empty(_LANES, np.int64)  # a proposal waiting for its edge check
         cand_u = np.empty(_LANES, np.float64)
         waiting = np.empty(_LANES, np.int64)
+        _lanes_start(i0, m, starts, seed, first_id, out, cur, rng)
         for j in range(m):
-            rng[j] = _walk_state(seed, first_id + i0 + j)
-            cur[j] = starts[i0 + j]
             prev[j] = -1
-            out[i0 + j, 0] = cur[j]
         for s in range(1, length):
             # pass 1: end walks at dangling nodes, take first steps (first order)
             n_wait = 0
@@ -468,9 +471,3 @@ def _check_walk_args(method: str, walks_per_node: int, walk_length: int, p: floa
         raise ValueError(f"node2vec p and q must be > 0, got p={p}, q={q}")
 
 
-def _bar(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="walk", desc="walks", mininterval=1.0)

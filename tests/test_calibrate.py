@@ -14,6 +14,7 @@ from recembed.calibrate import _recall_mrr, choose_blend, resolve_config
 from recembed.config import load_config
 from recembed.pipeline import PipelineError, run_pipeline
 from recembed.sessions import DataLossError, sessionize
+from recembed.stages import STAGES
 from recembed.synth import synth_profile, write_synth
 
 
@@ -52,12 +53,12 @@ def test_share_guard_stops_with_exit_3_naming_the_key(tmp_path):
     cfg = load_config(None, [f"input.paths=['{path}']", "input.categories_path=''",
                              f"run.runs_dir='{tmp_path}'"])
     with pytest.raises(PipelineError) as e:
-        run_pipeline(cfg, stages=["sessionize"], echo=lambda s: None)
+        run_pipeline(cfg, stages=["sessionize"], plan=STAGES, echo=lambda s: None)
     assert e.value.exit_code == 3
     assert "bots.max_share" in str(e.value) and "bot filter" in str(e.value)
     ok = load_config(None, [f"input.paths=['{path}']", "input.categories_path=''",
                             f"run.runs_dir='{tmp_path}'", "bots.max_share=0.6"])
-    rep = run_pipeline(ok, stages=["sessionize"], echo=lambda s: None)
+    rep = run_pipeline(ok, stages=["sessionize"], plan=STAGES, echo=lambda s: None)
     assert rep.stages["sessionize"]["stats"]["bot_event_share"] > 0.3
 
 
@@ -93,10 +94,10 @@ def test_per_session_stream_does_not_depend_on_the_batch():
 
     w = np.random.default_rng(0).random(200)
     ids = np.arange(200) * 7 + 3
-    full = session_multiplicity(w, 2.0, seed=5, session_ids=ids)
+    full = session_multiplicity(w, 2.0, seed=5, sessions=ids)
     # the same sessions in another order, as another partitioning would hand them over
     perm = np.random.default_rng(1).permutation(200)
-    part = session_multiplicity(w[perm], 2.0, seed=5, session_ids=ids[perm])
+    part = session_multiplicity(w[perm], 2.0, seed=5, sessions=ids[perm])
     assert (part == full[perm]).all()
 
 
@@ -188,7 +189,7 @@ def test_a_default_run_calibrates_and_serves_what_it_chose(tmp_path):
                              f"run.runs_dir='{tmp_path}'", "run.progress=false",
                              "calibrate.target_tokens=[30000, 60000]", "train.vector_size=16",
                              "evaluate.baselines=['pop', 'sr']", "holdout.days=7"])
-    rep = run_pipeline(cfg, echo=lambda s: None)
+    rep = run_pipeline(cfg, plan=STAGES, echo=lambda s: None)
     run = rep.run_dir
     cal = json.loads((run / "calibration.json").read_text())
     assert cal["enabled"] and cal["corpus"] in ("both", "sessions", "walks")
@@ -204,3 +205,15 @@ def test_a_default_run_calibrates_and_serves_what_it_chose(tmp_path):
     # the graph and walks stages ran only if the chosen corpus has walks
     assert ("walks" in rep.stages) == (cal["corpus"] in ("both", "walks"))
     assert set(SIGNALS) >= set(served["weights"])
+
+
+def test_config_knows_exactly_the_blend_signals():
+    import typing
+
+    from recembed.config import ServingConfig
+
+    weights = ServingConfig.model_fields["weights"].annotation
+    key = typing.get_args(typing.get_args(weights)[0])[0]
+    assert set(typing.get_args(key)) == set(SIGNALS)
+    with pytest.raises(ValueError, match="bogus"):
+        load_config(None, ["serving.weights={bogus = 1.0}"])

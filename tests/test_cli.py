@@ -23,3 +23,27 @@ def test_unknown_key_exits_2_with_a_hint():
                             "--set", "sesion.gap_minutes=3"])
     assert r.exit_code == 2
     assert "did you mean 'session'" in r.output
+
+
+def test_evaluate_a_run_and_a_published_version(tmp_path):
+    out = tmp_path / "c.csv"
+    assert runner.invoke(app, ["synth", str(out), "--events", "5000", "--seed", "2"]).exit_code == 0
+    sets = [f"input.paths=['{out}']", f"input.categories_path='{tmp_path / 'c_items.csv'}'",
+            f"run.runs_dir='{tmp_path / 'runs'}'", f"publish.dir='{tmp_path / 'pub'}'",
+            "publish.enabled=true", "train.epochs=1", "train.workers=1", "run.progress=false",
+            "evaluate.baselines=['pop']", "evaluate.ks=[10,20]"]
+    r = runner.invoke(app, ["run", *[x for s in sets for x in ("--set", s)]])
+    assert r.exit_code == 0, r.output
+    run_dir = next((tmp_path / "runs").iterdir())
+    r = runner.invoke(app, ["evaluate", str(run_dir)])
+    assert r.exit_code == 0, r.output
+    rows = {line.split()[0]: line.split()[1:] for line in r.output.splitlines()
+            if line.startswith(("pop", "item2vec", "deepwalk"))}
+    # the model's name is the corpus that calibration chose (item2vec, deepwalk or both)
+    model = next(n for n in rows if n != "pop").split(":")[0]
+    assert set(rows) == {"pop", *(f"{model}:{s}" for s in ("last", "decayed", "directional",
+                                                             "ann", "serving"))}
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "pub"), "--run", str(run_dir)])
+    assert r.exit_code == 0, r.output
+    # the published version is this run's: it scores what the run's serving row says
+    assert r.output.split()[1] == rows[f"{model}:serving"][0]

@@ -83,3 +83,16 @@ def test_summary_networkx_round_trip_and_save(tmp_path):
     assert (g2 != g).nnz == 0
     save_graph(g, tmp_path / "g.npz")
     assert (load_graph(tmp_path / "g.npz") != g).nnz == 0
+
+
+def test_session_weights_are_joined_by_session_id():
+    """Ids that are not 0..S-1 in table order (another engine, a filtered table) must still
+    pair each session with its own weight."""
+    sessions = pd.DataFrame({"session": [3, 3, 10, 10, 42, 42], "item": [0, 1, 1, 2, 0, 2]})
+    table = pd.DataFrame({"session": [42, 3, 10, 77], "weight": [0.25, 1.0, 0.5, 9.0]})
+    g = build_item_graph(sessions, table, 3, directed=True)
+    assert g[0, 1] == 1.0 and g[1, 2] == 0.5 and g[0, 2] == 0.25 and g.nnz == 3
+    series = table.set_index("session")["weight"]
+    assert (build_item_graph(sessions, series, 3, directed=True) != g).nnz == 0
+    with pytest.raises(ValueError, match="session 10 has no weight"):
+        build_item_graph(sessions, table[table["session"] != 10], 3)

@@ -16,10 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recembed import artifacts as A
 from recembed.config import load_config
 from recembed.pipeline import EXIT_BAD_INPUT, EXIT_GATE, EXIT_LOCKED, PipelineError, run_pipeline
 from recembed.publish import apply_retention, current_version_dir, list_versions, publish_lock
 from recembed.serving import ArtifactError, Recommender
+from recembed.stages import STAGES
 
 FAST = ["train.epochs=3", "train.workers=1", "train.vector_size=16", "evaluate.baselines=[]",
         "evaluate.strategies=['last']", "walks.enabled=true", "walks.walks_per_node=2",
@@ -51,8 +53,8 @@ def set_args(args):
     return [x for a in args for x in ("--set", a)]
 
 
-def quiet(cfg, run_dir=None, **kw):
-    return run_pipeline(cfg, run_dir, echo=lambda s: None, **kw)
+def quiet(cfg, run_dir=None, plan=STAGES, **kw):
+    return run_pipeline(cfg, run_dir, plan=plan, echo=lambda s: None, **kw)
 
 
 def test_publish_layout_manifest_and_serving(log_csv, tmp_path):
@@ -117,16 +119,17 @@ def reference(log_csv, tmp_path_factory):
 def test_exception_in_a_stage_then_resume_publishes_the_same(log_csv, tmp_path, reference,
                                                              stage, monkeypatch):
     """An exception at the end of each stage (its outputs already written), then a rerun."""
-    from recembed import stages
+    import dataclasses
 
     quiet(cfg_for(log_csv, tmp_path, "run.seed=3"))  # a current version to protect
     before = snapshot(tmp_path / "published")
     cfg = cfg_for(log_csv, tmp_path)
-    idx = [s.name for s in stages.STAGES].index(stage)
-    real = stages.STAGES[idx].fn
+    plan = list(STAGES)
+    idx = [s.name for s in plan].index(stage)
+    real = plan[idx].run
 
-    def crash(cfg, run, out):
-        real(cfg, run, out)  # outputs half-way into place, then the process "dies"
+    def crash(ctx):
+        real(ctx)  # outputs half-way into place, then the process "dies"
         raise RuntimeError(f"injected crash in {stage}")
 
     if stage == "publish":
@@ -142,9 +145,9 @@ def test_exception_in_a_stage_then_resume_publishes_the_same(log_csv, tmp_path, 
 
         monkeypatch.setattr(publish, "_write_synced", crash_on_latest)
     else:
-        monkeypatch.setattr(stages.STAGES[idx], "fn", crash)
+        plan[idx] = dataclasses.replace(plan[idx], run=crash)
     with pytest.raises(RuntimeError, match="injected"):
-        quiet(cfg)
+        quiet(cfg, plan=plan)
     assert snapshot(tmp_path / "published") == before
     monkeypatch.undo()
     rep = quiet(cfg)
@@ -233,12 +236,12 @@ def test_bad_input_fails_clearly_and_keeps_the_current_version(log_csv, tmp_path
 
 
 def test_disk_full_while_writing_a_version(log_csv, tmp_path, monkeypatch):
-    from recembed import publish
+    from recembed import artifacts
 
     quiet(cfg_for(log_csv, tmp_path))
     before = snapshot(tmp_path / "published")
     calls = {"n": 0}
-    real = publish._copy_synced
+    real = artifacts.copy_synced
 
     def full(src, dst):
         calls["n"] += 1
@@ -246,7 +249,7 @@ def test_disk_full_while_writing_a_version(log_csv, tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         real(src, dst)
 
-    monkeypatch.setattr(publish, "_copy_synced", full)
+    monkeypatch.setattr(artifacts, "copy_synced", full)
     with pytest.raises(OSError, match="No space"):
         quiet(cfg_for(log_csv, tmp_path, "run.seed=9", "publish.max_recall_drop=1.0"))
     assert snapshot(tmp_path / "published") == before
@@ -317,10 +320,84 @@ def test_truncated_published_artifact_is_refused(log_csv, tmp_path):
         Recommender.load(tmp_path / "published")
 
 
-def test_warm_start_from_the_published_version(log_csv, tmp_path, caplog):
+def test_warm_start_initialises_every_shared_item_and_follows_the_published_version(log_csv,
+                                                                                   tmp_path):
     quiet(cfg_for(log_csv, tmp_path))
-    with caplog.at_level("INFO", logger="recembed"):
-        rep = quiet(cfg_for(log_csv, tmp_path, "train.warm_start=true",
-                            "publish.max_recall_drop=1.0"))
-    assert rep.stages["train"]["status"] == "ran"
-    assert any("warm start:" in r.message and " of " in r.message for r in caplog.records)
+    v1 = A.Embeddings.load(current_version_dir(tmp_path / "published"))
+    warm = cfg_for(log_csv, tmp_path, "train.warm_start=true", "publish.max_recall_drop=1.0")
+    st = quiet(warm).stages["train"]["stats"]
+    # the same log: every trained item is in the published version and starts from it
+    assert st["warm_started"] == st["vocab"] == len(v1) > 0
+    # a newer published version is a new starting point: train must not be skipped
+    quiet(cfg_for(log_csv, tmp_path, "run.seed=4", "publish.max_recall_drop=1.0"))
+    assert quiet(warm).stages["train"]["status"] == "ran"
+
+
+def test_without_context_vectors_the_gate_scores_what_is_published(log_csv, tmp_path):
+    """train.export_context_vectors = false: the run evaluated (and gated) a blend with
+    context vectors while the published version, without them, served cosine only."""
+    from recembed.stages.publish import evaluate_published
+
+    rep = quiet(cfg_for(log_csv, tmp_path, "train.export_context_vectors=false"))
+    cur = current_version_dir(tmp_path / "published")
+    assert not (cur / "context_vectors.npy").exists()
+    assert not (rep.run_dir / "context_vectors.npy").exists()
+    gated = A.Metrics.load(rep.run_dir / "metrics.json").serving.allow_repeats
+    served = evaluate_published(cur, rep.run_dir)
+    assert served.recall(20) == gated.recall(20) and served.mrr(20) == gated.mrr(20)
+
+
+def test_evaluate_report_false_writes_and_publishes_no_report(log_csv, tmp_path):
+    rep = quiet(cfg_for(log_csv, tmp_path, "evaluate.report=false"))
+    cur = current_version_dir(tmp_path / "published")
+    assert not (rep.run_dir / "report.html").exists() and not (cur / "report.html").exists()
+    assert "report.html" not in json.loads((cur / "manifest.json").read_text())["files"]
+    assert (rep.run_dir / "metrics.json").exists()
+
+
+def test_align_to_previous_rotates_onto_the_current_version_and_remeasures_the_index(
+        log_csv, tmp_path):
+    import faiss
+    from gensim.models import KeyedVectors
+
+    from recembed.index import load_index, prepare_vectors
+
+    hnsw = "index.type='HNSW16'"
+    quiet(cfg_for(log_csv, tmp_path, hnsw))
+    v1 = current_version_dir(tmp_path / "published")
+    rep = quiet(cfg_for(log_csv, tmp_path, hnsw, "run.seed=7", "publish.max_recall_drop=1.0",
+                        "publish.align_to_previous=true"))
+    v2 = current_version_dir(tmp_path / "published")
+    man = json.loads((v2 / "manifest.json").read_text())
+    assert man["drift"]["aligned_to_previous"]
+    old, new = A.Embeddings.load(v1), A.Embeddings.load(v2)
+    run = A.Embeddings.load(rep.run_dir)
+    assert new.ids.tolist() == run.ids.tolist()
+    # a rotation: every cosine (and so every ranking) is unchanged ...
+    np.testing.assert_allclose(new.unit() @ new.unit().T, run.unit() @ run.unit().T, atol=2e-5)
+    np.testing.assert_allclose(new.vectors @ new.context.T, run.vectors @ run.context.T,
+                               rtol=1e-3, atol=1e-3)
+    # ... that brings the shared items onto the previous version's coordinates
+    pos = {x: i for i, x in enumerate(old.ids)}
+    shared = [i for i, x in enumerate(new.ids) if x in pos]
+    prev = old.unit()[[pos[new.ids[i]] for i in shared]]
+    assert (np.linalg.norm(new.unit()[shared] - prev)
+            < 0.8 * np.linalg.norm(run.unit()[shared] - prev))
+    kv = KeyedVectors.load_word2vec_format(str(v2 / "vectors.bin"), binary=True)
+    np.testing.assert_array_equal(np.stack([kv[x] for x in new.ids]), new.vectors)
+    # index.json describes the published index over the published (rotated) vectors ...
+    meta = json.loads((v2 / "index.json").read_text())
+    assert meta["vectors_sha256"] == man["files"]["vectors.npy"] == A.sha256(v2 / "vectors.npy")
+    assert meta["vectors_sha256"] != A.sha256(rep.run_dir / "vectors.npy")
+    # ... and its recall is what that index measures, with the recorded parameters
+    index, _ = load_index(v2)
+    x = prepare_vectors(new.vectors, meta["metric"])
+    q = x[np.random.default_rng(7).choice(len(x), min(1000, len(x)),
+                                          replace=False)]
+    exact = faiss.IndexFlatIP(x.shape[1])
+    exact.add(x)
+    k = meta["tune_k"]
+    _, truth = exact.search(q, k)
+    _, got = index.search(q, k)
+    hits = sum(len(np.intersect1d(g[g >= 0], t)) for g, t in zip(got, truth, strict=True))
+    assert meta["recall"] == round(hits / truth.size, 4)

@@ -6,13 +6,14 @@ import pytest
 
 from recembed.config import load_config
 from recembed.pipeline import run_pipeline
+from recembed.stages import STAGES
 from tests.conftest import ROOT
 
 
 def _metrics(name, tmp_path):
     cfg = load_config(ROOT / "pipelines" / f"{name}.toml",
                       [f"run.runs_dir='{tmp_path}'", "run.progress=false"])
-    rep = run_pipeline(cfg, echo=lambda s: None)
+    rep = run_pipeline(cfg, plan=STAGES, echo=lambda s: None)
     m = json.loads((rep.run_dir / "metrics.json").read_text())["methods"]
     return {n: v["allow_repeats"] for n, v in m.items()}
 

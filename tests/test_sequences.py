@@ -67,3 +67,41 @@ def test_multiplicity_is_seeded():
     m = 2 * w / w.mean()
     assert ((a == np.floor(m)) | (a == np.floor(m) + 1)).all()
     assert abs(a.mean() - 2.0) < 0.1
+
+
+def test_replication_draws_from_each_sessions_own_stream(tmp_path):
+    """Any partitioning of the sessions gives the same corpus: a session's copies depend on
+    the seed, its id and its weight only, not on which other sessions are written with it."""
+    rng = np.random.default_rng(1)
+    n = 400
+    s = pd.DataFrame({"session": np.repeat(np.arange(n) * 3 + 5, 2),
+                      "item": rng.integers(0, 30, 2 * n)})
+    table = pd.DataFrame({"session": np.arange(n) * 3 + 5, "weight": rng.random(n)})
+    mean = table["weight"].mean()
+    write_session_corpus(s, table, tmp_path / "all.txt", replication=1.5, seed=9)
+    parts = []
+    for half in (s["session"] % 2 == 0, s["session"] % 2 == 1):
+        sub = s[half.to_numpy()]
+        sub_table = table[table["session"].isin(sub["session"])]
+        # scale so that each partition's mean weight is the global one
+        sub_table = sub_table.assign(weight=sub_table["weight"] * mean / sub_table["weight"].mean())
+        write_session_corpus(sub, sub_table, tmp_path / "part.txt", replication=1.5, seed=9)
+        parts += _lines(tmp_path / "part.txt")
+    assert sorted(parts) == sorted(_lines(tmp_path / "all.txt"))
+
+
+def test_weights_are_joined_by_session_id(tmp_path):
+    s = pd.DataFrame({"session": [2, 2, 9, 9], "item": [1, 2, 3, 4]})
+    table = pd.DataFrame({"session": [9, 2], "weight": [1e-9, 1.0]})  # table order != id order
+    write_session_corpus(s, table, tmp_path / "c.txt", replication=1.0, seed=0, min_copies=0)
+    assert _lines(tmp_path / "c.txt") == ["1 2", "1 2"]  # all the weight is session 2's
+
+
+def test_the_session_stream_is_the_walk_stream():
+    from recembed.sequences import session_uniform
+    from recembed.walks import _uniform, _walk_state
+
+    ids = np.array([0, 1, 17, 2**40 + 3])
+    # np.uint64 around the state: from Python, numba hands it back as a plain (signed) int
+    expect = [_uniform(np.uint64(_walk_state(np.uint64(5), np.uint64(i))))[1] for i in ids]
+    np.testing.assert_array_equal(session_uniform(5, ids), expect)

@@ -312,6 +312,7 @@ def test_parquet_is_found_by_magic_bytes_and_single_files_have_no_partitions(tmp
 def test_the_input_keys_reach_the_reader_through_the_pipeline(tmp_path):
     from recembed.config import load_config
     from recembed.pipeline import run_pipeline
+    from recembed.stages import STAGES
 
     truth = _lake(tmp_path / "lake", days=6, corrupt="2026-11-12")
     cfg = load_config(None, [
@@ -319,7 +320,7 @@ def test_the_input_keys_reach_the_reader_through_the_pipeline(tmp_path):
         "input.columns.item='it'", "input.columns.ts='t'", "input.columns.user='u'",
         "input.partition_date='dt'", "input.filters={region=['us']}", "ingest.window_days=1",
         f"run.runs_dir='{tmp_path / 'runs'}'", "run.progress=false"])
-    rep = run_pipeline(cfg, stages=["ingest"], echo=lambda s: None)
+    rep = run_pipeline(cfg, stages=["ingest"], plan=STAGES, echo=lambda s: None)
     events = pd.read_parquet(rep.run_dir / "events.parquet")
     us = truth[(truth["region"] == "us") & (truth["t"] > truth["t"].max() - DAY)]
     assert sorted(events["ts"]) == sorted(us["t"])

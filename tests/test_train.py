@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recembed.train import export_vectors, load_vectors, train_word2vec
+from recembed.artifacts import Embeddings
+from recembed.train import export_vectors, train_word2vec
 
 
 def _cluster_corpus(path, n_clusters=5, per=20, sessions=3000, seed=0):
@@ -53,12 +54,14 @@ def test_exports_load_in_gensim_and_match_npy(tmp_path):
     vocab = pd.DataFrame({"code": np.arange(100), "id": [f"sku-{i}" for i in range(100)]})
     files = export_vectors(res, vocab, tmp_path)
     assert {"vectors.npy", "items.parquet", "vectors.bin", "vectors.txt",
-            "context_vectors.npy"} <= set(files)
-    items, vecs, ctx = load_vectors(tmp_path)
-    assert items["id"].tolist() == [f"sku-{i}" for i in res.codes]
+            "context_vectors.npy"} <= {a.name for a in files}
+    emb = Embeddings.load(tmp_path)
+    vecs, ctx = emb.vectors, emb.context
+    assert emb.ids.tolist() == [f"sku-{i}" for i in res.codes]
+    assert (emb.codes == res.codes).all()  # `code` is the ingest code, as in the vocabulary
     for binary, name in ((True, "vectors.bin"), (False, "vectors.txt")):
         kv = KeyedVectors.load_word2vec_format(str(tmp_path / name), binary=binary)
-        got = np.stack([kv[i] for i in items["id"]])
+        got = np.stack([kv[i] for i in emb.ids])
         np.testing.assert_allclose(got, vecs, rtol=0, atol=1e-5 if not binary else 0)
     assert ctx.shape == vecs.shape
 

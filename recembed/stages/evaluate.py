@@ -1,0 +1,88 @@
+"""evaluate: vectors, index and holdout -> metrics of every method (metrics.json) and the
+report."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+
+from recembed import artifacts as A
+from recembed.config import Config
+from recembed.evaluate import embedding_scorer, evaluate_all, serving_recommend
+from recembed.pipeline import Stage, StageContext
+from recembed.report import write_report
+from recembed.serving import Recommender
+from recembed.stages.train import writes_context
+
+log = logging.getLogger("recembed")
+
+
+def run(ctx: StageContext) -> dict:
+    """Baselines, every query strategy and the serving path on the same holdout queries."""
+    e, seed = ctx.cfg.evaluate, ctx.cfg.run.seed
+    # event times: the session-kNN baselines weigh neighbours by recency
+    train = pd.read_parquet(ctx.read(A.SESSIONS_TRAIN), columns=["session", "item", "ts"])
+    test = pd.read_parquet(ctx.read(A.SESSIONS_TEST), columns=["session", "item"])
+    n_items = len(pd.read_parquet(ctx.read(A.VOCABULARY), columns=["code"]))
+    emb = A.Embeddings.load(ctx.run_dir)
+    train_stats = json.loads(ctx.read(A.TRAIN_STATS).read_text())
+    model = train_stats["model"]
+    pop = np.bincount(train["item"].to_numpy(), minlength=n_items).astype(np.float64)
+    strategies = [s for s in e.strategies
+                  if s not in ("directional", "ann") or emb.context is not None]
+    if len(strategies) < len(e.strategies):
+        log.warning("evaluate.strategies: 'directional' skipped, the run has no context vectors "
+                    "(train.negative = 0 or train.export_context_vectors = false)")
+    embeddings = {f"{model}:{s}": embedding_scorer(emb.vectors, emb.codes, n_items, pop,
+                                                   strategy=s, context=emb.context,
+                                                   decay=e.decay, history=e.history)
+                  for s in strategies}
+    serving = serving_recommend(Recommender.load(ctx.run_dir), emb.codes, n_items)
+    raw = evaluate_all(train, test, n_items, ks=e.ks, baselines=e.baselines,
+                       embeddings=embeddings, recommenders={f"{model}:serving": serving},
+                       max_queries=e.max_queries, seed=seed)
+    calibration = json.loads(ctx.read(A.CALIBRATION).read_text())
+    metrics = A.Metrics.from_evaluation(raw, model, train_stats, _calibration_summary(calibration))
+    metrics.save(ctx.write(A.METRICS))
+    if e.report:
+        cats = pd.read_parquet(ctx.read(A.CATEGORIES))["category"].to_numpy()
+        write_report(ctx.write(A.REPORT), metrics, loss_per_epoch=train_stats.get("loss_per_epoch"),
+                     vectors=emb.vectors, categories=cats[emb.codes],
+                     title=f"recembed: {ctx.cfg.run.name}")
+    k = metrics.cutoff
+    best = metrics.best()
+    return {"queries": metrics.queries["queries"], "oov_share": metrics.queries["oov_share"],
+            "best": best.name if best else "",
+            f"recall@{k}": best.allow_repeats.recall(k) if best else 0.0,
+            **{f"{m.name}_recall@{k}": m.allow_repeats.recall(k)
+               for m in metrics.of_kind("baseline")}}
+
+
+def _calibration_summary(rec: dict) -> dict:
+    """What metrics.json, the report and the manifest say of calibration (no candidate list)."""
+    if not rec.get("enabled"):
+        return {"enabled": False, "reason": rec.get("reason", "")}
+    blend = rec.get("blend", {})
+    return {"enabled": True, "corpus": rec.get("corpus"), "target_tokens": rec.get("target_tokens"),
+            "blend": blend.get("settings"), "validation": rec.get("validation"),
+            "signals_alone": blend.get("signals_alone"), "baselines": rec.get("baselines"),
+            "validation_queries": rec.get("validation_queries"), "notes": rec.get("notes", []),
+            "candidates": [{k: c.get(k) for k in ("corpus", "target_tokens", "epochs",
+                                                  "recall@20", "mrr@20", "seconds")}
+                           for c in rec.get("candidates", [])],
+            "seconds": rec.get("seconds")}
+
+
+def _reads(cfg: Config) -> tuple:
+    return (A.CALIBRATION, A.SESSIONS_TRAIN, A.SESSIONS_TEST, A.VOCABULARY, A.CATEGORIES,
+            A.VECTORS,
+            *([A.CONTEXT] if writes_context(cfg) else []), A.ITEMS, A.TRAIN_STATS, A.INDEX,
+            A.INDEX_META, A.SERVING)
+
+
+STAGE = Stage("evaluate", run, reads=_reads,
+              writes=lambda cfg: (A.METRICS, *([A.REPORT] if cfg.evaluate.report else [])),
+              sections=("evaluate",), enabled=lambda cfg: cfg.evaluate.enabled)

@@ -1,0 +1,85 @@
+"""index: item vectors -> a faiss index tuned to a target recall, and the serving settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from recembed import artifacts as A
+from recembed.calibrate import blend_settings, serving_model
+from recembed.config import Config
+from recembed.index import build_index, save_index, set_threads, tune_index
+from recembed.pipeline import Stage, StageContext
+from recembed.serving import write_settings
+from recembed.stages.train import writes_context
+
+log = logging.getLogger("recembed")
+
+
+def run(ctx: StageContext) -> dict:
+    """Build, tune and save the index; the serving blend: serving.json (the calibrated
+    settings), blend.npz (rules, session-kNN index, popularity) and index_context.faiss (an
+    inner-product index over the output vectors: the directional score as plain ANN)."""
+    cfg = ctx.cfg
+    index, meta = tuned_index(cfg, ctx.read(A.VECTORS))
+    save_index(index, meta, ctx.out_dir)
+    write_settings(ctx.write(A.SERVING), blend_settings(cfg))
+    emb = A.Embeddings.load(ctx.run_dir)
+    train = pd.read_parquet(ctx.read(A.SESSIONS_TRAIN), columns=["session", "item", "ts"])
+    n_items = len(pd.read_parquet(ctx.read(A.VOCABULARY), columns=["code"]))
+    model, _ = serving_model(train, n_items, emb.codes, emb.vectors, emb.context,
+                             rule_steps=cfg.serving.rule_steps)
+    pop = np.bincount(train["item"].to_numpy(), minlength=n_items)[emb.codes]
+    arrays = {"rules_indptr": model.rules.indptr, "rules_indices": model.rules.indices,
+              "rules_data": model.rules.data, "popularity": pop.astype(np.float64),
+              **{f"nb_{k}": v for k, v in model.neighbours.to_arrays().items()}}
+    with A.atomic_path(ctx.write(A.BLEND)) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    # without output vectors (hs) the same search runs over the input vectors
+    ctx_vectors = emb.context if emb.context is not None else emb.vectors
+    ic = cfg.index
+    cindex, cmeta = build_index(ctx_vectors, factory=ic.type, metric="ip",
+                                memory_budget_gb=ic.memory_budget_gb, hnsw_m=ic.hnsw_m,
+                                ef_construction=ic.ef_construction, seed=cfg.run.seed)
+    cmeta = tune_index(cindex, ctx_vectors, cmeta, target_recall=ic.target_recall, k=ic.tune_k,
+                       n_queries=ic.tune_queries, seed=cfg.run.seed)
+    faiss.write_index(cindex, str(ctx.write(A.INDEX_CONTEXT)))
+    A.write_text(ctx.write(A.INDEX_CONTEXT_META), cmeta.to_json())
+    d = asdict(meta)
+    d.pop("tuning")
+    d["context_index"] = cmeta.factory
+    return d
+
+
+def tuned_index(cfg: Config, vectors_path: Path):
+    """(faiss index, IndexMeta) over the vectors in `vectors_path` with the config's index
+    settings, tuned to `index.target_recall`; the metadata records the sha256 of the vectors it
+    was measured on. Publishing reuses it to re-index aligned vectors."""
+    ic = cfg.index
+    vectors = np.load(vectors_path, allow_pickle=False)
+    set_threads(cfg.run.n_threads())
+    index, meta = build_index(vectors, factory=ic.type, metric=ic.metric,
+                              memory_budget_gb=ic.memory_budget_gb, hnsw_m=ic.hnsw_m,
+                              ef_construction=ic.ef_construction, seed=cfg.run.seed)
+    meta = tune_index(index, vectors, meta, target_recall=ic.target_recall, k=ic.tune_k,
+                      n_queries=ic.tune_queries, seed=cfg.run.seed)
+    if not meta.reached_target:
+        log.warning("index: %s", meta.reason)
+    meta.vectors_sha256 = A.sha256(vectors_path)
+    return index, meta
+
+
+def _reads(cfg: Config) -> tuple:
+    return (A.VECTORS, *([A.CONTEXT] if writes_context(cfg) else []), A.ITEMS,
+            A.SESSIONS_TRAIN, A.VOCABULARY, A.CALIBRATION)
+
+
+STAGE = Stage("index", run, reads=_reads,
+              writes=(A.INDEX, A.INDEX_META, A.SERVING, A.BLEND, A.INDEX_CONTEXT,
+                      A.INDEX_CONTEXT_META),
+              sections=("index", "serving"))

@@ -1,0 +1,622 @@
+"""`recembed tune CONFIG`: the full search over corpus, training and serving settings (issue 12),
+with Optuna, on the same validation split as the built-in self-calibration (`recembed.calibrate`).
+
+The run goes up to `sessionize`; every trial then trains one model on the calibration-train
+sessions (`split` = 0; optionally only the most recent `sample_sessions` of them), chooses its
+serving blend on the validation sessions (`split` = 2) with `calibrate.choose_blend` (no
+retraining: the blend is searched on the trial's model), and scores Recall@20 + MRR@20 of that
+blend (allow-repeats protocol), exactly like a calibration candidate. The holdout is never read.
+
+Search (TPE sampler seeded from `run.seed`, see `SPACE` for the ranges): corpus (both / sessions
+/ walks), walks.method (deepwalk / node2vec with p, q), train.window, train.vector_size,
+train.ns_exponent, train.negative, the training amount train.target_tokens (log-uniform),
+session.half_life_days (categorical incl. inf), and the blend. Keys a config sets explicitly
+where "auto" is allowed win, as in calibration: walks.enabled / sequences.enabled (then the
+corpus is fixed), train.epochs or train.target_tokens (then the training amount is fixed),
+serving.weights / decay / temperature / neighbours (never changed by the blend search).
+`space` fixes or narrows any other key.
+
+Pruning: a gensim epoch-end callback (`train_word2vec(callbacks=...)`) scores the model's
+directional next-item ranking (decayed prefix of input vectors . output vectors, the item
+being viewed excluded; Recall@20 + MRR@20 over the whole catalogue) on up to `prune_queries`
+validation queries each time training crosses a quarter of its epoch schedule, reports it with
+`trial.report(value, step)` where step = 25 / 50 / 75 / 100 (percent of the schedule done; trials
+of different epoch counts compare at the same share of their learning-rate decay), and raises
+`optuna.TrialPruned` when `trial.should_prune()` says so. The directional ranking is the right
+early signal: rules, session neighbours, repeats and popularity come from the same sessions in
+every trial, so only the embeddings differ between trials. Default pruner: median of earlier
+trials at the same step, after 5 complete trials, from step 50 on.
+
+Storage: SQLite at `<run>/tune.db`, study `<run.name>-tune`; rerunning the same command
+continues the same study (`trials` more trials; a trial left running by a crash is marked failed
+and queued again), and `optuna-dashboard sqlite:///<run>/tune.db` or
+`optuna.load_study(...)` inspect it. The best trial is written as `<run>/tuned.toml` in the
+config's own sections, which a pipeline TOML can `include` (recembed.config.load_config).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import math
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger("recembed")
+
+INF = math.inf
+# The search space: a list = categorical, (lo, hi) = range (int when both are ints), any other
+# value = fixed. Keys in LOG_SCALE are sampled log-uniformly. `tune(space=...)` overrides entries.
+SPACE: dict[str, Any] = {
+    "corpus": ["both", "sessions", "walks"],
+    "walks.method": ["deepwalk", "node2vec"],
+    "walks.p": (0.25, 4.0),
+    "walks.q": (0.25, 4.0),
+    "train.window": (1, 10),
+    "train.vector_size": [32, 64, 128],
+    "train.negative": (3, 25),
+    "train.ns_exponent": (0.0, 0.75),
+    "train.target_tokens": (300_000, 30_000_000),
+    "session.half_life_days": [7.0, 14.0, 30.0, 90.0, INF],
+}
+LOG_SCALE = frozenset({"walks.p", "walks.q", "train.negative", "train.target_tokens"})
+OBJECTIVE = "validation recall@20 + mrr@20 of the chosen blend"
+
+
+class TuneError(ValueError):
+    """A search that cannot run as asked; the message says what to change."""
+
+
+@dataclass
+class TuneResult:
+    """What a `tune` call left: the run directory, the study, the best trial, tuned.toml."""
+
+    run_dir: Path
+    study_name: str
+    storage: str
+    tuned_path: Path | None
+    best: dict | None
+    trials: list[dict] = field(default_factory=list)
+    added: int = 0
+    seconds: float = 0.0
+
+    def table(self) -> str:
+        """The trials as a text table (number, state, objective, recall, mrr, seconds, params)."""
+        return trials_table(self.trials)
+
+
+def tune(cfg, run_dir: str | Path | None = None, *, trials: int = 50,
+         time_budget_s: float | None = 3600.0, sample_sessions: int = 0,
+         seed: int | None = None, space: dict[str, Any] | None = None, pruner=None,
+         prune_queries: int = 1000, blend_budget_s: float = 30.0,
+         echo=print) -> TuneResult:
+    """Run (or continue) the Optuna study of a config; write `<run>/tuned.toml`.
+
+    Parameters
+    ----------
+    cfg : recembed.config.Config
+        The pipeline config; run.seed seeds the sampler and every model, run.name names the
+        study, calibrate.max_queries bounds the validation queries.
+    run_dir : path or None
+        Run directory (default: the config's, as `recembed run` uses; ingest and sessionize
+        are reused from it when up to date).
+    trials : int >= 1
+        Trials to add in this call (a resumed study keeps its earlier ones).
+    time_budget_s : float, seconds, or None
+        No new trial starts after this much time in this call (a running trial finishes);
+        None or 0 = no limit.
+    sample_sessions : int >= 0
+        Tune on the most recent N calibration-train sessions only (0 = all of them); a study
+        is bound to one value (a resumed study with another is refused).
+    seed : int or None
+        Sampler seed; None = run.seed. The sampler of a resumed study is seeded with
+        seed + trials so far, so it never replays the first call's draws.
+    space : dict or None
+        Entries overriding `SPACE` (same forms: list, (lo, hi) or a fixed value).
+    pruner : optuna pruner or None
+        None = `optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=25)`.
+    prune_queries : int >= 1
+        Validation queries scored at each pruning checkpoint (the first of the sampled ones).
+    blend_budget_s : float, seconds
+        Time budget of each trial's blend search.
+    echo : callable
+        Progress lines (one per trial).
+    """
+    import optuna
+
+    from recembed.evaluate import make_queries
+    from recembed.pipeline import EXIT_BAD_INPUT, PipelineError, run_pipeline
+    from recembed.stages import STAGES
+    from recembed.train import EmptyVocabulary
+
+    t0 = time.perf_counter()
+    if trials < 1:
+        raise TuneError(f"--trials must be at least 1 (got {trials})")
+    if sample_sessions < 0:
+        raise TuneError(f"--sample-sessions must be >= 0 (got {sample_sessions}; 0 = all)")
+    sp = _space(space)
+    rep = run_pipeline(cfg, run_dir, plan=STAGES, stages=["sessionize"], echo=lambda s: None)
+    run = Path(rep.run_dir)
+    data = _tuning_data(run, sample_sessions)
+    if data["ct"].empty or data["val"].empty:
+        raise TuneError(f"{run}: no validation split (too few training sessions); lower "
+                        "validation.min_sessions or give a longer log")
+    q, qstats = make_queries(data["val"], data["known"], max_queries=cfg.calibrate.max_queries,
+                             seed=cfg.run.seed)
+    if not len(q):
+        raise TuneError(f"{run}: no validation query has a target seen in calibration "
+                        "training; raise --sample-sessions or validation.share")
+    seed = cfg.run.seed if seed is None else seed
+    storage = f"sqlite:///{run / 'tune.db'}"
+    name = f"{cfg.run.name}-tune"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        storage=storage, study_name=name, direction="maximize", load_if_exists=True,
+        pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=25))
+    bound = {"sample_sessions": int(sample_sessions),
+             "calibration_sessions": int(data["ct"]["session"].nunique()),
+             "validation_queries": len(q), "seed": int(cfg.run.seed)}
+    _bind(study, bound, run)
+    _requeue_stale(study)
+    # seeded by what is already stored: a resumed study continues, it does not replay
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
+    objective = _objective(cfg, run, data, q, sp, prune_queries, blend_budget_s, echo)
+    before = len(study.trials)
+    try:
+        study.optimize(objective, n_trials=trials, timeout=time_budget_s or None, catch=())
+    except EmptyVocabulary as e:
+        raise PipelineError(f"train.min_count={cfg.train.min_count} is above the corpus count "
+                            "of every item: nothing left to train; lower train.min_count",
+                            EXIT_BAD_INPUT) from e
+    finally:
+        shutil.rmtree(run / ".tune-work", ignore_errors=True)
+    rows = [_trial_row(t) for t in study.trials]
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = tuned = None
+    if done:
+        b = study.best_trial
+        best = _trial_row(b)
+        tuned = run / "tuned.toml"
+        tuned.write_text(tuned_toml(b, study_name=name, n_trials=len(study.trials),
+                                    sample_sessions=sample_sessions))
+    res = TuneResult(run, name, storage, tuned, best, rows, len(study.trials) - before,
+                     time.perf_counter() - t0)
+    (run / "tune.json").write_text(json.dumps(
+        {"study": name, "storage": storage, "objective": OBJECTIVE, "bound": bound,
+         "validation_queries": qstats, "best": best, "tuned": str(tuned) if tuned else None,
+         "trials": len(rows), "states": pd.Series([r["state"] for r in rows]).value_counts()
+         .to_dict(), "seconds_this_call": round(res.seconds, 3)}, indent=2, default=str))
+    return res
+
+
+def parse_space(items: list[str]) -> dict[str, Any]:
+    """`key=value` strings (the CLI's --space) as a `space` dict: `lo..hi` = a range,
+    a TOML list = categorical, any other TOML value (or bare word) = fixed."""
+    from recembed.config import tomllib
+
+    out: dict[str, Any] = {}
+    for it in items:
+        key, sep, value = it.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise TuneError(f"--space {it!r} must look like key=value, e.g. train.window=2..6")
+        if ".." in value and not value.startswith(("[", '"', "'")):
+            lo, hi = (tomllib.loads(f"v = {x.strip()}")["v"] for x in value.split("..", 1))
+            out[key] = (lo, hi)
+            continue
+        try:
+            out[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = value
+    return out
+
+
+def tuned_toml(trial, *, study_name: str = "", n_trials: int = 0,
+               sample_sessions: int = 0) -> str:
+    """The best trial's settings as TOML in the config's own sections (header comments say
+    where they came from and how to use them)."""
+    import tomli_w
+
+    body: dict[str, dict] = {}
+
+    def put(key: str, value) -> None:
+        sec, name = key.split(".", 1)
+        body.setdefault(sec, {})[name] = value
+
+    values = dict(trial.user_attrs.get("settings", {}))
+    for key, value in values.items():
+        put(key, value)
+    ua = trial.user_attrs
+    head = [f"# written by `recembed tune`: best of {n_trials} trials of study {study_name!r} "
+            f"(trial #{trial.number})",
+            f"# {OBJECTIVE}: {trial.value:.4f} (recall@20 {ua.get('recall@20', 0):.4f}, "
+            f"mrr@20 {ua.get('mrr@20', 0):.4f}); "
+            + (f"tuned on the {sample_sessions:,} most recent calibration-train sessions"
+               if sample_sessions else "tuned on every calibration-train session"),
+            "# use: include = [\"tuned.toml\"] at the top of a pipeline TOML (keys set in that "
+            "file win over these)", ""]
+    return "\n".join(head) + tomli_w.dumps(body)
+
+
+def trials_table(rows: list[dict]) -> str:
+    """Text table of trial rows (as in TuneResult.trials)."""
+    lines = [f"{'trial':>5}  {'state':<9}{'objective':>10}{'recall@20':>10}{'mrr@20':>8}"
+             f"{'seconds':>9}  settings"]
+    for r in rows:
+        val = "" if r["value"] is None else f"{r['value']:.4f}"
+        rec = "" if r.get("recall@20") is None else f"{r['recall@20']:.4f}"
+        mrr = "" if r.get("mrr@20") is None else f"{r['mrr@20']:.4f}"
+        sec = "" if r.get("seconds") is None else f"{r['seconds']:.1f}"
+        params = ", ".join(f"{k}={_short(v)}" for k, v in r["params"].items())
+        lines.append(f"{r['number']:>5}  {r['state']:<9}{val:>10}{rec:>10}{mrr:>8}{sec:>9}  "
+                     f"{params}")
+    return "\n".join(lines)
+
+
+def tuning_section_html(run_dir: str | Path) -> str:
+    """A self-contained HTML fragment on `<run>/tune.db`: the objective per trial (pruned trials
+    at their last pruning checkpoint), the pruning curves, and the parameter importances
+    (optuna's PED-ANOVA evaluator: no scikit-learn needed). "" when the run was never tuned."""
+    db = Path(run_dir) / "tune.db"
+    if not db.exists():
+        return ""
+    import optuna
+
+    storage = f"sqlite:///{db}"
+    parts = ["<h2>Tuning</h2>"]
+    for name in optuna.study.get_all_study_names(storage):
+        study = optuna.load_study(study_name=name, storage=storage)
+        parts.append(_study_html(study))
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _space(over: dict[str, Any] | None) -> dict[str, Any]:
+    sp = dict(SPACE)
+    for key, value in (over or {}).items():
+        if key not in SPACE:
+            raise TuneError(f"unknown search key {key!r}; keys: {', '.join(SPACE)}")
+        if isinstance(value, list) and not value:
+            raise TuneError(f"search key {key!r}: an empty list leaves nothing to try")
+        if isinstance(value, tuple) and (len(value) != 2 or value[0] > value[1]):
+            raise TuneError(f"search key {key!r}: a range is (lo, hi) with lo <= hi")
+        sp[key] = value
+    return sp
+
+
+def _suggest(trial, key: str, spec):
+    """One value of `spec` (see SPACE) for `key`; fixed values are recorded, not suggested."""
+    if isinstance(spec, list):
+        if len(spec) == 1:
+            return spec[0]
+        return trial.suggest_categorical(key, spec)
+    if isinstance(spec, tuple):
+        lo, hi = spec
+        if lo == hi:
+            return lo
+        if isinstance(lo, int) and isinstance(hi, int):
+            return trial.suggest_int(key, lo, hi, log=key in LOG_SCALE)
+        return trial.suggest_float(key, float(lo), float(hi), log=key in LOG_SCALE)
+    return spec
+
+
+def _tuning_data(run: Path, sample_sessions: int) -> dict:
+    """Calibration-train and validation events, the session table, and the catalogue size."""
+    train = pd.read_parquet(run / "sessions_train.parquet", columns=["session", "item", "ts"])
+    table = pd.read_parquet(run / "session_table.parquet", columns=["session", "end", "split"])
+    n_items = len(pd.read_parquet(run / "vocabulary.parquet", columns=["code"]))
+    split = pd.Series(table["split"].to_numpy(), index=table["session"].to_numpy())
+    ev_split = split.reindex(train["session"].to_numpy()).to_numpy()
+    ct, val = train[ev_split == 0], train[ev_split == 2]
+    ends = table.set_index("session")["end"]
+    if sample_sessions and len(ct):
+        ids = np.unique(ct["session"].to_numpy())
+        order = np.argsort(-ends.reindex(ids).to_numpy(), kind="stable")
+        keep = ids[order[:sample_sessions]]
+        ct = ct[np.isin(ct["session"].to_numpy(), keep)]
+    known = np.bincount(ct["item"].to_numpy(), minlength=n_items) > 0
+    ref = float(ends.reindex(np.unique(ct["session"].to_numpy())).max()) if len(ct) else 0.0
+    return {"ct": ct, "val": val, "ends": ends, "ref": ref, "n_items": n_items, "known": known}
+
+
+def _bind(study, bound: dict, run: Path) -> None:
+    """A study keeps one objective: refuse to add trials scored on other data."""
+    prev = study.user_attrs.get("bound")
+    if prev is None:
+        study.set_user_attr("bound", bound)
+        return
+    diff = {k: (prev.get(k), v) for k, v in bound.items() if prev.get(k) != v}
+    if diff:
+        what = ", ".join(f"{k} {a} (stored) vs {b} (now)" for k, (a, b) in diff.items())
+        raise TuneError(f"{run / 'tune.db'} holds a study scored on other data ({what}); "
+                        "rerun with the stored settings to continue it, or tune into another "
+                        "run directory (--run-dir)")
+
+
+def _requeue_stale(study) -> None:
+    """A trial left RUNNING by a crashed or killed search: mark it failed and queue its
+    parameters again (one tune process per run directory)."""
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        if t.params:
+            study.enqueue_trial(t.params)
+        log.warning("tune: trial %d was left running by an earlier search; queued again",
+                    t.number)
+
+
+def _objective(cfg, run: Path, data: dict, q, sp: dict, prune_queries: int,
+               blend_budget_s: float, echo):
+    """The trial function: train one model, choose its blend, return the objective."""
+    from recembed.calibrate import _corpus_of, _on, calibration_search, train_candidate
+    from recembed.sessions import session_weights
+
+    kw = calibration_search(cfg)["kw"]
+    corpus_fixed = not (cfg.walks.enabled == "auto" and cfg.sequences.enabled == "auto")
+    if corpus_fixed:
+        sp["corpus"] = _corpus_of(_on(cfg.walks.enabled), _on(cfg.sequences.enabled))
+    if cfg.train.epochs != "auto":
+        sp["train.target_tokens"] = 0  # the configured epochs
+    elif cfg.train.target_tokens != "auto":
+        sp["train.target_tokens"] = int(cfg.train.target_tokens)
+    ends = data["ends"]
+    hist = cfg.serving.history
+    decay = 0.65 if cfg.serving.decay == "auto" else float(cfg.serving.decay)
+    probe = _probe_queries(q, prune_queries, hist)
+
+    def objective(trial) -> float:
+        t0 = time.perf_counter()
+        corpus = _suggest(trial, "corpus", sp["corpus"])
+        settings: dict[str, Any] = {"walks.enabled": corpus in ("both", "walks"),
+                                    "sequences.enabled": corpus in ("both", "sessions")}
+        wp = dict(kw["walk_params"])
+        if corpus in ("both", "walks"):
+            wp["method"] = _suggest(trial, "walks.method", sp["walks.method"])
+            settings["walks.method"] = wp["method"]
+            if wp["method"] == "node2vec":
+                for k in ("p", "q"):
+                    wp[k] = _round(float(_suggest(trial, f"walks.{k}", sp[f"walks.{k}"])))
+                    settings[f"walks.{k}"] = wp[k]
+        tp = dict(kw["train_params"])
+        for k in ("window", "vector_size", "negative"):
+            tp[k] = int(_suggest(trial, f"train.{k}", sp[f"train.{k}"]))
+            settings[f"train.{k}"] = tp[k]
+        tp["ns_exponent"] = _round(float(_suggest(trial, "train.ns_exponent",
+                                                  sp["train.ns_exponent"])))
+        settings["train.ns_exponent"] = tp["ns_exponent"]
+        tokens = int(_suggest(trial, "train.target_tokens", sp["train.target_tokens"]))
+        if tokens:
+            settings["train.target_tokens"] = tokens
+        half = float(_suggest(trial, "session.half_life_days", sp["session.half_life_days"]))
+        settings["session.half_life_days"] = half
+        weights = pd.Series(session_weights(ends.to_numpy(np.float64), data["ref"], half),
+                            index=ends.index)
+        tp["callbacks"] = (_pruning_callback(trial, probe, decay, hist, data["n_items"]),)
+        work = run / ".tune-work" / f"trial-{trial.number}"
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            cand = train_candidate(data["ct"], weights, data["n_items"], q, work, corpus=corpus,
+                              tokens=tokens, graph_params=kw["graph_params"], walk_params=wp,
+                              train_params=tp, blend_fixed=kw["blend_fixed"],
+                              base_blend=kw["base_blend"],
+                              neighbour_options=kw["neighbour_options"],
+                              rule_steps=kw["rule_steps"], seed=cfg.run.seed,
+                              threads=cfg.run.n_threads(), budget=blend_budget_s)
+        except Exception as e:
+            import optuna
+
+            if isinstance(e, optuna.TrialPruned):
+                trial.set_user_attr("seconds", round(time.perf_counter() - t0, 3))
+                echo(f"trial {trial.number}: pruned at step {e.args[0] if e.args else '?'} "
+                     f"({time.perf_counter() - t0:.1f} s)")
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        st = cand["choice"].settings
+        settings.update({"serving.weights": {k: float(v) for k, v in st.weights.items() if v},
+                         "serving.decay": float(st.decay),
+                         "serving.temperature": float(st.temperature),
+                         "serving.neighbours": st.neighbours.get("method", "stan")})
+        for k, v in {"recall@20": cand["recall@20"], "mrr@20": cand["mrr@20"],
+                     "epochs": cand["epochs"], "corpus_tokens": cand["corpus_tokens"],
+                     "seconds": round(time.perf_counter() - t0, 3),
+                     "signals_alone": cand["choice"].corners, "settings": settings}.items():
+            trial.set_user_attr(k, v)
+        echo(f"trial {trial.number}: {OBJECTIVE} {cand['objective']:.4f} "
+             f"({cand['epochs']} epochs, {time.perf_counter() - t0:.1f} s)")
+        return float(cand["objective"])
+
+    return objective
+
+
+def _probe_queries(q, n: int, history: int) -> dict:
+    """The first `n` validation queries as [n, history] ingest codes (-1 padded, most recent
+    first) and their targets: what the pruning checkpoints score."""
+    m = min(n, len(q))
+    pref = np.full((m, history), -1, np.int64)
+    for i in range(m):
+        s, ln = int(q.start[i]), int(q.length[i])
+        recent = q.items[s: s + ln][::-1][:history]
+        pref[i, : len(recent)] = recent
+    return {"prefix": pref, "target": q.target[:m].astype(np.int64)}
+
+
+def _pruning_callback(trial, probe: dict, decay: float, history: int, n_items: int):
+    """A gensim epoch-end callback: at each quarter of the epoch schedule, report the
+    directional Recall@20 + MRR@20 on the probe queries and prune when the pruner says so."""
+    import optuna
+    from gensim.models.callbacks import CallbackAny2Vec
+
+    class Report(CallbackAny2Vec):
+        def __init__(self):
+            self.epoch = 0
+            self.quarter = 0
+            self.row_of = None
+
+        def on_epoch_end(self, model):
+            self.epoch += 1
+            quarter = (4 * self.epoch) // max(model.epochs, 1)
+            if quarter <= self.quarter:
+                return
+            self.quarter = quarter
+            step = 25 * min(quarter, 4)
+            value = _directional_score(model, self._rows(model), probe, decay, history)
+            trial.report(value, step)
+            if step < 100 and trial.should_prune():
+                raise optuna.TrialPruned(step)
+
+        def _rows(self, model):
+            if self.row_of is None:  # gensim row of each ingest code (-1 = not in the vocab)
+                self.row_of = np.full(n_items, -1, np.int64)
+                for key, j in model.wv.key_to_index.items():
+                    self.row_of[int(key)] = j
+            return self.row_of
+
+    return Report()
+
+
+def _directional_score(model, row_of: np.ndarray, probe: dict, decay: float, history: int,
+                       k: int = 20) -> float:
+    """Recall@k + MRR@k of `q_in . out` over the whole vocabulary (item being viewed excluded);
+    cosine of input vectors where the model has no output vectors (hs)."""
+    vin = model.wv.vectors
+    out = getattr(model, "syn1neg", None)
+    if out is None or not len(out):
+        vin = vin / np.maximum(np.linalg.norm(vin, axis=1, keepdims=True), 1e-12)
+        out = vin
+    pref = probe["prefix"]
+    rows = np.where(pref >= 0, row_of[np.maximum(pref, 0)], -1)
+    w = (decay ** np.arange(pref.shape[1]))[None, :] * (rows >= 0)
+    q_in = np.einsum("nh,nhd->nd", w.astype(np.float32), vin[np.maximum(rows, 0)])
+    scores = q_in @ out.T
+    last = rows[:, 0]
+    has_last = last >= 0
+    scores[np.flatnonzero(has_last), last[has_last]] = -np.inf
+    tgt = row_of[probe["target"]]
+    ok = tgt >= 0
+    ts = scores[np.arange(len(tgt)), np.maximum(tgt, 0)]
+    # rank = 1 + rows scoring higher + equal rows before the target (the blend's tie rule),
+    # so a tie is never a free hit; a query without a known prefix item gets nothing (as in
+    # the blend)
+    col = np.arange(scores.shape[1])[None, :]
+    rank = ((scores > ts[:, None]) | ((scores == ts[:, None]) & (col < tgt[:, None]))).sum(
+        axis=1) + 1
+    hit = ok & (rows >= 0).any(axis=1) & np.isfinite(ts) & (rank <= k)
+    if not len(hit):
+        return 0.0
+    return float(hit.mean() + np.where(hit, 1.0 / rank, 0.0).mean())
+
+
+def _trial_row(t) -> dict:
+    ua = t.user_attrs
+    # a pruned trial's stored value is its last checkpoint (another metric): not shown as one
+    value = t.value if t.state.name == "COMPLETE" else None
+    return {"number": t.number, "state": t.state.name.lower(), "value": value,
+            "recall@20": ua.get("recall@20"), "mrr@20": ua.get("mrr@20"),
+            "seconds": ua.get("seconds"), "epochs": ua.get("epochs"), "params": dict(t.params),
+            "intermediate": {int(s): float(v) for s, v in t.intermediate_values.items()},
+            "settings": ua.get("settings")}
+
+
+def _round(x: float, digits: int = 4) -> float:
+    """Four significant digits: tuned.toml stays readable, and the trial used what it says."""
+    if x == 0 or not math.isfinite(x):
+        return x
+    return float(f"{x:.{digits}g}")
+
+
+def _short(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _study_html(study) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    esc = html.escape
+    parts = [f"<h3>Study {esc(study.study_name)}</h3>",
+             f"<p>{len(trials)} trials: {len(done)} complete, {len(pruned)} pruned, "
+             f"{len(trials) - len(done) - len(pruned)} failed or running. Objective: "
+             f"{esc(OBJECTIVE)}.</p>"]
+    if not trials:
+        return "\n".join(parts)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
+    if done:
+        x = [t.number for t in done]
+        y = [t.value for t in done]
+        ax.scatter(x, y, label="complete", color="C0")
+        best = np.maximum.accumulate(y)
+        ax.step(x, best, where="post", color="C1", label="best so far")
+    ax.set(xlabel="trial", ylabel="validation recall@20 + mrr@20", title="objective per trial")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    for t in [*done, *pruned]:
+        iv = sorted(t.intermediate_values.items())
+        if iv:
+            ax.plot([s for s, _ in iv], [v for _, v in iv], marker="x" if t in pruned else "o",
+                    color="C3" if t in pruned else "C0", alpha=0.6)
+    ax.set(xlabel="percent of the epoch schedule", ylabel="directional recall@20 + mrr@20",
+           title="pruning checkpoints (red: pruned)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    parts.append(_img(fig, plt))
+    if done:
+        b = study.best_trial
+        rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(_short(v))}</td></tr>"
+                       for k, v in b.params.items())
+        parts.append(f"<p>Best: trial #{b.number}, {b.value:.4f} (recall@20 "
+                     f"{b.user_attrs.get('recall@20', 0):.4f}, mrr@20 "
+                     f"{b.user_attrs.get('mrr@20', 0):.4f}).</p>"
+                     f"<table><tr><th>parameter</th><th>value</th></tr>{rows}</table>")
+    parts.append(_importance_html(study, plt))
+    return "\n".join(parts)
+
+
+def _importance_html(study, plt) -> str:
+    import optuna
+
+    try:
+        with warnings.catch_warnings():  # "few trials in a regime": the table says how many
+            warnings.simplefilter("ignore", UserWarning)
+            imp = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    except (ValueError, RuntimeError) as e:  # too few complete trials, nothing varied, ...
+        return f"<p>Parameter importances: not available ({html.escape(str(e))}).</p>"
+    if not imp:
+        return "<p>Parameter importances: not available (no parameter varied).</p>"
+    names = list(imp)[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
+    ax.barh(names, [imp[n] for n in names])
+    ax.set(xlabel="importance (PED-ANOVA)", title="parameter importances")
+    fig.tight_layout()
+    rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{v:.3f}</td></tr>" for n, v in imp.items())
+    return ("<h4>Parameter importances</h4>" + _img(fig, plt)
+            + f"<table><tr><th>parameter</th><th>importance</th></tr>{rows}</table>")
+
+
+def _img(fig, plt) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
