@@ -101,6 +101,7 @@ CONFIG = Artifact("config.toml", published=True)
 SUMMARY = Artifact("summary.json")
 RUNNER_FILES = (CONFIG, SUMMARY)
 # a published root and its versions
+RUN_LOCK = ".lock"  # flock held by the run using a run directory (the runner's)
 LATEST = "LATEST"
 MANIFEST = "manifest.json"
 
@@ -167,6 +168,57 @@ def file_stamp(path: str | Path) -> dict:
                                            for f in files if f.is_file()]}
     except OSError as e:  # unreadable: ingest names it; the stamp only has to be stable
         return {"path": str(p), "unreadable": e.__class__.__name__}
+
+
+# ---------------------------------------------------------------- locks
+
+
+class LockHeld(RuntimeError):
+    """Another live process holds the lock; `holder` says who (pid, host, since)."""
+
+    def __init__(self, path: Path, holder: str):
+        super().__init__(f"{path} is held by {holder}")
+        self.holder = holder
+
+
+@contextmanager
+def exclusive_lock(path: str | Path, wait_s: float = 0.0) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created if absent) for the `with` block.
+
+    The kernel releases a flock when its holder dies, so a lock left by a killed run never
+    blocks the next one. The file records the holder (pid, host, time) for the message of the
+    next process that finds it held. Raises LockHeld after waiting `wait_s` seconds (>= 0).
+    """
+    import errno
+    import fcntl
+    import socket
+    import time
+
+    path = Path(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+                    raise LockHeld(path, holder or "unknown") from None
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                      f"{time.strftime('%Y-%m-%dT%H:%M:%S')}".encode(), 0)
+        yield
+    finally:
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        os.close(fd)  # closing releases the flock
 
 
 # ---------------------------------------------------------------- checksums

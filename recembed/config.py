@@ -176,6 +176,7 @@ class WalksConfig(_Section):
     p: float = Field(1.0, gt=0)
     q: float = Field(1.0, gt=0)
     start_by_popularity: bool = False
+    max_tokens: int = Field(20_000_000, ge=0)
 
 
 class SequencesConfig(_Section):

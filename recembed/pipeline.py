@@ -17,6 +17,7 @@ resumes where it stopped. It imports no stage: the caller passes the plan
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -198,7 +199,32 @@ def run_pipeline(
     """
     order = resolve_plan(plan, cfg, stages)
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = A.exclusive_lock(run_dir / A.RUN_LOCK)
+        lock.__enter__()
+    except A.LockHeld as e:
+        raise PipelineError(f"the run directory {run_dir} is in use by another run ({e.holder}): "
+                            "two runs would delete each other's scratch folders; wait for it to "
+                            "finish, or give this one another --run-dir", EXIT_LOCKED) from None
+    except OSError as e:
+        raise PipelineError(f"cannot write the run directory {run_dir}: {e.strerror}; check "
+                            "run.runs_dir (and free space)", EXIT_BAD_INPUT) from e
+    try:
+        return _run_locked(cfg, run_dir, order, plan, stages, force, echo)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+            raise
+        where = e.filename or f"the run directory {run_dir} or publish.dir"
+        raise PipelineError(f"writing {where} failed: {e.strerror}; free space or fix the "
+                            "permissions, then rerun: finished stages are kept and the "
+                            "published version is untouched", EXIT_BAD_INPUT) from e
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _run_locked(cfg: Config, run_dir: Path, order: list[Stage], plan: Sequence[Stage],
+                stages: list[str] | None, force: bool, echo: Callable[[str], None]) -> RunReport:
     A.write_text(A.CONFIG.path(run_dir), dump_config(cfg))
     report = RunReport(run_dir)
     fingerprints: dict[str, str] = {}
@@ -335,7 +361,12 @@ def _run_stage(cfg: Config, st: Stage, fp: str, run_dir: Path) -> dict:
     t0 = time.perf_counter()
     writes = st.declared_writes(cfg)
     ctx = StageContext(cfg, st.name, run_dir, tmp, st.declared_reads(cfg), writes)
-    stats = st.run(ctx) or {}
+    try:
+        stats = st.run(ctx) or {}
+    except OSError:
+        # a full disk: the stage's temporary files (a training corpus can be GBs) go at once
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(tmp / ".scratch", ignore_errors=True)
     hashes = {}
     for a in writes:

@@ -12,12 +12,9 @@ evaluated into metrics.json) against the current version's `recommend` on the sa
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -40,10 +37,6 @@ class GateRefused(RuntimeError):
 
 class LockBusy(RuntimeError):
     """Another run holds the publish lock."""
-
-
-class CurrentVersionBroken(RuntimeError):
-    """The current version fails verification, so the gate cannot compare against it."""
 
 
 @dataclass
@@ -131,8 +124,9 @@ def publish_run(
     Returns
     -------
     PublishResult
-        Raises GateRefused (unless `policy.force`), LockBusy or CurrentVersionBroken; on any
-        error the current version is untouched.
+        Raises GateRefused (unless `policy.force`) or LockBusy; on any error the current
+        version is untouched. A current version that fails verification does not block: the
+        new one is gated on its own checks and `gate["current_broken"]` says why.
     """
     from recembed.serving import ArtifactError, Recommender
 
@@ -144,12 +138,18 @@ def publish_run(
         log.info("%s already holds this run's artifacts; nothing to publish", current.name)
         return PublishResult(current.name, current, False, "already current",
                              recall_new=new_scores.recall(20))
-    old_scores, drift, transform = None, {}, None
+    old_scores, drift, transform, broken = None, {}, None, None
     if current is not None:
         try:
             old = Recommender.load(current)
         except ArtifactError as e:
-            raise CurrentVersionBroken(f"the current version fails verification: {e}") from e
+            # a corrupt current version must not block every later night: it is reported,
+            # kept for inspection, and the new version is gated on its own checks only
+            broken = f"{current.name} fails verification: {e}"
+            log.error("the current version %s; publishing the new version without comparing "
+                      "against it (the broken one is kept)", broken)
+            current = None
+    if current is not None:
         old_scores = evaluate_version(old, run_dir, ks=metrics.ks, max_queries=policy.max_queries,
                                       seed=policy.seed)
         new = Recommender.load(run_dir, verify=False)
@@ -165,6 +165,8 @@ def publish_run(
                 drift["aligned_to_previous"] = True
     gate = quality_gate(run_dir, new_scores, old_scores, max_recall_drop=policy.max_recall_drop,
                         min_coverage_ratio=policy.min_coverage_ratio)
+    if broken:
+        gate["current_broken"] = broken
     if gate["failures"]:
         if not policy.force:
             raise GateRefused("; ".join(gate["failures"]))
@@ -371,38 +373,16 @@ def list_versions(published: Path) -> list[str]:
 
 @contextmanager
 def publish_lock(published: Path, wait_s: float = 0.0):
-    """Exclusive lock on `published/.lock` (flock: the kernel frees it if the holder dies, so a
-    stale lock from a killed run never blocks the next one). Raises LockBusy after `wait_s`."""
+    """Exclusive lock on `published/.lock` (`artifacts.exclusive_lock`: the kernel frees it if
+    the holder dies, so a stale lock from a killed run never blocks the next one). Raises
+    LockBusy after `wait_s`."""
     published.mkdir(parents=True, exist_ok=True)
-    path = published / ".lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + wait_s
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    holder = Path(path).read_text().strip() or "unknown"
-                    raise LockBusy(f"{published} is being published by another run ({holder}); "
-                                   "set publish.lock_wait_s to wait for it") from None
-                time.sleep(0.2)
-        stale = os.pread(fd, 4096, 0).decode(errors="replace").strip()
-        if stale:
-            log.info("publish lock was last held by %s (that process has exited)", stale)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
-                      f"{time.strftime('%Y-%m-%dT%H:%M:%S')}".encode(), 0)
-        yield
-    finally:
-        try:
-            os.ftruncate(fd, 0)
-        except OSError:
-            pass
-        os.close(fd)  # closing releases the flock
+        with A.exclusive_lock(published / ".lock", wait_s):
+            yield
+    except A.LockHeld as e:
+        raise LockBusy(f"{published} is being published by another run ({e.holder}); "
+                       "set publish.lock_wait_s to wait for it") from None
 
 
 def apply_retention(published: Path, keep: int) -> list[str]:

@@ -180,8 +180,10 @@ class Recommender:
                    extras, ctx_index)
 
     def similar(self, item_ids, k: int = 20, exclude=None) -> Results:
-        """The k nearest items of each id in `item_ids`, never the item itself nor `exclude`."""
-        item_ids = [str(x) for x in ([item_ids] if isinstance(item_ids, str) else item_ids)]
+        """The k nearest items of each id in `item_ids` (one id, or a list / array of ids),
+        never the item itself nor `exclude`."""
+        k = _check_k(k)
+        item_ids = [str(x) for x in _id_list(item_ids)]
         rows, unknown = self._rows(item_ids)
         ex = {self.row_of[str(x)] for x in (exclude or []) if str(x) in self.row_of}
         known = [r for r in rows if r >= 0]
@@ -206,9 +208,12 @@ class Recommender:
 
     def recommend(self, sessions, k: int = 20, *, exclude_session_items: bool = False) -> Results:
         """Top-k next items for each session (a list of recent item ids, most recent last); a
-        single list of ids is one session."""
-        if sessions and isinstance(sessions[0], str | int | np.integer):
+        single list (or array) of ids is one session."""
+        k = _check_k(k)
+        sessions = _id_list(sessions)
+        if sessions and not _is_sequence(sessions[0]):
             sessions = [sessions]
+        sessions = [_id_list(s) for s in sessions]
         unknown: list[str] = []
         coded = []
         for s in sessions:
@@ -259,6 +264,29 @@ def verify_files(dir_: Path, files: dict[str, str], *, source: str = "manifest.j
         if sha256(p) != digest:
             raise ArtifactError(f"{p} does not match its sha256 in {source}: truncated or "
                                 "tampered; refusing to serve it")
+
+
+def _check_k(k) -> int:
+    """k as an int >= 0, or a ValueError saying what k must be."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
+        raise ValueError(f"k must be a whole number >= 0, got {k!r}")
+    return int(k)
+
+
+def _is_sequence(x) -> bool:
+    return isinstance(x, list | tuple | np.ndarray) or (
+        hasattr(x, "__iter__") and not isinstance(x, str | bytes))
+
+
+def _id_list(x) -> list:
+    """Ids (or sessions) as a list: one id, a list, a tuple or a numpy array."""
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, str | bytes | int | np.integer | float):
+        return [x]
+    if not _is_sequence(x):
+        raise TypeError(f"expected an item id or a list / array of them, got {type(x).__name__}")
+    return list(x)
 
 
 def write_settings(path: str | Path, settings: BlendSettings) -> None:

@@ -149,18 +149,32 @@ def train_word2vec(
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.4g}")
 
-    model = Word2Vec(
+    kwargs = dict(
         vector_size=vector_size, window=window, shrink_windows=shrink_windows, sg=1,
         negative=negative, ns_exponent=ns_exponent, sample=sample, alpha=alpha,
         min_alpha=min_alpha, min_count=min_count, hs=int(hs), workers=max(1, workers),
         seed=seed, hashfxn=stable_hash, epochs=epochs,
     )
+    model = Word2Vec(**kwargs)
     t0 = time.perf_counter()
     model.build_vocab(corpus_file=corpus_file)
     t_vocab = time.perf_counter() - t0
     if not model.wv.key_to_index:
         raise EmptyVocabulary(f"min_count={min_count} is above the corpus count of every item: "
                               "nothing left to train")
+    if max_tokens > 0 and model.corpus_total_words > max_tokens:
+        # one pass is already over budget: train on the corpus's first max_tokens tokens (whole
+        # lines), so the budget holds whatever the corpus (a log of 1M items seen once each
+        # made a 79M-token corpus that did not train in 560 s)
+        log.warning("train.max_tokens=%s: the corpus has %s tokens, more than one pass allows; "
+                    "training on its first %s", f"{max_tokens:,}",
+                    f"{model.corpus_total_words:,}", f"{max_tokens:,}")
+        corpus_file = _head(corpus_file, max_tokens)
+        model = Word2Vec(**kwargs)
+        model.build_vocab(corpus_file=corpus_file)
+        if not model.wv.key_to_index:
+            raise EmptyVocabulary(f"min_count={min_count} is above the corpus count of every "
+                                  "item: nothing left to train")
     if target_tokens > 0:
         epochs = epochs_for(model.corpus_total_words, target_tokens)
     requested = epochs
@@ -198,6 +212,19 @@ def train_word2vec(
     }
     return TrainResult(vectors, context, keys[order].astype(np.int32), counts.astype(np.int64),
                        stats)
+
+
+def _head(path: str, max_tokens: int) -> str:
+    """A copy of the corpus's first lines holding at most `max_tokens` tokens (beside it)."""
+    out = f"{path}.head"
+    n = 0
+    with open(path, "rb") as src, open(out, "wb") as dst:
+        for line in src:
+            n += line.count(b" ") + 1
+            if n > max_tokens:
+                break
+            dst.write(line)
+    return out
 
 
 def epochs_for(corpus_tokens: int, target_tokens: int, *, lo: int = 1, hi: int = 500) -> int:

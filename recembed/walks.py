@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,8 @@ from numba import njit, prange
 from recembed.artifacts import atomic_path
 from recembed.corpus import format_padded, padded_text_size, token_table
 from recembed.progress import progress_bar
+
+log = logging.getLogger("recembed")
 
 _LANES = 32  # walks advanced in lockstep per thread (16-64 measured within 15% of each other)
 _CHUNK_TOKENS = 8_000_000  # walk tokens per chunk: ~32 MB of codes + ~60 MB of text
@@ -93,13 +96,16 @@ def random_walks(
     threads: int = 0,
     chunk_walks: int = 0,
     progress: bool = False,
+    max_tokens: int = 0,
 ) -> WalkStats:
     """Write random walks over `g` to `out_path`, one walk per line as space-separated node codes.
 
     Walks start from every node with out-edges, `walks_per_node` rounds in a seeded node order,
     or (when `popularity` is given) from start nodes drawn proportionally to it. Walks stop early
     at dangling nodes; walks of a single node are not written. `chunk_walks` (0 = about 8M
-    tokens' worth) bounds memory. Seconds include preparing the graph.
+    tokens' worth) bounds memory. Seconds include preparing the graph. `max_tokens` > 0 caps
+    the corpus at about that many tokens (walks x walk_length): the first walks of the start
+    order are kept, so each node keeps about the same number of walks.
     """
     t0 = time.perf_counter()
     _check_walk_args(method, walks_per_node, walk_length, p, q)
@@ -107,6 +113,13 @@ def random_walks(
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     wg = prepare_graph(g)
     starts = walk_starts(wg.indptr, walks_per_node, seed, popularity)
+    if max_tokens > 0 and len(starts) * walk_length > max_tokens:
+        # the budget holds whatever the graph: the first rounds of the seeded start order
+        # (every node once before any twice), so fewer walks per node, never a skewed sample
+        log.warning("walks.max_tokens=%s: %s walks of up to %d steps are over budget; walking "
+                    "%s", f"{max_tokens:,}", f"{len(starts):,}", walk_length,
+                    f"{max(1, max_tokens // walk_length):,}")
+        starts = starts[: max(1, max_tokens // walk_length)]
     packed, lens = token_table(wg.n)
     clock = {"prepare": time.perf_counter() - t0, "walk": 0.0, "format": 0.0, "wait": 0.0}
     chunk = min(chunk_walks or max(1, _CHUNK_TOKENS // walk_length), max(1, len(starts)))

@@ -370,3 +370,32 @@ def test_readme_exit_code_table_matches_the_code(synth_csv, tmp_path):
     r = runner.invoke(app, [*base, "--set", f"input.categories_path='{tmp_path / 'no.csv'}'",
                             "--stage", "ingest"])
     assert "bad input" in codes[r.exit_code] and "categories" in codes[r.exit_code]
+
+
+def test_item00_a_three_year_history_runs_at_the_default_half_life():
+    """Weights 0.5 ** (3 years / 7 days) used to round to 0 in the float32 graph and the walks
+    refused it; the floor keeps every edge positive."""
+    from recembed.graph import build_item_graph
+    from recembed.sessions import sessionize
+    from recembed.synth import synth_profile
+    from recembed.walks import walk_array
+
+    log = synth_profile("histories", 20_000, seed=4)
+    ev = pd.DataFrame({"user": pd.factorize(log.events["user_id"])[0].astype(np.int32),
+                       "item": pd.factorize(log.events["item_id"])[0].astype(np.int32),
+                       "ts": log.events["timestamp"].to_numpy().astype(np.int64)})
+    s = sessionize(ev, holdout_days=7, half_life_days=7.0)
+    g = build_item_graph(s.train, s.table[["session", "weight"]], int(ev["item"].max()) + 1)
+    assert g.data.dtype == np.float32 and (g.data > 0).all()
+    walks = walk_array(g, np.flatnonzero(np.diff(g.indptr) > 0)[:100], walk_length=5)
+    assert (walks[:, 1] >= 0).any()
+
+
+def test_item08_input_that_leaves_no_session_exits_3_naming_the_filters(tmp_path):
+    p = tmp_path / "one_click_each.csv"
+    p.write_text("user_id,item_id,timestamp\n" + "".join(
+        f"u{i},i{i % 7},{1_700_000_000 + i * 60}\n" for i in range(40)))
+    r = runner.invoke(app, ["run", "--set", f"input.paths=['{p}']", "--set",
+                            "input.categories_path=''", "--set", f"run.runs_dir='{tmp_path}'"])
+    assert r.exit_code == 3, r.output
+    assert "no session is left" in r.output and "session.min_length=2" in r.output

@@ -250,10 +250,47 @@ def test_disk_full_while_writing_a_version(log_csv, tmp_path, monkeypatch):
         real(src, dst)
 
     monkeypatch.setattr(artifacts, "copy_synced", full)
-    with pytest.raises(OSError, match="No space"):
+    # issue 17, item 16: a clear error with exit 3, not an OSError traceback
+    with pytest.raises(PipelineError, match="No space left on device") as e:
         quiet(cfg_for(log_csv, tmp_path, "run.seed=9", "publish.max_recall_drop=1.0"))
+    assert e.value.exit_code == 3 and "finished stages are kept" in str(e.value)
     assert snapshot(tmp_path / "published") == before
     assert not list((tmp_path / "published").glob(".tmp-*"))
+    assert not list(next((tmp_path / "runs").iterdir()).glob(".tmp-*"))
+
+
+def test_item12_a_second_run_on_the_same_run_directory_exits_5(log_csv, tmp_path):
+    """issue 17, item 12: the run directory is locked; the second run says so (exit 5)."""
+    from recembed import artifacts
+
+    cfg = cfg_for(log_csv, tmp_path)
+    run_dir = tmp_path / "runs" / "shared"
+    run_dir.mkdir(parents=True)
+    with artifacts.exclusive_lock(run_dir / artifacts.RUN_LOCK):  # another live run holds it
+        with pytest.raises(PipelineError, match="in use by another run") as e:
+            run_pipeline(cfg, run_dir, plan=STAGES, echo=lambda s: None)
+    assert e.value.exit_code == 5
+    assert not list(run_dir.glob("*.done.json"))  # it touched nothing
+    rep = run_pipeline(cfg, run_dir, plan=STAGES, stages=["ingest"], echo=lambda s: None)
+    assert rep.stages["ingest"]["status"] == "ran"  # free again once the holder is gone
+
+
+def test_item16_disk_full_in_a_stage_exits_3_and_cleans_its_scratch(log_csv, tmp_path,
+                                                                    monkeypatch):
+    from recembed import train
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device", "/data/runs/x/.tmp-train/corpus.txt")
+
+    monkeypatch.setattr(train, "concat_corpora", full)
+    import recembed.stages.train as train_stage
+
+    monkeypatch.setattr(train_stage, "concat_corpora", full)
+    with pytest.raises(PipelineError, match=r"corpus\.txt failed: No space left") as e:
+        quiet(cfg_for(log_csv, tmp_path))
+    assert e.value.exit_code == 3
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert not (run_dir / ".tmp-train").exists() and (run_dir / "walks.done.json").exists()
 
 
 def test_lock_held_by_another_run(log_csv, tmp_path):
@@ -401,3 +438,18 @@ def test_align_to_previous_rotates_onto_the_current_version_and_remeasures_the_i
     _, got = index.search(q, k)
     hits = sum(len(np.intersect1d(g[g >= 0], t)) for g, t in zip(got, truth, strict=True))
     assert meta["recall"] == round(hits / truth.size, 4)
+
+
+def test_item11_a_corrupt_current_version_does_not_block_the_next(log_csv, tmp_path):
+    """issue 17, item 11: the broken version is reported and kept; the new one publishes."""
+    quiet(cfg_for(log_csv, tmp_path))
+    broken = current_version_dir(tmp_path / "published")
+    vec = broken / "vectors.npy"
+    vec.write_bytes(vec.read_bytes()[:-64])  # truncated on disk
+    rep = quiet(cfg_for(log_csv, tmp_path, "run.seed=5"))
+    new = current_version_dir(tmp_path / "published")
+    assert new != broken and broken.exists()  # kept for inspection
+    Recommender.load(tmp_path / "published")  # LATEST names a version that verifies
+    info = json.loads((rep.run_dir / "publish.json").read_text())
+    assert broken.name in info["gate"]["current_broken"]
+    assert "vectors.npy" in rep.stages["publish"]["stats"]["current_broken"]

@@ -140,3 +140,21 @@ def test_serving_imports_no_training_stack():
     code = ("import sys, recembed.serving; bad = [m for m in ('gensim', 'pandas', "
             "'recembed.train', 'numba') if m in sys.modules]; print(bad); assert not bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_item15_bad_k_and_array_likes(tmp_path):
+    """issue 17, item 15: k < 0 is a clear ValueError; arrays and single ids are accepted."""
+    ids, _ = _version(tmp_path)
+    r = Recommender.load(tmp_path)
+    for bad in (-1, 2.5, "3", True):
+        with pytest.raises(ValueError, match="k must be a whole number"):
+            r.recommend([ids[1]], k=bad)
+        with pytest.raises(ValueError, match="k must be a whole number"):
+            r.similar([ids[1]], k=bad)
+    arr = np.array([ids[3], ids[4]], dtype=object)
+    assert list(r.recommend(arr, k=5).ids[0]) == list(r.recommend([ids[3], ids[4]], k=5).ids[0])
+    batch = r.recommend([np.array([ids[3]]), (ids[4], ids[5])], k=5)
+    assert len(batch.ids) == 2 and len(batch.ids[1]) == 5
+    assert list(r.similar(np.array(ids[:2]), k=3).ids[1]) == list(r.similar(ids[1], k=3).ids[0])
+    assert r.similar(42, k=3).unknown == ["42"]  # a number is an id, unknown here
+    assert len(r.recommend([ids[2]], k=0).ids[0]) == 0

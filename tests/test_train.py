@@ -87,3 +87,14 @@ def test_token_budget_lowers_the_epochs(tmp_path):
     assert res.stats["epochs"] == 3 and res.stats["epochs_requested"] == 10
     assert len(res.stats["loss_per_epoch"]) == 3
     assert res.stats["tokens_trained"] == 12_000
+
+
+def test_token_budget_holds_when_one_pass_is_over_it(tmp_path):
+    """issue 17, token budget: a corpus longer than train.max_tokens trains on its head."""
+    from recembed.train import train_word2vec
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("".join(f"{i} {i + 1} {i + 2}\n" for i in range(0, 3000, 3)))
+    res = train_word2vec(corpus, vector_size=4, epochs=5, workers=1, seed=1, max_tokens=900)
+    assert res.stats["epochs"] == 1 and res.stats["corpus_tokens"] <= 900
+    assert res.stats["tokens_trained"] <= 900 and res.codes.max() < 900

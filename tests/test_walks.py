@@ -155,3 +155,19 @@ def test_bad_input_is_refused():
     bad.data[0] = -1
     with pytest.raises(ValueError, match="positive"):
         walk_array(bad, [0])
+
+
+def test_walk_budget_holds_whatever_the_graph(tmp_path):
+    """issue 17, token budget: walks.max_tokens caps the corpus; every node still starts one."""
+    from recembed.walks import random_walks
+
+    n = 500
+    rows = np.arange(n)
+    g = sp.csr_matrix((np.ones(n), (rows, (rows + 1) % n)), shape=(n, n))
+    full = random_walks(g, tmp_path / "a.txt", walks_per_node=10, walk_length=8, seed=1)
+    capped = random_walks(g, tmp_path / "b.txt", walks_per_node=10, walk_length=8, seed=1,
+                          max_tokens=8 * 1200)
+    assert full.walks == 5000 and capped.walks == 1200 and capped.tokens <= 8 * 1200
+    starts = [int(line.split()[0]) for line in (tmp_path / "b.txt").read_text().splitlines()]
+    counts = np.bincount(starts, minlength=n)
+    assert counts.min() >= 2 and counts.max() <= 3  # rounds: every node before any twice

@@ -21,7 +21,6 @@ from recembed.pipeline import (
     stage_records,
 )
 from recembed.publish import (
-    CurrentVersionBroken,
     GateRefused,
     LockBusy,
     PublishPolicy,
@@ -56,14 +55,15 @@ def run(ctx: StageContext) -> dict:
                             "publish anyway.", EXIT_GATE) from e
     except LockBusy as e:
         raise PipelineError(str(e), EXIT_LOCKED) from e
-    except CurrentVersionBroken as e:
-        raise PipelineError(str(e)) from e
     A.write_json(ctx.write(A.PUBLISH_INFO), {"version": res.version, "path": res.path,
                                              "reason": res.reason, "gate": res.gate,
                                              "drift": res.drift})
     if res.published:
         log.info("published %s to %s", res.version, published)
+    if res.gate.get("current_broken"):
+        log.warning("publish: %s", res.gate["current_broken"])
     return {"version": res.version, "recall@20": res.recall_new,
+            "current_broken": res.gate.get("current_broken", ""),
             "previous_recall@20": res.recall_current,
             **{f"drift_{k}": v for k, v in res.drift.items() if isinstance(v, float)}}
 

@@ -21,7 +21,8 @@ def run(ctx: StageContext) -> dict:
         pop = pd.read_parquet(ctx.read(A.VOCABULARY), columns=["count"])["count"].to_numpy()
     st = random_walks(load_graph(ctx.read(A.GRAPH)), ctx.write(A.WALKS), method=w.method,
                       walks_per_node=w.walks_per_node, walk_length=w.walk_length, p=w.p, q=w.q,
-                      popularity=pop, seed=r.seed, threads=r.n_threads(), progress=r.progress)
+                      popularity=pop, seed=r.seed, threads=r.n_threads(), progress=r.progress,
+                      max_tokens=w.max_tokens)
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(st).items()}
 
 
