@@ -34,6 +34,7 @@ log = logging.getLogger("recembed")
 WEIGHT_GRID = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0)
 DECAYS = (0.5, 0.65, 0.8)
 TEMPERATURES = (0.5, 1.0, 2.0)
+DEFAULT_TARGET_TOKENS = 3_000_000  # the training amount without calibration (DESIGN.md: 2-3M)
 
 
 @dataclass
@@ -288,7 +289,85 @@ def calibrate_run(
     return record
 
 
-# ---------------------------------------------------------------- helpers
+def calibration_search(cfg) -> dict:
+    """What a run searches: only keys left at "auto" ({"any": bool, "kw": calibrate_run's
+    keyword arguments})."""
+    w, sq, t, sv = cfg.walks, cfg.sequences, cfg.train, cfg.serving
+    if w.enabled == "auto" and sq.enabled == "auto":
+        corpora = list(cfg.calibrate.corpora)
+    else:
+        corpora = [_corpus_of(_on(w.enabled), _on(sq.enabled))]
+    amounts = sorted(cfg.calibrate.target_tokens)
+    if t.epochs != "auto":
+        tokens: list[int] = [0]  # the configured epochs
+    elif t.target_tokens != "auto":
+        tokens = [int(t.target_tokens)]
+    else:
+        tokens = amounts
+    fixed = {k: getattr(sv, k) for k in ("weights", "decay", "temperature")
+             if getattr(sv, k) != "auto"}
+    if sv.neighbours != "auto":
+        fixed["neighbours"] = {"method": sv.neighbours}
+    options = [{"method": "stan"}, {"method": "vsknn"}]
+    search_any = len(corpora) > 1 or len(tokens) > 1 or len(fixed) < 4
+    tp = {"vector_size": t.vector_size, "window": t.window, "shrink_windows": t.shrink_windows,
+          "negative": t.negative, "ns_exponent": t.ns_exponent, "sample": t.sample,
+          "alpha": t.alpha, "min_alpha": t.min_alpha, "min_count": t.min_count, "hs": t.hs,
+          "workers": t.workers or cfg.run.n_threads(), "max_tokens": t.max_tokens,
+          "epochs": 1 if t.epochs == "auto" else t.epochs}
+    gp = {"window": cfg.graph.window, "distance_weighting": cfg.graph.distance_weighting,
+          "directed": cfg.graph.directed, "min_weight": cfg.graph.min_weight,
+          "max_out_edges": cfg.graph.max_out_edges}
+    wp = {"method": w.method, "walks_per_node": w.walks_per_node, "walk_length": w.walk_length,
+          "p": w.p, "q": w.q}
+    kw = {"half_life_days": cfg.session.half_life_days, "corpora": corpora,
+          "target_tokens": tokens, "graph_params": gp, "walk_params": wp, "train_params": tp,
+          "blend_fixed": fixed, "base_blend": blend_settings(cfg),
+          "neighbour_options": options, "rule_steps": sv.rule_steps,
+          "max_queries": cfg.calibrate.max_queries,
+          "max_train_tokens": cfg.calibrate.max_train_tokens,
+          "time_budget_s": cfg.calibrate.time_budget_s}
+    return {"any": search_any, "kw": kw}
+
+
+def resolve_config(cfg, record: dict | None):
+    """A copy of `cfg` with every "auto" key set: to the calibrated choice in `record`, or to
+    the documented fallback (both corpora, 3M training tokens, the default blend)."""
+    out = cfg.model_copy(deep=True)
+    rec = record if record and record.get("enabled") else {}
+    corpus = rec.get("corpus", "both")
+    if out.walks.enabled == "auto" and out.sequences.enabled == "auto":
+        out.walks.enabled = corpus in ("both", "walks")
+        out.sequences.enabled = corpus in ("both", "sessions")
+    if out.walks.enabled == "auto":
+        out.walks.enabled = True
+    if out.sequences.enabled == "auto":
+        out.sequences.enabled = True
+    if out.train.target_tokens == "auto":
+        out.train.target_tokens = int(rec.get("target_tokens") or DEFAULT_TARGET_TOKENS)
+    chosen = (rec.get("blend") or {}).get("settings") or {}
+    default = BlendSettings()
+    for key in ("weights", "decay", "temperature"):
+        if getattr(out.serving, key) == "auto":
+            setattr(out.serving, key, chosen.get(key, getattr(default, key)))
+    if out.serving.neighbours == "auto":
+        out.serving.neighbours = (chosen.get("neighbours") or default.neighbours)["method"]
+    return out
+
+
+def blend_settings(cfg) -> BlendSettings:
+    """The serving blend of a resolved config ("auto" keys take the defaults)."""
+    sv, d = cfg.serving, BlendSettings()
+
+    def pick(key):
+        v = getattr(sv, key)
+        return getattr(d, key) if v == "auto" else v
+
+    nb = d.neighbours if sv.neighbours == "auto" else {"method": sv.neighbours}
+    return BlendSettings(weights=dict(pick("weights")), decay=float(pick("decay")),
+                         temperature=float(pick("temperature")), history=sv.history,
+                         repeat_decay=sv.repeat_decay, candidates=sv.candidates,
+                         popular=sv.popular, neighbours=dict(nb))
 
 
 def train_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, workdir: Path, *,
@@ -350,6 +429,9 @@ def serving_model(train: pd.DataFrame, n_items: int, codes: np.ndarray, vectors:
                       search=search), row_of
 
 
+# ---------------------------------------------------------------- helpers
+
+
 def _recall_mrr(sig: Signals, st: BlendSettings, targets: np.ndarray, k: int
                 ) -> tuple[float, float]:
     """Recall@k and MRR@k of the blend over precomputed signals (allow-repeats protocol)."""
@@ -370,90 +452,6 @@ def _recall_mrr(sig: Signals, st: BlendSettings, targets: np.ndarray, k: int
     recall = float(ok.mean())
     mrr = float(np.where(ok, 1.0 / rank, 0.0).mean())
     return recall, mrr
-
-
-def calibration_search(cfg) -> dict:
-    """What a run searches: only keys left at "auto" ({"any": bool, "kw": calibrate_run's
-    keyword arguments})."""
-    w, sq, t, sv = cfg.walks, cfg.sequences, cfg.train, cfg.serving
-    if w.enabled == "auto" and sq.enabled == "auto":
-        corpora = list(cfg.calibrate.corpora)
-    else:
-        corpora = [_corpus_of(_on(w.enabled), _on(sq.enabled))]
-    amounts = sorted(cfg.calibrate.target_tokens)
-    if t.epochs != "auto":
-        tokens: list[int] = [0]  # the configured epochs
-    elif t.target_tokens != "auto":
-        tokens = [int(t.target_tokens)]
-    else:
-        tokens = amounts
-    fixed = {k: getattr(sv, k) for k in ("weights", "decay", "temperature")
-             if getattr(sv, k) != "auto"}
-    if sv.neighbours != "auto":
-        fixed["neighbours"] = {"method": sv.neighbours}
-    options = [{"method": "stan"}, {"method": "vsknn"}]
-    search_any = len(corpora) > 1 or len(tokens) > 1 or len(fixed) < 4
-    tp = {"vector_size": t.vector_size, "window": t.window, "shrink_windows": t.shrink_windows,
-          "negative": t.negative, "ns_exponent": t.ns_exponent, "sample": t.sample,
-          "alpha": t.alpha, "min_alpha": t.min_alpha, "min_count": t.min_count, "hs": t.hs,
-          "workers": t.workers or cfg.run.n_threads(), "max_tokens": t.max_tokens,
-          "epochs": 1 if t.epochs == "auto" else t.epochs}
-    gp = {"window": cfg.graph.window, "distance_weighting": cfg.graph.distance_weighting,
-          "directed": cfg.graph.directed, "min_weight": cfg.graph.min_weight,
-          "max_out_edges": cfg.graph.max_out_edges}
-    wp = {"method": w.method, "walks_per_node": w.walks_per_node, "walk_length": w.walk_length,
-          "p": w.p, "q": w.q}
-    kw = {"half_life_days": cfg.session.half_life_days, "corpora": corpora,
-          "target_tokens": tokens, "graph_params": gp, "walk_params": wp, "train_params": tp,
-          "blend_fixed": fixed, "base_blend": blend_settings(cfg, None),
-          "neighbour_options": options, "rule_steps": sv.rule_steps,
-          "max_queries": cfg.calibrate.max_queries,
-          "max_train_tokens": cfg.calibrate.max_train_tokens,
-          "time_budget_s": cfg.calibrate.time_budget_s}
-    return {"any": search_any, "kw": kw}
-
-
-def resolve_config(cfg, record: dict | None):
-    """A copy of `cfg` with every "auto" key set: to the calibrated choice in `record`, or to
-    the documented fallback (both corpora, 3M training tokens, the default blend)."""
-    out = cfg.model_copy(deep=True)
-    rec = record if record and record.get("enabled") else {}
-    corpus = rec.get("corpus", "both")
-    if out.walks.enabled == "auto" and out.sequences.enabled == "auto":
-        out.walks.enabled = corpus in ("both", "walks")
-        out.sequences.enabled = corpus in ("both", "sessions")
-    if out.walks.enabled == "auto":
-        out.walks.enabled = True
-    if out.sequences.enabled == "auto":
-        out.sequences.enabled = True
-    if out.train.target_tokens == "auto":
-        out.train.target_tokens = int(rec.get("target_tokens") or DEFAULT_TARGET_TOKENS)
-    chosen = (rec.get("blend") or {}).get("settings") or {}
-    default = BlendSettings()
-    for key in ("weights", "decay", "temperature"):
-        if getattr(out.serving, key) == "auto":
-            setattr(out.serving, key, chosen.get(key, getattr(default, key)))
-    if out.serving.neighbours == "auto":
-        out.serving.neighbours = (chosen.get("neighbours") or default.neighbours)["method"]
-    return out
-
-
-def blend_settings(cfg, _record=None) -> BlendSettings:
-    """The serving blend of a resolved config ("auto" keys take the defaults)."""
-    sv, d = cfg.serving, BlendSettings()
-
-    def pick(key):
-        v = getattr(sv, key)
-        return getattr(d, key) if v == "auto" else v
-
-    nb = d.neighbours if sv.neighbours == "auto" else {"method": sv.neighbours}
-    return BlendSettings(weights=dict(pick("weights")), decay=float(pick("decay")),
-                         temperature=float(pick("temperature")), history=sv.history,
-                         repeat_decay=sv.repeat_decay, candidates=sv.candidates,
-                         popular=sv.popular, neighbours=dict(nb))
-
-
-DEFAULT_TARGET_TOKENS = 3_000_000
 
 
 def _on(v) -> bool:
