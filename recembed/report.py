@@ -303,7 +303,8 @@ def _calibration_html(cal: dict) -> str:
     blend = cal.get("blend") or {}
     chosen = [("corpus", cal.get("corpus")), ("training amount (target tokens)",
                                                _num(cal.get("target_tokens"))),
-              *((f"blend: {k}", _num(v)) for k, v in blend.items())]
+              *((f"blend: {k}", ", ".join(f"{a}={_num(b)}" for a, b in v.items())
+                 if isinstance(v, dict) else _num(v)) for k, v in blend.items())]
     q = cal.get("validation_queries") or {}
     parts = [f"<p>Chosen on the validation split ({_num(q.get('queries'))} queries) in "
              f"{_num(cal.get('seconds'))} s.</p>",
