@@ -72,7 +72,8 @@ def write_report(path: str | Path, metrics: Metrics, *,
             ax.plot(ks, [m.variant(variant).recall(k) for k in ks], marker="o", label=m.name)
         ax.set(xscale="log", xlabel="K", ylabel="Recall@K", title=variant.replace("_", " "))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    if methods:
+        axes[0].legend(fontsize=7)
     parts += ["<h2>Recall@K</h2>", _img(fig, plt)]
 
     k = metrics.cutoff
