@@ -100,6 +100,11 @@ PUBLISH_INFO = Artifact("publish.json")
 CONFIG = Artifact("config.toml", published=True)
 SUMMARY = Artifact("summary.json")
 RUNNER_FILES = (CONFIG, SUMMARY)
+# written by `recembed run` when the run ends, also when it fails: exit code, times, per-stage
+# summary, warnings, error (no stage reads it)
+RUN_RECORD = Artifact("run.json")
+# written by `recembed tune` (the Optuna study), outside the stage graph; the report shows it
+TUNE_DB = Artifact("tune.db")
 # a published root and its versions
 RUN_LOCK = ".lock"  # flock held by the run using a run directory (the runner's)
 LATEST = "LATEST"
@@ -312,7 +317,12 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj, *, indent: int = 2) -> None:
     """Write JSON atomically; numpy scalars and paths are converted."""
-    write_text(path, json.dumps(obj, indent=indent, default=_json_default))
+    write_text(path, dumps(obj, indent=indent))
+
+
+def dumps(obj, *, indent: int | None = None) -> str:
+    """JSON text of `obj`; numpy scalars and arrays, paths and timestamps are converted."""
+    return json.dumps(obj, indent=indent, default=_json_default)
 
 
 def write_parquet(table, path: str | Path, columns: tuple[str, ...] = ()) -> None:

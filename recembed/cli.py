@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+import traceback
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -27,6 +30,13 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+class LogFormat(str, Enum):
+    """How `recembed run` reports: text for people, JSON lines for schedulers."""
+
+    human = "human"
+    json = "json"
+
+
 @app.command()
 def run(
     config: Annotated[Optional[Path], typer.Argument(help="pipeline TOML")] = None,  # noqa: UP045
@@ -37,29 +47,90 @@ def run(
     fresh: Annotated[bool, typer.Option(help="rerun every stage even when up to date")] = False,
     force: Annotated[bool, typer.Option(help="publish even if the quality gate refuses "
                                         "(logged)")] = False,
+    log_format: Annotated[LogFormat, typer.Option(
+        help="human: a line per stage and a summary; json: one JSON object per stage and one "
+             "per run on stdout, nothing else (logs and errors go to stderr)")] = LogFormat.human,
 ) -> None:
     """Run the pipeline; a rerun of the same config on the same inputs resumes.
 
     Exit codes: 0 done/published, 1 crash, 2 bad config, 3 bad input, 4 quality gate refused,
-    5 publish lock held by another run.
+    5 publish lock held by another run. Every run that got as far as its run directory leaves
+    run.json there (exit code, times, per-stage summary, warnings, the error of a failed run).
     """
-    from recembed.pipeline import PipelineError, run_pipeline
+    from recembed import artifacts as A
+    from recembed.pipeline import (
+        EXIT_CRASH,
+        PipelineError,
+        RunReport,
+        default_run_dir,
+        run_pipeline,
+    )
     from recembed.stages import STAGES
+
+    as_json = log_format is LogFormat.json
+    t0, started = time.perf_counter(), A.now_iso()
+
+    def emit(obj: dict) -> None:
+        typer.echo(A.dumps(obj))
+
+    def refuse(msg: str, code: int) -> None:  # before there is a run directory
+        if as_json:
+            emit({"event": "run", "run_dir": None, "exit_code": code,
+                  "seconds": round(time.perf_counter() - t0, 3), "warnings": [], "error": msg})
+        _fail(msg, code)
 
     if resume is not None:
         if not (resume / "config.toml").exists():
-            _fail(f"{resume} is not a run directory (no config.toml)", 3)
+            refuse(f"{resume} is not a run directory (no config.toml)", 3)
         config, run_dir = resume / "config.toml", resume
     try:
         cfg = load_config(config, [*(set_ or []), *(["publish.force=true"] if force else [])])
     except ConfigError as e:
-        _fail(str(e), 2)
+        refuse(str(e), 2)
+    run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
+    report = RunReport(run_dir)  # replaced by the runner's own as soon as a stage finishes
+    current: list[str] = []
+
+    def on_start(name: str) -> None:
+        current[:] = [name]
+        if not as_json and sys.stdout.isatty():  # a log file gets one line per stage, at its end
+            typer.echo(f"[{name}] running")
+
+    def on_stage(rep: RunReport, name: str) -> None:
+        nonlocal report
+        report, current[:] = rep, []
+        if as_json:
+            emit(rep.stage_event(name))
+
+    def finish(code: int, error: str | None = None) -> None:
+        rec = report.record(code, started=started, seconds=time.perf_counter() - t0,
+                            error=error, failed_stage=current[0] if current else None)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            A.write_json(A.RUN_RECORD.path(run_dir), rec)
+        except OSError as e:  # the record must not hide the run's own outcome
+            typer.secho(f"warning: could not write {A.RUN_RECORD.path(run_dir)}: {e}", err=True)
+        if as_json:
+            emit({"event": "run", **{k: rec[k] for k in ("run_dir", "exit_code", "seconds",
+                                                          "warnings", "failed_stage", "error")}})
+
     try:
         report = run_pipeline(cfg, run_dir, plan=STAGES, stages=stage, force=fresh,
-                              echo=typer.echo)
+                              echo=(lambda line: None) if as_json else typer.echo,
+                              on_start=on_start, on_stage=on_stage)
     except PipelineError as e:
+        finish(e.exit_code, str(e))
         _fail(str(e), e.exit_code)
-    typer.echo(report.summary())
+    except KeyboardInterrupt:
+        finish(130, "interrupted")
+        raise
+    except Exception as e:  # a crash: recorded, then the traceback for whoever debugs it
+        finish(EXIT_CRASH, f"{type(e).__name__}: {e}")
+        traceback.print_exc(file=sys.stderr)
+        raise typer.Exit(EXIT_CRASH) from None
+    finish(0)
+    if not as_json:
+        typer.echo(report.summary())
 
 
 @app.command()

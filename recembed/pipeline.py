@@ -139,23 +139,75 @@ class StageContext:
 
 @dataclass
 class RunReport:
-    """What a run did: per-stage stats, seconds and peak RSS (MB), and whether it was skipped."""
+    """What a run did: per-stage stats, seconds and peak RSS (MB), and whether it was skipped.
+
+    The same facts in three shapes: `summary()` for people, `stage_event()` (one JSON object
+    per stage, `recembed run --log-format json`) and `record()` (run.json) for schedulers.
+    """
 
     run_dir: Path
     stages: dict[str, dict] = field(default_factory=dict)
 
     def summary(self) -> str:
-        """A short human-readable table of the run."""
+        """A short human-readable table of the run, its counts and its warnings."""
         lines = [f"run: {self.run_dir}", f"{'stage':<11}{'status':<9}{'seconds':>9}{'peak MB':>10}"]
         for name, st in self.stages.items():
             lines.append(f"{name:<11}{st['status']:<9}{st.get('seconds', 0):>9.2f}"
                          f"{st.get('peak_rss_mb', 0):>10.0f}")
         lines.append("")
         for name, st in self.stages.items():
-            facts = {k: v for k, v in st.get("stats", {}).items() if _short(v)}
+            facts = _facts(st.get("stats", {}))
             if facts:
-                lines.append(f"{name}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in facts.items()))
+                lines.append(f"{name}: {facts}")
+        warnings = self.warnings()
+        if warnings:
+            lines += ["", "warnings:", *(f"  - {w}" for w in warnings)]
         return "\n".join(lines)
+
+    def stage_line(self, name: str) -> str:
+        """One log line for a finished stage: status, seconds, peak memory and its counts."""
+        st = self.stages[name]
+        if st["status"] == "skipped":
+            head = f"[{name}] up to date, skipped"
+        else:
+            head = (f"[{name}] {st['status']} in {st.get('seconds', 0):.2f} s, peak "
+                    f"{st.get('peak_rss_mb', 0):.0f} MB")
+        facts = _facts(st.get("stats", {}))
+        return f"{head}: {facts}" if facts else head
+
+    def stage_event(self, name: str) -> dict:
+        """The JSON object of one stage: name, status (ran / skipped), seconds, peak_rss_mb and
+        the stage's statistics."""
+        st = self.stages[name]
+        return {"event": "stage", "name": name, "status": st["status"],
+                "seconds": st.get("seconds", 0.0), "peak_rss_mb": st.get("peak_rss_mb"),
+                "stats": st.get("stats", {})}
+
+    def warnings(self) -> list[str]:
+        """What an operator should read: each stage's `stats["warnings"]` (sessionize: filters
+        that removed a surprising share, widened session gaps) and calibration.json's `notes`,
+        each prefixed by its stage."""
+        out = [f"{name}: {w}" for name, st in self.stages.items()
+               for w in (st.get("stats", {}).get("warnings") or [])]
+        cal = A.CALIBRATION.path(self.run_dir)
+        if "calibrate" in self.stages and cal.exists():
+            try:
+                notes = json.loads(cal.read_text()).get("notes", [])
+            except (OSError, json.JSONDecodeError):
+                notes = []
+            out += [f"calibrate: {n}" for n in notes]
+        return out
+
+    def record(self, exit_code: int, *, started: str, seconds: float,
+               error: str | None = None, failed_stage: str | None = None) -> dict:
+        """What run.json holds: exit code, start and end time, seconds, the per-stage summary,
+        the warnings and, for a failed run, the error and the stage it happened in."""
+        return {"run_dir": str(self.run_dir), "exit_code": exit_code,
+                "status": "ok" if exit_code == 0 else "failed", "code_version": __version__,
+                "started": started, "finished": A.now_iso(), "seconds": round(seconds, 3),
+                "stages": {n: {k: v for k, v in self.stage_event(n).items() if k != "event"}
+                           for n in self.stages},
+                "warnings": self.warnings(), "failed_stage": failed_stage, "error": error}
 
 
 def run_pipeline(
@@ -166,6 +218,8 @@ def run_pipeline(
     stages: list[str] | None = None,
     force: bool = False,
     echo: Callable[[str], None] = print,
+    on_start: Callable[[str], None] | None = None,
+    on_stage: Callable[[RunReport, str], None] | None = None,
 ) -> RunReport:
     """Run the enabled stages of `plan` (or the named ones and what they need), resuming.
 
@@ -182,7 +236,14 @@ def run_pipeline(
     force : bool
         Rerun every selected stage even when it is up to date.
     echo : callable
-        Receives one progress line per stage.
+        Receives one line per stage when it has run or was skipped: status, seconds, peak
+        memory and its counts (`RunReport.stage_line`).
+    on_start : callable, optional
+        ``on_start(stage_name)`` before a stage runs (not called for a skipped stage).
+    on_stage : callable, optional
+        ``on_stage(report, stage_name)`` after each stage ran or was skipped: a caller that
+        streams per-stage records (`RunReport.stage_event`), or keeps what a run that fails
+        later did.
 
     Returns
     -------
@@ -236,13 +297,20 @@ def _run_locked(cfg: Config, run_dir: Path, order: list[Stage], plan: Sequence[S
         fp = stage_fingerprint(cfg, st, {n: fingerprints.get(p) for n, p in producer.items()})
         fingerprints[st.name] = fp
         done = run_dir / A.done_file(st.name)
+        t0 = time.perf_counter()
         if not force and _verified(done, fp, run_dir):
             prev = json.loads(done.read_text())
-            report.stages[st.name] = {"status": "skipped", "stats": prev.get("stats", {})}
-            echo(f"[{st.name}] up to date, skipped")
+            report.stages[st.name] = {"status": "skipped",  # seconds: verifying its outputs
+                                      "seconds": round(time.perf_counter() - t0, 3),
+                                      "peak_rss_mb": round(peak_rss_mb(), 1),
+                                      "stats": prev.get("stats", {})}
         else:
-            echo(f"[{st.name}] running")
+            if on_start is not None:
+                on_start(st.name)
             report.stages[st.name] = _run_stage(cfg, st, fp, run_dir)
+        echo(report.stage_line(st.name))
+        if on_stage is not None:
+            on_stage(report, st.name)
         if st.resolve is not None:
             # the rest of the plan under the resolved config (a chosen corpus may switch
             # stages off); stages already done keep their place
@@ -408,6 +476,11 @@ def _verified(done: Path, fp: str, run_dir: Path) -> bool:
             log.warning("%s changed since it was written; rerunning its stage", p)
             return False
     return True
+
+
+def _facts(stats: dict) -> str:
+    """The short scalar statistics as `key=value, ...` (lists and dicts are left to run.json)."""
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in stats.items() if _short(v))
 
 
 def _short(v) -> bool:

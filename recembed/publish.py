@@ -303,12 +303,15 @@ def publish_version(
             if expect is not None and len(rec.ids) != expect:
                 raise RuntimeError(f"{len(rec.ids)} items published but the run trained {expect}")
             A.fsync_dir(tmp)
+            _fault_point("assembled")
             os.rename(tmp, published / version)
             placed = True
             A.fsync_dir(published)
+            _fault_point("renamed")  # in place, LATEST not yet switched: the delicate moment
             _write_synced(published / A.LATEST, version + "\n", atomic=True)
             placed = False  # LATEST points at it now: it is the current version
             A.fsync_dir(published)
+            _fault_point("pointed")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             if placed:  # renamed into place but never made current: not a version
@@ -501,7 +504,10 @@ def _same_run(version_dir: Path, manifest: dict) -> bool:
         prev = json.loads((version_dir / A.MANIFEST).read_text())
     except (OSError, ValueError):
         return False
-    keys = ("train", "index", "evaluate")
+    # the stages that made what is served (their fingerprints cover everything upstream);
+    # not evaluate: its report follows the published root, so this run's own publish changes
+    # its fingerprint, and a rerun after a crash past LATEST would publish a duplicate
+    keys = ("train", "index")
     return all(prev.get("fingerprints", {}).get(k) == manifest["fingerprints"].get(k)
                and manifest["fingerprints"].get(k) for k in keys)
 
@@ -510,6 +516,21 @@ def _dumps(obj) -> str:
     import json
 
     return json.dumps(obj, indent=2, default=str)
+
+
+FAULT_ENV = "RECEMBED_TEST_KILL_AT"
+
+
+def _fault_point(name: str) -> None:
+    """Test-only: SIGKILL this process at the named point of `publish_version` when the
+    environment variable RECEMBED_TEST_KILL_AT equals `name` ("assembled": the version is
+    complete in its temp dir; "renamed": renamed into place, LATEST not yet switched;
+    "pointed": LATEST switched, retention and the lock release not yet done). Unset (always,
+    outside tests/test_kill.py) it costs one dictionary lookup."""
+    if os.environ.get(FAULT_ENV) == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _write_synced(path: Path, text: str, atomic: bool = False) -> None:

@@ -1,22 +1,32 @@
-"""A self-contained HTML report of a run: metrics table, Recall@K curves, recall by popularity
-bucket, training loss per epoch, and a 2D PCA projection of the item vectors coloured by
-category. Plots are matplotlib PNGs embedded as base64, so the file opens with no network."""
+"""A self-contained HTML report of a run: the data funnel, the calibration choices and their
+validation numbers, metrics table, Recall@K curves, recall by popularity bucket, training loss
+per epoch, a 2D PCA projection of the item vectors coloured by category, the tuning study (when
+the run was tuned) and the history of the published versions. Plots are matplotlib PNGs
+embedded as base64, so the file opens with no network."""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
+import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from recembed import artifacts as A
 from recembed.artifacts import BUCKETS, VARIANTS, Metrics, write_text
+
+# what `recembed tune` maximises (its study, shown by `tuning_section_html`)
+TUNE_OBJECTIVE = "validation recall@20 + mrr@20 of the chosen blend"
 
 
 def write_report(path: str | Path, metrics: Metrics, *,
                  loss_per_epoch: list[float] | None = None, vectors: np.ndarray | None = None,
-                 categories: np.ndarray | None = None, title: str = "recembed report") -> None:
+                 categories: np.ndarray | None = None, title: str = "recembed report",
+                 records: dict[str, dict] | None = None, history: list[dict] | None = None,
+                 history_note: str = "", tuning_html: str = "") -> None:
     """Write a self-contained report.html.
 
     Parameters
@@ -33,6 +43,16 @@ def write_report(path: str | Path, metrics: Metrics, *,
         Category of each vector row (-1 = unknown); the 10 largest are coloured.
     title : str
         Page title.
+    records : dict, optional
+        {stage: done-file record} of the run (`recembed.pipeline.stage_records`): the data
+        funnel is built from their statistics.
+    history : list of dict, optional
+        `version_history(published)`: one entry per published version, oldest first.
+    history_note : str
+        Shown in the history section instead of plots when `history` is empty (e.g. "publishing
+        is off").
+    tuning_html : str
+        `tuning_section_html(run_dir)` ("" when the run was never tuned).
     """
     import matplotlib
 
@@ -42,6 +62,9 @@ def write_report(path: str | Path, metrics: Metrics, *,
     methods = list(metrics.methods.values())
     ks = metrics.ks
     parts = [f"<h1>{html.escape(title)}</h1>", _summary(metrics)]
+    if records is not None:
+        parts += ["<h2>Data funnel</h2>", _funnel_html(funnel(records), plt)]
+    parts += ["<h2>Calibration</h2>", _calibration_html(metrics.calibration)]
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for variant, ax in zip(VARIANTS, axes, strict=True):
@@ -49,7 +72,8 @@ def write_report(path: str | Path, metrics: Metrics, *,
             ax.plot(ks, [m.variant(variant).recall(k) for k in ks], marker="o", label=m.name)
         ax.set(xscale="log", xlabel="K", ylabel="Recall@K", title=variant.replace("_", " "))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    if methods:
+        axes[0].legend(fontsize=7)
     parts += ["<h2>Recall@K</h2>", _img(fig, plt)]
 
     k = metrics.cutoff
@@ -88,12 +112,136 @@ def write_report(path: str | Path, metrics: Metrics, *,
         ax.set(title="item vectors, PCA (top 10 categories coloured)")
         parts += ["<h2>Item vectors</h2>", _img(fig, plt)]
 
+    if tuning_html:
+        parts.append(tuning_html)
+    parts += ["<h2>Published versions</h2>", _history_html(history or [], history_note, plt)]
+
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>"
             f"{html.escape(title)}</title><style>body{{font-family:sans-serif;margin:2em}}"
             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
             "padding:3px 8px;text-align:right}th{background:#f4f4f4}</style></head><body>"
             + "\n".join(parts) + "</body></html>")
     write_text(path, page)
+
+
+def funnel(records: dict[str, dict]) -> list[dict]:
+    """The data funnel of a run, from its stages' statistics: rows read, what each filter
+    removed, and what is left at each step.
+
+    Parameters
+    ----------
+    records : dict
+        {stage: done-file record (with "stats")}, as `recembed.pipeline.stage_records` reads
+        them; stages that did not run are left out of the funnel.
+
+    Returns
+    -------
+    list of dict
+        Rows ``{"step": str, "count": int, "kind": k}`` in funnel order; `kind` is "input"
+        (rows read), "removed" (rows or events a filter dropped), "kept" (what is left after a
+        stage) or "sessions" (session counts).
+
+    Examples
+    --------
+    >>> rows = funnel({"ingest": {"stats": {"rows_read": 10, "quarantined": 1,
+    ...                                     "quarantine_reasons": {"empty item id": 1},
+    ...                                     "duplicates": 2, "events": 7}}})
+    >>> [(r["step"], r["count"]) for r in rows]
+    [('rows read', 10), ('quarantined: empty item id', 1), ('duplicates', 2), ('events after ingest', 7)]
+    """
+    rows: list[dict] = []
+
+    def add(step: str, count, kind: str) -> None:
+        if count is not None:
+            rows.append({"step": step, "count": int(count), "kind": kind})
+
+    ing = records.get("ingest", {}).get("stats", {})
+    if ing:
+        add("rows read", ing.get("rows_read"), "input")
+        for reason, n in sorted(ing.get("quarantine_reasons", {}).items(), key=lambda x: -x[1]):
+            add(f"quarantined: {reason}", n, "removed")
+        add("other event types", ing.get("filtered_event_type"), "removed")
+        add("outside the window", ing.get("outside_window"), "removed")
+        add("duplicates", ing.get("duplicates"), "removed")
+        add("events after ingest", ing.get("events"), "kept")
+    ses = records.get("sessionize", {}).get("stats", {})
+    if ses:
+        add("bot events removed", ses.get("bot_events", 0), "removed")
+        add("repeats collapsed", ses.get("repeats_collapsed", 0), "removed")
+        add("events in too-short sessions", ses.get("events_in_short_sessions", 0), "removed")
+        add("events in sessions", ses.get("events_kept"), "kept")
+        val = ses.get("validation_sessions", 0)
+        # train_sessions counts the whole training window, validation sessions included
+        add("sessions: train", ses.get("train_sessions", 0) - val, "sessions")
+        add("sessions: validation", val, "sessions")
+        add("sessions: holdout", ses.get("holdout_sessions"), "sessions")
+    seq = records.get("sequences", {}).get("stats", {})
+    if seq:
+        add("sessions in the item2vec corpus", seq.get("sessions_in", 0)
+            - seq.get("sessions_absent", 0), "sessions")
+    return rows
+
+
+def version_history(published: str | Path) -> list[dict]:
+    """One entry per published version up to the current one, oldest first, from each
+    version's manifest.json: its name, creation time, serving Recall@20 and coverage@20 on its
+    own holdout, drift against the version before it and its counts.
+
+    Versions newer than the current one are left out: a run killed between renaming its version
+    into place and switching LATEST leaves such a directory, which was never served.
+
+    Parameters
+    ----------
+    published : str or Path
+        A published/ root.
+
+    Returns
+    -------
+    list of dict
+        Keys "version", "created", "recall@20", "coverage@20", "overlap@k" (None for the
+        first version or with too few shared items; k = publish.drift_k), "new_share",
+        "dropped_share", "items", "events", "current" (bool); [] when nothing is published.
+    """
+    root = Path(published)
+    current = A.current_version_dir(root)
+    if current is None:
+        return []
+    out = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("v")):
+        if d.name > current.name:
+            continue
+        try:
+            man = json.loads((d / A.MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # not a complete version
+        serving = man.get("metrics", {}).get("serving", {})
+        drift = man.get("drift", {}) or {}
+        overlap = next((v for k, v in drift.items() if k.startswith("overlap@")), None)
+        counts = man.get("counts", {})
+        out.append({"version": d.name, "created": man.get("created", ""),
+                    "recall@20": serving.get("recall@20"), "coverage@20": serving.get("coverage@20"),
+                    "overlap@k": overlap, "new_share": drift.get("new_share"),
+                    "dropped_share": drift.get("dropped_share"),
+                    "items": counts.get("vectors"), "events": counts.get("events"),
+                    "current": d.name == current.name})
+    return out
+
+
+def tuning_section_html(run_dir: str | Path) -> str:
+    """A self-contained HTML fragment on `<run>/tune.db`: the objective per trial (pruned trials
+    at their last pruning checkpoint), the pruning curves, and the parameter importances
+    (optuna's PED-ANOVA evaluator: no scikit-learn needed). "" when the run was never tuned."""
+    db = A.TUNE_DB.path(run_dir)
+    if not db.exists():
+        return ""
+    import optuna
+
+    storage = f"sqlite:///{db}"
+    parts = ["<h2>Tuning</h2>"]
+    for name in optuna.study.get_all_study_names(storage):
+        study = optuna.load_study(study_name=name, storage=storage)
+        parts.append(_study_html(study))
+    return "\n".join(parts)
 
 
 def _summary(metrics: Metrics) -> str:
@@ -118,7 +266,187 @@ def _img(fig, plt) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
-    return f"<img src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'/>"
+    return (f'<img alt="plot" src="data:image/png;base64,'
+            f'{base64.b64encode(buf.getvalue()).decode()}">')
+
+
+def _funnel_html(rows: list[dict], plt) -> str:
+    if not rows:
+        return "<p>No stage statistics found in the run directory.</p>"
+    esc = html.escape
+    table = ["<table><tr><th>step</th><th>count</th><th>share of rows read</th></tr>"]
+    base = next((r["count"] for r in rows if r["kind"] == "input"), 0)
+    for r in rows:
+        share = f"{r['count'] / base:.2%}" if base and r["kind"] != "sessions" else ""
+        sign = "&minus;" if r["kind"] == "removed" else ""
+        table.append(f"<tr><td style='text-align:left' class='{r['kind']}'>{esc(r['step'])}</td>"
+                     f"<td>{sign}{r['count']:,}</td><td>{share}</td></tr>")
+    table.append("</table>")
+    colour = {"input": "C0", "removed": "C3", "kept": "C2", "sessions": "C1"}
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.2))
+    y = np.arange(len(rows))[::-1]
+    ax.barh(y, [r["count"] for r in rows], color=[colour[r["kind"]] for r in rows])
+    ax.set_yticks(y, [r["step"] for r in rows], fontsize=8)
+    for yi, r in zip(y, rows, strict=True):
+        ax.text(r["count"], yi, f" {r['count']:,}", va="center", fontsize=7)
+    ax.set(xlabel="rows / events (red: removed, green: kept) / sessions (orange)",
+           title="data funnel")
+    fig.tight_layout()
+    return "\n".join([*table, _img(fig, plt)])
+
+
+def _calibration_html(cal: dict) -> str:
+    esc = html.escape
+    if not cal:
+        return "<p>No calibration record in metrics.json.</p>"
+    if not cal.get("enabled"):
+        return f"<p>Calibration off: {esc(str(cal.get('reason', '')))}.</p>"
+    blend = cal.get("blend") or {}
+    chosen = [("corpus", cal.get("corpus")), ("training amount (target tokens)",
+                                               _num(cal.get("target_tokens"))),
+              *((f"blend: {k}", ", ".join(f"{a}={_num(b)}" for a, b in v.items())
+                 if isinstance(v, dict) else _num(v)) for k, v in blend.items())]
+    q = cal.get("validation_queries") or {}
+    parts = [f"<p>Chosen on the validation split ({_num(q.get('queries'))} queries) in "
+             f"{_num(cal.get('seconds'))} s.</p>",
+             "<table><tr><th>setting</th><th>chosen</th></tr>"
+             + "".join(f"<tr><td style='text-align:left'>{esc(k)}</td><td>{esc(str(v))}</td>"
+                       "</tr>" for k, v in chosen) + "</table>"]
+    rows = [("blend (chosen)", cal.get("validation") or {})]
+    rows += [(f"signal alone: {n}", v) for n, v in (cal.get("signals_alone") or {}).items()]
+    rows += [(f"baseline: {n}", v) for n, v in (cal.get("baselines") or {}).items()]
+    parts.append("<h3>Validation</h3><table><tr><th>method</th><th>recall@20</th>"
+                 "<th>mrr@20</th></tr>"
+                 + "".join(f"<tr><td style='text-align:left'>{esc(n)}</td>"
+                           f"<td>{_num(v.get('recall@20'))}</td><td>{_num(v.get('mrr@20'))}</td>"
+                           "</tr>" for n, v in rows) + "</table>")
+    cands = cal.get("candidates") or []
+    if cands:
+        cols = ("corpus", "target_tokens", "epochs", "recall@20", "mrr@20", "seconds")
+        parts.append("<h3>Candidates tried</h3><table><tr>"
+                     + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
+                     + "".join("<tr>" + "".join(f"<td>{esc(_num(c.get(k)))}</td>" for k in cols)
+                               + "</tr>" for c in cands) + "</table>")
+    notes = cal.get("notes") or []
+    if notes:
+        parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes)
+                     + "</ul>")
+    return "\n".join(parts)
+
+
+def _history_html(history: list[dict], note: str, plt) -> str:
+    esc = html.escape
+    if not history:
+        return f"<p>{esc(note or 'Nothing is published yet.')}</p>"
+    cols = ("version", "created", "recall@20", "coverage@20", "overlap@k", "new_share",
+            "dropped_share", "items", "events")
+    table = ("<p>Each version's serving Recall@20 and coverage@20 are measured on the holdout "
+             "of the run that published it; drift is against the version before it.</p>"
+             "<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
+             + "".join("<tr>" + "".join(f"<td>{esc(_num(h.get(c)))}"
+                                        + (" (current)" if c == "version" and h["current"]
+                                           else "") + "</td>" for c in cols) + "</tr>"
+                       for h in history) + "</table>")
+    x = np.arange(len(history))
+    names = [h["version"] for h in history]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 6.5), sharex=True)
+    panels = [("recall@20", "serving Recall@20"), ("coverage@20", "coverage@20"),
+              ("overlap@k", "neighbour overlap with the previous version"),
+              ("items", "items (vectors)")]
+    for ax, (key, label) in zip(axes.flat, panels, strict=True):
+        ys = [np.nan if h.get(key) is None else float(h[key]) for h in history]
+        ax.plot(x, ys, marker="o")
+        ax.set(title=label)
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xticks(x, names, rotation=30, ha="right", fontsize=7)
+    fig.tight_layout()
+    return table + _img(fig, plt)
+
+
+def _num(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _study_html(study) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    esc = html.escape
+    parts = [f"<h3>Study {esc(study.study_name)}</h3>",
+             f"<p>{len(trials)} trials: {len(done)} complete, {len(pruned)} pruned, "
+             f"{len(trials) - len(done) - len(pruned)} failed or running. Objective: "
+             f"{esc(TUNE_OBJECTIVE)}.</p>"]
+    if not trials:
+        return "\n".join(parts)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
+    if done:
+        x = [t.number for t in done]
+        y = [t.value for t in done]
+        ax.scatter(x, y, label="complete", color="C0")
+        best = np.maximum.accumulate(y)
+        ax.step(x, best, where="post", color="C1", label="best so far")
+    ax.set(xlabel="trial", ylabel="validation recall@20 + mrr@20", title="objective per trial")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    for t in [*done, *pruned]:
+        iv = sorted(t.intermediate_values.items())
+        if iv:
+            ax.plot([s for s, _ in iv], [v for _, v in iv], marker="x" if t in pruned else "o",
+                    color="C3" if t in pruned else "C0", alpha=0.6)
+    ax.set(xlabel="percent of the epoch schedule", ylabel="directional recall@20 + mrr@20",
+           title="pruning checkpoints (red: pruned)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    parts.append(_img(fig, plt))
+    if done:
+        b = study.best_trial
+        rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(_num(v))}</td></tr>"
+                       for k, v in b.params.items())
+        parts.append(f"<p>Best: trial #{b.number}, {b.value:.4f} (recall@20 "
+                     f"{b.user_attrs.get('recall@20', 0):.4f}, mrr@20 "
+                     f"{b.user_attrs.get('mrr@20', 0):.4f}).</p>"
+                     f"<table><tr><th>parameter</th><th>value</th></tr>{rows}</table>")
+    parts.append(_importance_html(study, plt))
+    return "\n".join(parts)
+
+
+def _importance_html(study, plt) -> str:
+    import optuna
+
+    try:
+        with warnings.catch_warnings():  # "few trials in a regime": the table says how many
+            warnings.simplefilter("ignore", UserWarning)
+            imp = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    except (ValueError, RuntimeError) as e:  # too few complete trials, nothing varied, ...
+        return f"<p>Parameter importances: not available ({html.escape(str(e))}).</p>"
+    if not imp:
+        return "<p>Parameter importances: not available (no parameter varied).</p>"
+    names = list(imp)[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
+    ax.barh(names, [imp[n] for n in names])
+    ax.set(xlabel="importance (PED-ANOVA)", title="parameter importances")
+    fig.tight_layout()
+    rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{v:.3f}</td></tr>" for n, v in imp.items())
+    return ("<h4>Parameter importances</h4>" + _img(fig, plt)
+            + f"<table><tr><th>parameter</th><th>importance</th></tr>{rows}</table>")
 
 
 def _pca2(x: np.ndarray, max_points: int = 20_000) -> np.ndarray:

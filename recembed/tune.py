@@ -36,21 +36,20 @@ config's own sections, which a pipeline TOML can `include` (recembed.config.load
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import logging
 import math
 import shutil
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+# the report draws the study (it sits below the stages, which cannot import this module)
+from recembed.report import TUNE_OBJECTIVE, tuning_section_html  # noqa: F401
 
 log = logging.getLogger("recembed")
 
@@ -70,7 +69,7 @@ SPACE: dict[str, Any] = {
     "session.half_life_days": [7.0, 14.0, 30.0, 90.0, INF],
 }
 LOG_SCALE = frozenset({"walks.p", "walks.q", "train.negative", "train.target_tokens"})
-OBJECTIVE = "validation recall@20 + mrr@20 of the chosen blend"
+OBJECTIVE = TUNE_OBJECTIVE
 
 
 class TuneError(ValueError):
@@ -261,23 +260,6 @@ def trials_table(rows: list[dict]) -> str:
         lines.append(f"{r['number']:>5}  {r['state']:<9}{val:>10}{rec:>10}{mrr:>8}{sec:>9}  "
                      f"{params}")
     return "\n".join(lines)
-
-
-def tuning_section_html(run_dir: str | Path) -> str:
-    """A self-contained HTML fragment on `<run>/tune.db`: the objective per trial (pruned trials
-    at their last pruning checkpoint), the pruning curves, and the parameter importances
-    (optuna's PED-ANOVA evaluator: no scikit-learn needed). "" when the run was never tuned."""
-    db = Path(run_dir) / "tune.db"
-    if not db.exists():
-        return ""
-    import optuna
-
-    storage = f"sqlite:///{db}"
-    parts = ["<h2>Tuning</h2>"]
-    for name in optuna.study.get_all_study_names(storage):
-        study = optuna.load_study(study_name=name, storage=storage)
-        parts.append(_study_html(study))
-    return "\n".join(parts)
 
 
 # ---------------------------------------------------------------- helpers
@@ -540,83 +522,3 @@ def _round(x: float, digits: int = 4) -> float:
 
 def _short(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def _study_html(study) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.trial import TrialState
-
-    trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
-    pruned = [t for t in trials if t.state == TrialState.PRUNED]
-    esc = html.escape
-    parts = [f"<h3>Study {esc(study.study_name)}</h3>",
-             f"<p>{len(trials)} trials: {len(done)} complete, {len(pruned)} pruned, "
-             f"{len(trials) - len(done) - len(pruned)} failed or running. Objective: "
-             f"{esc(OBJECTIVE)}.</p>"]
-    if not trials:
-        return "\n".join(parts)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    ax = axes[0]
-    if done:
-        x = [t.number for t in done]
-        y = [t.value for t in done]
-        ax.scatter(x, y, label="complete", color="C0")
-        best = np.maximum.accumulate(y)
-        ax.step(x, best, where="post", color="C1", label="best so far")
-    ax.set(xlabel="trial", ylabel="validation recall@20 + mrr@20", title="objective per trial")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    for t in [*done, *pruned]:
-        iv = sorted(t.intermediate_values.items())
-        if iv:
-            ax.plot([s for s, _ in iv], [v for _, v in iv], marker="x" if t in pruned else "o",
-                    color="C3" if t in pruned else "C0", alpha=0.6)
-    ax.set(xlabel="percent of the epoch schedule", ylabel="directional recall@20 + mrr@20",
-           title="pruning checkpoints (red: pruned)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    parts.append(_img(fig, plt))
-    if done:
-        b = study.best_trial
-        rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(_short(v))}</td></tr>"
-                       for k, v in b.params.items())
-        parts.append(f"<p>Best: trial #{b.number}, {b.value:.4f} (recall@20 "
-                     f"{b.user_attrs.get('recall@20', 0):.4f}, mrr@20 "
-                     f"{b.user_attrs.get('mrr@20', 0):.4f}).</p>"
-                     f"<table><tr><th>parameter</th><th>value</th></tr>{rows}</table>")
-    parts.append(_importance_html(study, plt))
-    return "\n".join(parts)
-
-
-def _importance_html(study, plt) -> str:
-    import optuna
-
-    try:
-        with warnings.catch_warnings():  # "few trials in a regime": the table says how many
-            warnings.simplefilter("ignore", UserWarning)
-            imp = optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
-    except (ValueError, RuntimeError) as e:  # too few complete trials, nothing varied, ...
-        return f"<p>Parameter importances: not available ({html.escape(str(e))}).</p>"
-    if not imp:
-        return "<p>Parameter importances: not available (no parameter varied).</p>"
-    names = list(imp)[::-1]
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
-    ax.barh(names, [imp[n] for n in names])
-    ax.set(xlabel="importance (PED-ANOVA)", title="parameter importances")
-    fig.tight_layout()
-    rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{v:.3f}</td></tr>" for n, v in imp.items())
-    return ("<h4>Parameter importances</h4>" + _img(fig, plt)
-            + f"<table><tr><th>parameter</th><th>importance</th></tr>{rows}</table>")
-
-
-def _img(fig, plt) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'

@@ -12,8 +12,8 @@ import pandas as pd
 from recembed import artifacts as A
 from recembed.config import Config
 from recembed.evaluate import embedding_scorer, evaluate_all, serving_recommend
-from recembed.pipeline import Stage, StageContext
-from recembed.report import write_report
+from recembed.pipeline import Stage, StageContext, stage_records
+from recembed.report import tuning_section_html, version_history, write_report
 from recembed.serving import Recommender
 from recembed.stages.train import writes_context
 
@@ -49,9 +49,19 @@ def run(ctx: StageContext) -> dict:
     metrics.save(ctx.write(A.METRICS))
     if e.report:
         cats = pd.read_parquet(ctx.read(A.CATEGORIES))["category"].to_numpy()
+        published = ctx.inputs(A.PublishedRoot)  # declared only when publishing is on
+        history = version_history(published[0].root) if published else []
+        note = ("Nothing is published yet." if published else
+                "Publishing is off for this run (publish.enabled = false): no version history.")
+        # The funnel's counts are the earlier stages' statistics in their done-files: those are
+        # the runner's records, not artifacts, so they are read through stage_records (every
+        # stage before this one has finished, so each record is final). tune.db is written by
+        # `recembed tune` outside the stage graph and is shown when it is there.
         write_report(ctx.write(A.REPORT), metrics, loss_per_epoch=train_stats.get("loss_per_epoch"),
                      vectors=emb.vectors, categories=cats[emb.codes],
-                     title=f"recembed: {ctx.cfg.run.name}")
+                     title=f"recembed: {ctx.cfg.run.name}", records=_records(ctx),
+                     history=history, history_note=note,
+                     tuning_html=tuning_section_html(ctx.run_dir))
     k = metrics.cutoff
     best = metrics.best()
     return {"queries": metrics.queries["queries"], "oov_share": metrics.queries["oov_share"],
@@ -59,6 +69,16 @@ def run(ctx: StageContext) -> dict:
             f"recall@{k}": best.allow_repeats.recall(k) if best else 0.0,
             **{f"{m.name}_recall@{k}": m.allow_repeats.recall(k)
                for m in metrics.of_kind("baseline")}}
+
+
+def _records(ctx: StageContext) -> dict[str, dict]:
+    """The done-files of this run's stages before evaluate; a stage the (calibrated) config
+    switched off may have left a record from an earlier config, which the funnel must not
+    show."""
+    recs = stage_records(ctx.run_dir)
+    if not ctx.cfg.sequences.enabled:
+        recs.pop("sequences", None)
+    return {k: v for k, v in recs.items() if k not in ("evaluate", "publish")}
 
 
 def _calibration_summary(rec: dict) -> dict:
@@ -80,7 +100,10 @@ def _reads(cfg: Config) -> tuple:
     return (A.CALIBRATION, A.SESSIONS_TRAIN, A.SESSIONS_TEST, A.VOCABULARY, A.CATEGORIES,
             A.VECTORS,
             *([A.CONTEXT] if writes_context(cfg) else []), A.ITEMS, A.TRAIN_STATS, A.INDEX,
-            A.INDEX_META, A.SERVING)
+            A.INDEX_META, A.SERVING,
+            # the report's history of published versions: a new version changes the stamp
+            *([A.PublishedRoot(cfg.publish.dir)] if cfg.evaluate.report and cfg.publish.enabled
+              else []))
 
 
 STAGE = Stage("evaluate", run, reads=_reads,
