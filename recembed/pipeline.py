@@ -272,7 +272,7 @@ def run_pipeline(
         raise PipelineError(f"cannot write the run directory {run_dir}: {e.strerror}; check "
                             "run.runs_dir (and free space)", EXIT_BAD_INPUT) from e
     try:
-        return _run_locked(cfg, run_dir, order, plan, stages, force, echo)
+        return _run_locked(cfg, run_dir, order, plan, stages, force, echo, on_start, on_stage)
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
             raise
@@ -285,7 +285,9 @@ def run_pipeline(
 
 
 def _run_locked(cfg: Config, run_dir: Path, order: list[Stage], plan: Sequence[Stage],
-                stages: list[str] | None, force: bool, echo: Callable[[str], None]) -> RunReport:
+                stages: list[str] | None, force: bool, echo: Callable[[str], None],
+                on_start: Callable[[str], None] | None,
+                on_stage: Callable[[RunReport, str], None] | None) -> RunReport:
     A.write_text(A.CONFIG.path(run_dir), dump_config(cfg))
     report = RunReport(run_dir)
     fingerprints: dict[str, str] = {}
