@@ -282,10 +282,14 @@ def publish_version(
     published = Path(published)
     version = version or f"v{time.strftime('%Y%m%d-%H%M%S')}"
     with publish_lock(published, lock_wait_s):
+        # versions a killed publisher left half-assembled: nobody else assembles while we
+        # hold the lock, so they are garbage (the kill test found them piling up)
+        for stale in published.glob(".tmp-v*"):
+            log.warning("removing %s, left by a publish that was killed", stale.name)
+            shutil.rmtree(stale, ignore_errors=True)
         while (published / version).exists():
             version += "b"
         tmp = published / f".tmp-{version}"
-        shutil.rmtree(tmp, ignore_errors=True)
         placed = False
         try:
             tmp.mkdir()
