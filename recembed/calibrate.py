@@ -321,7 +321,7 @@ def calibration_search(cfg) -> dict:
           "directed": cfg.graph.directed, "min_weight": cfg.graph.min_weight,
           "max_out_edges": cfg.graph.max_out_edges}
     wp = {"method": w.method, "walks_per_node": w.walks_per_node, "walk_length": w.walk_length,
-          "p": w.p, "q": w.q}
+          "p": w.p, "q": w.q, "max_tokens": w.max_tokens}
     kw = {"half_life_days": cfg.session.half_life_days, "corpora": corpora,
           "target_tokens": tokens, "graph_params": gp, "walk_params": wp, "train_params": tp,
           "blend_fixed": fixed, "base_blend": blend_settings(cfg),
@@ -394,7 +394,12 @@ def train_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, workd
         files.append(workdir / "sessions.txt")
     if corpus in ("both", "walks"):
         g = build_item_graph(ct, w, n_items, **graph_params)
-        random_walks(g, workdir / "walks.txt", seed=seed, threads=threads, **walk_params)
+        wp = dict(walk_params)
+        if tokens > 0:
+            # one epoch of the walk corpus must not dwarf the training amount being compared
+            # (10M-event nightly: 23M walk tokens made every candidate train 23M tokens)
+            wp["max_tokens"] = min(wp.get("max_tokens") or tokens, max(tokens // 2, 1000))
+        random_walks(g, workdir / "walks.txt", seed=seed, threads=threads, **wp)
         files.append(workdir / "walks.txt")
     path = concat_corpora(files, workdir / "corpus.txt")
     res = train_word2vec(path, seed=seed, target_tokens=tokens, progress=False, **train_params)

@@ -152,7 +152,7 @@ class ValidationConfig(_Section):
 
 class CalibrateConfig(_Section):
     enabled: bool = True
-    time_budget_s: float = Field(300.0, ge=0)
+    time_budget_s: float = Field(180.0, ge=0)
     max_queries: int = Field(5000, ge=10)
     max_train_tokens: int = Field(3_000_000, ge=1000)
     corpora: list[Literal["both", "sessions", "walks"]] = Field(
@@ -176,7 +176,7 @@ class WalksConfig(_Section):
     p: float = Field(1.0, gt=0)
     q: float = Field(1.0, gt=0)
     start_by_popularity: bool = False
-    max_tokens: int = Field(20_000_000, ge=0)
+    max_tokens: int = Field(10_000_000, ge=0)
 
 
 class SequencesConfig(_Section):
