@@ -481,8 +481,16 @@ def _verified(done: Path, fp: str, run_dir: Path) -> bool:
 
 
 def _facts(stats: dict) -> str:
-    """The short scalar statistics as `key=value, ...` (lists and dicts are left to run.json)."""
-    return ", ".join(f"{k}={_fmt(v)}" for k, v in stats.items() if _short(v))
+    """The short scalar statistics as `key=value, ...`, and small count tables (ingest's
+    `quarantine_reasons`) as `key[entry]=n`: every filter and quarantine reason says how many
+    rows it removed. Lists and big tables are left to run.json."""
+    out = []
+    for k, v in stats.items():
+        if _short(v):
+            out.append(f"{k}={_fmt(v)}")
+        elif isinstance(v, dict) and 0 < len(v) <= 12 and all(_short(x) for x in v.values()):
+            out += [f"{k}[{str(sub)[:60]}]={_fmt(x)}" for sub, x in v.items()]
+    return ", ".join(out)
 
 
 def _short(v) -> bool:

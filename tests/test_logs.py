@@ -184,3 +184,15 @@ def test_a_real_sessionize_warning_reaches_run_json_and_the_json_log(log_csv, tm
     assert any(w.startswith("sessionize: session.min_length=20") for w in run["warnings"])
     rec = json.loads(A.RUN_RECORD.path(only_run(tmp_path)).read_text())
     assert rec["warnings"] == run["warnings"]
+
+
+def test_summary_counts_every_quarantine_reason():
+    """issue 17: the run summary says, for every quarantine reason, how many rows it removed."""
+    from recembed.pipeline import RunReport
+
+    rep = RunReport(Path("/tmp/x"), {"ingest": {"status": "ran", "stats": {
+        "rows_read": 100, "quarantined": 7,
+        "quarantine_reasons": {"unparseable timestamp": 5, "empty item id": 2}}}})
+    text = rep.summary()
+    assert "quarantine_reasons[unparseable timestamp]=5" in text
+    assert "quarantine_reasons[empty item id]=2" in text
