@@ -35,15 +35,19 @@ One deliberate difference from session-rec: STAN's ``p(i*, n)`` is the position 
 most recent prefix item n contains (the paper's definition), where session-rec takes the last
 position in n of any prefix item.
 
-This module imports numpy only: the serving process loads it.
+This module imports numpy and numba only: the serving process loads it (`score_sessions` is the
+batch numba kernel serving uses; `score_session` the plain numpy reference).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
+import numba
 import numpy as np
+from numba import njit, prange
 
 TIE = 1e-6
 DAY = 86_400.0
@@ -235,6 +239,17 @@ class SessionIndex:
         df = np.diff(self.item_indptr)
         self._size = np.diff(self.session_indptr)
         self._idf = np.log(max(len(self.session_end), 1) / np.maximum(df, 1)) * (df > 0)
+        self._lock = threading.Lock()  # `score_sessions` reuses per-thread scratch arrays
+        self._scratch_arrays = None
+
+    def _scratch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-thread item stamps and score accumulators (allocated once, reused by stamps)."""
+        t = numba.get_num_threads()
+        if self._scratch_arrays is None or len(self._scratch_arrays[2]) != t:
+            n = self.n_items
+            self._scratch_arrays = (np.zeros((t, n), np.int64), np.zeros((t, n)),
+                                    np.zeros(t, np.int64))
+        return self._scratch_arrays
 
     @property
     def n_sessions(self) -> int:
@@ -434,3 +449,268 @@ def _neighbour_entries(index: SessionIndex, prefix: np.ndarray,
     if p.idf_weight > 0:
         w = w * (1.0 + p.idf_weight * index._idf[items])
     return items, w
+
+
+# ---------------------------------------------------------------- batch kernel (serving)
+
+_PREFIX_CODE = {name: i for i, name in enumerate(PREFIX_WEIGHTINGS)}
+_MATCH_CODE = {name: i for i, name in enumerate(MATCH_WEIGHTINGS)}
+
+
+def score_sessions(index: SessionIndex, prefixes: list[np.ndarray], params: SknnParams,
+                   top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The `top` best items of `score_session` for many prefixes at once (a numba kernel,
+    parallel over prefixes; what serving uses).
+
+    Parameters
+    ----------
+    index : SessionIndex
+    prefixes : list of int arrays
+        Each prefix as `score_session` takes it.
+    params : SknnParams
+    top : int
+        Items kept per prefix, >= 1: its `top` best (ties: the lower item code).
+
+    Returns
+    -------
+    counts : int64 [n]
+        Items kept for prefix i.
+    items : int64 [n, top]
+        Prefix i's items in ``items[i, :counts[i]]``, ascending; -1 padded.
+    scores : float64 [n, top]
+        Their scores: `score_session`'s, summed in the same order (equal up to the last bits
+        of exp).
+    """
+    if top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
+    lens = np.array([len(p) for p in prefixes], np.int64)
+    p_indptr = np.r_[0, np.cumsum(lens)].astype(np.int64)
+    flat = np.concatenate([np.asarray(p, np.int64) for p in prefixes]) if len(prefixes) else \
+        np.zeros(0, np.int64)
+    with index._lock:
+        return _score_sessions_kernel(
+            p_indptr, flat, index.item_indptr, index.item_sessions, index.session_indptr,
+            index.session_items, index.session_lastpos, index.session_end, index._size,
+            index._idf, int(params.k), int(params.sample_size), params.similarity == "cosine",
+            _PREFIX_CODE[params.prefix_weighting], float(params.lambda1),
+            _MATCH_CODE[params.match_weighting], float(params.lambda_match),
+            float(params.lambda2), float(params.lambda3), float(params.idf_weight), int(top),
+            *index._scratch())
+
+
+@njit(cache=True, nogil=True)
+def _pw(pos: float, length: int, kind: int, lambda1: float) -> float:
+    if kind == 0:
+        return 1.0
+    if kind == 1:
+        return pos / length
+    if kind == 2:
+        return (pos / length) ** 2
+    if kind == 3:
+        return 1.0 / np.log10(length - pos + 1.7)
+    return np.exp((pos - length) / lambda1)
+
+
+@njit(cache=True, nogil=True)
+def _mw(step: float, kind: int, lam: float) -> float:
+    if kind == 0:
+        return 1.0
+    if kind == 1:
+        return 1.0 / step
+    if kind == 2:
+        return 1.0 / step ** 2
+    if kind == 3:
+        return 1.0 / np.log10(step + 1.7)
+    return np.exp(-(step - 1.0) / lam)
+
+
+@njit(cache=True, nogil=True)
+def _one_session(prefix, item_indptr, item_sessions, session_indptr, session_items,
+                 session_lastpos, session_end, size, idf, k, sample_size, cosine, pkind,
+                 lambda1, mkind, lambda_match, lambda2, lambda3, idf_weight, top,
+                 item_stamp, item_score, stamp):
+    """(items ascending, scores) of one prefix; mirrors `_neighbour_entries` + `score_session`
+    step by step, so that every float64 sum runs in the same order."""
+    n_items = len(item_indptr) - 1
+    length = len(prefix)
+    empty_i = np.zeros(0, np.int64)
+    empty_f = np.zeros(0)
+    if length == 0:
+        return empty_i, empty_f
+    # distinct prefix items, most recent first (their first index in the reversed prefix)
+    u = np.empty(length, np.int64)
+    first_rev = np.empty(length, np.int64)
+    nd = 0
+    for j in range(length):
+        x = prefix[length - 1 - j]
+        seen = False
+        for t in range(nd):
+            if u[t] == x:
+                seen = True
+                break
+        if not seen:
+            u[nd] = x
+            first_rev[nd] = j
+            nd += 1
+    w1 = np.empty(nd)
+    for t in range(nd):
+        w1[t] = _pw(float(length - first_rev[t]), length, pkind, lambda1)
+    sq = 0.0
+    for t in range(nd):
+        sq += w1[t] * w1[t]
+    w1_norm = np.sqrt(sq)
+    # valid items, in most-recent-first order
+    vu = np.empty(nd, np.int64)
+    vstep = np.empty(nd, np.int64)
+    vw = np.empty(nd)
+    nv = 0
+    for t in range(nd):
+        if u[t] >= 0 and u[t] < n_items:
+            vu[nv] = u[t]
+            vstep[nv] = first_rev[t] + 1
+            vw[nv] = w1[t]
+            nv += 1
+    # merge the (cut) session lists: ascending session = most recent first
+    head = np.empty(nv, np.int64)
+    end_ = np.empty(nv, np.int64)
+    total = 0
+    for j in range(nv):
+        lo = item_indptr[vu[j]]
+        n = item_indptr[vu[j] + 1] - lo
+        if sample_size > 0 and n > sample_size:
+            n = sample_size
+        head[j] = lo
+        end_[j] = lo + n
+        total += n
+    if total == 0:
+        return empty_i, empty_f
+    cap = total if sample_size <= 0 else min(total, sample_size)
+    cand = np.empty(cap, np.int64)
+    num = np.empty(cap)
+    owner = np.empty(cap, np.int64)
+    nc = 0
+    big = np.iinfo(np.int64).max
+    while nc < cap:
+        v = big
+        for j in range(nv):
+            if head[j] < end_[j]:
+                s = item_sessions[head[j]]
+                if s < v:
+                    v = s
+        if v == big:
+            break
+        acc = 0.0
+        own = -1
+        for j in range(nv):
+            if head[j] < end_[j] and item_sessions[head[j]] == v:
+                acc += vw[j]
+                if own < 0:
+                    own = j
+                head[j] += 1
+        cand[nc] = v
+        num[nc] = acc
+        owner[nc] = own
+        nc += 1
+    sim = np.empty(nc)
+    for c in range(nc):
+        if not cosine:
+            sim[c] = num[c] / nd
+        else:
+            sim[c] = num[c] / (w1_norm * np.sqrt(float(size[cand[c]])))
+    if lambda2 > 0:
+        e0 = session_end[cand[0]]
+        for c in range(nc):
+            sim[c] = sim[c] * np.exp((session_end[cand[c]] - e0) / lambda2)
+    keep = np.empty(nc, np.int64)
+    nk = 0
+    for c in range(nc):
+        if sim[c] > 0:
+            keep[nk] = c
+            nk += 1
+    keep = keep[:nk]
+    if nk > k:  # the k most similar, ties to the more recent (lower) session
+        neg = np.empty(nk)
+        for c in range(nk):
+            neg[c] = -sim[keep[c]]
+        # the stable argsort's first k, without sorting them all: below the k-th value, then
+        # the ties at it in order
+        t = np.partition(neg.copy(), k - 1)[k - 1]
+        sel = np.empty(k, np.int64)
+        ns = 0
+        for c in range(nk):
+            if neg[c] < t:
+                sel[ns] = c
+                ns += 1
+        for c in range(nk):
+            if ns == k:
+                break
+            if neg[c] == t:
+                sel[ns] = c
+                ns += 1
+        sel = sel[np.argsort(neg[sel], kind="mergesort")]
+        keep = keep[sel]
+    # entries of every neighbour, summed per item in the reference's order
+    stamp_v = stamp[0] + 1
+    stamp[0] = stamp_v
+    n_out = 0
+    for c in keep:
+        n_out += session_indptr[cand[c] + 1] - session_indptr[cand[c]]
+    out_items = np.empty(n_out, np.int64)
+    m = 0
+    for c in keep:
+        sess = cand[c]
+        star = owner[c]
+        nw = sim[c] * _mw(float(vstep[star]), mkind, lambda_match)
+        lo, hi = session_indptr[sess], session_indptr[sess + 1]
+        pos_star = 0.0
+        if lambda3 > 0:
+            for e in range(lo, hi):
+                if session_items[e] == vu[star]:
+                    pos_star = float(session_lastpos[e])
+        for e in range(lo, hi):
+            it = session_items[e]
+            w = nw
+            if lambda3 > 0:
+                w = w * np.exp(-np.abs(session_lastpos[e] - pos_star) / lambda3)
+            if idf_weight > 0:
+                w = w * (1.0 + idf_weight * idf[it])
+            if item_stamp[it] != stamp_v:
+                item_stamp[it] = stamp_v
+                item_score[it] = 0.0
+                out_items[m] = it
+                m += 1
+            item_score[it] += w
+    items = np.sort(out_items[:m])
+    scores = np.empty(m)
+    for t in range(m):
+        scores[t] = item_score[items[t]]
+    if top > 0 and m > top:  # the `top` best, ties to the lower item; then ascending again
+        sel = np.argsort(-scores, kind="mergesort")[:top]
+        sel.sort()
+        items, scores = items[sel], scores[sel]
+    return items, scores
+
+
+@njit(cache=True, parallel=True)
+def _score_sessions_kernel(p_indptr, flat, item_indptr, item_sessions, session_indptr,
+                           session_items, session_lastpos, session_end, size, idf, k,
+                           sample_size, cosine, pkind, lambda1, mkind, lambda_match, lambda2,
+                           lambda3, idf_weight, top, item_stamp, item_score, stamp):
+    n = len(p_indptr) - 1
+    n_chunks = max(min(n, len(stamp)), 1)
+    bounds = np.linspace(0, n, n_chunks + 1).astype(np.int64)
+    counts = np.zeros(n, np.int64)
+    out_items = np.full((n, top), -1, np.int64)
+    out_scores = np.zeros((n, top))
+    for ch in prange(n_chunks):  # one scratch row per chunk; stamps make it reusable
+        for i in range(bounds[ch], bounds[ch + 1]):
+            it, sc = _one_session(flat[p_indptr[i]:p_indptr[i + 1]], item_indptr,
+                                  item_sessions, session_indptr, session_items,
+                                  session_lastpos, session_end, size, idf, k, sample_size,
+                                  cosine, pkind, lambda1, mkind, lambda_match, lambda2, lambda3,
+                                  idf_weight, top, item_stamp[ch], item_score[ch],
+                                  stamp[ch:ch + 1])
+            counts[i] = len(it)
+            out_items[i, :len(it)] = it
+            out_scores[i, :len(it)] = sc
+    return counts, out_items, out_scores
