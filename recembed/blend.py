@@ -159,6 +159,7 @@ class BlendModel:
         self.search = search
         self.cos_search = cos_search
         self._scratch = None if neighbours is None else Scratch(neighbours.n_items)
+        self._max_rule = 0 if rules is None else int(np.diff(rules.indptr).max(initial=0))
 
     def signals(self, sessions: list[np.ndarray], st: BlendSettings) -> Signals:
         """Candidates and raw signal values for sessions given as arrays of rows (most recent
@@ -191,7 +192,8 @@ class BlendModel:
         context = self.context if has_dir else self.unit
         rows, vals, in_sess, last = _signals_kernel(
             s_indptr, s_flat, np.ascontiguousarray(dir_rows, np.int64),
-            np.ascontiguousarray(cos_rows, np.int64), pop_rows, r_ptr, r_idx, r_val, nb_n,
+            np.ascontiguousarray(cos_rows, np.int64), pop_rows, r_ptr, r_idx, r_val,
+            self._max_rule, nb_n,
             nb_rows, nb_vals, float(st.repeat_decay), self.unit, context, q_unit, q_in,
             self.pop, has_dir)
         return Signals(rows, vals, in_sess, last)
@@ -237,24 +239,23 @@ class BlendModel:
 
 def blend_top_k(sig: Signals, st: BlendSettings, k: int, *, exclude_session_items: bool = False,
                 pop: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k rows and blended scores of each query (ties: more popular, then lower row)."""
-    score = blended_scores(sig, st)
-    if st.exclude_last:
-        score[(sig.rows == sig.last[:, None]) & (sig.last[:, None] >= 0)] = -np.inf
-    if exclude_session_items:
-        score[sig.in_session] = -np.inf
-    score[sig.rows < 0] = -np.inf
-    tie = sig.values[:, :, SIGNALS.index("popularity")] * 1e-6
-    order = np.lexsort((sig.rows, -(score + tie)), axis=-1)[:, :k] if score.size else \
-        np.zeros((len(score), 0), np.int64)
-    rows = np.take_along_axis(sig.rows, order, axis=1)
-    sc = np.take_along_axis(score, order, axis=1).astype(np.float32)
-    rows[~np.isfinite(sc)] = -1
-    if rows.shape[1] < k:
-        pad = k - rows.shape[1]
-        rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
-        sc = np.pad(sc, ((0, 0), (0, pad)), constant_values=-np.inf)
-    return rows, sc
+    """Top-k rows and blended scores of each query (ties: more popular, then lower row);
+    (rows int64 [n, k], scores float32 [n, k]), -1 / -inf padded. A numba kernel over the
+    scores of `blended_scores`, bit for bit."""
+    w = np.array([float(st.weights.get(name, 0.0)) for name in SIGNALS])
+    rows = np.ascontiguousarray(sig.rows, np.int64)
+    vals = np.ascontiguousarray(sig.values, np.float32)
+    # the exp-normalised signals with numpy's exp, exactly as `blended_scores` computes them
+    # (numba's exp may differ in the last bit, which could reorder exactly tied blends)
+    expo = np.zeros((*rows.shape, 2))
+    valid = rows >= 0
+    for j in (0, 1):
+        if w[j] != 0.0:
+            expo[:, :, j] = normalise(vals[:, :, j], valid, SIGNALS[j], st.temperature)
+    kernel = _top_k_par if len(rows) >= PARALLEL_FROM else _top_k_ser
+    return kernel(rows, vals, expo, np.ascontiguousarray(sig.in_session, np.bool_),
+                  np.ascontiguousarray(sig.last, np.int64), w, bool(st.exclude_last),
+                  bool(exclude_session_items), int(k))
 
 
 def blended_scores(sig: Signals, st: BlendSettings) -> np.ndarray:
@@ -328,94 +329,207 @@ def _exact_top(scores: np.ndarray, k: int) -> np.ndarray:
     return part.astype(np.int64)
 
 
-@njit(cache=True, parallel=True)
-def _signals_kernel(s_indptr, s_flat, dir_rows, cos_rows, pop_rows, r_ptr, r_idx, r_val, nb_n,
-                    nb_rows, nb_vals, repeat_decay, unit, context, q_unit, q_in, pop, has_dir):
+@njit(cache=True, nogil=True, fastmath=True)
+def _dot(a, b):
+    # float32 inner product; fastmath lets LLVM vectorise it (a different order of summation
+    # than numpy's einsum: equal to float32 rounding)
+    acc = np.float32(0.0)
+    for d in range(len(a)):
+        acc += a[d] * b[d]
+    return acc
+
+
+@njit(cache=True, nogil=True)
+def _union_one(s, dir_row, cos_row, pop_rows, r_ptr, r_idx, nb_n, nb_row, out):
+    """The sorted distinct candidates of one query into `out`; returns how many."""
+    m = 0
+    for x in s:
+        if x >= 0:
+            out[m] = x
+            m += 1
+    if m == 0:  # a session without any known item gets nothing
+        return 0
+    for x in pop_rows:
+        out[m] = x
+        m += 1
+    for x in cos_row:
+        out[m] = x
+        m += 1
+    for x in dir_row:
+        out[m] = x
+        m += 1
+    if len(s) and s[-1] >= 0:
+        for e in range(r_ptr[s[-1]], r_ptr[s[-1] + 1]):
+            out[m] = r_idx[e]
+            m += 1
+    for t in range(nb_n):
+        out[m] = nb_row[t]
+        m += 1
+    row = np.sort(out[:m])
+    c = 0
+    for t in range(m):
+        if row[t] >= 0 and (c == 0 or row[t] != out[c - 1]):
+            out[c] = row[t]
+            c += 1
+    return c
+
+
+@njit(cache=True, nogil=True)
+def _fill_one(s, u, r_ptr, r_idx, r_val, nb_n, nb_row, nb_val, repeat_decay, unit, context,
+              q_unit, q_in, pop, has_dir, vals, in_sess):
+    """The raw signals of one query's candidates `u` (sorted) into vals [C, 6], in_sess [C]."""
+    ls = len(s)
+    for p in range(ls):
+        if s[p] >= 0:
+            j = np.searchsorted(u, s[p])
+            vals[j, 4] += np.float32(repeat_decay ** float(ls - 1 - p))
+            in_sess[j] = True
+    if ls and s[-1] >= 0:
+        for e in range(r_ptr[s[-1]], r_ptr[s[-1] + 1]):
+            vals[np.searchsorted(u, r_idx[e]), 2] = r_val[e]
+    for t in range(nb_n):
+        vals[np.searchsorted(u, nb_row[t]), 3] = np.float32(nb_val[t])
+    for j in range(len(u)):
+        x = u[j]
+        cs = _dot(unit[x], q_unit)
+        vals[j, 1] = cs
+        if has_dir:
+            vals[j, 0] = _dot(context[x], q_in)
+        else:  # no output vectors: cosine on a comparable scale
+            vals[j, 0] = cs * np.float32(10.0)
+        vals[j, 5] = pop[x]
+
+
+def _make_signals_kernel(parallel: bool):
+    loop = prange if parallel else range
+
+    def kernel(s_indptr, s_flat, dir_rows, cos_rows, pop_rows, r_ptr, r_idx, r_val, max_rule,
+               nb_n, nb_rows, nb_vals, repeat_decay, unit, context, q_unit, q_in, pop,
+               has_dir):
+        n = len(s_indptr) - 1
+        max_len = 0
+        for i in range(n):
+            max_len = max(max_len, s_indptr[i + 1] - s_indptr[i])
+        cap = max_len + len(pop_rows) + cos_rows.shape[1] + dir_rows.shape[1] + max_rule + \
+            nb_rows.shape[1]
+        buf = np.empty((n, max(cap, 1)), np.int64)
+        count = np.zeros(n, np.int64)
+        for i in loop(n):
+            count[i] = _union_one(s_flat[s_indptr[i]:s_indptr[i + 1]], dir_rows[i], cos_rows[i],
+                                  pop_rows, r_ptr, r_idx, nb_n[i], nb_rows[i], buf[i])
+        width = max(count.max() if n else 0, 1)
+        rows = np.full((n, width), -1, np.int64)
+        vals = np.zeros((n, width, 6), np.float32)
+        in_sess = np.zeros((n, width), np.bool_)
+        last = np.full(n, -1, np.int64)
+        for i in loop(n):
+            s = s_flat[s_indptr[i]:s_indptr[i + 1]]
+            c = count[i]
+            rows[i, :c] = buf[i, :c]
+            if len(s) and s[-1] >= 0:
+                last[i] = s[-1]
+            if c:
+                _fill_one(s, buf[i, :c], r_ptr, r_idx, r_val, nb_n[i], nb_rows[i], nb_vals[i],
+                          repeat_decay, unit, context, q_unit[i], q_in[i], pop, has_dir,
+                          vals[i], in_sess[i])
+        return rows, vals, in_sess, last
+
+    kernel.__name__ = kernel.__qualname__ = "signals_" + ("par" if parallel else "ser")
+    return njit(cache=True, parallel=parallel, nogil=True)(kernel)
+
+
+# per-query work is tens of microseconds: below this many queries, threads cost more than they
+# save (a single session runs on one core)
+PARALLEL_FROM = 16
+_signals_par = _make_signals_kernel(True)
+_signals_ser = _make_signals_kernel(False)
+
+
+def _signals_kernel(*args):
     """Candidate unions (sorted, -1 padded) and the raw signals of every query; see
     `BlendModel.signals` (the per-query numpy code it replaced is in tests/test_blend.py)."""
-    n = len(s_indptr) - 1
-    dim = unit.shape[1]
-    max_len, max_rule = 0, 0
-    for i in range(n):
-        max_len = max(max_len, s_indptr[i + 1] - s_indptr[i])
-    for r in range(len(r_ptr) - 1):
-        max_rule = max(max_rule, r_ptr[r + 1] - r_ptr[r])
-    cap = max_len + len(pop_rows) + cos_rows.shape[1] + dir_rows.shape[1] + max_rule + \
-        nb_rows.shape[1]
-    buf = np.empty((n, max(cap, 1)), np.int64)
-    count = np.zeros(n, np.int64)
-    for i in prange(n):
-        s = s_flat[s_indptr[i]:s_indptr[i + 1]]
-        m = 0
-        for x in s:
-            if x >= 0:
-                buf[i, m] = x
-                m += 1
-        if m == 0:  # a session without any known item gets nothing
+    n = len(args[0]) - 1
+    return (_signals_par if n >= PARALLEL_FROM else _signals_ser)(*args)
+
+
+@njit(cache=True, nogil=True)
+def _top_stable(neg, k):
+    """The first k of np.argsort(neg, kind="stable"), without sorting all of neg."""
+    n = len(neg)
+    if n <= k:
+        return np.argsort(neg, kind="mergesort")
+    t = np.partition(neg.copy(), k - 1)[k - 1]
+    sel = np.empty(k, np.int64)
+    ns = 0
+    for c in range(n):
+        if neg[c] < t:
+            sel[ns] = c
+            ns += 1
+    for c in range(n):
+        if ns == k:
+            break
+        if neg[c] == t:
+            sel[ns] = c
+            ns += 1
+    return sel[np.argsort(neg[sel], kind="mergesort")]
+
+
+@njit(cache=True, nogil=True)
+def _top_k_one(rows, vals, expo, in_sess, last, w, exclude_last, exclude_session, k, out_rows,
+               out_sc):
+    """`blend_top_k` for one query: the same float64 sums as `blended_scores`, in the same
+    order of signals."""
+    c = len(rows)
+    score = np.zeros(c)  # (np.float64, not float(): numba's float() keeps a float32 a float32)
+    for j in range(6):
+        if w[j] == 0.0:
             continue
-        for x in pop_rows:
-            buf[i, m] = x
-            m += 1
-        for x in cos_rows[i]:
-            buf[i, m] = x
-            m += 1
-        for x in dir_rows[i]:
-            buf[i, m] = x
-            m += 1
-        if len(s) and s[-1] >= 0:
-            for e in range(r_ptr[s[-1]], r_ptr[s[-1] + 1]):
-                buf[i, m] = r_idx[e]
-                m += 1
-        for t in range(nb_n[i]):
-            buf[i, m] = nb_rows[i, t]
-            m += 1
-        row = np.sort(buf[i, :m])
-        c = 0
-        for t in range(m):
-            if row[t] >= 0 and (c == 0 or row[t] != buf[i, c - 1]):
-                buf[i, c] = row[t]
-                c += 1
-        count[i] = c
-    width = max(count.max() if n else 0, 1)
-    rows = np.full((n, width), -1, np.int64)
-    vals = np.zeros((n, width, 6), np.float32)
-    in_sess = np.zeros((n, width), np.bool_)
-    last = np.full(n, -1, np.int64)
-    for i in prange(n):
-        s = s_flat[s_indptr[i]:s_indptr[i + 1]]
-        c = count[i]
-        u = buf[i, :c]
-        rows[i, :c] = u
-        if len(s) and s[-1] >= 0:
-            last[i] = s[-1]
-        if c == 0:
-            continue
-        ls = len(s)
-        for p in range(ls):
-            if s[p] >= 0:
-                j = np.searchsorted(u, s[p])
-                vals[i, j, 4] += np.float32(repeat_decay ** float(ls - 1 - p))
-                in_sess[i, j] = True
-        if ls and s[-1] >= 0:
-            for e in range(r_ptr[s[-1]], r_ptr[s[-1] + 1]):
-                vals[i, np.searchsorted(u, r_idx[e]), 2] = r_val[e]
-        for t in range(nb_n[i]):
-            vals[i, np.searchsorted(u, nb_rows[i, t]), 3] = np.float32(nb_vals[i, t])
-        for j in range(c):
-            x = u[j]
-            cs = np.float32(0.0)
-            for d in range(dim):
-                cs += unit[x, d] * q_unit[i, d]
-            vals[i, j, 1] = cs
-            if has_dir:
-                ds = np.float32(0.0)
-                for d in range(dim):
-                    ds += context[x, d] * q_in[i, d]
-                vals[i, j, 0] = ds
-            else:  # no output vectors: cosine on a comparable scale
-                vals[i, j, 0] = cs * np.float32(10.0)
-            vals[i, j, 5] = pop[x]
-    return rows, vals, in_sess, last
+        if j == 0 or j == 1:  # directional, cosine: exp((x - max) / t), numpy's exp (below)
+            for a in range(c):
+                score[a] += w[j] * expo[a, j]
+        elif j == 5:  # popularity as it is
+            for a in range(c):
+                score[a] += w[j] * np.float64(vals[a, j])
+        else:  # divided by the query's best (padding counts as 0)
+            mx = np.float64(vals[0, j])
+            for a in range(c):
+                mx = max(mx, np.float64(vals[a, j]))
+            for a in range(c):
+                x = np.float64(vals[a, j]) / mx if mx > 0 else 0.0
+                score[a] += w[j] * x
+    neg = np.empty(c)
+    for a in range(c):
+        if (exclude_last and last >= 0 and rows[a] == last) or (exclude_session and in_sess[a]) \
+                or rows[a] < 0:
+            score[a] = -np.inf
+        # the popularity tie-break, in float32 as numpy computes it
+        neg[a] = -(score[a] + np.float64(vals[a, 5] * np.float32(1e-6)))
+    sel = _top_stable(neg, k)
+    for t in range(len(sel)):
+        sc = np.float32(score[sel[t]])
+        if np.isfinite(sc):
+            out_rows[t] = rows[sel[t]]
+            out_sc[t] = sc
+
+
+def _make_top_k_kernel(parallel: bool):
+    loop = prange if parallel else range
+
+    def kernel(rows, vals, expo, in_sess, last, w, exclude_last, exclude_session, k):
+        n = rows.shape[0]
+        out_rows = np.full((n, k), -1, np.int64)
+        out_sc = np.full((n, k), -np.inf, np.float32)
+        for i in loop(n):
+            _top_k_one(rows[i], vals[i], expo[i], in_sess[i], last[i], w, exclude_last,
+                       exclude_session, k, out_rows[i], out_sc[i])
+        return out_rows, out_sc
+
+    kernel.__name__ = kernel.__qualname__ = "top_k_" + ("par" if parallel else "ser")
+    return njit(cache=True, parallel=parallel, nogil=True)(kernel)
+
+
+_top_k_par = _make_top_k_kernel(True)
+_top_k_ser = _make_top_k_kernel(False)
 
 
 # ---------------------------------------------------------------- session-kNN kernel
@@ -476,8 +590,9 @@ def score_sessions(index: SessionIndex, prefixes: list[np.ndarray], params: Sknn
     flat = np.concatenate([np.asarray(p, np.int64) for p in prefixes]) if len(prefixes) else \
         np.zeros(0, np.int64)
     scratch = scratch or Scratch(index.n_items)
+    kernel = _sknn_par if len(prefixes) >= PARALLEL_FROM else _sknn_ser
     with scratch.lock:
-        return _score_sessions_kernel(
+        return kernel(
             p_indptr, flat, index.item_indptr, index.item_sessions, index.session_indptr,
             index.session_items, index.session_lastpos, index.session_end, index._size,
             index._idf, int(params.k), int(params.sample_size), params.similarity == "cosine",
@@ -621,22 +736,7 @@ def _one_session(prefix, item_indptr, item_sessions, session_indptr, session_ite
         neg = np.empty(nk)
         for c in range(nk):
             neg[c] = -sim[keep[c]]
-        # the stable argsort's first k, without sorting them all: below the k-th value, then
-        # the ties at it in order
-        t = np.partition(neg.copy(), k - 1)[k - 1]
-        sel = np.empty(k, np.int64)
-        ns = 0
-        for c in range(nk):
-            if neg[c] < t:
-                sel[ns] = c
-                ns += 1
-        for c in range(nk):
-            if ns == k:
-                break
-            if neg[c] == t:
-                sel[ns] = c
-                ns += 1
-        sel = sel[np.argsort(neg[sel], kind="mergesort")]
+        sel = _top_stable(neg, k)
         keep = keep[sel]
     # entries of every neighbour, summed per item in the reference's order
     stamp_v = stamp[0] + 1
@@ -674,32 +774,40 @@ def _one_session(prefix, item_indptr, item_sessions, session_indptr, session_ite
     for t in range(m):
         scores[t] = item_score[items[t]]
     if top > 0 and m > top:  # the `top` best, ties to the lower item; then ascending again
-        sel = np.argsort(-scores, kind="mergesort")[:top]
-        sel.sort()
+        sel = np.sort(_top_stable(-scores, top))
         items, scores = items[sel], scores[sel]
     return items, scores
 
 
-@njit(cache=True, parallel=True)
-def _score_sessions_kernel(p_indptr, flat, item_indptr, item_sessions, session_indptr,
-                           session_items, session_lastpos, session_end, size, idf, k,
-                           sample_size, cosine, pkind, lambda1, mkind, lambda_match, lambda2,
-                           lambda3, idf_weight, top, item_stamp, item_score, stamp):
-    n = len(p_indptr) - 1
-    n_chunks = max(min(n, len(stamp)), 1)
-    bounds = np.linspace(0, n, n_chunks + 1).astype(np.int64)
-    counts = np.zeros(n, np.int64)
-    out_items = np.full((n, top), -1, np.int64)
-    out_scores = np.zeros((n, top))
-    for ch in prange(n_chunks):  # one scratch row per chunk; stamps make it reusable
-        for i in range(bounds[ch], bounds[ch + 1]):
-            it, sc = _one_session(flat[p_indptr[i]:p_indptr[i + 1]], item_indptr,
-                                  item_sessions, session_indptr, session_items,
-                                  session_lastpos, session_end, size, idf, k, sample_size,
-                                  cosine, pkind, lambda1, mkind, lambda_match, lambda2, lambda3,
-                                  idf_weight, top, item_stamp[ch], item_score[ch],
-                                  stamp[ch:ch + 1])
-            counts[i] = len(it)
-            out_items[i, :len(it)] = it
-            out_scores[i, :len(it)] = sc
-    return counts, out_items, out_scores
+def _make_sknn_kernel(parallel: bool):
+    loop = prange if parallel else range
+
+    def kernel(p_indptr, flat, item_indptr, item_sessions, session_indptr, session_items,
+               session_lastpos, session_end, size, idf, k, sample_size, cosine, pkind, lambda1,
+               mkind, lambda_match, lambda2, lambda3, idf_weight, top, item_stamp, item_score,
+               stamp):
+        n = len(p_indptr) - 1
+        n_chunks = max(min(n, len(stamp)), 1)
+        bounds = np.linspace(0, n, n_chunks + 1).astype(np.int64)
+        counts = np.zeros(n, np.int64)
+        out_items = np.full((n, top), -1, np.int64)
+        out_scores = np.zeros((n, top))
+        for ch in loop(n_chunks):  # one scratch row per chunk; stamps make it reusable
+            for i in range(bounds[ch], bounds[ch + 1]):
+                it, sc = _one_session(flat[p_indptr[i]:p_indptr[i + 1]], item_indptr,
+                                      item_sessions, session_indptr, session_items,
+                                      session_lastpos, session_end, size, idf, k, sample_size,
+                                      cosine, pkind, lambda1, mkind, lambda_match, lambda2,
+                                      lambda3, idf_weight, top, item_stamp[ch], item_score[ch],
+                                      stamp[ch:ch + 1])
+                counts[i] = len(it)
+                out_items[i, :len(it)] = it
+                out_scores[i, :len(it)] = sc
+        return counts, out_items, out_scores
+
+    kernel.__name__ = kernel.__qualname__ = "sknn_" + ("par" if parallel else "ser")
+    return njit(cache=True, parallel=parallel, nogil=True)(kernel)
+
+
+_sknn_par = _make_sknn_kernel(True)
+_sknn_ser = _make_sknn_kernel(False)

@@ -12,6 +12,7 @@ from recembed.blend import (
     BlendSettings,
     Signals,
     blend_top_k,
+    blended_scores,
     score_sessions,
     sequential_rules,
 )
@@ -87,6 +88,28 @@ def reference_signals(m: BlendModel, sessions: list[np.ndarray], st: BlendSettin
     return Signals(rows, vals, in_sess, last)
 
 
+def reference_top_k(sig: Signals, st: BlendSettings, k: int, *,
+                    exclude_session_items: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """`blend_top_k` as it was before its numba kernel (commit ba17d9b), verbatim."""
+    score = blended_scores(sig, st)
+    if st.exclude_last:
+        score[(sig.rows == sig.last[:, None]) & (sig.last[:, None] >= 0)] = -np.inf
+    if exclude_session_items:
+        score[sig.in_session] = -np.inf
+    score[sig.rows < 0] = -np.inf
+    tie = sig.values[:, :, SIGNALS.index("popularity")] * 1e-6
+    order = np.lexsort((sig.rows, -(score + tie)), axis=-1)[:, :k] if score.size else \
+        np.zeros((len(score), 0), np.int64)
+    rows = np.take_along_axis(sig.rows, order, axis=1)
+    sc = np.take_along_axis(score, order, axis=1).astype(np.float32)
+    rows[~np.isfinite(sc)] = -1
+    if rows.shape[1] < k:
+        pad = k - rows.shape[1]
+        rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
+        sc = np.pad(sc, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return rows, sc
+
+
 def random_model(seed: int, n: int = 300, d: int = 8, *, context: bool = True,
                  rules: bool = True, neighbours: bool = True) -> BlendModel:
     """Vectors, a click log of short sessions over `n` items, its rules and session index."""
@@ -135,8 +158,7 @@ def assert_same_signals(a: Signals, b: Signals) -> None:
 
 def assert_same_top_k(m: BlendModel, sessions, st: BlendSettings, k: int, ex: bool) -> None:
     got = m.recommend(sessions, st, k, exclude_session_items=ex)
-    want = blend_top_k(reference_signals(m, sessions, st), st, k, exclude_session_items=ex,
-                       pop=m.pop)
+    want = reference_top_k(reference_signals(m, sessions, st), st, k, exclude_session_items=ex)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
 
@@ -202,3 +224,39 @@ def test_score_sessions_keeps_the_top_items_of_score_session(method):
         assert (items[i, counts[i]:] == -1).all()
     with pytest.raises(ValueError, match="top must be >= 1"):
         score_sessions(m.neighbours, prefixes, p, top=0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("k", [1, 7, 400])
+def test_blend_top_k_equals_the_reference_on_the_same_signals(seed, k):
+    # random signals with ties (a coarse grid of values) and padding: rows and scores agree
+    rng = np.random.default_rng(seed)
+    n, c = 40, 50
+    rows = np.sort(rng.choice(1000, (n, c)), axis=1)
+    rows[:, -5:] = -1
+    vals = (rng.integers(0, 4, (n, c, len(SIGNALS))) / 4).astype(np.float32)
+    vals[rows < 0] = 0
+    sig = Signals(rows, vals, rng.random((n, c)) < 0.1, np.where(rng.random(n) < 0.8,
+                                                                  rows[:, 3], -1))
+    st = settings(seed)
+    for ex in (False, True):
+        got = blend_top_k(sig, st, k, exclude_session_items=ex)
+        want = reference_top_k(sig, st, k, exclude_session_items=ex)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
+        # one query at a time (the serial kernel) gives the same rows
+        one = blend_top_k(Signals(rows[:1], vals[:1], sig.in_session[:1], sig.last[:1]), st, k,
+                          exclude_session_items=ex)
+        np.testing.assert_array_equal(one[0], want[0][:1])
+
+
+def test_single_and_batch_calls_agree():
+    # below PARALLEL_FROM queries the serial kernels run, above it the parallel ones
+    m = random_model(13)
+    sessions = random_sessions(13, len(m.vectors))
+    st = settings(13)
+    batch = m.recommend(sessions, st, 10)
+    for i in range(0, len(sessions), 9):
+        one = m.recommend([sessions[i]], st, 10)
+        np.testing.assert_array_equal(one[0][0], batch[0][i])
+        np.testing.assert_array_equal(one[1][0], batch[1][i])
