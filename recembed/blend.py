@@ -629,6 +629,24 @@ def _mw(step: float, kind: int, lam: float) -> float:
 
 
 @njit(cache=True, nogil=True)
+def _heap_replace_min(heap, x):
+    """Replace the smallest value of a binary min-heap by x and restore the heap."""
+    n = len(heap)
+    i = 0
+    while True:
+        a = 2 * i + 1
+        if a >= n:
+            break
+        b = a + 1
+        m = b if b < n and heap[b] < heap[a] else a
+        if heap[m] >= x:
+            break
+        heap[i] = heap[m]
+        i = m
+    heap[i] = x
+
+
+@njit(cache=True, nogil=True)
 def _one_session(prefix, item_indptr, item_sessions, session_indptr, session_items,
                  session_lastpos, session_end, size, idf, k, sample_size, cosine, pkind,
                  lambda1, mkind, lambda_match, lambda2, lambda3, idf_weight, top,
@@ -723,8 +741,23 @@ def _one_session(prefix, item_indptr, item_sessions, session_indptr, session_ite
             sim[c] = num[c] / (w1_norm * np.sqrt(float(size[cand[c]])))
     if lambda2 > 0:
         e0 = session_end[cand[0]]
-        for c in range(nc):
+        n_exact = nc if nc <= k else k
+        for c in range(n_exact):
             sim[c] = sim[c] * np.exp((session_end[cand[c]] - e0) / lambda2)
+        if nc > k:
+            # the decay only falls along the candidates (most recent first), so a candidate
+            # whose similarity times the last decay computed is below the k-th best of the
+            # first k cannot be a neighbour: skip its exp (the costliest part of STAN)
+            heap = np.sort(sim[:k])  # a sorted array is a valid min-heap: heap[0] = k-th best
+            f_last = np.exp((session_end[cand[k - 1]] - e0) / lambda2)
+            for c in range(k, nc):
+                if sim[c] * f_last < heap[0]:
+                    sim[c] = 0.0
+                    continue
+                f_last = np.exp((session_end[cand[c]] - e0) / lambda2)
+                sim[c] = sim[c] * f_last
+                if sim[c] > heap[0]:
+                    _heap_replace_min(heap, sim[c])
     keep = np.empty(nc, np.int64)
     nk = 0
     for c in range(nc):
