@@ -210,10 +210,13 @@ def test_empty_and_all_unknown_sessions_get_nothing():
     assert rows.shape == (0, 5)
 
 
-@pytest.mark.parametrize("method", ["stan", "vsknn", "vstan"])
-def test_score_sessions_keeps_the_top_items_of_score_session(method):
+@pytest.mark.parametrize(("method", "kw"), [("stan", {}), ("vsknn", {}), ("vstan", {}),
+                                            ("stan", {"k": 3}), ("stan", {"k": 3, "lambda2": 3e3}),
+                                            ("vstan", {"k": 2, "sample_size": 4})])
+def test_score_sessions_keeps_the_top_items_of_score_session(method, kw):
+    # small k: many candidates per neighbour slot, so the recency-decay shortcut is taken
     m = random_model(9)
-    p = method_params(method)
+    p = method_params(method, **kw)
     prefixes = [s[s >= 0] for s in random_sessions(9, len(m.vectors))]
     counts, items, scores = score_sessions(m.neighbours, prefixes, p, top=6)
     for i, s in enumerate(prefixes):
