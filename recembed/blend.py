@@ -1,5 +1,10 @@
 """The next-item blend behind `Recommender.recommend`: candidates from several signals, one
-weighted score. numpy only (the serving process imports it; no pandas, scipy or numba).
+weighted score. numpy and numba only (the serving process imports it; no pandas or scipy);
+the numba kernels live here, so recembed.sknn stays numpy only.
+
+`BlendModel.signals` runs as numba kernels over the whole batch (candidate unions and signal
+values per query in parallel, session-kNN through `recembed.sknn.score_sessions`); the answers
+are those of the per-query numpy code it replaced (kept in tests/test_blend.py as the reference).
 
 Signals, each computed for every candidate of a query (the union of what the signals retrieve):
 
@@ -22,12 +27,21 @@ on validation than rules, neighbours, repeats or popularity alone.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+import numba
 import numpy as np
+from numba import njit, prange
 
-from recembed.sknn import method_params, score_session
+from recembed.sknn import (
+    MATCH_WEIGHTINGS,
+    PREFIX_WEIGHTINGS,
+    SessionIndex,
+    SknnParams,
+    method_params,
+)
 
 SIGNALS = ("directional", "cosine", "rules", "neighbours", "repeat", "popularity")
 Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # (queries, k) -> (D, I)
@@ -123,11 +137,16 @@ class BlendModel:
     search : callable or None
         `search(queries, k) -> (scores, rows)` over the output vectors (a faiss inner-product
         index); None = exact numpy search.
+    cos_search : callable or None
+        `cos_search(unit queries, k) -> (scores, rows)` over the unit input vectors (the
+        cosine faiss index serving loads); None = exact search over every item (q @ unit.T:
+        milliseconds per query on a large catalogue).
     """
 
     def __init__(self, vectors: np.ndarray, context: np.ndarray | None = None,
                  rules: Csr | None = None, neighbours=None,
-                 popularity: np.ndarray | None = None, search: Search | None = None):
+                 popularity: np.ndarray | None = None, search: Search | None = None,
+                 cos_search: Search | None = None):
         self.vectors = np.ascontiguousarray(vectors, np.float32)
         self.unit = unit_rows(self.vectors)
         self.context = None if context is None else np.ascontiguousarray(context, np.float32)
@@ -138,73 +157,45 @@ class BlendModel:
         self.pop = (np.log1p(pop) / max(np.log1p(pop.max(initial=0)), 1e-12)).astype(np.float32)
         self.pop_order = np.argsort(-pop, kind="stable")
         self.search = search
+        self.cos_search = cos_search
+        self._scratch = None if neighbours is None else Scratch(neighbours.n_items)
+        self._max_rule = 0 if rules is None else int(np.diff(rules.indptr).max(initial=0))
 
     def signals(self, sessions: list[np.ndarray], st: BlendSettings) -> Signals:
         """Candidates and raw signal values for sessions given as arrays of rows (most recent
         last, -1 = an item without a vector, which keeps its place in the decay)."""
         n_q = len(sessions)
-        q_in, q_unit = self._queries(sessions, st)
+        sess = [np.asarray(s, np.int64) for s in sessions]
+        lens = np.array([len(s) for s in sess], np.int64)
+        s_indptr = np.r_[0, np.cumsum(lens)].astype(np.int64)
+        s_flat = np.concatenate(sess) if n_q else np.zeros(0, np.int64)
+        q_in, q_unit = self._queries(sess, st)
         n_c = min(st.candidates, len(self.vectors))
-        dir_rows = self._search(q_in, n_c) if self.context is not None else None
+        has_dir = self.context is not None
+        dir_rows = self._search(q_in, n_c) if has_dir else np.zeros((n_q, 0), np.int64)
         cos_rows = self._cos_search(q_unit, max(n_c // 4, 1))
-        pop_rows = self.pop_order[: st.popular]
-        want = n_c
-        nb_params = None
+        pop_rows = self.pop_order[: st.popular].astype(np.int64)
         if self.neighbours is not None and st.neighbours.get("method", "stan") != "off":
             nb = dict(st.neighbours)
             nb_params = method_params(nb.pop("method", "stan"), **nb)
-        unions, extra = [], []
-        for i, s in enumerate(sessions):
-            s = np.asarray(s, np.int64)
-            known = s[s >= 0]
-            parts = [known, pop_rows, cos_rows[i]]
-            if dir_rows is not None:
-                parts.append(dir_rows[i])
-            r_rows = r_vals = nb_rows = nb_vals = None
-            if self.rules is not None and len(s) and s[-1] >= 0:
-                r_rows, r_vals = self.rules.row(int(s[-1]))
-                parts.append(r_rows)
-            if nb_params is not None and len(known):
-                nb_rows, nb_vals = score_session(self.neighbours, known, nb_params)
-                if len(nb_rows) > want:
-                    top = np.argpartition(-nb_vals, want - 1)[:want]
-                    nb_rows, nb_vals = nb_rows[top], nb_vals[top]
-                parts.append(nb_rows)
-            # a session without any known item gets nothing (Results: unknown ids are listed)
-            u = np.unique(np.concatenate(parts)) if len(known) else np.zeros(0, np.int64)
-            u = u[u >= 0]
-            unions.append(u)
-            extra.append((known, s, r_rows, r_vals, nb_rows, nb_vals))
-        width = max((len(u) for u in unions), default=0)
-        rows = np.full((n_q, max(width, 1)), -1, np.int64)
-        vals = np.zeros((n_q, rows.shape[1], len(SIGNALS)), np.float32)
-        in_sess = np.zeros(rows.shape, bool)
-        last = np.full(n_q, -1, np.int64)
-        i_rep, i_rules, i_nb = (SIGNALS.index(x) for x in ("repeat", "rules", "neighbours"))
-        for i, (u, (known, s, r_rows, r_vals, nb_rows, nb_vals)) in enumerate(
-                zip(unions, extra, strict=True)):
-            rows[i, : len(u)] = u
-            if len(s) and s[-1] >= 0:
-                last[i] = s[-1]
-            if len(known):
-                back = (len(s) - 1 - np.flatnonzero(s >= 0)).astype(np.float64)
-                pos = np.searchsorted(u, known)
-                np.add.at(vals[i, :, i_rep], pos, (st.repeat_decay ** back).astype(np.float32))
-                in_sess[i, pos] = True
-            if r_rows is not None and len(r_rows):
-                vals[i, np.searchsorted(u, r_rows), i_rules] = r_vals
-            if nb_rows is not None and len(nb_rows):
-                vals[i, np.searchsorted(u, nb_rows), i_nb] = nb_vals
-        valid = rows >= 0
-        safe = np.maximum(rows, 0)
-        i_dir, i_cos, i_pop = (SIGNALS.index(x) for x in ("directional", "cosine", "popularity"))
-        vals[:, :, i_cos] = np.einsum("ncd,nd->nc", self.unit[safe], q_unit)
-        if self.context is not None:
-            vals[:, :, i_dir] = np.einsum("ncd,nd->nc", self.context[safe], q_in)
-        else:  # no output vectors: cosine on a comparable scale
-            vals[:, :, i_dir] = vals[:, :, i_cos] * 10.0
-        vals[:, :, i_pop] = self.pop[safe]
-        vals[~valid] = 0.0
+            nb_n, nb_rows, nb_vals = score_sessions(
+                self.neighbours, [s[s >= 0] for s in sess], nb_params, max(n_c, 1), self._scratch)
+        else:
+            nb_n = np.zeros(n_q, np.int64)
+            nb_rows, nb_vals = np.zeros((n_q, 1), np.int64), np.zeros((n_q, 1))
+        if self.rules is not None:
+            r_ptr, r_idx, r_val = (np.asarray(self.rules.indptr, np.int64),
+                                   np.asarray(self.rules.indices), np.asarray(self.rules.data))
+        else:
+            r_ptr = np.zeros(len(self.vectors) + 1, np.int64)
+            r_idx, r_val = np.zeros(0, np.int32), np.zeros(0, np.float32)
+        context = self.context if has_dir else self.unit
+        rows, vals, in_sess, last = _signals_kernel(
+            s_indptr, s_flat, np.ascontiguousarray(dir_rows, np.int64),
+            np.ascontiguousarray(cos_rows, np.int64), pop_rows, r_ptr, r_idx, r_val,
+            self._max_rule, nb_n,
+            nb_rows, nb_vals, float(st.repeat_decay), self.unit, context, q_unit, q_in,
+            self.pop, has_dir)
         return Signals(rows, vals, in_sess, last)
 
     def recommend(self, sessions: list[np.ndarray], st: BlendSettings, k: int, *,
@@ -237,29 +228,34 @@ class BlendModel:
         return _exact_top(q @ self.context.T, k)
 
     def _cos_search(self, q: np.ndarray, k: int) -> np.ndarray:
-        return _exact_top(q @ self.unit.T, k)
+        if self.cos_search is not None:
+            _, rows = self.cos_search(np.ascontiguousarray(q, np.float32), k)
+            return rows
+        # blocks of queries: the [block, n] score matrix stays small
+        return np.concatenate([_exact_top(q[i:i + 256] @ self.unit.T, k)
+                               for i in range(0, len(q), 256)]) if len(q) else \
+            np.zeros((0, min(k, len(self.unit))), np.int64)
 
 
 def blend_top_k(sig: Signals, st: BlendSettings, k: int, *, exclude_session_items: bool = False,
                 pop: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k rows and blended scores of each query (ties: more popular, then lower row)."""
-    score = blended_scores(sig, st)
-    if st.exclude_last:
-        score[(sig.rows == sig.last[:, None]) & (sig.last[:, None] >= 0)] = -np.inf
-    if exclude_session_items:
-        score[sig.in_session] = -np.inf
-    score[sig.rows < 0] = -np.inf
-    tie = sig.values[:, :, SIGNALS.index("popularity")] * 1e-6
-    order = np.lexsort((sig.rows, -(score + tie)), axis=-1)[:, :k] if score.size else \
-        np.zeros((len(score), 0), np.int64)
-    rows = np.take_along_axis(sig.rows, order, axis=1)
-    sc = np.take_along_axis(score, order, axis=1).astype(np.float32)
-    rows[~np.isfinite(sc)] = -1
-    if rows.shape[1] < k:
-        pad = k - rows.shape[1]
-        rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
-        sc = np.pad(sc, ((0, 0), (0, pad)), constant_values=-np.inf)
-    return rows, sc
+    """Top-k rows and blended scores of each query (ties: more popular, then lower row);
+    (rows int64 [n, k], scores float32 [n, k]), -1 / -inf padded. A numba kernel over the
+    scores of `blended_scores`, bit for bit."""
+    w = np.array([float(st.weights.get(name, 0.0)) for name in SIGNALS])
+    rows = np.ascontiguousarray(sig.rows, np.int64)
+    vals = np.ascontiguousarray(sig.values, np.float32)
+    # the exp-normalised signals with numpy's exp, exactly as `blended_scores` computes them
+    # (numba's exp may differ in the last bit, which could reorder exactly tied blends)
+    expo = np.zeros((*rows.shape, 2))
+    valid = rows >= 0
+    for j in (0, 1):
+        if w[j] != 0.0:
+            expo[:, :, j] = normalise(vals[:, :, j], valid, SIGNALS[j], st.temperature)
+    kernel = _top_k_par if len(rows) >= PARALLEL_FROM else _top_k_ser
+    return kernel(rows, vals, expo, np.ascontiguousarray(sig.in_session, np.bool_),
+                  np.ascontiguousarray(sig.last, np.int64), w, bool(st.exclude_last),
+                  bool(exclude_session_items), int(k))
 
 
 def blended_scores(sig: Signals, st: BlendSettings) -> np.ndarray:
@@ -331,3 +327,520 @@ def _exact_top(scores: np.ndarray, k: int) -> np.ndarray:
         return np.zeros((len(scores), 0), np.int64)
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     return part.astype(np.int64)
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _dot(a, b):
+    # float32 inner product; fastmath lets LLVM vectorise it (a different order of summation
+    # than numpy's einsum: equal to float32 rounding)
+    acc = np.float32(0.0)
+    for d in range(len(a)):
+        acc += a[d] * b[d]
+    return acc
+
+
+@njit(cache=True, nogil=True)
+def _union_one(s, dir_row, cos_row, pop_rows, r_ptr, r_idx, nb_n, nb_row, out):
+    """The sorted distinct candidates of one query into `out`; returns how many."""
+    m = 0
+    for x in s:
+        if x >= 0:
+            out[m] = x
+            m += 1
+    if m == 0:  # a session without any known item gets nothing
+        return 0
+    for x in pop_rows:
+        out[m] = x
+        m += 1
+    for x in cos_row:
+        out[m] = x
+        m += 1
+    for x in dir_row:
+        out[m] = x
+        m += 1
+    if len(s) and s[-1] >= 0:
+        for e in range(r_ptr[s[-1]], r_ptr[s[-1] + 1]):
+            out[m] = r_idx[e]
+            m += 1
+    for t in range(nb_n):
+        out[m] = nb_row[t]
+        m += 1
+    row = np.sort(out[:m])
+    c = 0
+    for t in range(m):
+        if row[t] >= 0 and (c == 0 or row[t] != out[c - 1]):
+            out[c] = row[t]
+            c += 1
+    return c
+
+
+@njit(cache=True, nogil=True)
+def _fill_one(s, u, r_ptr, r_idx, r_val, nb_n, nb_row, nb_val, repeat_decay, unit, context,
+              q_unit, q_in, pop, has_dir, vals, in_sess):
+    """The raw signals of one query's candidates `u` (sorted) into vals [C, 6], in_sess [C]."""
+    ls = len(s)
+    for p in range(ls):
+        if s[p] >= 0:
+            j = np.searchsorted(u, s[p])
+            vals[j, 4] += np.float32(repeat_decay ** float(ls - 1 - p))
+            in_sess[j] = True
+    if ls and s[-1] >= 0:
+        for e in range(r_ptr[s[-1]], r_ptr[s[-1] + 1]):
+            vals[np.searchsorted(u, r_idx[e]), 2] = r_val[e]
+    for t in range(nb_n):
+        vals[np.searchsorted(u, nb_row[t]), 3] = np.float32(nb_val[t])
+    for j in range(len(u)):
+        x = u[j]
+        cs = _dot(unit[x], q_unit)
+        vals[j, 1] = cs
+        if has_dir:
+            vals[j, 0] = _dot(context[x], q_in)
+        else:  # no output vectors: cosine on a comparable scale
+            vals[j, 0] = cs * np.float32(10.0)
+        vals[j, 5] = pop[x]
+
+
+def _make_signals_kernel(parallel: bool):
+    loop = prange if parallel else range
+
+    def kernel(s_indptr, s_flat, dir_rows, cos_rows, pop_rows, r_ptr, r_idx, r_val, max_rule,
+               nb_n, nb_rows, nb_vals, repeat_decay, unit, context, q_unit, q_in, pop,
+               has_dir):
+        n = len(s_indptr) - 1
+        max_len = 0
+        for i in range(n):
+            max_len = max(max_len, s_indptr[i + 1] - s_indptr[i])
+        cap = max_len + len(pop_rows) + cos_rows.shape[1] + dir_rows.shape[1] + max_rule + \
+            nb_rows.shape[1]
+        buf = np.empty((n, max(cap, 1)), np.int64)
+        count = np.zeros(n, np.int64)
+        for i in loop(n):
+            count[i] = _union_one(s_flat[s_indptr[i]:s_indptr[i + 1]], dir_rows[i], cos_rows[i],
+                                  pop_rows, r_ptr, r_idx, nb_n[i], nb_rows[i], buf[i])
+        width = max(count.max() if n else 0, 1)
+        rows = np.full((n, width), -1, np.int64)
+        vals = np.zeros((n, width, 6), np.float32)
+        in_sess = np.zeros((n, width), np.bool_)
+        last = np.full(n, -1, np.int64)
+        for i in loop(n):
+            s = s_flat[s_indptr[i]:s_indptr[i + 1]]
+            c = count[i]
+            rows[i, :c] = buf[i, :c]
+            if len(s) and s[-1] >= 0:
+                last[i] = s[-1]
+            if c:
+                _fill_one(s, buf[i, :c], r_ptr, r_idx, r_val, nb_n[i], nb_rows[i], nb_vals[i],
+                          repeat_decay, unit, context, q_unit[i], q_in[i], pop, has_dir,
+                          vals[i], in_sess[i])
+        return rows, vals, in_sess, last
+
+    kernel.__name__ = kernel.__qualname__ = "signals_" + ("par" if parallel else "ser")
+    return njit(cache=True, parallel=parallel, nogil=True)(kernel)
+
+
+# per-query work is tens of microseconds: below this many queries, threads cost more than they
+# save (a single session runs on one core)
+PARALLEL_FROM = 16
+_signals_par = _make_signals_kernel(True)
+_signals_ser = _make_signals_kernel(False)
+
+
+def _signals_kernel(*args):
+    """Candidate unions (sorted, -1 padded) and the raw signals of every query; see
+    `BlendModel.signals` (the per-query numpy code it replaced is in tests/test_blend.py)."""
+    n = len(args[0]) - 1
+    return (_signals_par if n >= PARALLEL_FROM else _signals_ser)(*args)
+
+
+@njit(cache=True, nogil=True)
+def _top_stable(neg, k):
+    """The first k of np.argsort(neg, kind="stable"), without sorting all of neg."""
+    n = len(neg)
+    if n <= k:
+        return np.argsort(neg, kind="mergesort")
+    t = np.partition(neg.copy(), k - 1)[k - 1]
+    sel = np.empty(k, np.int64)
+    ns = 0
+    for c in range(n):
+        if neg[c] < t:
+            sel[ns] = c
+            ns += 1
+    for c in range(n):
+        if ns == k:
+            break
+        if neg[c] == t:
+            sel[ns] = c
+            ns += 1
+    return sel[np.argsort(neg[sel], kind="mergesort")]
+
+
+@njit(cache=True, nogil=True)
+def _top_k_one(rows, vals, expo, in_sess, last, w, exclude_last, exclude_session, k, out_rows,
+               out_sc):
+    """`blend_top_k` for one query: the same float64 sums as `blended_scores`, in the same
+    order of signals."""
+    c = len(rows)
+    score = np.zeros(c)  # (np.float64, not float(): numba's float() keeps a float32 a float32)
+    for j in range(6):
+        if w[j] == 0.0:
+            continue
+        if j == 0 or j == 1:  # directional, cosine: exp((x - max) / t), numpy's exp (below)
+            for a in range(c):
+                score[a] += w[j] * expo[a, j]
+        elif j == 5:  # popularity as it is
+            for a in range(c):
+                score[a] += w[j] * np.float64(vals[a, j])
+        else:  # divided by the query's best (padding counts as 0)
+            mx = np.float64(vals[0, j])
+            for a in range(c):
+                mx = max(mx, np.float64(vals[a, j]))
+            for a in range(c):
+                x = np.float64(vals[a, j]) / mx if mx > 0 else 0.0
+                score[a] += w[j] * x
+    neg = np.empty(c)
+    for a in range(c):
+        if (exclude_last and last >= 0 and rows[a] == last) or (exclude_session and in_sess[a]) \
+                or rows[a] < 0:
+            score[a] = -np.inf
+        # the popularity tie-break, in float32 as numpy computes it
+        neg[a] = -(score[a] + np.float64(vals[a, 5] * np.float32(1e-6)))
+    sel = _top_stable(neg, k)
+    for t in range(len(sel)):
+        sc = np.float32(score[sel[t]])
+        if np.isfinite(sc):
+            out_rows[t] = rows[sel[t]]
+            out_sc[t] = sc
+
+
+def _make_top_k_kernel(parallel: bool):
+    loop = prange if parallel else range
+
+    def kernel(rows, vals, expo, in_sess, last, w, exclude_last, exclude_session, k):
+        n = rows.shape[0]
+        out_rows = np.full((n, k), -1, np.int64)
+        out_sc = np.full((n, k), -np.inf, np.float32)
+        for i in loop(n):
+            _top_k_one(rows[i], vals[i], expo[i], in_sess[i], last[i], w, exclude_last,
+                       exclude_session, k, out_rows[i], out_sc[i])
+        return out_rows, out_sc
+
+    kernel.__name__ = kernel.__qualname__ = "top_k_" + ("par" if parallel else "ser")
+    return njit(cache=True, parallel=parallel, nogil=True)(kernel)
+
+
+_top_k_par = _make_top_k_kernel(True)
+_top_k_ser = _make_top_k_kernel(False)
+
+
+# ---------------------------------------------------------------- session-kNN kernel
+
+_PREFIX_CODE = {name: i for i, name in enumerate(PREFIX_WEIGHTINGS)}
+_MATCH_CODE = {name: i for i, name in enumerate(MATCH_WEIGHTINGS)}
+
+
+class Scratch:
+    """Per-thread item stamps and score accumulators of `score_sessions`, allocated once and
+    reused (stamps mark what a query wrote, so nothing is cleared); a lock serialises callers."""
+
+    def __init__(self, n_items: int):
+        self.n_items = n_items
+        self.lock = threading.Lock()
+        self._arrays = None
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        t = numba.get_num_threads()
+        if self._arrays is None or len(self._arrays[2]) != t:
+            self._arrays = (np.zeros((t, self.n_items), np.int64), np.zeros((t, self.n_items)),
+                            np.zeros(t, np.int64))
+        return self._arrays
+
+
+def score_sessions(index: SessionIndex, prefixes: list[np.ndarray], params: SknnParams,
+                   top: int, scratch: Scratch | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The `top` best items of `recembed.sknn.score_session` for many prefixes at once (a numba
+    kernel, parallel over prefixes; what `BlendModel.signals` uses). recembed.sknn itself stays
+    numpy only.
+
+    Parameters
+    ----------
+    index : SessionIndex
+    prefixes : list of int arrays
+        Each prefix as `score_session` takes it.
+    params : SknnParams
+    top : int
+        Items kept per prefix, >= 1: its `top` best (ties: the lower item code).
+    scratch : Scratch or None
+        Reusable work arrays for `index` (a model keeps one); None = fresh ones.
+
+    Returns
+    -------
+    counts : int64 [n]
+        Items kept for prefix i.
+    items : int64 [n, top]
+        Prefix i's items in ``items[i, :counts[i]]``, ascending; -1 padded.
+    scores : float64 [n, top]
+        Their scores: `score_session`'s, summed in the same order (equal up to the last bits
+        of exp).
+    """
+    if top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
+    lens = np.array([len(p) for p in prefixes], np.int64)
+    p_indptr = np.r_[0, np.cumsum(lens)].astype(np.int64)
+    flat = np.concatenate([np.asarray(p, np.int64) for p in prefixes]) if len(prefixes) else \
+        np.zeros(0, np.int64)
+    scratch = scratch or Scratch(index.n_items)
+    kernel = _sknn_par if len(prefixes) >= PARALLEL_FROM else _sknn_ser
+    with scratch.lock:
+        return kernel(
+            p_indptr, flat, index.item_indptr, index.item_sessions, index.session_indptr,
+            index.session_items, index.session_lastpos, index.session_end, index._size,
+            index._idf, int(params.k), int(params.sample_size), params.similarity == "cosine",
+            _PREFIX_CODE[params.prefix_weighting], float(params.lambda1),
+            _MATCH_CODE[params.match_weighting], float(params.lambda_match),
+            float(params.lambda2), float(params.lambda3), float(params.idf_weight), int(top),
+            *scratch.arrays())
+
+
+@njit(cache=True, nogil=True)
+def _pw(pos: float, length: int, kind: int, lambda1: float) -> float:
+    if kind == 0:
+        return 1.0
+    if kind == 1:
+        return pos / length
+    if kind == 2:
+        return (pos / length) ** 2
+    if kind == 3:
+        return 1.0 / np.log10(length - pos + 1.7)
+    return np.exp((pos - length) / lambda1)
+
+
+@njit(cache=True, nogil=True)
+def _mw(step: float, kind: int, lam: float) -> float:
+    if kind == 0:
+        return 1.0
+    if kind == 1:
+        return 1.0 / step
+    if kind == 2:
+        return 1.0 / step ** 2
+    if kind == 3:
+        return 1.0 / np.log10(step + 1.7)
+    return np.exp(-(step - 1.0) / lam)
+
+
+@njit(cache=True, nogil=True)
+def _heap_replace_min(heap, x):
+    """Replace the smallest value of a binary min-heap by x and restore the heap."""
+    n = len(heap)
+    i = 0
+    while True:
+        a = 2 * i + 1
+        if a >= n:
+            break
+        b = a + 1
+        m = b if b < n and heap[b] < heap[a] else a
+        if heap[m] >= x:
+            break
+        heap[i] = heap[m]
+        i = m
+    heap[i] = x
+
+
+@njit(cache=True, nogil=True)
+def _one_session(prefix, item_indptr, item_sessions, session_indptr, session_items,
+                 session_lastpos, session_end, size, idf, k, sample_size, cosine, pkind,
+                 lambda1, mkind, lambda_match, lambda2, lambda3, idf_weight, top,
+                 item_stamp, item_score, stamp):
+    """(items ascending, scores) of one prefix; mirrors `_neighbour_entries` + `score_session`
+    step by step, so that every float64 sum runs in the same order."""
+    n_items = len(item_indptr) - 1
+    length = len(prefix)
+    empty_i = np.zeros(0, np.int64)
+    empty_f = np.zeros(0)
+    if length == 0:
+        return empty_i, empty_f
+    # distinct prefix items, most recent first (their first index in the reversed prefix)
+    u = np.empty(length, np.int64)
+    first_rev = np.empty(length, np.int64)
+    nd = 0
+    for j in range(length):
+        x = prefix[length - 1 - j]
+        seen = False
+        for t in range(nd):
+            if u[t] == x:
+                seen = True
+                break
+        if not seen:
+            u[nd] = x
+            first_rev[nd] = j
+            nd += 1
+    w1 = np.empty(nd)
+    for t in range(nd):
+        w1[t] = _pw(float(length - first_rev[t]), length, pkind, lambda1)
+    sq = 0.0
+    for t in range(nd):
+        sq += w1[t] * w1[t]
+    w1_norm = np.sqrt(sq)
+    # valid items, in most-recent-first order
+    vu = np.empty(nd, np.int64)
+    vstep = np.empty(nd, np.int64)
+    vw = np.empty(nd)
+    nv = 0
+    for t in range(nd):
+        if u[t] >= 0 and u[t] < n_items:
+            vu[nv] = u[t]
+            vstep[nv] = first_rev[t] + 1
+            vw[nv] = w1[t]
+            nv += 1
+    # merge the (cut) session lists: ascending session = most recent first
+    head = np.empty(nv, np.int64)
+    end_ = np.empty(nv, np.int64)
+    total = 0
+    for j in range(nv):
+        lo = item_indptr[vu[j]]
+        n = item_indptr[vu[j] + 1] - lo
+        if sample_size > 0 and n > sample_size:
+            n = sample_size
+        head[j] = lo
+        end_[j] = lo + n
+        total += n
+    if total == 0:
+        return empty_i, empty_f
+    cap = total if sample_size <= 0 else min(total, sample_size)
+    cand = np.empty(cap, np.int64)
+    num = np.empty(cap)
+    owner = np.empty(cap, np.int64)
+    nc = 0
+    big = np.iinfo(np.int64).max
+    while nc < cap:
+        v = big
+        for j in range(nv):
+            if head[j] < end_[j]:
+                s = item_sessions[head[j]]
+                if s < v:
+                    v = s
+        if v == big:
+            break
+        acc = 0.0
+        own = -1
+        for j in range(nv):
+            if head[j] < end_[j] and item_sessions[head[j]] == v:
+                acc += vw[j]
+                if own < 0:
+                    own = j
+                head[j] += 1
+        cand[nc] = v
+        num[nc] = acc
+        owner[nc] = own
+        nc += 1
+    sim = np.empty(nc)
+    for c in range(nc):
+        if not cosine:
+            sim[c] = num[c] / nd
+        else:
+            sim[c] = num[c] / (w1_norm * np.sqrt(float(size[cand[c]])))
+    if lambda2 > 0:
+        e0 = session_end[cand[0]]
+        n_exact = nc if nc <= k else k
+        for c in range(n_exact):
+            sim[c] = sim[c] * np.exp((session_end[cand[c]] - e0) / lambda2)
+        if nc > k:
+            # the decay only falls along the candidates (most recent first), so a candidate
+            # whose similarity times the last decay computed is below the k-th best of the
+            # first k cannot be a neighbour: skip its exp (the costliest part of STAN)
+            heap = np.sort(sim[:k])  # a sorted array is a valid min-heap: heap[0] = k-th best
+            f_last = np.exp((session_end[cand[k - 1]] - e0) / lambda2)
+            for c in range(k, nc):
+                if sim[c] * f_last < heap[0]:
+                    sim[c] = 0.0
+                    continue
+                f_last = np.exp((session_end[cand[c]] - e0) / lambda2)
+                sim[c] = sim[c] * f_last
+                if sim[c] > heap[0]:
+                    _heap_replace_min(heap, sim[c])
+    keep = np.empty(nc, np.int64)
+    nk = 0
+    for c in range(nc):
+        if sim[c] > 0:
+            keep[nk] = c
+            nk += 1
+    keep = keep[:nk]
+    if nk > k:  # the k most similar, ties to the more recent (lower) session
+        neg = np.empty(nk)
+        for c in range(nk):
+            neg[c] = -sim[keep[c]]
+        sel = _top_stable(neg, k)
+        keep = keep[sel]
+    # entries of every neighbour, summed per item in the reference's order
+    stamp_v = stamp[0] + 1
+    stamp[0] = stamp_v
+    n_out = 0
+    for c in keep:
+        n_out += session_indptr[cand[c] + 1] - session_indptr[cand[c]]
+    out_items = np.empty(n_out, np.int64)
+    m = 0
+    for c in keep:
+        sess = cand[c]
+        star = owner[c]
+        nw = sim[c] * _mw(float(vstep[star]), mkind, lambda_match)
+        lo, hi = session_indptr[sess], session_indptr[sess + 1]
+        pos_star = 0.0
+        if lambda3 > 0:
+            for e in range(lo, hi):
+                if session_items[e] == vu[star]:
+                    pos_star = float(session_lastpos[e])
+        for e in range(lo, hi):
+            it = session_items[e]
+            w = nw
+            if lambda3 > 0:
+                w = w * np.exp(-np.abs(session_lastpos[e] - pos_star) / lambda3)
+            if idf_weight > 0:
+                w = w * (1.0 + idf_weight * idf[it])
+            if item_stamp[it] != stamp_v:
+                item_stamp[it] = stamp_v
+                item_score[it] = 0.0
+                out_items[m] = it
+                m += 1
+            item_score[it] += w
+    items = np.sort(out_items[:m])
+    scores = np.empty(m)
+    for t in range(m):
+        scores[t] = item_score[items[t]]
+    if top > 0 and m > top:  # the `top` best, ties to the lower item; then ascending again
+        sel = np.sort(_top_stable(-scores, top))
+        items, scores = items[sel], scores[sel]
+    return items, scores
+
+
+def _make_sknn_kernel(parallel: bool):
+    loop = prange if parallel else range
+
+    def kernel(p_indptr, flat, item_indptr, item_sessions, session_indptr, session_items,
+               session_lastpos, session_end, size, idf, k, sample_size, cosine, pkind, lambda1,
+               mkind, lambda_match, lambda2, lambda3, idf_weight, top, item_stamp, item_score,
+               stamp):
+        n = len(p_indptr) - 1
+        n_chunks = max(min(n, len(stamp)), 1)
+        bounds = np.linspace(0, n, n_chunks + 1).astype(np.int64)
+        counts = np.zeros(n, np.int64)
+        out_items = np.full((n, top), -1, np.int64)
+        out_scores = np.zeros((n, top))
+        for ch in loop(n_chunks):  # one scratch row per chunk; stamps make it reusable
+            for i in range(bounds[ch], bounds[ch + 1]):
+                it, sc = _one_session(flat[p_indptr[i]:p_indptr[i + 1]], item_indptr,
+                                      item_sessions, session_indptr, session_items,
+                                      session_lastpos, session_end, size, idf, k, sample_size,
+                                      cosine, pkind, lambda1, mkind, lambda_match, lambda2,
+                                      lambda3, idf_weight, top, item_stamp[ch], item_score[ch],
+                                      stamp[ch:ch + 1])
+                counts[i] = len(it)
+                out_items[i, :len(it)] = it
+                out_scores[i, :len(it)] = sc
+        return counts, out_items, out_scores
+
+    kernel.__name__ = kernel.__qualname__ = "sknn_" + ("par" if parallel else "ser")
+    return njit(cache=True, parallel=parallel, nogil=True)(kernel)
+
+
+_sknn_par = _make_sknn_kernel(True)
+_sknn_ser = _make_sknn_kernel(False)

@@ -1,7 +1,7 @@
 """Serving-side loader: a published version (or a run directory) answering top-K queries.
 
-Imports numpy, pyarrow and faiss only: no gensim, pandas or training code, so a serving process
-stays small. Every file is checked against the manifest's sha256 on load, and a mismatch is
+Imports numpy, numba, pyarrow and faiss only: no gensim, pandas or training code, so a serving
+process stays small. Every file is checked against the manifest's sha256 on load, and a mismatch is
 refused; so is a version without a manifest, and a LATEST that leads out of the published root.
 An unpublished run directory is checked against its stages' done-files (`load_run`). Reads are thread-safe: search parameters are set once at load and never changed.
 
@@ -60,7 +60,8 @@ class Recommender:
         self.settings = settings
         self.meta = meta or {}
         self.categories = categories
-        self.model = _blend_model(self.vectors, self.context, extras or {}, context_index)
+        self.model = _blend_model(self.vectors, self.context, extras or {}, context_index,
+                                  index)
 
     @classmethod
     def load(cls, path: str | Path, *, verify: bool = True) -> Recommender:
@@ -317,7 +318,7 @@ def _load_extras(path: Path) -> tuple[dict, object]:
 
 
 def _blend_model(vectors: np.ndarray, context: np.ndarray | None, extras: dict,
-                 context_index) -> BlendModel:
+                 context_index, cosine_index=None) -> BlendModel:
     from recembed.sknn import SessionIndex
 
     rules = None
@@ -326,8 +327,11 @@ def _blend_model(vectors: np.ndarray, context: np.ndarray | None, extras: dict,
     nb = {k[3:]: v for k, v in extras.items() if k.startswith("nb_")}
     neighbours = SessionIndex.from_arrays(nb) if nb else None
     search = context_index.search if context_index is not None else None
+    # cosine candidates from the item index (what `similar` searches), not q @ unit.T over the
+    # whole catalogue (milliseconds per query at 200k items)
+    cos_search = cosine_index.search if cosine_index is not None else None
     return BlendModel(vectors, context, rules=rules, neighbours=neighbours,
-                      popularity=extras.get("popularity"), search=search)
+                      popularity=extras.get("popularity"), search=search, cos_search=cos_search)
 
 
 # ---------------------------------------------------------------- helpers

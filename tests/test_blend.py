@@ -1,0 +1,265 @@
+"""The numba fast path of `BlendModel.signals` / `recommend` against the per-query numpy code
+it replaced (kept here, verbatim but for one line, as the reference)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recembed.blend import (
+    SIGNALS,
+    BlendModel,
+    BlendSettings,
+    Signals,
+    blend_top_k,
+    blended_scores,
+    score_sessions,
+    sequential_rules,
+)
+from recembed.sknn import SessionIndex, method_params, score_session
+
+
+def reference_signals(m: BlendModel, sessions: list[np.ndarray], st: BlendSettings) -> Signals:
+    """`BlendModel.signals` as it was before the numba kernels (commit ba17d9b). One change:
+    the neighbours' top `want` were chosen by np.argpartition, which picks arbitrarily among
+    items tied at the cut; here ties go to the lower row, as in `score_sessions`."""
+    n_q = len(sessions)
+    q_in, q_unit = m._queries(sessions, st)
+    n_c = min(st.candidates, len(m.vectors))
+    dir_rows = m._search(q_in, n_c) if m.context is not None else None
+    cos_rows = m._cos_search(q_unit, max(n_c // 4, 1))
+    pop_rows = m.pop_order[: st.popular]
+    want = n_c
+    nb_params = None
+    if m.neighbours is not None and st.neighbours.get("method", "stan") != "off":
+        nb = dict(st.neighbours)
+        nb_params = method_params(nb.pop("method", "stan"), **nb)
+    unions, extra = [], []
+    for i, s in enumerate(sessions):
+        s = np.asarray(s, np.int64)
+        known = s[s >= 0]
+        parts = [known, pop_rows, cos_rows[i]]
+        if dir_rows is not None:
+            parts.append(dir_rows[i])
+        r_rows = r_vals = nb_rows = nb_vals = None
+        if m.rules is not None and len(s) and s[-1] >= 0:
+            r_rows, r_vals = m.rules.row(int(s[-1]))
+            parts.append(r_rows)
+        if nb_params is not None and len(known):
+            nb_rows, nb_vals = score_session(m.neighbours, known, nb_params)
+            if len(nb_rows) > want:
+                top = np.lexsort((nb_rows, -nb_vals))[:want]  # was: np.argpartition
+                nb_rows, nb_vals = nb_rows[top], nb_vals[top]
+            parts.append(nb_rows)
+        u = np.unique(np.concatenate(parts)) if len(known) else np.zeros(0, np.int64)
+        u = u[u >= 0]
+        unions.append(u)
+        extra.append((known, s, r_rows, r_vals, nb_rows, nb_vals))
+    width = max((len(u) for u in unions), default=0)
+    rows = np.full((n_q, max(width, 1)), -1, np.int64)
+    vals = np.zeros((n_q, rows.shape[1], len(SIGNALS)), np.float32)
+    in_sess = np.zeros(rows.shape, bool)
+    last = np.full(n_q, -1, np.int64)
+    i_rep, i_rules, i_nb = (SIGNALS.index(x) for x in ("repeat", "rules", "neighbours"))
+    for i, (u, (known, s, r_rows, r_vals, nb_rows, nb_vals)) in enumerate(
+            zip(unions, extra, strict=True)):
+        rows[i, : len(u)] = u
+        if len(s) and s[-1] >= 0:
+            last[i] = s[-1]
+        if len(known):
+            back = (len(s) - 1 - np.flatnonzero(s >= 0)).astype(np.float64)
+            pos = np.searchsorted(u, known)
+            np.add.at(vals[i, :, i_rep], pos, (st.repeat_decay ** back).astype(np.float32))
+            in_sess[i, pos] = True
+        if r_rows is not None and len(r_rows):
+            vals[i, np.searchsorted(u, r_rows), i_rules] = r_vals
+        if nb_rows is not None and len(nb_rows):
+            vals[i, np.searchsorted(u, nb_rows), i_nb] = nb_vals
+    valid = rows >= 0
+    safe = np.maximum(rows, 0)
+    i_dir, i_cos, i_pop = (SIGNALS.index(x) for x in ("directional", "cosine", "popularity"))
+    vals[:, :, i_cos] = np.einsum("ncd,nd->nc", m.unit[safe], q_unit)
+    if m.context is not None:
+        vals[:, :, i_dir] = np.einsum("ncd,nd->nc", m.context[safe], q_in)
+    else:
+        vals[:, :, i_dir] = vals[:, :, i_cos] * 10.0
+    vals[:, :, i_pop] = m.pop[safe]
+    vals[~valid] = 0.0
+    return Signals(rows, vals, in_sess, last)
+
+
+def reference_top_k(sig: Signals, st: BlendSettings, k: int, *,
+                    exclude_session_items: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """`blend_top_k` as it was before its numba kernel (commit ba17d9b), verbatim."""
+    score = blended_scores(sig, st)
+    if st.exclude_last:
+        score[(sig.rows == sig.last[:, None]) & (sig.last[:, None] >= 0)] = -np.inf
+    if exclude_session_items:
+        score[sig.in_session] = -np.inf
+    score[sig.rows < 0] = -np.inf
+    tie = sig.values[:, :, SIGNALS.index("popularity")] * 1e-6
+    order = np.lexsort((sig.rows, -(score + tie)), axis=-1)[:, :k] if score.size else \
+        np.zeros((len(score), 0), np.int64)
+    rows = np.take_along_axis(sig.rows, order, axis=1)
+    sc = np.take_along_axis(score, order, axis=1).astype(np.float32)
+    rows[~np.isfinite(sc)] = -1
+    if rows.shape[1] < k:
+        pad = k - rows.shape[1]
+        rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
+        sc = np.pad(sc, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return rows, sc
+
+
+def random_model(seed: int, n: int = 300, d: int = 8, *, context: bool = True,
+                 rules: bool = True, neighbours: bool = True) -> BlendModel:
+    """Vectors, a click log of short sessions over `n` items, its rules and session index."""
+    rng = np.random.default_rng(seed)
+    vec = rng.normal(size=(n, d)).astype(np.float32)
+    ctx = rng.normal(size=(n, d)).astype(np.float32) if context else None
+    lens = rng.integers(2, 9, 400)
+    sess = np.repeat(np.arange(len(lens)), lens)
+    item = (rng.zipf(1.3, len(sess)) - 1) % n  # popular items recur: ties and long lists
+    ts = np.cumsum(rng.integers(1, 5000, len(lens))).astype(np.float64)
+    r = sequential_rules(item, sess, n, steps=3) if rules else None
+    nbi = SessionIndex.build(sess, item, ts, n) if neighbours else None
+    pop = np.bincount(item, minlength=n)
+    return BlendModel(vec, ctx, rules=r, neighbours=nbi, popularity=pop)
+
+
+def random_sessions(seed: int, n_items: int, n: int = 60) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed + 1000)
+    out = []
+    for _ in range(n):
+        s = (rng.zipf(1.3, rng.integers(1, 12)) - 1) % n_items
+        s[rng.random(len(s)) < 0.15] = -1  # items without a vector keep their place
+        out.append(s.astype(np.int64))
+    out += [np.zeros(0, np.int64), np.array([-1, -1]), np.array([5, -1]), np.array([-1, 7]),
+            np.array([3, 3, 3])]
+    return out
+
+
+def settings(seed: int, **kw) -> BlendSettings:
+    rng = np.random.default_rng(seed + 2000)
+    w = {s: float(rng.choice([0.0, 0.03, 0.3, 1.0])) for s in SIGNALS}
+    base = dict(weights=w, decay=0.6, history=5, temperature=0.5, repeat_decay=0.7,
+                candidates=int(rng.integers(8, 60)), popular=int(rng.integers(0, 10)),
+                neighbours={"method": str(rng.choice(["stan", "vsknn", "vstan"]))},
+                exclude_last=bool(rng.random() < 0.7))
+    base.update(kw)
+    return BlendSettings(**base)
+
+
+def assert_same_signals(a: Signals, b: Signals) -> None:
+    np.testing.assert_array_equal(a.rows, b.rows)
+    np.testing.assert_array_equal(a.in_session, b.in_session)
+    np.testing.assert_array_equal(a.last, b.last)
+    np.testing.assert_allclose(a.values, b.values, rtol=2e-6, atol=2e-6)
+
+
+def assert_same_top_k(m: BlendModel, sessions, st: BlendSettings, k: int, ex: bool) -> None:
+    got = m.recommend(sessions, st, k, exclude_session_items=ex)
+    want = reference_top_k(reference_signals(m, sessions, st), st, k, exclude_session_items=ex)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_signals_equal_the_reference(seed):
+    m = random_model(seed)
+    sessions = random_sessions(seed, len(m.vectors))
+    st = settings(seed)
+    assert_same_signals(m.signals(sessions, st), reference_signals(m, sessions, st))
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("ex", [False, True])
+def test_top_k_equals_the_reference_for_random_weights(seed, ex):
+    m = random_model(seed)
+    assert_same_top_k(m, random_sessions(seed, len(m.vectors)), settings(seed), 10, ex)
+
+
+@pytest.mark.parametrize("signal", SIGNALS)
+def test_each_signal_alone_equals_the_reference(signal):
+    m = random_model(11)
+    st = settings(11, weights={signal: 1.0})
+    assert_same_top_k(m, random_sessions(11, len(m.vectors)), st, 15, False)
+
+
+@pytest.mark.parametrize("parts", [dict(context=False), dict(rules=False),
+                                   dict(neighbours=False),
+                                   dict(context=False, rules=False, neighbours=False)])
+def test_models_without_some_artifacts_equal_the_reference(parts):
+    m = random_model(5, **parts)
+    assert_same_top_k(m, random_sessions(5, len(m.vectors)), settings(5), 10, True)
+
+
+def test_neighbours_off_and_a_search_function_equal_the_reference():
+    m = random_model(7)
+    exact = m.context  # a plain top-k "index" over the output vectors, returning -1 padding
+    m.search = lambda q, k: (None, np.c_[np.argsort(-(q @ exact.T), axis=1)[:, :k - 1],
+                                         np.full(len(q), -1)])
+    st = settings(7, neighbours={"method": "off"})
+    assert_same_top_k(m, random_sessions(7, len(m.vectors)), st, 10, False)
+
+
+def test_empty_and_all_unknown_sessions_get_nothing():
+    m = random_model(3)
+    rows, sc = m.recommend([np.zeros(0, np.int64), np.array([-1, -1])], BlendSettings(), 5)
+    assert (rows == -1).all() and np.isneginf(sc).all()
+    rows, sc = m.recommend([], BlendSettings(), 5)
+    assert rows.shape == (0, 5)
+
+
+@pytest.mark.parametrize(("method", "kw"), [("stan", {}), ("vsknn", {}), ("vstan", {}),
+                                            ("stan", {"k": 3}), ("stan", {"k": 3, "lambda2": 3e3}),
+                                            ("vstan", {"k": 2, "sample_size": 4})])
+def test_score_sessions_keeps_the_top_items_of_score_session(method, kw):
+    # small k: many candidates per neighbour slot, so the recency-decay shortcut is taken
+    m = random_model(9)
+    p = method_params(method, **kw)
+    prefixes = [s[s >= 0] for s in random_sessions(9, len(m.vectors))]
+    counts, items, scores = score_sessions(m.neighbours, prefixes, p, top=6)
+    for i, s in enumerate(prefixes):
+        r, v = score_session(m.neighbours, s, p)
+        keep = np.sort(np.lexsort((r, -v))[:6])
+        np.testing.assert_array_equal(items[i, :counts[i]], r[keep])
+        np.testing.assert_allclose(scores[i, :counts[i]], v[keep], rtol=1e-12)
+        assert (items[i, counts[i]:] == -1).all()
+    with pytest.raises(ValueError, match="top must be >= 1"):
+        score_sessions(m.neighbours, prefixes, p, top=0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("k", [1, 7, 400])
+def test_blend_top_k_equals_the_reference_on_the_same_signals(seed, k):
+    # random signals with ties (a coarse grid of values) and padding: rows and scores agree
+    rng = np.random.default_rng(seed)
+    n, c = 40, 50
+    rows = np.sort(rng.choice(1000, (n, c)), axis=1)
+    rows[:, -5:] = -1
+    vals = (rng.integers(0, 4, (n, c, len(SIGNALS))) / 4).astype(np.float32)
+    vals[rows < 0] = 0
+    sig = Signals(rows, vals, rng.random((n, c)) < 0.1, np.where(rng.random(n) < 0.8,
+                                                                  rows[:, 3], -1))
+    st = settings(seed)
+    for ex in (False, True):
+        got = blend_top_k(sig, st, k, exclude_session_items=ex)
+        want = reference_top_k(sig, st, k, exclude_session_items=ex)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
+        # one query at a time (the serial kernel) gives the same rows
+        one = blend_top_k(Signals(rows[:1], vals[:1], sig.in_session[:1], sig.last[:1]), st, k,
+                          exclude_session_items=ex)
+        np.testing.assert_array_equal(one[0], want[0][:1])
+
+
+def test_single_and_batch_calls_agree():
+    # below PARALLEL_FROM queries the serial kernels run, above it the parallel ones
+    m = random_model(13)
+    sessions = random_sessions(13, len(m.vectors))
+    st = settings(13)
+    batch = m.recommend(sessions, st, 10)
+    for i in range(0, len(sessions), 9):
+        one = m.recommend([sessions[i]], st, 10)
+        np.testing.assert_array_equal(one[0][0], batch[0][i])
+        np.testing.assert_array_equal(one[1][0], batch[1][i])
