@@ -242,6 +242,9 @@ def blend_top_k(sig: Signals, st: BlendSettings, k: int, *, exclude_session_item
     """Top-k rows and blended scores of each query (ties: more popular, then lower row);
     (rows int64 [n, k], scores float32 [n, k]), -1 / -inf padded. A numba kernel over the
     scores of `blended_scores`, bit for bit."""
+    if k <= 0:  # the kernel's heap needs a slot (k = 0 wrote out of bounds: a later segfault)
+        n = len(sig.rows)
+        return np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32)
     w = np.array([float(st.weights.get(name, 0.0)) for name in SIGNALS])
     rows = np.ascontiguousarray(sig.rows, np.int64)
     vals = np.ascontiguousarray(sig.values, np.float32)

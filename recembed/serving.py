@@ -231,6 +231,9 @@ class Recommender:
         """(rows int64 [n, k], scores float32 [n, k]), -1 / -inf padded, for sessions given as
         arrays of vector rows (most recent last; -1 for an item without a vector, which keeps
         its place in the decay). The core of `recommend`, used by evaluation."""
+        if k == 0 or not len(sessions):  # nothing asked: the kernels need k >= 1 and a query
+            return (np.zeros((len(sessions), k), np.int64),
+                    np.zeros((len(sessions), k), np.float32))
         return self.model.recommend([np.asarray(x, np.int64) for x in sessions], self.settings,
                                     k, exclude_session_items=exclude_session_items)
 

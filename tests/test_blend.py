@@ -263,3 +263,14 @@ def test_single_and_batch_calls_agree():
         one = m.recommend([sessions[i]], st, 10)
         np.testing.assert_array_equal(one[0][0], batch[0][i])
         np.testing.assert_array_equal(one[1][0], batch[1][i])
+
+
+def test_k_zero_returns_empty_lists_without_touching_memory():
+    """k = 0 once wrote past the top-k heap (a segfault two tests later)."""
+    from recembed.blend import BlendModel, BlendSettings
+
+    rng = np.random.default_rng(0)
+    m = BlendModel(rng.normal(size=(30, 4)).astype(np.float32),
+                   rng.normal(size=(30, 4)).astype(np.float32))
+    rows, scores = m.recommend([np.array([1, 2]), np.array([3])], BlendSettings(), 0)
+    assert rows.shape == (2, 0) and scores.shape == (2, 0)
