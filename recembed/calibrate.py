@@ -170,7 +170,7 @@ def calibrate_run(
     base_blend: BlendSettings, neighbour_options: list[dict], rule_steps: int = 10,
     baselines: tuple[str, ...] = ("pop", "session_pop", "sr", "item_knn", "vsknn", "stan"),
     max_queries: int = 5000, max_train_tokens: int = 3_000_000, time_budget_s: float = 300.0,
-    seed: int = 0, threads: int = 1, progress: bool = False,
+    seed: int = 0, threads: int = 1,
 ) -> dict:
     """Train candidate models on the sessions before the validation split, choose corpus,
     training amount and blend on the validation sessions; the calibration record.

@@ -244,13 +244,6 @@ def session_weights(end_ts: np.ndarray, ref_ts: float, half_life_days: float) ->
     return np.maximum(w, MIN_WEIGHT)
 
 
-def training_split_mask(table: pd.DataFrame, *, calibration: bool) -> np.ndarray:
-    """Sessions to train on: every non-holdout session, or (calibration) those before the
-    validation split."""
-    split = table["split"].to_numpy()
-    return split == 0 if calibration else split != 1
-
-
 # ---------------------------------------------------------------- helpers
 
 

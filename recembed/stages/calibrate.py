@@ -31,7 +31,7 @@ def run(ctx: StageContext) -> dict:
         n_items = len(pd.read_parquet(ctx.read(A.VOCABULARY), columns=["code"]))
         try:
             rec = calibrate_run(train, table, n_items, ctx.scratch / "work", seed=cfg.run.seed,
-                                threads=cfg.run.n_threads(), progress=cfg.run.progress,
+                                threads=cfg.run.n_threads(),
                                 **search["kw"])
         except EmptyVocabulary as e:
             raise PipelineError(f"train.min_count={cfg.train.min_count} is above the corpus "
