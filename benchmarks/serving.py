@@ -104,7 +104,8 @@ def build_cache(cache: Path, events: int, seed: int = 0) -> None:
     q_indptr = np.r_[0, np.cumsum(plen[keep])]
     q_items = np.concatenate([it_test[s:s + n] for s, n in zip(starts[keep], plen[keep],
                                                                 strict=True)])
-    np.savez(cache / "queries.npz", indptr=q_indptr, items=q_items)
+    targets = it_test[starts[keep] + plen[keep]]  # the item that followed each prefix
+    np.savez(cache / "queries.npz", indptr=q_indptr, items=q_items, targets=targets)
 
 
 def load_recommender(cache: Path):

@@ -369,7 +369,25 @@ def blend_settings(cfg) -> BlendSettings:
     return BlendSettings(weights=dict(pick("weights")), decay=float(pick("decay")),
                          temperature=float(pick("temperature")), history=sv.history,
                          repeat_decay=sv.repeat_decay, candidates=sv.candidates,
-                         popular=sv.popular, neighbours=dict(nb))
+                         popular=sv.popular, neighbours=dict(nb),
+                         retrieval="index" if sv.retrieval == "auto" else sv.retrieval)
+
+
+def resolve_retrieval(setting: str, n_items: int, candidates: int, max_mb: float
+                      ) -> tuple[str, str]:
+    """("index" | "table", why) for `serving.retrieval`: "auto" takes the per-item candidate
+    tables when both fit in `max_mb` (n_items x (candidates + candidates // 4) x 4 bytes):
+    they replace the two ANN searches per query (190 of 370 us per session at 199k items,
+    HNSW32) at the same recall (benchmarks/RESULTS.md, serving throughput)."""
+    width = min(candidates, n_items)
+    mb = n_items * (width + max(width // 4, 1)) * 4 / 2**20
+    if setting != "auto":
+        return setting, f"set in serving.retrieval ({mb:,.0f} MB of tables)" \
+            if setting == "table" else "set in serving.retrieval"
+    if mb <= max_mb:
+        return "table", f"auto: the candidate tables take {mb:,.0f} MB <= serving.table_max_mb"
+    return "index", (f"auto: the candidate tables would take {mb:,.0f} MB > "
+                     f"serving.table_max_mb = {max_mb:,.0f}: searching the indexes per query")
 
 
 def train_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, workdir: Path, *,

@@ -228,6 +228,8 @@ class ServingConfig(_Section):
     candidates: int = Field(200, ge=1)
     popular: int = Field(50, ge=0)
     rule_steps: int = Field(10, ge=1)
+    retrieval: Literal["auto", "index", "table"] = "auto"
+    table_max_mb: float = Field(1024.0, gt=0)
 
     @field_validator("weights")
     @classmethod
