@@ -174,3 +174,17 @@ def test_table_retrieval_without_tables_or_a_bad_retrieval_is_refused(tmp_path):
     _write_manifest(tmp_path)
     with pytest.raises(ArtifactError, match=r"serving\.json.*retrieval must be one of"):
         Recommender.load(tmp_path)
+
+
+def test_a_settings_file_from_before_the_tables_searches_the_indexes(tmp_path):
+    import json
+
+    _version(tmp_path)
+    p = tmp_path / "serving.json"
+    d = json.loads(p.read_text())
+    del d["retrieval"]  # versions published before serving.retrieval existed
+    p.write_text(json.dumps(d))
+    _write_manifest(tmp_path)
+    rec = Recommender.load(tmp_path)
+    assert rec.settings.retrieval == "index"
+    assert len(rec.recommend(["sku1", "sku2"], 5).ids[0]) == 5
