@@ -190,9 +190,17 @@ class BlendModel:
         """Candidates and raw signal values for sessions given as arrays of rows (most recent
         last, -1 = an item without a vector, which keeps its place in the decay), padded to
         one width: what calibration searches blends over."""
-        a = self._gather(sessions, st)
-        rows, vals, in_sess, last = _signals_kernel(*a)
-        return Signals(rows, vals, in_sess, last)
+        offsets, rows, vals, in_sess, last = _flat_signals(*self._gather(sessions, st))
+        n = len(offsets) - 1
+        counts = np.diff(offsets)
+        width = max(int(counts.max(initial=0)), 1)
+        q = np.repeat(np.arange(n), counts)
+        j = np.arange(len(rows)) - offsets[q]  # each candidate's place in its query's row
+        p_rows = np.full((n, width), -1, np.int64)
+        p_vals = np.zeros((n, width, len(SIGNALS)), np.float32)
+        p_in = np.zeros((n, width), np.bool_)
+        p_rows[q, j], p_vals[q, j], p_in[q, j] = rows, vals, in_sess
+        return Signals(p_rows, p_vals, p_in, last)
 
     def recommend(self, sessions: list[np.ndarray], st: BlendSettings, k: int, *,
                   exclude_session_items: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -416,10 +424,13 @@ def blend_top_k(sig: Signals, st: BlendSettings, k: int, *, exclude_session_item
     for j in (0, 1):
         if w[j] != 0.0:
             expo[:, :, j] = normalise(vals[:, :, j], valid, SIGNALS[j], st.temperature)
-    kernel = _top_k_par if len(rows) >= PARALLEL_FROM else _top_k_ser
-    return kernel(rows, vals, expo, np.ascontiguousarray(sig.in_session, np.bool_),
-                  np.ascontiguousarray(sig.last, np.int64), w, bool(st.exclude_last),
-                  bool(exclude_session_items), int(k))
+    n, width = rows.shape
+    # each padded row is one query's candidates (padding scores -inf inside the kernel)
+    return _flat_top_k(np.arange(n + 1, dtype=np.int64) * width, rows.reshape(-1),
+                       vals.reshape(-1, len(SIGNALS)), expo.reshape(-1, 2),
+                       np.ascontiguousarray(sig.in_session, np.bool_).reshape(-1),
+                       np.ascontiguousarray(sig.last, np.int64), w, bool(st.exclude_last),
+                       bool(exclude_session_items), int(k))
 
 
 def blended_scores(sig: Signals, st: BlendSettings) -> np.ndarray:
@@ -564,56 +575,9 @@ def _fill_one(s, u, r_ptr, r_idx, r_val, nb_n, nb_row, nb_val, repeat_decay, uni
         vals[j, 5] = pop[x]
 
 
-def _make_signals_kernel(parallel: bool):
-    loop = prange if parallel else range
-
-    def kernel(s_indptr, s_flat, dir_rows, cos_rows, pop_rows, r_ptr, r_idx, r_val, max_rule,
-               nb_n, nb_rows, nb_vals, repeat_decay, unit, context, q_unit, q_in, pop,
-               has_dir):
-        n = len(s_indptr) - 1
-        max_len = 0
-        for i in range(n):
-            max_len = max(max_len, s_indptr[i + 1] - s_indptr[i])
-        cap = max_len + len(pop_rows) + cos_rows.shape[1] + dir_rows.shape[1] + max_rule + \
-            nb_rows.shape[1]
-        buf = np.empty((n, max(cap, 1)), np.int64)
-        count = np.zeros(n, np.int64)
-        for i in loop(n):
-            count[i] = _union_one(s_flat[s_indptr[i]:s_indptr[i + 1]], dir_rows[i], cos_rows[i],
-                                  pop_rows, r_ptr, r_idx, nb_n[i], nb_rows[i], buf[i])
-        width = max(count.max() if n else 0, 1)
-        rows = np.full((n, width), -1, np.int64)
-        vals = np.zeros((n, width, 6), np.float32)
-        in_sess = np.zeros((n, width), np.bool_)
-        last = np.full(n, -1, np.int64)
-        for i in loop(n):
-            s = s_flat[s_indptr[i]:s_indptr[i + 1]]
-            c = count[i]
-            rows[i, :c] = buf[i, :c]
-            if len(s) and s[-1] >= 0:
-                last[i] = s[-1]
-            if c:
-                _fill_one(s, buf[i, :c], r_ptr, r_idx, r_val, nb_n[i], nb_rows[i], nb_vals[i],
-                          repeat_decay, unit, context, q_unit[i], q_in[i], pop, has_dir,
-                          vals[i], in_sess[i])
-        return rows, vals, in_sess, last
-
-    kernel.__name__ = kernel.__qualname__ = "signals_" + ("par" if parallel else "ser")
-    return njit(cache=True, parallel=parallel, nogil=True)(kernel)
-
-
 # per-query work is tens of microseconds: below this many queries, threads cost more than they
 # save (a single session runs on one core)
 PARALLEL_FROM = 16
-_signals_par = _make_signals_kernel(True)
-_signals_ser = _make_signals_kernel(False)
-
-
-def _signals_kernel(*args):
-    """Candidate unions (sorted, -1 padded) and the raw signals of every query; see
-    `BlendModel.signals` (the per-query numpy code it replaced is in tests/test_blend.py)."""
-    n = len(args[0]) - 1
-    return (_signals_par if n >= PARALLEL_FROM else _signals_ser)(*args)
 
 
 def _make_flat_signals_kernel(parallel: bool):
@@ -662,9 +626,10 @@ _flat_signals_ser = _make_flat_signals_kernel(False)
 
 
 def _flat_signals(*args):
-    """`_signals_kernel` with the candidates of all queries end to end: (offsets int64
-    [n + 1], rows [T], vals [T, 6], in_session [T], last [n]); query i owns
-    ``offsets[i]:offsets[i + 1]``."""
+    """Candidate unions (sorted) and the raw signals of every query, end to end: (offsets
+    int64 [n + 1], rows [T], vals [T, 6], in_session [T], last [n]); query i owns
+    ``offsets[i]:offsets[i + 1]``. The per-query numpy code it replaced is the reference in
+    tests/test_blend.py."""
     n = len(args[0]) - 1
     return (_flat_signals_par if n >= PARALLEL_FROM else _flat_signals_ser)(*args)
 
@@ -727,26 +692,6 @@ def _top_k_one(rows, vals, expo, in_sess, last, w, exclude_last, exclude_session
         if np.isfinite(sc):
             out_rows[t] = rows[sel[t]]
             out_sc[t] = sc
-
-
-def _make_top_k_kernel(parallel: bool):
-    loop = prange if parallel else range
-
-    def kernel(rows, vals, expo, in_sess, last, w, exclude_last, exclude_session, k):
-        n = rows.shape[0]
-        out_rows = np.full((n, k), -1, np.int64)
-        out_sc = np.full((n, k), -np.inf, np.float32)
-        for i in loop(n):
-            _top_k_one(rows[i], vals[i], expo[i], in_sess[i], last[i], w, exclude_last,
-                       exclude_session, k, out_rows[i], out_sc[i])
-        return out_rows, out_sc
-
-    kernel.__name__ = kernel.__qualname__ = "top_k_" + ("par" if parallel else "ser")
-    return njit(cache=True, parallel=parallel, nogil=True)(kernel)
-
-
-_top_k_par = _make_top_k_kernel(True)
-_top_k_ser = _make_top_k_kernel(False)
 
 
 def _make_flat_top_k_kernel(parallel: bool):
