@@ -2,9 +2,16 @@
 weighted score. numpy and numba only (the serving process imports it; no pandas or scipy);
 the numba kernels live here, so recembed.sknn stays numpy only.
 
-`BlendModel.signals` runs as numba kernels over the whole batch (candidate unions and signal
-values per query in parallel, session-kNN through `recembed.sknn.score_sessions`); the answers
-are those of the per-query numpy code it replaced (kept in tests/test_blend.py as the reference).
+`BlendModel.recommend` runs as numba kernels over the whole batch (candidate unions and signal
+values per query in parallel, laid end to end; session-kNN through `score_sessions`; top-k);
+the answers are those of the per-query numpy code it replaced (kept in tests/test_blend.py as
+the reference). `BlendModel.signals` pads the same kernel's output per query for calibration.
+
+Candidates (`BlendSettings.retrieval`): "index" searches the decayed prefix query in the
+inner-product and cosine faiss indexes; "table" reads each recent item's precomputed top lists
+(`candidate_tables`, stored in blend.npz), the searches a one-item session would run. At 199k
+items the two HNSW searches were half of a query's time (190 of 370 us); the tables answer
+with the same next-item recall (benchmarks/RESULTS.md).
 
 Signals, each computed for every candidate of a query (the union of what the signals retrieve):
 
