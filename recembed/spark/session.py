@@ -60,3 +60,8 @@ def spark_session(master: str = "local[2]", conf: Mapping[str, object] | None = 
 
 def _text(v: object) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def from_config(cfg):
+    """The SparkSession of a run's `[spark]` settings (`recembed.config.Config`)."""
+    return spark_session(cfg.spark.master, cfg.spark.conf, app_name=f"recembed-{cfg.run.name}")
