@@ -21,6 +21,7 @@ quarantine, written as the local engine writes them.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,7 @@ _ROWS = pa.schema([
     ("file", pa.int16()), ("row", pa.int64()), ("item", pa.string()), ("user", pa.string()),
     ("session", pa.string()), ("keep_type", pa.bool_()), ("ts", pa.float64()),
     ("split", pa.int8()), ("raw", pa.string()), ("reason", pa.string()),
+    ("last", pa.float64()),  # metadata: the file's last time (its first is in ts)
 ])
 _EVENT, _BAD, _META = 0, 1, 2
 
@@ -102,17 +104,22 @@ def ingest(
     ev = rows.filter(F.col("kind") == _EVENT).drop("kind", "raw", "reason")
     ctx = (files, units, columns)
 
-    n = ev.count()
+    agg = ev.agg(F.count(F.lit(1)).alias("n"), F.min("ts").alias("lo"), F.max("ts").alias("hi"),
+                 F.max(F.abs("ts")).alias("abs")).collect()[0]
+    n = int(agg["n"])
     far = F.abs(F.col("ts")) > F.lit(float(L._TS_LIMIT_S))
     med = None
-    if max_ts_distance_days > 0:
+    # no row can be further than (newest - oldest) from the median: then there is none to find
+    maybe_far = n and (agg["abs"] > L._TS_LIMIT_S or (
+        max_ts_distance_days > 0 and agg["hi"] - agg["lo"] > max_ts_distance_days * L.DAY))
+    if max_ts_distance_days > 0 and maybe_far:
         inside = ev.filter(~far)
         m = inside.count()
         if m:
             a, b = _order_stats(inside, "ts", [(m - 1) // 2, m // 2], m)
             med = float(np.mean(np.array([a, b]))) if m % 2 == 0 else a
             far = far | (F.abs(F.col("ts") - F.lit(med)) > F.lit(max_ts_distance_days * L.DAY))
-    far_rows = _collect(ev.filter(far), scratch)
+    far_rows = _collect(ev.filter(far), scratch) if maybe_far else _collect(ev.limit(0), scratch)
     stats["ts_implausible"] = len(far_rows)
     if len(far_rows):
         # the reason quotes the median of the rows that are not far (not the rule's median)
@@ -194,7 +201,12 @@ def ingest(
     out = out.persist(StorageLevel.MEMORY_AND_DISK)
     order = ["file", "row"]
     fractional = out.filter(F.col("ts_exact") != F.floor("ts_exact")).limit(1).count() > 0
-    if fractional and not _ascending(out, order, "ts_exact", partitions):
+    # each reader task checked its own file: all in order, and the files after each other
+    firsts, lasts = meta["ts"].to_numpy(np.float64), meta["last"].to_numpy(np.float64)
+    ne = ~np.isnan(firsts)
+    in_order = bool(meta["keep_type"].astype(bool).all()) and bool(
+        (lasts[ne][:-1] <= firsts[ne][1:]).all())
+    if fractional and not in_order and not _ascending(out, order, "ts_exact", partitions):
         # the local engine's stable sort by the exact time: ties keep (file, row) order
         order = ["ts_exact", "file", "row"]
     dtypes = {"user": "int32", "item": "int32", "ts": "int64",
@@ -250,7 +262,10 @@ def _reader(names, n_train_files, columns, fmt, delimiter, source, window_days, 
             yield _batch(_BAD, fi, len(q), row=q["row"].to_numpy(np.int64),
                          raw=q["raw"].astype(str).to_numpy(object),
                          reason=q["reason"].astype(str).to_numpy(object))
+        t = part["ts_exact"]
         yield _batch(_META, fi, row=[n_rows], raw=[unit or ""],
+                     keep_type=[bool((np.diff(t) >= 0).all())],
+                     ts=[float(t[0]) if m else np.nan], last=[float(t[-1]) if m else np.nan],
                      **{c: [kinds.get(c, "")] for c in ("item", "user", "session")})
 
     return read
@@ -360,7 +375,6 @@ def _factorize(df, col: str, partitions: int):
 def _ascending(df, order: list[str], col: str, partitions: int) -> bool:
     """Whether `col` never decreases along `order` (the local np.diff(ts) >= 0 check), one
     range partition per task: each checks its rows and reports its first and last value."""
-    from pyspark.sql import functions as F
 
     ranged = df.select(*order, col).repartitionByRange(partitions, *order).sortWithinPartitions(
         *order)
@@ -381,7 +395,7 @@ def _ascending(df, order: list[str], col: str, partitions: int) -> bool:
     got = ranged.mapInArrow(check, io.ddl(schema)).orderBy("p").collect()
     if not all(r["ok"] for r in got):
         return False
-    return all(a["last"] <= b["first"] for a, b in zip(got, got[1:], strict=False))
+    return all(a["last"] <= b["first"] for a, b in itertools.pairwise(got))
 
 
 def _vocabulary(events, item_codes, n_items: int, scratch) -> pd.DataFrame:

@@ -76,13 +76,18 @@ def write_single(df, path: str | Path, schema: pa.Schema, scratch: str | Path) -
         shutil.rmtree(parts_dir, ignore_errors=True)
 
 
-def merge_parts(parts_dir: str | Path, path: str | Path, schema: pa.Schema) -> int:
+def merge_parts(parts_dir: str | Path, path: str | Path, schema: pa.Schema,
+                keep=None) -> int:
     """Concatenate the Parquet part files of a Spark output folder, in part order, into one file
-    with `schema`; returns the rows written."""
+    with `schema` (of the rows `keep(table)` selects, when given); returns the rows written."""
     rows = 0
     with A.atomic_path(path) as tmp:
         with pq.ParquetWriter(tmp, schema) as w:
-            for t in iter_parts(parts_dir, schema):
+            for t in iter_parts(parts_dir):
+                if keep is not None:
+                    t = t.filter(keep(t))
+                t = pa.Table.from_arrays([t.column(n).cast(f.type) for n, f in
+                                          zip(schema.names, schema, strict=True)], schema=schema)
                 w.write_table(t)
                 rows += t.num_rows
             if rows == 0:

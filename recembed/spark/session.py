@@ -29,7 +29,8 @@ def spark_session(master: str = "local[2]", conf: Mapping[str, object] | None = 
     ----------
     master : str
         Spark master URL (`spark.master`): local[N], yarn, k8s://..., spark://... . Ignored
-        when a session already exists (spark-submit made it, or a test fixture did).
+        when a session already exists (a notebook's, a test fixture's) and under
+        spark-submit, whose --master decides.
     conf : mapping of str to str / int / float / bool
         Extra Spark settings (`spark.conf`), passed through as strings; they win over the
         defaults here.
@@ -47,10 +48,15 @@ def spark_session(master: str = "local[2]", conf: Mapping[str, object] | None = 
     if active is not None:
         return active
     settings = dict(DEFAULTS)
-    if master.startswith("local"):
+    # under spark-submit the JVM is already up (it set PYSPARK_GATEWAY_PORT) and --master
+    # decides; a master set on the builder would override it
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ
+    if master.startswith("local") and not submitted:
         settings.update(LOCAL)
     settings.update({k: _text(v) for k, v in (conf or {}).items()})
-    builder = SparkSession.builder.master(master).appName(app_name)
+    builder = SparkSession.builder.appName(app_name)
+    if not submitted:
+        builder = builder.master(master)
     for k, v in settings.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from recembed.sessions import (
     _WIDER_GAPS_S,
@@ -95,13 +96,15 @@ def sessionize(
     if "split" not in have:
         ev = ev.withColumn("split", F.lit(0).cast("tinyint"))
     stats: dict = {"warnings": []}
-    n0 = ev.count()
-    if not supplied and ev.filter(F.col("user") < 0).limit(1).count():
+    first = ev.agg(F.count(F.lit(1)).alias("n"), F.min("user").alias("user"),
+                   F.max("split").alias("split")).collect()[0]
+    n0 = int(first["n"])
+    if not supplied and n0 and first["user"] < 0:
         raise ValueError(
             "events without a user id cannot be sessionized by gap: map a session column "
             "([input.columns] session = ...) or a user column"
         )
-    any_test = ev.filter(F.col("split") == 1).limit(1).count() > 0
+    any_test = n0 > 0 and first["split"] == 1
     key = F.col("session") if supplied else F.col("user").cast("long")
     ev = ev.withColumn("key", key).drop("session")
     # one shuffle by entity; every window below partitions by it and orders the same way
@@ -115,7 +118,7 @@ def sessionize(
     stats["bot_entities"] = 0
     bot_col = F.lit(False)
     if bots and n0:
-        flags, rules = _bot_entities(ev, max_events_per_day, min_median_gap_s,
+        flags, rules = _bot_entities(ev, n0, max_events_per_day, min_median_gap_s,
                                      min_events_for_gap_rule, bot_outlier_z)
         stats.update(rules.pop("stats"))
         stats.update(rules)
@@ -141,12 +144,14 @@ def sessionize(
         rep = F.col("prev_item").isNotNull() & (F.col("item") == F.col("prev_item"))
         if not supplied:
             rep = rep & ((F.col("ts") - F.col("prev_ts")) <= F.lit(float(gap_s)))
-        stats["repeats_collapsed"] = ev.filter(rep & ~F.col("bot")).count()
+    counts = ev.agg(F.sum((rep & ~F.col("bot")).cast("long")).alias("rep"),
+                    F.sum((~(F.col("bot") | rep)).cast("long")).alias("kept")).collect()[0]
+    if collapse_repeats and n0:
+        stats["repeats_collapsed"] = int(counts["rep"] or 0)
+    n_kept = int(counts["kept"] or 0)
     kept = (ev.filter(~(F.col("bot") | rep))
             .select("key", "user", "item", "ts", "ev", "split")
             .persist(StorageLevel.MEMORY_AND_DISK))
-    ev.unpersist()
-    n_kept = kept.count()
     kept = (kept.withColumn("rn", F.row_number().over(w))
             .withColumn("d", F.col("ts") - F.lag("ts").over(w))
             .withColumn("n_ent", F.count(F.lit(1)).over(Window.partitionBy("key"))))
@@ -170,6 +175,7 @@ def sessionize(
         F.sum(((F.col("pos") == 0) & (F.col("c_len") < min_length)).cast("long")).alias("short"),
         F.sum((F.col("c_len") < min_length).cast("long")).alias("short_events"),
     ).collect()[0]
+    ev.unpersist()  # kept is materialized now
     stats["sessions_split_by_cap"] = int(agg["split_by_cap"] or 0)
     stats["sessions_total"] = int(agg["total"] or 0)
     stats["sessions_too_short"] = int(agg["short"] or 0)
@@ -226,10 +232,12 @@ def sessionize(
         "session", "item", "ts", "pos", F.col("ev").alias("event"), "split")
     dtypes = dict(TRAIN_DTYPES, event="int32" if n0 < 2**31 else "int64")
     schema = io.pandas_schema(dtypes)
-    train_rows = io.write_single(out.filter(F.col("split") != 1).orderBy("session", "pos"),
-                                 out_train, schema, scratch)
-    test_rows = io.write_single(out.filter(F.col("split") == 1).orderBy("session", "pos"),
-                                out_test, schema, scratch)
+    # one sorted pass writes both; the driver splits the parts into the two files
+    parts = Path(scratch) / "session-parts"
+    out.orderBy("session", "pos").write.mode("overwrite").parquet(str(parts))
+    train_rows = io.merge_parts(parts, out_train, schema,
+                                lambda t: pc.not_equal(t.column("split"), 1))
+    test_rows = io.merge_parts(parts, out_test, schema, lambda t: pc.equal(t.column("split"), 1))
     io.write_single(table.orderBy("session"), out_table, io.pandas_schema(TABLE_DTYPES), scratch)
     for df in (rows, table):
         df.unpersist()
@@ -246,7 +254,8 @@ def sessionize(
 # ---------------------------------------------------------------- helpers
 
 
-def _bot_entities(ev, max_per_day: int, min_median_gap: float, min_events: int, z: float):
+def _bot_entities(ev, n0: int, max_per_day: int, min_median_gap: float, min_events: int,
+                  z: float):
     """(DataFrame key -> bot of the bot entities or None, rule counts and stats): the rules of
     `recembed.sessions._bot_rows`, thresholds from exact population histograms."""
     from pyspark.sql import functions as F
@@ -284,7 +293,6 @@ def _bot_entities(ev, max_per_day: int, min_median_gap: float, min_events: int, 
                     F.sum(F.when(F.col("volume"), F.col("n"))).alias("vol"),
                     F.sum(F.when(F.col("gap_bot") & ~F.col("volume"), F.col("n"))).alias("gap")
                     ).collect()[0]
-    n0 = int(ent.agg(F.sum("n")).collect()[0][0] or 0)
     ent.unpersist()
     bot_events = int(r["events"] or 0)
     rules = {"bot_events_volume_rule": int(r["vol"] or 0),
