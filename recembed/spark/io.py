@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from recembed import artifacts as A
 
+ROW_GROUP = 1024 * 1024  # rows per row group of pyarrow.parquet.write_table (its default)
 _DDL = {pa.int8(): "tinyint", pa.int16(): "smallint", pa.int32(): "int", pa.int64(): "bigint",
         pa.float32(): "float", pa.float64(): "double", pa.string(): "string",
         pa.large_string(): "string", pa.bool_(): "boolean", pa.binary(): "binary"}
@@ -79,19 +80,37 @@ def write_single(df, path: str | Path, schema: pa.Schema, scratch: str | Path) -
 def merge_parts(parts_dir: str | Path, path: str | Path, schema: pa.Schema,
                 keep=None) -> int:
     """Concatenate the Parquet part files of a Spark output folder, in part order, into one file
-    with `schema` (of the rows `keep(table)` selects, when given); returns the rows written."""
+    with `schema` (of the rows `keep(table)` selects, when given); returns the rows written.
+
+    Row groups hold ROW_GROUP rows, as `pyarrow.parquet.write_table` (the local engine's writer)
+    makes them, so the file is byte for byte the local engine's for the same rows."""
     rows = 0
+    buf: list[pa.Table] = []
     with A.atomic_path(path) as tmp:
-        with pq.ParquetWriter(tmp, schema) as w:
+        writer = None
+        try:
             for t in iter_parts(parts_dir):
                 if keep is not None:
                     t = t.filter(keep(t))
-                t = pa.Table.from_arrays([t.column(n).cast(f.type) for n, f in
-                                          zip(schema.names, schema, strict=True)], schema=schema)
-                w.write_table(t)
+                buf.append(pa.Table.from_arrays([t.column(n).cast(f.type) for n, f in
+                                                 zip(schema.names, schema, strict=True)],
+                                                schema=schema))
                 rows += t.num_rows
-            if rows == 0:
-                w.write_table(schema.empty_table())
+                while sum(b.num_rows for b in buf) >= ROW_GROUP:
+                    whole = pa.concat_tables(buf)
+                    writer = writer or pq.ParquetWriter(tmp, schema)
+                    # contiguous columns: chunk boundaries would move the data pages
+                    writer.write_table(whole.slice(0, ROW_GROUP).combine_chunks(),
+                                       row_group_size=ROW_GROUP)
+                    buf = [whole.slice(ROW_GROUP)]
+            rest = pa.concat_tables(buf).combine_chunks() if buf else schema.empty_table()
+            if writer is None:  # everything fits one group (or nothing): write_table's layout
+                pq.write_table(rest, tmp)
+            elif rest.num_rows:
+                writer.write_table(rest, row_group_size=ROW_GROUP)
+        finally:
+            if writer is not None:
+                writer.close()
     return rows
 
 
