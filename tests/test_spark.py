@@ -60,10 +60,11 @@ def _assert_same_artifacts(tmp, reports):
     assert eff[0] == pytest.approx(eff[1], rel=1e-12)
 
 
-# yoochoose (84k events) runs with the slow tests (CI runs them too): the fast suite keeps one
-# real sample, the synthetic log and the bad-input cases inside its time budget
-@pytest.mark.parametrize("sample", [pytest.param("yoochoose", marks=pytest.mark.slow),
-                                    "diginetica"])
+# The samples run with the slow tests (CI runs them too, `make test-slow`): every Spark run
+# costs ~15-30 s of job scheduling on 2 shared cores, so the fast suite keeps the synthetic
+# log (which exercises the most rules) and the bad-input cases
+@pytest.mark.slow
+@pytest.mark.parametrize("sample", ["yoochoose", "diginetica"])
 def test_both_samples_give_the_same_artifacts_on_spark(spark, tmp_path, sample):
     reports = _both(tmp_path, ROOT / "pipelines" / f"{sample}.toml", HEAVY)
     _assert_same_artifacts(tmp_path, reports)
