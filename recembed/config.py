@@ -44,6 +44,9 @@ class RunConfig(_Section):
     seed: int = 42
     threads: int = 0  # 0 = all cores
     progress: bool = True
+    # where the heavy stages (ingest, sessionize, graph, walks, sequences) run; both engines
+    # write the same artifacts, so train / index / evaluate / publish never know which ran
+    engine: Literal["local", "spark"] = "local"
 
     def n_threads(self) -> int:
         """Threads to use: the configured number, or all cores when 0."""
@@ -277,6 +280,33 @@ class PublishConfig(_Section):
     drift_k: int = Field(10, ge=1)
 
 
+class SparkConfig(_Section):
+    """`run.engine = "spark"`: where the SparkSession runs and extra Spark settings."""
+
+    master: str = Field("local[2]", min_length=1)
+    conf: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("master")
+    @classmethod
+    def _known_master(cls, v: str) -> str:
+        if not re.match(r"^(local(\[(\*|\d+)(,\d+)?\])?|yarn|k8s://\S+|spark://\S+|"
+                        r"mesos://\S+)$", v):
+            raise ValueError(f"{v!r} is not a Spark master URL; use local[N], yarn, "
+                             "k8s://https://host:port or spark://host:port")
+        return v
+
+    @field_validator("conf")
+    @classmethod
+    def _spark_keys(cls, v: dict) -> dict:
+        bad = [k for k in v if not k.startswith("spark.")]
+        if bad:
+            raise ValueError(f"keys {bad} are not Spark settings (they start with 'spark.', "
+                             'e.g. conf = { "spark.executor.memory" = "4g" })')
+        if "spark.master" in v:
+            raise ValueError("set the master with spark.master = ..., not in spark.conf")
+        return v
+
+
 class Config(_Section):
     run: RunConfig = Field(default_factory=RunConfig)
     input: InputConfig = Field(default_factory=InputConfig)
@@ -294,6 +324,7 @@ class Config(_Section):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
+    spark: SparkConfig = Field(default_factory=SparkConfig)
 
     @model_validator(mode="after")
     def _cross_section(self) -> Config:
@@ -326,6 +357,9 @@ class Config(_Section):
              "input.columns.user and input.columns.session are both empty: sessions need one"),
             (len(self.input.categories_columns) != 2,
              "input.categories_columns must be [item column, category column]"),
+            (self.run.engine == "spark" and not _has_pyspark(),
+             'run.engine = "spark" needs pyspark, which is not installed: pip install '
+             '"recembed[spark]" (or set run.engine = "local")'),
         ]
         msgs = [m for cond, m in bad if cond]
         if msgs:
@@ -335,6 +369,12 @@ class Config(_Section):
     def section(self, name: str) -> dict[str, Any]:
         """One section as a plain dict (used for stage fingerprints)."""
         return getattr(self, name).model_dump(mode="json")
+
+
+def _has_pyspark() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pyspark") is not None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

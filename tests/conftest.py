@@ -26,3 +26,27 @@ def synth_csv(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "clicks.csv"
     write_synth(synth_clicks(20_000, seed=3), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One SparkSession for the whole test run: local[2], loopback only, no UI, executors on
+    this interpreter, 2 shuffle partitions (the samples are small; Spark's 200 would spend the
+    time scheduling empty tasks)."""
+    import os
+    import sys
+
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:  # CI installs the spark extra: a missing pyspark is a failure
+        pytest.fail("pyspark is not installed, so the Spark engine cannot be tested; install the "
+                    "spark extra (make .venv/.installed does: pip install -e '.[dev,spark]')")
+    from recembed.spark.session import spark_session
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    session = spark_session("local[2]", {
+        "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
+        "spark.sql.shuffle.partitions": 2, "spark.ui.enabled": False,
+        "spark.default.parallelism": 2})
+    yield session
+    session.stop()

@@ -308,6 +308,8 @@ CHOICES = {
     "input.encoding": ["utf-8", "cp1252", "latin-1"],
     "calibrate.target_tokens": [[1_000_000, 3_000_000, 10_000_000], [50_000], [2000, 9000]],
     "calibrate.corpora": [["both", "sessions", "walks"], ["walks"], ["sessions", "both"]],
+    "spark.master": ["local[2]", "local[*]", "yarn", "k8s://https://k8s.example:443"],
+    "spark.conf": [{}, {"spark.sql.shuffle.partitions": 8}, {"spark.executor.memory": "4g"}],
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import pandas as pd
 
@@ -21,8 +22,15 @@ def run(ctx: StageContext) -> dict:
     cfg = ctx.cfg
     c, i = cfg.input.columns, cfg.input
     quarantine = A.QUARANTINE.path(ctx.run_dir)
+    engine = ingest
+    if cfg.run.engine == "spark":  # the same rules, files read in parallel (recembed.spark)
+        from recembed.spark import ingest as spark_ingest
+        from recembed.spark.session import from_config
+
+        engine = partial(spark_ingest.ingest, from_config(cfg), events_path=ctx.write(A.EVENTS),
+                         scratch=ctx.scratch)
     try:
-        res = ingest(
+        res = engine(
             i.paths,
             ColumnMap(item=c.item, ts=c.ts, user=c.user, session=c.session,
                       event_type=c.event_type, ts_offset=c.ts_offset),
@@ -37,7 +45,8 @@ def run(ctx: StageContext) -> dict:
         )
     except IngestError as e:
         raise PipelineError(str(e), EXIT_BAD_INPUT) from e
-    A.write_parquet(res.events, ctx.write(A.EVENTS), A.EVENTS.columns)
+    if cfg.run.engine == "local":  # Spark wrote its events itself
+        A.write_parquet(res.events, ctx.write(A.EVENTS), A.EVENTS.columns)
     A.write_parquet(res.vocabulary, ctx.write(A.VOCABULARY), A.VOCABULARY.columns)
     cats = pd.DataFrame({"code": res.vocabulary["code"], "category": -1})
     if i.categories_path:

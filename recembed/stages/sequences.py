@@ -13,11 +13,20 @@ from recembed.sequences import write_session_corpus
 
 def run(ctx: StageContext) -> dict:
     """Each session `replication * w / mean(w)` times on average, drawn per session."""
+    kw = dict(replication=ctx.cfg.sequences.replication, seed=ctx.cfg.run.seed,
+              min_copies=ctx.cfg.sequences.min_copies)
+    if ctx.cfg.run.engine == "spark":  # per-session streams, any partitioning (recembed.spark)
+        from recembed.spark import sequences as spark_sequences
+        from recembed.spark.session import from_config
+
+        st = spark_sequences.write_session_corpus(
+            from_config(ctx.cfg), ctx.read(A.SESSIONS_TRAIN), ctx.read(A.SESSION_TABLE),
+            ctx.write(A.SESSION_CORPUS), ctx.scratch, **kw)
+        return asdict(st)
     st = write_session_corpus(
         pd.read_parquet(ctx.read(A.SESSIONS_TRAIN), columns=["session", "item"]),
         pd.read_parquet(ctx.read(A.SESSION_TABLE), columns=["session", "weight"]),
-        ctx.write(A.SESSION_CORPUS), replication=ctx.cfg.sequences.replication,
-        seed=ctx.cfg.run.seed, min_copies=ctx.cfg.sequences.min_copies)
+        ctx.write(A.SESSION_CORPUS), **kw)
     return asdict(st)
 
 

@@ -19,10 +19,17 @@ def run(ctx: StageContext) -> dict:
     pop = None
     if w.start_by_popularity:
         pop = pd.read_parquet(ctx.read(A.VOCABULARY), columns=["count"])["count"].to_numpy()
-    st = random_walks(load_graph(ctx.read(A.GRAPH)), ctx.write(A.WALKS), method=w.method,
-                      walks_per_node=w.walks_per_node, walk_length=w.walk_length, p=w.p, q=w.q,
-                      popularity=pop, seed=r.seed, threads=r.n_threads(), progress=r.progress,
-                      max_tokens=w.max_tokens)
+    kw = dict(method=w.method, walks_per_node=w.walks_per_node, walk_length=w.walk_length,
+              p=w.p, q=w.q, popularity=pop, seed=r.seed, max_tokens=w.max_tokens)
+    if r.engine == "spark":  # broadcast graph, the same kernels per task (recembed.spark)
+        from recembed.spark import walks as spark_walks
+        from recembed.spark.session import from_config
+
+        st = spark_walks.random_walks(from_config(ctx.cfg), load_graph(ctx.read(A.GRAPH)),
+                                      ctx.write(A.WALKS), ctx.scratch, **kw)
+    else:
+        st = random_walks(load_graph(ctx.read(A.GRAPH)), ctx.write(A.WALKS),
+                          threads=r.n_threads(), progress=r.progress, **kw)
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(st).items()}
 
 
