@@ -477,9 +477,12 @@ def _timestamps(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, str | None
     parsed = pd.to_datetime(pd.Series(values, dtype=object), utc=True, errors="coerce",
                             format="ISO8601")
     bad = parsed.isna().to_numpy()
-    # pandas may store datetimes in ns or us: divide by a Timedelta, never assume the resolution
-    secs = ((parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).fillna(0)
-    secs = secs.to_numpy(np.float64)
+    # the integer ticks in pandas' own resolution (us or ns): subtracting the epoch as a
+    # Timestamp overflowed for years past 2262 (pandas 3 parses them in us) and crashed ingest;
+    # such rows are quarantined as implausible times instead
+    ticks = parsed.dt.tz_convert(None).to_numpy()
+    res = np.datetime_data(ticks.dtype)[0]
+    secs = np.where(bad, 0, ticks.view(np.int64)).astype(np.float64) / _UNIT_SCALE[res]
     return secs, "iso", bad
 
 

@@ -134,3 +134,14 @@ def test_rolling_window_keeps_the_last_days(tmp_path):
     res = ingest([str(p)], ColumnMap(item="item", ts="ts", user="user"), window_days=3.5)
     assert sorted(res.events["ts"]) == [1_700_000_000 + d * day for d in (6, 7, 8, 9)]
     assert res.stats["outside_window"] == 6
+
+
+def test_an_iso_time_past_2262_is_quarantined_not_a_crash(tmp_path):
+    # pandas 3 parses it (in us); the epoch arithmetic in ns overflowed and ingest crashed
+    rows = "".join(f"u,i{k},2023-11-14T{10 + k // 60:02d}:{k % 60:02d}:20Z\n" for k in range(300))
+    p = _csv(tmp_path, "user,item,ts\n" + rows + "u,late,2999-01-01T00:00:00Z\n")
+    res = ingest([str(p)], ColumnMap(item="item", ts="ts", user="user"), ts_unit="iso")
+    assert len(res.events) == 300 and "late" not in set(res.events["item"])
+    q = res.quarantine
+    assert len(q) == 1 and "item='late'" in q["raw"].iloc[0]
+    assert "implausible" in q["reason"].iloc[0]
