@@ -39,8 +39,11 @@ from common import DATA, append_results, markdown_table  # noqa: E402
 EVENTS = 10_000_000
 DIM = 64
 GAP_S = 1800
-# (retrieval, candidates): the first is what serving did before the candidate tables
-VARIANTS = (("index", 200), ("table", 200), ("table", 100), ("table", 50))
+# (retrieval, candidates, STAN sample_size): the first is what serving did before the candidate
+# tables; the others are what calibration can choose (serving.retrieval / candidates /
+# neighbour_sample)
+VARIANTS = (("index", 200, 5000), ("table", 200, 5000), ("table", 100, 5000),
+            ("table", 50, 5000), ("table", 50, 1000), ("table", 50, 500))
 WEIGHTS = {"directional": 0.3, "cosine": 0.03, "rules": 0.1, "neighbours": 0.3, "repeat": 0.3,
            "popularity": 0.03}  # chosen on validation by the calibrated clicks run (RESULTS.md)
 
@@ -261,16 +264,17 @@ def main() -> None:
     t0 = time.perf_counter()
     base = rec.settings
     rows = []
-    for retrieval, cands in VARIANTS:
+    for retrieval, cands, sample in VARIANTS:
         if args.code != str(HERE.parent) and retrieval == "table":
             continue  # older code: no tables
         if hasattr(base, "retrieval"):
-            rec.settings = replace(base, retrieval=retrieval, candidates=cands)
+            rec.settings = replace(base, retrieval=retrieval, candidates=cands,
+                                   neighbours={"method": "stan", "sample_size": sample})
         got = measure(rec, sessions, args.single, args.batch, args.batched,
-                      with_similar=(retrieval, cands) == VARIANTS[0])
+                      with_similar=(retrieval, cands, sample) == VARIANTS[0])
         rec20, mrr20 = next_item_quality(rec, items, indptr, targets, args.batched)
         for r in got:
-            r.update({"retrieval": retrieval, "candidates": cands})
+            r.update({"retrieval": retrieval, "candidates": cands, "stan sample": sample})
             if r["call"] == "recommend":
                 r.update({"recall@20": rec20, "mrr@20": mrr20})
         rows += got
@@ -286,7 +290,7 @@ def main() -> None:
     all_rows, loads = [], []
     for p in sorted(DATA.glob("serving_*.json")):
         d = json.loads(p.read_text())
-        first = ("label", "retrieval", "candidates", "call", "mode")
+        first = ("label", "retrieval", "candidates", "stan sample", "call", "mode")
         all_rows += [{**{k: r.get(k, "") for k in first},
                       **{k: v for k, v in r.items() if k not in first}} for r in d["rows"]]
         loads.append(f"{d['rows'][0]['label']}: {d['threads']} threads, load "

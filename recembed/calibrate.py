@@ -12,8 +12,9 @@ What is chosen (explicit config values always win; only keys left at "auto" are 
 - the serving blend (`recembed.blend`): signal weights, query decay, directional temperature,
   neighbour method. Coordinate ascent from the best single signal, so the chosen blend is at
   least as good on validation as each signal alone (rules, neighbours, repeats, popularity).
-  Then the fewest candidates per query (50, 100 or 200) that lose less than half a query
-  (serving time grows with them).
+  Then the fewest candidates per query (50, 100 or 200) and the fewest recent sessions the
+  session-kNN signal reads (500, 1,000 or the method's default) that lose less than half a
+  query (serving time grows with both).
 
 The objective is Recall@20 + MRR@20 on validation (allow-repeats protocol).
 """
@@ -37,6 +38,7 @@ WEIGHT_GRID = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0)
 DECAYS = (0.5, 0.65, 0.8)
 TEMPERATURES = (0.5, 1.0, 2.0)
 CANDIDATES = (50, 100)  # serving.candidates tried below the default (200), fewest first
+NEIGHBOUR_SAMPLES = (500, 1000)  # serving.neighbour_sample tried below the method's default
 DEFAULT_TARGET_TOKENS = 3_000_000  # the training amount without calibration (DESIGN.md: 2-3M)
 
 
@@ -51,11 +53,13 @@ class BlendChoice:
     evaluations: int = 0
     seconds: float = 0.0
     candidate_sizes: dict = field(default_factory=dict)
+    neighbour_samples: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"settings": self.settings.to_dict(), "recall@20": self.recall,
                 "mrr@20": self.mrr, "signals_alone": self.corners,
                 "candidate_sizes": self.candidate_sizes,
+                "neighbour_samples": self.neighbour_samples,
                 "evaluations": self.evaluations, "seconds": round(self.seconds, 3)}
 
 
@@ -84,6 +88,9 @@ def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndar
     """
     t0 = time.perf_counter()
     fixed = dict(fixed or {})
+    # not a BlendSettings field: an explicit serving.neighbour_sample is already inside the
+    # neighbour options (and fixed["neighbours"]); here it only stops the sample search
+    sample_fixed = fixed.pop("neighbour_sample", None) is not None
     st = replace(base or BlendSettings(), **fixed)
     if "weights" not in fixed:
         st = replace(st, weights={s: 0.0 for s in SIGNALS})
@@ -178,9 +185,35 @@ def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndar
             if obj(sizes[c]) >= obj(best_rm) - min_gain:
                 best, best_rm = cand, sizes[c]
                 break
+    samples = {}
+    method = best.neighbours.get("method", "stan")
+    if (not sample_fixed and model.neighbours is not None and method != "off"
+            and best.weights.get("neighbours", 0.0) > 0):
+        # the fewest recent sessions session-kNN reads per query that lose nothing: the
+        # sessions it merges are most of its time (STAN 83 us per query at 5,000, 52 at 1,000;
+        # 199k items, benchmarks/RESULTS.md)
+        current = _neighbour_sample(best.neighbours)
+        samples[current] = best_rm
+        for n in sorted(x for x in NEIGHBOUR_SAMPLES if x < current):
+            cand = replace(best, neighbours={**best.neighbours, "sample_size": n})
+            sig = _chunked_signals(model, prefixes, cand)
+            n_eval += 1
+            samples[n] = _recall_mrr(sig, cand, targets, k)
+            if obj(samples[n]) >= obj(best_rm) - min_gain:
+                best, best_rm = cand, samples[n]
+                break
     return BlendChoice(best, best_rm[0], best_rm[1], corners, n_eval,
                        time.perf_counter() - t0,
-                       {str(c): {"recall@20": r, "mrr@20": m} for c, (r, m) in sizes.items()})
+                       {str(c): {"recall@20": r, "mrr@20": m} for c, (r, m) in sizes.items()},
+                       {str(c): {"recall@20": r, "mrr@20": m} for c, (r, m) in samples.items()})
+
+
+def _neighbour_sample(neighbours: dict) -> int:
+    """The sample_size a settings' neighbours dict means (its method's default if unset)."""
+    from recembed.sknn import method_params
+
+    nb = dict(neighbours)
+    return int(method_params(nb.pop("method", "stan"), **nb).sample_size)
 
 
 def calibrate_run(
@@ -326,12 +359,14 @@ def calibration_search(cfg) -> dict:
         tokens = [int(t.target_tokens)]
     else:
         tokens = amounts
-    fixed = {k: getattr(sv, k) for k in ("weights", "decay", "temperature", "candidates")
-             if getattr(sv, k) != "auto"}
+    fixed = {k: getattr(sv, k) for k in ("weights", "decay", "temperature", "candidates",
+                                          "neighbour_sample") if getattr(sv, k) != "auto"}
     if sv.neighbours != "auto":
-        fixed["neighbours"] = {"method": sv.neighbours}
+        fixed["neighbours"] = _neighbours_setting(sv.neighbours, sv.neighbour_sample)
     options = [{"method": "stan"}, {"method": "vsknn"}]
-    search_any = len(corpora) > 1 or len(tokens) > 1 or len(fixed) < 5
+    if sv.neighbour_sample != "auto":
+        options = [_neighbours_setting(o["method"], sv.neighbour_sample) for o in options]
+    search_any = len(corpora) > 1 or len(tokens) > 1 or len(fixed) < 6
     tp = {"vector_size": t.vector_size, "window": t.window, "shrink_windows": t.shrink_windows,
           "negative": t.negative, "ns_exponent": t.ns_exponent, "sample": t.sample,
           "alpha": t.alpha, "min_alpha": t.min_alpha, "min_count": t.min_count, "hs": t.hs,
@@ -372,9 +407,19 @@ def resolve_config(cfg, record: dict | None):
     for key in ("weights", "decay", "temperature", "candidates"):
         if getattr(out.serving, key) == "auto":
             setattr(out.serving, key, chosen.get(key, getattr(default, key)))
+    nb = chosen.get("neighbours") or default.neighbours
     if out.serving.neighbours == "auto":
-        out.serving.neighbours = (chosen.get("neighbours") or default.neighbours)["method"]
+        out.serving.neighbours = nb["method"]
+    if out.serving.neighbour_sample == "auto" and "sample_size" in nb:
+        out.serving.neighbour_sample = int(nb["sample_size"])
     return out
+
+
+def _neighbours_setting(method: str, sample) -> dict:
+    """BlendSettings.neighbours of a method and a `serving.neighbour_sample` ("auto" = the
+    method's default)."""
+    return {"method": method} if sample == "auto" else {"method": method,
+                                                         "sample_size": int(sample)}
 
 
 def blend_settings(cfg) -> BlendSettings:
@@ -385,7 +430,8 @@ def blend_settings(cfg) -> BlendSettings:
         v = getattr(sv, key)
         return getattr(d, key) if v == "auto" else v
 
-    nb = d.neighbours if sv.neighbours == "auto" else {"method": sv.neighbours}
+    nb = _neighbours_setting(d.neighbours["method"] if sv.neighbours == "auto"
+                             else sv.neighbours, sv.neighbour_sample)
     return BlendSettings(weights=dict(pick("weights")), decay=float(pick("decay")),
                          temperature=float(pick("temperature")), history=sv.history,
                          repeat_decay=sv.repeat_decay, candidates=int(pick("candidates")),

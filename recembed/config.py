@@ -226,6 +226,7 @@ class ServingConfig(_Section):
     decay: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] = "auto"
     temperature: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
     neighbours: Literal["auto", "vsknn", "stan", "off"] = "auto"
+    neighbour_sample: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     history: int = Field(10, ge=1)
     repeat_decay: float = Field(0.7, gt=0, le=1)
     candidates: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"

@@ -229,8 +229,11 @@ class Recommender:
             unknown += unk
             coded.append(np.array(rows, dtype=np.int64))  # -1 keeps an unknown item's place
         rows, scores = self.recommend_rows(coded, k, exclude_session_items=exclude_session_items)
-        ids = [self.ids[r[r >= 0]] for r in rows]
-        sc = [s[r >= 0] for r, s in zip(rows, scores, strict=True)]
+        # rows are -1 padded at the end only: one gather, then a view per session
+        counts = (rows >= 0).sum(axis=1)
+        all_ids = self.ids[np.maximum(rows, 0)]
+        ids = [all_ids[i, :c] for i, c in enumerate(counts.tolist())]
+        sc = [scores[i, :c] for i, c in enumerate(counts.tolist())]
         return Results(ids, sc, sorted(set(unknown)))
 
     def recommend_rows(self, sessions: list[np.ndarray], k: int, *,

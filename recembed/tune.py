@@ -13,8 +13,8 @@ train.ns_exponent, train.negative, the training amount train.target_tokens (log-
 session.half_life_days (categorical incl. inf), and the blend. Keys a config sets explicitly
 where "auto" is allowed win, as in calibration: walks.enabled / sequences.enabled (then the
 corpus is fixed), train.epochs or train.target_tokens (then the training amount is fixed),
-serving.weights / decay / temperature / neighbours / candidates (never changed by the blend
-search).
+serving.weights / decay / temperature / neighbours / candidates / neighbour_sample (never
+changed by the blend search).
 `space` fixes or narrows any other key.
 
 Pruning: a gensim epoch-end callback (`train_word2vec(callbacks=...)`) scores the model's
@@ -344,7 +344,13 @@ def _requeue_stale(study) -> None:
 def _objective(cfg, run: Path, data: dict, q, sp: dict, prune_queries: int,
                blend_budget_s: float, echo):
     """The trial function: train one model, choose its blend, return the objective."""
-    from recembed.calibrate import _corpus_of, _on, calibration_search, train_candidate
+    from recembed.calibrate import (
+        _corpus_of,
+        _neighbour_sample,
+        _on,
+        calibration_search,
+        train_candidate,
+    )
     from recembed.sessions import session_weights
 
     kw = calibration_search(cfg)["kw"]
@@ -413,6 +419,7 @@ def _objective(cfg, run: Path, data: dict, q, sp: dict, prune_queries: int,
                          "serving.decay": float(st.decay),
                          "serving.temperature": float(st.temperature),
                          "serving.candidates": int(st.candidates),
+                         "serving.neighbour_sample": _neighbour_sample(st.neighbours),
                          "serving.neighbours": st.neighbours.get("method", "stan")})
         for k, v in {"recall@20": cand["recall@20"], "mrr@20": cand["mrr@20"],
                      "epochs": cand["epochs"], "corpus_tokens": cand["corpus_tokens"],

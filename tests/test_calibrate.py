@@ -246,3 +246,41 @@ def test_blend_search_keeps_the_candidates_a_signal_needs():
     assert choice.settings.candidates == 100
     sizes = choice.candidate_sizes
     assert sizes["100"]["recall@20"] == 1.0 and sizes["50"]["recall@20"] < 0.5
+
+
+def test_blend_search_reads_the_fewest_neighbour_sessions_that_lose_nothing():
+    from recembed.sknn import SessionIndex
+
+    rng = np.random.default_rng(2)
+    n = 60
+    sess = np.repeat(np.arange(1200), 4)
+    items = (np.repeat(rng.integers(0, n, 1200), 4) + np.tile(np.arange(4), 1200)) % n
+    nbi = SessionIndex.build(sess, items, np.arange(1200, dtype=np.float64) * 60.0, n)
+    model = BlendModel(rng.normal(size=(n, 8)).astype(np.float32), neighbours=nbi,
+                       popularity=np.bincount(items, minlength=n))
+    prefixes = [rng.integers(0, n, 2) for _ in range(200)]
+    targets = np.array([(p[-1] + 1) % n for p in prefixes])
+    # each item is in ~80 sessions: 500 of them are all of them, so 500 loses nothing
+    choice = choose_blend(model, prefixes, targets, fixed={"weights": {"neighbours": 1.0}},
+                          time_budget_s=30)
+    assert choice.settings.neighbours == {"method": "stan", "sample_size": 500}
+    assert set(choice.neighbour_samples) == {"5000", "500"}
+    # an explicit serving.neighbour_sample is kept
+    fixed = choose_blend(model, prefixes, targets, time_budget_s=30,
+                         fixed={"weights": {"neighbours": 1.0}, "neighbour_sample": 5000})
+    assert fixed.neighbour_samples == {} and "sample_size" not in fixed.settings.neighbours
+
+
+def test_neighbour_sample_travels_from_the_record_to_the_served_settings():
+    from recembed.calibrate import blend_settings, calibration_search
+
+    cfg = load_config(None, [])
+    record = {"enabled": True, "blend": {"settings": {
+        "neighbours": {"method": "vsknn", "sample_size": 500}}}}
+    out = resolve_config(cfg, record)
+    assert out.serving.neighbours == "vsknn" and out.serving.neighbour_sample == 500
+    assert blend_settings(out).neighbours == {"method": "vsknn", "sample_size": 500}
+    explicit = load_config(None, ["serving.neighbour_sample=700", "serving.neighbours=stan"])
+    kw = calibration_search(explicit)["kw"]
+    assert kw["blend_fixed"]["neighbours"] == {"method": "stan", "sample_size": 700}
+    assert all(o["sample_size"] == 700 for o in kw["neighbour_options"])
