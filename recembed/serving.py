@@ -60,6 +60,7 @@ class Recommender:
         self.settings = settings
         self.meta = meta or {}
         self.categories = categories
+        self.not_served: dict[str, str] = {}  # cold start: id -> why it has no vector
         self.model = _blend_model(self.vectors, self.context, extras or {}, context_index,
                                   index)
 
@@ -177,8 +178,17 @@ class Recommender:
         if A.SERVING.path(path).exists():
             settings = BlendSettings.from_dict(json.loads(A.SERVING.path(path).read_text()))
         extras, ctx_index = _load_extras(path)
-        return cls(emb.ids, emb.vectors, index, settings, meta, emb.categories, emb.context,
-                   extras, ctx_index)
+        rec = cls(emb.ids, emb.vectors, index, settings, meta, emb.categories, emb.context,
+                  extras, ctx_index)
+        rec.not_served = _not_served(path)
+        return rec
+
+    def why_not_served(self, item_id) -> str:
+        """Why `item_id` is never answered nor recommended ("" when it is served)."""
+        item_id = str(item_id)
+        if item_id in self.row_of:
+            return ""
+        return self.not_served.get(item_id, "unknown item: not in this version")
 
     def similar(self, item_ids, k: int = 20, exclude=None) -> Results:
         """The k nearest items of each id in `item_ids` (one id, or a list / array of ids),
@@ -342,7 +352,19 @@ def _blend_model(vectors: np.ndarray, context: np.ndarray | None, extras: dict,
 _SERVED_STAGES = ("train", "index")  # the stages whose outputs a run directory serves
 _REQUIRED = ("items.parquet", "vectors.npy", "index.faiss", "index.json")
 _OPTIONAL = ("context_vectors.npy", "serving.json", "blend.npz", "index_context.faiss",
-             "index_context.json")  # read when present
+             "index_context.json", "origins.parquet")  # read when present
+
+
+def _not_served(path: Path) -> dict[str, str]:
+    """{id: reason} of the items origins.parquet marks `none` (cold start), {} without it."""
+    p = path / "origins.parquet"
+    if not p.exists():
+        return {}
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(p, columns=["id", "origin", "reason"]).to_pydict()
+    return {i: r for i, o, r in zip(t["id"], t["origin"], t["reason"], strict=True)
+            if o == "none"}
 
 
 def _served_files(path: Path) -> list[str]:

@@ -37,6 +37,9 @@ class TrainResult:
     codes: np.ndarray
     counts: np.ndarray
     stats: dict = field(default_factory=dict)
+    # tokens of the corpus that are not item codes (catalog attribute tokens, the cold-start
+    # "context" scheme): token -> (input vector, output vector or None)
+    side: dict = field(default_factory=dict)
 
 
 def stable_hash(s: str) -> int:
@@ -193,16 +196,21 @@ def train_word2vec(
     if bar is not None:
         bar.close()
 
-    keys = np.array([int(k) for k in model.wv.index_to_key], dtype=np.int64)
-    order = np.argsort(keys)
+    is_item = np.array([k.isdigit() for k in model.wv.index_to_key], dtype=bool)
+    keys = np.array([int(k) if ok else -1 for k, ok in zip(model.wv.index_to_key, is_item,
+                                                             strict=True)], dtype=np.int64)
+    has_ctx = negative > 0 and getattr(model, "syn1neg", None) is not None
+    side = {k: (model.wv.vectors[j].copy(), model.syn1neg[j].copy() if has_ctx else None)
+            for j, k in enumerate(model.wv.index_to_key) if not is_item[j]}
+    order = np.flatnonzero(is_item)[np.argsort(keys[is_item], kind="stable")]
     vectors = np.ascontiguousarray(model.wv.vectors[order], dtype=np.float32)
     context = None
-    if negative > 0 and getattr(model, "syn1neg", None) is not None:
+    if has_ctx:
         context = np.ascontiguousarray(model.syn1neg[order], dtype=np.float32)
     counts = np.array([model.wv.get_vecattr(k, "count") for k in model.wv.index_to_key])[order]
     tokens = int(model.corpus_total_words) * epochs
     stats = {
-        "vocab": len(keys), "corpus_tokens": int(model.corpus_total_words), "epochs": epochs,
+        "vocab": len(order), "corpus_tokens": int(model.corpus_total_words), "epochs": epochs,
         "epochs_requested": requested,
         "tokens_trained": tokens, "vocab_seconds": round(t_vocab, 3),
         "train_seconds": round(t_train, 3),
@@ -210,8 +218,10 @@ def train_word2vec(
         "warm_started": warm,
         "loss_per_epoch": losses,
     }
+    if side:
+        stats["side_tokens"] = len(side)
     return TrainResult(vectors, context, keys[order].astype(np.int32), counts.astype(np.int64),
-                       stats)
+                       stats, side)
 
 
 def _head(path: str, max_tokens: int) -> str:
@@ -240,7 +250,8 @@ def epochs_for(corpus_tokens: int, target_tokens: int, *, lo: int = 1, hi: int =
 
 def export_vectors(
     result: TrainResult, vocabulary: pd.DataFrame, out_dir: str | Path, *, context: bool = True,
-    text: bool = True, categories: np.ndarray | None = None,
+    text: bool = True, categories: np.ndarray | None = None, ids: np.ndarray | None = None,
+    origin: np.ndarray | None = None,
 ) -> list[Artifact]:
     """Write a training result as `Embeddings` (vectors.npy, items.parquet and, when `context`
     and trained, context_vectors.npy) plus word2vec binary (vectors.bin) and text (vectors.txt)
@@ -260,6 +271,11 @@ def export_vectors(
         Also write the word2vec text format.
     categories : numpy.ndarray of int, optional
         Category of each ingest code (-1 = unknown), stored in items.parquet.
+    ids : numpy.ndarray of str, optional
+        Original id of each row, for rows whose code is beyond the vocabulary (catalog items
+        never seen in the log); default: the vocabulary's id of each code.
+    origin : numpy.ndarray of str, optional
+        Origin of each row (`recembed.catalog.ORIGINS`), stored in items.parquet.
 
     Returns
     -------
@@ -267,11 +283,12 @@ def export_vectors(
         What was written. In items.parquet row i is vector row i and `code` is the ingest code.
     """
     out_dir = Path(out_dir)
-    ids = vocabulary["id"].astype(str).to_numpy()[result.codes]
+    if ids is None:
+        ids = vocabulary["id"].astype(str).to_numpy()[result.codes]
     emb = Embeddings(ids=ids, codes=result.codes, vectors=result.vectors,
                      context=result.context if context else None, counts=result.counts,
                      categories=None if categories is None else np.asarray(categories)[
-                         result.codes])
+                         result.codes], origin=origin)
     written = emb.save(out_dir)
     write_word2vec(list(ids), result.vectors, VECTORS_BIN.path(out_dir), binary=True)
     written.append(VECTORS_BIN)

@@ -32,6 +32,9 @@ def run(ctx: StageContext) -> dict:
     emb = A.Embeddings.load(ctx.run_dir)
     train = pd.read_parquet(ctx.read(A.SESSIONS_TRAIN), columns=["session", "item", "ts"])
     n_items = len(pd.read_parquet(ctx.read(A.VOCABULARY), columns=["code"]))
+    # catalog items never seen in the log have codes after the vocabulary's (recembed.catalog):
+    # the blend's arrays cover every served row, cold ones with no clicks, rules or sessions
+    n_items = max(n_items, int(emb.codes.max()) + 1 if len(emb.codes) else 0)
     model, _ = serving_model(train, n_items, emb.codes, emb.vectors, emb.context,
                              rule_steps=cfg.serving.rule_steps)
     pop = np.bincount(train["item"].to_numpy(), minlength=n_items)[emb.codes]
