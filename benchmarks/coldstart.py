@@ -67,15 +67,16 @@ def main() -> None:
                         for n, mm in m["methods"].items() if ":" in n}
         print(f"{scheme}: done in {secs:.1f} s", flush=True)
     for r in rows:
-        if r["scheme"] not in ("off", "(baseline)"):
-            r["warm Δ vs off"] = round(r[f"R@{k} warm"] - warm_off[r["method"]], 4)
+        r["warm Δ vs off"] = "" if r["scheme"] in ("off", "(baseline)") else \
+            round(r[f"R@{k} warm"] - warm_off[r["method"]], 4)
     table = markdown_table(rows)
     notes = (f"{q['targets']:,} holdout targets, {q['queries']:,} scored (max_queries), "
              f"{q.get('cold_share', 0):.1%} of them cold (unseen in training, listed in the "
              "catalog). Every method is scored on the same queries; `off` = today's pipeline "
              "(trained items only), whose cold targets can only be misses. `category` = the "
-             "query item's category, most recently listed first (first event in the log: the "
-             "catalog has no listing date). ann = decayed prefix sum . context vectors "
+             "query item's category, most recently listed first (the catalog has no listing "
+             "date: by first event in the training window, items never clicked there as the "
+             "newest). ann = decayed prefix sum . context vectors "
              "(index_context.faiss); serving = Recommender.recommend (the blend). "
              "warm Δ = warm-target Recall@20 minus the same method's under `off` (limit: -0.01). "
              f"run.threads={args.threads}.")

@@ -29,10 +29,12 @@ Three cold schemes (`cold.scheme`, measured in benchmarks/RESULTS.md):
 - ``knn`` (Airbnb style): the mean vector of the `k` trained items sharing the most attribute
   values with it (ties: the most clicked first).
 
-Listing order ("most recently listed first", the category baseline): the `listed` column when
-the catalog has one (a date, ISO-8601 or unix seconds), else the item's first event in the log,
-else the catalog's row order (later rows newer). The catalog is a snapshot taken when the run
-starts, as in production: evaluation sees the same snapshot.
+Listing order ("most recently listed first", the category baseline), from what is known when
+the model is trained, never from the holdout: the `listed` column when the catalog has one (a
+date, ISO-8601 or unix seconds); else the item's first event in the training window; an item the
+catalog lists but nobody clicked in the training window is a new listing, newer than every
+clicked one (among them, later catalog rows are newer). The catalog is a snapshot taken when the
+run starts, as in production: evaluation sees the same snapshot.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def read_catalog(
     path: str | Path, id_column: str, attributes: list[str], vocabulary: pd.DataFrame, *,
     numeric: list[str] | None = None, buckets: int = 10, category: str | None = None,
     listed: str | None = None, na_values: list[str] | None = None,
-    max_bad_fraction: float = 1.0, encoding: str = "utf-8",
+    max_bad_fraction: float = 1.0, encoding: str = "utf-8", first_seen: np.ndarray | None = None,
 ) -> Catalog:
     """Read and validate a catalog file; ids are matched to the vocabulary byte for byte.
 
@@ -105,7 +107,7 @@ def read_catalog(
     attributes : list of str
         Attribute columns (`input.catalog.attributes`), at least one.
     vocabulary : pandas.DataFrame
-        The run's vocabulary (`code`, `id`, `first_ts`).
+        The run's vocabulary (`code`, `id`).
     numeric : list of str
         Attributes bucketed by value (`input.catalog.numeric`).
     buckets : int >= 2
@@ -120,6 +122,9 @@ def read_catalog(
         More quarantined rows than this share of the file stops with CatalogError.
     encoding : str
         Text encoding of a CSV / TSV catalog.
+    first_seen : numpy.ndarray of float, optional
+        Per ingest code: unix seconds of its first event in the training window (NaN when it
+        has none): the listing order without a `listed` column (module docstring).
 
     Raises
     ------
@@ -184,8 +189,9 @@ def read_catalog(
         else np.zeros(len(out), np.int32)
     stats["no_attributes"] = int((out["n_attributes"] == 0).sum())
     out["category"] = out[f"a{attributes.index(category)}"] if category else np.int32(-1)
-    out["listed"] = _listing_key(df, listed, code, in_log, vocabulary)
-    stats["listed_by"] = listed or "first event in the log, else catalog order"
+    out["listed"] = _listing_key(df, listed, code, in_log, first_seen)
+    stats["listed_by"] = listed or ("first event in the training window; never clicked there = "
+                                    "newest, by catalog order")
     if any(stats["bad_numeric"].values()):
         log.warning("catalog %s: values that are not numbers in %s were read as missing", p,
                     {k: v for k, v in stats["bad_numeric"].items() if v})
@@ -425,9 +431,10 @@ def _kinds(reasons: pd.Series):
 
 
 def _listing_key(df: pd.DataFrame, listed: str | None, code: np.ndarray, in_log: np.ndarray,
-                 vocabulary: pd.DataFrame) -> np.ndarray:
-    """Larger = newer: the listed column (unix seconds), else the first event, else row order
-    (scaled below any time, so a dated item always ranks above an undated one)."""
+                 first_seen: np.ndarray | None) -> np.ndarray:
+    """Larger = newer: the listed column (unix seconds), else the first event in the training
+    window, else (listed, never clicked in training: a new listing) above every dated item, by
+    row order."""
     row = np.arange(len(df), dtype=np.float64)
     key = np.full(len(df), np.nan)
     if listed:
@@ -436,12 +443,12 @@ def _listing_key(df: pd.DataFrame, listed: str | None, code: np.ndarray, in_log:
         dt = pd.to_datetime(col.where(num.isna()), errors="coerce", utc=True, format="mixed")
         secs = (dt - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(np.float64)
         key = np.where(num.notna(), num.to_numpy(np.float64), secs)
-    if "first_ts" in vocabulary.columns:
+    if first_seen is not None:
         first = np.full(len(df), np.nan)
-        first[in_log] = vocabulary["first_ts"].to_numpy(np.float64)[code[in_log].astype(np.int64)]
+        first[in_log] = np.asarray(first_seen, np.float64)[code[in_log].astype(np.int64)]
         key = np.where(np.isnan(key), first, key)
-    # undated rows: by catalog order, below every dated one
-    return np.where(np.isnan(key), -1e12 + row, key)
+    # undated rows (no click in training): new listings, above every dated one, by row order
+    return np.where(np.isnan(key), 1e12 + row, key)
 
 
 def _from_tokens(attrs: np.ndarray, side: dict[str, tuple[np.ndarray, np.ndarray | None]],

@@ -40,7 +40,7 @@ def test_catalog_quarantines_missing_and_duplicate_ids_and_codes_unknown_ids(tmp
                        "c;;\n"           # no attribute at all
                        "new2;;\n")
     cat = read_catalog(p, "sku", ["cat", "price"], VOCAB, numeric=["price"], buckets=2,
-                       category="cat")
+                       category="cat", first_seen=np.array([100.0, 200, np.nan, 400]))
     q = cat.quarantine
     assert q["row"].tolist() == [1, 3]
     assert "missing item id" in q["reason"][0] and "duplicate item id 'a'" in q["reason"][1]
@@ -54,8 +54,11 @@ def test_catalog_quarantines_missing_and_duplicate_ids_and_codes_unknown_ids(tmp
     assert t.loc["c", "n_attributes"] == 0 and t.loc["a", "n_attributes"] == 2
     assert t.loc["a", "a1"] == 1 and t.loc["new1", "a1"] == 0  # 10 above the median of 10, 7
     assert cat.stats["log_items_not_in_catalog"] == 1  # d
-    assert t.loc["a", "listed"] == 100  # first event in the log: no listing column
-    assert t.loc["new2", "listed"] < t.loc["a", "listed"]  # undated: below every dated item
+    assert t.loc["a", "listed"] == 100  # first event in training: no listing column
+    # never clicked in training (c, new1, new2): new listings, newer than every clicked item,
+    # later catalog rows newer
+    assert t.loc["b", "listed"] < t.loc["new1", "listed"] < t.loc["c", "listed"] \
+        < t.loc["new2", "listed"]
 
 
 def test_catalog_errors_name_the_key_and_the_columns(tmp_path):
@@ -167,6 +170,9 @@ def _catalog_run(tmp_path, scheme: str = "knn", *extra):
     items = pd.read_csv(items_path)
     # a listed item with no attribute and no click: gets `none`
     items = pd.concat([items, pd.DataFrame({"item_id": [999_999]})], ignore_index=True)
+    # the most clicked item leaves the catalog: it must stop being served
+    gone = log.events["item_id"].value_counts().index[0]
+    items = items[items["item_id"] != gone]
     items.to_csv(items_path, index=False)
     cfg = load_config(None, [
         f"input.paths=['{ev_path}']", f"run.runs_dir='{tmp_path / 'runs'}'",
@@ -179,7 +185,8 @@ def _catalog_run(tmp_path, scheme: str = "knn", *extra):
         "index.type=Flat", "serving.weights={directional = 1.0}", "serving.decay=0.65",
         "serving.temperature=1.0", "serving.neighbours='off'", *extra])
     rep = run_pipeline(cfg, plan=STAGES, echo=lambda s: None)
-    return log, rep.run_dir
+    log.items = log.items[log.items["item_id"] != gone]  # what the catalog lists
+    return log, rep.run_dir, str(gone)
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +197,7 @@ def knn_run(tmp_path_factory):
 def test_cold_items_are_served_as_queries_and_candidates(knn_run):
     from recembed.serving import Recommender
 
-    log, run_dir = knn_run
+    log, run_dir, _ = knn_run
     rec = Recommender.load(run_dir)
     items = pd.read_parquet(run_dir / "items.parquet")
     origin = dict(zip(items["id"], items["origin"], strict=True))
@@ -212,7 +219,7 @@ def test_cold_items_are_served_as_queries_and_candidates(knn_run):
 def test_an_item_without_attributes_gets_none_and_is_never_served(knn_run):
     from recembed.serving import Recommender
 
-    _, run_dir = knn_run
+    _, run_dir, _ = knn_run
     o = pd.read_parquet(run_dir / "origins.parquet").set_index("id")
     assert o.loc["999999", "origin"] == "none"
     assert o.loc["999999", "reason"] == REASON_NO_ATTRIBUTES
@@ -227,7 +234,7 @@ def test_an_item_without_attributes_gets_none_and_is_never_served(knn_run):
 
 
 def test_cold_targets_are_scored_and_reported_apart(knn_run):
-    _, run_dir = knn_run
+    _, run_dir, _ = knn_run
     m = json.loads((run_dir / "metrics.json").read_text())
     assert 0.05 < m["queries"]["cold_share"] < 0.5
     for name, meth in m["methods"].items():
@@ -245,7 +252,7 @@ def test_cold_targets_are_scored_and_reported_apart(knn_run):
 def test_cold_item_neighbours_land_in_their_category_well_above_chance(knn_run):
     from recembed.serving import Recommender
 
-    log, run_dir = knn_run
+    log, run_dir, _ = knn_run
     rec = Recommender.load(run_dir)
     cat_of = dict(zip(log.items["item_id"].astype(str), log.items["category"], strict=False))
     new_ids = [str(i) for i in log.items.loc[log.items["new"], "item_id"]]
@@ -262,7 +269,7 @@ def test_cold_item_neighbours_land_in_their_category_well_above_chance(knn_run):
 def test_the_other_schemes_place_cold_items_in_their_category(tmp_path, scheme):
     from recembed.serving import Recommender
 
-    log, run_dir = _catalog_run(tmp_path, scheme)
+    log, run_dir, _ = _catalog_run(tmp_path, scheme)
     rec = Recommender.load(run_dir)
     cat_of = dict(zip(log.items["item_id"].astype(str), log.items["category"], strict=False))
     new_ids = [str(i) for i in log.items.loc[log.items["new"], "item_id"]]
@@ -271,3 +278,65 @@ def test_the_other_schemes_place_cold_items_in_their_category(tmp_path, scheme):
                     for q, ids in zip(new_ids, res.ids, strict=True)])
     chance = float((log.items["category"].value_counts(normalize=True) ** 2).sum())
     assert same > 5 * chance, (same, chance)
+
+
+def test_an_item_that_leaves_the_catalog_stops_being_served(knn_run):
+    from recembed.serving import Recommender
+
+    _, run_dir, gone = knn_run
+    vocab = pd.read_parquet(run_dir / "vocabulary.parquet")
+    assert gone in set(vocab["id"])  # it has clicks ...
+    rec = Recommender.load(run_dir)
+    assert gone not in rec.row_of  # ... but is not served
+    assert rec.why_not_served(gone) == REASON_DELISTED
+    train = json.loads((run_dir / "train.json").read_text())
+    assert train["origin_delisted"] == 1 and train["origin_none"] == 1
+
+
+def test_a_bad_catalog_stops_the_run_naming_the_key(tmp_path):
+    from recembed.config import load_config
+    from recembed.pipeline import EXIT_BAD_INPUT, PipelineError, run_pipeline
+    from recembed.stages import STAGES
+
+    ev_path, items_path = write_synth(synth_catalog(2_000, seed=1), tmp_path / "clicks.csv")
+    cfg = load_config(None, [
+        f"input.paths=['{ev_path}']", f"run.runs_dir='{tmp_path / 'runs'}'",
+        f"input.catalog.path='{items_path}'", "input.catalog.attributes=['colour']",
+        "calibrate.enabled=false", "train.epochs=1", "walks.enabled=false",
+        "sequences.enabled=true", "run.progress=false"])
+    with pytest.raises(PipelineError, match=r"no column\(s\) \['colour'\].*input\.catalog") as e:
+        run_pipeline(cfg, plan=STAGES, echo=lambda s: None, stages=["catalog"])
+    assert e.value.exit_code == EXIT_BAD_INPUT
+
+
+@pytest.mark.parametrize(("over", "key"), [
+    (["input.catalog.path='x.csv'"], "input.catalog.attributes"),
+    (["input.catalog.attributes=['a']", "input.catalog.numeric=['p']"], "input.catalog.numeric"),
+    (["input.catalog.attributes=['a']", "input.catalog.category='c'"], "input.catalog.category"),
+])
+def test_impossible_catalog_settings_are_refused_at_load(over, key):
+    from recembed.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, over)
+
+
+def test_a_published_version_carries_the_origins_and_serves_cold_items(tmp_path):
+    from recembed.serving import Recommender
+
+    pub = tmp_path / "published"
+    _, _, gone = _catalog_run(tmp_path, "knn", "publish.enabled=true",
+                              f"publish.dir='{pub}'")
+    rec = Recommender.load(pub)  # LATEST, every file checked against the manifest
+    version = pub / (pub / "LATEST").read_text().strip()
+    man = json.loads((version / "manifest.json").read_text())
+    items = pd.read_parquet(version / "items.parquet")
+    counts = items["origin"].value_counts().to_dict()
+    assert man["origins"]["trained"] == counts["trained"]
+    assert man["origins"]["side_info"] == counts["side_info"] > 0
+    assert man["origins"]["none"] == 1 and man["origins"]["delisted"] == 1
+    assert man["counts"]["vectors"] == len(items) == len(rec.ids)
+    assert "origins.parquet" in man["files"]
+    cold = items.loc[items["origin"] == "side_info", "id"].tolist()[:5]
+    assert all(len(x) == 10 for x in rec.similar(cold, k=10).ids)
+    assert rec.why_not_served(gone) == REASON_DELISTED

@@ -84,6 +84,10 @@ def run(ctx: StageContext) -> dict:
     return {"queries": metrics.queries["queries"], "oov_share": metrics.queries["oov_share"],
             "best": best.name if best else "",
             f"recall@{k}": best.allow_repeats.recall(k) if best else 0.0,
+            # cold start: the share of cold targets and the best method's recall on them
+            **({"cold_share": metrics.queries["cold_share"],
+                f"recall@{k}_cold": best.allow_repeats.values.get(f"recall@{k}_cold", 0.0)
+                if best else 0.0} if "cold_share" in metrics.queries else {}),
             **{f"{m.name}_recall@{k}": m.allow_repeats.recall(k)
                for m in metrics.of_kind("baseline")}}
 
