@@ -21,9 +21,10 @@ Origins (`ORIGINS`) of the published rows:
 
 Three cold schemes (`cold.scheme`, measured in benchmarks/RESULTS.md):
 
-- ``context`` (Meta-Prod2Vec style): extra sentences ``item a0_v a1_w ...`` interleaved with the
-  corpus, so attribute tokens share the skip-gram with items (input and output vectors); a cold
-  item's vectors are the mean of its attribute tokens' vectors;
+- ``context`` (Meta-Prod2Vec style): sentences ``item a0_v a1_w ...`` (one per item occurrence)
+  train attribute tokens in the items' skip-gram, after the items and with the items' vectors
+  held fixed (training them jointly moved the warm items: measured, benchmarks/RESULTS.md); a
+  cold item's vectors are the mean of its attribute tokens' input and output vectors;
 - ``pooling`` (EGES-style, after training): an attribute value's vector is the mean of the
   trained items that have it; a cold item's vector is the equal-weight mean over its attributes;
 - ``knn`` (Airbnb style): the mean vector of the `k` trained items sharing the most attribute
@@ -226,15 +227,16 @@ def attribute_tokens(table: pd.DataFrame, n_attributes: int) -> list[list[str]]:
 
 def write_side_sentences(corpus: Path, out: Path, table: pd.DataFrame, n_attributes: int, *,
                          copies: float = 1.0, seed: int = 0, block_bytes: int = 1 << 22) -> dict:
-    """The corpus with side-information sentences interleaved (the ``context`` scheme).
+    """The side-information corpus of the ``context`` scheme, trained after the items
+    (`recembed.train.train_word2vec(side_corpus=...)`).
 
-    After every block of about `block_bytes` bytes of corpus lines, each item occurrence of the block that has a
-    catalog entry with attributes adds, on average, `copies` sentences ``<code> a0_v a1_w ...``
-    (whole copies, plus one more with the fractional part's probability, drawn from a stream
-    seeded by `seed`): attribute tokens learn from the items they describe, and the sessions'
-    own windows are left as they are.
+    Each item occurrence in `corpus` whose item has a catalog entry with attributes gives, on
+    average, `copies` sentences ``<code> a0_v a1_w ...`` (whole copies, plus one more with the
+    fractional part's probability, drawn from a stream seeded by `seed`), so a value is trained
+    in proportion to the clicks of the items having it; the sentences of each block of about
+    `block_bytes` of corpus are shuffled.
 
-    Returns {"corpus_tokens": tokens of the input, "side_tokens": tokens added, "side_lines"}.
+    Returns {"corpus_tokens": tokens of `corpus`, "side_tokens": tokens written, "side_lines"}.
     """
     sentence = np.full(int(table["code"].max()) + 1 if len(table) else 0, "", dtype=object)
     for code, toks in zip(table["code"].to_numpy(), attribute_tokens(table, n_attributes),
@@ -250,9 +252,7 @@ def write_side_sentences(corpus: Path, out: Path, table: pd.DataFrame, n_attribu
             lines = src.readlines(block_bytes)
             if not lines:
                 break
-            block = b"".join(lines).decode("ascii")
-            dst.write(block if block.endswith("\n") else block + "\n")
-            tok = np.array(block.split(), dtype=np.int64)
+            tok = np.array(b"".join(lines).split(), dtype=np.int64)
             stats["corpus_tokens"] += len(tok)
             tok = tok[tok < len(sentence)]
             tok = tok[width[tok] > 0]

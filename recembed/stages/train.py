@@ -34,26 +34,24 @@ def run(ctx: StageContext) -> dict:
     catalog = pd.read_parquet(ctx.read(A.CATALOG)) if has_catalog(cfg) else None
     n_attr = len(cfg.input.catalog.attributes)
     scheme = cfg.cold.scheme if catalog is not None else "off"
-    target = int(t.target_tokens) if t.epochs == "auto" else 0
-    max_tokens, side = t.max_tokens, {}
+    side: dict = {}
+    side_corpus = None
     if scheme == "context":
-        # attribute tokens share the skip-gram (recembed.catalog); the training amount and its
-        # cap grow with the added tokens, so the sessions get as many passes as without them
-        side = write_side_sentences(corpus, ctx.scratch / "corpus_side.txt", catalog, n_attr,
+        # attribute tokens share the items' skip-gram, trained after them (recembed.catalog)
+        side_corpus = ctx.scratch / "side.txt"
+        side = write_side_sentences(corpus, side_corpus, catalog, n_attr,
                                     copies=cfg.cold.context_copies, seed=cfg.run.seed)
-        grow = (side["corpus_tokens"] + side["side_tokens"]) / max(side["corpus_tokens"], 1)
-        target, max_tokens = round(target * grow), round(max_tokens * grow)
-        corpus = ctx.scratch / "corpus_side.txt"
     try:
         res = train_word2vec(
             corpus, vector_size=t.vector_size, window=t.window, shrink_windows=t.shrink_windows,
             negative=t.negative, ns_exponent=t.ns_exponent, sample=t.sample,
             epochs=1 if t.epochs == "auto" else t.epochs,
             # "auto" epochs: the training amount decides (set by calibrate, 3M without it)
-            target_tokens=target,
+            target_tokens=int(t.target_tokens) if t.epochs == "auto" else 0,
             alpha=t.alpha, min_alpha=t.min_alpha, min_count=t.min_count, hs=t.hs,
             workers=t.workers or cfg.run.n_threads(), seed=cfg.run.seed,
-            max_tokens=max_tokens, init=init, progress=cfg.run.progress,
+            max_tokens=t.max_tokens, init=init, side_corpus=side_corpus,
+            side_tokens=side.get("side_tokens", 0), progress=cfg.run.progress,
         )
     except EmptyVocabulary as e:
         raise PipelineError(f"train.min_count={t.min_count} is above the corpus count of every "
