@@ -72,6 +72,10 @@ def main() -> None:
                     help="run.threads (1: gensim is deterministic, schemes compare exactly)")
     ap.add_argument("--synth", type=int, default=0,
                     help="events of the synth catalog profile to run on instead (0: --config)")
+    ap.add_argument("--schemes", default=",".join(SCHEMES),
+                    help="comma-separated cold.scheme values, 'off' first")
+    ap.add_argument("--set", action="append", default=[],
+                    help="extra config overrides, section.key=value (e.g. cold.candidate_scale=0.5)")
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="coldstart-"))
@@ -87,9 +91,10 @@ def main() -> None:
                 "input.catalog.listed='listed_at'"]
     rows, warm_off, prefix_off = [], None, None
     k = 20
-    for scheme in SCHEMES:
+    for scheme in args.schemes.split(","):
         cfg = load_config(config, [*base, f"run.runs_dir='{work}'", "run.progress=false",
-                                        f"run.threads={args.threads}", f"cold.scheme='{scheme}'"])
+                                        f"run.threads={args.threads}", f"cold.scheme='{scheme}'",
+                                   *args.set])
         t0 = time.perf_counter()
         rep = run_pipeline(cfg, run_dir=work / "run", plan=STAGES, echo=lambda s: None)
         secs = time.perf_counter() - t0
@@ -136,13 +141,14 @@ def main() -> None:
              f"warm prefix+target: {n_prefix:,} queries of the holdout sessions cut before "
              "their first cold item (no cold item in any prefix; cold items stay candidates): "
              "the scheme's effect on warm items alone. "
-             f"run.threads={args.threads}.")
+             f"run.threads={args.threads}; overrides: {args.set or 'none'}.")
     print(table)
     if not args.no_append:
         title = (f"cold start on the synth catalog profile ({args.synth:,} events)"
                  if args.synth else "cold start on DIGINETICA (catalog = product-categories.csv)")
         command = "python benchmarks/coldstart.py" + (f" --synth {args.synth}" if args.synth
-                                                      else "")
+                                                      else "") + "".join(
+            f" --set {x}" for x in args.set)
         append_results(title, command, table, notes)
     else:
         print(notes)

@@ -19,7 +19,8 @@ Origins (`ORIGINS`) of the published rows:
   catalog entry any more); it is never served, as a query or as a candidate, and
   `origins.parquet` says why.
 
-Three cold schemes (`cold.scheme`, measured in benchmarks/RESULTS.md):
+Three cold schemes (`cold.scheme`, measured in benchmarks/RESULTS.md; `pooling` is the default,
+the one that kept warm-target recall on both DIGINETICA and the synth catalog profile):
 
 - ``context`` (Meta-Prod2Vec style): sentences ``item a0_v a1_w ...`` (one per item occurrence)
   train attribute tokens in the items' skip-gram, after the items and with the items' vectors
@@ -286,6 +287,7 @@ def cold_rows(
     codes: np.ndarray, vectors: np.ndarray, context: np.ndarray | None, counts: np.ndarray,
     vocabulary: pd.DataFrame, catalog: pd.DataFrame, n_attributes: int, *, scheme: str,
     k: int = 3, side: dict[str, tuple[np.ndarray, np.ndarray | None]] | None = None,
+    candidate_scale: float = 1.0,
 ) -> ColdRows:
     """Trained rows plus a vector for every catalog item without clicks, by `scheme`.
 
@@ -307,6 +309,9 @@ def cold_rows(
         Neighbours of the ``knn`` scheme.
     side : dict, optional
         ``context`` scheme: attribute token -> (input vector, output vector or None).
+    candidate_scale : float in [0, 1]
+        Multiplies the cold rows' output vectors: below 1 they rank lower as directional
+        (inner-product) candidates, which at 1 crowd out warm targets.
 
     Trained items that have no catalog entry stop being served (origin `none`, reason
     `REASON_DELISTED`); catalog items without clicks get `side_info` or `none`.
@@ -347,6 +352,8 @@ def cold_rows(
             ok = _nearest_mean(attrs[cold_idx], attrs[warm_cat], counts[warm_rows],
                                vectors[warm_rows],
                                None if context is None else context[warm_rows], k, cv, cc)
+    if cc is not None:
+        cc *= np.float32(candidate_scale)
     served_trained = np.flatnonzero(listed[codes])
     cold_codes = cat_codes[cold_idx[ok]]
     all_codes = np.r_[codes[served_trained], cold_codes]

@@ -226,9 +226,10 @@ class SequencesConfig(_Section):
 class ColdConfig(_Section):
     """Vectors for catalog items without clicks (`recembed.catalog`); needs input.catalog."""
 
-    scheme: Literal["context", "pooling", "knn", "off"] = "context"
+    scheme: Literal["context", "pooling", "knn", "off"] = "pooling"
     knn: int = Field(3, ge=1)
     context_copies: float = Field(1.0, gt=0, le=10)
+    candidate_scale: float = Field(1.0, ge=0, le=1)
 
 
 class TrainConfig(_Section):

@@ -362,3 +362,11 @@ def test_context_scheme_trains_attribute_tokens_without_moving_the_items(tmp_pat
     u = side.context
     assert (u[:5] @ v0).mean() > (u[5:] @ v0).mean()
     assert (u[5:] @ v1).mean() > (u[:5] @ v1).mean()
+
+
+def test_candidate_scale_shrinks_only_the_cold_output_vectors():
+    r = cold_rows(CODES, VEC, CTX, COUNTS, VOC6, CAT, 1, scheme="knn", k=3, candidate_scale=0.5)
+    i = list(r.ids).index("e")
+    np.testing.assert_allclose(r.context[i], [-1 / 3, -1 / 3])  # half of the mean of a, b, c
+    np.testing.assert_allclose(r.vectors[i], [2 / 3, 2 / 3])    # input vectors untouched
+    assert (r.context[list(r.ids).index("a")] == CTX[0]).all()  # trained rows untouched

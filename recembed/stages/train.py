@@ -62,7 +62,8 @@ def run(ctx: StageContext) -> dict:
         export_vectors(res, vocab, ctx.out_dir, context=writes_context(cfg), categories=cats)
     else:
         rows = cold_rows(res.codes, res.vectors, res.context, res.counts, vocab, catalog, n_attr,
-                         scheme=scheme, k=cfg.cold.knn, side=res.side)
+                         scheme=scheme, k=cfg.cold.knn, side=res.side,
+                         candidate_scale=cfg.cold.candidate_scale)
         export_vectors(TrainResult(rows.vectors, rows.context, rows.codes, rows.counts),
                        vocab, ctx.out_dir, context=writes_context(cfg),
                        categories=item_categories(cfg, cats, catalog), ids=rows.ids,
