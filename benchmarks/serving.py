@@ -27,6 +27,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,8 @@ from common import DATA, append_results, markdown_table  # noqa: E402
 EVENTS = 10_000_000
 DIM = 64
 GAP_S = 1800
+# (retrieval, candidates): the first is what serving did before the candidate tables
+VARIANTS = (("index", 200), ("table", 200), ("table", 100), ("table", 50))
 WEIGHTS = {"directional": 0.3, "cosine": 0.03, "rules": 0.1, "neighbours": 0.3, "repeat": 0.3,
            "popularity": 0.03}  # chosen on validation by the calibrated clicks run (RESULTS.md)
 
@@ -104,7 +107,8 @@ def build_cache(cache: Path, events: int, seed: int = 0) -> None:
     q_indptr = np.r_[0, np.cumsum(plen[keep])]
     q_items = np.concatenate([it_test[s:s + n] for s, n in zip(starts[keep], plen[keep],
                                                                 strict=True)])
-    np.savez(cache / "queries.npz", indptr=q_indptr, items=q_items)
+    targets = it_test[starts[keep] + plen[keep]]  # the item that followed each prefix
+    np.savez(cache / "queries.npz", indptr=q_indptr, items=q_items, targets=targets)
 
 
 def load_recommender(cache: Path):
@@ -120,12 +124,25 @@ def load_recommender(cache: Path):
     cindex = faiss.read_index(str(cache / "index_context.faiss"))
     for ix in (index, cindex):
         faiss.ParameterSpace().set_index_parameters(ix, "efSearch=64")
+    tables = cache / "tables.npz"
+    if not tables.exists():  # what the index stage stores in blend.npz for retrieval = "table"
+        from recembed.blend import BlendModel, candidate_tables
+
+        t0 = time.perf_counter()
+        dir_t, cos_t = candidate_tables(vec, ctx, BlendSettings().candidates,
+                                        search=cindex.search, cos_search=index.search)
+        np.savez(tables, dir_table=dir_t, cos_table=cos_t)
+        print(f"candidate tables: {time.perf_counter() - t0:.0f} s", flush=True)
+        del BlendModel
+    with np.load(tables) as z:
+        extras.update({k: z[k] for k in z.files})
     ids = np.array([str(100_000 + i) for i in range(len(vec))], dtype=object)
     st = BlendSettings(weights=dict(WEIGHTS))
     return Recommender(ids, vec, index, st, {}, None, ctx, extras, cindex)
 
 
-def measure(rec, sessions: list[list[str]], n_single: int, batch: int, n_batch: int) -> list[dict]:
+def measure(rec, sessions: list[list[str]], n_single: int, batch: int, n_batch: int,
+            with_similar: bool = True) -> list[dict]:
     rows = []
     last = [s[-1] for s in sessions]
 
@@ -154,10 +171,12 @@ def measure(rec, sessions: list[list[str]], n_single: int, batch: int, n_batch: 
         return {"sessions/s": round(len(args_list) / wall), "p50 ms": float(np.median(lat) * 1e3),
                 "p99 ms": float(np.quantile(lat, 0.99) * 1e3)}
 
-    for name, fn1, fnb, args in (
-            ("recommend", lambda s: rec.recommend(s, 20), lambda c: rec.recommend(c, 20),
-             sessions),
-            ("similar", lambda x: rec.similar([x], 20), lambda c: rec.similar(c, 20), last)):
+    calls = [("recommend", lambda s: rec.recommend(s, 20), lambda c: rec.recommend(c, 20),
+              sessions)]
+    if with_similar:
+        calls.append(("similar", lambda x: rec.similar([x], 20), lambda c: rec.similar(c, 20),
+                      last))
+    for name, fn1, fnb, args in calls:
         r = single(fn1, args[:n_single])
         rows.append({"call": name, "mode": "single", "sessions": n_single, **r})
         print(rows[-1], flush=True)
@@ -165,6 +184,19 @@ def measure(rec, sessions: list[list[str]], n_single: int, batch: int, n_batch: 
         rows.append({"call": name, "mode": f"batch of {batch}", "sessions": n_batch, **r})
         print(rows[-1], flush=True)
     return rows
+
+
+def next_item_quality(rec, items: np.ndarray, indptr: np.ndarray, targets: np.ndarray,
+                      n: int) -> tuple[float, float]:
+    """Recall@20 and MRR@20 of `recommend` for the item that followed each of the first `n`
+    prefixes (their holdout sessions)."""
+    coded = [items[indptr[i]:indptr[i + 1]].astype(np.int64) for i in range(n)]
+    got = np.concatenate([rec.recommend_rows(coded[i:i + 1000], 20)[0]
+                          for i in range(0, n, 1000)])
+    hit = got == targets[:n, None]
+    rank = np.where(hit, np.arange(1, 21), 0).max(axis=1)
+    return (round(float(hit.any(axis=1).mean()), 4),
+            round(float(np.where(rank > 0, 1.0 / np.maximum(rank, 1), 0.0).mean()), 4))
 
 
 def exact_cosine_agreement(rec, items: np.ndarray, indptr: np.ndarray, n: int) -> str:
@@ -223,11 +255,26 @@ def main() -> None:
         build_cache(cache, args.events)
     rec = load_recommender(cache)
     with np.load(cache / "queries.npz") as z:
-        indptr, items = z["indptr"], z["items"]
+        indptr, items, targets = z["indptr"], z["items"], z["targets"]
     sessions = [[str(100_000 + x) for x in items[indptr[i]:indptr[i + 1]]]
                 for i in range(len(indptr) - 1)]
     t0 = time.perf_counter()
-    rows = measure(rec, sessions, args.single, args.batch, args.batched)
+    base = rec.settings
+    rows = []
+    for retrieval, cands in VARIANTS:
+        if args.code != str(HERE.parent) and retrieval == "table":
+            continue  # older code: no tables
+        if hasattr(base, "retrieval"):
+            rec.settings = replace(base, retrieval=retrieval, candidates=cands)
+        got = measure(rec, sessions, args.single, args.batch, args.batched,
+                      with_similar=(retrieval, cands) == VARIANTS[0])
+        rec20, mrr20 = next_item_quality(rec, items, indptr, targets, args.batched)
+        for r in got:
+            r.update({"retrieval": retrieval, "candidates": cands})
+            if r["call"] == "recommend":
+                r.update({"recall@20": rec20, "mrr@20": mrr20})
+        rows += got
+    rec.settings = base
     agree = exact_cosine_agreement(rec, items, indptr, args.agreement)
     load = os.getloadavg()
     for r in rows:
@@ -239,8 +286,9 @@ def main() -> None:
     all_rows, loads = [], []
     for p in sorted(DATA.glob("serving_*.json")):
         d = json.loads(p.read_text())
-        all_rows += [{"label": r["label"], **{k: v for k, v in r.items() if k != "label"}}
-                     for r in d["rows"]]
+        first = ("label", "retrieval", "candidates", "call", "mode")
+        all_rows += [{**{k: r.get(k, "") for k in first},
+                      **{k: v for k, v in r.items() if k not in first}} for r in d["rows"]]
         loads.append(f"{d['rows'][0]['label']}: {d['threads']} threads, load "
                      f"{d['load'][0]:.2f}")
     table = markdown_table(all_rows)
@@ -251,7 +299,10 @@ def main() -> None:
             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')} python "
             f"benchmarks/serving.py {' '.join(sys.argv[1:])}", table,
             f"{len(rec.ids):,} items, HNSW32 efSearch=64 for both indexes, 64-d synthetic "
-            f"vectors; blend weights {WEIGHTS}, STAN neighbours, 200 candidates, k=20. Single: "
+            f"vectors; blend weights {WEIGHTS}, STAN neighbours, k=20. retrieval index = two "
+            "HNSW searches per query; table = per-item candidate tables (blend.npz), searched "
+            "once per item on the same indexes; recall@20 / mrr@20 = the item that followed "
+            "each prefix in its holdout session (over the batch sessions). Single: "
             "one session per call, latency per call; batch: latency per batch call. Load "
             "average (1 min) when measured: " + "; ".join(loads) + ". The machine's 2 cores "
             "are shared with other agents, so the numbers are noisy. " + agree)

@@ -2,9 +2,16 @@
 weighted score. numpy and numba only (the serving process imports it; no pandas or scipy);
 the numba kernels live here, so recembed.sknn stays numpy only.
 
-`BlendModel.signals` runs as numba kernels over the whole batch (candidate unions and signal
-values per query in parallel, session-kNN through `recembed.sknn.score_sessions`); the answers
-are those of the per-query numpy code it replaced (kept in tests/test_blend.py as the reference).
+`BlendModel.recommend` runs as numba kernels over the whole batch (candidate unions and signal
+values per query in parallel, laid end to end; session-kNN through `score_sessions`; top-k);
+the answers are those of the per-query numpy code it replaced (kept in tests/test_blend.py as
+the reference). `BlendModel.signals` pads the same kernel's output per query for calibration.
+
+Candidates (`BlendSettings.retrieval`): "index" searches the decayed prefix query in the
+inner-product and cosine faiss indexes; "table" reads each recent item's precomputed top lists
+(`candidate_tables`, stored in blend.npz), the searches a one-item session would run. At 199k
+items the two HNSW searches were half of a query's time (190 of 370 us); the tables answer
+with the same next-item recall (benchmarks/RESULTS.md).
 
 Signals, each computed for every candidate of a query (the union of what the signals retrieve):
 
@@ -27,6 +34,7 @@ on validation than rules, neighbours, repeats or popularity alone.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -44,6 +52,7 @@ from recembed.sknn import (
 )
 
 SIGNALS = ("directional", "cosine", "rules", "neighbours", "repeat", "popularity")
+RETRIEVALS = ("index", "table")
 Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # (queries, k) -> (D, I)
 
 
@@ -72,6 +81,15 @@ class BlendSettings:
         {"method": "stan" | "vsknn" | "vstan" | "off", ...}; empty = STAN's defaults.
     exclude_last : bool
         Never recommend the item being viewed.
+    retrieval : "index" | "table"
+        Where the directional and cosine candidates come from. "index": a search of the
+        decayed prefix query in the inner-product and cosine indexes (two ANN searches per
+        query: ~190 us of CPU at 199k items, HNSW32, k = 200). "table": each item's own top
+        `candidates` (directional) and top `candidates // 4` (cosine), searched once per
+        item when the version is built (`candidate_tables`); a session takes a share of
+        each recent item's list proportional to its decay weight (`table_rows`), so a
+        one-item session gets exactly what "index" gives it. Settings files without the key
+        (older versions) mean "index".
     """
 
     weights: dict = field(default_factory=lambda: {"directional": 1.0, "repeat": 0.3,
@@ -84,6 +102,12 @@ class BlendSettings:
     popular: int = 50
     neighbours: dict = field(default_factory=lambda: {"method": "stan"})
     exclude_last: bool = True
+    retrieval: str = "index"
+
+    def __post_init__(self) -> None:
+        if self.retrieval not in RETRIEVALS:
+            raise ValueError(f"serving retrieval must be one of {RETRIEVALS}, got "
+                             f"{self.retrieval!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> BlendSettings:
@@ -141,12 +165,16 @@ class BlendModel:
         `cos_search(unit queries, k) -> (scores, rows)` over the unit input vectors (the
         cosine faiss index serving loads); None = exact search over every item (q @ unit.T:
         milliseconds per query on a large catalogue).
+    dir_table, cos_table : int32 [n, w] or None
+        Per-item candidate lists of `candidate_tables` (-1 padded), for settings with
+        ``retrieval = "table"``.
     """
 
     def __init__(self, vectors: np.ndarray, context: np.ndarray | None = None,
                  rules: Csr | None = None, neighbours=None,
                  popularity: np.ndarray | None = None, search: Search | None = None,
-                 cos_search: Search | None = None):
+                 cos_search: Search | None = None, dir_table: np.ndarray | None = None,
+                 cos_table: np.ndarray | None = None):
         self.vectors = np.ascontiguousarray(vectors, np.float32)
         self.unit = unit_rows(self.vectors)
         self.context = None if context is None else np.ascontiguousarray(context, np.float32)
@@ -158,26 +186,68 @@ class BlendModel:
         self.pop_order = np.argsort(-pop, kind="stable")
         self.search = search
         self.cos_search = cos_search
+        self.dir_table, self.cos_table = dir_table, cos_table
+        for name, t in (("dir_table", dir_table), ("cos_table", cos_table)):
+            if t is not None and (t.ndim != 2 or len(t) != n):
+                raise ValueError(f"{name} must have one row per item ({n}), got {t.shape}")
         self._scratch = None if neighbours is None else Scratch(neighbours.n_items)
         self._max_rule = 0 if rules is None else int(np.diff(rules.indptr).max(initial=0))
 
     def signals(self, sessions: list[np.ndarray], st: BlendSettings) -> Signals:
         """Candidates and raw signal values for sessions given as arrays of rows (most recent
-        last, -1 = an item without a vector, which keeps its place in the decay)."""
+        last, -1 = an item without a vector, which keeps its place in the decay), padded to
+        one width: what calibration searches blends over."""
+        offsets, rows, vals, in_sess, last = _flat_signals(*self._gather(sessions, st))
+        n = len(offsets) - 1
+        counts = np.diff(offsets)
+        width = max(int(counts.max(initial=0)), 1)
+        q = np.repeat(np.arange(n), counts)
+        j = np.arange(len(rows)) - offsets[q]  # each candidate's place in its query's row
+        p_rows = np.full((n, width), -1, np.int64)
+        p_vals = np.zeros((n, width, len(SIGNALS)), np.float32)
+        p_in = np.zeros((n, width), np.bool_)
+        p_rows[q, j], p_vals[q, j], p_in[q, j] = rows, vals, in_sess
+        return Signals(p_rows, p_vals, p_in, last)
+
+    def recommend(self, sessions: list[np.ndarray], st: BlendSettings, k: int, *,
+                  exclude_session_items: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(rows int64 [n, k], scores float32 [n, k]), -1 / -inf padded: `blend_top_k` of
+        `signals`, bit for bit, without the padded [n, C, 6] arrays (the candidates of all
+        queries sit end to end): 3x less time than signals + blend_top_k at 199k items."""
+        n = len(sessions)
+        if k <= 0 or n == 0:
+            return np.zeros((n, max(k, 0)), np.int64), np.zeros((n, max(k, 0)), np.float32)
+        a = self._gather(sessions, st)
+        offsets, rows, vals, in_sess, last = _flat_signals(*a)
+        w = _weights(st)
+        expo = np.zeros((len(rows), 2))
+        counts = np.diff(offsets)
+        nonempty = counts > 0
+        for j in (0, 1):
+            if w[j] != 0.0 and len(rows):
+                x = vals[:, j].astype(np.float64)
+                m = np.repeat(np.maximum.reduceat(x, offsets[:-1][nonempty]), counts[nonempty])
+                t = st.temperature if j == 0 else COSINE_TEMPERATURE
+                expo[:, j] = np.exp((x - m) / t)  # numpy's exp, as `normalise`
+        return _flat_top_k(offsets, rows, vals, expo, in_sess, last, w, bool(st.exclude_last),
+                           bool(exclude_session_items), int(k))
+
+    # ------------------------------------------------------------ helpers
+
+    def _gather(self, sessions: list[np.ndarray], st: BlendSettings) -> tuple:
+        """Everything the signal kernels take: packed sessions, candidate lists of each
+        source, rules, neighbours, vectors and query vectors."""
         n_q = len(sessions)
         sess = [np.asarray(s, np.int64) for s in sessions]
-        lens = np.array([len(s) for s in sess], np.int64)
-        s_indptr = np.r_[0, np.cumsum(lens)].astype(np.int64)
+        s_indptr = _indptr(sess)
         s_flat = np.concatenate(sess) if n_q else np.zeros(0, np.int64)
         q_in, q_unit = self._queries(sess, st)
         n_c = min(st.candidates, len(self.vectors))
         has_dir = self.context is not None
-        dir_rows = self._search(q_in, n_c) if has_dir else np.zeros((n_q, 0), np.int64)
-        cos_rows = self._cos_search(q_unit, max(n_c // 4, 1))
+        dir_rows, cos_rows = self._candidates(s_indptr, s_flat, q_in, q_unit, st, n_c, has_dir)
         pop_rows = self.pop_order[: st.popular].astype(np.int64)
         if self.neighbours is not None and st.neighbours.get("method", "stan") != "off":
-            nb = dict(st.neighbours)
-            nb_params = method_params(nb.pop("method", "stan"), **nb)
+            nb_params = _neighbour_params(st.neighbours)
             nb_n, nb_rows, nb_vals = score_sessions(
                 self.neighbours, [s[s >= 0] for s in sess], nb_params, max(n_c, 1), self._scratch)
         else:
@@ -190,21 +260,27 @@ class BlendModel:
             r_ptr = np.zeros(len(self.vectors) + 1, np.int64)
             r_idx, r_val = np.zeros(0, np.int32), np.zeros(0, np.float32)
         context = self.context if has_dir else self.unit
-        rows, vals, in_sess, last = _signals_kernel(
-            s_indptr, s_flat, np.ascontiguousarray(dir_rows, np.int64),
-            np.ascontiguousarray(cos_rows, np.int64), pop_rows, r_ptr, r_idx, r_val,
-            self._max_rule, nb_n,
-            nb_rows, nb_vals, float(st.repeat_decay), self.unit, context, q_unit, q_in,
-            self.pop, has_dir)
-        return Signals(rows, vals, in_sess, last)
+        return (s_indptr, s_flat, np.ascontiguousarray(dir_rows, np.int64),
+                np.ascontiguousarray(cos_rows, np.int64), pop_rows, r_ptr, r_idx, r_val,
+                self._max_rule, nb_n, nb_rows, nb_vals, float(st.repeat_decay), self.unit,
+                context, q_unit, q_in, self.pop, has_dir)
 
-    def recommend(self, sessions: list[np.ndarray], st: BlendSettings, k: int, *,
-                  exclude_session_items: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(rows int64 [n, k], scores float32 [n, k]), -1 / -inf padded."""
-        return blend_top_k(self.signals(sessions, st), st, k,
-                           exclude_session_items=exclude_session_items, pop=self.pop)
-
-    # ------------------------------------------------------------ helpers
+    def _candidates(self, s_indptr, s_flat, q_in, q_unit, st: BlendSettings, n_c: int,
+                    has_dir: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Directional and cosine candidate rows per query (-1 padded) from the indexes or the
+        per-item tables (`BlendSettings.retrieval`)."""
+        n_q = len(s_indptr) - 1
+        n_cos = max(n_c // 4, 1)
+        if st.retrieval == "table":
+            if self.cos_table is None or (has_dir and self.dir_table is None):
+                raise ValueError('retrieval = "table" needs the candidate tables '
+                                 "(blend.npz dir_table / cos_table); this model has none")
+            w = np.float64(st.decay) ** np.arange(st.history)
+            dir_rows = table_rows(s_indptr, s_flat, self.dir_table, n_c, w) if has_dir else \
+                np.zeros((n_q, 0), np.int64)
+            return dir_rows, table_rows(s_indptr, s_flat, self.cos_table, n_cos, w)
+        dir_rows = self._search(q_in, n_c) if has_dir else np.zeros((n_q, 0), np.int64)
+        return dir_rows, self._cos_search(q_unit, n_cos)
 
     def _queries(self, sessions: list[np.ndarray], st: BlendSettings):
         d = self.vectors.shape[1]
@@ -237,6 +313,106 @@ class BlendModel:
             np.zeros((0, min(k, len(self.unit))), np.int64)
 
 
+COSINE_TEMPERATURE = 0.1  # cosine normalisation exp((c - max c) / 0.1)
+
+
+def _indptr(arrays: list) -> np.ndarray:
+    """int64 [n + 1] offsets of arrays laid end to end (np.r_ cost ~10 us a call: a quarter
+    of the Python time of a one-session `recommend`)."""
+    out = np.zeros(len(arrays) + 1, np.int64)
+    np.cumsum(np.fromiter((len(a) for a in arrays), np.int64, len(arrays)), out=out[1:])
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _params_of(items: tuple) -> SknnParams:
+    nb = dict(items)
+    return method_params(nb.pop("method", "stan"), **nb)
+
+
+def _neighbour_params(neighbours: dict) -> SknnParams:
+    """`method_params` of a settings' neighbours dict, built once per distinct dict."""
+    return _params_of(tuple(sorted(neighbours.items())))
+
+
+def _weights(st: BlendSettings) -> np.ndarray:
+    return np.array([float(st.weights.get(name, 0.0)) for name in SIGNALS])
+
+
+def candidate_tables(vectors: np.ndarray, context: np.ndarray | None, width: int, *,
+                     search: Search | None = None, cos_search: Search | None = None,
+                     block: int = 4096) -> tuple[np.ndarray | None, np.ndarray]:
+    """Each item's own candidate lists for ``retrieval = "table"``: (dir_table int32 [n, width]
+    or None without output vectors, cos_table int32 [n, max(width // 4, 1)]), -1 padded.
+
+    Row i holds what the "index" retrieval fetches for a session of item i alone: the top
+    `width` items by ``vectors[i] . context`` and the top ``width // 4`` by cosine, searched
+    with the same `search` / `cos_search` serving uses (None = exact numpy search).
+
+    Parameters
+    ----------
+    vectors : float32 [n, d]
+    context : float32 [n, d] or None
+    width : int >= 1
+        `BlendSettings.candidates`.
+    search, cos_search : callable or None
+        As `BlendModel` takes them.
+    block : int
+        Items searched per call (bounds the [block, n] score matrix of exact search).
+    """
+    if width < 1:
+        raise ValueError(f"candidate table width must be >= 1, got {width}")
+    m = BlendModel(vectors, context, search=search, cos_search=cos_search)
+    n = len(m.vectors)
+    n_c, n_cos = min(width, n), max(min(width, n) // 4, 1)
+    dir_t = None if m.context is None else np.full((n, n_c), -1, np.int32)
+    cos_t = np.full((n, n_cos), -1, np.int32)
+    for lo in range(0, n, block):
+        q = m.vectors[lo:lo + block]
+        if dir_t is not None:
+            r = m._search(q, n_c)
+            dir_t[lo:lo + len(q), :r.shape[1]] = r
+        r = m._cos_search(unit_rows(m.unit[lo:lo + block]), n_cos)
+        cos_t[lo:lo + len(q), :r.shape[1]] = r
+    return dir_t, cos_t
+
+
+def table_rows(s_indptr: np.ndarray, s_flat: np.ndarray, table: np.ndarray, width: int,
+               weights: np.ndarray) -> np.ndarray:
+    """Candidate rows of each session from per-item lists: the item j steps back (weight
+    ``weights[j]``, -1 items skipped but keeping their place) gives the first
+    ``ceil(width * weights[j] / sum of the known items' weights)`` entries of its list.
+    int64 [n, width + len(weights)], -1 padded, duplicates kept (the union removes them)."""
+    return _table_rows(np.asarray(s_indptr, np.int64), np.asarray(s_flat, np.int64), table,
+                       int(min(width, table.shape[1])), np.asarray(weights, np.float64))
+
+
+@njit(cache=True, nogil=True)
+def _table_rows(s_indptr, s_flat, table, width, weights):
+    n = len(s_indptr) - 1
+    h = len(weights)
+    out = np.full((n, width + h), -1, np.int64)
+    for i in range(n):
+        lo, hi = s_indptr[i], s_indptr[i + 1]
+        total = 0.0
+        for j in range(min(h, hi - lo)):
+            if s_flat[hi - 1 - j] >= 0:
+                total += weights[j]
+        m = 0
+        for j in range(min(h, hi - lo)):
+            x = s_flat[hi - 1 - j]
+            if x < 0:
+                continue
+            take = min(int(np.ceil(width * weights[j] / total)), width)
+            for t in range(take):
+                r = table[x, t]
+                if r < 0:
+                    break
+                out[i, m] = r
+                m += 1
+    return out
+
+
 def blend_top_k(sig: Signals, st: BlendSettings, k: int, *, exclude_session_items: bool = False,
                 pop: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-k rows and blended scores of each query (ties: more popular, then lower row);
@@ -245,7 +421,7 @@ def blend_top_k(sig: Signals, st: BlendSettings, k: int, *, exclude_session_item
     if k <= 0:  # the kernel's heap needs a slot (k = 0 wrote out of bounds: a later segfault)
         n = len(sig.rows)
         return np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32)
-    w = np.array([float(st.weights.get(name, 0.0)) for name in SIGNALS])
+    w = _weights(st)
     rows = np.ascontiguousarray(sig.rows, np.int64)
     vals = np.ascontiguousarray(sig.values, np.float32)
     # the exp-normalised signals with numpy's exp, exactly as `blended_scores` computes them
@@ -255,10 +431,13 @@ def blend_top_k(sig: Signals, st: BlendSettings, k: int, *, exclude_session_item
     for j in (0, 1):
         if w[j] != 0.0:
             expo[:, :, j] = normalise(vals[:, :, j], valid, SIGNALS[j], st.temperature)
-    kernel = _top_k_par if len(rows) >= PARALLEL_FROM else _top_k_ser
-    return kernel(rows, vals, expo, np.ascontiguousarray(sig.in_session, np.bool_),
-                  np.ascontiguousarray(sig.last, np.int64), w, bool(st.exclude_last),
-                  bool(exclude_session_items), int(k))
+    n, width = rows.shape
+    # each padded row is one query's candidates (padding scores -inf inside the kernel)
+    return _flat_top_k(np.arange(n + 1, dtype=np.int64) * width, rows.reshape(-1),
+                       vals.reshape(-1, len(SIGNALS)), expo.reshape(-1, 2),
+                       np.ascontiguousarray(sig.in_session, np.bool_).reshape(-1),
+                       np.ascontiguousarray(sig.last, np.int64), w, bool(st.exclude_last),
+                       bool(exclude_session_items), int(k))
 
 
 def blended_scores(sig: Signals, st: BlendSettings) -> np.ndarray:
@@ -278,7 +457,7 @@ def normalise(x: np.ndarray, valid: np.ndarray, name: str, temperature: float) -
     """One signal scaled per query to [0, 1] (see the module docstring)."""
     x = x.astype(np.float64)
     if name in ("directional", "cosine"):
-        t = temperature if name == "directional" else 0.1
+        t = temperature if name == "directional" else COSINE_TEMPERATURE
         m = np.where(valid, x, -np.inf).max(axis=1, keepdims=True)
         m = np.where(np.isfinite(m), m, 0.0)
         return np.where(valid, np.exp((x - m) / t), 0.0)
@@ -403,7 +582,12 @@ def _fill_one(s, u, r_ptr, r_idx, r_val, nb_n, nb_row, nb_val, repeat_decay, uni
         vals[j, 5] = pop[x]
 
 
-def _make_signals_kernel(parallel: bool):
+# per-query work is tens of microseconds: below this many queries, threads cost more than they
+# save (a single session runs on one core)
+PARALLEL_FROM = 16
+
+
+def _make_flat_signals_kernel(parallel: bool):
     loop = prange if parallel else range
 
     def kernel(s_indptr, s_flat, dir_rows, cos_rows, pop_rows, r_ptr, r_idx, r_val, max_rule,
@@ -416,43 +600,45 @@ def _make_signals_kernel(parallel: bool):
         cap = max_len + len(pop_rows) + cos_rows.shape[1] + dir_rows.shape[1] + max_rule + \
             nb_rows.shape[1]
         buf = np.empty((n, max(cap, 1)), np.int64)
-        count = np.zeros(n, np.int64)
+        offsets = np.zeros(n + 1, np.int64)
         for i in loop(n):
-            count[i] = _union_one(s_flat[s_indptr[i]:s_indptr[i + 1]], dir_rows[i], cos_rows[i],
-                                  pop_rows, r_ptr, r_idx, nb_n[i], nb_rows[i], buf[i])
-        width = max(count.max() if n else 0, 1)
-        rows = np.full((n, width), -1, np.int64)
-        vals = np.zeros((n, width, 6), np.float32)
-        in_sess = np.zeros((n, width), np.bool_)
+            offsets[i + 1] = _union_one(s_flat[s_indptr[i]:s_indptr[i + 1]], dir_rows[i],
+                                        cos_rows[i], pop_rows, r_ptr, r_idx, nb_n[i], nb_rows[i],
+                                        buf[i])
+        for i in range(n):
+            offsets[i + 1] += offsets[i]
+        total = offsets[n]
+        rows = np.empty(total, np.int64)
+        vals = np.zeros((total, 6), np.float32)
+        in_sess = np.zeros(total, np.bool_)
         last = np.full(n, -1, np.int64)
         for i in loop(n):
             s = s_flat[s_indptr[i]:s_indptr[i + 1]]
-            c = count[i]
-            rows[i, :c] = buf[i, :c]
+            lo, hi = offsets[i], offsets[i + 1]
+            rows[lo:hi] = buf[i, :hi - lo]
             if len(s) and s[-1] >= 0:
                 last[i] = s[-1]
-            if c:
-                _fill_one(s, buf[i, :c], r_ptr, r_idx, r_val, nb_n[i], nb_rows[i], nb_vals[i],
+            if hi > lo:
+                _fill_one(s, rows[lo:hi], r_ptr, r_idx, r_val, nb_n[i], nb_rows[i], nb_vals[i],
                           repeat_decay, unit, context, q_unit[i], q_in[i], pop, has_dir,
-                          vals[i], in_sess[i])
-        return rows, vals, in_sess, last
+                          vals[lo:hi], in_sess[lo:hi])
+        return offsets, rows, vals, in_sess, last
 
-    kernel.__name__ = kernel.__qualname__ = "signals_" + ("par" if parallel else "ser")
+    kernel.__name__ = kernel.__qualname__ = "flat_signals_" + ("par" if parallel else "ser")
     return njit(cache=True, parallel=parallel, nogil=True)(kernel)
 
 
-# per-query work is tens of microseconds: below this many queries, threads cost more than they
-# save (a single session runs on one core)
-PARALLEL_FROM = 16
-_signals_par = _make_signals_kernel(True)
-_signals_ser = _make_signals_kernel(False)
+_flat_signals_par = _make_flat_signals_kernel(True)
+_flat_signals_ser = _make_flat_signals_kernel(False)
 
 
-def _signals_kernel(*args):
-    """Candidate unions (sorted, -1 padded) and the raw signals of every query; see
-    `BlendModel.signals` (the per-query numpy code it replaced is in tests/test_blend.py)."""
+def _flat_signals(*args):
+    """Candidate unions (sorted) and the raw signals of every query, end to end: (offsets
+    int64 [n + 1], rows [T], vals [T, 6], in_session [T], last [n]); query i owns
+    ``offsets[i]:offsets[i + 1]``. The per-query numpy code it replaced is the reference in
+    tests/test_blend.py."""
     n = len(args[0]) - 1
-    return (_signals_par if n >= PARALLEL_FROM else _signals_ser)(*args)
+    return (_flat_signals_par if n >= PARALLEL_FROM else _flat_signals_ser)(*args)
 
 
 @njit(cache=True, nogil=True)
@@ -515,24 +701,32 @@ def _top_k_one(rows, vals, expo, in_sess, last, w, exclude_last, exclude_session
             out_sc[t] = sc
 
 
-def _make_top_k_kernel(parallel: bool):
+def _make_flat_top_k_kernel(parallel: bool):
     loop = prange if parallel else range
 
-    def kernel(rows, vals, expo, in_sess, last, w, exclude_last, exclude_session, k):
-        n = rows.shape[0]
+    def kernel(offsets, rows, vals, expo, in_sess, last, w, exclude_last, exclude_session, k):
+        n = len(offsets) - 1
         out_rows = np.full((n, k), -1, np.int64)
         out_sc = np.full((n, k), -np.inf, np.float32)
         for i in loop(n):
-            _top_k_one(rows[i], vals[i], expo[i], in_sess[i], last[i], w, exclude_last,
-                       exclude_session, k, out_rows[i], out_sc[i])
+            lo, hi = offsets[i], offsets[i + 1]
+            if hi > lo:
+                _top_k_one(rows[lo:hi], vals[lo:hi], expo[lo:hi], in_sess[lo:hi], last[i], w,
+                           exclude_last, exclude_session, k, out_rows[i], out_sc[i])
         return out_rows, out_sc
 
-    kernel.__name__ = kernel.__qualname__ = "top_k_" + ("par" if parallel else "ser")
+    kernel.__name__ = kernel.__qualname__ = "flat_top_k_" + ("par" if parallel else "ser")
     return njit(cache=True, parallel=parallel, nogil=True)(kernel)
 
 
-_top_k_par = _make_top_k_kernel(True)
-_top_k_ser = _make_top_k_kernel(False)
+_flat_top_k_par = _make_flat_top_k_kernel(True)
+_flat_top_k_ser = _make_flat_top_k_kernel(False)
+
+
+def _flat_top_k(offsets, *args):
+    """`blend_top_k`'s kernel over the end-to-end candidates of `_flat_signals`."""
+    n = len(offsets) - 1
+    return (_flat_top_k_par if n >= PARALLEL_FROM else _flat_top_k_ser)(offsets, *args)
 
 
 # ---------------------------------------------------------------- session-kNN kernel
@@ -549,6 +743,17 @@ class Scratch:
         self.n_items = n_items
         self.lock = threading.Lock()
         self._arrays = None
+        self._pos_decay: dict[tuple[float, int], np.ndarray] = {}
+
+    def pos_decay(self, lambda3: float, max_pos: int) -> np.ndarray:
+        """exp(-d / lambda3) for d = 0..max_pos (STAN's position weight), computed once per
+        lambda3 by the kernel's own exp: the same float64 as computing it per entry, which
+        took a quarter of STAN's time (21 us of 82 per query, 199k items)."""
+        key = (float(lambda3), int(max_pos))
+        if key not in self._pos_decay:
+            self._pos_decay[key] = _pos_decay_table(max_pos, float(lambda3)) if lambda3 > 0 \
+                else np.zeros(1)
+        return self._pos_decay[key]
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         t = numba.get_num_threads()
@@ -588,8 +793,7 @@ def score_sessions(index: SessionIndex, prefixes: list[np.ndarray], params: Sknn
     """
     if top < 1:
         raise ValueError(f"top must be >= 1, got {top}")
-    lens = np.array([len(p) for p in prefixes], np.int64)
-    p_indptr = np.r_[0, np.cumsum(lens)].astype(np.int64)
+    p_indptr = _indptr(prefixes)
     flat = np.concatenate([np.asarray(p, np.int64) for p in prefixes]) if len(prefixes) else \
         np.zeros(0, np.int64)
     scratch = scratch or Scratch(index.n_items)
@@ -597,8 +801,9 @@ def score_sessions(index: SessionIndex, prefixes: list[np.ndarray], params: Sknn
     with scratch.lock:
         return kernel(
             p_indptr, flat, index.item_indptr, index.item_sessions, index.session_indptr,
-            index.session_items, index.session_lastpos, index.session_end, index._size,
-            index._idf, int(params.k), int(params.sample_size), params.similarity == "cosine",
+            index.session_items, index.session_lastpos, index.session_end, index._posting_size,
+            scratch.pos_decay(params.lambda3, index._max_pos), index._idf, int(params.k),
+            int(params.sample_size), params.similarity == "cosine",
             _PREFIX_CODE[params.prefix_weighting], float(params.lambda1),
             _MATCH_CODE[params.match_weighting], float(params.lambda_match),
             float(params.lambda2), float(params.lambda3), float(params.idf_weight), int(top),
@@ -651,7 +856,8 @@ def _heap_replace_min(heap, x):
 
 @njit(cache=True, nogil=True)
 def _one_session(prefix, item_indptr, item_sessions, session_indptr, session_items,
-                 session_lastpos, session_end, size, idf, k, sample_size, cosine, pkind,
+                 session_lastpos, session_end, posting_size, pos_decay, idf, k, sample_size,
+                 cosine, pkind,
                  lambda1, mkind, lambda_match, lambda2, lambda3, idf_weight, top,
                  item_stamp, item_score, stamp):
     """(items ascending, scores) of one prefix; mirrors `_neighbour_entries` + `score_session`
@@ -713,8 +919,17 @@ def _one_session(prefix, item_indptr, item_sessions, session_indptr, session_ite
     cand = np.empty(cap, np.int64)
     num = np.empty(cap)
     owner = np.empty(cap, np.int64)
+    csize = np.empty(cap, np.int64)
     nc = 0
     big = np.iinfo(np.int64).max
+    if nv == 1:  # one list: the merge is a copy (39% of queries on the 199k-item benchmark)
+        lo = head[0]
+        for c in range(cap):
+            cand[c] = item_sessions[lo + c]
+            num[c] = 0.0 + vw[0]
+            owner[c] = 0
+            csize[c] = posting_size[lo + c]
+        nc = cap
     while nc < cap:
         v = big
         for j in range(nv):
@@ -731,6 +946,9 @@ def _one_session(prefix, item_indptr, item_sessions, session_indptr, session_ite
                 acc += vw[j]
                 if own < 0:
                     own = j
+                    # |session| beside the posting: read in merge order, not by random access
+                    # to a per-session array (2,000+ cache misses per query)
+                    csize[nc] = posting_size[head[j]]
                 head[j] += 1
         cand[nc] = v
         num[nc] = acc
@@ -741,7 +959,7 @@ def _one_session(prefix, item_indptr, item_sessions, session_indptr, session_ite
         if not cosine:
             sim[c] = num[c] / nd
         else:
-            sim[c] = num[c] / (w1_norm * np.sqrt(float(size[cand[c]])))
+            sim[c] = num[c] / (w1_norm * np.sqrt(float(csize[c])))
     if lambda2 > 0:
         e0 = session_end[cand[0]]
         n_exact = nc if nc <= k else k
@@ -795,8 +1013,8 @@ def _one_session(prefix, item_indptr, item_sessions, session_indptr, session_ite
         for e in range(lo, hi):
             it = session_items[e]
             w = nw
-            if lambda3 > 0:
-                w = w * np.exp(-np.abs(session_lastpos[e] - pos_star) / lambda3)
+            if lambda3 > 0:  # exp(-|pos - pos_star| / lambda3), tabulated
+                w = w * pos_decay[int(np.abs(session_lastpos[e] - pos_star))]
             if idf_weight > 0:
                 w = w * (1.0 + idf_weight * idf[it])
             if item_stamp[it] != stamp_v:
@@ -815,11 +1033,20 @@ def _one_session(prefix, item_indptr, item_sessions, session_indptr, session_ite
     return items, scores
 
 
+@njit(cache=True, nogil=True)
+def _pos_decay_table(max_pos, lambda3):
+    out = np.empty(max_pos + 1)
+    for d in range(max_pos + 1):
+        out[d] = np.exp(-np.float64(d) / lambda3)
+    return out
+
+
 def _make_sknn_kernel(parallel: bool):
     loop = prange if parallel else range
 
     def kernel(p_indptr, flat, item_indptr, item_sessions, session_indptr, session_items,
-               session_lastpos, session_end, size, idf, k, sample_size, cosine, pkind, lambda1,
+               session_lastpos, session_end, posting_size, pos_decay, idf, k, sample_size,
+               cosine, pkind, lambda1,
                mkind, lambda_match, lambda2, lambda3, idf_weight, top, item_stamp, item_score,
                stamp):
         n = len(p_indptr) - 1
@@ -832,7 +1059,8 @@ def _make_sknn_kernel(parallel: bool):
             for i in range(bounds[ch], bounds[ch + 1]):
                 it, sc = _one_session(flat[p_indptr[i]:p_indptr[i + 1]], item_indptr,
                                       item_sessions, session_indptr, session_items,
-                                      session_lastpos, session_end, size, idf, k, sample_size,
+                                      session_lastpos, session_end, posting_size, pos_decay,
+                                      idf, k, sample_size,
                                       cosine, pkind, lambda1, mkind, lambda_match, lambda2,
                                       lambda3, idf_weight, top, item_stamp[ch], item_score[ch],
                                       stamp[ch:ch + 1])

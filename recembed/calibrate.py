@@ -12,6 +12,8 @@ What is chosen (explicit config values always win; only keys left at "auto" are 
 - the serving blend (`recembed.blend`): signal weights, query decay, directional temperature,
   neighbour method. Coordinate ascent from the best single signal, so the chosen blend is at
   least as good on validation as each signal alone (rules, neighbours, repeats, popularity).
+  Then the fewest candidates per query (50, 100 or 200) that lose less than half a query
+  (serving time grows with them).
 
 The objective is Recall@20 + MRR@20 on validation (allow-repeats protocol).
 """
@@ -34,6 +36,7 @@ log = logging.getLogger("recembed")
 WEIGHT_GRID = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0)
 DECAYS = (0.5, 0.65, 0.8)
 TEMPERATURES = (0.5, 1.0, 2.0)
+CANDIDATES = (50, 100)  # serving.candidates tried below the default (200), fewest first
 DEFAULT_TARGET_TOKENS = 3_000_000  # the training amount without calibration (DESIGN.md: 2-3M)
 
 
@@ -47,10 +50,12 @@ class BlendChoice:
     corners: dict = field(default_factory=dict)
     evaluations: int = 0
     seconds: float = 0.0
+    candidate_sizes: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"settings": self.settings.to_dict(), "recall@20": self.recall,
                 "mrr@20": self.mrr, "signals_alone": self.corners,
+                "candidate_sizes": self.candidate_sizes,
                 "evaluations": self.evaluations, "seconds": round(self.seconds, 3)}
 
 
@@ -159,8 +164,23 @@ def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndar
         if not improved:
             break
     best = replace(best, neighbours=options[best_opt])
+    sizes = {}
+    if "candidates" not in fixed:
+        # the fewest candidates that lose nothing: each costs serving time in every signal
+        # (199k items: 174 us per session at 200, 103 at 50, the same recall;
+        # benchmarks/RESULTS.md, serving throughput)
+        sizes[best.candidates] = best_rm
+        for c in sorted(x for x in CANDIDATES if x < best.candidates):
+            cand = replace(best, candidates=c)
+            sig = _chunked_signals(model, prefixes, cand)
+            n_eval += 1
+            sizes[c] = _recall_mrr(sig, cand, targets, k)
+            if obj(sizes[c]) >= obj(best_rm) - min_gain:
+                best, best_rm = cand, sizes[c]
+                break
     return BlendChoice(best, best_rm[0], best_rm[1], corners, n_eval,
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0,
+                       {str(c): {"recall@20": r, "mrr@20": m} for c, (r, m) in sizes.items()})
 
 
 def calibrate_run(
@@ -306,12 +326,12 @@ def calibration_search(cfg) -> dict:
         tokens = [int(t.target_tokens)]
     else:
         tokens = amounts
-    fixed = {k: getattr(sv, k) for k in ("weights", "decay", "temperature")
+    fixed = {k: getattr(sv, k) for k in ("weights", "decay", "temperature", "candidates")
              if getattr(sv, k) != "auto"}
     if sv.neighbours != "auto":
         fixed["neighbours"] = {"method": sv.neighbours}
     options = [{"method": "stan"}, {"method": "vsknn"}]
-    search_any = len(corpora) > 1 or len(tokens) > 1 or len(fixed) < 4
+    search_any = len(corpora) > 1 or len(tokens) > 1 or len(fixed) < 5
     tp = {"vector_size": t.vector_size, "window": t.window, "shrink_windows": t.shrink_windows,
           "negative": t.negative, "ns_exponent": t.ns_exponent, "sample": t.sample,
           "alpha": t.alpha, "min_alpha": t.min_alpha, "min_count": t.min_count, "hs": t.hs,
@@ -349,7 +369,7 @@ def resolve_config(cfg, record: dict | None):
         out.train.target_tokens = int(rec.get("target_tokens") or DEFAULT_TARGET_TOKENS)
     chosen = (rec.get("blend") or {}).get("settings") or {}
     default = BlendSettings()
-    for key in ("weights", "decay", "temperature"):
+    for key in ("weights", "decay", "temperature", "candidates"):
         if getattr(out.serving, key) == "auto":
             setattr(out.serving, key, chosen.get(key, getattr(default, key)))
     if out.serving.neighbours == "auto":
@@ -368,8 +388,26 @@ def blend_settings(cfg) -> BlendSettings:
     nb = d.neighbours if sv.neighbours == "auto" else {"method": sv.neighbours}
     return BlendSettings(weights=dict(pick("weights")), decay=float(pick("decay")),
                          temperature=float(pick("temperature")), history=sv.history,
-                         repeat_decay=sv.repeat_decay, candidates=sv.candidates,
-                         popular=sv.popular, neighbours=dict(nb))
+                         repeat_decay=sv.repeat_decay, candidates=int(pick("candidates")),
+                         popular=sv.popular, neighbours=dict(nb),
+                         retrieval="index" if sv.retrieval == "auto" else sv.retrieval)
+
+
+def resolve_retrieval(setting: str, n_items: int, candidates: int, max_mb: float
+                      ) -> tuple[str, str]:
+    """("index" | "table", why) for `serving.retrieval`: "auto" takes the per-item candidate
+    tables when both fit in `max_mb` (n_items x (candidates + candidates // 4) x 4 bytes):
+    they replace the two ANN searches per query (190 of 370 us per session at 199k items,
+    HNSW32) at the same recall (benchmarks/RESULTS.md, serving throughput)."""
+    width = min(candidates, n_items)
+    mb = n_items * (width + max(width // 4, 1)) * 4 / 2**20
+    if setting != "auto":
+        return setting, f"set in serving.retrieval ({mb:,.0f} MB of tables)" \
+            if setting == "table" else "set in serving.retrieval"
+    if mb <= max_mb:
+        return "table", f"auto: the candidate tables take {mb:,.0f} MB <= serving.table_max_mb"
+    return "index", (f"auto: the candidate tables would take {mb:,.0f} MB > "
+                     f"serving.table_max_mb = {max_mb:,.0f}: searching the indexes per query")
 
 
 def train_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, workdir: Path, *,

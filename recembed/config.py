@@ -272,9 +272,11 @@ class ServingConfig(_Section):
     neighbours: Literal["auto", "vsknn", "stan", "off"] = "auto"
     history: int = Field(10, ge=1)
     repeat_decay: float = Field(0.7, gt=0, le=1)
-    candidates: int = Field(200, ge=1)
+    candidates: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     popular: int = Field(50, ge=0)
     rule_steps: int = Field(10, ge=1)
+    retrieval: Literal["auto", "index", "table"] = "auto"
+    table_max_mb: float = Field(1024.0, gt=0)
 
     @field_validator("weights")
     @classmethod

@@ -12,6 +12,7 @@ evaluated into metrics.json) against the current version's `recommend` on the sa
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -276,6 +277,28 @@ def align_version(version_dir: Path, rotation: np.ndarray, reindex: Reindex) -> 
                    binary=True)
     index, meta = reindex(A.VECTORS.path(version_dir))
     save_index(index, meta, version_dir)
+    cpath = A.INDEX_CONTEXT.path(version_dir)
+    if cpath.exists():
+        # the inner-product index over the output vectors must hold the rotated ones too: the
+        # rotated query vectors searched the old coordinates before (wrong candidates)
+        _rebuild_context_index(version_dir, emb.context if emb.context is not None
+                               else emb.vectors)
+
+
+def _rebuild_context_index(version_dir: Path, vectors: np.ndarray) -> None:
+    """index_context.faiss over `vectors`, with the factory and search parameters its
+    index_context.json recorded."""
+    import faiss
+
+    from recembed.index import build_index
+
+    meta_p = A.INDEX_CONTEXT_META.path(version_dir)
+    meta = json.loads(meta_p.read_text()) if meta_p.exists() else {}
+    index, _ = build_index(vectors, factory=meta.get("factory", "Flat"), metric="ip")
+    if meta.get("search_params"):
+        faiss.ParameterSpace().set_index_parameters(index, meta["search_params"])
+    with A.atomic_path(A.INDEX_CONTEXT.path(version_dir)) as tmp:
+        faiss.write_index(index, str(tmp))
 
 
 def publish_version(

@@ -176,8 +176,15 @@ class Recommender:
                                 f"{index.ntotal} indexed items disagree")
         settings = BlendSettings()
         if A.SERVING.path(path).exists():
-            settings = BlendSettings.from_dict(json.loads(A.SERVING.path(path).read_text()))
+            try:
+                settings = BlendSettings.from_dict(_read_json(A.SERVING.path(path)))
+            except (TypeError, ValueError) as e:
+                raise ArtifactError(f"{A.SERVING.path(path)}: {e}") from e
         extras, ctx_index = _load_extras(path)
+        if settings.retrieval == "table" and "cos_table" not in extras:
+            raise ArtifactError(f"{A.SERVING.path(path)} says retrieval = \"table\" but "
+                                f"{path / 'blend.npz'} holds no candidate tables: not a "
+                                "complete version")
         rec = cls(emb.ids, emb.vectors, index, settings, meta, emb.categories, emb.context,
                   extras, ctx_index)
         rec.not_served = _not_served(path)
@@ -344,7 +351,8 @@ def _blend_model(vectors: np.ndarray, context: np.ndarray | None, extras: dict,
     # whole catalogue (milliseconds per query at 200k items)
     cos_search = cosine_index.search if cosine_index is not None else None
     return BlendModel(vectors, context, rules=rules, neighbours=neighbours,
-                      popularity=extras.get("popularity"), search=search, cos_search=cos_search)
+                      popularity=extras.get("popularity"), search=search, cos_search=cos_search,
+                      dir_table=extras.get("dir_table"), cos_table=extras.get("cos_table"))
 
 
 # ---------------------------------------------------------------- helpers

@@ -235,6 +235,10 @@ class SessionIndex:
         df = np.diff(self.item_indptr)
         self._size = np.diff(self.session_indptr)
         self._idf = np.log(max(len(self.session_end), 1) / np.maximum(df, 1)) * (df > 0)
+        # |session| of every posting of item_sessions (what the serving kernel reads while it
+        # merges the posting lists)
+        self._posting_size = self._size[self.item_sessions]
+        self._max_pos = int(self.session_lastpos.max(initial=0))
 
     @property
     def n_sessions(self) -> int:

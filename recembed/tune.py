@@ -13,7 +13,8 @@ train.ns_exponent, train.negative, the training amount train.target_tokens (log-
 session.half_life_days (categorical incl. inf), and the blend. Keys a config sets explicitly
 where "auto" is allowed win, as in calibration: walks.enabled / sequences.enabled (then the
 corpus is fixed), train.epochs or train.target_tokens (then the training amount is fixed),
-serving.weights / decay / temperature / neighbours (never changed by the blend search).
+serving.weights / decay / temperature / neighbours / candidates (never changed by the blend
+search).
 `space` fixes or narrows any other key.
 
 Pruning: a gensim epoch-end callback (`train_word2vec(callbacks=...)`) scores the model's
@@ -411,6 +412,7 @@ def _objective(cfg, run: Path, data: dict, q, sp: dict, prune_queries: int,
         settings.update({"serving.weights": {k: float(v) for k, v in st.weights.items() if v},
                          "serving.decay": float(st.decay),
                          "serving.temperature": float(st.temperature),
+                         "serving.candidates": int(st.candidates),
                          "serving.neighbours": st.neighbours.get("method", "stan")})
         for k, v in {"recall@20": cand["recall@20"], "mrr@20": cand["mrr@20"],
                      "epochs": cand["epochs"], "corpus_tokens": cand["corpus_tokens"],

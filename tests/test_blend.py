@@ -3,6 +3,8 @@ it replaced (kept here, verbatim but for one line, as the reference)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -13,8 +15,10 @@ from recembed.blend import (
     Signals,
     blend_top_k,
     blended_scores,
+    candidate_tables,
     score_sessions,
     sequential_rules,
+    table_rows,
 )
 from recembed.sknn import SessionIndex, method_params, score_session
 
@@ -274,3 +278,76 @@ def test_k_zero_returns_empty_lists_without_touching_memory():
                    rng.normal(size=(30, 4)).astype(np.float32))
     rows, scores = m.recommend([np.array([1, 2]), np.array([3])], BlendSettings(), 0)
     assert rows.shape == (2, 0) and scores.shape == (2, 0)
+
+
+# ---------------------------------------------------------------- retrieval = "table"
+
+
+def with_tables(m: BlendModel, width: int) -> BlendModel:
+    m.dir_table, m.cos_table = candidate_tables(m.vectors, m.context, width)
+    return m
+
+
+def test_table_rows_give_each_recent_item_a_share_by_its_decay_weight():
+    table = np.arange(40, dtype=np.int32).reshape(4, 10)  # item i's list: 10i .. 10i + 9
+    table[3, 2:] = -1  # item 3 has only two candidates
+    # session (oldest first) 1, -1, 3, 2: item 2 is 0 steps back (weight 1), 3 is 1 (0.5),
+    # the unknown item keeps its place (0.25, not counted), 1 is 3 steps back (0.125)
+    w = 0.5 ** np.arange(5)
+    out = table_rows(np.array([0, 4]), np.array([1, -1, 3, 2]), table, 6, w)
+    total = 1 + 0.5 + 0.125
+    takes = [int(np.ceil(6 * x / total)) for x in (1, 0.5, 0.125)]
+    assert takes == [4, 2, 1]
+    want = [20, 21, 22, 23, 30, 31, 10]
+    assert out[0, :7].tolist() == want and (out[0, 7:] == -1).all()
+    # a one-item session takes the whole list; width caps it
+    out = table_rows(np.array([0, 1]), np.array([2]), table, 6, w)
+    assert out[0, :6].tolist() == [20, 21, 22, 23, 24, 25] and (out[0, 6:] == -1).all()
+
+
+def test_candidate_tables_hold_each_items_own_search():
+    m = random_model(4)
+    d, c = candidate_tables(m.vectors, m.context, 20, block=64)
+    assert d.shape == (len(m.vectors), 20) and c.shape == (len(m.vectors), 5)
+    i = 17
+    assert set(d[i]) == set(np.argsort(-(m.context @ m.vectors[i]))[:20])
+    assert set(c[i]) == set(np.argsort(-(m.unit @ m.unit[i]))[:5])
+    assert candidate_tables(m.vectors, None, 20)[0] is None
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_item_sessions_get_the_same_answers_from_tables_and_indexes(seed):
+    m = with_tables(random_model(seed), 40)
+    rng = np.random.default_rng(seed)
+    sessions = [np.array([x]) for x in rng.integers(0, len(m.vectors), 50)]
+    st = settings(seed, candidates=40)
+    a = m.recommend(sessions, st, 10)
+    b = m.recommend(sessions, replace(st, retrieval="table"), 10)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("retrieval", ["index", "table"])
+def test_recommend_is_blend_top_k_of_signals_bit_for_bit(seed, retrieval):
+    m = with_tables(random_model(seed), 30)
+    sessions = random_sessions(seed, len(m.vectors))
+    st = settings(seed, candidates=30, retrieval=retrieval)
+    got = m.recommend(sessions, st, 10)
+    want = blend_top_k(m.signals(sessions, st), st, 10, pop=m.pop)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    # the serial kernels (a batch below PARALLEL_FROM) answer the same
+    for i in (0, 7, len(sessions) - 1):
+        one = m.recommend([sessions[i]], st, 10)
+        np.testing.assert_array_equal(one[0][0], got[0][i])
+
+
+def test_table_retrieval_without_tables_and_unknown_retrieval_are_refused():
+    m = random_model(1)
+    with pytest.raises(ValueError, match="candidate tables"):
+        m.recommend([np.array([1, 2])], BlendSettings(retrieval="table"), 5)
+    with pytest.raises(ValueError, match="retrieval must be one of"):
+        BlendSettings(retrieval="lsh")
+    with pytest.raises(ValueError, match="one row per item"):
+        BlendModel(m.vectors, m.context, cos_table=np.zeros((3, 2), np.int32))

@@ -217,3 +217,32 @@ def test_config_knows_exactly_the_blend_signals():
     assert set(typing.get_args(key)) == set(SIGNALS)
     with pytest.raises(ValueError, match="bogus"):
         load_config(None, ["serving.weights={bogus = 1.0}"])
+
+
+def test_blend_search_takes_the_fewest_candidates_that_lose_nothing():
+    model = _toy_model()
+    rng = np.random.default_rng(1)
+    prefixes = [rng.integers(0, 60, rng.integers(1, 4)) for _ in range(300)]
+    targets = np.array([(p[-1] + 1) % 60 for p in prefixes])  # the rules find every target
+    choice = choose_blend(model, prefixes, targets, time_budget_s=30)
+    assert choice.settings.candidates == 50 and choice.recall == 1.0
+    assert set(choice.candidate_sizes) == {"200", "50"}
+    fixed = choose_blend(model, prefixes, targets, fixed={"candidates": 200}, time_budget_s=30)
+    assert fixed.settings.candidates == 200 and fixed.candidate_sizes == {}
+
+
+def test_blend_search_keeps_the_candidates_a_signal_needs():
+    # the target is the 15th item by cosine: a candidate with 100 (25 cosine candidates), not
+    # with 50 (12) unless the random directional top 50 happens to hold it
+    rng = np.random.default_rng(3)
+    n = 300
+    vec = rng.normal(size=(n, 8)).astype(np.float32)
+    model = BlendModel(vec, rng.normal(size=(n, 8)).astype(np.float32))
+    prefixes = [np.array([x]) for x in rng.integers(0, n, 300)]
+    targets = np.array([np.argsort(-(model.unit @ model.unit[p[0]]))[14] for p in prefixes])
+    base = BlendSettings(popular=0)
+    choice = choose_blend(model, prefixes, targets, base=base, time_budget_s=30,
+                          fixed={"weights": {"cosine": 1.0}})
+    assert choice.settings.candidates == 100
+    sizes = choice.candidate_sizes
+    assert sizes["100"]["recall@20"] == 1.0 and sizes["50"]["recall@20"] < 0.5

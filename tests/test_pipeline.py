@@ -58,3 +58,43 @@ def test_bad_input_stops_with_the_bad_input_exit_code(tmp_path):
     assert e.value.exit_code == 3
     assert len(pd.read_parquet(tmp_path / "r" / "quarantine.parquet")) == 10
     assert not (tmp_path / "r" / "events.parquet").exists()
+
+
+def test_index_stage_writes_candidate_tables_when_they_fit_and_serves_them(synth_csv, tmp_path):
+    from dataclasses import replace
+
+    import numpy as np
+
+    from recembed.blend import candidate_tables
+    from recembed.serving import Recommender
+
+    run = tmp_path / "r"
+    cfg = _cfg(synth_csv, tmp_path, "train.epochs=1", "walks.enabled=false",
+               "sequences.enabled=true")
+    rep = run_pipeline(cfg, run, plan=STAGES, stages=["index"], echo=lambda s: None)
+    assert rep.stages["index"]["stats"]["retrieval"] == "table"
+    st = json.loads((run / "serving.json").read_text())
+    assert st["retrieval"] == "table"
+    with np.load(run / "blend.npz") as z:
+        n = len(np.load(run / "vectors.npy"))
+        assert z["dir_table"].shape == (n, min(200, n)) and z["cos_table"].shape[0] == n
+    rec = Recommender.load_run(run)
+    ids = [str(x) for x in rec.ids[:5]]
+    tabled = rec.recommend([[x] for x in ids], 10)
+    assert all(len(r) == 10 for r in tabled.ids)
+    # over the size budget, auto searches the indexes instead; a one-item session gets the
+    # same answer either way (its table row is that search, on the same loaded indexes)
+    cfg2 = _cfg(synth_csv, tmp_path, "train.epochs=1", "walks.enabled=false",
+                "sequences.enabled=true", "serving.table_max_mb=0.001")
+    run_pipeline(cfg2, run, plan=STAGES, stages=["index"], echo=lambda s: None)
+    assert json.loads((run / "serving.json").read_text())["retrieval"] == "index"
+    with np.load(run / "blend.npz") as z:
+        assert "dir_table" not in z.files
+    rec = Recommender.load_run(run)
+    searched = rec.recommend([[x] for x in ids], 10)
+    m = rec.model
+    m.dir_table, m.cos_table = candidate_tables(m.vectors, m.context, rec.settings.candidates,
+                                                search=m.search, cos_search=m.cos_search)
+    rec.settings = replace(rec.settings, retrieval="table")
+    tabled = rec.recommend([[x] for x in ids], 10)
+    assert [list(r) for r in searched.ids] == [list(r) for r in tabled.ids]

@@ -308,6 +308,7 @@ CHOICES = {
     "train.epochs": ["auto", 1, 7], "train.target_tokens": ["auto", 5000, 2_000_000],
     "serving.weights": ["auto", {"directional": 1.0}, {"rules": 0.5, "repeat": 2.0}],
     "serving.decay": ["auto", 0.5, 1.0], "serving.temperature": ["auto", 0.25, 2.0],
+    "serving.candidates": ["auto", 1, 200],
     "input.filters": [{}, {"region": ["eu"]}, {"dt": ["2026-11-21", 3]}],
     "input.encoding": ["utf-8", "cp1252", "latin-1"],
     "calibrate.target_tokens": [[1_000_000, 3_000_000, 10_000_000], [50_000], [2000, 9000]],

@@ -438,6 +438,19 @@ def test_align_to_previous_rotates_onto_the_current_version_and_remeasures_the_i
     _, got = index.search(q, k)
     hits = sum(len(np.intersect1d(g[g >= 0], t)) for g, t in zip(got, truth, strict=True))
     assert meta["recall"] == round(hits / truth.size, 4)
+    # the inner-product index over the output vectors holds the rotated ones as well (it
+    # answers rotated queries), and the version verifies with it
+    cindex = faiss.read_index(str(v2 / "index_context.faiss"))
+    qv = new.vectors[:50]
+    flat = faiss.IndexFlatIP(new.context.shape[1])
+    flat.add(new.context)
+    _, truth = flat.search(qv, 10)
+    _, got = cindex.search(qv, 10)
+    overlap = np.mean([len(np.intersect1d(g, t)) / 10 for g, t in zip(got, truth, strict=True)])
+    assert overlap > 0.9, overlap
+    from recembed.serving import Recommender
+
+    Recommender.load(tmp_path / "published")
 
 
 def test_item11_a_corrupt_current_version_does_not_block_the_next(log_csv, tmp_path):

@@ -158,3 +158,33 @@ def test_item15_bad_k_and_array_likes(tmp_path):
     assert list(r.similar(np.array(ids[:2]), k=3).ids[1]) == list(r.similar(ids[1], k=3).ids[0])
     assert r.similar(42, k=3).unknown == ["42"]  # a number is an id, unknown here
     assert len(r.recommend([ids[2]], k=0).ids[0]) == 0
+
+
+def test_table_retrieval_without_tables_or_a_bad_retrieval_is_refused(tmp_path):
+    import json
+
+    _version(tmp_path)
+    p = tmp_path / "serving.json"
+    d = json.loads(p.read_text())
+    p.write_text(json.dumps({**d, "retrieval": "table"}))
+    _write_manifest(tmp_path)
+    with pytest.raises(ArtifactError, match="holds no candidate tables"):
+        Recommender.load(tmp_path)
+    p.write_text(json.dumps({**d, "retrieval": "nearest"}))
+    _write_manifest(tmp_path)
+    with pytest.raises(ArtifactError, match=r"serving\.json.*retrieval must be one of"):
+        Recommender.load(tmp_path)
+
+
+def test_a_settings_file_from_before_the_tables_searches_the_indexes(tmp_path):
+    import json
+
+    _version(tmp_path)
+    p = tmp_path / "serving.json"
+    d = json.loads(p.read_text())
+    del d["retrieval"]  # versions published before serving.retrieval existed
+    p.write_text(json.dumps(d))
+    _write_manifest(tmp_path)
+    rec = Recommender.load(tmp_path)
+    assert rec.settings.retrieval == "index"
+    assert len(rec.recommend(["sku1", "sku2"], 5).ids[0]) == 5

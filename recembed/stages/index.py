@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from recembed import artifacts as A
-from recembed.calibrate import blend_settings, serving_model
+from recembed.blend import candidate_tables
+from recembed.calibrate import blend_settings, resolve_retrieval, serving_model
 from recembed.config import Config
 from recembed.index import build_index, save_index, set_threads, tune_index
 from recembed.pipeline import Stage, StageContext
@@ -28,8 +29,17 @@ def run(ctx: StageContext) -> dict:
     cfg = ctx.cfg
     index, meta = tuned_index(cfg, ctx.read(A.VECTORS))
     save_index(index, meta, ctx.out_dir)
-    write_settings(ctx.write(A.SERVING), blend_settings(cfg))
     emb = A.Embeddings.load(ctx.run_dir)
+    # without output vectors (hs) the same search runs over the input vectors
+    ctx_vectors = emb.context if emb.context is not None else emb.vectors
+    ic = cfg.index
+    cindex, cmeta = build_index(ctx_vectors, factory=ic.type, metric="ip",
+                                memory_budget_gb=ic.memory_budget_gb, hnsw_m=ic.hnsw_m,
+                                ef_construction=ic.ef_construction, seed=cfg.run.seed)
+    cmeta = tune_index(cindex, ctx_vectors, cmeta, target_recall=ic.target_recall, k=ic.tune_k,
+                       n_queries=ic.tune_queries, seed=cfg.run.seed)
+    faiss.write_index(cindex, str(ctx.write(A.INDEX_CONTEXT)))
+    A.write_text(ctx.write(A.INDEX_CONTEXT_META), cmeta.to_json())
     train = pd.read_parquet(ctx.read(A.SESSIONS_TRAIN), columns=["session", "item", "ts"])
     n_items = len(pd.read_parquet(ctx.read(A.VOCABULARY), columns=["code"]))
     # catalog items never seen in the log have codes after the vocabulary's (recembed.catalog):
@@ -41,21 +51,26 @@ def run(ctx: StageContext) -> dict:
     arrays = {"rules_indptr": model.rules.indptr, "rules_indices": model.rules.indices,
               "rules_data": model.rules.data, "popularity": pop.astype(np.float64),
               **{f"nb_{k}": v for k, v in model.neighbours.to_arrays().items()}}
+    settings = blend_settings(cfg)
+    settings.retrieval, why = resolve_retrieval(cfg.serving.retrieval, len(emb.vectors),
+                                                settings.candidates, cfg.serving.table_max_mb)
+    log.info("index: retrieval = %s (%s)", settings.retrieval, why)
+    if settings.retrieval == "table":
+        # the searches serving would run for a one-item session, once per item: the same
+        # indexes and search parameters as `recembed.serving` loads
+        dir_t, cos_t = candidate_tables(emb.vectors, emb.context, settings.candidates,
+                                        search=cindex.search if emb.context is not None
+                                        else None, cos_search=index.search)
+        arrays["cos_table"] = cos_t
+        if dir_t is not None:
+            arrays["dir_table"] = dir_t
     with A.atomic_path(ctx.write(A.BLEND)) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
-    # without output vectors (hs) the same search runs over the input vectors
-    ctx_vectors = emb.context if emb.context is not None else emb.vectors
-    ic = cfg.index
-    cindex, cmeta = build_index(ctx_vectors, factory=ic.type, metric="ip",
-                                memory_budget_gb=ic.memory_budget_gb, hnsw_m=ic.hnsw_m,
-                                ef_construction=ic.ef_construction, seed=cfg.run.seed)
-    cmeta = tune_index(cindex, ctx_vectors, cmeta, target_recall=ic.target_recall, k=ic.tune_k,
-                       n_queries=ic.tune_queries, seed=cfg.run.seed)
-    faiss.write_index(cindex, str(ctx.write(A.INDEX_CONTEXT)))
-    A.write_text(ctx.write(A.INDEX_CONTEXT_META), cmeta.to_json())
+    write_settings(ctx.write(A.SERVING), settings)
     d = asdict(meta)
     d.pop("tuning")
     d["context_index"] = cmeta.factory
+    d["retrieval"] = settings.retrieval
     return d
 
 
