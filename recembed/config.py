@@ -266,7 +266,7 @@ class ServingConfig(_Section):
     # the signals of recembed.blend.SIGNALS (tests/test_calibrate.py checks they agree; config
     # sits below the blend in the data flow, so it cannot import it)
     weights: dict[Literal["directional", "cosine", "rules", "neighbours", "repeat",
-                          "popularity"], float] | Literal["auto"] = "auto"
+                          "popularity", "category"], float] | Literal["auto"] = "auto"
     decay: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] = "auto"
     temperature: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
     neighbours: Literal["auto", "vsknn", "stan", "off"] = "auto"

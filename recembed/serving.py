@@ -22,7 +22,7 @@ import numpy as np
 
 from recembed import artifacts as A
 from recembed.artifacts import sha256, unit_rows
-from recembed.blend import BlendModel, BlendSettings, Csr
+from recembed.blend import CATEGORY_KEYS, BlendModel, BlendSettings, Csr
 from recembed.index import load_index
 
 
@@ -352,7 +352,8 @@ def _blend_model(vectors: np.ndarray, context: np.ndarray | None, extras: dict,
     cos_search = cosine_index.search if cosine_index is not None else None
     return BlendModel(vectors, context, rules=rules, neighbours=neighbours,
                       popularity=extras.get("popularity"), search=search, cos_search=cos_search,
-                      dir_table=extras.get("dir_table"), cos_table=extras.get("cos_table"))
+                      dir_table=extras.get("dir_table"), cos_table=extras.get("cos_table"),
+                      **{k: extras[k] for k in CATEGORY_KEYS if k in extras})
 
 
 # ---------------------------------------------------------------- helpers
