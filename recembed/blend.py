@@ -35,7 +35,7 @@ Signals, each computed for every candidate of a query (the union of what the sig
 score = sum_s weight_s * signal_s. The weights (and decay, temperature, ...) are chosen per run
 on a validation split (`recembed.calibrate`) and stored in serving.json; a weight of 0 switches a
 signal off. Because every single-signal corner is in the search, the chosen blend is never worse
-on validation than rules, neighbours, repeats or popularity alone.
+on validation than rules, neighbours, repeats, popularity or the category baseline alone.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ What is chosen (explicit config values always win; only keys left at "auto" are 
   epochs; DESIGN.md: winners saw about 2-3M tokens whatever the corpus size);
 - the serving blend (`recembed.blend`): signal weights, query decay, directional temperature,
   neighbour method. Coordinate ascent from the best single signal, so the chosen blend is at
-  least as good on validation as each signal alone (rules, neighbours, repeats, popularity).
+  least as good on validation as each signal alone (rules, neighbours, repeats, popularity;
+  with a catalog, the category baseline).
   Then the fewest candidates per query (50, 100 or 200) that lose less than half a query
   (serving time grows with them).
 

@@ -383,6 +383,21 @@ def cold_rows(
                     out_counts.astype(np.int64), origin, origins, stats)
 
 
+def item_categories(categories: np.ndarray, catalog: pd.DataFrame | None, *,
+                    from_catalog: bool) -> np.ndarray:
+    """Category of every item code, the catalog's rows included (int32, -1 unknown): the
+    catalog's `category` column when `from_catalog` (`input.catalog.category` is set; it
+    supersedes input.categories_path), else `categories` (categories.parquet's)."""
+    n = len(categories) if catalog is None else max(len(categories),
+                                                     int(catalog["code"].max()) + 1)
+    out = np.full(n, -1, np.int32)
+    if catalog is not None and from_catalog:
+        out[catalog["code"].to_numpy()] = catalog["category"].to_numpy()
+    else:
+        out[:len(categories)] = categories
+    return out
+
+
 def listing_order(catalog: pd.DataFrame, n_items: int) -> np.ndarray:
     """Per item code (float64 [n_items]): the listing-order key, larger = listed more recently;
     -inf for codes the catalog does not list."""

@@ -206,7 +206,10 @@ def test_every_documented_key_is_read_by_a_run(synth_small, tmp_path, monkeypatc
                      "publish.align_to_previous=true", "publish.force=true",
                      # the catalog (cold start) is on, so its keys are read too
                      f"input.catalog.path='{items}'", "input.catalog.attributes=['category']",
-                     "input.catalog.category='category'", "cold.scheme='context'")
+                     "input.catalog.category='category'", "cold.scheme='context'",
+                     # both corpora, so that both corpus stages run whatever calibration's
+                     # validation would choose
+                     "calibrate.corpora=['both']")
     run_pipeline(cfg, plan=STAGES, echo=lambda s: None)  # a version to warm-start from
     # by section type, not object: the calibrate stage hands later stages a resolved copy
     paths = {type(getattr(cfg, name)): name for name in C.Config.model_fields}

@@ -16,9 +16,9 @@ from recembed.calibrate import (
     calibration_search,
     resolve_config,
 )
+from recembed.catalog import item_categories
 from recembed.config import Config
 from recembed.pipeline import EXIT_BAD_INPUT, PipelineError, Stage, StageContext
-from recembed.stages.train import has_catalog, item_categories
 from recembed.train import EmptyVocabulary
 
 log = logging.getLogger("recembed")
@@ -57,11 +57,11 @@ def _catalog(ctx: StageContext, vocab: pd.DataFrame) -> CalibrationCatalog | Non
     """The catalog as calibration sees it (cold targets scored on validation, the `category`
     signal searched), None without one."""
     cfg = ctx.cfg
-    if not has_catalog(cfg):
+    if not _has_catalog(cfg):
         return None
     table = pd.read_parquet(ctx.read(A.CATALOG))
-    cats = item_categories(cfg, pd.read_parquet(ctx.read(A.CATEGORIES))["category"].to_numpy(),
-                           table)
+    cats = item_categories(pd.read_parquet(ctx.read(A.CATEGORIES))["category"].to_numpy(),
+                           table, from_catalog=bool(cfg.input.catalog.category))
     return CalibrationCatalog(table, vocab, len(cfg.input.catalog.attributes),
                               categories=cats if (cats >= 0).any() else None,
                               scheme=cfg.cold.scheme, knn=cfg.cold.knn,
@@ -71,7 +71,12 @@ def _catalog(ctx: StageContext, vocab: pd.DataFrame) -> CalibrationCatalog | Non
 
 def _reads(cfg: Config) -> tuple:
     return (A.SESSIONS_TRAIN, A.SESSION_TABLE, A.VOCABULARY,
-            *([A.CATALOG, A.CATEGORIES] if has_catalog(cfg) else []))
+            *([A.CATALOG, A.CATEGORIES] if _has_catalog(cfg) else []))
+
+
+def _has_catalog(cfg: Config) -> bool:
+    # recembed.stages.train.has_catalog (a stage above this one in the data flow)
+    return bool(cfg.input.catalog.path)
 
 
 def resolved(cfg: Config, run_dir) -> Config:

@@ -10,6 +10,7 @@ import pandas as pd
 
 from recembed import artifacts as A
 from recembed.catalog import cold_rows, write_side_sentences
+from recembed.catalog import item_categories as catalog_categories
 from recembed.config import Config
 from recembed.pipeline import EXIT_BAD_INPUT, PipelineError, Stage, StageContext
 from recembed.publish import warm_start_vectors
@@ -90,14 +91,7 @@ def item_categories(cfg: Config, categories: np.ndarray, catalog: pd.DataFrame |
     """Category of every item code, the catalog's rows included (-1 unknown): the catalog's
     `input.catalog.category` when set (it supersedes input.categories_path), else
     categories.parquet's."""
-    n = len(categories) if catalog is None else max(len(categories),
-                                                     int(catalog["code"].max()) + 1)
-    out = np.full(n, -1, np.int32)
-    if catalog is not None and cfg.input.catalog.category:
-        out[catalog["code"].to_numpy()] = catalog["category"].to_numpy()
-    else:
-        out[:len(categories)] = categories
-    return out
+    return catalog_categories(categories, catalog, from_catalog=bool(cfg.input.catalog.category))
 
 
 def corpora(cfg: Config) -> list[A.Artifact]:
