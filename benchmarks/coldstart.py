@@ -65,6 +65,11 @@ def warm_prefix_recall(run_dir: Path, cfg, model: str, k: int = 20) -> tuple[dic
             m["queries"]["queries"])
 
 
+def _path(method: str) -> str:
+    """"item2vec:serving" -> ":serving"."""
+    return method[method.index(":"):]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--config", default=str(ROOT / "pipelines" / "diginetica.toml"))
@@ -117,15 +122,18 @@ def main() -> None:
                    "train+index+eval s": round(secs, 1)}
             rows.append(row)
         if scheme == "off":
-            warm_off = {n: mm["allow_repeats"][f"recall@{k}_warm"]
+            # by path (":ann", ":serving"): calibration runs per scheme (the cold rows are in
+            # its validation) and may choose another corpus, hence another model name
+            warm_off = {_path(n): mm["allow_repeats"][f"recall@{k}_warm"]
                         for n, mm in m["methods"].items() if ":" in n}
-            prefix_off = prefix
+            prefix_off = {_path(n): v for n, v in prefix.items()}
         print(f"{scheme}: done in {secs:.1f} s", flush=True)
     for r in rows:
         base = r["scheme"] in ("off", "(baseline)")
-        r["warm Δ vs off"] = "" if base else round(r[f"R@{k} warm"] - warm_off[r["method"]], 4)
+        r["warm Δ vs off"] = "" if base else round(
+            r[f"R@{k} warm"] - warm_off[_path(r["method"])], 4)
         r["warm-prefix Δ vs off"] = "" if base else round(
-            r[f"R@{k} warm prefix+target"] - prefix_off[r["method"]], 4)
+            r[f"R@{k} warm prefix+target"] - prefix_off[_path(r["method"])], 4)
     table = markdown_table(rows)
     notes = (f"{q['targets']:,} holdout targets, {q['queries']:,} scored (max_queries), "
              f"{q.get('cold_share', 0):.1%} of them cold (unseen in training, listed in the "
