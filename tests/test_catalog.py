@@ -293,12 +293,21 @@ def test_the_other_schemes_place_cold_items_in_their_category(tmp_path, scheme):
 def test_an_item_that_leaves_the_catalog_stops_being_served(knn_run):
     from recembed.serving import Recommender
 
-    _, run_dir, gone = knn_run
+    log, run_dir, gone = knn_run
     vocab = pd.read_parquet(run_dir / "vocabulary.parquet")
     assert gone in set(vocab["id"])  # it has clicks ...
     rec = Recommender.load(run_dir)
     assert gone not in rec.row_of  # ... but is not served
     assert rec.why_not_served(gone) == REASON_DELISTED
+    # the category signal's arrays cover every served row, cold ones included
+    assert rec.model.has_category and len(rec.model.item_category) == len(rec.ids)
+    cat_of = dict(zip(log.items["item_id"].astype(str), log.items["category"], strict=False))
+    items = pd.read_parquet(run_dir / "items.parquet")
+    cold = items.loc[items["origin"] == "side_info", "id"].astype(str).tolist()
+    codes: dict = {}  # the cold rows of one catalog category share one category code >= 0
+    for i in cold[:50]:
+        codes.setdefault(cat_of[i], set()).add(int(rec.model.item_category[rec.row_of[i]]))
+    assert all(len(v) == 1 and min(v) >= 0 for v in codes.values())
     train = json.loads((run_dir / "train.json").read_text())
     assert train["origin_delisted"] == 1 and train["origin_none"] == 1
 
