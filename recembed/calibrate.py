@@ -79,8 +79,6 @@ class CalibrationCatalog:
         `cold.knn`.
     candidate_scale : float in [0, 1]
         `cold.candidate_scale`.
-    category_attribute : int or None
-        The attribute column of the category (`recembed.catalog.cold_rows`).
     dated : bool
         Whether `table.listed` comes from a catalog column (`input.catalog.listed`).
     """
@@ -92,7 +90,6 @@ class CalibrationCatalog:
     scheme: str = "pooling"
     knn: int = 3
     candidate_scale: float = 1.0
-    category_attribute: int | None = None
     dated: bool = False
 
     @property
@@ -578,8 +575,7 @@ def calibration_rows(catalog: CalibrationCatalog, res, ct: pd.DataFrame,
     scheme = "pooling" if catalog.scheme == "context" else catalog.scheme
     rows = cold_rows(res.codes, res.vectors, res.context, res.counts, catalog.vocabulary,
                      catalog.table, catalog.n_attributes, scheme=scheme, k=catalog.knn,
-                     candidate_scale=catalog.candidate_scale,
-                     category_attribute=catalog.category_attribute)
+                     candidate_scale=catalog.candidate_scale)
     codes = np.asarray(rows.codes, np.int64)
     category = None
     if catalog.categories is not None:

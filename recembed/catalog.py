@@ -14,9 +14,7 @@ attribute is missing for that item (counted in `bad_numeric`).
 Origins (`ORIGINS`) of the published rows:
 
 - ``trained``: the item has clicks in the training window and its own skip-gram vector;
-- ``side_info``: no clicks; its vector comes from its attributes (`cold_vectors`); one whose
-  attribute values no trained item shares but that has a category (`input.catalog.category`)
-  gets a zero vector, and is served through the blend's `category` signal alone;
+- ``side_info``: no clicks; its vector comes from its attributes (`cold_vectors`);
 - ``none``: no vector (no clicks, and no attribute value shared with a trained item, or no
   catalog entry any more); it is never served, as a query or as a candidate, and
   `origins.parquet` says why.
@@ -289,7 +287,7 @@ def cold_rows(
     codes: np.ndarray, vectors: np.ndarray, context: np.ndarray | None, counts: np.ndarray,
     vocabulary: pd.DataFrame, catalog: pd.DataFrame, n_attributes: int, *, scheme: str,
     k: int = 3, side: dict[str, tuple[np.ndarray, np.ndarray | None]] | None = None,
-    candidate_scale: float = 1.0, category_attribute: int | None = None,
+    candidate_scale: float = 1.0,
 ) -> ColdRows:
     """Trained rows plus a vector for every catalog item without clicks, by `scheme`.
 
@@ -314,12 +312,6 @@ def cold_rows(
     candidate_scale : float in [0, 1]
         Multiplies the cold rows' output vectors: below 1 they rank lower as directional
         (inner-product) candidates, which at 1 crowd out warm targets.
-    category_attribute : int or None
-        The attribute column that is the category (`input.catalog.category`). A cold item that
-        shares no attribute value with a trained item (a category nobody clicked yet) but has a
-        category gets a zero vector and `side_info`: it is served through the blend's
-        `category` signal alone (its category's newest items, as the category baseline), as a
-        query and as a candidate (`stats["category_only"]`). None = such items get `none`.
 
     Trained items that have no catalog entry stop being served (origin `none`, reason
     `REASON_DELISTED`); catalog items without clicks get `side_info` or `none`.
@@ -333,8 +325,7 @@ def cold_rows(
                                 "origin": "trained", "reason": ""})
         return ColdRows(codes.astype(np.int32), vocab_ids[codes], vectors, context, counts,
                         np.full(len(codes), "trained", dtype=object), origins,
-                        {"trained": len(codes), "side_info": 0, "none": 0, "delisted": 0,
-                         "category_only": 0})
+                        {"trained": len(codes), "side_info": 0, "none": 0, "delisted": 0})
     n_total = max(int(catalog["code"].max()) + 1 if len(catalog) else 0, len(vocab_ids))
     trained_row = np.full(n_total, -1, np.int64)
     trained_row[codes] = np.arange(len(codes))
@@ -363,11 +354,6 @@ def cold_rows(
                                None if context is None else context[warm_rows], k, cv, cc)
     if cc is not None:
         cc *= np.float32(candidate_scale)
-    category_only = np.zeros(len(cold_idx), bool)
-    if category_attribute is not None and len(cold_idx):
-        # zero vectors (cv, cc are zero there): only the category signal reaches them
-        category_only = ~ok & (attrs[cold_idx, category_attribute] >= 0)
-        ok = ok | category_only
     served_trained = np.flatnonzero(listed[codes])
     cold_codes = cat_codes[cold_idx[ok]]
     all_codes = np.r_[codes[served_trained], cold_codes]
@@ -392,8 +378,7 @@ def cold_rows(
     })
     origins.insert(0, "id", ids_of[origins["code"].to_numpy()])
     stats = {"trained": len(served_trained), "side_info": int(ok.sum()),
-             "none": len(none_codes), "delisted": len(delisted),
-             "category_only": int(category_only.sum())}
+             "none": len(none_codes), "delisted": len(delisted)}
     return ColdRows(all_codes[order].astype(np.int32), ids_of[all_codes[order]], out_v, out_c,
                     out_counts.astype(np.int64), origin, origins, stats)
 

@@ -107,8 +107,7 @@ def test_knn_cold_vector_is_the_mean_of_the_three_most_clicked_items_sharing_the
     o = r.origins.set_index("id")
     assert o.loc["z", "origin"] == "none" and o.loc["z", "reason"] == REASON_NO_ATTRIBUTES
     assert o.loc["f", "origin"] == "none" and o.loc["f", "reason"] == REASON_DELISTED
-    assert r.stats == {"trained": 4, "side_info": 2, "none": 1, "delisted": 1,
-                       "category_only": 0}
+    assert r.stats == {"trained": 4, "side_info": 2, "none": 1, "delisted": 1}
 
 
 def test_knn_takes_the_most_clicked_when_more_than_k_share_the_category():
@@ -126,16 +125,6 @@ def test_pooling_and_context_average_attribute_vectors():
     # no trained token for category 1: n has no vector, and says why
     assert "n" not in set(r.ids)
     assert "none of its attribute values" in r.origins.set_index("id").loc["n", "reason"]
-
-
-def test_a_cold_item_of_an_unclicked_category_is_served_through_its_category():
-    side = {"a0_0": (np.array([3, 4], np.float32), np.array([1, 1], np.float32))}
-    r = cold_rows(CODES, VEC, CTX, COUNTS, VOC6, CAT, 1, scheme="context", side=side,
-                  category_attribute=0)
-    i = list(r.ids).index("n")  # category 1 has no trained token: a zero vector, side_info
-    assert r.origin[i] == "side_info" and not r.vectors[i].any() and not r.context[i].any()
-    assert r.stats["category_only"] == 1 and r.stats["none"] == 1
-    assert r.origins.set_index("id").loc["z", "reason"] == REASON_NO_ATTRIBUTES  # still none
 
 
 def test_off_keeps_exactly_the_trained_rows():

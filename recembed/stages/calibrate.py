@@ -66,9 +66,6 @@ def _catalog(ctx: StageContext, vocab: pd.DataFrame) -> CalibrationCatalog | Non
                               categories=cats if (cats >= 0).any() else None,
                               scheme=cfg.cold.scheme, knn=cfg.cold.knn,
                               candidate_scale=cfg.cold.candidate_scale,
-                              category_attribute=cfg.input.catalog.attributes.index(
-                                  cfg.input.catalog.category) if cfg.input.catalog.category
-                              else None,
                               dated=bool(cfg.input.catalog.listed))
 
 

@@ -64,8 +64,7 @@ def run(ctx: StageContext) -> dict:
     else:
         rows = cold_rows(res.codes, res.vectors, res.context, res.counts, vocab, catalog, n_attr,
                          scheme=scheme, k=cfg.cold.knn, side=res.side,
-                         candidate_scale=cfg.cold.candidate_scale,
-                         category_attribute=category_attribute(cfg))
+                         candidate_scale=cfg.cold.candidate_scale)
         export_vectors(TrainResult(rows.vectors, rows.context, rows.codes, rows.counts),
                        vocab, ctx.out_dir, context=writes_context(cfg),
                        categories=item_categories(cfg, cats, catalog), ids=rows.ids,
@@ -79,12 +78,6 @@ def run(ctx: StageContext) -> dict:
     log.info("trained %s tokens at %s words/s", f"{res.stats['tokens_trained']:,}",
              f"{res.stats['words_per_s']:,}")
     return {k: v for k, v in res.stats.items() if k != "loss_per_epoch"}
-
-
-def category_attribute(cfg: Config) -> int | None:
-    """The catalog attribute column that is the category (`input.catalog.category`), or None."""
-    c = cfg.input.catalog
-    return c.attributes.index(c.category) if c.category else None
 
 
 def has_catalog(cfg: Config) -> bool:
