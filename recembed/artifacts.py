@@ -77,6 +77,11 @@ QUARANTINE = Artifact("quarantine.parquet", columns=("file", "row", "raw", "reas
 SESSIONS_TRAIN = Artifact("sessions_train.parquet", columns=("session", "item", "ts", "pos"))
 SESSIONS_TEST = Artifact("sessions_test.parquet", columns=("session", "item", "ts", "pos"))
 SESSION_TABLE = Artifact("session_table.parquet", columns=("session", "weight"))
+# the item catalog (side information, recembed.catalog): valid rows and the quarantined ones
+CATALOG = Artifact("catalog.parquet", columns=("code", "id", "in_log", "listed", "category",
+                                              "n_attributes"))
+CATALOG_QUARANTINE = Artifact("catalog_quarantine.parquet", columns=("file", "row", "raw",
+                                                                     "reason"))
 GRAPH = Artifact("graph.npz")
 WALKS = Artifact("walks.txt")
 SESSION_CORPUS = Artifact("sessions.txt")
@@ -84,6 +89,9 @@ VECTORS = Artifact("vectors.npy", published=True)
 CONTEXT = Artifact("context_vectors.npy", published=True)
 ITEMS = Artifact("items.parquet", columns=("id", "code", "count"), published=True)
 VECTORS_BIN = Artifact("vectors.bin", published=True)
+# every catalog and trained item: origin (trained | side_info | none) and why a `none` item is
+# not served (written with a catalog only)
+ORIGINS = Artifact("origins.parquet", columns=("id", "code", "origin", "reason"), published=True)
 VECTORS_TXT = Artifact("vectors.txt")
 TRAIN_STATS = Artifact("train.json")
 INDEX = Artifact("index.faiss", published=True)
@@ -454,6 +462,9 @@ class Embeddings:
         Corpus occurrences of each item.
     categories : numpy.ndarray of int32, optional
         Category of each item (-1 = unknown).
+    origin : numpy.ndarray of str, optional
+        How each row's vector was obtained: "trained" or "side_info" (cold start from the
+        catalog, `recembed.catalog`); None = all trained (runs without a catalog).
     """
 
     ids: np.ndarray
@@ -462,6 +473,7 @@ class Embeddings:
     context: np.ndarray | None = None
     counts: np.ndarray | None = None
     categories: np.ndarray | None = None
+    origin: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -482,6 +494,8 @@ class Embeddings:
                                   else np.asarray(self.counts, np.int64))}
         if self.categories is not None:
             cols["category"] = pa.array(np.asarray(self.categories, np.int32))
+        if self.origin is not None:
+            cols["origin"] = pa.array([str(x) for x in self.origin], pa.string())
         write_parquet(pa.table(cols), ITEMS.path(out_dir), ITEMS.columns)
         _save_npy(VECTORS.path(out_dir), self.vectors)
         written = [VECTORS, ITEMS]
@@ -508,6 +522,8 @@ class Embeddings:
             vectors=vectors, context=ctx,
             counts=table.column("count").to_numpy() if "count" in names else None,
             categories=table.column("category").to_numpy() if "category" in names else None,
+            origin=(table.column("origin").to_numpy(zero_copy_only=False).astype(object)
+                    if "origin" in names else None),
         )
 
 

@@ -25,11 +25,17 @@ Signals, each computed for every candidate of a query (the union of what the sig
 - `neighbours`: session-kNN (V-SKNN / STAN, `recembed.sknn`), divided by the query's best.
 - `repeat`: items already in the session, `sum repeat_decay ** steps_back`, divided by its max.
 - `popularity`: log(1 + training count) / log(1 + max count).
+- `category` (runs with a catalog): the items of the last item's category, most recently listed
+  first (the evaluation's `category` baseline, `recembed.evaluate.category_scorer`): a candidate
+  of that category scores 1 / (1 + its rank in the category by listing recency, 0 = newest),
+  others 0, divided by the query's best. The first `BlendSettings.popular` rows of the
+  category's list join the candidates. Models without the category arrays (no catalog) score
+  0 everywhere: the signal is off.
 
 score = sum_s weight_s * signal_s. The weights (and decay, temperature, ...) are chosen per run
 on a validation split (`recembed.calibrate`) and stored in serving.json; a weight of 0 switches a
 signal off. Because every single-signal corner is in the search, the chosen blend is never worse
-on validation than rules, neighbours, repeats or popularity alone.
+on validation than rules, neighbours, repeats, popularity or the category baseline alone.
 """
 
 from __future__ import annotations
@@ -51,7 +57,8 @@ from recembed.sknn import (
     method_params,
 )
 
-SIGNALS = ("directional", "cosine", "rules", "neighbours", "repeat", "popularity")
+SIGNALS = ("directional", "cosine", "rules", "neighbours", "repeat", "popularity", "category")
+N_SIGNALS = len(SIGNALS)  # the kernels' signal count (a compile-time constant for numba)
 RETRIEVALS = ("index", "table")
 Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # (queries, k) -> (D, I)
 
@@ -75,7 +82,8 @@ class BlendSettings:
     candidates : int >= 1
         Candidates fetched from the directional index per query (others add theirs).
     popular : int >= 0
-        Most popular items always added as candidates (tiny catalogues, cold sessions).
+        Most popular items always added as candidates (tiny catalogues, cold sessions); with
+        category arrays, also the newest items of the last item's category.
     neighbours : dict
         Session-kNN method and parameter overrides (`recembed.sknn.method_params`):
         {"method": "stan" | "vsknn" | "vstan" | "off", ...}; empty = STAN's defaults.
@@ -168,13 +176,22 @@ class BlendModel:
     dir_table, cos_table : int32 [n, w] or None
         Per-item candidate lists of `candidate_tables` (-1 padded), for settings with
         ``retrieval = "table"``.
+    item_category, category_rank : int32 [n] or None
+        The row's category (-1 = none) and its rank in that category by listing recency
+        (0 = newest, -1 = none); `category_arrays` builds them. None = no `category` signal.
+    category_indptr : int64 [n_categories + 1] or None
+    category_rows : int32 [sum of category sizes] or None
+        The rows of each category, newest first (CSR).
     """
 
     def __init__(self, vectors: np.ndarray, context: np.ndarray | None = None,
                  rules: Csr | None = None, neighbours=None,
                  popularity: np.ndarray | None = None, search: Search | None = None,
                  cos_search: Search | None = None, dir_table: np.ndarray | None = None,
-                 cos_table: np.ndarray | None = None):
+                 cos_table: np.ndarray | None = None, item_category: np.ndarray | None = None,
+                 category_rank: np.ndarray | None = None,
+                 category_indptr: np.ndarray | None = None,
+                 category_rows: np.ndarray | None = None):
         self.vectors = np.ascontiguousarray(vectors, np.float32)
         self.unit = unit_rows(self.vectors)
         self.context = None if context is None else np.ascontiguousarray(context, np.float32)
@@ -190,6 +207,28 @@ class BlendModel:
         for name, t in (("dir_table", dir_table), ("cos_table", cos_table)):
             if t is not None and (t.ndim != 2 or len(t) != n):
                 raise ValueError(f"{name} must have one row per item ({n}), got {t.shape}")
+        parts = (item_category, category_rank, category_indptr, category_rows)
+        if any(x is not None for x in parts) and any(x is None for x in parts):
+            raise ValueError("item_category, category_rank, category_indptr and category_rows "
+                             "go together: give all four or none")
+        self.has_category = item_category is not None
+        if self.has_category:
+            self.item_category = np.ascontiguousarray(item_category, np.int32)
+            self.category_rank = np.ascontiguousarray(category_rank, np.int32)
+            self.category_indptr = np.ascontiguousarray(category_indptr, np.int64)
+            self.category_rows = np.ascontiguousarray(category_rows, np.int32)
+            for name, a in (("item_category", self.item_category),
+                            ("category_rank", self.category_rank)):
+                if a.shape != (n,):
+                    raise ValueError(f"{name} must have one entry per item ({n}), got {a.shape}")
+            if self.category_indptr[-1] != len(self.category_rows) or \
+                    int(self.item_category.max(initial=-1)) >= len(self.category_indptr) - 1:
+                raise ValueError("category_indptr / category_rows do not match item_category")
+        else:  # zero-length arrays switch the signal off inside the kernels
+            self.item_category = self.category_rank = np.zeros(0, np.int32)
+            self.category_indptr = np.zeros(1, np.int64)
+            self.category_rows = np.zeros(0, np.int32)
+        self._max_category = int(np.diff(self.category_indptr).max(initial=0))
         self._scratch = None if neighbours is None else Scratch(neighbours.n_items)
         self._max_rule = 0 if rules is None else int(np.diff(rules.indptr).max(initial=0))
 
@@ -212,7 +251,7 @@ class BlendModel:
     def recommend(self, sessions: list[np.ndarray], st: BlendSettings, k: int, *,
                   exclude_session_items: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(rows int64 [n, k], scores float32 [n, k]), -1 / -inf padded: `blend_top_k` of
-        `signals`, bit for bit, without the padded [n, C, 6] arrays (the candidates of all
+        `signals`, bit for bit, without the padded [n, C, N_SIGNALS] arrays (the candidates of all
         queries sit end to end): 3x less time than signals + blend_top_k at 199k items."""
         n = len(sessions)
         if k <= 0 or n == 0:
@@ -266,7 +305,9 @@ class BlendModel:
         return (s_indptr, s_flat, np.ascontiguousarray(dir_rows, np.int64),
                 np.ascontiguousarray(cos_rows, np.int64), pop_rows, r_ptr, r_idx, r_val,
                 self._max_rule, nb_n, nb_rows, nb_vals, float(st.repeat_decay), self.unit,
-                context, q_unit, q_in, self.pop, has_dir)
+                context, q_unit, q_in, self.pop, has_dir, self.item_category,
+                self.category_rank, self.category_indptr, self.category_rows,
+                min(int(st.popular), self._max_category))
 
     def _candidates(self, s_indptr, s_flat, q_in, q_unit, st: BlendSettings, n_c: int,
                     has_dir: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -350,6 +391,47 @@ def _neighbour_params(neighbours: dict) -> SknnParams:
 
 def _weights(st: BlendSettings) -> np.ndarray:
     return np.array([float(st.weights.get(name, 0.0)) for name in SIGNALS])
+
+
+def category_arrays(categories: np.ndarray, listed: np.ndarray) -> dict[str, np.ndarray]:
+    """The `BlendModel` category arrays of rows with a category and a listing-order key.
+
+    Rows are ranked inside their category exactly as `recembed.evaluate.category_scorer`
+    orders them: by `listed` (larger = newer; non-finite = oldest), ties to the higher row
+    (the baseline's stable argsort gives the later of equal keys the higher recency).
+
+    Parameters
+    ----------
+    categories : int [n]
+        Category per row (>= 0), -1 = none (no category signal from or to the row).
+    listed : float [n]
+        Listing-order key per row (`recembed.catalog.listing_order`), larger = newer.
+
+    Returns
+    -------
+    dict with ``item_category`` int32 [n], ``category_rank`` int32 [n] (0 = newest, -1 =
+    none), ``category_indptr`` int64 [max category + 2], ``category_rows`` int32 (each
+    category's rows, newest first).
+    """
+    cat = np.asarray(categories, np.int64)
+    key = np.asarray(listed, np.float64)
+    if cat.shape != key.shape or cat.ndim != 1:
+        raise ValueError(f"categories {cat.shape} and listed {key.shape} must be one per row")
+    key = np.where(np.isfinite(key), key, -np.inf)
+    newest = np.argsort(key, kind="stable")[::-1]  # the baseline's recency, descending
+    newest = newest[cat[newest] >= 0]
+    by_cat = newest[np.argsort(cat[newest], kind="stable")]
+    n_cat = int(cat.max(initial=-1)) + 1
+    indptr = np.zeros(n_cat + 1, np.int64)
+    np.cumsum(np.bincount(cat[by_cat], minlength=n_cat), out=indptr[1:])
+    rank = np.full(len(cat), -1, np.int32)
+    rank[by_cat] = np.arange(len(by_cat)) - indptr[cat[by_cat]]
+    return {"item_category": np.where(cat >= 0, cat, -1).astype(np.int32),
+            "category_rank": rank, "category_indptr": indptr,
+            "category_rows": by_cat.astype(np.int32)}
+
+
+CATEGORY_KEYS = ("item_category", "category_rank", "category_indptr", "category_rows")
 
 
 def candidate_tables(vectors: np.ndarray, context: np.ndarray | None, width: int, *,
@@ -535,7 +617,8 @@ def _dot(a, b):
 
 
 @njit(cache=True, nogil=True)
-def _union_one(s, dir_row, cos_row, pop_rows, r_ptr, r_idx, nb_n, nb_row, out):
+def _union_one(s, dir_row, cos_row, pop_rows, r_ptr, r_idx, nb_n, nb_row, item_cat, cat_ptr,
+               cat_rows, n_cat, out):
     """The sorted distinct candidates of one query into `out`; returns how many."""
     m = 0
     for x in s:
@@ -560,6 +643,11 @@ def _union_one(s, dir_row, cos_row, pop_rows, r_ptr, r_idx, nb_n, nb_row, out):
     for t in range(nb_n):
         out[m] = nb_row[t]
         m += 1
+    if n_cat > 0 and len(s) and s[-1] >= 0 and item_cat[s[-1]] >= 0:
+        cl = item_cat[s[-1]]
+        for e in range(cat_ptr[cl], min(cat_ptr[cl] + n_cat, cat_ptr[cl + 1])):
+            out[m] = cat_rows[e]
+            m += 1
     row = np.sort(out[:m])
     c = 0
     for t in range(m):
@@ -571,8 +659,9 @@ def _union_one(s, dir_row, cos_row, pop_rows, r_ptr, r_idx, nb_n, nb_row, out):
 
 @njit(cache=True, nogil=True)
 def _fill_one(s, u, r_ptr, r_idx, r_val, nb_n, nb_row, nb_val, repeat_decay, unit, context,
-              q_unit, q_in, pop, has_dir, vals, in_sess):
-    """The raw signals of one query's candidates `u` (sorted) into vals [C, 6], in_sess [C]."""
+              q_unit, q_in, pop, has_dir, item_cat, cat_rank, vals, in_sess):
+    """The raw signals of one query's candidates `u` (sorted) into vals [C, N_SIGNALS],
+    in_sess [C]."""
     ls = len(s)
     for p in range(ls):
         if s[p] >= 0:
@@ -593,6 +682,11 @@ def _fill_one(s, u, r_ptr, r_idx, r_val, nb_n, nb_row, nb_val, repeat_decay, uni
         else:  # no output vectors: cosine on a comparable scale
             vals[j, 0] = cs * np.float32(10.0)
         vals[j, 5] = pop[x]
+    if len(item_cat) and ls and s[-1] >= 0 and item_cat[s[-1]] >= 0:
+        cl = item_cat[s[-1]]
+        for j in range(len(u)):
+            if item_cat[u[j]] == cl:
+                vals[j, 6] = np.float32(1.0) / np.float32(1 + cat_rank[u[j]])
 
 
 # per-query work is tens of microseconds: below this many queries, threads cost more than they
@@ -631,24 +725,24 @@ def _make_flat_signals_kernel(parallel: bool):
 
     def kernel(s_indptr, s_flat, dir_rows, cos_rows, pop_rows, r_ptr, r_idx, r_val, max_rule,
                nb_n, nb_rows, nb_vals, repeat_decay, unit, context, q_unit, q_in, pop,
-               has_dir):
+               has_dir, item_cat, cat_rank, cat_ptr, cat_rows, n_cat):
         n = len(s_indptr) - 1
         max_len = 0
         for i in range(n):
             max_len = max(max_len, s_indptr[i + 1] - s_indptr[i])
         cap = max_len + len(pop_rows) + cos_rows.shape[1] + dir_rows.shape[1] + max_rule + \
-            nb_rows.shape[1]
+            nb_rows.shape[1] + n_cat
         buf = np.empty((n, max(cap, 1)), np.int64)
         offsets = np.zeros(n + 1, np.int64)
         for i in loop(n):
             offsets[i + 1] = _union_one(s_flat[s_indptr[i]:s_indptr[i + 1]], dir_rows[i],
                                         cos_rows[i], pop_rows, r_ptr, r_idx, nb_n[i], nb_rows[i],
-                                        buf[i])
+                                        item_cat, cat_ptr, cat_rows, n_cat, buf[i])
         for i in range(n):
             offsets[i + 1] += offsets[i]
         total = offsets[n]
         rows = np.empty(total, np.int64)
-        vals = np.zeros((total, 6), np.float32)
+        vals = np.zeros((total, N_SIGNALS), np.float32)
         in_sess = np.zeros(total, np.bool_)
         last = np.full(n, -1, np.int64)
         for i in loop(n):
@@ -660,7 +754,7 @@ def _make_flat_signals_kernel(parallel: bool):
             if hi > lo:
                 _fill_one(s, rows[lo:hi], r_ptr, r_idx, r_val, nb_n[i], nb_rows[i], nb_vals[i],
                           repeat_decay, unit, context, q_unit[i], q_in[i], pop, has_dir,
-                          vals[lo:hi], in_sess[lo:hi])
+                          item_cat, cat_rank, vals[lo:hi], in_sess[lo:hi])
         return offsets, rows, vals, in_sess, last
 
     kernel.__name__ = kernel.__qualname__ = "flat_signals_" + ("par" if parallel else "ser")
@@ -673,7 +767,7 @@ _flat_signals_ser = _make_flat_signals_kernel(False)
 
 def _flat_signals(*args):
     """Candidate unions (sorted) and the raw signals of every query, end to end: (offsets
-    int64 [n + 1], rows [T], vals [T, 6], in_session [T], last [n]); query i owns
+    int64 [n + 1], rows [T], vals [T, N_SIGNALS], in_session [T], last [n]); query i owns
     ``offsets[i]:offsets[i + 1]``. The per-query numpy code it replaced is the reference in
     tests/test_blend.py."""
     n = len(args[0]) - 1
@@ -709,7 +803,7 @@ def _top_k_one(rows, vals, expo, in_sess, last, w, exclude_last, exclude_session
     order of signals."""
     c = len(rows)
     score = np.zeros(c)  # (np.float64, not float(): numba's float() keeps a float32 a float32)
-    for j in range(6):
+    for j in range(len(w)):
         if w[j] == 0.0:
             continue
         if j == 0 or j == 1:  # directional, cosine: exp((x - max) / t), numpy's exp (below)
@@ -718,7 +812,7 @@ def _top_k_one(rows, vals, expo, in_sess, last, w, exclude_last, exclude_session
         elif j == 5:  # popularity as it is
             for a in range(c):
                 score[a] += w[j] * np.float64(vals[a, j])
-        else:  # divided by the query's best (padding counts as 0)
+        else:  # rules, neighbours, repeat, category: divided by the query's best (padding 0)
             mx = np.float64(vals[0, j])
             for a in range(c):
                 mx = max(mx, np.float64(vals[a, j]))

@@ -11,12 +11,23 @@ What is chosen (explicit config values always win; only keys left at "auto" are 
   epochs; DESIGN.md: winners saw about 2-3M tokens whatever the corpus size);
 - the serving blend (`recembed.blend`): signal weights, query decay, directional temperature,
   neighbour method. Coordinate ascent from the best single signal, so the chosen blend is at
-  least as good on validation as each signal alone (rules, neighbours, repeats, popularity).
+  least as good on validation as each signal alone (rules, neighbours, repeats, popularity;
+  with a catalog, the category baseline).
   Then the fewest candidates per query (50, 100 or 200) and the fewest recent sessions the
   session-kNN signal reads (500, 1,000 or the method's default) that lose less than half a
   query (serving time grows with both).
 
 The objective is Recall@20 + MRR@20 on validation (allow-repeats protocol).
+
+With an item catalog (`CalibrationCatalog`) validation follows the holdout's cold-start
+protocol: targets unseen by the calibration-train sessions but listed in the catalog are scored,
+not dropped. The calibration model holds those items as rows, with vectors from the run's cold
+scheme (`recembed.catalog.cold_rows`; the ``context`` scheme's attribute tokens need their own
+training, so its calibration rows use ``pooling``), and the `category` signal's arrays for every
+row, so that the `category` weight is chosen on warm and cold targets as the holdout scores them.
+The calibration's listing order knows the calibration-train sessions only: the catalog's
+`listed` dates when `input.catalog.listed` is set, else the first click in calibration training,
+items without one being the newest (later catalog rows newer), as `recembed.catalog` orders them.
 """
 
 from __future__ import annotations
@@ -30,7 +41,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recembed.blend import SIGNALS, BlendModel, BlendSettings, Signals, blended_scores
+from recembed.blend import (
+    SIGNALS,
+    BlendModel,
+    BlendSettings,
+    Signals,
+    blended_scores,
+    category_arrays,
+)
 
 log = logging.getLogger("recembed")
 
@@ -40,6 +58,67 @@ TEMPERATURES = (0.5, 1.0, 2.0)
 CANDIDATES = (50, 100)  # serving.candidates tried below the default (200), fewest first
 NEIGHBOUR_SAMPLES = (500, 1000)  # serving.neighbour_sample tried below the method's default
 DEFAULT_TARGET_TOKENS = 3_000_000  # the training amount without calibration (DESIGN.md: 2-3M)
+
+
+@dataclass
+class CalibrationCatalog:
+    """What calibration needs of the item catalog (runs with `input.catalog`).
+
+    Parameters
+    ----------
+    table : DataFrame
+        catalog.parquet (`recembed.catalog.Catalog.table`).
+    vocabulary : DataFrame
+        `code`, `id` of every ingest code.
+    n_attributes : int
+        Attribute columns of `table`.
+    categories : int array or None
+        Category per item code (-1 unknown; `recembed.stages.train.item_categories`); None =
+        no `category` signal.
+    scheme : {"context", "pooling", "knn", "off"}
+        `cold.scheme` ("context" calibrates with "pooling" rows, see the module docstring).
+    knn : int
+        `cold.knn`.
+    candidate_scale : float in [0, 1]
+        `cold.candidate_scale`.
+    dated : bool
+        Whether `table.listed` comes from a catalog column (`input.catalog.listed`).
+    """
+
+    table: pd.DataFrame
+    vocabulary: pd.DataFrame
+    n_attributes: int
+    categories: np.ndarray | None = None
+    scheme: str = "pooling"
+    knn: int = 3
+    candidate_scale: float = 1.0
+    dated: bool = False
+
+    @property
+    def n_total(self) -> int:
+        """Item codes including the catalog's new ones (codes after the vocabulary's)."""
+        return max(len(self.vocabulary), int(self.table["code"].max()) + 1
+                   if len(self.table) else 0)
+
+    def listed_mask(self) -> np.ndarray:
+        out = np.zeros(self.n_total, bool)
+        out[self.table["code"].to_numpy()] = True
+        return out
+
+    def listing(self, ct: pd.DataFrame) -> np.ndarray:
+        """Listing-order key per code from what calibration may know (module docstring);
+        -inf for codes the catalog does not list."""
+        codes = self.table["code"].to_numpy(np.int64)
+        out = np.full(self.n_total, -np.inf)
+        if self.dated:
+            out[codes] = self.table["listed"].to_numpy(np.float64)
+            return out
+        first = ct.groupby("item")["ts"].min()
+        seen = np.full(self.n_total, np.nan)
+        seen[first.index.to_numpy()] = first.to_numpy(np.float64)
+        key = seen[codes]
+        out[codes] = np.where(np.isnan(key), 1e12 + np.arange(len(codes)), key)
+        return out
 
 
 @dataclass
@@ -129,7 +208,8 @@ def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndar
     corners: dict = {}
     best, best_rm, best_opt = st, (-1.0, -1.0), 0
     names = [s for s in SIGNALS if not (s == "neighbours" and model.neighbours is None)
-             and not (s == "rules" and model.rules is None)]
+             and not (s == "rules" and model.rules is None)
+             and not (s == "category" and not model.has_category)]
     if "weights" in fixed:
         best_rm = score(st, 0)
     else:
@@ -223,7 +303,7 @@ def calibrate_run(
     base_blend: BlendSettings, neighbour_options: list[dict], rule_steps: int = 10,
     baselines: tuple[str, ...] = ("pop", "session_pop", "sr", "item_knn", "vsknn", "stan"),
     max_queries: int = 5000, max_train_tokens: int = 3_000_000, time_budget_s: float = 300.0,
-    seed: int = 0, threads: int = 1,
+    seed: int = 0, threads: int = 1, catalog: CalibrationCatalog | None = None,
 ) -> dict:
     """Train candidate models on the sessions before the validation split, choose corpus,
     training amount and blend on the validation sessions; the calibration record.
@@ -263,6 +343,9 @@ def calibrate_run(
     time_budget_s : float, seconds
         Candidates after this much time are skipped (the best so far is kept, and the record
         says what was skipped).
+    catalog : CalibrationCatalog or None
+        The run's item catalog: validation scores cold targets and the `category` signal is
+        searched (module docstring). None = no catalog: warm targets only, no category signal.
     """
     from recembed.evaluate import evaluate_all, make_queries
     from recembed.sessions import session_weights
@@ -293,10 +376,31 @@ def calibrate_run(
     weights = pd.Series(session_weights(ends.to_numpy(np.float64), ref, half_life_days),
                         index=ends.index)
     pop = np.bincount(ct["item"].to_numpy(), minlength=n_items).astype(np.float64)
-    q, qstats = make_queries(val, pop > 0, max_queries=max_queries, seed=seed)
+    cold_kw: dict = {}
+    listing = None
+    n_eval_items = n_items
+    if catalog is None:
+        known = pop > 0
+    else:
+        # cold-start validation, as the holdout: targets listed in the catalog but unseen by
+        # the calibration-train sessions are scored
+        n_eval_items = catalog.n_total
+        listed = catalog.listed_mask()
+        known = (pop > 0) | listed[:n_items]
+        listing = catalog.listing(ct)
+        cold_kw = {"catalog": listed, "listed": listing,
+                   "categories": catalog.categories if catalog.categories is not None
+                   else np.full(n_eval_items, -1, np.int32)}
+        if catalog.categories is not None and "category" not in baselines:
+            baselines = (*baselines, "category")
+    q, qstats = make_queries(val, known, max_queries=max_queries, seed=seed)
+    if catalog is not None:
+        qstats["cold_queries"] = int((pop[q.target] == 0).sum())
+        qstats["cold_share"] = float((pop[q.target] == 0).mean()) if len(q) else 0.0
     record["validation_queries"] = qstats
-    base = evaluate_all(ct, val, n_items, ks=[20], baselines=list(baselines),
-                        max_queries=max_queries, seed=seed, train_ts=ct["ts"].to_numpy())
+    base = evaluate_all(ct, val, n_eval_items, ks=[20], baselines=list(baselines),
+                        max_queries=max_queries, seed=seed, train_ts=ct["ts"].to_numpy(),
+                        **cold_kw)
     record["baselines"] = {n: {"recall@20": m["allow_repeats"]["recall@20"],
                                "mrr@20": m["allow_repeats"]["mrr@20"]}
                            for n, m in base["methods"].items()}
@@ -317,7 +421,8 @@ def calibrate_run(
                               train_params=train_params, blend_fixed=blend_fixed,
                               base_blend=base_blend, neighbour_options=neighbour_options,
                               rule_steps=rule_steps, seed=seed, threads=threads,
-                              budget=max(time_budget_s / 10, 5.0))
+                              budget=max(time_budget_s / 10, 5.0), catalog=catalog,
+                              listing=listing)
             record["candidates"].append({k: v for k, v in cand.items() if k != "choice"})
             log.info("calibrate: %s, %s tokens: validation recall@20 %.4f mrr@20 %.4f (%.1f s)",
                      corpus, f"{tokens:,}", cand["recall@20"], cand["mrr@20"], cand["seconds"])
@@ -333,7 +438,7 @@ def calibrate_run(
                   blend=choice.as_dict(), seconds=round(time.perf_counter() - t0, 3))
     record["validation"] = {"recall@20": choice.recall, "mrr@20": choice.mrr}
     inside = {"session_pop": "repeat", "sr": "rules", "vsknn": "neighbours",
-              "stan": "neighbours", "pop": "popularity"}
+              "stan": "neighbours", "pop": "popularity", "category": "category"}
     for name, m in record["baselines"].items():
         if m["recall@20"] > choice.recall:
             why = (f"its signal ({inside[name]}) is in the blend search, but the candidate set "
@@ -460,11 +565,13 @@ def train_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, workd
                corpus: str, tokens: int, graph_params: dict, walk_params: dict,
                train_params: dict, blend_fixed: dict, base_blend: BlendSettings,
                neighbour_options: list[dict], rule_steps: int, seed: int, threads: int,
-               budget: float) -> dict:
+               budget: float, catalog: CalibrationCatalog | None = None,
+               listing: np.ndarray | None = None) -> dict:
     """Train one calibration model on `ct` and choose its blend on the queries `q`: the
     candidate's record (corpus, target_tokens, epochs, corpus_tokens, recall@20, mrr@20,
     objective, seconds, and `choice`, the BlendChoice). `recembed.tune` trains its trials
-    with it."""
+    with it. With `catalog` (and `listing`, its `CalibrationCatalog.listing` key per code) the
+    model also holds the catalog items unseen by `ct` and the `category` signal's arrays."""
     from recembed.graph import build_item_graph
     from recembed.sequences import write_session_corpus
     from recembed.train import concat_corpora, train_word2vec
@@ -487,8 +594,13 @@ def train_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, workd
         files.append(workdir / "walks.txt")
     path = concat_corpora(files, workdir / "corpus.txt")
     res = train_word2vec(path, seed=seed, target_tokens=tokens, progress=False, **train_params)
-    model, row_of = serving_model(ct, n_items, res.codes, res.vectors, res.context,
-                                  rule_steps=rule_steps)
+    codes, vectors, context, category = res.codes, res.vectors, res.context, None
+    n_model = n_items
+    if catalog is not None:
+        codes, vectors, context, category = calibration_rows(catalog, res, ct, listing)
+        n_model = catalog.n_total
+    model, row_of = serving_model(ct, n_model, codes, vectors, context,
+                                  rule_steps=rule_steps, category=category)
     prefixes = [row_of[q.items[s: s + n]] for s, n in zip(q.start, q.length, strict=True)]
     choice = choose_blend(model, prefixes, row_of[q.target], base=base_blend, fixed=blend_fixed,
                           neighbour_options=neighbour_options, time_budget_s=budget)
@@ -498,12 +610,36 @@ def train_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, workd
             "seconds": round(time.perf_counter() - t0, 3), "choice": choice}
 
 
+def calibration_rows(catalog: CalibrationCatalog, res, ct: pd.DataFrame,
+                     listing: np.ndarray | None = None) -> tuple:
+    """(codes, vectors, context, category arrays or None) of a calibration model trained on
+    `ct` (`res`, a `recembed.train.TrainResult`): the catalog items it has not trained get
+    vectors from the run's cold scheme ("context" -> "pooling": module docstring), as the
+    train stage gives the final model's."""
+    from recembed.catalog import cold_rows
+
+    scheme = "pooling" if catalog.scheme == "context" else catalog.scheme
+    rows = cold_rows(res.codes, res.vectors, res.context, res.counts, catalog.vocabulary,
+                     catalog.table, catalog.n_attributes, scheme=scheme, k=catalog.knn,
+                     candidate_scale=catalog.candidate_scale)
+    codes = np.asarray(rows.codes, np.int64)
+    category = None
+    if catalog.categories is not None:
+        cats = np.full(catalog.n_total, -1, np.int64)
+        cats[:len(catalog.categories)] = catalog.categories[:catalog.n_total]
+        if (cats[codes] >= 0).any():
+            key = catalog.listing(ct) if listing is None else listing
+            category = category_arrays(cats[codes], key[codes])
+    return codes, rows.vectors, rows.context, category
+
+
 def serving_model(train: pd.DataFrame, n_items: int, codes: np.ndarray, vectors: np.ndarray,
-                  context: np.ndarray | None, *, rule_steps: int = 10, search=None
-                  ) -> tuple[BlendModel, np.ndarray]:
+                  context: np.ndarray | None, *, rule_steps: int = 10, search=None,
+                  category: dict | None = None) -> tuple[BlendModel, np.ndarray]:
     """The blend model of trained vectors (rows = `codes`, ingest codes ascending) and the
     training sessions: rules and session-kNN index in vector-row space; (model, row_of) with
-    row_of[ingest code] = vector row or -1."""
+    row_of[ingest code] = vector row or -1. `category`: the rows' `category_arrays` (the
+    `category` signal), None = none."""
     from recembed.blend import sequential_rules
     from recembed.sknn import SessionIndex, session_end_times
 
@@ -517,7 +653,7 @@ def serving_model(train: pd.DataFrame, n_items: int, codes: np.ndarray, vectors:
     nbi = SessionIndex.build(sess[ok], rows[ok], ends, len(codes))
     pop = np.bincount(train["item"].to_numpy(), minlength=n_items)[codes]
     return BlendModel(vectors, context, rules=rules, neighbours=nbi, popularity=pop,
-                      search=search), row_of
+                      search=search, **(category or {})), row_of
 
 
 # ---------------------------------------------------------------- helpers
@@ -550,7 +686,7 @@ def _recall_mrr(sig: Signals, st: BlendSettings, targets: np.ndarray, k: int
     if st.exclude_last:
         score[(sig.rows == sig.last[:, None]) & (sig.last[:, None] >= 0)] = -np.inf
     score[sig.rows < 0] = -np.inf
-    hit = sig.rows == targets[:, None]
+    hit = (sig.rows == targets[:, None]) & (targets[:, None] >= 0)  # -1: a target without a row
     found = hit.any(axis=1)
     pos = hit.argmax(axis=1)
     ts = score[np.arange(len(score)), pos]

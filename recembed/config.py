@@ -69,6 +69,43 @@ class ColumnsConfig(_Section):
         return v or None
 
 
+class CatalogConfig(_Section):
+    """The item catalog (side information, `recembed.catalog`); path "" = no catalog."""
+
+    path: str | None = None
+    id: str = Field("item_id", min_length=1)
+    attributes: list[str] = Field(default_factory=list)
+    numeric: list[str] = Field(default_factory=list)
+    buckets: int = Field(10, ge=2, le=1000)
+    category: str | None = None
+    listed: str | None = None
+
+    @field_validator("path", "category", "listed")
+    @classmethod
+    def _empty_is_none(cls, v: str | None) -> str | None:
+        return v or None
+
+    @model_validator(mode="after")
+    def _columns_known(self) -> CatalogConfig:
+        if self.path and not self.attributes:
+            raise ValueError("input.catalog.attributes is empty: name at least one attribute "
+                             "column of the catalog (e.g. [\"category\"])")
+        extra = [c for c in self.numeric if c not in self.attributes]
+        if extra:
+            raise ValueError(f"input.catalog.numeric lists {extra}, which are not in "
+                             f"input.catalog.attributes {self.attributes}; add them there")
+        if self.category and self.category not in self.attributes:
+            raise ValueError(f"input.catalog.category = {self.category!r} is not in "
+                             f"input.catalog.attributes {self.attributes}; add it there")
+        if self.category and self.category in self.numeric:
+            raise ValueError(f"input.catalog.category = {self.category!r} is numeric "
+                             "(input.catalog.numeric): a category must be categorical")
+        if self.id in self.attributes:
+            raise ValueError(f"input.catalog.id = {self.id!r} is also an attribute; remove it "
+                             "from input.catalog.attributes")
+        return self
+
+
 class InputConfig(_Section):
     paths: list[str] = Field(default_factory=lambda: ["data/sample_clicks.csv"])
     test_paths: list[str] = Field(default_factory=list)
@@ -85,6 +122,7 @@ class InputConfig(_Section):
     encoding: str = "utf-8"
     partition_date: str | None = None
     filters: dict[str, list[str | int]] = Field(default_factory=dict)
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
 
     @field_validator("delimiter", "categories_path", "partition_date")
     @classmethod
@@ -188,6 +226,15 @@ class SequencesConfig(_Section):
     min_copies: int = Field(1, ge=0)
 
 
+class ColdConfig(_Section):
+    """Vectors for catalog items without clicks (`recembed.catalog`); needs input.catalog."""
+
+    scheme: Literal["context", "pooling", "knn", "off"] = "pooling"
+    knn: int = Field(3, ge=1)
+    context_copies: float = Field(1.0, gt=0, le=10)
+    candidate_scale: float = Field(1.0, ge=0, le=1)
+
+
 class TrainConfig(_Section):
     vector_size: int = Field(64, ge=2)
     window: int = Field(3, ge=1)
@@ -222,7 +269,7 @@ class ServingConfig(_Section):
     # the signals of recembed.blend.SIGNALS (tests/test_calibrate.py checks they agree; config
     # sits below the blend in the data flow, so it cannot import it)
     weights: dict[Literal["directional", "cosine", "rules", "neighbours", "repeat",
-                          "popularity"], float] | Literal["auto"] = "auto"
+                          "popularity", "category"], float] | Literal["auto"] = "auto"
     decay: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] = "auto"
     temperature: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
     neighbours: Literal["auto", "vsknn", "stan", "off"] = "auto"
@@ -247,7 +294,8 @@ class ServingConfig(_Section):
 class EvaluateConfig(_Section):
     enabled: bool = True
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20, 50])
-    baselines: list[Literal["pop", "session_pop", "item_knn", "sr", "vsknn", "stan", "vstan"]] = \
+    baselines: list[Literal["pop", "session_pop", "item_knn", "sr", "vsknn", "stan", "vstan",
+                            "category"]] = \
         Field(default_factory=lambda: ["pop", "session_pop", "item_knn", "sr", "vsknn", "stan",
                                        "vstan"])
     strategies: list[Literal["last", "decayed", "directional", "ann"]] = Field(
@@ -321,6 +369,7 @@ class Config(_Section):
     walks: WalksConfig = Field(default_factory=WalksConfig)
     sequences: SequencesConfig = Field(default_factory=SequencesConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    cold: ColdConfig = Field(default_factory=ColdConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
@@ -382,7 +431,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Config from a TOML file (or defaults) with `section.key=value` overrides applied.
 
     Path rule (one rule for every path key: input.paths, input.test_paths,
-    input.categories_path, run.runs_dir, publish.dir, also when given by an override): a relative
+    input.categories_path, input.catalog.path, run.runs_dir, publish.dir, also when given by an override): a relative
     path resolves against the config's project root, which is the parent of the file's directory
     when that directory is named `pipelines`, else the file's own directory, and the current
     directory when there is no config file. So a config runs the same from any working directory.
@@ -410,6 +459,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg.input.test_paths = [_resolve(p, base) for p in cfg.input.test_paths]
         if cfg.input.categories_path:
             cfg.input.categories_path = _resolve(cfg.input.categories_path, base)
+        if cfg.input.catalog.path:
+            cfg.input.catalog.path = _resolve(cfg.input.catalog.path, base)
         cfg.run.runs_dir = _resolve(cfg.run.runs_dir, base)
         cfg.publish.dir = _resolve(cfg.publish.dir, base)
     except ValidationError as e:

@@ -4,7 +4,11 @@ For each holdout session and each position t, the prefix up to t is the query an
 target. Every method scores every catalogue item (no sampled negatives), the prefix's last item
 is never recommended (repeats are collapsed, so it is never the target), and, in the
 `exclude_prefix` variant, no earlier prefix item either. Targets never seen in training are
-counted (`oov_share`) and left out of the metrics, for every method alike.
+counted (`oov_share`) and left out of the metrics, for every method alike, unless the run has an
+item catalog: then targets unseen in training but listed in the catalog are scored (cold start,
+`cold_targets`), every listed item is a candidate, and each method's metrics add
+`recall@K_warm` / `recall@K_cold` (targets seen / unseen in training) beside the overall ones.
+A method that has nothing for a cold item simply never hits it.
 
 A method is a *scorer*: `scorer(queries, idx) -> float32 [len(idx), n_items]`, higher is better,
 -inf for items it must not recommend. Scorers add `1e-6 * popularity` so ties fall to popular
@@ -107,8 +111,15 @@ def evaluate_variants(
     scorer: Scorer | None, q: Queries, n_items: int, *, ks: list[int],
     popularity: np.ndarray | None = None, batch: int = 512, recommender: Recommend | None = None,
     variants: tuple[str, ...] = ("allow_repeats", "exclude_prefix"),
+    candidates: np.ndarray | None = None, cold: np.ndarray | None = None,
 ) -> dict[str, dict]:
-    """`evaluate` for several variants, scoring each batch once: {variant: metrics}."""
+    """`evaluate` for several variants, scoring each batch once: {variant: metrics}.
+
+    `candidates` (bool per item) are the items a scorer may recommend (default: popularity >
+    0); `cold` (bool per item) marks cold-start targets, whose recall is reported apart
+    (`recall@K_cold`, `recall@K_warm`, `cold_share`)."""
+    allowed = candidates if candidates is not None else (
+        None if popularity is None else popularity > 0)
     kmax = max(ks)
     recs = {v: np.full((len(q), kmax), -1, np.int32) for v in variants}
     t0 = time.perf_counter()
@@ -119,8 +130,8 @@ def evaluate_variants(
                 recs[v][idx] = recommender(q, idx, kmax, v == "exclude_prefix")
             continue
         scores = np.asarray(scorer(q, idx), np.float32)
-        if popularity is not None:
-            scores[:, popularity <= 0] = -np.inf
+        if allowed is not None:
+            scores[:, ~allowed] = -np.inf
         scores[np.arange(len(idx)), q.last(idx)] = -np.inf
         if "allow_repeats" in variants:
             recs["allow_repeats"][idx] = top_k(scores, kmax)
@@ -134,6 +145,8 @@ def evaluate_variants(
         out[v] = ranking_metrics(recs[v], q.target, ks, n_items)
         if popularity is not None:
             out[v].update(popularity_metrics(recs[v], q.target, ks, popularity))
+        if cold is not None:
+            out[v].update(cold_metrics(recs[v], q.target, ks, cold))
         out[v]["seconds"] = round(secs, 3)
     return out
 
@@ -142,34 +155,48 @@ def evaluate_all(
     train: pd.DataFrame, test: pd.DataFrame, n_items: int, *, ks: list[int],
     baselines: list[str], embeddings: dict[str, Scorer] | None = None,
     recommenders: dict[str, Recommend] | None = None, max_queries: int = 0, seed: int = 0,
-    train_ts: np.ndarray | None = None,
+    train_ts: np.ndarray | None = None, catalog: np.ndarray | None = None,
+    categories: np.ndarray | None = None, listed: np.ndarray | None = None,
 ) -> dict:
     """Every baseline and embedding scorer on the same queries, both variants (prefix items
     allowed / excluded): {"ks", "queries": counts, "methods": {name: {variant: metrics}}}.
 
     The session-kNN baselines (vsknn, stan, vstan) need event times (unix seconds): `train_ts`
-    aligned with `train`'s rows, else its `ts` column."""
+    aligned with `train`'s rows, else its `ts` column. `catalog` (bool per item code: listed in
+    the item catalog) turns on the cold-start protocol (module docstring); `categories` (int per
+    item, -1 unknown) and `listed` (listing-order key per item, larger = newer) feed the
+    ``category`` baseline."""
     popularity = np.bincount(train["item"].to_numpy(), minlength=n_items).astype(np.float64)
-    q, qstats = make_queries(test, popularity > 0, max_queries=max_queries, seed=seed)
+    warm = popularity > 0
+    known = warm if catalog is None else warm | np.asarray(catalog, bool)[:n_items]
+    cold = None if catalog is None else known & ~warm
+    q, qstats = make_queries(test, known, max_queries=max_queries, seed=seed)
+    if cold is not None:
+        qstats["cold_queries"] = int(cold[q.target].sum())
+        qstats["cold_share"] = float(cold[q.target].mean()) if len(q) else 0.0
+    kw = {"candidates": known, "cold": cold}
     makers = {
         "pop": lambda: popularity_scorer(popularity),
         "session_pop": lambda: session_popularity_scorer(popularity),
         "item_knn": lambda: item_knn_scorer(train, n_items, popularity),
         "sr": lambda: sequential_rules_scorer(train, n_items, popularity),
         **{m: (lambda m=m: _sknn_maker(m, train, n_items, train_ts)) for m in METHODS},
+        "category": lambda: category_scorer(
+            np.full(n_items, -1) if categories is None else categories[:n_items],
+            np.zeros(n_items) if listed is None else listed[:n_items], popularity),
     }
     methods: dict = {}
     for name in baselines:
         t0 = time.perf_counter()
         scorer = makers[name]()
         fit = time.perf_counter() - t0
-        res = evaluate_variants(scorer, q, n_items, ks=ks, popularity=popularity)
+        res = evaluate_variants(scorer, q, n_items, ks=ks, popularity=popularity, **kw)
         methods[name] = {v: {**m, "fit_seconds": round(fit, 3)} for v, m in res.items()}
     for name, scorer in (embeddings or {}).items():
-        methods[name] = evaluate_variants(scorer, q, n_items, ks=ks, popularity=popularity)
+        methods[name] = evaluate_variants(scorer, q, n_items, ks=ks, popularity=popularity, **kw)
     for name, rec in (recommenders or {}).items():
         methods[name] = evaluate_variants(None, q, n_items, ks=ks, popularity=popularity,
-                                          recommender=rec)
+                                          recommender=rec, **kw)
     return {"ks": list(ks), "queries": qstats, "methods": methods}
 
 
@@ -232,6 +259,20 @@ def popularity_metrics(recs: np.ndarray, targets: np.ndarray, ks: list[int],
     return out
 
 
+def cold_metrics(recs: np.ndarray, targets: np.ndarray, ks: list[int], cold: np.ndarray) -> dict:
+    """recall@K of warm and of cold targets (`recall@K_warm`, `recall@K_cold`; 0 when there is
+    none) and `cold_share`, the share of targets that are cold."""
+    hit = recs == targets[:, None]
+    rank = np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, 0)
+    is_cold = cold[targets]
+    out: dict = {"cold_share": float(is_cold.mean()) if len(targets) else 0.0}
+    for name, sel in (("warm", ~is_cold), ("cold", is_cold)):
+        for k in ks:
+            out[f"recall@{k}_{name}"] = float(((rank[sel] > 0) & (rank[sel] <= k)).mean()) \
+                if sel.any() else 0.0
+    return out
+
+
 def popularity_buckets(popularity: np.ndarray) -> np.ndarray:
     """0 head / 1 torso / 2 tail per item: thirds of the total click mass, most popular first."""
     order = np.argsort(-popularity, kind="stable")
@@ -257,6 +298,25 @@ def session_popularity_scorer(popularity: np.ndarray) -> Scorer:
 
     def score(q: Queries, idx: np.ndarray) -> np.ndarray:
         return q.prefix_matrix(idx, len(pop)).toarray() + TIE * pop
+
+    return score
+
+
+def category_scorer(categories: np.ndarray, listed: np.ndarray, popularity: np.ndarray
+                    ) -> Scorer:
+    """The items of the last prefix item's category, most recently listed first (`listed`:
+    larger = newer, `recembed.catalog.listing_order`), then the others by popularity; a query
+    item of unknown category (-1) gets popularity alone."""
+    categories = np.asarray(categories)
+    pop = (popularity / max(popularity.max(), 1)).astype(np.float32) * TIE
+    finite = np.where(np.isfinite(listed), listed, -np.inf)
+    recency = np.empty(len(finite), np.float32)
+    recency[np.argsort(finite, kind="stable")] = np.arange(len(finite)) / max(len(finite), 1)
+
+    def score(q: Queries, idx: np.ndarray) -> np.ndarray:
+        c = categories[q.last(idx)]
+        same = (categories[None, :] == c[:, None]) & (c[:, None] >= 0)
+        return np.where(same, 1.0 + recency, 0.0).astype(np.float32) + pop
 
     return score
 

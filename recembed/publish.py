@@ -230,10 +230,20 @@ def evaluate_version(rec, run_dir: Path, *, ks: Sequence[int] = (20,), max_queri
     train = pd.read_parquet(A.SESSIONS_TRAIN.path(run_dir), columns=["session", "item"])
     test = pd.read_parquet(A.SESSIONS_TEST.path(run_dir), columns=["session", "item"])
     vocab = pd.read_parquet(A.VOCABULARY.path(run_dir), columns=["code", "id"])
+    n_items, cold_kw = len(vocab), {}
+    if A.CATALOG.path(run_dir).exists():
+        # the run scored cold targets (its catalog): score the version on the same queries,
+        # its items matched by id to the run's catalog codes too
+        cat = pd.read_parquet(A.CATALOG.path(run_dir), columns=["code", "id"])
+        vocab = pd.concat([vocab, cat[cat["code"] >= len(vocab)]], ignore_index=True)
+        n_items = max(n_items, int(cat["code"].max()) + 1)
+        listed = np.zeros(n_items, bool)
+        listed[cat["code"].to_numpy()] = True
+        cold_kw = {"catalog": listed}
     rows_item = _codes_of(vocab, rec.ids)
-    m = evaluate_all(train, test, len(vocab), ks=sorted({20, *ks}), baselines=[],
-                     recommenders={"v:serving": serving_recommend(rec, rows_item, len(vocab))},
-                     max_queries=max_queries, seed=seed)
+    m = evaluate_all(train, test, n_items, ks=sorted({20, *ks}), baselines=[],
+                     recommenders={"v:serving": serving_recommend(rec, rows_item, n_items)},
+                     max_queries=max_queries, seed=seed, **cold_kw)
     scores = Metrics.from_evaluation(m).serving.allow_repeats
     return Scores({**scores.values, "queries": m["queries"]["queries"]})
 
@@ -382,8 +392,16 @@ def version_manifest(*, code_version: str, run_dir: Path, model: str, fingerprin
                                                "events", "items")},
             **{k: count("sessionize", k) for k in ("bot_events", "train_sessions",
                                                    "holdout_sessions")},
-            "vectors": count("train", "vocab"), "corpus_tokens": count("train", "corpus_tokens"),
+            "vectors": _served_rows(stats.get("train", {})),
+            "corpus_tokens": count("train", "corpus_tokens"),
         },
+        # cold start (recembed.catalog): how many rows are trained / side_info, how many catalog
+        # items have no vector (none) and how many trained items left the catalog (delisted);
+        # origins.parquet lists each with its reason
+        **({"origins": {k: count("train", f"origin_{k}")
+                        for k in ("trained", "side_info", "none", "delisted")},
+            "cold_scheme": count("train", "cold_scheme")}
+           if count("train", "cold_scheme") is not None else {}),
         "metrics": {"headline": {"method": best.name if best else "",
                                  "recall@20": best.allow_repeats.recall(20) if best else 0.0},
                     "queries": metrics.queries,
@@ -514,6 +532,13 @@ def procrustes_rotation(new_ids: list[str], new_vec: np.ndarray, old_ids: list[s
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _served_rows(train_stats: dict) -> int | None:
+    """Rows a version serves: the trained items, plus the side_info ones with a catalog."""
+    if "origin_trained" in train_stats:
+        return int(train_stats["origin_trained"]) + int(train_stats.get("origin_side_info", 0))
+    return train_stats.get("vocab")
 
 
 def _codes_of(vocabulary, ids) -> np.ndarray:

@@ -248,16 +248,27 @@ def _summary(metrics: Metrics) -> str:
     q = metrics.queries
     k = metrics.cutoff
     cols = ("recall", "mrr", "ndcg", "coverage")
-    rows = [f"<p>{q.get('queries', 0):,} queries; {q.get('oov_share', 0):.2%} of targets unseen "
-            "in training (not scored).</p>",
-            "<table><tr><th>method</th><th>variant</th>"
-            + "".join(f"<th>{c}@{k}</th>" for c in cols) + "<th>seconds</th></tr>"]
+    cold = "cold_share" in q  # the run had a catalog: cold targets were scored (cold start)
+    if cold:
+        head = (f"<p>{q.get('queries', 0):,} queries; {q.get('cold_share', 0):.2%} of them have "
+                "a cold target (unseen in training, listed in the catalog: scored); "
+                f"{q.get('oov_share', 0):.2%} of targets neither trained nor listed (not "
+                f"scored). recall@{k} overall / warm / cold targets.</p>")
+    else:
+        head = (f"<p>{q.get('queries', 0):,} queries; {q.get('oov_share', 0):.2%} of targets "
+                "unseen in training (not scored).</p>")
+    split = [f"<th>recall@{k} warm</th><th>recall@{k} cold</th>"] if cold else []
+    rows = [head, "<table><tr><th>method</th><th>variant</th>"
+            + "".join(f"<th>{c}@{k}</th>" for c in cols) + "".join(split)
+            + "<th>seconds</th></tr>"]
     for m in metrics.methods.values():
         for variant in VARIANTS:
             v = m.variant(variant)
+            parts = "".join(f"<td>{v.values.get(f'recall@{k}_{w}', 0.0):.4f}</td>"
+                            for w in ("warm", "cold")) if cold else ""
             rows.append(f"<tr><td style='text-align:left'>{html.escape(m.name)}</td>"
                         f"<td style='text-align:left'>{variant}</td>"
-                        + "".join(f"<td>{getattr(v, c)(k):.4f}</td>" for c in cols)
+                        + "".join(f"<td>{getattr(v, c)(k):.4f}</td>" for c in cols) + parts
                         + f"<td>{v.seconds:.2f}</td></tr>")
     return "\n".join([*rows, "</table>"])
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from recembed import artifacts as A
 from recembed.artifacts import sha256, unit_rows
-from recembed.blend import BlendModel, BlendSettings, Csr
+from recembed.blend import CATEGORY_KEYS, BlendModel, BlendSettings, Csr
 from recembed.index import load_index
 
 
@@ -60,6 +60,7 @@ class Recommender:
         self.settings = settings
         self.meta = meta or {}
         self.categories = categories
+        self.not_served: dict[str, str] = {}  # cold start: id -> why it has no vector
         self.model = _blend_model(self.vectors, self.context, extras or {}, context_index,
                                   index)
 
@@ -184,8 +185,17 @@ class Recommender:
             raise ArtifactError(f"{A.SERVING.path(path)} says retrieval = \"table\" but "
                                 f"{path / 'blend.npz'} holds no candidate tables: not a "
                                 "complete version")
-        return cls(emb.ids, emb.vectors, index, settings, meta, emb.categories, emb.context,
-                   extras, ctx_index)
+        rec = cls(emb.ids, emb.vectors, index, settings, meta, emb.categories, emb.context,
+                  extras, ctx_index)
+        rec.not_served = _not_served(path)
+        return rec
+
+    def why_not_served(self, item_id) -> str:
+        """Why `item_id` is never answered nor recommended ("" when it is served)."""
+        item_id = str(item_id)
+        if item_id in self.row_of:
+            return ""
+        return self.not_served.get(item_id, "unknown item: not in this version")
 
     def similar(self, item_ids, k: int = 20, exclude=None) -> Results:
         """The k nearest items of each id in `item_ids` (one id, or a list / array of ids),
@@ -345,7 +355,8 @@ def _blend_model(vectors: np.ndarray, context: np.ndarray | None, extras: dict,
     cos_search = cosine_index.search if cosine_index is not None else None
     return BlendModel(vectors, context, rules=rules, neighbours=neighbours,
                       popularity=extras.get("popularity"), search=search, cos_search=cos_search,
-                      dir_table=extras.get("dir_table"), cos_table=extras.get("cos_table"))
+                      dir_table=extras.get("dir_table"), cos_table=extras.get("cos_table"),
+                      **{k: extras[k] for k in CATEGORY_KEYS if k in extras})
 
 
 # ---------------------------------------------------------------- helpers
@@ -353,7 +364,19 @@ def _blend_model(vectors: np.ndarray, context: np.ndarray | None, extras: dict,
 _SERVED_STAGES = ("train", "index")  # the stages whose outputs a run directory serves
 _REQUIRED = ("items.parquet", "vectors.npy", "index.faiss", "index.json")
 _OPTIONAL = ("context_vectors.npy", "serving.json", "blend.npz", "index_context.faiss",
-             "index_context.json")  # read when present
+             "index_context.json", "origins.parquet")  # read when present
+
+
+def _not_served(path: Path) -> dict[str, str]:
+    """{id: reason} of the items origins.parquet marks `none` (cold start), {} without it."""
+    p = path / "origins.parquet"
+    if not p.exists():
+        return {}
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(p, columns=["id", "origin", "reason"]).to_pydict()
+    return {i: r for i, o, r in zip(t["id"], t["origin"], t["reason"], strict=True)
+            if o == "none"}
 
 
 def _served_files(path: Path) -> list[str]:

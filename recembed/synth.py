@@ -23,6 +23,9 @@ before / that are popular / same category as the previous event of the session):
     clicks 0.25 / 0.22 / 0.79    ratings 0 / 0.066 / 0.18    histories 0.28 / 0.024 / 0.83
     purchases 0.11 / 0.25 / 0.88    music 0.85 / 0.28 / 0.62 (same artist)
 
+`synth_catalog` is the ``catalog`` profile (cold start): the clicks log with an item catalog
+(category, price, listing date) and a share of the items new in the holdout.
+
 `bot_share` adds genuine bots to any profile: a few users with very fast (0.3-1.5 s), very
 regular, very long streams (thousands of events a day); their ids are in `SynthLog.bot_users`.
 """
@@ -812,3 +815,51 @@ def _positions(group: np.ndarray) -> np.ndarray:
 def _evening_hours(rng: np.random.Generator, k: int) -> np.ndarray:
     """Hours of day in [0, 22) for session starts, peaking at 19:30 (people sleep)."""
     return np.clip(rng.normal(19.5, 3.5, k) % 24, 0, 22)
+
+
+def synth_catalog(
+    n_events: int = 50_000, *, new_share: float = 0.1, holdout_days: float = 1.0,
+    days: int = 14, seed: int = 0, start_ts: int = 1_700_000_000,
+) -> SynthLog:
+    """The ``catalog`` profile: a `synth_clicks` log with an item catalog, a share of whose items
+    are new in the holdout (cold start).
+
+    Items (`items`: `item_id`, `category`, `price`, `listed_at`): the clicks profile's categories;
+    a price drawn log-normally around a per-category level (so price buckets carry category
+    signal); `listed_at` the unix second of the item's listing. A seeded `new_share` of the
+    items that have clicks is listed at the holdout's start: their events before it are removed
+    (no clicks in the training window), so each has clicks only in the last `holdout_days`.
+    Nothing else changes: new items keep their category's sessions, so a cold item's right
+    neighbours are its category's items (`SynthLog.items["new"]` marks them).
+
+    Parameters
+    ----------
+    n_events : int
+        Events drawn before the new items' early events are removed.
+    new_share : float in [0, 1)
+        Share of clicked items made new.
+    holdout_days : float > 0, days
+        The new items' listing is this long before the last event.
+    days : int
+        Days the log covers.
+    seed : int
+        Seed of every random choice.
+    start_ts : int
+        Unix seconds of the log's start.
+    """
+    if not 0 <= new_share < 1:
+        raise ValueError(f"new_share must be in [0, 1), got {new_share}")
+    base = synth_clicks(n_events, days=days, seed=seed, start_ts=start_ts, bot_share=0.0)
+    rng = np.random.default_rng(seed + 1)
+    ev, items = base.events, base.items.copy()
+    cut = int(ev["timestamp"].max() - holdout_days * DAY)
+    clicked = np.unique(ev["item_id"].to_numpy())
+    new_ids = rng.choice(clicked, round(new_share * len(clicked)), replace=False)
+    new = items["item_id"].isin(new_ids).to_numpy()
+    level = rng.lognormal(3.0, 1.0, int(items["category"].max()) + 1)
+    items["price"] = np.round(level[items["category"]] * rng.lognormal(0, 0.2, len(items)), 2)
+    items["listed_at"] = np.where(new, cut, start_ts - rng.integers(0, 365 * DAY, len(items)))
+    items["new"] = new
+    early = ev["item_id"].isin(new_ids).to_numpy() & (ev["timestamp"].to_numpy() < cut)
+    ev = ev[~early].reset_index(drop=True)
+    return SynthLog(ev, items, np.zeros(0, np.int64), "catalog")

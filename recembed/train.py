@@ -37,6 +37,9 @@ class TrainResult:
     codes: np.ndarray
     counts: np.ndarray
     stats: dict = field(default_factory=dict)
+    # tokens of the corpus that are not item codes (catalog attribute tokens, the cold-start
+    # "context" scheme): token -> (input vector, output vector or None)
+    side: dict = field(default_factory=dict)
 
 
 def stable_hash(s: str) -> int:
@@ -66,6 +69,8 @@ def train_word2vec(
     init: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
     progress: bool = False,
     callbacks: tuple = (),
+    side_corpus: str | Path | None = None,
+    side_tokens: int = 0,
 ) -> TrainResult:
     """Train skip-gram Word2Vec on a corpus file of item-code lines (gensim corpus_file mode).
 
@@ -114,6 +119,15 @@ def train_word2vec(
     callbacks : sequence of gensim CallbackAny2Vec
         Run after the loss callback at each epoch end (`recembed.tune` evaluates and prunes
         there; an exception raised in one stops training).
+    side_corpus : str or Path, optional
+        Side-information sentences (`recembed.catalog.write_side_sentences`: an item code and
+        its attribute tokens per line), trained after the items in the same model with every
+        item's vectors held fixed (input vectors locked, output vectors restored after each
+        epoch): attribute tokens learn the item space without moving it, so the items' vectors
+        are exactly those trained without side information. Returned in `TrainResult.side`.
+    side_tokens : int
+        Tokens in `side_corpus`. Its passes: as many as the items had, capped so that it trains
+        at most as many tokens as the items did (at least one pass).
 
     Returns
     -------
@@ -193,16 +207,19 @@ def train_word2vec(
     if bar is not None:
         bar.close()
 
-    keys = np.array([int(k) for k in model.wv.index_to_key], dtype=np.int64)
-    order = np.argsort(keys)
+    is_item = np.array([k.isdigit() for k in model.wv.index_to_key], dtype=bool)
+    keys = np.array([int(k) if ok else -1 for k, ok in zip(model.wv.index_to_key, is_item,
+                                                             strict=True)], dtype=np.int64)
+    has_ctx = negative > 0 and getattr(model, "syn1neg", None) is not None
+    order = np.flatnonzero(is_item)[np.argsort(keys[is_item], kind="stable")]
     vectors = np.ascontiguousarray(model.wv.vectors[order], dtype=np.float32)
     context = None
-    if negative > 0 and getattr(model, "syn1neg", None) is not None:
+    if has_ctx:
         context = np.ascontiguousarray(model.syn1neg[order], dtype=np.float32)
     counts = np.array([model.wv.get_vecattr(k, "count") for k in model.wv.index_to_key])[order]
     tokens = int(model.corpus_total_words) * epochs
     stats = {
-        "vocab": len(keys), "corpus_tokens": int(model.corpus_total_words), "epochs": epochs,
+        "vocab": len(order), "corpus_tokens": int(model.corpus_total_words), "epochs": epochs,
         "epochs_requested": requested,
         "tokens_trained": tokens, "vocab_seconds": round(t_vocab, 3),
         "train_seconds": round(t_train, 3),
@@ -210,8 +227,41 @@ def train_word2vec(
         "warm_started": warm,
         "loss_per_epoch": losses,
     }
+    side = {}
+    if side_corpus is not None and side_tokens > 0:
+        side_epochs = max(1, min(epochs, tokens // side_tokens))
+        t2 = time.perf_counter()
+        side = _train_side_tokens(model, str(side_corpus), side_tokens, side_epochs, has_ctx)
+        stats.update(side_vocab=len(side), side_epochs=side_epochs,
+                     side_seconds=round(time.perf_counter() - t2, 3))
     return TrainResult(vectors, context, keys[order].astype(np.int32), counts.astype(np.int64),
-                       stats)
+                       stats, side)
+
+
+def _train_side_tokens(model, path: str, tokens: int, epochs: int, has_ctx: bool) -> dict:
+    """Add the side corpus's new tokens to a trained model and train them with the items held
+    fixed; {token: (input vector, output vector or None)} of the new tokens."""
+    from gensim.models.callbacks import CallbackAny2Vec
+
+    n_items = len(model.wv)
+    model.build_vocab(corpus_file=path, update=True)
+    # gensim's lockf scales each input-vector update: 0 keeps the items' input vectors as
+    # trained. Output vectors have no lock: the items' are put back after every pass, so the
+    # attribute tokens always learn against the items' own output vectors.
+    lockf = np.ones(len(model.wv), dtype=np.float32)
+    lockf[:n_items] = 0.0
+    model.wv.vectors_lockf = lockf
+    saved = model.syn1neg[:n_items].copy() if has_ctx else None
+
+    class Restore(CallbackAny2Vec):
+        def on_epoch_end(self, m):
+            if saved is not None:
+                m.syn1neg[:n_items] = saved
+
+    model.train(corpus_file=path, total_words=tokens, epochs=epochs, callbacks=[Restore()])
+    model.wv.vectors_lockf = np.ones(1, dtype=np.float32)
+    return {k: (model.wv.vectors[j].copy(), model.syn1neg[j].copy() if has_ctx else None)
+            for j, k in enumerate(model.wv.index_to_key) if j >= n_items}
 
 
 def _head(path: str, max_tokens: int) -> str:
@@ -240,7 +290,8 @@ def epochs_for(corpus_tokens: int, target_tokens: int, *, lo: int = 1, hi: int =
 
 def export_vectors(
     result: TrainResult, vocabulary: pd.DataFrame, out_dir: str | Path, *, context: bool = True,
-    text: bool = True, categories: np.ndarray | None = None,
+    text: bool = True, categories: np.ndarray | None = None, ids: np.ndarray | None = None,
+    origin: np.ndarray | None = None,
 ) -> list[Artifact]:
     """Write a training result as `Embeddings` (vectors.npy, items.parquet and, when `context`
     and trained, context_vectors.npy) plus word2vec binary (vectors.bin) and text (vectors.txt)
@@ -260,6 +311,11 @@ def export_vectors(
         Also write the word2vec text format.
     categories : numpy.ndarray of int, optional
         Category of each ingest code (-1 = unknown), stored in items.parquet.
+    ids : numpy.ndarray of str, optional
+        Original id of each row, for rows whose code is beyond the vocabulary (catalog items
+        never seen in the log); default: the vocabulary's id of each code.
+    origin : numpy.ndarray of str, optional
+        Origin of each row (`recembed.catalog.ORIGINS`), stored in items.parquet.
 
     Returns
     -------
@@ -267,11 +323,12 @@ def export_vectors(
         What was written. In items.parquet row i is vector row i and `code` is the ingest code.
     """
     out_dir = Path(out_dir)
-    ids = vocabulary["id"].astype(str).to_numpy()[result.codes]
+    if ids is None:
+        ids = vocabulary["id"].astype(str).to_numpy()[result.codes]
     emb = Embeddings(ids=ids, codes=result.codes, vectors=result.vectors,
                      context=result.context if context else None, counts=result.counts,
                      categories=None if categories is None else np.asarray(categories)[
-                         result.codes])
+                         result.codes], origin=origin)
     written = emb.save(out_dir)
     write_word2vec(list(ids), result.vectors, VECTORS_BIN.path(out_dir), binary=True)
     written.append(VECTORS_BIN)

@@ -16,6 +16,7 @@ from recembed.blend import (
     blend_top_k,
     blended_scores,
     candidate_tables,
+    category_arrays,
     score_sessions,
     sequential_rules,
     table_rows,
@@ -351,3 +352,101 @@ def test_table_retrieval_without_tables_and_unknown_retrieval_are_refused():
         BlendSettings(retrieval="lsh")
     with pytest.raises(ValueError, match="one row per item"):
         BlendModel(m.vectors, m.context, cos_table=np.zeros((3, 2), np.int32))
+
+
+# ---------------------------------------------------------------- the category signal
+
+
+def with_categories(m: BlendModel, seed: int, n_categories: int = 7) -> tuple[BlendModel, dict]:
+    """`m` with random categories (some rows without) and listing keys with ties."""
+    rng = np.random.default_rng(seed + 3000)
+    n = len(m.vectors)
+    cats = rng.integers(0, n_categories, n)
+    cats[rng.random(n) < 0.1] = -1
+    listed = rng.integers(0, 40, n).astype(np.float64)  # ties: the later row is newer
+    arrays = category_arrays(cats, listed)
+    out = BlendModel(m.vectors, m.context, rules=m.rules, neighbours=m.neighbours,
+                     popularity=np.expm1(m.pop * 5), **arrays)
+    return out, {"categories": cats, "listed": listed}
+
+
+def test_category_arrays_rank_each_category_newest_first():
+    cats = np.array([0, 1, 0, 0, -1, 1, 0])
+    listed = np.array([5.0, 1.0, 9.0, 5.0, 3.0, 2.0, -np.inf])
+    a = category_arrays(cats, listed)
+    # category 0: row 2 (9), then rows 3 and 0 (5; the later row is newer), then row 6 (-inf)
+    assert a["category_rows"].tolist() == [2, 3, 0, 6, 5, 1]
+    assert a["category_indptr"].tolist() == [0, 4, 6]
+    assert a["category_rank"].tolist() == [2, 1, 0, 1, -1, 0, 3]
+    assert a["item_category"].tolist() == [0, 1, 0, 0, -1, 1, 0]
+
+
+def test_category_signal_is_one_over_one_plus_the_rank_in_the_last_items_category():
+    vec = np.eye(6, 4, dtype=np.float32)
+    a = category_arrays(np.array([0, 0, 1, 0, 1, -1]), np.array([1.0, 2, 3, 4, 5, 6]))
+    m = BlendModel(vec, popularity=np.arange(6), **a)
+    st = BlendSettings(weights={"category": 1.0}, popular=2, candidates=1)
+    sig = m.signals([np.array([2, 1]), np.array([5]), np.array([1, -1])], st)
+    i_cat = SIGNALS.index("category")
+    got = {int(r): float(v) for r, v in zip(sig.rows[0], sig.values[0, :, i_cat], strict=True)
+           if r >= 0}
+    # last item 1, category 0 = rows 3, 1, 0 newest first: ranks 0, 1, 2; its first 2 rows
+    # (popular = 2) are candidates
+    assert {3, 1} <= set(got)
+    assert got[3] == 1.0 and got[1] == 0.5 and got.get(0, 1 / 3) == pytest.approx(1 / 3)
+    assert got[2] == 0.0 and got[4] == 0.0
+    assert not sig.values[1, :, i_cat].any()  # last item without a category
+    assert not sig.values[2, :, i_cat].any()  # last item without a vector
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_category_alone_orders_like_the_category_baseline(seed):
+    from recembed.evaluate import Queries, category_scorer
+
+    m, side = with_categories(random_model(seed), seed)
+    cats = side["categories"]
+    sessions = [s for s in random_sessions(seed, len(m.vectors)) if len(s) and s[-1] >= 0]
+    st = BlendSettings(weights={"category": 1.0}, popular=50)
+    rows, _ = m.recommend(sessions, st, 20)
+    pop = np.expm1(m.pop * 5)  # what with_categories gave the model
+    flat = np.concatenate(sessions)
+    lens = np.array([len(s) for s in sessions])
+    q = Queries(flat, np.r_[0, np.cumsum(lens)[:-1]], lens, np.zeros(len(lens), np.int64))
+    base = category_scorer(cats, side["listed"], pop)(q, np.arange(len(q)))
+    checked = 0
+    for i, s in enumerate(sessions):
+        c = cats[s[-1]]
+        if c < 0:
+            continue
+        order = np.lexsort((np.arange(len(pop)), -base[i]))
+        want = [int(x) for x in order if cats[x] == c and x != s[-1]][:20]
+        got = [int(x) for x in rows[i] if x >= 0]
+        # the category's items first, in the baseline's order; then the rest (score 0)
+        assert got[:len(want)] == want
+        assert all(cats[x] != c for x in got[len(want):])
+        checked += 1
+    assert checked >= 20
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_recommend_with_categories_is_blend_top_k_of_signals(seed):
+    m, _ = with_categories(random_model(seed), seed)
+    sessions = random_sessions(seed, len(m.vectors))
+    st = settings(seed)
+    got = m.recommend(sessions, st, 10)
+    want = blend_top_k(m.signals(sessions, st), st, 10)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    want = reference_top_k(m.signals(sessions, st), st, 10)
+    np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_a_model_without_categories_scores_category_zero_and_half_arrays_are_refused():
+    m = random_model(2)
+    sig = m.signals(random_sessions(2, len(m.vectors)), settings(2))
+    assert not m.has_category and not sig.values[:, :, SIGNALS.index("category")].any()
+    a = category_arrays(np.zeros(len(m.vectors), np.int64), np.zeros(len(m.vectors)))
+    with pytest.raises(ValueError, match="go together"):
+        BlendModel(m.vectors, item_category=a["item_category"])
+    with pytest.raises(ValueError, match="one entry per item"):
+        BlendModel(m.vectors[:5], **a)

@@ -205,6 +205,11 @@ def test_a_default_run_calibrates_and_serves_what_it_chose(tmp_path):
     # the graph and walks stages ran only if the chosen corpus has walks
     assert ("walks" in rep.stages) == (cal["corpus"] in ("both", "walks"))
     assert set(SIGNALS) >= set(served["weights"])
+    # no catalog: the category signal is off, as before it existed
+    assert "category" not in cal["blend"]["signals_alone"]
+    assert served["weights"].get("category", 0.0) == 0.0 and "category" not in cal["baselines"]
+    with np.load(run / "blend.npz") as z:
+        assert "item_category" not in z.files
 
 
 def test_config_knows_exactly_the_blend_signals():
@@ -284,3 +289,41 @@ def test_neighbour_sample_travels_from_the_record_to_the_served_settings():
     kw = calibration_search(explicit)["kw"]
     assert kw["blend_fixed"]["neighbours"] == {"method": "stan", "sample_size": 700}
     assert all(o["sample_size"] == 700 for o in kw["neighbour_options"])
+
+
+def _category_model(seed=0, n=120, n_cat=6):
+    """Random vectors, popularity, categories and listing keys: nothing but the category
+    signal knows the next item (the newest item of the last one's category)."""
+    from recembed.blend import category_arrays
+
+    rng = np.random.default_rng(seed)
+    cats = np.arange(n) % n_cat
+    listed = rng.permutation(n).astype(np.float64)
+    model = BlendModel(rng.normal(size=(n, 8)).astype(np.float32),
+                       rng.normal(size=(n, 8)).astype(np.float32),
+                       popularity=rng.integers(1, 50, n), **category_arrays(cats, listed))
+    newest = {c: int(np.flatnonzero(cats == c)[np.argmax(listed[cats == c])])
+              for c in range(n_cat)}
+    return model, cats, newest
+
+
+def test_blend_search_takes_the_category_signal_when_it_knows_the_next_item():
+    model, cats, newest = _category_model()
+    rng = np.random.default_rng(2)
+    starts = [x for x in rng.integers(0, len(cats), 400) if x != newest[cats[x]]][:300]
+    prefixes = [np.array([x]) for x in starts]
+    targets = np.array([newest[cats[x]] for x in starts])
+    choice = choose_blend(model, prefixes, targets, time_budget_s=30)
+    assert choice.settings.weights["category"] > 0
+    assert choice.corners["category"]["recall@20"] == 1.0 == choice.recall
+    assert max(m["recall@20"] for s, m in choice.corners.items() if s != "category") < 0.6
+
+
+def test_blend_search_without_categories_never_weighs_the_category_signal():
+    model = _toy_model()  # no catalog: no category arrays
+    rng = np.random.default_rng(1)
+    prefixes = [rng.integers(0, 60, rng.integers(1, 4)) for _ in range(200)]
+    targets = np.array([(p[-1] + 1) % 60 for p in prefixes])
+    choice = choose_blend(model, prefixes, targets, time_budget_s=30)
+    assert "category" not in choice.corners
+    assert choice.settings.weights.get("category", 0.0) == 0.0

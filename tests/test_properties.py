@@ -177,7 +177,7 @@ def test_generated_timestamps_give_the_same_event_order_in_every_unit_and_type(
 # ---------------------------------------------------------------- config round trip
 
 PATH_KEYS = {"run.runs_dir", "input.paths", "input.test_paths", "input.categories_path",
-             "publish.dir"}
+             "input.catalog.path", "publish.dir"}
 # relative names under the test's own directory: "/" or "." would make the input stamps walk
 # the whole file system (measured: one such draw took 300 s)
 PATH_TEXT = st.from_regex(r"[abz09_é][abz09_\-. é]{0,8}", fullmatch=True)
@@ -199,6 +199,8 @@ def changed_config_raw() -> dict:
     special = {"input.event_types": ["click"], "evaluate.ks": [3, 20], "index.type": "Flat",
                "input.categories_columns": ["itemid", "cat"], "input.delimiter": ";",
                "input.na_values": ["NA"], "publish.enabled": True,
+               "input.catalog.attributes": ["category", "price"],
+               "input.catalog.numeric": ["price"], "input.catalog.category": "category",
                # publishing needs an evaluation: evaluate.enabled=false is the second config
                # of the round-trip test
                "evaluate.enabled": True}
@@ -221,6 +223,9 @@ def config_raw(draw) -> dict:
         cols["event_type"] = "kind"  # a valid config needs both (item 6)
     if cols.get("user", "user_id") in ("", None) and not cols.get("session"):
         cols["session"] = "sid"
+    cat = inp.get("catalog", {})
+    if cat.get("path") or cat.get("numeric") or cat.get("category"):
+        cat["attributes"] = ["category", "price"]  # what numeric and category must be among
     if raw.get("publish", {}).get("enabled"):
         ev = raw.setdefault("evaluate", {})
         ev["ks"] = [*ev.get("ks", []), 20]
@@ -310,6 +315,9 @@ CHOICES = {
     "calibrate.corpora": [["both", "sessions", "walks"], ["walks"], ["sessions", "both"]],
     "spark.master": ["local[2]", "local[*]", "yarn", "k8s://https://k8s.example:443"],
     "spark.conf": [{}, {"spark.sql.shuffle.partitions": 8}, {"spark.executor.memory": "4g"}],
+    # the catalog's columns must agree with each other (numeric and category among attributes)
+    "input.catalog.attributes": [["category", "price"]], "input.catalog.numeric": [[], ["price"]],
+    "input.catalog.category": ["", "category"], "input.catalog.id": ["item_id", "sku"],
 }
 
 

@@ -201,12 +201,20 @@ def test_every_documented_key_is_read_by_a_run(synth_small, tmp_path, monkeypatc
     documented keys are exactly the Config fields is tests/test_config.py's check.)"""
     from recembed import config as C
 
+    items = synth_small.with_name("clicks_items.csv")
     cfg = _small_cfg(synth_small, tmp_path, "publish.enabled=true", "train.warm_start=true",
-                     "publish.align_to_previous=true", "publish.force=true")
+                     "publish.align_to_previous=true", "publish.force=true",
+                     # the catalog (cold start) is on, so its keys are read too
+                     f"input.catalog.path='{items}'", "input.catalog.attributes=['category']",
+                     "input.catalog.category='category'", "cold.scheme='context'",
+                     # both corpora, so that both corpus stages run whatever calibration's
+                     # validation would choose
+                     "calibrate.corpora=['both']")
     run_pipeline(cfg, plan=STAGES, echo=lambda s: None)  # a version to warm-start from
     # by section type, not object: the calibrate stage hands later stages a resolved copy
     paths = {type(getattr(cfg, name)): name for name in C.Config.model_fields}
     paths[type(cfg.input.columns)] = "input.columns"
+    paths[type(cfg.input.catalog)] = "input.catalog"
     read: set[str] = set()
     real_get = C._Section.__getattribute__
     real_section = C.Config.section
@@ -238,7 +246,7 @@ LAYERS = [
     {"recembed", "recembed.config", "recembed.artifacts", "recembed.progress",
      "recembed.corpus", "recembed.synth", "recembed.sources", "recembed.sknn", "recembed.spark"},
     {"recembed.spark.session", "recembed.spark.io"},
-    {"recembed.ingest", "recembed.sessions", "recembed.blend"},
+    {"recembed.ingest", "recembed.sessions", "recembed.blend", "recembed.catalog"},
     {"recembed.graph", "recembed.sequences"},
     {"recembed.walks"},
     {"recembed.spark.ingest", "recembed.spark.sessions", "recembed.spark.graph",
@@ -249,7 +257,7 @@ LAYERS = [
     {"recembed.calibrate"},
     {"recembed.publish"},
     {"recembed.pipeline"},
-    {"recembed.stages.ingest", "recembed.stages.sessionize"},
+    {"recembed.stages.ingest", "recembed.stages.sessionize", "recembed.stages.catalog"},
     {"recembed.stages.calibrate"},
     {"recembed.stages.graph", "recembed.stages.sequences"},
     {"recembed.stages.walks"},

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from recembed.stages import (
     calibrate,
+    catalog,
     evaluate,
     graph,
     index,
@@ -43,4 +44,4 @@ from recembed.stages import (
 )
 
 STAGES = [ingest.STAGE, sessionize.STAGE, calibrate.STAGE, graph.STAGE, walks.STAGE, sequences.STAGE,
-          train.STAGE, index.STAGE, evaluate.STAGE, publish.STAGE]
+          catalog.STAGE, train.STAGE, index.STAGE, evaluate.STAGE, publish.STAGE]

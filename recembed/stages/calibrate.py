@@ -10,7 +10,13 @@ import logging
 import pandas as pd
 
 from recembed import artifacts as A
-from recembed.calibrate import calibrate_run, calibration_search, resolve_config
+from recembed.calibrate import (
+    CalibrationCatalog,
+    calibrate_run,
+    calibration_search,
+    resolve_config,
+)
+from recembed.catalog import item_categories
 from recembed.config import Config
 from recembed.pipeline import EXIT_BAD_INPUT, PipelineError, Stage, StageContext
 from recembed.train import EmptyVocabulary
@@ -28,10 +34,11 @@ def run(ctx: StageContext) -> dict:
     else:
         train = pd.read_parquet(ctx.read(A.SESSIONS_TRAIN), columns=["session", "item", "ts"])
         table = pd.read_parquet(ctx.read(A.SESSION_TABLE), columns=["session", "end", "split"])
-        n_items = len(pd.read_parquet(ctx.read(A.VOCABULARY), columns=["code"]))
+        vocab = pd.read_parquet(ctx.read(A.VOCABULARY), columns=["code", "id"])
+        n_items = len(vocab)
         try:
             rec = calibrate_run(train, table, n_items, ctx.scratch / "work", seed=cfg.run.seed,
-                                threads=cfg.run.n_threads(),
+                                threads=cfg.run.n_threads(), catalog=_catalog(ctx, vocab),
                                 **search["kw"])
         except EmptyVocabulary as e:
             raise PipelineError(f"train.min_count={cfg.train.min_count} is above the corpus "
@@ -46,13 +53,39 @@ def run(ctx: StageContext) -> dict:
             "validation_mrr@20": v.get("mrr@20"), "seconds": rec.get("seconds")}
 
 
+def _catalog(ctx: StageContext, vocab: pd.DataFrame) -> CalibrationCatalog | None:
+    """The catalog as calibration sees it (cold targets scored on validation, the `category`
+    signal searched), None without one."""
+    cfg = ctx.cfg
+    if not _has_catalog(cfg):
+        return None
+    table = pd.read_parquet(ctx.read(A.CATALOG))
+    cats = item_categories(pd.read_parquet(ctx.read(A.CATEGORIES))["category"].to_numpy(),
+                           table, from_catalog=bool(cfg.input.catalog.category))
+    return CalibrationCatalog(table, vocab, len(cfg.input.catalog.attributes),
+                              categories=cats if (cats >= 0).any() else None,
+                              scheme=cfg.cold.scheme, knn=cfg.cold.knn,
+                              candidate_scale=cfg.cold.candidate_scale,
+                              dated=bool(cfg.input.catalog.listed))
+
+
+def _reads(cfg: Config) -> tuple:
+    return (A.SESSIONS_TRAIN, A.SESSION_TABLE, A.VOCABULARY,
+            *([A.CATALOG, A.CATEGORIES] if _has_catalog(cfg) else []))
+
+
+def _has_catalog(cfg: Config) -> bool:
+    # recembed.stages.train.has_catalog (a stage above this one in the data flow)
+    return bool(cfg.input.catalog.path)
+
+
 def resolved(cfg: Config, run_dir) -> Config:
     """The config with every "auto" key set to the calibrated choice."""
     return resolve_config(cfg, json.loads(A.CALIBRATION.path(run_dir).read_text()))
 
 
-STAGE = Stage("calibrate", run, reads=(A.SESSIONS_TRAIN, A.SESSION_TABLE, A.VOCABULARY),
+STAGE = Stage("calibrate", run, reads=_reads,
               writes=(A.CALIBRATION,),
               sections=("calibrate", "session", "graph", "walks", "sequences", "train",
-                        "serving"),
+                        "serving", "cold"),
               resolve=resolved)

@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 
 from recembed import artifacts as A
+from recembed.catalog import listing_order
 from recembed.config import Config
 from recembed.evaluate import embedding_scorer, evaluate_all, serving_recommend
 from recembed.pipeline import Stage, StageContext, stage_records
 from recembed.report import tuning_section_html, version_history, write_report
 from recembed.serving import Recommender
-from recembed.stages.train import writes_context
+from recembed.stages.train import has_catalog, item_categories, writes_context
 
 log = logging.getLogger("recembed")
 
@@ -28,6 +29,21 @@ def run(ctx: StageContext) -> dict:
     test = pd.read_parquet(ctx.read(A.SESSIONS_TEST), columns=["session", "item"])
     n_items = len(pd.read_parquet(ctx.read(A.VOCABULARY), columns=["code"]))
     emb = A.Embeddings.load(ctx.run_dir)
+    catalog = pd.read_parquet(ctx.read(A.CATALOG)) if has_catalog(ctx.cfg) else None
+    cold_kw: dict = {}
+    baselines = list(e.baselines)
+    if catalog is not None:
+        # cold start: catalog items have codes after the vocabulary's; targets unseen in
+        # training but listed are scored (recembed.evaluate)
+        n_items = max(n_items, int(catalog["code"].max()) + 1)
+        listed = np.zeros(n_items, bool)
+        listed[catalog["code"].to_numpy()] = True
+        cats_all = item_categories(ctx.cfg, pd.read_parquet(ctx.read(A.CATEGORIES))[
+            "category"].to_numpy(), catalog)
+        cold_kw = {"catalog": listed, "categories": cats_all,
+                   "listed": listing_order(catalog, n_items)}
+        if ctx.cfg.input.catalog.category and "category" not in baselines:
+            baselines.append("category")  # the cold-start baseline, whenever there is one
     train_stats = json.loads(ctx.read(A.TRAIN_STATS).read_text())
     model = train_stats["model"]
     pop = np.bincount(train["item"].to_numpy(), minlength=n_items).astype(np.float64)
@@ -41,14 +57,15 @@ def run(ctx: StageContext) -> dict:
                                                    decay=e.decay, history=e.history)
                   for s in strategies}
     serving = serving_recommend(Recommender.load(ctx.run_dir), emb.codes, n_items)
-    raw = evaluate_all(train, test, n_items, ks=e.ks, baselines=e.baselines,
+    raw = evaluate_all(train, test, n_items, ks=e.ks, baselines=baselines,
                        embeddings=embeddings, recommenders={f"{model}:serving": serving},
-                       max_queries=e.max_queries, seed=seed)
+                       max_queries=e.max_queries, seed=seed, **cold_kw)
     calibration = json.loads(ctx.read(A.CALIBRATION).read_text())
     metrics = A.Metrics.from_evaluation(raw, model, train_stats, _calibration_summary(calibration))
     metrics.save(ctx.write(A.METRICS))
     if e.report:
-        cats = pd.read_parquet(ctx.read(A.CATEGORIES))["category"].to_numpy()
+        cats = item_categories(ctx.cfg, pd.read_parquet(ctx.read(A.CATEGORIES))[
+            "category"].to_numpy(), catalog)
         published = ctx.inputs(A.PublishedRoot)  # declared only when publishing is on
         history = version_history(published[0].root) if published else []
         note = ("Nothing is published yet." if published else
@@ -67,6 +84,10 @@ def run(ctx: StageContext) -> dict:
     return {"queries": metrics.queries["queries"], "oov_share": metrics.queries["oov_share"],
             "best": best.name if best else "",
             f"recall@{k}": best.allow_repeats.recall(k) if best else 0.0,
+            # cold start: the share of cold targets and the best method's recall on them
+            **({"cold_share": metrics.queries["cold_share"],
+                f"recall@{k}_cold": best.allow_repeats.values.get(f"recall@{k}_cold", 0.0)
+                if best else 0.0} if "cold_share" in metrics.queries else {}),
             **{f"{m.name}_recall@{k}": m.allow_repeats.recall(k)
                for m in metrics.of_kind("baseline")}}
 
@@ -98,7 +119,7 @@ def _calibration_summary(rec: dict) -> dict:
 
 def _reads(cfg: Config) -> tuple:
     return (A.CALIBRATION, A.SESSIONS_TRAIN, A.SESSIONS_TEST, A.VOCABULARY, A.CATEGORIES,
-            A.VECTORS,
+            *([A.CATALOG] if has_catalog(cfg) else []), A.VECTORS,
             *([A.CONTEXT] if writes_context(cfg) else []), A.ITEMS, A.TRAIN_STATS, A.INDEX,
             A.INDEX_META, A.SERVING,
             # the report's history of published versions: a new version changes the stamp

@@ -11,20 +11,22 @@ import numpy as np
 import pandas as pd
 
 from recembed import artifacts as A
-from recembed.blend import candidate_tables
+from recembed.blend import CATEGORY_KEYS, candidate_tables, category_arrays
 from recembed.calibrate import blend_settings, resolve_retrieval, serving_model
+from recembed.catalog import listing_order
 from recembed.config import Config
 from recembed.index import build_index, save_index, set_threads, tune_index
 from recembed.pipeline import Stage, StageContext
 from recembed.serving import write_settings
-from recembed.stages.train import writes_context
+from recembed.stages.train import has_catalog, item_categories, writes_context
 
 log = logging.getLogger("recembed")
 
 
 def run(ctx: StageContext) -> dict:
     """Build, tune and save the index; the serving blend: serving.json (the calibrated
-    settings), blend.npz (rules, session-kNN index, popularity) and index_context.faiss (an
+    settings), blend.npz (rules, session-kNN index, popularity; with a catalog, the rows'
+    categories and listing ranks of the `category` signal) and index_context.faiss (an
     inner-product index over the output vectors: the directional score as plain ANN)."""
     cfg = ctx.cfg
     index, meta = tuned_index(cfg, ctx.read(A.VECTORS))
@@ -42,12 +44,28 @@ def run(ctx: StageContext) -> dict:
     A.write_text(ctx.write(A.INDEX_CONTEXT_META), cmeta.to_json())
     train = pd.read_parquet(ctx.read(A.SESSIONS_TRAIN), columns=["session", "item", "ts"])
     n_items = len(pd.read_parquet(ctx.read(A.VOCABULARY), columns=["code"]))
+    # catalog items never seen in the log have codes after the vocabulary's (recembed.catalog):
+    # the blend's arrays cover every served row, cold ones with no clicks, rules or sessions
+    n_items = max(n_items, int(emb.codes.max()) + 1 if len(emb.codes) else 0)
+    category = None
+    if has_catalog(cfg):
+        # the `category` signal: each row's category and rank by listing recency, cold rows
+        # included (the evaluation's category baseline, recembed.evaluate.category_scorer)
+        catalog = pd.read_parquet(ctx.read(A.CATALOG), columns=["code", "listed", "category"])
+        n_items = max(n_items, int(catalog["code"].max()) + 1)
+        cats = item_categories(cfg, pd.read_parquet(ctx.read(A.CATEGORIES))[
+            "category"].to_numpy(), catalog)
+        cats = np.r_[cats, np.full(max(n_items - len(cats), 0), -1, np.int32)]
+        if (cats[emb.codes] >= 0).any():
+            category = category_arrays(cats[emb.codes],
+                                       listing_order(catalog, n_items)[emb.codes])
     model, _ = serving_model(train, n_items, emb.codes, emb.vectors, emb.context,
-                             rule_steps=cfg.serving.rule_steps)
+                             rule_steps=cfg.serving.rule_steps, category=category)
     pop = np.bincount(train["item"].to_numpy(), minlength=n_items)[emb.codes]
     arrays = {"rules_indptr": model.rules.indptr, "rules_indices": model.rules.indices,
               "rules_data": model.rules.data, "popularity": pop.astype(np.float64),
-              **{f"nb_{k}": v for k, v in model.neighbours.to_arrays().items()}}
+              **{f"nb_{k}": v for k, v in model.neighbours.to_arrays().items()},
+              **({k: getattr(model, k) for k in CATEGORY_KEYS} if category else {})}
     settings = blend_settings(cfg)
     settings.retrieval, why = resolve_retrieval(cfg.serving.retrieval, len(emb.vectors),
                                                 settings.candidates, cfg.serving.table_max_mb)
@@ -91,7 +109,8 @@ def tuned_index(cfg: Config, vectors_path: Path):
 
 def _reads(cfg: Config) -> tuple:
     return (A.VECTORS, *([A.CONTEXT] if writes_context(cfg) else []), A.ITEMS,
-            A.SESSIONS_TRAIN, A.VOCABULARY, A.CALIBRATION)
+            A.SESSIONS_TRAIN, A.VOCABULARY, A.CALIBRATION,
+            *([A.CATALOG, A.CATEGORIES] if has_catalog(cfg) else []))
 
 
 STAGE = Stage("index", run, reads=_reads,

@@ -29,7 +29,7 @@ from recembed.publish import (
     version_manifest,
 )
 from recembed.stages.index import tuned_index
-from recembed.stages.train import writes_context
+from recembed.stages.train import has_catalog, writes_context
 
 log = logging.getLogger("recembed")
 
@@ -97,6 +97,8 @@ def _reads(cfg: Config) -> tuple:
             *([A.CONTEXT] if writes_context(cfg) else []), A.ITEMS, A.VECTORS_BIN, A.INDEX,
             A.INDEX_META, A.SERVING, A.BLEND, A.INDEX_CONTEXT, A.INDEX_CONTEXT_META,
             A.CALIBRATION, *([A.REPORT] if cfg.evaluate.report else []), A.CONFIG,
+            # cold start: origins.parquet ships; the gate scores on the catalog's targets
+            *([A.ORIGINS, A.CATALOG] if has_catalog(cfg) else []),
             A.PublishedRoot(cfg.publish.dir))
 
 
