@@ -251,37 +251,36 @@ def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndar
         if not improved:
             break
     best = replace(best, neighbours=options[best_opt])
-    sizes = {}
+    def fewest(best, best_rm, current: int, smaller, make):
+        """The first of `smaller` (ascending, below `current`) whose settings `make(best, x)`
+        lose at most min_gain on validation (fresh signals: the candidate lists change),
+        else `best`; and the metrics of every size tried."""
+        nonlocal n_eval
+        tried = {current: best_rm}
+        for x in sorted(v for v in smaller if v < current):
+            cand = make(best, x)
+            n_eval += 1
+            tried[x] = _recall_mrr(_chunked_signals(model, prefixes, cand), cand, targets, k)
+            if obj(tried[x]) >= obj(best_rm) - min_gain:
+                return cand, tried[x], tried
+        return best, best_rm, tried
+
+    sizes, samples = {}, {}
     if "candidates" not in fixed:
         # the fewest candidates that lose nothing: each costs serving time in every signal
         # (199k items: 174 us per session at 200, 103 at 50, the same recall;
         # benchmarks/RESULTS.md, serving throughput)
-        sizes[best.candidates] = best_rm
-        for c in sorted(x for x in CANDIDATES if x < best.candidates):
-            cand = replace(best, candidates=c)
-            sig = _chunked_signals(model, prefixes, cand)
-            n_eval += 1
-            sizes[c] = _recall_mrr(sig, cand, targets, k)
-            if obj(sizes[c]) >= obj(best_rm) - min_gain:
-                best, best_rm = cand, sizes[c]
-                break
-    samples = {}
-    method = best.neighbours.get("method", "stan")
-    if (not sample_fixed and model.neighbours is not None and method != "off"
+        best, best_rm, sizes = fewest(best, best_rm, best.candidates, CANDIDATES,
+                                      lambda st_, c: replace(st_, candidates=c))
+    if (not sample_fixed and model.neighbours is not None
+            and best.neighbours.get("method", "stan") != "off"
             and best.weights.get("neighbours", 0.0) > 0):
         # the fewest recent sessions session-kNN reads per query that lose nothing: the
         # sessions it merges are most of its time (STAN 83 us per query at 5,000, 52 at 1,000;
         # 199k items, benchmarks/RESULTS.md)
-        current = _neighbour_sample(best.neighbours)
-        samples[current] = best_rm
-        for n in sorted(x for x in NEIGHBOUR_SAMPLES if x < current):
-            cand = replace(best, neighbours={**best.neighbours, "sample_size": n})
-            sig = _chunked_signals(model, prefixes, cand)
-            n_eval += 1
-            samples[n] = _recall_mrr(sig, cand, targets, k)
-            if obj(samples[n]) >= obj(best_rm) - min_gain:
-                best, best_rm = cand, samples[n]
-                break
+        best, best_rm, samples = fewest(
+            best, best_rm, _neighbour_sample(best.neighbours), NEIGHBOUR_SAMPLES,
+            lambda st_, n: replace(st_, neighbours={**st_.neighbours, "sample_size": n}))
     return BlendChoice(best, best_rm[0], best_rm[1], corners, n_eval,
                        time.perf_counter() - t0,
                        {str(c): {"recall@20": r, "mrr@20": m} for c, (r, m) in sizes.items()},
