@@ -129,13 +129,7 @@ def sessionize(
         stats["bot_event_share"] = float(drop.mean())
         stats.update(rules)
         if stats["bot_event_share"] > bot_max_share:
-            raise DataLossError(
-                f"the bot filter would remove {stats['bot_event_share']:.1%} of all events "
-                f"({stats['bot_events']:,} of {n0:,}; daily-volume rule "
-                f"{rules['bot_events_volume_rule']:,}, median-gap rule "
-                f"{rules['bot_events_gap_rule']:,}), above bots.max_share={bot_max_share:.0%}. "
-                "If these really are bots, raise bots.max_share; if they are people, set "
-                "bots.enabled=false or loosen bots.min_median_gap_s / bots.max_events_per_day")
+            raise DataLossError(_too_many_bots(stats, n0, bot_max_share))
     stats.setdefault("bot_events", 0)
     del key
 
@@ -158,7 +152,8 @@ def sessionize(
     # Session starts: a new entity, or (gap mode) an inactivity gap above the threshold.
     stats["gap_minutes"] = gap_minutes
     if not supplied and len(ts):
-        gap_s = _choose_gap(new_entity, ts, gap_s, min_length, max_short_share, auto_gap, stats)
+        gap_s = choose_gap(_short_shares(new_entity, ts, min_length), gap_s, max_short_share,
+                           auto_gap, stats)
     start = new_entity
     if not supplied and len(ts):
         start[1:] |= np.diff(ts) > gap_s
@@ -179,9 +174,7 @@ def sessionize(
     keep = ~short[sid]
     stats["events_in_short_sessions"] = int((~keep).sum())
     if len(keep) and (~keep).mean() > max_short_share:
-        stats["warnings"].append(
-            f"session.min_length={min_length}: {(~keep).mean():.0%} of the events are in "
-            "sessions too short to carry co-occurrence and are not trained on")
+        stats["warnings"].append(_short_warning(min_length, float((~keep).mean())))
     sid, ts, item, pos, ev = sid[keep], ts[keep], item[keep], pos[keep], ev[keep]
     # contiguous session ids 0..S-1 in the same order (sid is non-decreasing)
     sid = np.cumsum(np.r_[len(sid) > 0, sid[1:] != sid[:-1]], dtype=np.int64) - 1
@@ -332,26 +325,16 @@ def _robust_z(x: np.ndarray, population: np.ndarray) -> np.ndarray:
     return 0.6745 * (x - med) / mad
 
 
-def _choose_gap(new_entity: np.ndarray, ts: np.ndarray, gap_s: float, min_length: int,
-                max_short: float, auto: bool, stats: dict) -> float:
+def choose_gap(short_shares, gap_s: float, max_short: float, auto: bool, stats: dict) -> float:
     """The configured gap, or (auto) the smallest wider one that leaves no more than `max_short`
-    of the events in sessions shorter than `min_length`."""
-    d = np.diff(ts)
-    n = len(ts)
-
-    def short_share(g: float) -> float:
-        start = new_entity.copy()
-        start[1:] |= d > g
-        lengths = np.bincount(np.cumsum(start) - 1)
-        return float(lengths[lengths < min_length].sum() / n)
-
-    share = short_share(gap_s)
+    of the events in sessions shorter than session.min_length (a loud warning in `stats`).
+    `short_shares(gaps)` gives that share for each gap: numpy here, a Spark aggregate in
+    `recembed.spark.sessions`; the rule is this one function for both engines."""
+    share = short_shares([gap_s])[0]
     if not auto or share <= max_short:
         return gap_s
-    for g in _WIDER_GAPS_S:
-        if g <= gap_s:
-            continue
-        s2 = short_share(g)
+    wider = [g for g in _WIDER_GAPS_S if g > gap_s]
+    for g, s2 in zip(wider, short_shares(wider), strict=True):
         if s2 <= max_short or np.isinf(g):
             label = "the whole user history" if np.isinf(g) else f"{g / 60:g} minutes"
             stats["gap_minutes"] = float(g / 60)
@@ -363,19 +346,58 @@ def _choose_gap(new_entity: np.ndarray, ts: np.ndarray, gap_s: float, min_length
     return gap_s
 
 
+def validation_count(n_train: int, share: float, least: int, cap: int) -> int:
+    """How many of `n_train` training sessions the validation split takes: `share` of them, at
+    least `least` but never more than a quarter, at most `cap`; 0 when that would leave no
+    training session (or share is 0)."""
+    n_val = min(max(int(n_train * share), min(least, n_train // 4)), cap)
+    if share <= 0 or n_val < 1 or n_train - n_val < 1:
+        return 0
+    return n_val
+
+
+def _short_shares(new_entity: np.ndarray, ts: np.ndarray, min_length: int):
+    """`choose_gap`'s share function over sorted events (entity starts marked)."""
+    d = np.diff(ts)
+    n = len(ts)
+
+    def shares(gaps: list[float]) -> list[float]:
+        out = []
+        for g in gaps:
+            start = new_entity.copy()
+            start[1:] |= d > g
+            lengths = np.bincount(np.cumsum(start) - 1)
+            out.append(float(lengths[lengths < min_length].sum() / n))
+        return out
+
+    return shares
+
+
 def _mark_validation(split: np.ndarray, end: np.ndarray, share: float, least: int,
                      cap: int) -> np.ndarray:
     """split = 2 for the most recent training sessions (by end time, ties by order)."""
     train = np.flatnonzero(split == 0)
-    n_val = min(max(int(len(train) * share), min(least, len(train) // 4)), cap)
-    if share <= 0:
-        n_val = 0
-    if n_val < 1 or len(train) - n_val < 1:
+    n_val = validation_count(len(train), share, least, cap)
+    if n_val == 0:
         return split
     order = train[np.argsort(end[train], kind="stable")]
     out = split.copy()
     out[order[-n_val:]] = 2
     return out
+
+
+def _too_many_bots(stats: dict, n0: int, bot_max_share: float) -> str:
+    return (f"the bot filter would remove {stats['bot_event_share']:.1%} of all events "
+            f"({stats['bot_events']:,} of {n0:,}; daily-volume rule "
+            f"{stats['bot_events_volume_rule']:,}, median-gap rule "
+            f"{stats['bot_events_gap_rule']:,}), above bots.max_share={bot_max_share:.0%}. "
+            "If these really are bots, raise bots.max_share; if they are people, set "
+            "bots.enabled=false or loosen bots.min_median_gap_s / bots.max_events_per_day")
+
+
+def _short_warning(min_length: int, share: float) -> str:
+    return (f"session.min_length={min_length}: {share:.0%} of the events are in sessions too "
+            "short to carry co-occurrence and are not trained on")
 
 
 def _nothing_left(stats: dict, n0: int, min_length: int) -> str:

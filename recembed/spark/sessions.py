@@ -32,11 +32,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recembed.sessions import (
-    _WIDER_GAPS_S,
     DAY,
     DataLossError,
     _nothing_left,
+    _short_warning,
+    _too_many_bots,
+    choose_gap,
     session_weights,
+    validation_count,
 )
 from recembed.spark import io
 
@@ -123,13 +126,7 @@ def sessionize(
         stats.update(rules.pop("stats"))
         stats.update(rules)
         if stats["bot_event_share"] > bot_max_share:
-            raise DataLossError(
-                f"the bot filter would remove {stats['bot_event_share']:.1%} of all events "
-                f"({stats['bot_events']:,} of {n0:,}; daily-volume rule "
-                f"{rules['bot_events_volume_rule']:,}, median-gap rule "
-                f"{rules['bot_events_gap_rule']:,}), above bots.max_share={bot_max_share:.0%}. "
-                "If these really are bots, raise bots.max_share; if they are people, set "
-                "bots.enabled=false or loosen bots.min_median_gap_s / bots.max_events_per_day")
+            raise DataLossError(_too_many_bots(stats, n0, bot_max_share))
         if flags is not None:
             ev = ev.join(F.broadcast(flags) if stats["bot_entities"] < 1_000_000 else flags,
                          "key", "left")
@@ -158,7 +155,8 @@ def sessionize(
 
     stats["gap_minutes"] = gap_minutes
     if not supplied and n_kept:
-        gap_s = _choose_gap(kept, n_kept, gap_s, min_length, max_short_share, auto_gap, stats)
+        gap_s = choose_gap(_short_shares(kept, n_kept, min_length), gap_s, max_short_share,
+                           auto_gap, stats)
     start = (F.col("rn") == 1) if supplied else ((F.col("rn") == 1) |
                                                 (F.col("d") > F.lit(float(gap_s))))
     s_start, s_len = _session_bounds(start)
@@ -181,10 +179,8 @@ def sessionize(
     stats["sessions_too_short"] = int(agg["short"] or 0)
     stats["events_in_short_sessions"] = int(agg["short_events"] or 0)
     if n_kept and stats["events_in_short_sessions"] / n_kept > max_short_share:
-        stats["warnings"].append(
-            f"session.min_length={min_length}: "
-            f"{stats['events_in_short_sessions'] / n_kept:.0%} of the events are in "
-            "sessions too short to carry co-occurrence and are not trained on")
+        stats["warnings"].append(_short_warning(min_length,
+                                                stats["events_in_short_sessions"] / n_kept))
     rows = (kept.filter(F.col("c_len") >= min_length)
             .select("key", "ts", "ev", "user", "item", "split", "pos",
                     (F.col("pos") == 0).alias("first")))
@@ -338,10 +334,9 @@ def _session_bounds(start):
     return first, last - first + 1
 
 
-def _choose_gap(kept, n: int, gap_s: float, min_length: int, max_short: float, auto: bool,
-                stats: dict) -> float:
-    """`recembed.sessions._choose_gap`: the share of events in short sessions per candidate
-    gap, all candidates in one pass."""
+def _short_shares(kept, n: int, min_length: int):
+    """`recembed.sessions.choose_gap`'s share function: the share of events in short sessions
+    per candidate gap, all candidates in one pass."""
     from pyspark.sql import functions as F
 
     def shares(gaps: list[float]) -> list[float]:
@@ -353,20 +348,7 @@ def _choose_gap(kept, n: int, gap_s: float, min_length: int, max_short: float, a
         row = flags.agg(*[F.sum(c).alias(c) for c in cols]).collect()[0]
         return [int(row[c] or 0) / n for c in cols]
 
-    share = shares([gap_s])[0]
-    if not auto or share <= max_short:
-        return gap_s
-    wider = [g for g in _WIDER_GAPS_S if g > gap_s]
-    for g, s2 in zip(wider, shares(wider), strict=True):
-        if s2 <= max_short or np.isinf(g):
-            label = "the whole user history" if np.isinf(g) else f"{g / 60:g} minutes"
-            stats["gap_minutes"] = float(g / 60)
-            stats["warnings"].append(
-                f"session.gap_minutes={gap_s / 60:g} left {share:.0%} of the events in sessions "
-                f"shorter than session.min_length; the gap was widened to {label} ({s2:.0%} "
-                "left). Set session.auto_gap=false to keep the configured gap")
-            return float(g)
-    return gap_s
+    return shares
 
 
 def _win_col(g: float, min_length: int):
@@ -383,10 +365,8 @@ def _mark_validation(table, share: float, least: int, cap: int):
     from pyspark.sql import functions as F
 
     n_train = table.filter(F.col("split") == 0).count()
-    n_val = min(max(int(n_train * share), min(least, n_train // 4)), cap)
-    if share <= 0:
-        n_val = 0
-    if n_val < 1 or n_train - n_val < 1:
+    n_val = validation_count(n_train, share, least, cap)
+    if n_val == 0:
         return table
     last = (table.filter(F.col("split") == 0).orderBy(F.desc("end"), F.desc("session"))
             .limit(n_val).agg(F.min(F.struct("end", "session")).alias("b")).collect()[0]["b"])
