@@ -149,30 +149,26 @@ def measure(rec, sessions: list[list[str]], n_single: int, batch: int, n_batch: 
     rows = []
     last = [s[-1] for s in sessions]
 
-    def single(fn, args_list):
-        fn(args_list[0])  # warm-up (numba compilation, caches)
-        lat = np.empty(len(args_list))
+    def timed(fn, calls: list, n_sessions: int) -> dict:
+        """Sessions/s over all calls, and p50 / p99 latency per call (after one warm-up call:
+        numba compilation, caches)."""
+        fn(calls[0])
+        lat = np.empty(len(calls))
         t_all = time.perf_counter()
-        for i, a in enumerate(args_list):
+        for i, a in enumerate(calls):
             t0 = time.perf_counter()
             fn(a)
             lat[i] = time.perf_counter() - t0
         wall = time.perf_counter() - t_all
-        return {"sessions/s": round(len(args_list) / wall), "p50 ms": float(np.median(lat) * 1e3),
+        return {"sessions/s": round(n_sessions / wall), "p50 ms": float(np.median(lat) * 1e3),
                 "p99 ms": float(np.quantile(lat, 0.99) * 1e3)}
 
+    def single(fn, args_list):
+        return timed(fn, args_list, len(args_list))
+
     def batched(fn, args_list):
-        chunks = [args_list[i:i + batch] for i in range(0, len(args_list), batch)]
-        fn(chunks[0])
-        lat = np.empty(len(chunks))
-        t_all = time.perf_counter()
-        for i, c in enumerate(chunks):
-            t0 = time.perf_counter()
-            fn(c)
-            lat[i] = time.perf_counter() - t0
-        wall = time.perf_counter() - t_all
-        return {"sessions/s": round(len(args_list) / wall), "p50 ms": float(np.median(lat) * 1e3),
-                "p99 ms": float(np.quantile(lat, 0.99) * 1e3)}
+        return timed(fn, [args_list[i:i + batch] for i in range(0, len(args_list), batch)],
+                     len(args_list))
 
     calls = [("recommend", lambda s: rec.recommend(s, 20), lambda c: rec.recommend(c, 20),
               sessions)]
