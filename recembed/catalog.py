@@ -60,6 +60,9 @@ REASON_NO_ATTRIBUTES = ("no clicks in the training window and no catalog attribu
 REASON_NO_SHARED = ("no clicks in the training window and none of its attribute values is shared "
                     "with a trained item: no vector, never served")
 REASON_DELISTED = "no catalog entry (delisted): not served"
+# delisting more than this share of the trained items is reported loudly: shops retire a few
+# percent of their catalogue a day, a truncated catalog export far more
+MAX_DELISTED_SHARE = 0.1
 
 
 class CatalogError(ValueError):
@@ -85,6 +88,19 @@ class Catalog:
     def attribute_columns(self) -> list[str]:
         """The table's attribute columns, in `attributes` order."""
         return attribute_columns(len(self.attributes))
+
+
+def delisting_warning(stats: dict, catalog_path: str) -> str | None:
+    """A loud warning when more than `MAX_DELISTED_SHARE` of the trained items have no catalog
+    entry (`cold_rows` stats): they stop being served, which a partial catalog export would
+    do to most of the catalogue silently. None below it."""
+    n = stats["trained"] + stats["delisted"]
+    share = stats["delisted"] / n if n else 0.0
+    if share <= MAX_DELISTED_SHARE:
+        return None
+    return (f"{stats['delisted']:,} of {n:,} trained items ({share:.0%}) have no entry in the "
+            f"catalog {catalog_path} and are not served (origin none, delisted); if the "
+            "catalog export is partial, fix input.catalog.path")
 
 
 def attribute_columns(n: int) -> list[str]:

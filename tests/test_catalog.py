@@ -14,6 +14,7 @@ from recembed.catalog import (
     REASON_NO_ATTRIBUTES,
     CatalogError,
     cold_rows,
+    delisting_warning,
     read_catalog,
     write_side_sentences,
 )
@@ -445,3 +446,12 @@ def test_calibration_weighs_the_category_signal_on_cold_validation_targets(tmp_p
     # what the run serves does not lose to the baseline it measured
     assert serving["recall@20"] >= base["recall@20"] - 1e-9
     assert serving["recall@20_cold"] >= base["recall@20_cold"] - 1e-9
+
+
+def test_a_catalog_missing_many_trained_items_warns_loudly():
+    # a truncated catalog export would stop most of the catalogue being served: say so
+    warn = delisting_warning({"trained": 60, "side_info": 5, "none": 0, "delisted": 40},
+                             "items.csv")
+    assert warn and "40 of 100 trained items (40%)" in warn and "input.catalog.path" in warn
+    assert delisting_warning({"trained": 95, "side_info": 0, "none": 3, "delisted": 5},
+                             "items.csv") is None

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from recembed import artifacts as A
-from recembed.catalog import cold_rows, write_side_sentences
+from recembed.catalog import cold_rows, delisting_warning, write_side_sentences
 from recembed.catalog import item_categories as catalog_categories
 from recembed.config import Config
 from recembed.pipeline import EXIT_BAD_INPUT, PipelineError, Stage, StageContext
@@ -74,6 +74,10 @@ def run(ctx: StageContext) -> dict:
                                                     for k, v in rows.stats.items()},
                           **{f"side_{k}": v for k, v in side.items()}})
         log.info("cold start (%s): %s", scheme, rows.stats)
+        warn = delisting_warning(rows.stats, cfg.input.catalog.path)
+        if warn:
+            log.warning("train: %s", warn)
+            res.stats.setdefault("warnings", []).append(warn)
     A.write_json(ctx.write(A.TRAIN_STATS), {"model": model_name(cfg), **res.stats})
     log.info("trained %s tokens at %s words/s", f"{res.stats['tokens_trained']:,}",
              f"{res.stats['words_per_s']:,}")
