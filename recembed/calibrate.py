@@ -257,11 +257,14 @@ def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndar
         else `best`; and the metrics of every size tried."""
         nonlocal n_eval
         tried = {current: best_rm}
+        # never below a signal alone (each baseline inside the blend), whatever min_gain allows
+        floor = max([obj(best_rm) - min_gain] +
+                    [m["recall@20"] + m["mrr@20"] for m in corners.values()])
         for x in sorted(v for v in smaller if v < current):
             cand = make(best, x)
             n_eval += 1
             tried[x] = _recall_mrr(_chunked_signals(model, prefixes, cand), cand, targets, k)
-            if obj(tried[x]) >= obj(best_rm) - min_gain:
+            if obj(tried[x]) >= floor:
                 return cand, tried[x], tried
         return best, best_rm, tried
 
