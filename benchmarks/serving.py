@@ -3,7 +3,7 @@
 The version is built from the 10M-event synthetic click log (`recembed.synth.synth_clicks`, the
 nightly benchmark's log: 195,281 items). Sessions come from a plain 30-minute-gap sessionizer
 (bots dropped); the blend artifacts are built from the training sessions exactly as the index
-stage builds them (`recembed.calibrate.serving_model`: sequential rules, session-kNN index,
+stage builds them (`recembed.candidates.serving_model`: sequential rules, session-kNN index,
 popularity). Item and output vectors are synthetic (64-d, clustered by category, as trained
 vectors are) so that no training run is needed; both indexes are HNSW32 (what `auto` picks for
 195k items), efSearch 64 (what the nightly run's tuning chose). Everything is cached under
@@ -53,7 +53,7 @@ def build_cache(cache: Path, events: int, seed: int = 0) -> None:
     import faiss
     import pandas as pd
 
-    from recembed.calibrate import serving_model
+    from recembed.candidates import serving_model
     from recembed.index import build_index
     from recembed.synth import synth_clicks
 

@@ -113,6 +113,9 @@ RUNNER_FILES = (CONFIG, SUMMARY)
 RUN_RECORD = Artifact("run.json")
 # written by `recembed tune` (the Optuna study), outside the stage graph; the report shows it
 TUNE_DB = Artifact("tune.db")
+TUNE_RECORD = Artifact("tune.json")  # the study's summary of the last `tune` call
+TUNED = Artifact("tuned.toml")  # the best trial as config sections (include it from a TOML)
+TUNE_WORK = Artifact(".tune-work", kind="folder")  # the running trials' scratch
 # a published root and its versions
 RUN_LOCK = ".lock"  # flock held by the run using a run directory (the runner's)
 LATEST = "LATEST"

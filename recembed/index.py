@@ -9,6 +9,7 @@ target is met, or says it cannot; what was measured goes into the index metadata
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,12 +17,39 @@ from pathlib import Path
 
 import numpy as np
 
-from recembed.artifacts import INDEX, INDEX_META, atomic_path, unit_rows, write_text
+from recembed.artifacts import INDEX, INDEX_META, atomic_path, sha256, unit_rows, write_text
 
 # faiss guidelines (wiki "Guidelines to choose an index"), in items
 EXACT_BELOW = 50_000
 HNSW_BELOW = 2_000_000
 MIN_POINTS_PER_CENTROID = 39
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """The `[index]` settings (`recembed.settings.index_params`): `build_index` takes
+    factory, metric, memory_budget_gb, hnsw_m and ef_construction, `tune_index` target_recall,
+    k (= tune_k) and n_queries (= tune_queries); their docstrings give units and ranges."""
+
+    factory: str = "auto"
+    metric: str = "cosine"
+    target_recall: float = 0.95
+    tune_k: int = 100
+    tune_queries: int = 1000
+    memory_budget_gb: float = 8.0
+    hnsw_m: int = 32
+    ef_construction: int = 200
+
+    def build_kwargs(self, metric: str | None = None) -> dict:
+        """`build_index` keyword arguments (`metric` overrides the configured one)."""
+        return {"factory": self.factory, "metric": metric or self.metric,
+                "memory_budget_gb": self.memory_budget_gb, "hnsw_m": self.hnsw_m,
+                "ef_construction": self.ef_construction}
+
+    def tune_kwargs(self) -> dict:
+        """`tune_index` keyword arguments."""
+        return {"target_recall": self.target_recall, "k": self.tune_k,
+                "n_queries": self.tune_queries}
 
 
 @dataclass
@@ -261,3 +289,28 @@ def _recall(got: np.ndarray, truth: np.ndarray) -> float:
     hits = sum(len(np.intersect1d(g[g >= 0], t)) for g, t in zip(got, truth, strict=True))
     return hits / truth.size
 
+
+def tuned_index(params: IndexParams, vectors_path: Path, *, threads: int, seed: int):
+    """(faiss index, IndexMeta) over the vectors in `vectors_path` with the run's index
+    settings, tuned to `params.target_recall`; the metadata records the sha256 of the vectors
+    it was measured on. Publishing reuses it to re-index aligned vectors.
+
+    Parameters
+    ----------
+    params : IndexParams
+        The `[index]` settings (`recembed.settings.index_params`).
+    vectors_path : Path
+        A vectors.npy.
+    threads : int >= 1
+        faiss threads.
+    seed : int
+        Seed of the index training and the tuning queries.
+    """
+    vectors = np.load(vectors_path, allow_pickle=False)
+    set_threads(threads)
+    index, meta = build_index(vectors, seed=seed, **params.build_kwargs())
+    meta = tune_index(index, vectors, meta, seed=seed, **params.tune_kwargs())
+    if not meta.reached_target:
+        logging.getLogger("recembed").warning("index: %s", meta.reason)
+    meta.vectors_sha256 = sha256(vectors_path)
+    return index, meta

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,32 @@ class TrainResult:
     # tokens of the corpus that are not item codes (catalog attribute tokens, the cold-start
     # "context" scheme): token -> (input vector, output vector or None)
     side: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """The skip-gram settings of `train_word2vec` that come from `[train]`
+    (`recembed.settings.train_params`); the parameters are documented there, by name.
+    `epochs` is 1 when the training amount decides (train.epochs = "auto", see `target_tokens`
+    of `train_word2vec`)."""
+
+    vector_size: int = 64
+    window: int = 3
+    shrink_windows: bool = True
+    negative: int = 10
+    ns_exponent: float = 0.5
+    sample: float = 0.0
+    alpha: float = 0.025
+    min_alpha: float = 0.0001
+    min_count: int = 1
+    hs: bool = False
+    workers: int = 1
+    max_tokens: int = 0
+    epochs: int = 20
+
+    def kwargs(self) -> dict:
+        """The settings as `train_word2vec` keyword arguments."""
+        return asdict(self)
 
 
 def stable_hash(s: str) -> int:

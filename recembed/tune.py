@@ -42,12 +42,14 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from recembed import artifacts as A
 
 # the report draws the study (it sits below the stages, which cannot import this module)
 from recembed.report import TUNE_OBJECTIVE, tuning_section_html  # noqa: F401
@@ -134,7 +136,8 @@ def tune(cfg, run_dir: str | Path | None = None, *, trials: int = 50,
     """
     import optuna
 
-    from recembed.evaluate import make_queries
+    from recembed import settings as S
+    from recembed.calibrate import validation_set
     from recembed.pipeline import EXIT_BAD_INPUT, PipelineError, run_pipeline
     from recembed.stages import STAGES
     from recembed.train import EmptyVocabulary
@@ -145,32 +148,36 @@ def tune(cfg, run_dir: str | Path | None = None, *, trials: int = 50,
     if sample_sessions < 0:
         raise TuneError(f"--sample-sessions must be >= 0 (got {sample_sessions}; 0 = all)")
     sp = _space(space)
-    rep = run_pipeline(cfg, run_dir, plan=STAGES, stages=["sessionize"], echo=lambda s: None)
+    # the catalog too when there is one: trials score cold targets as calibration does
+    needs = ["sessionize", *(["catalog"] if S.has_catalog(cfg) else [])]
+    rep = run_pipeline(cfg, run_dir, plan=STAGES, stages=needs, echo=lambda s: None)
     run = Path(rep.run_dir)
-    data = _tuning_data(run, sample_sessions)
-    if data["ct"].empty or data["val"].empty:
+    data = _tuning_data(run, sample_sessions, S.cold_params(cfg) if S.has_catalog(cfg) else None)
+    split = data["split"]
+    if split.empty:
         raise TuneError(f"{run}: no validation split (too few training sessions); lower "
                         "validation.min_sessions or give a longer log")
-    q, qstats = make_queries(data["val"], data["known"], max_queries=cfg.calibrate.max_queries,
-                             seed=cfg.run.seed)
+    vs = validation_set(split, data["n_items"], data["catalog"],
+                        max_queries=cfg.calibrate.max_queries, seed=cfg.run.seed)
+    q, qstats = vs.queries, vs.stats
     if not len(q):
         raise TuneError(f"{run}: no validation query has a target seen in calibration "
                         "training; raise --sample-sessions or validation.share")
     seed = cfg.run.seed if seed is None else seed
-    storage = f"sqlite:///{run / 'tune.db'}"
+    storage = f"sqlite:///{A.TUNE_DB.path(run)}"
     name = f"{cfg.run.name}-tune"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         storage=storage, study_name=name, direction="maximize", load_if_exists=True,
         pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=25))
     bound = {"sample_sessions": int(sample_sessions),
-             "calibration_sessions": int(data["ct"]["session"].nunique()),
+             "calibration_sessions": int(split.ct["session"].nunique()),
              "validation_queries": len(q), "seed": int(cfg.run.seed)}
     _bind(study, bound, run)
     _requeue_stale(study)
     # seeded by what is already stored: a resumed study continues, it does not replay
     study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
-    objective = _objective(cfg, run, data, q, sp, prune_queries, blend_budget_s, echo)
+    objective = _objective(cfg, run, data, vs, sp, prune_queries, blend_budget_s, echo)
     before = len(study.trials)
     try:
         study.optimize(objective, n_trials=trials, timeout=time_budget_s or None, catch=())
@@ -179,19 +186,19 @@ def tune(cfg, run_dir: str | Path | None = None, *, trials: int = 50,
                             "of every item: nothing left to train; lower train.min_count",
                             EXIT_BAD_INPUT) from e
     finally:
-        shutil.rmtree(run / ".tune-work", ignore_errors=True)
+        shutil.rmtree(A.TUNE_WORK.path(run), ignore_errors=True)
     rows = [_trial_row(t) for t in study.trials]
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = tuned = None
     if done:
         b = study.best_trial
         best = _trial_row(b)
-        tuned = run / "tuned.toml"
+        tuned = A.TUNED.path(run)
         tuned.write_text(tuned_toml(b, study_name=name, n_trials=len(study.trials),
                                     sample_sessions=sample_sessions))
     res = TuneResult(run, name, storage, tuned, best, rows, len(study.trials) - before,
                      time.perf_counter() - t0)
-    (run / "tune.json").write_text(json.dumps(
+    A.TUNE_RECORD.path(run).write_text(json.dumps(
         {"study": name, "storage": storage, "objective": OBJECTIVE, "bound": bound,
          "validation_queries": qstats, "best": best, "tuned": str(tuned) if tuned else None,
          "trials": len(rows), "states": pd.Series([r["state"] for r in rows]).value_counts()
@@ -295,23 +302,26 @@ def _suggest(trial, key: str, spec):
     return spec
 
 
-def _tuning_data(run: Path, sample_sessions: int) -> dict:
-    """Calibration-train and validation events, the session table, and the catalogue size."""
-    train = pd.read_parquet(run / "sessions_train.parquet", columns=["session", "item", "ts"])
-    table = pd.read_parquet(run / "session_table.parquet", columns=["session", "end", "split"])
-    n_items = len(pd.read_parquet(run / "vocabulary.parquet", columns=["code"]))
-    split = pd.Series(table["split"].to_numpy(), index=table["session"].to_numpy())
-    ev_split = split.reindex(train["session"].to_numpy()).to_numpy()
-    ct, val = train[ev_split == 0], train[ev_split == 2]
-    ends = table.set_index("session")["end"]
-    if sample_sessions and len(ct):
-        ids = np.unique(ct["session"].to_numpy())
-        order = np.argsort(-ends.reindex(ids).to_numpy(), kind="stable")
-        keep = ids[order[:sample_sessions]]
-        ct = ct[np.isin(ct["session"].to_numpy(), keep)]
-    known = np.bincount(ct["item"].to_numpy(), minlength=n_items) > 0
-    ref = float(ends.reindex(np.unique(ct["session"].to_numpy())).max()) if len(ct) else 0.0
-    return {"ct": ct, "val": val, "ends": ends, "ref": ref, "n_items": n_items, "known": known}
+def _tuning_data(run: Path, sample_sessions: int, cold) -> dict:
+    """The calibration split of a run directory (`recembed.calibrate.calibration_split`), the
+    catalogue size and, with `cold` (`recembed.settings.ColdParams`, None = no catalog), the
+    catalog as calibration sees it."""
+    from recembed.calibrate import calibration_split
+    from recembed.candidates import CalibrationCatalog
+
+    train = pd.read_parquet(A.SESSIONS_TRAIN.path(run), columns=["session", "item", "ts"])
+    table = pd.read_parquet(A.SESSION_TABLE.path(run), columns=["session", "end", "split"])
+    vocab = pd.read_parquet(A.VOCABULARY.path(run), columns=["code", "id"])
+    catalog = None
+    if cold is not None:
+        catalog = CalibrationCatalog.build(
+            pd.read_parquet(A.CATALOG.path(run)), vocab,
+            pd.read_parquet(A.CATEGORIES.path(run))["category"].to_numpy(),
+            n_attributes=cold.n_attributes, scheme=cold.scheme, knn=cold.knn,
+            candidate_scale=cold.candidate_scale, dated=cold.dated,
+            from_catalog=cold.from_catalog)
+    split = calibration_split(train, table, max_sessions=sample_sessions)
+    return {"split": split, "n_items": len(vocab), "catalog": catalog}
 
 
 def _bind(study, bound: dict, run: Path) -> None:
@@ -323,7 +333,7 @@ def _bind(study, bound: dict, run: Path) -> None:
     diff = {k: (prev.get(k), v) for k, v in bound.items() if prev.get(k) != v}
     if diff:
         what = ", ".join(f"{k} {a} (stored) vs {b} (now)" for k, (a, b) in diff.items())
-        raise TuneError(f"{run / 'tune.db'} holds a study scored on other data ({what}); "
+        raise TuneError(f"{A.TUNE_DB.path(run)} holds a study scored on other data ({what}); "
                         "rerun with the stored settings to continue it, or tune into another "
                         "run directory (--run-dir)")
 
@@ -341,29 +351,21 @@ def _requeue_stale(study) -> None:
                     t.number)
 
 
-def _objective(cfg, run: Path, data: dict, q, sp: dict, prune_queries: int,
+def _objective(cfg, run: Path, data: dict, vs, sp: dict, prune_queries: int,
                blend_budget_s: float, echo):
     """The trial function: train one model, choose its blend, return the objective."""
-    from recembed.calibrate import (
-        _corpus_of,
-        _neighbour_sample,
-        _on,
-        calibration_search,
-        train_candidate,
-    )
-    from recembed.sessions import session_weights
+    from recembed import settings as S
+    from recembed.calibrate import evaluate_candidate, neighbour_sample_size
 
-    kw = calibration_search(cfg)["kw"]
-    corpus_fixed = not (cfg.walks.enabled == "auto" and cfg.sequences.enabled == "auto")
-    if corpus_fixed:
-        sp["corpus"] = _corpus_of(_on(cfg.walks.enabled), _on(cfg.sequences.enabled))
-    if cfg.train.epochs != "auto":
-        sp["train.target_tokens"] = 0  # the configured epochs
-    elif cfg.train.target_tokens != "auto":
-        sp["train.target_tokens"] = int(cfg.train.target_tokens)
-    ends = data["ends"]
-    hist = cfg.serving.history
-    decay = 0.65 if cfg.serving.decay == "auto" else float(cfg.serving.decay)
+    plan = S.calibration_plan(cfg)
+    if S.corpus_set(cfg) is not None:  # walks.enabled / sequences.enabled set: fixed
+        sp["corpus"] = S.corpus_set(cfg)
+    if cfg.train.epochs != "auto" or cfg.train.target_tokens != "auto":
+        sp["train.target_tokens"] = plan.target_tokens[0]  # 0 = the configured epochs
+    split, q = data["split"], vs.queries
+    hist = plan.base_blend.history
+    # the decay the pruning checkpoints score with: the configured one, else the default
+    decay = plan.blend_fixed.get("decay", plan.base_blend.decay)
     probe = _probe_queries(q, prune_queries, hist)
 
     def objective(trial) -> float:
@@ -371,7 +373,7 @@ def _objective(cfg, run: Path, data: dict, q, sp: dict, prune_queries: int,
         corpus = _suggest(trial, "corpus", sp["corpus"])
         settings: dict[str, Any] = {"walks.enabled": corpus in ("both", "walks"),
                                     "sequences.enabled": corpus in ("both", "sessions")}
-        wp = dict(kw["walk_params"])
+        wp = dict(plan.walk_params)
         if corpus in ("both", "walks"):
             wp["method"] = _suggest(trial, "walks.method", sp["walks.method"])
             settings["walks.method"] = wp["method"]
@@ -379,7 +381,7 @@ def _objective(cfg, run: Path, data: dict, q, sp: dict, prune_queries: int,
                 for k in ("p", "q"):
                     wp[k] = _round(float(_suggest(trial, f"walks.{k}", sp[f"walks.{k}"])))
                     settings[f"walks.{k}"] = wp[k]
-        tp = dict(kw["train_params"])
+        tp: dict[str, Any] = {}
         for k in ("window", "vector_size", "negative"):
             tp[k] = int(_suggest(trial, f"train.{k}", sp[f"train.{k}"]))
             settings[f"train.{k}"] = tp[k]
@@ -391,19 +393,18 @@ def _objective(cfg, run: Path, data: dict, q, sp: dict, prune_queries: int,
             settings["train.target_tokens"] = tokens
         half = float(_suggest(trial, "session.half_life_days", sp["session.half_life_days"]))
         settings["session.half_life_days"] = half
-        weights = pd.Series(session_weights(ends.to_numpy(np.float64), data["ref"], half),
-                            index=ends.index)
-        tp["callbacks"] = (_pruning_callback(trial, probe, decay, hist, data["n_items"]),)
-        work = run / ".tune-work" / f"trial-{trial.number}"
+        weights = split.weights(half)
+        callback = _pruning_callback(trial, probe, decay, hist, data["n_items"])
+        work = A.TUNE_WORK.path(run) / f"trial-{trial.number}"
         work.mkdir(parents=True, exist_ok=True)
         try:
-            cand = train_candidate(data["ct"], weights, data["n_items"], q, work, corpus=corpus,
-                              tokens=tokens, graph_params=kw["graph_params"], walk_params=wp,
-                              train_params=tp, blend_fixed=kw["blend_fixed"],
-                              base_blend=kw["base_blend"],
-                              neighbour_options=kw["neighbour_options"],
-                              rule_steps=kw["rule_steps"], seed=cfg.run.seed,
-                              threads=cfg.run.n_threads(), budget=blend_budget_s)
+            cand = evaluate_candidate(split.ct, weights, data["n_items"], q, work, plan,
+                                      corpus=corpus, tokens=tokens, seed=cfg.run.seed,
+                                      threads=cfg.run.n_threads(), budget=blend_budget_s,
+                                      catalog=data["catalog"], listing=vs.listing,
+                                      walk_params=wp,
+                                      train_params=replace(plan.train_params, **tp),
+                                      callbacks=(callback,))
         except Exception as e:
             import optuna
 
@@ -415,12 +416,8 @@ def _objective(cfg, run: Path, data: dict, q, sp: dict, prune_queries: int,
         finally:
             shutil.rmtree(work, ignore_errors=True)
         st = cand["choice"].settings
-        settings.update({"serving.weights": {k: float(v) for k, v in st.weights.items() if v},
-                         "serving.decay": float(st.decay),
-                         "serving.temperature": float(st.temperature),
-                         "serving.candidates": int(st.candidates),
-                         "serving.neighbour_sample": _neighbour_sample(st.neighbours),
-                         "serving.neighbours": st.neighbours.get("method", "stan")})
+        settings.update({f"serving.{k}": v for k, v in S.serving_values(
+            st, neighbour_sample_size(st.neighbours)).items()})
         for k, v in {"recall@20": cand["recall@20"], "mrr@20": cand["mrr@20"],
                      "epochs": cand["epochs"], "corpus_tokens": cand["corpus_tokens"],
                      "seconds": round(time.perf_counter() - t0, 3),

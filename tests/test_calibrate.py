@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from recembed.blend import SIGNALS, BlendModel, BlendSettings, sequential_rules
-from recembed.calibrate import _recall_mrr, choose_blend, resolve_config
+from recembed.calibrate import _recall_mrr, choose_blend
 from recembed.config import load_config
 from recembed.pipeline import PipelineError, run_pipeline
+from recembed.settings import blend_settings, calibration_plan, resolve_config
 from recembed.sessions import DataLossError, sessionize
 from recembed.stages import STAGES
 from recembed.synth import synth_profile, write_synth
@@ -163,12 +164,10 @@ def test_blend_recommend_matches_the_signals_it_was_chosen_on():
 
 
 def test_explicit_settings_win(tmp_path):
-    from recembed.calibrate import calibration_search
-
     cfg = load_config(None, ["serving.decay=0.9", "walks.enabled=false", "train.epochs=4"])
-    search = calibration_search(cfg)["kw"]
-    assert search["corpora"] == ["sessions"] and search["target_tokens"] == [0]
-    assert search["blend_fixed"] == {"decay": 0.9}
+    plan = calibration_plan(cfg)
+    assert plan.corpora == ["sessions"] and plan.target_tokens == [0]
+    assert plan.blend_fixed == {"decay": 0.9}
     record = {"enabled": True, "corpus": "both", "target_tokens": 10_000_000,
               "blend": {"settings": {"weights": {"rules": 1.0}, "decay": 0.5,
                                      "temperature": 2.0, "neighbours": {"method": "vsknn"}}}}
@@ -277,8 +276,6 @@ def test_blend_search_reads_the_fewest_neighbour_sessions_that_lose_nothing():
 
 
 def test_neighbour_sample_travels_from_the_record_to_the_served_settings():
-    from recembed.calibrate import blend_settings, calibration_search
-
     cfg = load_config(None, [])
     record = {"enabled": True, "blend": {"settings": {
         "neighbours": {"method": "vsknn", "sample_size": 500}}}}
@@ -286,9 +283,9 @@ def test_neighbour_sample_travels_from_the_record_to_the_served_settings():
     assert out.serving.neighbours == "vsknn" and out.serving.neighbour_sample == 500
     assert blend_settings(out).neighbours == {"method": "vsknn", "sample_size": 500}
     explicit = load_config(None, ["serving.neighbour_sample=700", "serving.neighbours=stan"])
-    kw = calibration_search(explicit)["kw"]
-    assert kw["blend_fixed"]["neighbours"] == {"method": "stan", "sample_size": 700}
-    assert all(o["sample_size"] == 700 for o in kw["neighbour_options"])
+    plan = calibration_plan(explicit)
+    assert plan.blend_fixed["neighbours"] == {"method": "stan", "sample_size": 700}
+    assert all(o["sample_size"] == 700 for o in plan.neighbour_options)
 
 
 def _category_model(seed=0, n=120, n_cat=6):

@@ -143,7 +143,7 @@ def test_directional_score_by_hand():
 
 
 def test_tuned_toml_loads_through_include_and_changes_the_resolved_config(clicks, tmp_path):
-    from recembed.calibrate import calibration_search
+    from recembed.settings import calibration_plan
 
     cfg = _cfg(clicks, tmp_path)
     res = tune(cfg, tmp_path / "run", trials=2, echo=lambda s: None,
@@ -160,7 +160,7 @@ def test_tuned_toml_loads_through_include_and_changes_the_resolved_config(clicks
     assert out.train.target_tokens == best.params["train.target_tokens"]
     assert out.walks.enabled == (best.params["corpus"] in ("both", "walks"))
     assert isinstance(out.serving.weights, dict) and out.serving.decay != "auto"
-    assert not calibration_search(out)["any"]  # nothing left for the run to calibrate
+    assert not calibration_plan(out).searches  # nothing left for the run to calibrate
     assert load_config(conf, ["train.window=4"]).train.window == 4  # --set wins over both
 
 

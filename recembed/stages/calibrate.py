@@ -10,13 +10,9 @@ import logging
 import pandas as pd
 
 from recembed import artifacts as A
-from recembed.calibrate import (
-    CalibrationCatalog,
-    calibrate_run,
-    calibration_search,
-    resolve_config,
-)
-from recembed.catalog import item_categories
+from recembed import settings as S
+from recembed.calibrate import calibrate_run
+from recembed.candidates import CalibrationCatalog
 from recembed.config import Config
 from recembed.pipeline import EXIT_BAD_INPUT, PipelineError, Stage, StageContext
 from recembed.train import EmptyVocabulary
@@ -27,19 +23,19 @@ log = logging.getLogger("recembed")
 def run(ctx: StageContext) -> dict:
     """Train candidate models before the validation split; keep the best on validation."""
     cfg = ctx.cfg
-    search = calibration_search(cfg)
-    if not cfg.calibrate.enabled or not search["any"]:
+    plan = S.calibration_plan(cfg)
+    if not plan.enabled or not plan.searches:
         rec = {"enabled": False, "reason": "calibrate.enabled = false" if not
-               cfg.calibrate.enabled else "every calibrated key is set in the config"}
+               plan.enabled else "every calibrated key is set in the config"}
     else:
         train = pd.read_parquet(ctx.read(A.SESSIONS_TRAIN), columns=["session", "item", "ts"])
         table = pd.read_parquet(ctx.read(A.SESSION_TABLE), columns=["session", "end", "split"])
         vocab = pd.read_parquet(ctx.read(A.VOCABULARY), columns=["code", "id"])
-        n_items = len(vocab)
+        catalog = (read_calibration_catalog(ctx, vocab, S.cold_params(cfg))
+                   if S.has_catalog(cfg) else None)
         try:
-            rec = calibrate_run(train, table, n_items, ctx.scratch / "work", seed=cfg.run.seed,
-                                threads=cfg.run.n_threads(), catalog=_catalog(ctx, vocab),
-                                **search["kw"])
+            rec = calibrate_run(train, table, len(vocab), ctx.scratch / "work", plan,
+                                seed=cfg.run.seed, threads=cfg.run.n_threads(), catalog=catalog)
         except EmptyVocabulary as e:
             raise PipelineError(f"train.min_count={cfg.train.min_count} is above the corpus "
                                 "count of every item: nothing left to train; lower "
@@ -53,35 +49,25 @@ def run(ctx: StageContext) -> dict:
             "validation_mrr@20": v.get("mrr@20"), "seconds": rec.get("seconds")}
 
 
-def _catalog(ctx: StageContext, vocab: pd.DataFrame) -> CalibrationCatalog | None:
+def read_calibration_catalog(ctx: StageContext, vocab: pd.DataFrame,
+                             cold: S.ColdParams) -> CalibrationCatalog:
     """The catalog as calibration sees it (cold targets scored on validation, the `category`
-    signal searched), None without one."""
-    cfg = ctx.cfg
-    if not _has_catalog(cfg):
-        return None
-    table = pd.read_parquet(ctx.read(A.CATALOG))
-    cats = item_categories(pd.read_parquet(ctx.read(A.CATEGORIES))["category"].to_numpy(),
-                           table, from_catalog=bool(cfg.input.catalog.category))
-    return CalibrationCatalog(table, vocab, len(cfg.input.catalog.attributes),
-                              categories=cats if (cats >= 0).any() else None,
-                              scheme=cfg.cold.scheme, knn=cfg.cold.knn,
-                              candidate_scale=cfg.cold.candidate_scale,
-                              dated=bool(cfg.input.catalog.listed))
+    signal searched)."""
+    return CalibrationCatalog.build(
+        pd.read_parquet(ctx.read(A.CATALOG)), vocab,
+        pd.read_parquet(ctx.read(A.CATEGORIES))["category"].to_numpy(),
+        n_attributes=cold.n_attributes, scheme=cold.scheme, knn=cold.knn,
+        candidate_scale=cold.candidate_scale, dated=cold.dated, from_catalog=cold.from_catalog)
 
 
 def _reads(cfg: Config) -> tuple:
     return (A.SESSIONS_TRAIN, A.SESSION_TABLE, A.VOCABULARY,
-            *([A.CATALOG, A.CATEGORIES] if _has_catalog(cfg) else []))
-
-
-def _has_catalog(cfg: Config) -> bool:
-    # recembed.stages.train.has_catalog (a stage above this one in the data flow)
-    return bool(cfg.input.catalog.path)
+            *([A.CATALOG, A.CATEGORIES] if S.has_catalog(cfg) else []))
 
 
 def resolved(cfg: Config, run_dir) -> Config:
     """The config with every "auto" key set to the calibrated choice."""
-    return resolve_config(cfg, json.loads(A.CALIBRATION.path(run_dir).read_text()))
+    return S.resolve_config(cfg, json.loads(A.CALIBRATION.path(run_dir).read_text()))
 
 
 STAGE = Stage("calibrate", run, reads=_reads,

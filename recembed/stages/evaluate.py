@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 
 from recembed import artifacts as A
-from recembed.catalog import listing_order
+from recembed import settings as S
+from recembed.catalog import item_categories, listing_order
 from recembed.config import Config
 from recembed.evaluate import embedding_scorer, evaluate_all, serving_recommend
 from recembed.pipeline import Stage, StageContext, stage_records
 from recembed.report import tuning_section_html, version_history, write_report
 from recembed.serving import Recommender
-from recembed.stages.train import has_catalog, item_categories, writes_context
 
 log = logging.getLogger("recembed")
 
@@ -29,7 +29,8 @@ def run(ctx: StageContext) -> dict:
     test = pd.read_parquet(ctx.read(A.SESSIONS_TEST), columns=["session", "item"])
     n_items = len(pd.read_parquet(ctx.read(A.VOCABULARY), columns=["code"]))
     emb = A.Embeddings.load(ctx.run_dir)
-    catalog = pd.read_parquet(ctx.read(A.CATALOG)) if has_catalog(ctx.cfg) else None
+    catalog = pd.read_parquet(ctx.read(A.CATALOG)) if S.has_catalog(ctx.cfg) else None
+    from_catalog = S.categories_from_catalog(ctx.cfg)
     cold_kw: dict = {}
     baselines = list(e.baselines)
     if catalog is not None:
@@ -38,11 +39,11 @@ def run(ctx: StageContext) -> dict:
         n_items = max(n_items, int(catalog["code"].max()) + 1)
         listed = np.zeros(n_items, bool)
         listed[catalog["code"].to_numpy()] = True
-        cats_all = item_categories(ctx.cfg, pd.read_parquet(ctx.read(A.CATEGORIES))[
-            "category"].to_numpy(), catalog)
+        cats_all = item_categories(pd.read_parquet(ctx.read(A.CATEGORIES))[
+            "category"].to_numpy(), catalog, from_catalog=from_catalog)
         cold_kw = {"catalog": listed, "categories": cats_all,
                    "listed": listing_order(catalog, n_items)}
-        if ctx.cfg.input.catalog.category and "category" not in baselines:
+        if from_catalog and "category" not in baselines:
             baselines.append("category")  # the cold-start baseline, whenever there is one
     train_stats = json.loads(ctx.read(A.TRAIN_STATS).read_text())
     model = train_stats["model"]
@@ -64,8 +65,8 @@ def run(ctx: StageContext) -> dict:
     metrics = A.Metrics.from_evaluation(raw, model, train_stats, _calibration_summary(calibration))
     metrics.save(ctx.write(A.METRICS))
     if e.report:
-        cats = item_categories(ctx.cfg, pd.read_parquet(ctx.read(A.CATEGORIES))[
-            "category"].to_numpy(), catalog)
+        cats = item_categories(pd.read_parquet(ctx.read(A.CATEGORIES))["category"].to_numpy(),
+                               catalog, from_catalog=from_catalog)
         published = ctx.inputs(A.PublishedRoot)  # declared only when publishing is on
         history = version_history(published[0].root) if published else []
         note = ("Nothing is published yet." if published else
@@ -119,8 +120,8 @@ def _calibration_summary(rec: dict) -> dict:
 
 def _reads(cfg: Config) -> tuple:
     return (A.CALIBRATION, A.SESSIONS_TRAIN, A.SESSIONS_TEST, A.VOCABULARY, A.CATEGORIES,
-            *([A.CATALOG] if has_catalog(cfg) else []), A.VECTORS,
-            *([A.CONTEXT] if writes_context(cfg) else []), A.ITEMS, A.TRAIN_STATS, A.INDEX,
+            *([A.CATALOG] if S.has_catalog(cfg) else []), A.VECTORS,
+            *([A.CONTEXT] if S.writes_context(cfg) else []), A.ITEMS, A.TRAIN_STATS, A.INDEX,
             A.INDEX_META, A.SERVING,
             # the report's history of published versions: a new version changes the stamp
             *([A.PublishedRoot(cfg.publish.dir)] if cfg.evaluate.report and cfg.publish.enabled

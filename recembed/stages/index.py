@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
-from pathlib import Path
 
 import faiss
 import numpy as np
 import pandas as pd
 
 from recembed import artifacts as A
+from recembed import settings as S
 from recembed.blend import CATEGORY_KEYS, candidate_tables, category_arrays
-from recembed.calibrate import blend_settings, resolve_retrieval, serving_model
-from recembed.catalog import listing_order
+from recembed.candidates import serving_model
+from recembed.catalog import item_categories, listing_order
 from recembed.config import Config
-from recembed.index import build_index, save_index, set_threads, tune_index
+from recembed.index import build_index, save_index, tune_index, tuned_index
 from recembed.pipeline import Stage, StageContext
 from recembed.serving import write_settings
-from recembed.stages.train import has_catalog, item_categories, writes_context
 
 log = logging.getLogger("recembed")
 
@@ -29,17 +28,15 @@ def run(ctx: StageContext) -> dict:
     categories and listing ranks of the `category` signal) and index_context.faiss (an
     inner-product index over the output vectors: the directional score as plain ANN)."""
     cfg = ctx.cfg
-    index, meta = tuned_index(cfg, ctx.read(A.VECTORS))
+    ip = S.index_params(cfg)
+    index, meta = tuned_index(ip, ctx.read(A.VECTORS), threads=cfg.run.n_threads(),
+                              seed=cfg.run.seed)
     save_index(index, meta, ctx.out_dir)
     emb = A.Embeddings.load(ctx.run_dir)
     # without output vectors (hs) the same search runs over the input vectors
     ctx_vectors = emb.context if emb.context is not None else emb.vectors
-    ic = cfg.index
-    cindex, cmeta = build_index(ctx_vectors, factory=ic.type, metric="ip",
-                                memory_budget_gb=ic.memory_budget_gb, hnsw_m=ic.hnsw_m,
-                                ef_construction=ic.ef_construction, seed=cfg.run.seed)
-    cmeta = tune_index(cindex, ctx_vectors, cmeta, target_recall=ic.target_recall, k=ic.tune_k,
-                       n_queries=ic.tune_queries, seed=cfg.run.seed)
+    cindex, cmeta = build_index(ctx_vectors, seed=cfg.run.seed, **ip.build_kwargs(metric="ip"))
+    cmeta = tune_index(cindex, ctx_vectors, cmeta, seed=cfg.run.seed, **ip.tune_kwargs())
     faiss.write_index(cindex, str(ctx.write(A.INDEX_CONTEXT)))
     A.write_text(ctx.write(A.INDEX_CONTEXT_META), cmeta.to_json())
     train = pd.read_parquet(ctx.read(A.SESSIONS_TRAIN), columns=["session", "item", "ts"])
@@ -48,13 +45,13 @@ def run(ctx: StageContext) -> dict:
     # the blend's arrays cover every served row, cold ones with no clicks, rules or sessions
     n_items = max(n_items, int(emb.codes.max()) + 1 if len(emb.codes) else 0)
     category = None
-    if has_catalog(cfg):
+    if S.has_catalog(cfg):
         # the `category` signal: each row's category and rank by listing recency, cold rows
         # included (the evaluation's category baseline, recembed.evaluate.category_scorer)
         catalog = pd.read_parquet(ctx.read(A.CATALOG), columns=["code", "listed", "category"])
         n_items = max(n_items, int(catalog["code"].max()) + 1)
-        cats = item_categories(cfg, pd.read_parquet(ctx.read(A.CATEGORIES))[
-            "category"].to_numpy(), catalog)
+        cats = item_categories(pd.read_parquet(ctx.read(A.CATEGORIES))["category"].to_numpy(),
+                               catalog, from_catalog=S.categories_from_catalog(cfg))
         cats = np.r_[cats, np.full(max(n_items - len(cats), 0), -1, np.int32)]
         if (cats[emb.codes] >= 0).any():
             category = category_arrays(cats[emb.codes],
@@ -66,9 +63,7 @@ def run(ctx: StageContext) -> dict:
               "rules_data": model.rules.data, "popularity": pop.astype(np.float64),
               **{f"nb_{k}": v for k, v in model.neighbours.to_arrays().items()},
               **({k: getattr(model, k) for k in CATEGORY_KEYS} if category else {})}
-    settings = blend_settings(cfg)
-    settings.retrieval, why = resolve_retrieval(cfg.serving.retrieval, len(emb.vectors),
-                                                settings.candidates, cfg.serving.table_max_mb)
+    settings, why = S.served_blend(cfg, len(emb.vectors))
     log.info("index: retrieval = %s (%s)", settings.retrieval, why)
     if settings.retrieval == "table":
         # the searches serving would run for a one-item session, once per item: the same
@@ -89,28 +84,10 @@ def run(ctx: StageContext) -> dict:
     return d
 
 
-def tuned_index(cfg: Config, vectors_path: Path):
-    """(faiss index, IndexMeta) over the vectors in `vectors_path` with the config's index
-    settings, tuned to `index.target_recall`; the metadata records the sha256 of the vectors it
-    was measured on. Publishing reuses it to re-index aligned vectors."""
-    ic = cfg.index
-    vectors = np.load(vectors_path, allow_pickle=False)
-    set_threads(cfg.run.n_threads())
-    index, meta = build_index(vectors, factory=ic.type, metric=ic.metric,
-                              memory_budget_gb=ic.memory_budget_gb, hnsw_m=ic.hnsw_m,
-                              ef_construction=ic.ef_construction, seed=cfg.run.seed)
-    meta = tune_index(index, vectors, meta, target_recall=ic.target_recall, k=ic.tune_k,
-                      n_queries=ic.tune_queries, seed=cfg.run.seed)
-    if not meta.reached_target:
-        log.warning("index: %s", meta.reason)
-    meta.vectors_sha256 = A.sha256(vectors_path)
-    return index, meta
-
-
 def _reads(cfg: Config) -> tuple:
-    return (A.VECTORS, *([A.CONTEXT] if writes_context(cfg) else []), A.ITEMS,
+    return (A.VECTORS, *([A.CONTEXT] if S.writes_context(cfg) else []), A.ITEMS,
             A.SESSIONS_TRAIN, A.VOCABULARY, A.CALIBRATION,
-            *([A.CATALOG, A.CATEGORIES] if has_catalog(cfg) else []))
+            *([A.CATALOG, A.CATEGORIES] if S.has_catalog(cfg) else []))
 
 
 STAGE = Stage("index", run, reads=_reads,

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from recembed import __version__
 from recembed import artifacts as A
+from recembed import settings as S
 from recembed.config import Config, load_config
+from recembed.index import tuned_index
 from recembed.pipeline import (
     EXIT_GATE,
     EXIT_LOCKED,
@@ -23,13 +25,10 @@ from recembed.pipeline import (
 from recembed.publish import (
     GateRefused,
     LockBusy,
-    PublishPolicy,
     evaluate_version,
     publish_run,
     version_manifest,
 )
-from recembed.stages.index import tuned_index
-from recembed.stages.train import has_catalog, writes_context
 
 log = logging.getLogger("recembed")
 
@@ -47,7 +46,9 @@ def run(ctx: StageContext) -> dict:
         stats={k: v.get("stats", {}) for k, v in records.items()}, metrics=metrics)
     try:
         res = publish_run(ctx.run_dir, published, files=published_files(ctx), manifest=manifest,
-                          policy=policy(cfg), reindex=lambda p: tuned_index(cfg, p))
+                          policy=S.publish_policy(cfg), reindex=lambda p: tuned_index(
+                              S.index_params(cfg), p, threads=cfg.run.n_threads(),
+                              seed=cfg.run.seed))
     except GateRefused as e:
         current = A.current_version_dir(published)
         raise PipelineError(f"quality gate refused to publish: {e}; the current version "
@@ -77,16 +78,6 @@ def evaluate_published(version: Path, run_dir: Path) -> A.Scores:
                             max_queries=cfg.evaluate.max_queries, seed=cfg.run.seed)
 
 
-def policy(cfg: Config) -> PublishPolicy:
-    """The `[publish]` settings as plain values."""
-    pc = cfg.publish
-    return PublishPolicy(max_recall_drop=pc.max_recall_drop,
-                         min_coverage_ratio=pc.min_coverage_ratio, force=pc.force,
-                         keep_versions=pc.keep_versions, lock_wait_s=pc.lock_wait_s,
-                         align_to_previous=pc.align_to_previous, drift_k=pc.drift_k,
-                         max_queries=cfg.evaluate.max_queries, seed=cfg.run.seed)
-
-
 def published_files(ctx: StageContext) -> list[A.Artifact]:
     """The declared reads a version holds (the artifacts marked `published`)."""
     return [a for a in ctx.reads if isinstance(a, A.Artifact) and a.published]
@@ -94,11 +85,11 @@ def published_files(ctx: StageContext) -> list[A.Artifact]:
 
 def _reads(cfg: Config) -> tuple:
     return (A.METRICS, A.SESSIONS_TRAIN, A.SESSIONS_TEST, A.VOCABULARY, A.VECTORS,
-            *([A.CONTEXT] if writes_context(cfg) else []), A.ITEMS, A.VECTORS_BIN, A.INDEX,
+            *([A.CONTEXT] if S.writes_context(cfg) else []), A.ITEMS, A.VECTORS_BIN, A.INDEX,
             A.INDEX_META, A.SERVING, A.BLEND, A.INDEX_CONTEXT, A.INDEX_CONTEXT_META,
             A.CALIBRATION, *([A.REPORT] if cfg.evaluate.report else []), A.CONFIG,
             # cold start: origins.parquet ships; the gate scores on the catalog's targets
-            *([A.ORIGINS, A.CATALOG] if has_catalog(cfg) else []),
+            *([A.ORIGINS, A.CATALOG] if S.has_catalog(cfg) else []),
             A.PublishedRoot(cfg.publish.dir))
 
 

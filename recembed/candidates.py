@@ -1,0 +1,224 @@
+"""The calibration mini-pipeline: one candidate model trained on the calibration-train sessions
+(corpus -> skip-gram -> the serving blend's model), as `recembed.calibrate` and `recembed.tune`
+score it on the validation split.
+
+A candidate writes its corpora (the item2vec session corpus and/or random walks over the item
+graph of the calibration-train sessions) into a scratch folder, trains `recembed.train` on them
+and builds the blend model (`serving_model`: sequential rules, session-kNN index, popularity, in
+vector-row space). With an item catalog (`CalibrationCatalog`) the model also holds the catalog
+items unseen by those sessions, with vectors from the run's cold scheme, and the `category`
+signal's arrays (see `recembed.calibrate` for the protocol).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recembed.blend import BlendModel, category_arrays
+from recembed.train import TrainParams
+
+
+@dataclass
+class CalibrationCatalog:
+    """What calibration needs of the item catalog (runs with `input.catalog`).
+
+    Parameters
+    ----------
+    table : DataFrame
+        catalog.parquet (`recembed.catalog.Catalog.table`).
+    vocabulary : DataFrame
+        `code`, `id` of every ingest code.
+    n_attributes : int
+        Attribute columns of `table`.
+    categories : int array or None
+        Category per item code (-1 unknown; `recembed.catalog.item_categories`); None =
+        no `category` signal.
+    scheme : {"context", "pooling", "knn", "off"}
+        `cold.scheme` ("context" calibrates with "pooling" rows, see the module docstring).
+    knn : int
+        `cold.knn`.
+    candidate_scale : float in [0, 1]
+        `cold.candidate_scale`.
+    dated : bool
+        Whether `table.listed` comes from a catalog column (`input.catalog.listed`).
+    """
+
+    table: pd.DataFrame
+    vocabulary: pd.DataFrame
+    n_attributes: int
+    categories: np.ndarray | None = None
+    scheme: str = "pooling"
+    knn: int = 3
+    candidate_scale: float = 1.0
+    dated: bool = False
+
+    @classmethod
+    def build(cls, table: pd.DataFrame, vocabulary: pd.DataFrame, categories: np.ndarray,
+              *, n_attributes: int, scheme: str, knn: int, candidate_scale: float,
+              dated: bool, from_catalog: bool) -> CalibrationCatalog:
+        """From catalog.parquet, the vocabulary and categories.parquet's `category` column,
+        with the run's cold-start settings (`recembed.settings.ColdParams`): categories from
+        the catalog when `from_catalog`; no `category` signal when no item has one."""
+        from recembed.catalog import item_categories
+
+        cats = item_categories(categories, table, from_catalog=from_catalog)
+        return cls(table, vocabulary, n_attributes, categories=cats if (cats >= 0).any()
+                   else None, scheme=scheme, knn=knn, candidate_scale=candidate_scale,
+                   dated=dated)
+
+    @property
+    def n_total(self) -> int:
+        """Item codes including the catalog's new ones (codes after the vocabulary's)."""
+        return max(len(self.vocabulary), int(self.table["code"].max()) + 1
+                   if len(self.table) else 0)
+
+    def listed_mask(self) -> np.ndarray:
+        out = np.zeros(self.n_total, bool)
+        out[self.table["code"].to_numpy()] = True
+        return out
+
+    def listing(self, ct: pd.DataFrame) -> np.ndarray:
+        """Listing-order key per code from what calibration may know (module docstring);
+        -inf for codes the catalog does not list."""
+        codes = self.table["code"].to_numpy(np.int64)
+        out = np.full(self.n_total, -np.inf)
+        if self.dated:
+            out[codes] = self.table["listed"].to_numpy(np.float64)
+            return out
+        first = ct.groupby("item")["ts"].min()
+        seen = np.full(self.n_total, np.nan)
+        seen[first.index.to_numpy()] = first.to_numpy(np.float64)
+        key = seen[codes]
+        out[codes] = np.where(np.isnan(key), 1e12 + np.arange(len(codes)), key)
+        return out
+
+
+@dataclass
+class CandidateModel:
+    """A trained candidate: its blend model, `row_of[ingest code]` = model row (-1 = none),
+    and the training's epochs and corpus tokens."""
+
+    model: BlendModel
+    row_of: np.ndarray
+    epochs: int
+    corpus_tokens: int
+
+
+def train_model(ct: pd.DataFrame, weights: pd.Series, n_items: int, workdir: Path, *,
+                corpus: str, tokens: int, graph_params: dict, walk_params: dict,
+                train_params: TrainParams, rule_steps: int, seed: int, threads: int,
+                catalog: CalibrationCatalog | None = None, listing: np.ndarray | None = None,
+                callbacks: tuple = ()) -> CandidateModel:
+    """Train one candidate model on the calibration-train events `ct`.
+
+    Parameters
+    ----------
+    ct : DataFrame
+        Calibration-train events (`session`, `item`, `ts`), by session then position.
+    weights : Series
+        Decay weight per session id (`recembed.sessions.session_weights`).
+    n_items : int
+        Catalogue size (ingest codes).
+    workdir : Path
+        Scratch folder for the corpora (the caller removes it).
+    corpus : {"both", "sessions", "walks"}
+        What to train on.
+    tokens : int >= 0, tokens
+        Training amount (corpus tokens x epochs); 0 = `train_params.epochs`.
+    graph_params, walk_params : dict
+        Keyword arguments of `build_item_graph` and `random_walks` (no seeds or threads).
+    train_params : TrainParams
+        The skip-gram settings.
+    rule_steps : int >= 1
+        Steps of the sequential rules.
+    seed : int
+        Seed of the corpora and the training.
+    threads : int >= 1
+        Threads of the walks.
+    catalog, listing : CalibrationCatalog and its `listing` key per code, or None
+        With a catalog, the catalog items unseen by `ct` become rows (cold scheme) and the
+        `category` signal gets its arrays.
+    callbacks : tuple
+        gensim epoch-end callbacks (`recembed.tune`'s pruning).
+    """
+    from recembed.graph import build_item_graph
+    from recembed.sequences import write_session_corpus
+    from recembed.train import concat_corpora, train_word2vec
+    from recembed.walks import random_walks
+
+    files = []
+    w = weights.reindex(np.arange(int(weights.index.max()) + 1)).fillna(0).to_numpy()
+    if corpus in ("both", "sessions"):
+        write_session_corpus(ct, w, workdir / "sessions.txt", seed=seed)
+        files.append(workdir / "sessions.txt")
+    if corpus in ("both", "walks"):
+        g = build_item_graph(ct, w, n_items, **graph_params)
+        wp = dict(walk_params)
+        if tokens > 0:
+            # one epoch of the walk corpus must not dwarf the training amount being compared
+            # (benchmarks/RESULTS.md, "nightly 10M": the walks alone were 23M tokens)
+            wp["max_tokens"] = min(wp.get("max_tokens") or tokens, max(tokens // 2, 1000))
+        random_walks(g, workdir / "walks.txt", seed=seed, threads=threads, **wp)
+        files.append(workdir / "walks.txt")
+    path = concat_corpora(files, workdir / "corpus.txt")
+    res = train_word2vec(path, seed=seed, target_tokens=tokens, progress=False,
+                         callbacks=callbacks, **train_params.kwargs())
+    codes, vectors, context, category = res.codes, res.vectors, res.context, None
+    n_model = n_items
+    if catalog is not None:
+        codes, vectors, context, category = calibration_rows(catalog, res, ct, listing)
+        n_model = catalog.n_total
+    model, row_of = serving_model(ct, n_model, codes, vectors, context,
+                                  rule_steps=rule_steps, category=category)
+    return CandidateModel(model, row_of, int(res.stats["epochs"]),
+                          int(res.stats["corpus_tokens"]))
+
+
+def calibration_rows(catalog: CalibrationCatalog, res, ct: pd.DataFrame,
+                     listing: np.ndarray | None = None) -> tuple:
+    """(codes, vectors, context, category arrays or None) of a calibration model trained on
+    `ct` (`res`, a `recembed.train.TrainResult`): the catalog items it has not trained get
+    vectors from the run's cold scheme ("context" -> "pooling": module docstring), as the
+    train stage gives the final model's."""
+    from recembed.catalog import cold_rows
+
+    scheme = "pooling" if catalog.scheme == "context" else catalog.scheme
+    rows = cold_rows(res.codes, res.vectors, res.context, res.counts, catalog.vocabulary,
+                     catalog.table, catalog.n_attributes, scheme=scheme, k=catalog.knn,
+                     candidate_scale=catalog.candidate_scale)
+    codes = np.asarray(rows.codes, np.int64)
+    category = None
+    if catalog.categories is not None:
+        cats = np.full(catalog.n_total, -1, np.int64)
+        cats[:len(catalog.categories)] = catalog.categories[:catalog.n_total]
+        if (cats[codes] >= 0).any():
+            key = catalog.listing(ct) if listing is None else listing
+            category = category_arrays(cats[codes], key[codes])
+    return codes, rows.vectors, rows.context, category
+
+
+def serving_model(train: pd.DataFrame, n_items: int, codes: np.ndarray, vectors: np.ndarray,
+                  context: np.ndarray | None, *, rule_steps: int = 10, search=None,
+                  category: dict | None = None) -> tuple[BlendModel, np.ndarray]:
+    """The blend model of trained vectors (rows = `codes`, ingest codes ascending) and the
+    training sessions: rules and session-kNN index in vector-row space; (model, row_of) with
+    row_of[ingest code] = vector row or -1. `category`: the rows' `category_arrays` (the
+    `category` signal), None = none."""
+    from recembed.blend import sequential_rules
+    from recembed.sknn import SessionIndex, session_end_times
+
+    row_of = np.full(n_items, -1, np.int64)
+    row_of[codes] = np.arange(len(codes))
+    rows = row_of[train["item"].to_numpy()]
+    sess = train["session"].to_numpy()
+    rules = sequential_rules(rows, sess, len(codes), steps=rule_steps)
+    ok = rows >= 0
+    ends = session_end_times(sess[ok], train["ts"].to_numpy()[ok])
+    nbi = SessionIndex.build(sess[ok], rows[ok], ends, len(codes))
+    pop = np.bincount(train["item"].to_numpy(), minlength=n_items)[codes]
+    return BlendModel(vectors, context, rules=rules, neighbours=nbi, popularity=pop,
+                      search=search, **(category or {})), row_of

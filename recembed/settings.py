@@ -1,0 +1,295 @@
+"""The one boundary where a Config becomes plain values.
+
+Every stage adapter (`recembed.stages`), `recembed.calibrate`'s caller and `recembed.tune` get
+their parameters here, as the small typed records that the consuming modules define
+(`recembed.train.TrainParams`, `recembed.index.IndexParams`, `recembed.calibrate.CalibrationPlan`,
+`recembed.blend.BlendSettings`, ...). The policy for keys left at "auto" lives here too:
+`resolve_config` sets them from a calibration record, `resolve_retrieval` chooses the serving
+candidates' source. Nothing below this module sees a Config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from recembed.blend import BlendSettings
+from recembed.calibrate import CalibrationPlan
+from recembed.config import Config
+from recembed.index import IndexParams
+from recembed.publish import PublishPolicy
+from recembed.train import TrainParams
+
+# the training amount without calibration (DESIGN.md "quality levers": winners saw 2-3M tokens)
+DEFAULT_TARGET_TOKENS = 3_000_000
+# the session-kNN methods calibration tries in the blend, first = the default
+NEIGHBOUR_METHODS = ("stan", "vsknn")
+
+
+# ---- model half: what the run trains, serves and publishes
+
+
+def has_catalog(cfg: Config) -> bool:
+    """Whether the run has an item catalog (`input.catalog.path`): the catalog stage runs and
+    calibrate, train, index, evaluate and publish read it."""
+    return bool(cfg.input.catalog.path)
+
+
+def categories_from_catalog(cfg: Config) -> bool:
+    """Whether item categories come from the catalog (`input.catalog.category`; it supersedes
+    input.categories_path): `recembed.catalog.item_categories(from_catalog=...)`."""
+    return bool(cfg.input.catalog.category)
+
+
+def writes_context(cfg: Config) -> bool:
+    """Whether the run has output (context) vectors: negative sampling trains them, and
+    `train.export_context_vectors` keeps them. Evaluation, the gate and the published version
+    all see the same answer."""
+    return cfg.train.negative > 0 and cfg.train.export_context_vectors
+
+
+def corpus_names(cfg: Config) -> list[str]:
+    """The corpora training reads, in concatenation order: "sessions" (the item2vec corpus)
+    and/or "walks". A key still at "auto" (not yet resolved by calibrate) counts as on, as the
+    stages' declarations need."""
+    return ["sessions"] * (cfg.sequences.enabled is not False) + [
+        "walks"] * (cfg.walks.enabled is not False)
+
+
+def model_name(cfg: Config) -> str:
+    """item2vec, deepwalk, node2vec, or a '+' of them: what the vectors were trained on."""
+    return "+".join(["item2vec"] * (cfg.sequences.enabled is not False)
+                    + [cfg.walks.method] * (cfg.walks.enabled is not False))
+
+
+def train_params(cfg: Config) -> TrainParams:
+    """The skip-gram settings of `[train]` (epochs 1 when the training amount decides)."""
+    t = cfg.train
+    return TrainParams(vector_size=t.vector_size, window=t.window,
+                       shrink_windows=t.shrink_windows, negative=t.negative,
+                       ns_exponent=t.ns_exponent, sample=t.sample, alpha=t.alpha,
+                       min_alpha=t.min_alpha, min_count=t.min_count, hs=t.hs,
+                       workers=t.workers or cfg.run.n_threads(), max_tokens=t.max_tokens,
+                       epochs=1 if t.epochs == "auto" else t.epochs)
+
+
+def target_tokens(cfg: Config) -> int:
+    """The training amount (corpus tokens x epochs) of a resolved config; 0 = train.epochs
+    decides."""
+    t = cfg.train
+    return int(t.target_tokens) if t.epochs == "auto" else 0
+
+
+@dataclass(frozen=True)
+class ColdParams:
+    """`[cold]` and the catalog shape, as cold start needs them (`recembed.catalog.cold_rows`,
+    `recembed.candidates.CalibrationCatalog`).
+
+    Parameters
+    ----------
+    scheme : {"context", "pooling", "knn", "off"}
+        `cold.scheme`; "off" when the run has no catalog.
+    knn : int >= 1
+        `cold.knn`.
+    candidate_scale : float in [0, 1]
+        `cold.candidate_scale`.
+    context_copies : float in (0, 10]
+        `cold.context_copies`.
+    n_attributes : int >= 0
+        Attribute columns of the catalog (`input.catalog.attributes`).
+    dated : bool
+        Whether the catalog's listing dates come from a column (`input.catalog.listed`).
+    from_catalog : bool
+        Whether categories come from the catalog (`categories_from_catalog`).
+    """
+
+    scheme: str = "off"
+    knn: int = 3
+    candidate_scale: float = 1.0
+    context_copies: float = 1.0
+    n_attributes: int = 0
+    dated: bool = False
+    from_catalog: bool = False
+
+
+def cold_params(cfg: Config) -> ColdParams:
+    """The cold-start settings; scheme "off" without a catalog."""
+    c, cat = cfg.cold, cfg.input.catalog
+    return ColdParams(scheme=c.scheme if has_catalog(cfg) else "off", knn=c.knn,
+                      candidate_scale=c.candidate_scale, context_copies=c.context_copies,
+                      n_attributes=len(cat.attributes), dated=bool(cat.listed),
+                      from_catalog=categories_from_catalog(cfg))
+
+
+def index_params(cfg: Config) -> IndexParams:
+    """The `[index]` settings."""
+    ic = cfg.index
+    return IndexParams(factory=ic.type, metric=ic.metric, target_recall=ic.target_recall,
+                       tune_k=ic.tune_k, tune_queries=ic.tune_queries,
+                       memory_budget_gb=ic.memory_budget_gb, hnsw_m=ic.hnsw_m,
+                       ef_construction=ic.ef_construction)
+
+
+def publish_policy(cfg: Config) -> PublishPolicy:
+    """The `[publish]` settings (and the evaluation's query sample, which the gate shares)."""
+    pc = cfg.publish
+    return PublishPolicy(max_recall_drop=pc.max_recall_drop,
+                         min_coverage_ratio=pc.min_coverage_ratio, force=pc.force,
+                         keep_versions=pc.keep_versions, lock_wait_s=pc.lock_wait_s,
+                         align_to_previous=pc.align_to_previous, drift_k=pc.drift_k,
+                         max_queries=cfg.evaluate.max_queries, seed=cfg.run.seed)
+
+
+# ---- the blend: [serving] <-> BlendSettings, both directions in one place
+
+# the [serving] keys calibration may choose (the others are never searched)
+CALIBRATED_SERVING_KEYS = ("weights", "decay", "temperature", "candidates", "neighbours",
+                           "neighbour_sample")
+
+
+def neighbours_setting(method: str, sample: int | str = "auto") -> dict:
+    """`BlendSettings.neighbours` of a session-kNN method and a `serving.neighbour_sample`
+    ("auto" = the method's default sample size)."""
+    return {"method": method} if sample == "auto" else {"method": method,
+                                                         "sample_size": int(sample)}
+
+
+def blend_settings(cfg: Config) -> BlendSettings:
+    """The serving blend of a config; keys still at "auto" take `BlendSettings`' defaults
+    (a resolved config has none left)."""
+    sv, d = cfg.serving, BlendSettings()
+
+    def pick(key: str):
+        v = getattr(sv, key)
+        return getattr(d, key) if v == "auto" else v
+
+    nb = neighbours_setting(d.neighbours["method"] if sv.neighbours == "auto"
+                            else sv.neighbours, sv.neighbour_sample)
+    return BlendSettings(weights=dict(pick("weights")), decay=float(pick("decay")),
+                         temperature=float(pick("temperature")), history=sv.history,
+                         repeat_decay=sv.repeat_decay, candidates=int(pick("candidates")),
+                         popular=sv.popular, neighbours=dict(nb),
+                         retrieval="index" if sv.retrieval == "auto" else sv.retrieval)
+
+
+def blend_fixed(cfg: Config) -> dict[str, Any]:
+    """The blend settings a config sets explicitly (never searched): BlendSettings field ->
+    value, plus "neighbour_sample" when `serving.neighbour_sample` is set."""
+    sv = cfg.serving
+    fixed = {k: getattr(sv, k) for k in ("weights", "decay", "temperature", "candidates",
+                                          "neighbour_sample") if getattr(sv, k) != "auto"}
+    if sv.neighbours != "auto":
+        fixed["neighbours"] = neighbours_setting(sv.neighbours, sv.neighbour_sample)
+    return fixed
+
+
+def neighbour_options(cfg: Config) -> list[dict]:
+    """The session-kNN settings the blend search tries (first = the default)."""
+    return [neighbours_setting(m, cfg.serving.neighbour_sample) for m in NEIGHBOUR_METHODS]
+
+
+def serving_values(st: BlendSettings, sample_size: int) -> dict[str, Any]:
+    """The `[serving]` keys of a chosen blend (`recembed tune` writes them to tuned.toml):
+    non-zero weights, decay, temperature, candidates, neighbours (the method) and
+    neighbour_sample (`sample_size`, the sessions the method reads)."""
+    return {"weights": {k: float(v) for k, v in st.weights.items() if v},
+            "decay": float(st.decay), "temperature": float(st.temperature),
+            "candidates": int(st.candidates), "neighbour_sample": int(sample_size),
+            "neighbours": st.neighbours.get("method", "stan")}
+
+
+# ---- calibration: what a run searches, and the config it then runs with
+
+
+def calibration_plan(cfg: Config) -> CalibrationPlan:
+    """What a run's calibration searches: only keys left at "auto" (`recembed.calibrate`)."""
+    w, t = cfg.walks, cfg.train
+    fixed_corpus = corpus_set(cfg)
+    corpora = list(cfg.calibrate.corpora) if fixed_corpus is None else [fixed_corpus]
+    if t.epochs != "auto":
+        tokens: list[int] = [0]  # the configured epochs
+    elif t.target_tokens != "auto":
+        tokens = [int(t.target_tokens)]
+    else:
+        tokens = sorted(cfg.calibrate.target_tokens)
+    fixed = blend_fixed(cfg)
+    g = cfg.graph
+    return CalibrationPlan(
+        corpora=corpora, target_tokens=tokens, half_life_days=cfg.session.half_life_days,
+        graph_params={"window": g.window, "distance_weighting": g.distance_weighting,
+                      "directed": g.directed, "min_weight": g.min_weight,
+                      "max_out_edges": g.max_out_edges},
+        walk_params={"method": w.method, "walks_per_node": w.walks_per_node,
+                     "walk_length": w.walk_length, "p": w.p, "q": w.q,
+                     "max_tokens": w.max_tokens},
+        train_params=train_params(cfg), blend_fixed=fixed, base_blend=blend_settings(cfg),
+        neighbour_options=neighbour_options(cfg), rule_steps=cfg.serving.rule_steps,
+        max_queries=cfg.calibrate.max_queries, max_train_tokens=cfg.calibrate.max_train_tokens,
+        time_budget_s=cfg.calibrate.time_budget_s, enabled=cfg.calibrate.enabled,
+        searches=len(corpora) > 1 or len(tokens) > 1 or len(fixed) < 6)
+
+
+def corpus_set(cfg: Config) -> str | None:
+    """The corpus option ("both", "walks", "sessions") a config sets (walks.enabled or
+    sequences.enabled given explicitly; a switch left at "auto" beside one that is set counts
+    as on); None = both at "auto", calibration chooses."""
+    w, sq = cfg.walks.enabled, cfg.sequences.enabled
+    if w == "auto" and sq == "auto":
+        return None
+    walks, sessions = w in (True, "auto"), sq in (True, "auto")
+    return "both" if walks and sessions else ("walks" if walks else "sessions")
+
+
+def resolve_config(cfg: Config, record: dict | None) -> Config:
+    """A copy of `cfg` with every "auto" key set: to the calibrated choice in `record`
+    (calibration.json), or to the documented fallback (both corpora, 3M training tokens, the
+    default blend)."""
+    out = cfg.model_copy(deep=True)
+    rec = record if record and record.get("enabled") else {}
+    corpus = rec.get("corpus", "both")
+    if out.walks.enabled == "auto" and out.sequences.enabled == "auto":
+        out.walks.enabled = corpus in ("both", "walks")
+        out.sequences.enabled = corpus in ("both", "sessions")
+    if out.walks.enabled == "auto":
+        out.walks.enabled = True
+    if out.sequences.enabled == "auto":
+        out.sequences.enabled = True
+    if out.train.target_tokens == "auto":
+        out.train.target_tokens = int(rec.get("target_tokens") or DEFAULT_TARGET_TOKENS)
+    chosen = (rec.get("blend") or {}).get("settings") or {}
+    default = BlendSettings()
+    for key in ("weights", "decay", "temperature", "candidates"):
+        if getattr(out.serving, key) == "auto":
+            setattr(out.serving, key, chosen.get(key, getattr(default, key)))
+    nb = chosen.get("neighbours") or default.neighbours
+    if out.serving.neighbours == "auto":
+        out.serving.neighbours = nb["method"]
+    if out.serving.neighbour_sample == "auto" and "sample_size" in nb:
+        out.serving.neighbour_sample = int(nb["sample_size"])
+    return out
+
+
+def resolve_retrieval(setting: str, n_items: int, candidates: int, max_mb: float
+                      ) -> tuple[str, str]:
+    """("index" | "table", why) for `serving.retrieval`: "auto" takes the per-item candidate
+    tables when they fit in `max_mb` (n_items x (candidates + candidates // 4) x 4 bytes);
+    they replace the two ANN searches per query at the same recall (benchmarks/RESULTS.md,
+    "serving throughput")."""
+    width = min(candidates, n_items)
+    mb = n_items * (width + max(width // 4, 1)) * 4 / 2**20
+    if setting != "auto":
+        return setting, f"set in serving.retrieval ({mb:,.0f} MB of tables)" \
+            if setting == "table" else "set in serving.retrieval"
+    if mb <= max_mb:
+        return "table", f"auto: the candidate tables take {mb:,.0f} MB <= serving.table_max_mb"
+    return "index", (f"auto: the candidate tables would take {mb:,.0f} MB > "
+                     f"serving.table_max_mb = {max_mb:,.0f}: searching the indexes per query")
+
+
+def served_blend(cfg: Config, n_items: int) -> tuple[BlendSettings, str]:
+    """The blend a resolved config serves over `n_items` rows, its retrieval chosen
+    (`resolve_retrieval`), and why that retrieval."""
+    st = blend_settings(cfg)
+    st.retrieval, why = resolve_retrieval(cfg.serving.retrieval, n_items, st.candidates,
+                                          cfg.serving.table_max_mb)
+    return st, why
