@@ -409,16 +409,15 @@ def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndar
     sizes, samples = {}, {}
     if "candidates" not in fixed:
         # the fewest candidates that lose nothing: each costs serving time in every signal
-        # (199k items: 174 us per session at 200, 103 at 50, the same recall;
-        # benchmarks/RESULTS.md, serving throughput)
+        # (benchmarks/RESULTS.md, "serving throughput": the same recall at 50 as at 200)
         best, best_rm, sizes = fewest(best, best_rm, best.candidates, CANDIDATES,
                                       lambda st_, c: replace(st_, candidates=c))
     if (not sample_fixed and model.neighbours is not None
             and best.neighbours.get("method", "stan") != "off"
             and best.weights.get("neighbours", 0.0) > 0):
         # the fewest recent sessions session-kNN reads per query that lose nothing: the
-        # sessions it merges are most of its time (STAN 83 us per query at 5,000, 52 at 1,000;
-        # 199k items, benchmarks/RESULTS.md)
+        # sessions it merges are most of its time (benchmarks/RESULTS.md, "serving
+        # throughput")
         best, best_rm, samples = fewest(
             best, best_rm, neighbour_sample_size(best.neighbours), NEIGHBOUR_SAMPLES,
             lambda st_, n: replace(st_, neighbours={**st_.neighbours, "sample_size": n}))
@@ -539,8 +538,8 @@ def calibrate_run(
 def _chunked_signals(model: BlendModel, prefixes: list[np.ndarray], st: BlendSettings,
                      chunk: int = 256) -> Signals:
     """`model.signals` in blocks of queries, padded to one width: the exact candidate searches
-    score every item per query, and 5000 queries x 200k items at once took 14.5 GB (measured,
-    10M-event nightly)."""
+    score every item per query, so all validation queries at once do not fit in memory on a big
+    catalogue (benchmarks/RESULTS.md, "nightly run end to end")."""
     parts = [model.signals(prefixes[i:i + chunk], st) for i in range(0, len(prefixes), chunk)]
     width = max(p.rows.shape[1] for p in parts)
 

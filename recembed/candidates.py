@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recembed import artifacts as A
 from recembed.blend import BlendModel, category_arrays
 from recembed.train import TrainParams
 
@@ -153,18 +154,18 @@ def train_model(ct: pd.DataFrame, weights: pd.Series, n_items: int, workdir: Pat
     files = []
     w = weights.reindex(np.arange(int(weights.index.max()) + 1)).fillna(0).to_numpy()
     if corpus in ("both", "sessions"):
-        write_session_corpus(ct, w, workdir / "sessions.txt", seed=seed)
-        files.append(workdir / "sessions.txt")
+        write_session_corpus(ct, w, A.SESSION_CORPUS.path(workdir), seed=seed)
+        files.append(A.SESSION_CORPUS.path(workdir))
     if corpus in ("both", "walks"):
         g = build_item_graph(ct, w, n_items, **graph_params)
         wp = dict(walk_params)
         if tokens > 0:
             # one epoch of the walk corpus must not dwarf the training amount being compared
-            # (benchmarks/RESULTS.md, "nightly 10M": the walks alone were 23M tokens)
+            # (benchmarks/RESULTS.md, "nightly run end to end": the walks alone were 23M tokens)
             wp["max_tokens"] = min(wp.get("max_tokens") or tokens, max(tokens // 2, 1000))
-        random_walks(g, workdir / "walks.txt", seed=seed, threads=threads, **wp)
-        files.append(workdir / "walks.txt")
-    path = concat_corpora(files, workdir / "corpus.txt")
+        random_walks(g, A.WALKS.path(workdir), seed=seed, threads=threads, **wp)
+        files.append(A.WALKS.path(workdir))
+    path = concat_corpora(files, workdir / A.SCRATCH_CORPUS)
     res = train_word2vec(path, seed=seed, target_tokens=tokens, progress=False,
                          callbacks=callbacks, **train_params.kwargs())
     codes, vectors, context, category = res.codes, res.vectors, res.context, None

@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from recembed.artifacts import TUNED
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -484,7 +486,7 @@ def _read_with_includes(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     inc = [inc] if isinstance(inc, str) else inc
     if not isinstance(inc, list) or not all(isinstance(x, str) for x in inc):
         raise ConfigError(f"{path}: include must be a list of file paths, e.g. "
-                          "include = [\"tuned.toml\"]")
+                          f"include = [\"{TUNED.name}\"]")
     merged: dict[str, Any] = {}
     for name in inc:
         sub = path.parent / os.path.expanduser(name)

@@ -204,8 +204,8 @@ def train_word2vec(
                               "nothing left to train")
     if max_tokens > 0 and model.corpus_total_words > max_tokens:
         # one pass is already over budget: train on the corpus's first max_tokens tokens (whole
-        # lines), so the budget holds whatever the corpus (a log of 1M items seen once each
-        # made a 79M-token corpus that did not train in 560 s)
+        # lines), so the budget holds whatever the corpus (benchmarks/RESULTS.md: a log of
+        # rare items made a corpus too big to train in time)
         log.warning("train.max_tokens=%s: the corpus has %s tokens, more than one pass allows; "
                     "training on its first %s", f"{max_tokens:,}",
                     f"{model.corpus_total_words:,}", f"{max_tokens:,}")

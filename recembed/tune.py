@@ -250,7 +250,7 @@ def tuned_toml(trial, *, study_name: str = "", n_trials: int = 0,
             f"mrr@20 {ua.get('mrr@20', 0):.4f}); "
             + (f"tuned on the {sample_sessions:,} most recent calibration-train sessions"
                if sample_sessions else "tuned on every calibration-train session"),
-            "# use: include = [\"tuned.toml\"] at the top of a pipeline TOML (keys set in that "
+            f"# use: include = [\"{A.TUNED.name}\"] at the top of a pipeline TOML (keys set in that "
             "file win over these)", ""]
     return "\n".join(head) + tomli_w.dumps(body)
 

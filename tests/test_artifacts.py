@@ -139,3 +139,39 @@ def test_docstring_examples_run(module):
 
     res = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert res.attempted > 0 and res.failed == 0
+
+
+def _declared_names() -> set[str]:
+    names = {a.name for a in vars(A).values() if isinstance(a, A.Artifact)}
+    return names | {A.MANIFEST, A.done_file("train").removeprefix("train")}
+
+
+def _literals(path):
+    """(line, text) of every string constant and f-string fragment that is not a docstring."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            and n.body and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs:
+            yield n.lineno, n.value
+
+
+def test_no_module_but_artifacts_spells_out_a_run_directory_file_name():
+    """One owner for the run-directory contract: every other module takes the names from
+    `recembed.artifacts` (docstrings may name them)."""
+    import re
+    from pathlib import Path
+
+    names = _declared_names()
+    word = re.compile(r"[\w.-]+")
+    root = Path(A.__file__).parent
+    bad = [f"{p.relative_to(root)}:{line}: {text!r}"
+           for p in sorted(root.rglob("*.py")) if p.name != "artifacts.py"
+           for line, text in _literals(p)
+           if any(w in names or (w.startswith(".") and w in names) for w in word.findall(text))
+           or any(text.endswith(n) for n in names if n.startswith("."))]
+    assert not bad, "\n".join(bad)

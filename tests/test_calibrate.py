@@ -13,8 +13,8 @@ from recembed.blend import SIGNALS, BlendModel, BlendSettings, sequential_rules
 from recembed.calibrate import _recall_mrr, choose_blend
 from recembed.config import load_config
 from recembed.pipeline import PipelineError, run_pipeline
-from recembed.settings import blend_settings, calibration_plan, resolve_config
 from recembed.sessions import DataLossError, sessionize
+from recembed.settings import blend_settings, calibration_plan, resolve_config
 from recembed.stages import STAGES
 from recembed.synth import synth_profile, write_synth
 

@@ -260,3 +260,22 @@ def test_a_shadowed_included_key_is_logged(tmp_path, caplog):
         assert load_config(main).train.window == 3
     assert "train.window" in caplog.text
 
+
+
+def test_a_catalog_run_tunes_on_cold_targets_and_the_category_signal(tmp_path):
+    """As calibration does (`recembed.calibrate.validation_set`): targets listed in the catalog
+    but unseen by calibration training are scored, and the `category` signal is a corner of
+    every trial's blend search."""
+    from recembed.synth import synth_catalog
+
+    ev, items = write_synth(synth_catalog(6000, seed=3), tmp_path / "clicks.csv")
+    cfg = load_config(None, [
+        f"input.paths=['{ev}']", f"input.catalog.path='{items}'",
+        "input.catalog.attributes=['category']", "input.catalog.category='category'",
+        "input.catalog.listed='listed_at'", f"run.runs_dir='{tmp_path}'", "run.progress=false",
+        "run.threads=1", "validation.min_sessions=50"])
+    tune(cfg, tmp_path / "run", trials=1, space=SMALL, echo=lambda s: None)
+    record = json.loads((tmp_path / "run" / "tune.json").read_text())
+    assert record["validation_queries"]["cold_queries"] > 0
+    (trial,) = _study(tmp_path / "run").trials
+    assert "category" in trial.user_attrs["signals_alone"]

@@ -28,7 +28,7 @@ def run(ctx: StageContext) -> dict:
     """Train on the session corpus and/or the walk corpus; export vectors and train.json."""
     cfg = ctx.cfg
     params, cold, context = S.train_params(cfg), S.cold_params(cfg), S.writes_context(cfg)
-    corpus = concat_corpora([ctx.read(a) for a in corpora(cfg)], ctx.scratch / "corpus.txt")
+    corpus = concat_corpora([ctx.read(a) for a in corpora(cfg)], ctx.scratch / A.SCRATCH_CORPUS)
     vocab = pd.read_parquet(ctx.read(A.VOCABULARY), columns=["code", "id"])
     warm = ctx.inputs(A.PublishedRoot)  # declared only when train.warm_start is on
     init = warm_start_vectors(A.current_version_dir(warm[0].root), vocab) if warm else None
@@ -37,7 +37,7 @@ def run(ctx: StageContext) -> dict:
     side_corpus = None
     if cold.scheme == "context":
         # attribute tokens share the items' skip-gram, trained after them (recembed.catalog)
-        side_corpus = ctx.scratch / "side.txt"
+        side_corpus = ctx.scratch / A.SCRATCH_SIDE
         side = write_side_sentences(corpus, side_corpus, catalog, cold.n_attributes,
                                     copies=cold.context_copies, seed=cfg.run.seed)
     try:
