@@ -6,8 +6,13 @@ holdout sessions, so that two commits can be compared file by file.
     python benchmarks/identity.py --out /tmp/after.json         # on the new one
     python benchmarks/identity.py --compare /tmp/before.json /tmp/after.json
 
-JSON files are also hashed with their timing fields removed (`seconds`, `words_per_s`, ... :
-wall-clock measurements differ on every run), and the comparison uses that hash for them.
+What differs on every run by design is normalised before hashing: JSON files lose their
+timing and memory fields (`seconds`, `words_per_s`, `latency_ms`, `peak_rss_mb`, ...), the
+stage fingerprints (they cover the inputs' stamps and paths) and the raw hashes of such JSON
+files in the done-files; config.toml loses its absolute paths (the scratch folder); report.html
+loses its digits (timings; its numbers are metrics.json's, compared there).
+
+    python benchmarks/identity.py --rehash WORK --out x.json   # hash the runs left in WORK
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 # keys whose values are wall-clock measurements or paths of the scratch directory
 VOLATILE = ("seconds", "words_per_s", "elapsed", "started", "finished", "_s", "time", "date",
-            "path", "dir", "host", "pid", "rss", "memory", "mb", "peak")
+            "path", "dir", "host", "pid", "rss", "memory", "mb", "peak", "latency", "qps",
+            "fingerprint", "_ms")
 
 
 def _volatile(key: str) -> bool:
@@ -36,7 +43,8 @@ def _volatile(key: str) -> bool:
 
 def _strip(x):
     if isinstance(x, dict):
-        return {k: _strip(v) for k, v in x.items() if not _volatile(str(k))}
+        return {k: _strip(v) for k, v in x.items() if not _volatile(str(k))
+                and not str(k).endswith((".json", ".html"))}
     if isinstance(x, list):
         return [_strip(v) for v in x]
     return x
@@ -55,6 +63,10 @@ def file_hashes(run_dir: Path) -> dict[str, str]:
                 data = json.dumps(_strip(json.loads(data)), sort_keys=True).encode()
             except ValueError:
                 pass
+        elif p.suffix == ".toml":
+            data = re.sub(rb'"/[^"]*"', b'"<path>"', data)
+        elif p.suffix == ".html":
+            data = re.sub(rb"\d", b"#", data)
         out[rel] = hashlib.sha256(data).hexdigest()
     return out
 
@@ -105,9 +117,16 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=50_000, help="synthetic-catalog events")
     ap.add_argument("--only", default="", help="comma-separated run names (default: all)")
     ap.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
+    ap.add_argument("--rehash", type=Path, help="hash the run directories left in this folder")
     args = ap.parse_args()
     if args.compare:
         sys.exit(compare(*args.compare))
+    if args.rehash:
+        out = {d.name: {"files": file_hashes(d), "recommend": recommend_hash(d)}
+               for d in sorted(args.rehash.iterdir()) if d.is_dir()}
+        if args.out:
+            args.out.write_text(json.dumps(out, indent=1, sort_keys=True))
+        return
     import os
 
     os.chdir(ROOT)
