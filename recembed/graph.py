@@ -115,7 +115,7 @@ def build_item_graph(
         g.data[g.data < min_weight] = 0
         g.eliminate_zeros()
     if max_out_edges > 0:
-        g = _keep_heaviest(g, max_out_edges)
+        g = keep_heaviest_edges(g, max_out_edges)
     g = g.astype(np.float32)
     g.sort_indices()
     if g.nnz < 2**31:  # scipy wants indices and indptr of one dtype
@@ -186,7 +186,7 @@ def load_graph(path) -> sp.csr_matrix:
 # ---------------------------------------------------------------- helpers
 
 
-def _keep_heaviest(g: sp.csr_matrix, k: int) -> sp.csr_matrix:
+def keep_heaviest_edges(g: sp.csr_matrix, k: int) -> sp.csr_matrix:
     """Keep the k heaviest out-edges of each row (ties: lower column index first)."""
     deg = np.diff(g.indptr)
     if deg.max(initial=0) <= k:

@@ -25,7 +25,7 @@ from recembed import sources
 log = logging.getLogger(__name__)
 
 # Only the empty field is missing: "NA", "None", "null", "nan" are ids like any other string
-# unless `input.na_values` lists them (see `_parse`).
+# unless `input.na_values` lists them (see `parse_log_rows`).
 NULL_STRINGS = [""]
 QUARANTINE_SCHEMA = pa.schema(
     [("file", pa.string()), ("row", pa.int64()), ("raw", pa.string()), ("reason", pa.string())]
@@ -35,9 +35,9 @@ DAY = 86_400
 # float64 holds every integer up to 2**53 exactly; a float id above it was rounded when written
 _MAX_EXACT_FLOAT = 2**53
 # pandas datetimes hold 1677-09-21 .. 2262-04-11; a timestamp outside is a wrong unit or garbage
-_TS_LIMIT_S = 9_223_372_036
-# At most this share of the newest rows can be cut from the top as stragglers (see _window_mask).
-_STRAGGLER_SHARE = 0.001
+TS_LIMIT_S = 9_223_372_036
+# At most this share of the newest rows can be cut from the top as stragglers (see window_mask).
+STRAGGLER_SHARE = 0.001
 
 
 class IngestError(ValueError):
@@ -109,16 +109,16 @@ def ingest(
         raise IngestError("events need a user or a session column to be grouped into sessions "
                           "(input.columns.user / input.columns.session)")
     test_paths = test_paths or []
-    files = [*_expand(paths), *_expand(test_paths)]
-    n_train_files = len(_expand(paths))
+    files = [*existing_input_files(paths), *existing_input_files(test_paths)]
+    n_train_files = len(existing_input_files(paths))
     if not files:
         raise IngestError(f"no input files matched {paths + test_paths}")
     parts, bad_parts, stats = [], [], {"rows_read": 0, "files": [str(f) for f in files]}
     units: list[str | None] = []
     for fi, f in enumerate(files):
-        table, bad, n_rows = _read_file(f, columns, fmt, delimiter, source, window_days)
+        table, bad, n_rows = read_log_file(f, columns, fmt, delimiter, source, window_days)
         stats["rows_read"] += n_rows
-        part, bad2, unit = _parse(table, f, fi, columns, ts_unit, ts_offset_unit, na_values or [])
+        part, bad2, unit = parse_log_rows(table, f, fi, columns, ts_unit, ts_offset_unit, na_values or [])
         units.append(unit)
         part["split"] = np.full(len(part["ts_exact"]), 1 if fi >= n_train_files else 0, np.int8)
         parts.append(part)
@@ -131,7 +131,7 @@ def ingest(
     stats["ts_implausible"] = int(far.sum())
     if far.any():
         med = float(np.median(raw["ts_exact"][~far])) if (~far).any() else 0.0
-        bad_parts.append(_quarantine_rows(raw, far, ctx, lambda t, u: _far_reason(
+        bad_parts.append(quarantine_rows(raw, far, ctx, lambda t, u: implausible_ts_reason(
             t, u, med, max_ts_distance_days, columns.ts)))
         raw = {k: v[~far] for k, v in raw.items()}
     if event_types and columns.event_type:
@@ -141,26 +141,23 @@ def ingest(
     raw.pop("event_type", None)
     if window_days > 0 and len(raw["ts_exact"]):
         # a rolling window: the nightly job trains on the last N days only
-        keep, late, anchor = _window_mask(raw["ts_exact"], window_days * DAY)
-        stats["window_end"] = _iso(anchor)
+        keep, late, anchor = window_mask(raw["ts_exact"], window_days * DAY)
+        stats["window_end"] = iso_time(anchor)
         stats["window_stragglers"] = int(late.sum())
         stats["outside_window"] = int((~keep & ~late).sum())
         if late.any():
-            bad_parts.append(_quarantine_rows(raw, late, ctx, lambda t, u: (
-                f"straggler timestamp {_iso(t)}, {(t - anchor) / DAY:.1f} days after the rest "
+            bad_parts.append(quarantine_rows(raw, late, ctx, lambda t, u: (
+                f"straggler timestamp {iso_time(t)}, {(t - anchor) / DAY:.1f} days after the rest "
                 f"of the log, behind a silence (clock error?); ingest.window_days ends at "
-                f"{_iso(anchor)}, the newest event before the silence")))
+                f"{iso_time(anchor)}, the newest event before the silence")))
         if not keep.all():
             raw = {k: v[keep] for k, v in raw.items()}
-    quarantine = pd.concat(bad_parts, ignore_index=True) if bad_parts else _empty_quarantine()
+    quarantine = pd.concat(bad_parts, ignore_index=True) if bad_parts else empty_quarantine()
     quarantine = quarantine.sort_values(["file", "row"], kind="stable", ignore_index=True)
     stats["quarantined"] = len(quarantine)
-    stats["quarantine_reasons"] = _reason_counts(quarantine)
+    stats["quarantine_reasons"] = quarantine_reason_counts(quarantine)
     if quarantine_path is not None:
-        write_parquet_atomic(
-            pa.Table.from_pandas(quarantine, schema=QUARANTINE_SCHEMA, preserve_index=False),
-            quarantine_path,
-        )
+        write_quarantine(quarantine, quarantine_path)
     stats["ts_unit"] = ",".join(sorted({u for u in units if u})) or ts_unit
     if stats["rows_read"] == 0:
         raise IngestError(f"no rows in the input files: {', '.join(map(str, files))}")
@@ -213,7 +210,7 @@ def ingest(
     stats["events"] = len(df)
     stats["items"] = len(item_ids)
     stats["users"] = int(df["user"].max()) + 1 if len(df) else 0
-    vocab = _vocabulary(df, item_ids)
+    vocab = item_vocabulary(df, item_ids)
     return IngestResult(df, vocab, quarantine, stats)
 
 
@@ -246,17 +243,27 @@ def read_categories(path: str, item_col: str, cat_col: str, vocabulary: pd.DataF
     return out
 
 
-def write_parquet_atomic(table: pa.Table | pd.DataFrame, path: str | Path) -> None:
-    """Write Parquet to a temp name, fsync, rename: a crash never leaves a half file at `path`."""
+def write_quarantine(quarantine: pd.DataFrame, path: str | Path) -> None:
+    """Write the quarantine table atomically (temp name, fsync, rename).
+
+    Parameters
+    ----------
+    quarantine : pandas.DataFrame
+        Columns `file` (str), `row` (int64, 0-based data row), `raw` (str), `reason` (str), as
+        `quarantine_rows` makes them.
+    path : str or pathlib.Path
+        The Parquet file to write, with `QUARANTINE_SCHEMA`.
+    """
     from recembed.artifacts import write_parquet
 
-    write_parquet(table, path)
+    write_parquet(pa.Table.from_pandas(quarantine, schema=QUARANTINE_SCHEMA,
+                                       preserve_index=False), path)
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def _expand(paths: list[str]) -> list[Path]:
+def existing_input_files(paths: list[str]) -> list[Path]:
     out = []
     for p in paths:
         q = Path(p)
@@ -284,7 +291,7 @@ def _sniff_delimiter(path: Path, encoding: str = "utf-8") -> str:
         raise IngestError(str(e)) from e
 
 
-def _read_file(
+def read_log_file(
     path: Path, columns: ColumnMap, fmt: str, delimiter: str | None,
     source: sources.SourceOptions | None = None, window_days: float = 0.0,
 ) -> tuple[pa.Table, pd.DataFrame, int]:
@@ -303,7 +310,7 @@ def _read_file(
             table = sources.read_parquet(src, need)
             table = table.append_column(
                 "__row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
-            return table, _empty_quarantine(), table.num_rows
+            return table, empty_quarantine(), table.num_rows
         if source.filters:
             raise IngestError(f"input.filters selects Hive partitions of Parquet directories; "
                               f"{path} is a {kind.upper()} file. Remove input.filters or filter "
@@ -322,7 +329,7 @@ def _read_file(
         {"file": str(path), "row": [r for r, _, _ in got.bad], "raw": [t for _, t, _ in got.bad],
          "reason": [m for _, _, m in got.bad]}
     )
-    return table, bad if len(bad) else _empty_quarantine(), got.n_rows
+    return table, bad if len(bad) else empty_quarantine(), got.n_rows
 
 
 def _check_columns(path: Path, need: list[str], have: list[str]) -> None:
@@ -334,7 +341,7 @@ def _check_columns(path: Path, need: list[str], have: list[str]) -> None:
         )
 
 
-def _parse(
+def parse_log_rows(
     table: pa.Table, path: Path, file_index: int, columns: ColumnMap, ts_unit: str,
     offset_unit: str, na_values: list[str],
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame, str | None]:
@@ -377,7 +384,7 @@ def _parse(
         out["event_type"] = table.column(columns.event_type).to_numpy(zero_copy_only=False)
     row = rows_in
     bad = code > 0
-    quarantine = _empty_quarantine()
+    quarantine = empty_quarantine()
     if bad.any():
         idx = np.flatnonzero(bad)
         raw_cols = [c for c in dict.fromkeys(columns.required())]
@@ -489,16 +496,16 @@ def _timestamps(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, str | None
 def _implausible_ts(ts: np.ndarray, max_days: float) -> np.ndarray:
     """Rows whose time a datetime cannot hold, or (max_days > 0) further than max_days from the
     median of the others."""
-    out = np.abs(ts) > _TS_LIMIT_S
+    out = np.abs(ts) > TS_LIMIT_S
     if max_days > 0 and (~out).any():
         med = np.median(ts[~out])
         out |= np.abs(ts - med) > max_days * DAY
     return out
 
 
-def _far_reason(t: float, unit: str | None, med: float, max_days: float, col: str) -> str:
-    where = "outside the years 1677..2262 a datetime can hold" if abs(t) > _TS_LIMIT_S else (
-        f"{abs(t - med) / (365.25 * DAY):,.0f} years from the median event time {_iso(med)} "
+def implausible_ts_reason(t: float, unit: str | None, med: float, max_days: float, col: str) -> str:
+    where = "outside the years 1677..2262 a datetime can hold" if abs(t) > TS_LIMIT_S else (
+        f"{abs(t - med) / (365.25 * DAY):,.0f} years from the median event time {iso_time(med)} "
         f"(ingest.max_ts_distance_days={max_days:g})")
     hint = ""
     names = list(_UNIT_SCALE)
@@ -508,16 +515,16 @@ def _far_reason(t: float, unit: str | None, med: float, max_days: float, col: st
             i = names.index(unit) + k if unit in names else -1
             other = f"in {names[i]} " if 0 <= i < len(names) else ""
             hint = (f"; it looks like a value {other}read as {unit}: "
-                    f"it would be {_iso(t / f)}")
+                    f"it would be {iso_time(t / f)}")
             break
     return f"implausible timestamp (column {col}) {where}{hint}"
 
 
-def _window_mask(ts: np.ndarray, window_s: float) -> tuple[np.ndarray, np.ndarray, float]:
+def window_mask(ts: np.ndarray, window_s: float) -> tuple[np.ndarray, np.ndarray, float]:
     """(rows in the window, straggler rows after its end, the end) of a window of window_s
     seconds ending at the newest event that is not a straggler (see `ingest`)."""
     n = len(ts)
-    m = max(1, int(n * _STRAGGLER_SHARE))
+    m = max(1, int(n * STRAGGLER_SHARE))
     anchor = float(ts.max())
     if n > m + 1:
         lo, hi = np.percentile(ts, [1, 99])
@@ -531,7 +538,7 @@ def _window_mask(ts: np.ndarray, window_s: float) -> tuple[np.ndarray, np.ndarra
     return (ts > anchor - window_s) & ~late, late, anchor
 
 
-def _quarantine_rows(raw: dict[str, np.ndarray], mask: np.ndarray, ctx: tuple,
+def quarantine_rows(raw: dict[str, np.ndarray], mask: np.ndarray, ctx: tuple,
                      reason_of) -> pd.DataFrame:
     """Quarantine rows for `mask` of the concatenated arrays; `reason_of(seconds, unit)` says
     why."""
@@ -558,16 +565,16 @@ def _ts_text(t: float, unit: str | None) -> str:
     if unit in _UNIT_SCALE:
         v = t * _UNIT_SCALE[unit]
         return repr(int(v)) if v == int(v) else repr(v)
-    return _iso(t)
+    return iso_time(t)
 
 
-def _iso(t: float) -> str:
-    if abs(t) > _TS_LIMIT_S:
+def iso_time(t: float) -> str:
+    if abs(t) > TS_LIMIT_S:
         return f"{t:.6g} s since 1970"
     return pd.Timestamp(t, unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _reason_counts(quarantine: pd.DataFrame) -> dict[str, int]:
+def quarantine_reason_counts(quarantine: pd.DataFrame) -> dict[str, int]:
     """Rows per quarantine reason, the reason's kind only (text before the first '(')."""
     kinds = quarantine["reason"].astype(str).str.split("(", n=1).str[0].str.strip()
     return {k: int(v) for k, v in kinds.value_counts().items()}
@@ -615,7 +622,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-def _vocabulary(df: pd.DataFrame, item_ids: pd.Index | np.ndarray) -> pd.DataFrame:
+def item_vocabulary(df: pd.DataFrame, item_ids: pd.Index | np.ndarray) -> pd.DataFrame:
     item = df["item"].to_numpy()
     n = len(item_ids)
     g = pd.Series(df["ts"].to_numpy()).groupby(item)
@@ -633,6 +640,6 @@ def _vocabulary(df: pd.DataFrame, item_ids: pd.Index | np.ndarray) -> pd.DataFra
     )
 
 
-def _empty_quarantine() -> pd.DataFrame:
+def empty_quarantine() -> pd.DataFrame:
     return pd.DataFrame({"file": pd.Series(dtype=str), "row": pd.Series(dtype=np.int64),
                          "raw": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})

@@ -138,7 +138,7 @@ def write_session_corpus(
     copies = session_multiplicity(session_weights_by_id(ids, weights), replication, seed, ids,
                                   min_copies=min_copies)
     # split long sessions into pieces of at most max_tokens, each piece its own line
-    piece_starts, piece_sess = _pieces(starts, lengths, max_tokens)
+    piece_starts, piece_sess = token_pieces(starts, lengths, max_tokens)
     piece_ends = np.r_[piece_starts[1:], len(item)]
     piece_copies = copies[piece_sess]
     table = token_table(int(item.max()) + 1 if len(item) else 1)
@@ -165,7 +165,7 @@ def _splitmix(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, z ^ (z >> np.uint64(31))
 
 
-def _pieces(starts: np.ndarray, lengths: np.ndarray, max_tokens: int):
+def token_pieces(starts: np.ndarray, lengths: np.ndarray, max_tokens: int):
     n_pieces = -(-lengths // max_tokens)
     piece_sess = np.repeat(np.arange(len(starts)), n_pieces)
     within = np.arange(n_pieces.sum()) - np.repeat(np.r_[0, np.cumsum(n_pieces)[:-1]], n_pieces)

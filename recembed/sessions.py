@@ -122,14 +122,14 @@ def sessionize(
     drop = np.zeros(n0, bool)
     stats["bot_entities"] = 0
     if bots and n0:
-        drop, rules = _bot_rows(key, ts, new_entity, max_events_per_day, min_median_gap_s,
+        drop, rules = bot_rows(key, ts, new_entity, max_events_per_day, min_median_gap_s,
                                 min_events_for_gap_rule, bot_outlier_z)
         stats["bot_entities"] = int((drop & new_entity).sum())
         stats["bot_events"] = int(drop.sum())
         stats["bot_event_share"] = float(drop.mean())
         stats.update(rules)
         if stats["bot_event_share"] > bot_max_share:
-            raise DataLossError(_too_many_bots(stats, n0, bot_max_share))
+            raise DataLossError(too_many_bots_message(stats, n0, bot_max_share))
     stats.setdefault("bot_events", 0)
     del key
 
@@ -174,13 +174,13 @@ def sessionize(
     keep = ~short[sid]
     stats["events_in_short_sessions"] = int((~keep).sum())
     if len(keep) and (~keep).mean() > max_short_share:
-        stats["warnings"].append(_short_warning(min_length, float((~keep).mean())))
+        stats["warnings"].append(short_sessions_warning(min_length, float((~keep).mean())))
     sid, ts, item, pos, ev = sid[keep], ts[keep], item[keep], pos[keep], ev[keep]
     # contiguous session ids 0..S-1 in the same order (sid is non-decreasing)
     sid = np.cumsum(np.r_[len(sid) > 0, sid[1:] != sid[:-1]], dtype=np.int64) - 1
 
     if not len(ts):
-        raise DataLossError(_nothing_left(stats, n0, min_length))
+        raise DataLossError(nothing_left_message(stats, n0, min_length))
     starts = np.flatnonzero(pos == 0)
     ends = np.r_[starts[1:], len(sid)] - 1
     s_start, s_end = ts[starts], ts[ends]
@@ -192,7 +192,7 @@ def sessionize(
     else:
         cutoff = (s_end.max() if len(s_end) else 0) - holdout_days * DAY
         s_split = ((s_end > cutoff) & (holdout_days > 0)).astype(np.int8)
-    s_split = _mark_validation(s_split, s_end, validation_share, validation_min_sessions,
+    s_split = mark_validation(s_split, s_end, validation_share, validation_min_sessions,
                                validation_max_sessions)
     train_end = s_end[s_split != 1]
     ref = train_end.max() if len(train_end) else (s_end.max() if len(s_end) else 0)
@@ -207,7 +207,7 @@ def sessionize(
     )
     is_test = s_split[sid] == 1
     if not len(table):
-        raise DataLossError(_nothing_left(stats, n0, min_length))
+        raise DataLossError(nothing_left_message(stats, n0, min_length))
     cols = {"session": sid, "item": item.astype(np.int32), "ts": ts, "pos": pos, "event": ev}
     # copy=False: no block consolidation, the filtered arrays become the columns as they are
     train = pd.DataFrame({k: v[~is_test] for k, v in cols.items()}, copy=False)
@@ -278,7 +278,7 @@ def _positions(group: np.ndarray) -> np.ndarray:
     return idx - first
 
 
-def _bot_rows(
+def bot_rows(
     key: np.ndarray, ts: np.ndarray, new_entity: np.ndarray, max_per_day: int,
     min_median_gap: float, min_events: int, z: float,
 ) -> tuple[np.ndarray, dict]:
@@ -295,7 +295,7 @@ def _bot_rows(
     max_daily = np.zeros(n_ent, np.int64)
     np.maximum.at(max_daily, run_ent, run_len)
     lv = np.log10(max_daily.astype(np.float64))
-    volume = (max_daily > max_per_day) & (_robust_z(lv, lv) > z)
+    volume = (max_daily > max_per_day) & (robust_z(lv, lv) > z)
 
     counts = np.bincount(ent, minlength=n_ent)
     gaps = np.diff(ts).astype(np.float64)
@@ -308,7 +308,7 @@ def _bot_rows(
         lg = np.log10(np.maximum(med.to_numpy(), 0.01))
         # the population (entities with 3+ events) sets the scale; the rule applies to those
         # with min_events+ only, and only below the absolute bound
-        low = -_robust_z(lg, lg) > z
+        low = -robust_z(lg, lg) > z
         gap_bot[who] = low & (med.to_numpy() < min_median_gap) & (counts[who] >= min_events)
     bot = volume | gap_bot
     rules = {"bot_events_volume_rule": int(counts[volume].sum()),
@@ -316,7 +316,7 @@ def _bot_rows(
     return bot[ent], rules
 
 
-def _robust_z(x: np.ndarray, population: np.ndarray) -> np.ndarray:
+def robust_z(x: np.ndarray, population: np.ndarray) -> np.ndarray:
     """Modified z-score of x against the population: 0.6745 (x - median) / MAD, the MAD floored
     at 0.1 decades so that a population of identical users does not make every deviation
     infinite."""
@@ -373,7 +373,7 @@ def _short_shares(new_entity: np.ndarray, ts: np.ndarray, min_length: int):
     return shares
 
 
-def _mark_validation(split: np.ndarray, end: np.ndarray, share: float, least: int,
+def mark_validation(split: np.ndarray, end: np.ndarray, share: float, least: int,
                      cap: int) -> np.ndarray:
     """split = 2 for the most recent training sessions (by end time, ties by order)."""
     train = np.flatnonzero(split == 0)
@@ -386,7 +386,7 @@ def _mark_validation(split: np.ndarray, end: np.ndarray, share: float, least: in
     return out
 
 
-def _too_many_bots(stats: dict, n0: int, bot_max_share: float) -> str:
+def too_many_bots_message(stats: dict, n0: int, bot_max_share: float) -> str:
     return (f"the bot filter would remove {stats['bot_event_share']:.1%} of all events "
             f"({stats['bot_events']:,} of {n0:,}; daily-volume rule "
             f"{stats['bot_events_volume_rule']:,}, median-gap rule "
@@ -395,12 +395,12 @@ def _too_many_bots(stats: dict, n0: int, bot_max_share: float) -> str:
             "bots.enabled=false or loosen bots.min_median_gap_s / bots.max_events_per_day")
 
 
-def _short_warning(min_length: int, share: float) -> str:
+def short_sessions_warning(min_length: int, share: float) -> str:
     return (f"session.min_length={min_length}: {share:.0%} of the events are in sessions too "
             "short to carry co-occurrence and are not trained on")
 
 
-def _nothing_left(stats: dict, n0: int, min_length: int) -> str:
+def nothing_left_message(stats: dict, n0: int, min_length: int) -> str:
     parts = [f"{n0:,} events in"]
     if stats.get("bot_events"):
         parts.append(f"{stats['bot_events']:,} removed as bots (bots.enabled)")

@@ -108,7 +108,7 @@ def random_walks(
     order are kept, so each node keeps about the same number of walks.
     """
     t0 = time.perf_counter()
-    _check_walk_args(method, walks_per_node, walk_length, p, q)
+    check_walk_args(method, walks_per_node, walk_length, p, q)
     if threads > 0:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     wg = prepare_graph(g)
@@ -134,7 +134,7 @@ def random_walks(
             for c, lo in enumerate(range(0, len(starts), chunk)):
                 part = ids[:min(chunk, len(starts) - lo)]
                 t1 = time.perf_counter()
-                _walk(method, wg, starts[lo:lo + len(part)], seed, lo, p, q, part)
+                walk_into(method, wg, starts[lo:lo + len(part)], seed, lo, p, q, part)
                 t2 = time.perf_counter()
                 text, n_lines, n_tokens = format_padded(part, packed, lens, out=texts[c % 2])
                 t3 = time.perf_counter()
@@ -170,13 +170,13 @@ def walk_array(
 
     For tests and small jobs; `random_walks` streams large corpora to disk instead.
     """
-    _check_walk_args(method, 1, walk_length, p, q)
+    check_walk_args(method, 1, walk_length, p, q)
     wg = prepare_graph(g)
     starts = np.asarray(starts, np.int32)
     if len(starts) and (starts.min() < 0 or starts.max() >= wg.n):
         raise ValueError(f"start nodes must be in [0, {wg.n})")
     out = np.empty((len(starts), walk_length), np.int32)
-    _walk(method, wg, starts, seed, 0, p, q, out)
+    walk_into(method, wg, starts, seed, 0, p, q, out)
     return out
 
 
@@ -214,7 +214,7 @@ def walk_starts(
         has_out) else np.zeros(0, np.int32)
 
 
-def _walk(method: str, wg: WalkGraph, starts, seed: int, first_id: int, p: float, q: float,
+def walk_into(method: str, wg: WalkGraph, starts, seed: int, first_id: int, p: float, q: float,
           out: np.ndarray) -> None:
     probs = wg.records.view(np.float32)  # the same records, read as float32 for the probability
     if method == "deepwalk" or (p == 1.0 and q == 1.0):
@@ -475,7 +475,7 @@ def _alias_records(indptr, indices, weights):
 # ---------------------------------------------------------------- helpers
 
 
-def _check_walk_args(method: str, walks_per_node: int, walk_length: int, p: float, q: float):
+def check_walk_args(method: str, walks_per_node: int, walk_length: int, p: float, q: float):
     if method not in ("deepwalk", "node2vec"):
         raise ValueError(f"walk method must be 'deepwalk' or 'node2vec', got {method!r}")
     if walks_per_node < 1 or walk_length < 2:

@@ -8,7 +8,7 @@ row's entries (`csr_sort_indices`, per row, from the entries in input order). So
 each edge with its input position (reversed?, step, session, pos), partitions by src, sorts by
 that position, and runs the same scipy code on each partition's rows: every row sees the same
 entry sequence, hence the same sums, min_weight cut and heaviest-edges cap (per row, as
-`recembed.graph._keep_heaviest`). The driver assembles the CSR from the rows (it is broadcast to
+`recembed.graph.keep_heaviest_edges`). The driver assembles the CSR from the rows (it is broadcast to
 the walkers anyway: about 12 bytes per edge).
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from recembed.graph import _keep_heaviest
+from recembed.graph import keep_heaviest_edges
 from recembed.spark import io
 
 _EDGES = pa.schema([("src", pa.int32()), ("dst", pa.int32()), ("w", pa.float32())])
@@ -96,7 +96,7 @@ def build_item_graph(
             g.data[g.data < min_weight] = 0
             g.eliminate_zeros()
         if max_out_edges > 0:
-            g = _keep_heaviest(g, max_out_edges)
+            g = keep_heaviest_edges(g, max_out_edges)
         g = g.astype(np.float32)
         g.sort_indices()
         deg = np.diff(g.indptr)

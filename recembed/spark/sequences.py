@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from recembed.artifacts import atomic_path
 from recembed.corpus import GENSIM_MAX_TOKENS, format_lines, token_table
-from recembed.sequences import CorpusStats, _pieces, session_uniform
+from recembed.sequences import CorpusStats, token_pieces, session_uniform
 from recembed.spark import io
 
 _LINES = pa.schema([("session", pa.int64()), ("copies", pa.int32()), ("text", pa.binary()),
@@ -80,7 +80,7 @@ def write_session_corpus(
             copies = np.maximum(base + extra, min_copies).astype(np.int32)
             # pieces of at most max_tokens, one line each (gensim truncates longer ones),
             # formatted for the whole batch at once, then cut into one text per session
-            piece_starts, piece_sess = _pieces(offs[:-1], lens, max_tokens)
+            piece_starts, piece_sess = token_pieces(offs[:-1], lens, max_tokens)
             buf = format_lines(flat, np.r_[piece_starts, len(flat)], table)
             tok_bytes = table[1][flat].astype(np.int64) + 1  # digits + space or newline
             byte_offs = np.r_[0, np.cumsum(tok_bytes)][offs].astype(np.int32)

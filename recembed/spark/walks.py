@@ -24,8 +24,8 @@ from recembed.spark import io
 from recembed.walks import (
     WalkGraph,
     WalkStats,
-    _check_walk_args,
-    _walk,
+    check_walk_args,
+    walk_into,
     prepare_graph,
     walk_starts,
 )
@@ -60,7 +60,7 @@ def random_walks(
     min(2M, walks / default parallelism) tokens each.
     """
     t0 = time.perf_counter()
-    _check_walk_args(method, walks_per_node, walk_length, p, q)
+    check_walk_args(method, walks_per_node, walk_length, p, q)
     wg = prepare_graph(g)
     starts = walk_starts(wg.indptr, walks_per_node, seed, popularity)
     if max_tokens > 0 and len(starts) * walk_length > max_tokens:
@@ -98,7 +98,7 @@ def random_walks(
                 part = a["starts"][lo:lo + per_task]
                 out = np.empty((len(part), walk_length), np.int32)
                 t = time.perf_counter()
-                _walk(method, graph, part, seed, lo, p, q, out)
+                walk_into(method, graph, part, seed, lo, p, q, out)
                 dt = time.perf_counter() - t
                 text, lines, tokens = format_padded(out, packed, lens)
                 yield pa.RecordBatch.from_arrays(
