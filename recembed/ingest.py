@@ -14,6 +14,7 @@ import csv
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recembed import sources
+
+if TYPE_CHECKING:
+    from recembed.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,58 @@ class IngestResult:
     vocabulary: pd.DataFrame
     quarantine: pd.DataFrame
     stats: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IngestParams:
+    """What is read and how it is validated (`[input]`, `[ingest]`): the arguments of `ingest`
+    but the quarantine path, with its units and ranges (see there).
+
+    Parameters
+    ----------
+    paths, test_paths : tuple of str
+        Training and explicit holdout input files (or Parquet folders).
+    columns : ColumnMap
+        Which input column holds what.
+    fmt : {"auto", "csv", "tsv", "parquet"}
+    delimiter : str or None
+        CSV delimiter; None = sniffed.
+    ts_unit : {"auto", "s", "ms", "us", "ns", "iso"}
+    ts_offset_unit : {"s", "ms"}
+    event_types, na_values : tuple of str
+        Event types kept (empty = all); extra strings read as a missing id.
+    max_bad_fraction : float in [0, 1]
+    max_ts_distance_days : float >= 0, days (0 = no limit)
+    drop_duplicates : bool
+    window_days : float >= 0, days (0 = everything)
+    source : recembed.sources.SourceOptions
+        How inputs are opened.
+    """
+
+    paths: tuple[str, ...]
+    columns: ColumnMap
+    test_paths: tuple[str, ...] = ()
+    fmt: str = "auto"
+    delimiter: str | None = None
+    ts_unit: str = "auto"
+    ts_offset_unit: str = "ms"
+    event_types: tuple[str, ...] = ()
+    na_values: tuple[str, ...] = ()
+    max_bad_fraction: float = 0.01
+    max_ts_distance_days: float = 10_957.5
+    drop_duplicates: bool = True
+    window_days: float = 0.0
+    source: sources.SourceOptions = field(default_factory=sources.SourceOptions)
+
+    def arguments(self) -> dict:
+        """The keyword arguments of `ingest` (lists where it takes lists); paths excluded."""
+        return dict(test_paths=list(self.test_paths), fmt=self.fmt, delimiter=self.delimiter,
+                    ts_unit=self.ts_unit, ts_offset_unit=self.ts_offset_unit,
+                    event_types=list(self.event_types), na_values=list(self.na_values),
+                    max_bad_fraction=self.max_bad_fraction,
+                    max_ts_distance_days=self.max_ts_distance_days,
+                    drop_duplicates=self.drop_duplicates, window_days=self.window_days,
+                    source=self.source)
 
 
 def ingest(
@@ -212,6 +268,41 @@ def ingest(
     stats["users"] = int(df["user"].max()) + 1 if len(df) else 0
     vocab = item_vocabulary(df, item_ids)
     return IngestResult(df, vocab, quarantine, stats)
+
+
+def ingest_files(params: IngestParams, events_path: str | Path,
+                 quarantine_path: str | Path | None, runtime: Runtime) -> IngestResult:
+    """The ingest stage, local engine: `ingest`, the events written to `events_path` (the
+    engine-neutral signature `recembed.spark.ingest` shares).
+
+    Parameters
+    ----------
+    params : IngestParams
+        What is read and how it is validated.
+    events_path : str or pathlib.Path
+        The events artifact to write (Parquet, atomically).
+    quarantine_path : str, pathlib.Path or None
+        Where the quarantine goes (written even when the run stops for too many bad rows).
+    runtime : recembed.runtime.Runtime
+        Unused by the local engine.
+
+    Returns
+    -------
+    IngestResult
+        Vocabulary, quarantine and statistics; `events` as written (the Spark engine's is
+        empty).
+
+    Raises
+    ------
+    IngestError
+        As `ingest`.
+    """
+    from recembed import artifacts as A
+
+    res = ingest(list(params.paths), params.columns, quarantine_path=quarantine_path,
+                 **params.arguments())
+    A.write_parquet(res.events, events_path, A.EVENTS.columns)
+    return res
 
 
 def read_categories(path: str, item_col: str, cat_col: str, vocabulary: pd.DataFrame) -> np.ndarray:

@@ -10,10 +10,15 @@ Outputs (see DESIGN.md):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from recembed.runtime import Runtime
 
 DAY = 86_400
 MIN_WEIGHT = 1e-6  # decay floor: a normal float32, so no session's edges round to zero
@@ -33,6 +38,30 @@ class SessionResult:
     test: pd.DataFrame
     table: pd.DataFrame
     stats: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SessionParams:
+    """How events become sessions (`[session]`, `[bots]`, `[holdout]`, `[validation]`): the
+    keywords of `sessionize`, with its units and ranges (see there)."""
+
+    gap_minutes: float = 30.0
+    max_length: int = 200
+    min_length: int = 2
+    collapse_repeats: bool = True
+    half_life_days: float = 7.0
+    holdout_days: float = 1.0
+    bots: bool = True
+    max_events_per_day: int = 1000
+    min_median_gap_s: float = 1.0
+    min_events_for_gap_rule: int = 20
+    bot_outlier_z: float = 3.5
+    bot_max_share: float = 0.25
+    auto_gap: bool = True
+    max_short_share: float = 0.25
+    validation_share: float = 0.1
+    validation_min_sessions: int = 1000
+    validation_max_sessions: int = 20_000
 
 
 def sessionize(
@@ -220,6 +249,42 @@ def sessionize(
         mean_session_length=float(s_len.mean()) if len(s_len) else 0.0,
     )
     return SessionResult(train, test, table, stats)
+
+
+def sessionize_files(events_path: str | Path, train_path: str | Path, test_path: str | Path,
+                     table_path: str | Path, params: SessionParams, runtime: Runtime) -> dict:
+    """The sessionize stage, local engine: `sessionize` of the events artifact, its three
+    tables written (the engine-neutral signature `recembed.spark.sessions` shares).
+
+    Parameters
+    ----------
+    events_path : str or pathlib.Path
+        The events artifact (Parquet, as `recembed.ingest.ingest_files` writes it).
+    train_path, test_path, table_path : str or pathlib.Path
+        sessions_train, sessions_test and the session table to write (atomically).
+    params : SessionParams
+        Sessions, bot filter, holdout and validation split.
+    runtime : recembed.runtime.Runtime
+        Unused by the local engine.
+
+    Returns
+    -------
+    dict
+        The statistics of `sessionize` (`warnings` a list of str).
+
+    Raises
+    ------
+    DataLossError
+        As `sessionize`.
+    """
+    from recembed import artifacts as A
+
+    res = sessionize(pd.read_parquet(events_path), **asdict(params))
+    for art, path, table in ((A.SESSIONS_TRAIN, train_path, res.train),
+                             (A.SESSIONS_TEST, test_path, res.test),
+                             (A.SESSION_TABLE, table_path, res.table)):
+        A.write_parquet(table, path, art.columns)
+    return res.stats
 
 
 def session_weights(end_ts: np.ndarray, ref_ts: float, half_life_days: float) -> np.ndarray:

@@ -30,8 +30,9 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
@@ -42,10 +43,42 @@ from recembed.artifacts import atomic_path
 from recembed.corpus import format_padded, padded_text_size, token_table
 from recembed.progress import progress_bar
 
+if TYPE_CHECKING:
+    from recembed.runtime import Runtime
+
 log = logging.getLogger("recembed")
 
 _LANES = 32  # walks advanced in lockstep per thread (16-64 measured within 15% of each other)
 _CHUNK_TOKENS = 8_000_000  # walk tokens per chunk: ~32 MB of codes + ~60 MB of text
+
+
+@dataclass(frozen=True)
+class WalkParams:
+    """Which walks are written (`[walks]`, the run's seed); keywords of `random_walks`.
+
+    Parameters
+    ----------
+    method : {"deepwalk", "node2vec"}
+        First-order walks, or node2vec's second-order ones.
+    walks_per_node : int >= 1
+        Walks started per node with out-edges (or drawn by popularity, as many in all).
+    walk_length : int >= 2, nodes
+        Nodes per walk at most.
+    p, q : float > 0
+        node2vec return and in-out parameters (1, 1 = DeepWalk).
+    seed : int >= 0
+        Seed of the start order and of every walk's random stream.
+    max_tokens : int >= 0, tokens
+        Cap on walks x walk_length; 0 = no cap.
+    """
+
+    method: str = "deepwalk"
+    walks_per_node: int = 10
+    walk_length: int = 20
+    p: float = 1.0
+    q: float = 1.0
+    seed: int = 0
+    max_tokens: int = 0
 
 
 @dataclass
@@ -160,6 +193,57 @@ def random_walks(
     secs = time.perf_counter() - t0
     return WalkStats(walks, tokens, secs, tokens / secs if secs else 0.0, clock["prepare"],
                      clock["walk"], clock["format"], clock["wait"])
+
+
+def walks_from_graph_file(graph_path: str | Path, walks_path: str | Path, params: WalkParams,
+                          runtime: Runtime,
+                          popularity_path: str | Path | None = None) -> WalkStats:
+    """The walks stage, local engine: `random_walks` over a saved graph (the engine-neutral
+    signature `recembed.spark.walks` shares).
+
+    Parameters
+    ----------
+    graph_path : str or pathlib.Path
+        The graph artifact (`recembed.graph.save_graph`).
+    walks_path : str or pathlib.Path
+        walks.txt to write.
+    params : WalkParams
+        Which walks.
+    runtime : recembed.runtime.Runtime
+        Its `threads` (>= 1) and `progress`.
+    popularity_path : str or pathlib.Path, optional
+        A vocabulary whose `count` column weights the start nodes (`start_popularity`); None
+        starts `walks_per_node` walks from every node.
+
+    Returns
+    -------
+    WalkStats
+    """
+    from recembed.graph import load_graph
+
+    return random_walks(load_graph(graph_path), walks_path, threads=runtime.threads,
+                        progress=runtime.progress, popularity=start_popularity(popularity_path),
+                        **asdict(params))
+
+
+def start_popularity(vocabulary_path: str | Path | None) -> np.ndarray | None:
+    """Start-node weights of popularity-drawn walks: the vocabulary's event counts.
+
+    Parameters
+    ----------
+    vocabulary_path : str, pathlib.Path or None
+        The vocabulary artifact (`count` int64 per item code); None = no popularity.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        int64 counts (>= 0) indexed by item code, or None.
+    """
+    if vocabulary_path is None:
+        return None
+    import pandas as pd
+
+    return pd.read_parquet(vocabulary_path, columns=["count"])["count"].to_numpy()
 
 
 def walk_array(

@@ -238,7 +238,8 @@ def test_every_documented_key_is_read_by_a_run(synth_small, tmp_path, monkeypatc
 # the data flow, bottom up: a module may import only modules of lower layers
 LAYERS = [
     {"recembed", "recembed.config", "recembed.artifacts", "recembed.progress",
-     "recembed.corpus", "recembed.synth", "recembed.sources", "recembed.sknn", "recembed.spark"},
+     "recembed.corpus", "recembed.synth", "recembed.sources", "recembed.sknn", "recembed.spark",
+     "recembed.runtime"},
     {"recembed.spark.session", "recembed.spark.io"},
     {"recembed.ingest", "recembed.sessions", "recembed.blend", "recembed.catalog"},
     {"recembed.graph", "recembed.sequences"},
@@ -251,6 +252,7 @@ LAYERS = [
     {"recembed.calibrate"},
     {"recembed.publish"},
     {"recembed.pipeline"},
+    {"recembed.settings"},
     {"recembed.stages.ingest", "recembed.stages.sessionize", "recembed.stages.catalog"},
     {"recembed.stages.calibrate"},
     {"recembed.stages.graph", "recembed.stages.sequences"},
@@ -289,3 +291,43 @@ def test_no_module_imports_one_above_it_in_the_data_flow():
                 bad.append(f"{mod} imports {dep}")
     assert not bad, bad
     assert not any(d.startswith("recembed.stages") for d in _imports(modules["recembed.pipeline"]))
+
+
+def test_the_spark_engine_uses_only_public_names_of_the_local_modules():
+    # a rule the two engines share is a public function of the local module: a private name
+    # (`ingest._parse`, `from recembed.graph import _keep_heaviest`) would tie Spark to a
+    # helper the local module may change at will
+    pkg = ROOT / "recembed"
+    local = {p.stem for p in pkg.glob("*.py")} - {"__init__"}
+    bad = []
+    for path in sorted((pkg / "spark").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        aliases = {}  # local name -> recembed module
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "recembed":
+                aliases |= {a.asname or a.name: a.name for a in node.names if a.name in local}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(
+                    "recembed.") and node.module.removeprefix("recembed.") in local:
+                bad += [f"{path.name}: from {node.module} import {a.name}" for a in node.names
+                        if a.name.startswith("_")]
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.startswith("recembed.") and a.name.removeprefix("recembed.") in local:
+                        aliases[a.asname or a.name] = a.name.removeprefix("recembed.")
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                    and not node.attr.startswith("__")):
+                base = ast.unparse(node.value)
+                if base in aliases:
+                    bad.append(f"{path.name}: {base}.{node.attr} ({aliases[base]})")
+    assert not bad, bad
+
+
+def test_no_stage_adapter_imports_another():
+    # adapters share what they share through recembed.settings, never through each other
+    pkg = ROOT / "recembed" / "stages"
+    adapters = {f"recembed.stages.{p.stem}" for p in pkg.glob("*.py") if p.stem != "__init__"}
+    bad = [f"{p.stem} imports {sorted(_imports(p) & (adapters - {f'recembed.stages.{p.stem}'}))}"
+           for p in pkg.glob("*.py")
+           if p.stem != "__init__" and _imports(p) & (adapters - {f"recembed.stages.{p.stem}"})]
+    assert not bad, bad

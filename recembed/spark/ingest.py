@@ -31,8 +31,10 @@ import pyarrow as pa
 
 from recembed import ingest as L
 from recembed import sources
-from recembed.ingest import ColumnMap, IngestError, IngestResult
+from recembed.ingest import ColumnMap, IngestError, IngestParams, IngestResult
+from recembed.runtime import Runtime
 from recembed.spark import io
+from recembed.spark.session import from_runtime
 
 _ROWS = pa.schema([
     ("kind", pa.int8()),  # 0 event, 1 quarantined row, 2 the file's metadata
@@ -42,6 +44,14 @@ _ROWS = pa.schema([
     ("last", pa.float64()),  # metadata: the file's last time (its first is in ts)
 ])
 _EVENT, _BAD, _META = 0, 1, 2
+
+
+def ingest_files(params: IngestParams, events_path: str | Path,
+                 quarantine_path: str | Path | None, runtime: Runtime) -> IngestResult:
+    """The ingest stage on Spark, with the signature of `recembed.ingest.ingest_files`:
+    `ingest` in the run's SparkSession (`runtime`), part files in runtime.scratch."""
+    return ingest(from_runtime(runtime), list(params.paths), params.columns, events_path,
+                  runtime.scratch, quarantine_path=quarantine_path, **params.arguments())
 
 
 def ingest(

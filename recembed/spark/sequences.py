@@ -12,6 +12,7 @@ order: round r holds every session with more than r copies, as in the local engi
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +20,23 @@ import pyarrow as pa
 
 from recembed.artifacts import atomic_path
 from recembed.corpus import GENSIM_MAX_TOKENS, format_lines, token_table
-from recembed.sequences import CorpusStats, token_pieces, session_uniform
+from recembed.runtime import Runtime
+from recembed.sequences import CorpusParams, CorpusStats, session_uniform, token_pieces
 from recembed.spark import io
+from recembed.spark.session import from_runtime
 
 _LINES = pa.schema([("session", pa.int64()), ("copies", pa.int32()), ("text", pa.binary()),
                     ("lines", pa.int64()), ("tokens", pa.int64())])
+
+
+def corpus_from_files(sessions_path: str | Path, table_path: str | Path,
+                      corpus_path: str | Path, params: CorpusParams,
+                      runtime: Runtime) -> CorpusStats:
+    """The sequences stage on Spark, with the signature of
+    `recembed.sequences.corpus_from_files`: `write_session_corpus` in the run's SparkSession
+    (`runtime`), part files in runtime.scratch."""
+    return write_session_corpus(from_runtime(runtime), sessions_path, table_path, corpus_path,
+                                runtime.scratch, **asdict(params))
 
 
 def write_session_corpus(

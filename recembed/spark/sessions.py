@@ -25,28 +25,41 @@ sessions_test ordered by (session, pos), the session table ordered by session.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recembed.runtime import Runtime
 from recembed.sessions import (
     DAY,
     DataLossError,
+    SessionParams,
+    choose_gap,
     nothing_left_message,
+    session_weights,
     short_sessions_warning,
     too_many_bots_message,
-    choose_gap,
-    session_weights,
     validation_count,
 )
 from recembed.spark import io
+from recembed.spark.session import from_runtime
 
 TRAIN_DTYPES = {"session": "int64", "item": "int32", "ts": "int64", "pos": "int32",
                 "event": "int32"}
 TABLE_DTYPES = {"session": "int64", "user": "int32", "start": "int64", "end": "int64",
                 "length": "int32", "weight": "float64", "split": "int8"}
+
+
+def sessionize_files(events_path: str | Path, train_path: str | Path, test_path: str | Path,
+                     table_path: str | Path, params: SessionParams, runtime: Runtime) -> dict:
+    """The sessionize stage on Spark, with the signature of
+    `recembed.sessions.sessionize_files`: `sessionize` in the run's SparkSession (`runtime`),
+    part files in runtime.scratch."""
+    return sessionize(from_runtime(runtime), events_path, train_path, test_path, table_path,
+                      runtime.scratch, **asdict(params))
 
 
 def sessionize(

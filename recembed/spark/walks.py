@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +21,18 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from recembed.artifacts import atomic_path
+from recembed.graph import load_graph
+from recembed.runtime import Runtime
 from recembed.spark import io
+from recembed.spark.session import from_runtime
 from recembed.walks import (
     WalkGraph,
+    WalkParams,
     WalkStats,
     check_walk_args,
-    walk_into,
     prepare_graph,
+    start_popularity,
+    walk_into,
     walk_starts,
 )
 
@@ -36,6 +42,16 @@ _TEXT = pa.schema([("chunk", pa.int64()), ("text", pa.binary()), ("lines", pa.in
                    ("tokens", pa.int64()), ("walk_s", pa.float64())])
 # walks per task are capped so a task's text (~7 bytes a token) stays a few MB
 _TASK_TOKENS = 2_000_000
+
+
+def walks_from_graph_file(graph_path: str | Path, walks_path: str | Path, params: WalkParams,
+                          runtime: Runtime,
+                          popularity_path: str | Path | None = None) -> WalkStats:
+    """The walks stage on Spark, with the signature of `recembed.walks.walks_from_graph_file`:
+    `random_walks` in the run's SparkSession (`runtime`), part files in runtime.scratch."""
+    return random_walks(from_runtime(runtime), load_graph(graph_path), walks_path,
+                        runtime.scratch, popularity=start_popularity(popularity_path),
+                        **asdict(params))
 
 
 def random_walks(
