@@ -355,6 +355,17 @@ def write_quarantine(quarantine: pd.DataFrame, path: str | Path) -> None:
 
 
 def existing_input_files(paths: list[str]) -> list[Path]:
+    """The input paths as Paths, in order; IngestError names the first that does not exist.
+
+    Parameters
+    ----------
+    paths : list of str
+        Input files or Parquet folders.
+
+    Returns
+    -------
+    list of pathlib.Path
+    """
     out = []
     for p in paths:
         q = Path(p)
@@ -388,7 +399,8 @@ def read_log_file(
 ) -> tuple[pa.Table, pd.DataFrame, int]:
     """The mapped columns of one file (plus `__row`), rows that could not be read, rows read.
 
-    Opening (compression, encoding, Hive partitions, pruning) is `recembed.sources`' job.
+    Parameters are `ingest`'s for one file (`window_days` >= 0 prunes Hive partitions older
+    than the window). Returns (table, quarantine rows, rows read). Opening (compression, encoding, Hive partitions, pruning) is `recembed.sources`' job.
     """
     source = source or sources.SourceOptions()
     kind = _format_of(path, fmt)
@@ -436,7 +448,25 @@ def parse_log_rows(
     table: pa.Table, path: Path, file_index: int, columns: ColumnMap, ts_unit: str,
     offset_unit: str, na_values: list[str],
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame, str | None]:
-    """Typed arrays of one file's valid rows, the rows that failed, and the detected ts unit."""
+    """Typed arrays of one file's valid rows, the rows that failed, and the detected ts unit.
+
+    Parameters
+    ----------
+    table : pyarrow.Table
+        One file's mapped columns, as `read_log_file` returns them.
+    path : pathlib.Path
+        The file (named in quarantine rows).
+    file_index : int >= 0
+        Its index in the run's list of input files.
+    columns, ts_unit, offset_unit, na_values
+        As `ingest` (`offset_unit` is its `ts_offset_unit`).
+
+    Returns
+    -------
+    (dict of str to numpy.ndarray, pandas.DataFrame, str or None)
+        Arrays of the valid rows, the quarantine rows, the timestamp unit read ("s", "ms",
+        "us", "ns", "iso"; None when no row had one).
+    """
     n = table.num_rows
     # reason code per row (0 = good); the first reason found wins
     code = np.zeros(n, np.int8)
@@ -594,7 +624,27 @@ def _implausible_ts(ts: np.ndarray, max_days: float) -> np.ndarray:
     return out
 
 
-def implausible_ts_reason(t: float, unit: str | None, med: float, max_days: float, col: str) -> str:
+def implausible_ts_reason(t: float, unit: str | None, med: float, max_days: float,
+                          col: str) -> str:
+    """The quarantine reason of an implausible timestamp, with a hint at the likely unit.
+
+    Parameters
+    ----------
+    t : float, unix seconds
+        The timestamp as read.
+    unit : str or None
+        The unit it was read in ("s", "ms", "us", "ns", "iso").
+    med : float, unix seconds
+        The median event time.
+    max_days : float >= 0, days
+        `ingest.max_ts_distance_days`.
+    col : str
+        The timestamp column's name.
+
+    Returns
+    -------
+    str
+    """
     where = "outside the years 1677..2262 a datetime can hold" if abs(t) > TS_LIMIT_S else (
         f"{abs(t - med) / (365.25 * DAY):,.0f} years from the median event time {iso_time(med)} "
         f"(ingest.max_ts_distance_days={max_days:g})")
@@ -612,8 +662,22 @@ def implausible_ts_reason(t: float, unit: str | None, med: float, max_days: floa
 
 
 def window_mask(ts: np.ndarray, window_s: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """(rows in the window, straggler rows after its end, the end) of a window of window_s
-    seconds ending at the newest event that is not a straggler (see `ingest`)."""
+    """The time-window rule of `ingest` (`ingest.window_days`).
+
+    Parameters
+    ----------
+    ts : numpy.ndarray
+        float64 unix seconds of every row (non-empty).
+    window_s : float > 0, seconds
+        The window's length.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray, float)
+        Rows in the window, straggler rows after its end (at most `STRAGGLER_SHARE` of the
+        rows, after a silence), and the end (unix seconds): the newest event that is not a
+        straggler.
+    """
     n = len(ts)
     m = max(1, int(n * STRAGGLER_SHARE))
     anchor = float(ts.max())
@@ -630,9 +694,26 @@ def window_mask(ts: np.ndarray, window_s: float) -> tuple[np.ndarray, np.ndarray
 
 
 def quarantine_rows(raw: dict[str, np.ndarray], mask: np.ndarray, ctx: tuple,
-                     reason_of) -> pd.DataFrame:
+                    reason_of) -> pd.DataFrame:
     """Quarantine rows for `mask` of the concatenated arrays; `reason_of(seconds, unit)` says
-    why."""
+    why.
+
+    Parameters
+    ----------
+    raw : dict of str to numpy.ndarray
+        The concatenated parsed arrays (`file`, `row`, `ts_exact`, `*_raw` ids).
+    mask : numpy.ndarray
+        bool per row: the rows to quarantine.
+    ctx : tuple
+        (input files, ts unit per file, ColumnMap).
+    reason_of : callable (float, str or None) -> str
+        The reason text of a row from its time (unix seconds) and its file's unit.
+
+    Returns
+    -------
+    pandas.DataFrame
+        `file`, `row`, `raw`, `reason` (see `write_quarantine`).
+    """
     files, units, columns = ctx
     idx = np.flatnonzero(mask)
     fi, ts = raw["file"][idx], raw["ts_exact"][idx]
@@ -660,13 +741,26 @@ def _ts_text(t: float, unit: str | None) -> str:
 
 
 def iso_time(t: float) -> str:
+    """A unix time (seconds) as ISO 8601 UTC text, or as seconds when no datetime holds it
+    (beyond `TS_LIMIT_S`)."""
     if abs(t) > TS_LIMIT_S:
         return f"{t:.6g} s since 1970"
     return pd.Timestamp(t, unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def quarantine_reason_counts(quarantine: pd.DataFrame) -> dict[str, int]:
-    """Rows per quarantine reason, the reason's kind only (text before the first '(')."""
+    """Rows per quarantine reason, the reason's kind only (text before the first '(').
+
+    Parameters
+    ----------
+    quarantine : pandas.DataFrame
+        With a `reason` column.
+
+    Returns
+    -------
+    dict of str to int
+        Rows (>= 1) per reason kind, most frequent first.
+    """
     kinds = quarantine["reason"].astype(str).str.split("(", n=1).str[0].str.strip()
     return {k: int(v) for k, v in kinds.value_counts().items()}
 
@@ -714,6 +808,21 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 def item_vocabulary(df: pd.DataFrame, item_ids: pd.Index | np.ndarray) -> pd.DataFrame:
+    """The vocabulary: per item code its id, event count and first / last event time.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Events with `item` (int32 code in [0, len(item_ids))) and `ts` (int64 unix seconds).
+    item_ids : pandas.Index or numpy.ndarray
+        The raw id of each code, in code order.
+
+    Returns
+    -------
+    pandas.DataFrame
+        `code` int32, `id` string, `count` int64, `first_ts`, `last_ts` int64 (0 for an item
+        without events).
+    """
     item = df["item"].to_numpy()
     n = len(item_ids)
     g = pd.Series(df["ts"].to_numpy()).groupby(item)
@@ -732,5 +841,6 @@ def item_vocabulary(df: pd.DataFrame, item_ids: pd.Index | np.ndarray) -> pd.Dat
 
 
 def empty_quarantine() -> pd.DataFrame:
+    """A quarantine table without rows (`file`, `row`, `raw`, `reason`, typed)."""
     return pd.DataFrame({"file": pd.Series(dtype=str), "row": pd.Series(dtype=np.int64),
                          "raw": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})

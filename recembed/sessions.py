@@ -348,7 +348,31 @@ def bot_rows(
     min_median_gap: float, min_events: int, z: float,
 ) -> tuple[np.ndarray, dict]:
     """Rows of bot entities, and per-rule counts: an entity is a bot when it is past a rule's
-    absolute bound AND an outlier of the population on that rule (modified z-score of log10)."""
+    absolute bound AND an outlier of the population on that rule (modified z-score of log10).
+
+    Parameters
+    ----------
+    key : numpy.ndarray
+        Entity of each row (rows sorted by entity, then time).
+    ts : numpy.ndarray
+        int64 unix seconds.
+    new_entity : numpy.ndarray
+        bool, True on each entity's first row.
+    max_per_day : int >= 0, events
+        `bots.max_events_per_day`.
+    min_median_gap : float >= 0, seconds
+        `bots.min_median_gap_s`.
+    min_events : int >= 0, events
+        `bots.min_events_for_gap_rule`.
+    z : float > 0
+        `bots.outlier_z`.
+
+    Returns
+    -------
+    (numpy.ndarray, dict)
+        bool per row (a bot's), and events per rule (`bot_events_volume_rule`,
+        `bot_events_gap_rule`).
+    """
     ent = np.cumsum(new_entity) - 1
     n_ent = int(ent[-1]) + 1
     day = ts // DAY
@@ -384,7 +408,18 @@ def bot_rows(
 def robust_z(x: np.ndarray, population: np.ndarray) -> np.ndarray:
     """Modified z-score of x against the population: 0.6745 (x - median) / MAD, the MAD floored
     at 0.1 decades so that a population of identical users does not make every deviation
-    infinite."""
+    infinite.
+
+    Parameters
+    ----------
+    x, population : numpy.ndarray
+        float64 values (log10 decades here); population non-empty.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 z-scores of x.
+    """
     med = np.median(population)
     mad = max(np.median(np.abs(population - med)), 0.1)
     return 0.6745 * (x - med) / mad
@@ -439,8 +474,23 @@ def _short_shares(new_entity: np.ndarray, ts: np.ndarray, min_length: int):
 
 
 def mark_validation(split: np.ndarray, end: np.ndarray, share: float, least: int,
-                     cap: int) -> np.ndarray:
-    """split = 2 for the most recent training sessions (by end time, ties by order)."""
+                    cap: int) -> np.ndarray:
+    """split = 2 for the most recent training sessions (by end time, ties by order).
+
+    Parameters
+    ----------
+    split : numpy.ndarray
+        int8 per session: 0 train, 1 holdout.
+    end : numpy.ndarray
+        int64 unix seconds: each session's last event.
+    share, least, cap
+        As `validation_count` (`validation.share`, `.min_sessions`, `.max_sessions`).
+
+    Returns
+    -------
+    numpy.ndarray
+        A copy of `split` with 2 for the validation sessions (`split` itself when none).
+    """
     train = np.flatnonzero(split == 0)
     n_val = validation_count(len(train), share, least, cap)
     if n_val == 0:
@@ -452,6 +502,8 @@ def mark_validation(split: np.ndarray, end: np.ndarray, share: float, least: int
 
 
 def too_many_bots_message(stats: dict, n0: int, bot_max_share: float) -> str:
+    """The DataLossError text when bots hold more than `bot_max_share` (in [0, 1]) of the `n0`
+    events; `stats` holds the bot counts (`bot_events`, `bot_event_share`, per rule)."""
     return (f"the bot filter would remove {stats['bot_event_share']:.1%} of all events "
             f"({stats['bot_events']:,} of {n0:,}; daily-volume rule "
             f"{stats['bot_events_volume_rule']:,}, median-gap rule "
@@ -461,11 +513,15 @@ def too_many_bots_message(stats: dict, n0: int, bot_max_share: float) -> str:
 
 
 def short_sessions_warning(min_length: int, share: float) -> str:
+    """The warning when `share` (in [0, 1]) of the events are in sessions shorter than
+    `min_length` events."""
     return (f"session.min_length={min_length}: {share:.0%} of the events are in sessions too "
             "short to carry co-occurrence and are not trained on")
 
 
 def nothing_left_message(stats: dict, n0: int, min_length: int) -> str:
+    """The DataLossError text when no session of the `n0` events is left: what removed them
+    (bots, repeats, sessions shorter than `min_length`), from `stats`."""
     parts = [f"{n0:,} events in"]
     if stats.get("bot_events"):
         parts.append(f"{stats['bot_events']:,} removed as bots (bots.enabled)")

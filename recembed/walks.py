@@ -299,7 +299,25 @@ def walk_starts(
 
 
 def walk_into(method: str, wg: WalkGraph, starts, seed: int, first_id: int, p: float, q: float,
-          out: np.ndarray) -> None:
+              out: np.ndarray) -> None:
+    """Walk from each of `starts` into `out` with the numba kernels (both engines' walker).
+
+    Parameters
+    ----------
+    method : {"deepwalk", "node2vec"}
+    wg : WalkGraph
+        `prepare_graph` of the graph.
+    starts : numpy.ndarray
+        int32 start nodes.
+    seed : int >= 0
+        The run's seed; walk i's stream is derived from (seed, first_id + i).
+    first_id : int >= 0
+        Global index of the first walk (so any split into tasks gives the same walks).
+    p, q : float > 0
+        node2vec parameters (both 1 = DeepWalk).
+    out : numpy.ndarray
+        int32 [len(starts), walk_length], filled; -1 after a walk's dangling end.
+    """
     probs = wg.records.view(np.float32)  # the same records, read as float32 for the probability
     if method == "deepwalk" or (p == 1.0 and q == 1.0):
         _deepwalk_kernel(wg.indptr, wg.records, probs, starts, np.uint64(seed), first_id, out)
@@ -559,7 +577,10 @@ def _alias_records(indptr, indices, weights):
 # ---------------------------------------------------------------- helpers
 
 
-def check_walk_args(method: str, walks_per_node: int, walk_length: int, p: float, q: float):
+def check_walk_args(method: str, walks_per_node: int, walk_length: int, p: float,
+                    q: float) -> None:
+    """Raise ValueError unless method is "deepwalk" / "node2vec", walks_per_node >= 1,
+    walk_length >= 2 and p, q > 0 (see `WalkParams`)."""
     if method not in ("deepwalk", "node2vec"):
         raise ValueError(f"walk method must be 'deepwalk' or 'node2vec', got {method!r}")
     if walks_per_node < 1 or walk_length < 2:
