@@ -43,7 +43,9 @@ import pandas as pd
 
 from recembed.blend import SIGNALS, BlendModel, BlendSettings, Signals, blended_scores
 from recembed.candidates import CalibrationCatalog, train_model
+from recembed.graph import GraphParams
 from recembed.train import TrainParams
+from recembed.walks import WalkParams
 
 log = logging.getLogger("recembed")
 
@@ -68,8 +70,8 @@ class CalibrationPlan:
         configured epochs.
     half_life_days : float, days
         Decay of the session weights (reference: the newest calibration-train session).
-    graph_params, walk_params : dict
-        Keyword arguments of `build_item_graph` and `random_walks` (no seeds or threads).
+    graph_params, walk_params : GraphParams, WalkParams
+        The item graph's and the random walks' settings.
     train_params : TrainParams
         The skip-gram settings (without the training amount).
     blend_fixed : dict
@@ -97,8 +99,8 @@ class CalibrationPlan:
     corpora: list[str]
     target_tokens: list[int]
     half_life_days: float
-    graph_params: dict
-    walk_params: dict
+    graph_params: GraphParams
+    walk_params: WalkParams
     train_params: TrainParams
     blend_fixed: dict
     base_blend: BlendSettings
@@ -236,7 +238,7 @@ def validation_set(split: CalibrationSplit, n_items: int, catalog: CalibrationCa
 def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, workdir: Path,
                        plan: CalibrationPlan, *, corpus: str, tokens: int, seed: int,
                        threads: int, budget: float, catalog: CalibrationCatalog | None = None,
-                       listing: np.ndarray | None = None, walk_params: dict | None = None,
+                       listing: np.ndarray | None = None, walk_params: WalkParams | None = None,
                        train_params: TrainParams | None = None, callbacks: tuple = ()) -> dict:
     """Train one candidate (`recembed.candidates.train_model`) and choose its blend on the
     validation queries `q`: the candidate's record (corpus, target_tokens, epochs,

@@ -12,7 +12,7 @@ signal's arrays (see `recembed.calibrate` for the protocol).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,9 @@ import pandas as pd
 
 from recembed import artifacts as A
 from recembed.blend import BlendModel, category_arrays
+from recembed.graph import GraphParams
 from recembed.train import TrainParams
+from recembed.walks import WalkParams
 
 
 @dataclass
@@ -110,7 +112,7 @@ class CandidateModel:
 
 
 def train_model(ct: pd.DataFrame, weights: pd.Series, n_items: int, workdir: Path, *,
-                corpus: str, tokens: int, graph_params: dict, walk_params: dict,
+                corpus: str, tokens: int, graph_params: GraphParams, walk_params: WalkParams,
                 train_params: TrainParams, rule_steps: int, seed: int, threads: int,
                 catalog: CalibrationCatalog | None = None, listing: np.ndarray | None = None,
                 callbacks: tuple = ()) -> CandidateModel:
@@ -130,8 +132,8 @@ def train_model(ct: pd.DataFrame, weights: pd.Series, n_items: int, workdir: Pat
         What to train on.
     tokens : int >= 0, tokens
         Training amount (corpus tokens x epochs); 0 = `train_params.epochs`.
-    graph_params, walk_params : dict
-        Keyword arguments of `build_item_graph` and `random_walks` (no seeds or threads).
+    graph_params, walk_params : GraphParams, WalkParams
+        The item graph's and the random walks' settings (the walks' seed is `seed`).
     train_params : TrainParams
         The skip-gram settings.
     rule_steps : int >= 1
@@ -157,13 +159,13 @@ def train_model(ct: pd.DataFrame, weights: pd.Series, n_items: int, workdir: Pat
         write_session_corpus(ct, w, A.SESSION_CORPUS.path(workdir), seed=seed)
         files.append(A.SESSION_CORPUS.path(workdir))
     if corpus in ("both", "walks"):
-        g = build_item_graph(ct, w, n_items, **graph_params)
-        wp = dict(walk_params)
+        g = build_item_graph(ct, w, n_items, **asdict(graph_params))
+        wp = replace(walk_params, seed=seed)
         if tokens > 0:
             # one epoch of the walk corpus must not dwarf the training amount being compared
             # (benchmarks/RESULTS.md, "nightly run end to end": the walks alone were 23M tokens)
-            wp["max_tokens"] = min(wp.get("max_tokens") or tokens, max(tokens // 2, 1000))
-        random_walks(g, A.WALKS.path(workdir), seed=seed, threads=threads, **wp)
+            wp = replace(wp, max_tokens=min(wp.max_tokens or tokens, max(tokens // 2, 1000)))
+        random_walks(g, A.WALKS.path(workdir), threads=threads, **asdict(wp))
         files.append(A.WALKS.path(workdir))
     path = concat_corpora(files, workdir / A.SCRATCH_CORPUS)
     res = train_word2vec(path, seed=seed, target_tokens=tokens, progress=False,

@@ -391,8 +391,9 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _runnable(self) -> Config:
-        # combinations every key of which is valid alone, but that no run can execute
-        c, t = self.input.columns, self.train
+        # combinations of sections, every key of which is valid alone, that no run can execute
+        # (those within one section are that section's validators: InputConfig._needs_columns)
+        t = self.train
         bad = [
             (t.negative == 0 and not t.hs,
              "train.negative = 0 with train.hs = false leaves no training objective; set "
@@ -403,12 +404,6 @@ class Config(_Section):
             (self.publish.enabled and not self.evaluate.enabled,
              "publish.enabled = true needs evaluate.enabled = true (the quality gate compares "
              "evaluations)"),
-            (bool(self.input.event_types) and not c.event_type,
-             "input.event_types needs input.columns.event_type (the column to filter on)"),
-            (not c.user and not c.session,
-             "input.columns.user and input.columns.session are both empty: sessions need one"),
-            (len(self.input.categories_columns) != 2,
-             "input.categories_columns must be [item column, category column]"),
             (self.run.engine == "spark" and not _has_pyspark(),
              'run.engine = "spark" needs pyspark, which is not installed: pip install '
              '"recembed[spark]" (or set run.engine = "local")'),
@@ -417,10 +412,6 @@ class Config(_Section):
         if msgs:
             raise ValueError("; ".join(msgs))
         return self
-
-    def section(self, name: str) -> dict[str, Any]:
-        """One section as a plain dict (used for stage fingerprints)."""
-        return getattr(self, name).model_dump(mode="json")
 
 
 def _has_pyspark() -> bool:

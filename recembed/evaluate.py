@@ -200,17 +200,6 @@ def evaluate_all(
     return {"ks": list(ks), "queries": qstats, "methods": methods}
 
 
-def best_method(metrics: dict, prefix: str = "", k: int = 20,
-                variant: str = "allow_repeats") -> tuple[str, float]:
-    """(name, recall@k) of the best method whose name starts with `prefix`."""
-    cands = {n: m[variant][f"recall@{k}"] for n, m in metrics["methods"].items()
-             if n.startswith(prefix)}
-    if not cands:
-        return "", 0.0
-    name = max(cands, key=cands.get)
-    return name, cands[name]
-
-
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k best scores per row (int32 [n, k]): higher score first, ties by lower
     index; -inf entries are never returned (-1 pads rows with fewer than k finite scores)."""

@@ -8,6 +8,7 @@ only in the import/export helpers, never in the build.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,6 +18,33 @@ from recembed.artifacts import session_weights_by_id
 
 if TYPE_CHECKING:  # pandas costs ~1 s to import; loading a graph to walk it never needs it
     import pandas as pd
+
+    from recembed.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class GraphParams:
+    """How the item graph is built (`[graph]`); the keywords of `build_item_graph`.
+
+    Parameters
+    ----------
+    window : int >= 1, steps
+        Edge a -> b when b follows a within this many steps of a session.
+    distance_weighting : bool
+        Divide an edge's session weight by its step distance.
+    directed : bool
+        Keep a -> b only; False adds b -> a too.
+    min_weight : float >= 0
+        Drop edges lighter than this (after summing).
+    max_out_edges : int >= 0
+        Keep only the heaviest out-edges of each node; 0 = all.
+    """
+
+    window: int = 1
+    distance_weighting: bool = False
+    directed: bool = False
+    min_weight: float = 0.0
+    max_out_edges: int = 0
 
 
 @dataclass
@@ -110,17 +138,70 @@ def build_item_graph(
         src_a, dst_a = np.r_[src_a, dst_a], np.r_[dst_a, src_a]
         wt_a = np.r_[wt_a, wt_a]
     g = sp.csr_matrix((wt_a, (src_a, dst_a)), shape=(n_items, n_items), dtype=np.float64)
+    return finish_graph(g, min_weight=min_weight, max_out_edges=max_out_edges)
+
+
+def finish_graph(g: sp.csr_matrix, *, min_weight: float = 0.0,
+                 max_out_edges: int = 0) -> sp.csr_matrix:
+    """Sum duplicate edges, cut light edges, cap the out-degree: the last steps of the graph
+    build, the same for both engines (Spark runs it on each partition's rows).
+
+    Parameters
+    ----------
+    g : scipy.sparse.csr_matrix
+        float64 edge weights, duplicates not yet summed; each row's entries in the order the
+        local build emits them (the float sums depend on it).
+    min_weight : float >= 0
+        Drop edges lighter than this after summing; 0 keeps all.
+    max_out_edges : int >= 0
+        Keep only each row's heaviest edges (`keep_heaviest_edges`); 0 = all.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        float32 weights, sorted column indices per row, int32 indices and indptr (when the
+        edge count fits).
+    """
     g.sum_duplicates()
     if min_weight > 0:
         g.data[g.data < min_weight] = 0
         g.eliminate_zeros()
     if max_out_edges > 0:
-        g = _keep_heaviest(g, max_out_edges)
+        g = keep_heaviest_edges(g, max_out_edges)
     g = g.astype(np.float32)
     g.sort_indices()
     if g.nnz < 2**31:  # scipy wants indices and indptr of one dtype
         g.indices, g.indptr = g.indices.astype(np.int32), g.indptr.astype(np.int32)
     return g
+
+
+def graph_from_files(sessions_path: str | Path, table_path: str | Path, n_items: int,
+                     params: GraphParams, runtime: Runtime) -> sp.csr_matrix:
+    """The graph stage, local engine: `build_item_graph` of the sessions_train and session
+    table artifacts (the engine-neutral signature `recembed.spark.graph` shares).
+
+    Parameters
+    ----------
+    sessions_path, table_path : str or pathlib.Path
+        The sessions_train (`session`, `item`, ordered) and session table (`session`,
+        `weight`) Parquet files.
+    n_items : int >= 0
+        Item codes (rows and columns).
+    params : GraphParams
+        How the graph is built.
+    runtime : recembed.runtime.Runtime
+        Unused by the local engine.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        As `build_item_graph`.
+    """
+    import pandas as pd
+
+    return build_item_graph(pd.read_parquet(sessions_path, columns=["session", "item"]),
+                            pd.read_parquet(table_path, columns=["session", "weight"]),
+                            n_items, **asdict(params))
 
 
 def graph_summary(g: sp.csr_matrix) -> GraphSummary:
@@ -186,8 +267,21 @@ def load_graph(path) -> sp.csr_matrix:
 # ---------------------------------------------------------------- helpers
 
 
-def _keep_heaviest(g: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """Keep the k heaviest out-edges of each row (ties: lower column index first)."""
+def keep_heaviest_edges(g: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Keep the k heaviest out-edges of each row (ties: lower column index first).
+
+    Parameters
+    ----------
+    g : scipy.sparse.csr_matrix
+        Summed edge weights (no duplicates).
+    k : int >= 1
+        Out-edges kept per row.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        `g` itself when no row has more than k edges, else a new matrix of the kept edges.
+    """
     deg = np.diff(g.indptr)
     if deg.max(initial=0) <= k:
         return g

@@ -14,6 +14,7 @@ import csv
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -22,10 +23,13 @@ import pyarrow.compute as pc
 
 from recembed import sources
 
+if TYPE_CHECKING:
+    from recembed.runtime import Runtime
+
 log = logging.getLogger(__name__)
 
 # Only the empty field is missing: "NA", "None", "null", "nan" are ids like any other string
-# unless `input.na_values` lists them (see `_parse`).
+# unless `input.na_values` lists them (see `parse_log_rows`).
 NULL_STRINGS = [""]
 QUARANTINE_SCHEMA = pa.schema(
     [("file", pa.string()), ("row", pa.int64()), ("raw", pa.string()), ("reason", pa.string())]
@@ -35,9 +39,9 @@ DAY = 86_400
 # float64 holds every integer up to 2**53 exactly; a float id above it was rounded when written
 _MAX_EXACT_FLOAT = 2**53
 # pandas datetimes hold 1677-09-21 .. 2262-04-11; a timestamp outside is a wrong unit or garbage
-_TS_LIMIT_S = 9_223_372_036
-# At most this share of the newest rows can be cut from the top as stragglers (see _window_mask).
-_STRAGGLER_SHARE = 0.001
+TS_LIMIT_S = 9_223_372_036
+# At most this share of the newest rows can be cut from the top as stragglers (see window_mask).
+STRAGGLER_SHARE = 0.001
 
 
 class IngestError(ValueError):
@@ -68,6 +72,58 @@ class IngestResult:
     vocabulary: pd.DataFrame
     quarantine: pd.DataFrame
     stats: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IngestParams:
+    """What is read and how it is validated (`[input]`, `[ingest]`): the arguments of `ingest`
+    but the quarantine path, with its units and ranges (see there).
+
+    Parameters
+    ----------
+    paths, test_paths : tuple of str
+        Training and explicit holdout input files (or Parquet folders).
+    columns : ColumnMap
+        Which input column holds what.
+    fmt : {"auto", "csv", "tsv", "parquet"}
+    delimiter : str or None
+        CSV delimiter; None = sniffed.
+    ts_unit : {"auto", "s", "ms", "us", "ns", "iso"}
+    ts_offset_unit : {"s", "ms"}
+    event_types, na_values : tuple of str
+        Event types kept (empty = all); extra strings read as a missing id.
+    max_bad_fraction : float in [0, 1]
+    max_ts_distance_days : float >= 0, days (0 = no limit)
+    drop_duplicates : bool
+    window_days : float >= 0, days (0 = everything)
+    source : recembed.sources.SourceOptions
+        How inputs are opened.
+    """
+
+    paths: tuple[str, ...]
+    columns: ColumnMap
+    test_paths: tuple[str, ...] = ()
+    fmt: str = "auto"
+    delimiter: str | None = None
+    ts_unit: str = "auto"
+    ts_offset_unit: str = "ms"
+    event_types: tuple[str, ...] = ()
+    na_values: tuple[str, ...] = ()
+    max_bad_fraction: float = 0.01
+    max_ts_distance_days: float = 10_957.5
+    drop_duplicates: bool = True
+    window_days: float = 0.0
+    source: sources.SourceOptions = field(default_factory=sources.SourceOptions)
+
+    def arguments(self) -> dict:
+        """The keyword arguments of `ingest` (lists where it takes lists); paths excluded."""
+        return dict(test_paths=list(self.test_paths), fmt=self.fmt, delimiter=self.delimiter,
+                    ts_unit=self.ts_unit, ts_offset_unit=self.ts_offset_unit,
+                    event_types=list(self.event_types), na_values=list(self.na_values),
+                    max_bad_fraction=self.max_bad_fraction,
+                    max_ts_distance_days=self.max_ts_distance_days,
+                    drop_duplicates=self.drop_duplicates, window_days=self.window_days,
+                    source=self.source)
 
 
 def ingest(
@@ -109,16 +165,16 @@ def ingest(
         raise IngestError("events need a user or a session column to be grouped into sessions "
                           "(input.columns.user / input.columns.session)")
     test_paths = test_paths or []
-    files = [*_expand(paths), *_expand(test_paths)]
-    n_train_files = len(_expand(paths))
+    files = [*existing_input_files(paths), *existing_input_files(test_paths)]
+    n_train_files = len(existing_input_files(paths))
     if not files:
         raise IngestError(f"no input files matched {paths + test_paths}")
     parts, bad_parts, stats = [], [], {"rows_read": 0, "files": [str(f) for f in files]}
     units: list[str | None] = []
     for fi, f in enumerate(files):
-        table, bad, n_rows = _read_file(f, columns, fmt, delimiter, source, window_days)
+        table, bad, n_rows = read_log_file(f, columns, fmt, delimiter, source, window_days)
         stats["rows_read"] += n_rows
-        part, bad2, unit = _parse(table, f, fi, columns, ts_unit, ts_offset_unit, na_values or [])
+        part, bad2, unit = parse_log_rows(table, f, fi, columns, ts_unit, ts_offset_unit, na_values or [])
         units.append(unit)
         part["split"] = np.full(len(part["ts_exact"]), 1 if fi >= n_train_files else 0, np.int8)
         parts.append(part)
@@ -131,7 +187,7 @@ def ingest(
     stats["ts_implausible"] = int(far.sum())
     if far.any():
         med = float(np.median(raw["ts_exact"][~far])) if (~far).any() else 0.0
-        bad_parts.append(_quarantine_rows(raw, far, ctx, lambda t, u: _far_reason(
+        bad_parts.append(quarantine_rows(raw, far, ctx, lambda t, u: implausible_ts_reason(
             t, u, med, max_ts_distance_days, columns.ts)))
         raw = {k: v[~far] for k, v in raw.items()}
     if event_types and columns.event_type:
@@ -141,26 +197,23 @@ def ingest(
     raw.pop("event_type", None)
     if window_days > 0 and len(raw["ts_exact"]):
         # a rolling window: the nightly job trains on the last N days only
-        keep, late, anchor = _window_mask(raw["ts_exact"], window_days * DAY)
-        stats["window_end"] = _iso(anchor)
+        keep, late, anchor = window_mask(raw["ts_exact"], window_days * DAY)
+        stats["window_end"] = iso_time(anchor)
         stats["window_stragglers"] = int(late.sum())
         stats["outside_window"] = int((~keep & ~late).sum())
         if late.any():
-            bad_parts.append(_quarantine_rows(raw, late, ctx, lambda t, u: (
-                f"straggler timestamp {_iso(t)}, {(t - anchor) / DAY:.1f} days after the rest "
+            bad_parts.append(quarantine_rows(raw, late, ctx, lambda t, u: (
+                f"straggler timestamp {iso_time(t)}, {(t - anchor) / DAY:.1f} days after the rest "
                 f"of the log, behind a silence (clock error?); ingest.window_days ends at "
-                f"{_iso(anchor)}, the newest event before the silence")))
+                f"{iso_time(anchor)}, the newest event before the silence")))
         if not keep.all():
             raw = {k: v[keep] for k, v in raw.items()}
-    quarantine = pd.concat(bad_parts, ignore_index=True) if bad_parts else _empty_quarantine()
+    quarantine = pd.concat(bad_parts, ignore_index=True) if bad_parts else empty_quarantine()
     quarantine = quarantine.sort_values(["file", "row"], kind="stable", ignore_index=True)
     stats["quarantined"] = len(quarantine)
-    stats["quarantine_reasons"] = _reason_counts(quarantine)
+    stats["quarantine_reasons"] = quarantine_reason_counts(quarantine)
     if quarantine_path is not None:
-        write_parquet_atomic(
-            pa.Table.from_pandas(quarantine, schema=QUARANTINE_SCHEMA, preserve_index=False),
-            quarantine_path,
-        )
+        write_quarantine(quarantine, quarantine_path)
     stats["ts_unit"] = ",".join(sorted({u for u in units if u})) or ts_unit
     if stats["rows_read"] == 0:
         raise IngestError(f"no rows in the input files: {', '.join(map(str, files))}")
@@ -213,8 +266,43 @@ def ingest(
     stats["events"] = len(df)
     stats["items"] = len(item_ids)
     stats["users"] = int(df["user"].max()) + 1 if len(df) else 0
-    vocab = _vocabulary(df, item_ids)
+    vocab = item_vocabulary(df, item_ids)
     return IngestResult(df, vocab, quarantine, stats)
+
+
+def ingest_files(params: IngestParams, events_path: str | Path,
+                 quarantine_path: str | Path | None, runtime: Runtime) -> IngestResult:
+    """The ingest stage, local engine: `ingest`, the events written to `events_path` (the
+    engine-neutral signature `recembed.spark.ingest` shares).
+
+    Parameters
+    ----------
+    params : IngestParams
+        What is read and how it is validated.
+    events_path : str or pathlib.Path
+        The events artifact to write (Parquet, atomically).
+    quarantine_path : str, pathlib.Path or None
+        Where the quarantine goes (written even when the run stops for too many bad rows).
+    runtime : recembed.runtime.Runtime
+        Unused by the local engine.
+
+    Returns
+    -------
+    IngestResult
+        Vocabulary, quarantine and statistics; `events` as written (the Spark engine's is
+        empty).
+
+    Raises
+    ------
+    IngestError
+        As `ingest`.
+    """
+    from recembed import artifacts as A
+
+    res = ingest(list(params.paths), params.columns, quarantine_path=quarantine_path,
+                 **params.arguments())
+    A.write_parquet(res.events, events_path, A.EVENTS.columns)
+    return res
 
 
 def read_categories(path: str, item_col: str, cat_col: str, vocabulary: pd.DataFrame) -> np.ndarray:
@@ -246,17 +334,38 @@ def read_categories(path: str, item_col: str, cat_col: str, vocabulary: pd.DataF
     return out
 
 
-def write_parquet_atomic(table: pa.Table | pd.DataFrame, path: str | Path) -> None:
-    """Write Parquet to a temp name, fsync, rename: a crash never leaves a half file at `path`."""
+def write_quarantine(quarantine: pd.DataFrame, path: str | Path) -> None:
+    """Write the quarantine table atomically (temp name, fsync, rename).
+
+    Parameters
+    ----------
+    quarantine : pandas.DataFrame
+        Columns `file` (str), `row` (int64, 0-based data row), `raw` (str), `reason` (str), as
+        `quarantine_rows` makes them.
+    path : str or pathlib.Path
+        The Parquet file to write, with `QUARANTINE_SCHEMA`.
+    """
     from recembed.artifacts import write_parquet
 
-    write_parquet(table, path)
+    write_parquet(pa.Table.from_pandas(quarantine, schema=QUARANTINE_SCHEMA,
+                                       preserve_index=False), path)
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def _expand(paths: list[str]) -> list[Path]:
+def existing_input_files(paths: list[str]) -> list[Path]:
+    """The input paths as Paths, in order; IngestError names the first that does not exist.
+
+    Parameters
+    ----------
+    paths : list of str
+        Input files or Parquet folders.
+
+    Returns
+    -------
+    list of pathlib.Path
+    """
     out = []
     for p in paths:
         q = Path(p)
@@ -284,13 +393,14 @@ def _sniff_delimiter(path: Path, encoding: str = "utf-8") -> str:
         raise IngestError(str(e)) from e
 
 
-def _read_file(
+def read_log_file(
     path: Path, columns: ColumnMap, fmt: str, delimiter: str | None,
     source: sources.SourceOptions | None = None, window_days: float = 0.0,
 ) -> tuple[pa.Table, pd.DataFrame, int]:
     """The mapped columns of one file (plus `__row`), rows that could not be read, rows read.
 
-    Opening (compression, encoding, Hive partitions, pruning) is `recembed.sources`' job.
+    Parameters are `ingest`'s for one file (`window_days` >= 0 prunes Hive partitions older
+    than the window). Returns (table, quarantine rows, rows read). Opening (compression, encoding, Hive partitions, pruning) is `recembed.sources`' job.
     """
     source = source or sources.SourceOptions()
     kind = _format_of(path, fmt)
@@ -303,7 +413,7 @@ def _read_file(
             table = sources.read_parquet(src, need)
             table = table.append_column(
                 "__row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
-            return table, _empty_quarantine(), table.num_rows
+            return table, empty_quarantine(), table.num_rows
         if source.filters:
             raise IngestError(f"input.filters selects Hive partitions of Parquet directories; "
                               f"{path} is a {kind.upper()} file. Remove input.filters or filter "
@@ -322,7 +432,7 @@ def _read_file(
         {"file": str(path), "row": [r for r, _, _ in got.bad], "raw": [t for _, t, _ in got.bad],
          "reason": [m for _, _, m in got.bad]}
     )
-    return table, bad if len(bad) else _empty_quarantine(), got.n_rows
+    return table, bad if len(bad) else empty_quarantine(), got.n_rows
 
 
 def _check_columns(path: Path, need: list[str], have: list[str]) -> None:
@@ -334,11 +444,29 @@ def _check_columns(path: Path, need: list[str], have: list[str]) -> None:
         )
 
 
-def _parse(
+def parse_log_rows(
     table: pa.Table, path: Path, file_index: int, columns: ColumnMap, ts_unit: str,
     offset_unit: str, na_values: list[str],
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame, str | None]:
-    """Typed arrays of one file's valid rows, the rows that failed, and the detected ts unit."""
+    """Typed arrays of one file's valid rows, the rows that failed, and the detected ts unit.
+
+    Parameters
+    ----------
+    table : pyarrow.Table
+        One file's mapped columns, as `read_log_file` returns them.
+    path : pathlib.Path
+        The file (named in quarantine rows).
+    file_index : int >= 0
+        Its index in the run's list of input files.
+    columns, ts_unit, offset_unit, na_values
+        As `ingest` (`offset_unit` is its `ts_offset_unit`).
+
+    Returns
+    -------
+    (dict of str to numpy.ndarray, pandas.DataFrame, str or None)
+        Arrays of the valid rows, the quarantine rows, the timestamp unit read ("s", "ms",
+        "us", "ns", "iso"; None when no row had one).
+    """
     n = table.num_rows
     # reason code per row (0 = good); the first reason found wins
     code = np.zeros(n, np.int8)
@@ -377,7 +505,7 @@ def _parse(
         out["event_type"] = table.column(columns.event_type).to_numpy(zero_copy_only=False)
     row = rows_in
     bad = code > 0
-    quarantine = _empty_quarantine()
+    quarantine = empty_quarantine()
     if bad.any():
         idx = np.flatnonzero(bad)
         raw_cols = [c for c in dict.fromkeys(columns.required())]
@@ -489,16 +617,36 @@ def _timestamps(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, str | None
 def _implausible_ts(ts: np.ndarray, max_days: float) -> np.ndarray:
     """Rows whose time a datetime cannot hold, or (max_days > 0) further than max_days from the
     median of the others."""
-    out = np.abs(ts) > _TS_LIMIT_S
+    out = np.abs(ts) > TS_LIMIT_S
     if max_days > 0 and (~out).any():
         med = np.median(ts[~out])
         out |= np.abs(ts - med) > max_days * DAY
     return out
 
 
-def _far_reason(t: float, unit: str | None, med: float, max_days: float, col: str) -> str:
-    where = "outside the years 1677..2262 a datetime can hold" if abs(t) > _TS_LIMIT_S else (
-        f"{abs(t - med) / (365.25 * DAY):,.0f} years from the median event time {_iso(med)} "
+def implausible_ts_reason(t: float, unit: str | None, med: float, max_days: float,
+                          col: str) -> str:
+    """The quarantine reason of an implausible timestamp, with a hint at the likely unit.
+
+    Parameters
+    ----------
+    t : float, unix seconds
+        The timestamp as read.
+    unit : str or None
+        The unit it was read in ("s", "ms", "us", "ns", "iso").
+    med : float, unix seconds
+        The median event time.
+    max_days : float >= 0, days
+        `ingest.max_ts_distance_days`.
+    col : str
+        The timestamp column's name.
+
+    Returns
+    -------
+    str
+    """
+    where = "outside the years 1677..2262 a datetime can hold" if abs(t) > TS_LIMIT_S else (
+        f"{abs(t - med) / (365.25 * DAY):,.0f} years from the median event time {iso_time(med)} "
         f"(ingest.max_ts_distance_days={max_days:g})")
     hint = ""
     names = list(_UNIT_SCALE)
@@ -508,16 +656,30 @@ def _far_reason(t: float, unit: str | None, med: float, max_days: float, col: st
             i = names.index(unit) + k if unit in names else -1
             other = f"in {names[i]} " if 0 <= i < len(names) else ""
             hint = (f"; it looks like a value {other}read as {unit}: "
-                    f"it would be {_iso(t / f)}")
+                    f"it would be {iso_time(t / f)}")
             break
     return f"implausible timestamp (column {col}) {where}{hint}"
 
 
-def _window_mask(ts: np.ndarray, window_s: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """(rows in the window, straggler rows after its end, the end) of a window of window_s
-    seconds ending at the newest event that is not a straggler (see `ingest`)."""
+def window_mask(ts: np.ndarray, window_s: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """The time-window rule of `ingest` (`ingest.window_days`).
+
+    Parameters
+    ----------
+    ts : numpy.ndarray
+        float64 unix seconds of every row (non-empty).
+    window_s : float > 0, seconds
+        The window's length.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray, float)
+        Rows in the window, straggler rows after its end (at most `STRAGGLER_SHARE` of the
+        rows, after a silence), and the end (unix seconds): the newest event that is not a
+        straggler.
+    """
     n = len(ts)
-    m = max(1, int(n * _STRAGGLER_SHARE))
+    m = max(1, int(n * STRAGGLER_SHARE))
     anchor = float(ts.max())
     if n > m + 1:
         lo, hi = np.percentile(ts, [1, 99])
@@ -531,10 +693,27 @@ def _window_mask(ts: np.ndarray, window_s: float) -> tuple[np.ndarray, np.ndarra
     return (ts > anchor - window_s) & ~late, late, anchor
 
 
-def _quarantine_rows(raw: dict[str, np.ndarray], mask: np.ndarray, ctx: tuple,
-                     reason_of) -> pd.DataFrame:
+def quarantine_rows(raw: dict[str, np.ndarray], mask: np.ndarray, ctx: tuple,
+                    reason_of) -> pd.DataFrame:
     """Quarantine rows for `mask` of the concatenated arrays; `reason_of(seconds, unit)` says
-    why."""
+    why.
+
+    Parameters
+    ----------
+    raw : dict of str to numpy.ndarray
+        The concatenated parsed arrays (`file`, `row`, `ts_exact`, `*_raw` ids).
+    mask : numpy.ndarray
+        bool per row: the rows to quarantine.
+    ctx : tuple
+        (input files, ts unit per file, ColumnMap).
+    reason_of : callable (float, str or None) -> str
+        The reason text of a row from its time (unix seconds) and its file's unit.
+
+    Returns
+    -------
+    pandas.DataFrame
+        `file`, `row`, `raw`, `reason` (see `write_quarantine`).
+    """
     files, units, columns = ctx
     idx = np.flatnonzero(mask)
     fi, ts = raw["file"][idx], raw["ts_exact"][idx]
@@ -558,17 +737,30 @@ def _ts_text(t: float, unit: str | None) -> str:
     if unit in _UNIT_SCALE:
         v = t * _UNIT_SCALE[unit]
         return repr(int(v)) if v == int(v) else repr(v)
-    return _iso(t)
+    return iso_time(t)
 
 
-def _iso(t: float) -> str:
-    if abs(t) > _TS_LIMIT_S:
+def iso_time(t: float) -> str:
+    """A unix time (seconds) as ISO 8601 UTC text, or as seconds when no datetime holds it
+    (beyond `TS_LIMIT_S`)."""
+    if abs(t) > TS_LIMIT_S:
         return f"{t:.6g} s since 1970"
     return pd.Timestamp(t, unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _reason_counts(quarantine: pd.DataFrame) -> dict[str, int]:
-    """Rows per quarantine reason, the reason's kind only (text before the first '(')."""
+def quarantine_reason_counts(quarantine: pd.DataFrame) -> dict[str, int]:
+    """Rows per quarantine reason, the reason's kind only (text before the first '(').
+
+    Parameters
+    ----------
+    quarantine : pandas.DataFrame
+        With a `reason` column.
+
+    Returns
+    -------
+    dict of str to int
+        Rows (>= 1) per reason kind, most frequent first.
+    """
     kinds = quarantine["reason"].astype(str).str.split("(", n=1).str[0].str.strip()
     return {k: int(v) for k, v in kinds.value_counts().items()}
 
@@ -615,7 +807,22 @@ def _mix(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-def _vocabulary(df: pd.DataFrame, item_ids: pd.Index | np.ndarray) -> pd.DataFrame:
+def item_vocabulary(df: pd.DataFrame, item_ids: pd.Index | np.ndarray) -> pd.DataFrame:
+    """The vocabulary: per item code its id, event count and first / last event time.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Events with `item` (int32 code in [0, len(item_ids))) and `ts` (int64 unix seconds).
+    item_ids : pandas.Index or numpy.ndarray
+        The raw id of each code, in code order.
+
+    Returns
+    -------
+    pandas.DataFrame
+        `code` int32, `id` string, `count` int64, `first_ts`, `last_ts` int64 (0 for an item
+        without events).
+    """
     item = df["item"].to_numpy()
     n = len(item_ids)
     g = pd.Series(df["ts"].to_numpy()).groupby(item)
@@ -633,6 +840,7 @@ def _vocabulary(df: pd.DataFrame, item_ids: pd.Index | np.ndarray) -> pd.DataFra
     )
 
 
-def _empty_quarantine() -> pd.DataFrame:
+def empty_quarantine() -> pd.DataFrame:
+    """A quarantine table without rows (`file`, `row`, `raw`, `reason`, typed)."""
     return pd.DataFrame({"file": pd.Series(dtype=str), "row": pd.Series(dtype=np.int64),
                          "raw": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})

@@ -13,14 +13,18 @@ adjacent repeats act like a larger learning rate on one sentence).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from recembed.artifacts import atomic_path, session_weights_by_id
 from recembed.corpus import GENSIM_MAX_TOKENS, format_lines, token_table
+
+if TYPE_CHECKING:
+    from recembed.runtime import Runtime
 
 
 @dataclass
@@ -33,6 +37,26 @@ class CorpusStats:
     sessions_in: int
     sessions_absent: int
     max_copies: int
+
+
+@dataclass(frozen=True)
+class CorpusParams:
+    """How the session corpus is replicated (`[sequences]`, the run's seed); keywords of
+    `write_session_corpus`.
+
+    Parameters
+    ----------
+    replication : float > 0
+        Copies per session on average (`replication * w / mean(w)` each).
+    min_copies : int >= 0
+        Every session is written at least this often.
+    seed : int >= 0
+        Seed of the per-session replication streams.
+    """
+
+    replication: float = 1.0
+    min_copies: int = 1
+    seed: int = 0
 
 
 def session_multiplicity(
@@ -138,7 +162,7 @@ def write_session_corpus(
     copies = session_multiplicity(session_weights_by_id(ids, weights), replication, seed, ids,
                                   min_copies=min_copies)
     # split long sessions into pieces of at most max_tokens, each piece its own line
-    piece_starts, piece_sess = _pieces(starts, lengths, max_tokens)
+    piece_starts, piece_sess = token_pieces(starts, lengths, max_tokens)
     piece_ends = np.r_[piece_starts[1:], len(item)]
     piece_copies = copies[piece_sess]
     table = token_table(int(item.max()) + 1 if len(item) else 1)
@@ -156,6 +180,33 @@ def write_session_corpus(
                        int(copies.max(initial=0)))
 
 
+def corpus_from_files(sessions_path: str | Path, table_path: str | Path,
+                      corpus_path: str | Path, params: CorpusParams,
+                      runtime: Runtime) -> CorpusStats:
+    """The sequences stage, local engine: `write_session_corpus` of the sessions_train and
+    session table artifacts (the engine-neutral signature `recembed.spark.sequences` shares).
+
+    Parameters
+    ----------
+    sessions_path, table_path : str or pathlib.Path
+        The sessions_train (`session`, `item`, ordered) and session table (`session`,
+        `weight`) Parquet files.
+    corpus_path : str or pathlib.Path
+        sessions.txt to write (atomically).
+    params : CorpusParams
+        Replication and seed.
+    runtime : recembed.runtime.Runtime
+        Unused by the local engine.
+
+    Returns
+    -------
+    CorpusStats
+    """
+    return write_session_corpus(pd.read_parquet(sessions_path, columns=["session", "item"]),
+                                pd.read_parquet(table_path, columns=["session", "weight"]),
+                                corpus_path, **asdict(params))
+
+
 def _splitmix(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # numpy twin of recembed.walks._splitmix (uint64 arithmetic wraps)
     x = x + np.uint64(0x9E3779B97F4A7C15)
@@ -165,7 +216,24 @@ def _splitmix(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, z ^ (z >> np.uint64(31))
 
 
-def _pieces(starts: np.ndarray, lengths: np.ndarray, max_tokens: int):
+def token_pieces(starts: np.ndarray, lengths: np.ndarray,
+                 max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split each session's token run into lines of at most `max_tokens` tokens.
+
+    Parameters
+    ----------
+    starts : numpy.ndarray
+        int offset of each session's first token in the token stream.
+    lengths : numpy.ndarray
+        int tokens per session (>= 1).
+    max_tokens : int >= 1
+        Tokens per line at most.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        Each piece's first token offset, and the index of the session it belongs to.
+    """
     n_pieces = -(-lengths // max_tokens)
     piece_sess = np.repeat(np.arange(len(starts)), n_pieces)
     within = np.arange(n_pieces.sum()) - np.repeat(np.r_[0, np.cumsum(n_pieces)[:-1]], n_pieces)

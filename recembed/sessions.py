@@ -10,10 +10,15 @@ Outputs (see DESIGN.md):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from recembed.runtime import Runtime
 
 DAY = 86_400
 MIN_WEIGHT = 1e-6  # decay floor: a normal float32, so no session's edges round to zero
@@ -33,6 +38,30 @@ class SessionResult:
     test: pd.DataFrame
     table: pd.DataFrame
     stats: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SessionParams:
+    """How events become sessions (`[session]`, `[bots]`, `[holdout]`, `[validation]`): the
+    keywords of `sessionize`, with its units and ranges (see there)."""
+
+    gap_minutes: float = 30.0
+    max_length: int = 200
+    min_length: int = 2
+    collapse_repeats: bool = True
+    half_life_days: float = 7.0
+    holdout_days: float = 1.0
+    bots: bool = True
+    max_events_per_day: int = 1000
+    min_median_gap_s: float = 1.0
+    min_events_for_gap_rule: int = 20
+    bot_outlier_z: float = 3.5
+    bot_max_share: float = 0.25
+    auto_gap: bool = True
+    max_short_share: float = 0.25
+    validation_share: float = 0.1
+    validation_min_sessions: int = 1000
+    validation_max_sessions: int = 20_000
 
 
 def sessionize(
@@ -122,14 +151,14 @@ def sessionize(
     drop = np.zeros(n0, bool)
     stats["bot_entities"] = 0
     if bots and n0:
-        drop, rules = _bot_rows(key, ts, new_entity, max_events_per_day, min_median_gap_s,
+        drop, rules = bot_rows(key, ts, new_entity, max_events_per_day, min_median_gap_s,
                                 min_events_for_gap_rule, bot_outlier_z)
         stats["bot_entities"] = int((drop & new_entity).sum())
         stats["bot_events"] = int(drop.sum())
         stats["bot_event_share"] = float(drop.mean())
         stats.update(rules)
         if stats["bot_event_share"] > bot_max_share:
-            raise DataLossError(_too_many_bots(stats, n0, bot_max_share))
+            raise DataLossError(too_many_bots_message(stats, n0, bot_max_share))
     stats.setdefault("bot_events", 0)
     del key
 
@@ -174,13 +203,13 @@ def sessionize(
     keep = ~short[sid]
     stats["events_in_short_sessions"] = int((~keep).sum())
     if len(keep) and (~keep).mean() > max_short_share:
-        stats["warnings"].append(_short_warning(min_length, float((~keep).mean())))
+        stats["warnings"].append(short_sessions_warning(min_length, float((~keep).mean())))
     sid, ts, item, pos, ev = sid[keep], ts[keep], item[keep], pos[keep], ev[keep]
     # contiguous session ids 0..S-1 in the same order (sid is non-decreasing)
     sid = np.cumsum(np.r_[len(sid) > 0, sid[1:] != sid[:-1]], dtype=np.int64) - 1
 
     if not len(ts):
-        raise DataLossError(_nothing_left(stats, n0, min_length))
+        raise DataLossError(nothing_left_message(stats, n0, min_length))
     starts = np.flatnonzero(pos == 0)
     ends = np.r_[starts[1:], len(sid)] - 1
     s_start, s_end = ts[starts], ts[ends]
@@ -192,7 +221,7 @@ def sessionize(
     else:
         cutoff = (s_end.max() if len(s_end) else 0) - holdout_days * DAY
         s_split = ((s_end > cutoff) & (holdout_days > 0)).astype(np.int8)
-    s_split = _mark_validation(s_split, s_end, validation_share, validation_min_sessions,
+    s_split = mark_validation(s_split, s_end, validation_share, validation_min_sessions,
                                validation_max_sessions)
     train_end = s_end[s_split != 1]
     ref = train_end.max() if len(train_end) else (s_end.max() if len(s_end) else 0)
@@ -207,7 +236,7 @@ def sessionize(
     )
     is_test = s_split[sid] == 1
     if not len(table):
-        raise DataLossError(_nothing_left(stats, n0, min_length))
+        raise DataLossError(nothing_left_message(stats, n0, min_length))
     cols = {"session": sid, "item": item.astype(np.int32), "ts": ts, "pos": pos, "event": ev}
     # copy=False: no block consolidation, the filtered arrays become the columns as they are
     train = pd.DataFrame({k: v[~is_test] for k, v in cols.items()}, copy=False)
@@ -220,6 +249,42 @@ def sessionize(
         mean_session_length=float(s_len.mean()) if len(s_len) else 0.0,
     )
     return SessionResult(train, test, table, stats)
+
+
+def sessionize_files(events_path: str | Path, train_path: str | Path, test_path: str | Path,
+                     table_path: str | Path, params: SessionParams, runtime: Runtime) -> dict:
+    """The sessionize stage, local engine: `sessionize` of the events artifact, its three
+    tables written (the engine-neutral signature `recembed.spark.sessions` shares).
+
+    Parameters
+    ----------
+    events_path : str or pathlib.Path
+        The events artifact (Parquet, as `recembed.ingest.ingest_files` writes it).
+    train_path, test_path, table_path : str or pathlib.Path
+        sessions_train, sessions_test and the session table to write (atomically).
+    params : SessionParams
+        Sessions, bot filter, holdout and validation split.
+    runtime : recembed.runtime.Runtime
+        Unused by the local engine.
+
+    Returns
+    -------
+    dict
+        The statistics of `sessionize` (`warnings` a list of str).
+
+    Raises
+    ------
+    DataLossError
+        As `sessionize`.
+    """
+    from recembed import artifacts as A
+
+    res = sessionize(pd.read_parquet(events_path), **asdict(params))
+    for art, path, table in ((A.SESSIONS_TRAIN, train_path, res.train),
+                             (A.SESSIONS_TEST, test_path, res.test),
+                             (A.SESSION_TABLE, table_path, res.table)):
+        A.write_parquet(table, path, art.columns)
+    return res.stats
 
 
 def session_weights(end_ts: np.ndarray, ref_ts: float, half_life_days: float) -> np.ndarray:
@@ -278,12 +343,36 @@ def _positions(group: np.ndarray) -> np.ndarray:
     return idx - first
 
 
-def _bot_rows(
+def bot_rows(
     key: np.ndarray, ts: np.ndarray, new_entity: np.ndarray, max_per_day: int,
     min_median_gap: float, min_events: int, z: float,
 ) -> tuple[np.ndarray, dict]:
     """Rows of bot entities, and per-rule counts: an entity is a bot when it is past a rule's
-    absolute bound AND an outlier of the population on that rule (modified z-score of log10)."""
+    absolute bound AND an outlier of the population on that rule (modified z-score of log10).
+
+    Parameters
+    ----------
+    key : numpy.ndarray
+        Entity of each row (rows sorted by entity, then time).
+    ts : numpy.ndarray
+        int64 unix seconds.
+    new_entity : numpy.ndarray
+        bool, True on each entity's first row.
+    max_per_day : int >= 0, events
+        `bots.max_events_per_day`.
+    min_median_gap : float >= 0, seconds
+        `bots.min_median_gap_s`.
+    min_events : int >= 0, events
+        `bots.min_events_for_gap_rule`.
+    z : float > 0
+        `bots.outlier_z`.
+
+    Returns
+    -------
+    (numpy.ndarray, dict)
+        bool per row (a bot's), and events per rule (`bot_events_volume_rule`,
+        `bot_events_gap_rule`).
+    """
     ent = np.cumsum(new_entity) - 1
     n_ent = int(ent[-1]) + 1
     day = ts // DAY
@@ -295,7 +384,7 @@ def _bot_rows(
     max_daily = np.zeros(n_ent, np.int64)
     np.maximum.at(max_daily, run_ent, run_len)
     lv = np.log10(max_daily.astype(np.float64))
-    volume = (max_daily > max_per_day) & (_robust_z(lv, lv) > z)
+    volume = (max_daily > max_per_day) & (robust_z(lv, lv) > z)
 
     counts = np.bincount(ent, minlength=n_ent)
     gaps = np.diff(ts).astype(np.float64)
@@ -308,7 +397,7 @@ def _bot_rows(
         lg = np.log10(np.maximum(med.to_numpy(), 0.01))
         # the population (entities with 3+ events) sets the scale; the rule applies to those
         # with min_events+ only, and only below the absolute bound
-        low = -_robust_z(lg, lg) > z
+        low = -robust_z(lg, lg) > z
         gap_bot[who] = low & (med.to_numpy() < min_median_gap) & (counts[who] >= min_events)
     bot = volume | gap_bot
     rules = {"bot_events_volume_rule": int(counts[volume].sum()),
@@ -316,10 +405,21 @@ def _bot_rows(
     return bot[ent], rules
 
 
-def _robust_z(x: np.ndarray, population: np.ndarray) -> np.ndarray:
+def robust_z(x: np.ndarray, population: np.ndarray) -> np.ndarray:
     """Modified z-score of x against the population: 0.6745 (x - median) / MAD, the MAD floored
     at 0.1 decades so that a population of identical users does not make every deviation
-    infinite."""
+    infinite.
+
+    Parameters
+    ----------
+    x, population : numpy.ndarray
+        float64 values (log10 decades here); population non-empty.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 z-scores of x.
+    """
     med = np.median(population)
     mad = max(np.median(np.abs(population - med)), 0.1)
     return 0.6745 * (x - med) / mad
@@ -373,9 +473,24 @@ def _short_shares(new_entity: np.ndarray, ts: np.ndarray, min_length: int):
     return shares
 
 
-def _mark_validation(split: np.ndarray, end: np.ndarray, share: float, least: int,
-                     cap: int) -> np.ndarray:
-    """split = 2 for the most recent training sessions (by end time, ties by order)."""
+def mark_validation(split: np.ndarray, end: np.ndarray, share: float, least: int,
+                    cap: int) -> np.ndarray:
+    """split = 2 for the most recent training sessions (by end time, ties by order).
+
+    Parameters
+    ----------
+    split : numpy.ndarray
+        int8 per session: 0 train, 1 holdout.
+    end : numpy.ndarray
+        int64 unix seconds: each session's last event.
+    share, least, cap
+        As `validation_count` (`validation.share`, `.min_sessions`, `.max_sessions`).
+
+    Returns
+    -------
+    numpy.ndarray
+        A copy of `split` with 2 for the validation sessions (`split` itself when none).
+    """
     train = np.flatnonzero(split == 0)
     n_val = validation_count(len(train), share, least, cap)
     if n_val == 0:
@@ -386,7 +501,9 @@ def _mark_validation(split: np.ndarray, end: np.ndarray, share: float, least: in
     return out
 
 
-def _too_many_bots(stats: dict, n0: int, bot_max_share: float) -> str:
+def too_many_bots_message(stats: dict, n0: int, bot_max_share: float) -> str:
+    """The DataLossError text when bots hold more than `bot_max_share` (in [0, 1]) of the `n0`
+    events; `stats` holds the bot counts (`bot_events`, `bot_event_share`, per rule)."""
     return (f"the bot filter would remove {stats['bot_event_share']:.1%} of all events "
             f"({stats['bot_events']:,} of {n0:,}; daily-volume rule "
             f"{stats['bot_events_volume_rule']:,}, median-gap rule "
@@ -395,12 +512,16 @@ def _too_many_bots(stats: dict, n0: int, bot_max_share: float) -> str:
             "bots.enabled=false or loosen bots.min_median_gap_s / bots.max_events_per_day")
 
 
-def _short_warning(min_length: int, share: float) -> str:
+def short_sessions_warning(min_length: int, share: float) -> str:
+    """The warning when `share` (in [0, 1]) of the events are in sessions shorter than
+    `min_length` events."""
     return (f"session.min_length={min_length}: {share:.0%} of the events are in sessions too "
             "short to carry co-occurrence and are not trained on")
 
 
-def _nothing_left(stats: dict, n0: int, min_length: int) -> str:
+def nothing_left_message(stats: dict, n0: int, min_length: int) -> str:
+    """The DataLossError text when no session of the `n0` events is left: what removed them
+    (bots, repeats, sessions shorter than `min_length`), from `stats`."""
     parts = [f"{n0:,} events in"]
     if stats.get("bot_events"):
         parts.append(f"{stats['bot_events']:,} removed as bots (bots.enabled)")

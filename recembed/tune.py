@@ -373,7 +373,7 @@ def _objective(cfg, run: Path, data: dict, vs, sp: dict, prune_queries: int,
         corpus = _suggest(trial, "corpus", sp["corpus"])
         settings: dict[str, Any] = {"walks.enabled": corpus in ("both", "walks"),
                                     "sequences.enabled": corpus in ("both", "sessions")}
-        wp = dict(plan.walk_params)
+        wp: dict[str, Any] = {}  # the trial's walk settings over the plan's
         if corpus in ("both", "walks"):
             wp["method"] = _suggest(trial, "walks.method", sp["walks.method"])
             settings["walks.method"] = wp["method"]
@@ -402,7 +402,7 @@ def _objective(cfg, run: Path, data: dict, vs, sp: dict, prune_queries: int,
                                       corpus=corpus, tokens=tokens, seed=cfg.run.seed,
                                       threads=cfg.run.n_threads(), budget=blend_budget_s,
                                       catalog=data["catalog"], listing=vs.listing,
-                                      walk_params=wp,
+                                      walk_params=replace(plan.walk_params, **wp),
                                       train_params=replace(plan.train_params, **tp),
                                       callbacks=(callback,))
         except Exception as e:

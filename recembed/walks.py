@@ -30,8 +30,9 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
@@ -42,10 +43,42 @@ from recembed.artifacts import atomic_path
 from recembed.corpus import format_padded, padded_text_size, token_table
 from recembed.progress import progress_bar
 
+if TYPE_CHECKING:
+    from recembed.runtime import Runtime
+
 log = logging.getLogger("recembed")
 
 _LANES = 32  # walks advanced in lockstep per thread (16-64 measured within 15% of each other)
 _CHUNK_TOKENS = 8_000_000  # walk tokens per chunk: ~32 MB of codes + ~60 MB of text
+
+
+@dataclass(frozen=True)
+class WalkParams:
+    """Which walks are written (`[walks]`, the run's seed); keywords of `random_walks`.
+
+    Parameters
+    ----------
+    method : {"deepwalk", "node2vec"}
+        First-order walks, or node2vec's second-order ones.
+    walks_per_node : int >= 1
+        Walks started per node with out-edges (or drawn by popularity, as many in all).
+    walk_length : int >= 2, nodes
+        Nodes per walk at most.
+    p, q : float > 0
+        node2vec return and in-out parameters (1, 1 = DeepWalk).
+    seed : int >= 0
+        Seed of the start order and of every walk's random stream.
+    max_tokens : int >= 0, tokens
+        Cap on walks x walk_length; 0 = no cap.
+    """
+
+    method: str = "deepwalk"
+    walks_per_node: int = 10
+    walk_length: int = 20
+    p: float = 1.0
+    q: float = 1.0
+    seed: int = 0
+    max_tokens: int = 0
 
 
 @dataclass
@@ -108,7 +141,7 @@ def random_walks(
     order are kept, so each node keeps about the same number of walks.
     """
     t0 = time.perf_counter()
-    _check_walk_args(method, walks_per_node, walk_length, p, q)
+    check_walk_args(method, walks_per_node, walk_length, p, q)
     if threads > 0:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     wg = prepare_graph(g)
@@ -134,7 +167,7 @@ def random_walks(
             for c, lo in enumerate(range(0, len(starts), chunk)):
                 part = ids[:min(chunk, len(starts) - lo)]
                 t1 = time.perf_counter()
-                _walk(method, wg, starts[lo:lo + len(part)], seed, lo, p, q, part)
+                walk_into(method, wg, starts[lo:lo + len(part)], seed, lo, p, q, part)
                 t2 = time.perf_counter()
                 text, n_lines, n_tokens = format_padded(part, packed, lens, out=texts[c % 2])
                 t3 = time.perf_counter()
@@ -162,6 +195,57 @@ def random_walks(
                      clock["walk"], clock["format"], clock["wait"])
 
 
+def walks_from_graph_file(graph_path: str | Path, walks_path: str | Path, params: WalkParams,
+                          runtime: Runtime,
+                          popularity_path: str | Path | None = None) -> WalkStats:
+    """The walks stage, local engine: `random_walks` over a saved graph (the engine-neutral
+    signature `recembed.spark.walks` shares).
+
+    Parameters
+    ----------
+    graph_path : str or pathlib.Path
+        The graph artifact (`recembed.graph.save_graph`).
+    walks_path : str or pathlib.Path
+        walks.txt to write.
+    params : WalkParams
+        Which walks.
+    runtime : recembed.runtime.Runtime
+        Its `threads` (>= 1) and `progress`.
+    popularity_path : str or pathlib.Path, optional
+        A vocabulary whose `count` column weights the start nodes (`start_popularity`); None
+        starts `walks_per_node` walks from every node.
+
+    Returns
+    -------
+    WalkStats
+    """
+    from recembed.graph import load_graph
+
+    return random_walks(load_graph(graph_path), walks_path, threads=runtime.threads,
+                        progress=runtime.progress, popularity=start_popularity(popularity_path),
+                        **asdict(params))
+
+
+def start_popularity(vocabulary_path: str | Path | None) -> np.ndarray | None:
+    """Start-node weights of popularity-drawn walks: the vocabulary's event counts.
+
+    Parameters
+    ----------
+    vocabulary_path : str, pathlib.Path or None
+        The vocabulary artifact (`count` int64 per item code); None = no popularity.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        int64 counts (>= 0) indexed by item code, or None.
+    """
+    if vocabulary_path is None:
+        return None
+    import pandas as pd
+
+    return pd.read_parquet(vocabulary_path, columns=["count"])["count"].to_numpy()
+
+
 def walk_array(
     g: sp.csr_matrix, starts: np.ndarray, *, method: str = "deepwalk", walk_length: int = 20,
     p: float = 1.0, q: float = 1.0, seed: int = 0,
@@ -170,13 +254,13 @@ def walk_array(
 
     For tests and small jobs; `random_walks` streams large corpora to disk instead.
     """
-    _check_walk_args(method, 1, walk_length, p, q)
+    check_walk_args(method, 1, walk_length, p, q)
     wg = prepare_graph(g)
     starts = np.asarray(starts, np.int32)
     if len(starts) and (starts.min() < 0 or starts.max() >= wg.n):
         raise ValueError(f"start nodes must be in [0, {wg.n})")
     out = np.empty((len(starts), walk_length), np.int32)
-    _walk(method, wg, starts, seed, 0, p, q, out)
+    walk_into(method, wg, starts, seed, 0, p, q, out)
     return out
 
 
@@ -214,8 +298,26 @@ def walk_starts(
         has_out) else np.zeros(0, np.int32)
 
 
-def _walk(method: str, wg: WalkGraph, starts, seed: int, first_id: int, p: float, q: float,
-          out: np.ndarray) -> None:
+def walk_into(method: str, wg: WalkGraph, starts, seed: int, first_id: int, p: float, q: float,
+              out: np.ndarray) -> None:
+    """Walk from each of `starts` into `out` with the numba kernels (both engines' walker).
+
+    Parameters
+    ----------
+    method : {"deepwalk", "node2vec"}
+    wg : WalkGraph
+        `prepare_graph` of the graph.
+    starts : numpy.ndarray
+        int32 start nodes.
+    seed : int >= 0
+        The run's seed; walk i's stream is derived from (seed, first_id + i).
+    first_id : int >= 0
+        Global index of the first walk (so any split into tasks gives the same walks).
+    p, q : float > 0
+        node2vec parameters (both 1 = DeepWalk).
+    out : numpy.ndarray
+        int32 [len(starts), walk_length], filled; -1 after a walk's dangling end.
+    """
     probs = wg.records.view(np.float32)  # the same records, read as float32 for the probability
     if method == "deepwalk" or (p == 1.0 and q == 1.0):
         _deepwalk_kernel(wg.indptr, wg.records, probs, starts, np.uint64(seed), first_id, out)
@@ -475,7 +577,10 @@ def _alias_records(indptr, indices, weights):
 # ---------------------------------------------------------------- helpers
 
 
-def _check_walk_args(method: str, walks_per_node: int, walk_length: int, p: float, q: float):
+def check_walk_args(method: str, walks_per_node: int, walk_length: int, p: float,
+                    q: float) -> None:
+    """Raise ValueError unless method is "deepwalk" / "node2vec", walks_per_node >= 1,
+    walk_length >= 2 and p, q > 0 (see `WalkParams`)."""
     if method not in ("deepwalk", "node2vec"):
         raise ValueError(f"walk method must be 'deepwalk' or 'node2vec', got {method!r}")
     if walks_per_node < 1 or walk_length < 2:

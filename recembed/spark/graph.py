@@ -8,21 +8,24 @@ row's entries (`csr_sort_indices`, per row, from the entries in input order). So
 each edge with its input position (reversed?, step, session, pos), partitions by src, sorts by
 that position, and runs the same scipy code on each partition's rows: every row sees the same
 entry sequence, hence the same sums, min_weight cut and heaviest-edges cap (per row, as
-`recembed.graph._keep_heaviest`). The driver assembles the CSR from the rows (it is broadcast to
+`recembed.graph.finish_graph`). The driver assembles the CSR from the rows (it is broadcast to
 the walkers anyway: about 12 bytes per edge).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from recembed.graph import _keep_heaviest
+from recembed.graph import GraphParams, finish_graph
+from recembed.runtime import Runtime
 from recembed.spark import io
+from recembed.spark.session import from_runtime
 
 _EDGES = pa.schema([("src", pa.int32()), ("dst", pa.int32()), ("w", pa.float32())])
 
@@ -91,14 +94,7 @@ def build_item_graph(
         wt = tab.column("w").to_numpy()
         nodes, local = np.unique(src, return_inverse=True)
         g = sp.csr_matrix((wt, (local, dst)), shape=(len(nodes), n_items), dtype=np.float64)
-        g.sum_duplicates()
-        if min_weight > 0:
-            g.data[g.data < min_weight] = 0
-            g.eliminate_zeros()
-        if max_out_edges > 0:
-            g = _keep_heaviest(g, max_out_edges)
-        g = g.astype(np.float32)
-        g.sort_indices()
+        g = finish_graph(g, min_weight=min_weight, max_out_edges=max_out_edges)
         deg = np.diff(g.indptr)
         yield pa.RecordBatch.from_arrays(
             [pa.array(np.repeat(nodes, deg).astype(np.int32)),
@@ -115,6 +111,14 @@ def build_item_graph(
                        indptr.astype(idx_type)), shape=(n_items, n_items))
     g.has_sorted_indices = True
     return g
+
+
+def graph_from_files(sessions_path: str | Path, table_path: str | Path, n_items: int,
+                     params: GraphParams, runtime: Runtime) -> sp.csr_matrix:
+    """The graph stage on Spark, with the signature of `recembed.graph.graph_from_files`:
+    `build_item_graph` in the run's SparkSession (`runtime`), part files in runtime.scratch."""
+    return build_item_graph(from_runtime(runtime), sessions_path, table_path, n_items,
+                            runtime.scratch, **asdict(params))
 
 
 def _check_weights(s, t, n_items: int) -> None:

@@ -2,7 +2,7 @@
 `recembed.ingest.ingest`, with the files read in parallel and the global steps in Spark.
 
 - Each input file (a CSV / TSV file, a Parquet file or directory) is read and parsed by one
-  task with the local functions (`_read_file`, `_parse`): encodings, compression, Hive
+  task with the local functions (`read_log_file`, `parse_log_rows`): encodings, compression, Hive
   partitions, id typing, timestamp-unit detection per file and the per-row quarantine reasons
   are the local engine's code, not a second implementation. (A data lake's table is many part
   files: list them, or their folders, in `input.paths` to read them in parallel.)
@@ -12,7 +12,7 @@
   event-type filter, id codes in order of first appearance (`pd.factorize`: a global running
   count over (file, row)), exact duplicates (the first by (file, row) kept) and the vocabulary.
 - Quarantined rows are few (at most `ingest.max_bad_fraction`): they are collected and their
-  texts made by the local `_quarantine_rows`, then sorted by (file, row) as the local engine
+  texts made by the local `quarantine_rows`, then sorted by (file, row) as the local engine
   sorts them.
 
 Outputs: events.parquet (same columns, dtypes and row order), vocabulary.parquet and the
@@ -31,8 +31,10 @@ import pyarrow as pa
 
 from recembed import ingest as L
 from recembed import sources
-from recembed.ingest import ColumnMap, IngestError, IngestResult
+from recembed.ingest import ColumnMap, IngestError, IngestParams, IngestResult
+from recembed.runtime import Runtime
 from recembed.spark import io
+from recembed.spark.session import from_runtime
 
 _ROWS = pa.schema([
     ("kind", pa.int8()),  # 0 event, 1 quarantined row, 2 the file's metadata
@@ -42,6 +44,14 @@ _ROWS = pa.schema([
     ("last", pa.float64()),  # metadata: the file's last time (its first is in ts)
 ])
 _EVENT, _BAD, _META = 0, 1, 2
+
+
+def ingest_files(params: IngestParams, events_path: str | Path,
+                 quarantine_path: str | Path | None, runtime: Runtime) -> IngestResult:
+    """The ingest stage on Spark, with the signature of `recembed.ingest.ingest_files`:
+    `ingest` in the run's SparkSession (`runtime`), part files in runtime.scratch."""
+    return ingest(from_runtime(runtime), list(params.paths), params.columns, events_path,
+                  runtime.scratch, quarantine_path=quarantine_path, **params.arguments())
 
 
 def ingest(
@@ -80,8 +90,8 @@ def ingest(
                           "(input.columns.user / input.columns.session)")
     partitions = partitions or int(spark.conf.get("spark.sql.shuffle.partitions"))
     test_paths = test_paths or []
-    files = [*L._expand(paths), *L._expand(test_paths)]
-    n_train_files = len(L._expand(paths))
+    files = [*L.existing_input_files(paths), *L.existing_input_files(test_paths)]
+    n_train_files = len(L.existing_input_files(paths))
     if not files:
         raise IngestError(f"no input files matched {paths + test_paths}")
     names = [str(f) for f in files]
@@ -107,10 +117,10 @@ def ingest(
     agg = ev.agg(F.count(F.lit(1)).alias("n"), F.min("ts").alias("lo"), F.max("ts").alias("hi"),
                  F.max(F.abs("ts")).alias("abs")).collect()[0]
     n = int(agg["n"])
-    far = F.abs(F.col("ts")) > F.lit(float(L._TS_LIMIT_S))
+    far = F.abs(F.col("ts")) > F.lit(float(L.TS_LIMIT_S))
     med = None
     # no row can be further than (newest - oldest) from the median: then there is none to find
-    maybe_far = n and (agg["abs"] > L._TS_LIMIT_S or (
+    maybe_far = n and (agg["abs"] > L.TS_LIMIT_S or (
         max_ts_distance_days > 0 and agg["hi"] - agg["lo"] > max_ts_distance_days * L.DAY))
     if max_ts_distance_days > 0 and maybe_far:
         inside = ev.filter(~far)
@@ -129,7 +139,7 @@ def ingest(
         if k:
             a, b = _order_stats(rest, "ts", [(k - 1) // 2, k // 2], k)
             med_ = float(np.mean(np.array([a, b]))) if k % 2 == 0 else a
-        bad_parts.append(_quarantine(far_rows, ctx, int_ids, lambda t, u: L._far_reason(
+        bad_parts.append(_quarantine(far_rows, ctx, int_ids, lambda t, u: L.implausible_ts_reason(
             t, u, med_, max_ts_distance_days, columns.ts)))
         ev = rest
     if event_types and columns.event_type:
@@ -139,25 +149,24 @@ def ingest(
     n = n - stats["ts_implausible"] - stats.get("filtered_event_type", 0)
     if window_days > 0 and n:
         keep, late, anchor = _window(ev, n, window_days * L.DAY)
-        stats["window_end"] = L._iso(anchor)
+        stats["window_end"] = L.iso_time(anchor)
         late_rows = _collect(ev.filter(late), scratch)
         stats["window_stragglers"] = len(late_rows)
         stats["outside_window"] = ev.filter(~keep & ~late).count()
         if len(late_rows):
             bad_parts.append(_quarantine(late_rows, ctx, int_ids, lambda t, u: (
-                f"straggler timestamp {L._iso(t)}, {(t - anchor) / L.DAY:.1f} days after the "
+                f"straggler timestamp {L.iso_time(t)}, {(t - anchor) / L.DAY:.1f} days after the "
                 f"rest of the log, behind a silence (clock error?); ingest.window_days ends at "
-                f"{L._iso(anchor)}, the newest event before the silence")))
+                f"{L.iso_time(anchor)}, the newest event before the silence")))
         ev = ev.filter(keep)
         n -= len(late_rows) + stats["outside_window"]
-    quarantine = pd.concat([p for p in bad_parts if len(p)] or [L._empty_quarantine()],
+    quarantine = pd.concat([p for p in bad_parts if len(p)] or [L.empty_quarantine()],
                            ignore_index=True).astype({"row": np.int64})
     quarantine = quarantine.sort_values(["file", "row"], kind="stable", ignore_index=True)
     stats["quarantined"] = len(quarantine)
-    stats["quarantine_reasons"] = L._reason_counts(quarantine)
+    stats["quarantine_reasons"] = L.quarantine_reason_counts(quarantine)
     if quarantine_path is not None:
-        L.write_parquet_atomic(pa.Table.from_pandas(quarantine, schema=L.QUARANTINE_SCHEMA,
-                                                    preserve_index=False), quarantine_path)
+        L.write_quarantine(quarantine, quarantine_path)
     stats["ts_unit"] = ",".join(sorted({u for u in units if u})) or ts_unit
     if stats["rows_read"] == 0:
         raise IngestError(f"no rows in the input files: {', '.join(map(str, files))}")
@@ -239,8 +248,8 @@ def _reader(names, n_train_files, columns, fmt, delimiter, source, window_days, 
     def _read_one(fi: int) -> Iterator[pa.RecordBatch]:
         f = Path(names[fi])
         try:
-            table, bad, n_rows = L._read_file(f, columns, fmt, delimiter, source, window_days)
-            part, bad2, unit = L._parse(table, f, fi, columns, ts_unit, offset_unit, na_values)
+            table, bad, n_rows = L.read_log_file(f, columns, fmt, delimiter, source, window_days)
+            part, bad2, unit = L.parse_log_rows(table, f, fi, columns, ts_unit, offset_unit, na_values)
         except IngestError as e:
             yield _batch(_META, fi, reason=[str(e)])
             return
@@ -291,7 +300,7 @@ def _collect(df, scratch) -> pd.DataFrame:
 
 
 def _quarantine(rows: pd.DataFrame, ctx: tuple, int_ids: dict, reason_of) -> pd.DataFrame:
-    """The local `_quarantine_rows` on collected rows: ids typed as the local engine held them
+    """The local `quarantine_rows` on collected rows: ids typed as the local engine held them
     (ints when every file gave ints), so `raw` shows them the same way."""
     raw = {"file": rows["file"].to_numpy(np.int16), "row": rows["row"].to_numpy(np.int64),
            "ts_exact": rows["ts"].to_numpy(np.float64)}
@@ -300,7 +309,7 @@ def _quarantine(rows: pd.DataFrame, ctx: tuple, int_ids: dict, reason_of) -> pd.
             v = rows[c].to_numpy(object)
             raw[f"{c}_raw"] = (np.array([None if x is None else np.int64(x) for x in v],
                                         dtype=object) if int_ids[c] else v)
-    return L._quarantine_rows(raw, np.ones(len(rows), bool), ctx, reason_of)
+    return L.quarantine_rows(raw, np.ones(len(rows), bool), ctx, reason_of)
 
 
 def _order_stats(df, col: str, ranks: list[int], n: int) -> list[float]:
@@ -342,10 +351,10 @@ def _percentile(df, col: str, n: int, q: float) -> float:
 
 
 def _window(ev, n: int, window_s: float):
-    """`recembed.ingest._window_mask` as column conditions: (keep, late, anchor)."""
+    """`recembed.ingest.window_mask` as column conditions: (keep, late, anchor)."""
     from pyspark.sql import functions as F
 
-    m = max(1, int(n * L._STRAGGLER_SHARE))
+    m = max(1, int(n * L.STRAGGLER_SHARE))
     anchor = float(ev.agg(F.max("ts")).collect()[0][0])
     if n > m + 1:
         lo, hi = _percentile(ev, "ts", n, 1), _percentile(ev, "ts", n, 99)
@@ -399,7 +408,7 @@ def _ascending(df, order: list[str], col: str, partitions: int) -> bool:
 
 
 def _vocabulary(events, item_codes, n_items: int, scratch) -> pd.DataFrame:
-    """`recembed.ingest._vocabulary`: per code its id, count and first / last event time."""
+    """`recembed.ingest.item_vocabulary`: per code its id, count and first / last event time."""
     from pyspark.sql import functions as F
 
     per = events.groupBy("item").agg(F.count(F.lit(1)).alias("count"),

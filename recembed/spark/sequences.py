@@ -12,6 +12,7 @@ order: round r holds every session with more than r copies, as in the local engi
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +20,23 @@ import pyarrow as pa
 
 from recembed.artifacts import atomic_path
 from recembed.corpus import GENSIM_MAX_TOKENS, format_lines, token_table
-from recembed.sequences import CorpusStats, _pieces, session_uniform
+from recembed.runtime import Runtime
+from recembed.sequences import CorpusParams, CorpusStats, session_uniform, token_pieces
 from recembed.spark import io
+from recembed.spark.session import from_runtime
 
 _LINES = pa.schema([("session", pa.int64()), ("copies", pa.int32()), ("text", pa.binary()),
                     ("lines", pa.int64()), ("tokens", pa.int64())])
+
+
+def corpus_from_files(sessions_path: str | Path, table_path: str | Path,
+                      corpus_path: str | Path, params: CorpusParams,
+                      runtime: Runtime) -> CorpusStats:
+    """The sequences stage on Spark, with the signature of
+    `recembed.sequences.corpus_from_files`: `write_session_corpus` in the run's SparkSession
+    (`runtime`), part files in runtime.scratch."""
+    return write_session_corpus(from_runtime(runtime), sessions_path, table_path, corpus_path,
+                                runtime.scratch, **asdict(params))
 
 
 def write_session_corpus(
@@ -80,7 +93,7 @@ def write_session_corpus(
             copies = np.maximum(base + extra, min_copies).astype(np.int32)
             # pieces of at most max_tokens, one line each (gensim truncates longer ones),
             # formatted for the whole batch at once, then cut into one text per session
-            piece_starts, piece_sess = _pieces(offs[:-1], lens, max_tokens)
+            piece_starts, piece_sess = token_pieces(offs[:-1], lens, max_tokens)
             buf = format_lines(flat, np.r_[piece_starts, len(flat)], table)
             tok_bytes = table[1][flat].astype(np.int64) + 1  # digits + space or newline
             byte_offs = np.r_[0, np.cumsum(tok_bytes)][offs].astype(np.int32)

@@ -71,3 +71,8 @@ def _text(v: object) -> str:
 def from_config(cfg):
     """The SparkSession of a run's `[spark]` settings (`recembed.config.Config`)."""
     return spark_session(cfg.spark.master, cfg.spark.conf, app_name=f"recembed-{cfg.run.name}")
+
+
+def from_runtime(rt):
+    """The SparkSession of a `recembed.runtime.Runtime` (its `spark_*` fields)."""
+    return spark_session(rt.spark_master, rt.spark_conf, app_name=rt.app_name)

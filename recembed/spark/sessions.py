@@ -7,7 +7,7 @@ Parity with the local engine, rule by rule:
   input order.
 - Bots: the population statistics (median and MAD of log10 of each entity's busiest day, and of
   its median gap) are computed on the driver from *histograms* (distinct value -> entities),
-  a few thousand rows whatever the log's size, with numpy exactly as `_robust_z` does; a rule
+  a few thousand rows whatever the log's size, with numpy exactly as `robust_z` does; a rule
   is monotone in its value, so it reduces to one threshold that Spark applies to every entity.
   Spark's own log10 and medians could differ from numpy's in the last bit; these cannot.
 - Repeats, gaps, `auto_gap`, the length cap, short sessions: window functions (lag, running
@@ -25,28 +25,41 @@ sessions_test ordered by (session, pos), the session table ordered by session.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recembed.runtime import Runtime
 from recembed.sessions import (
     DAY,
     DataLossError,
-    _nothing_left,
-    _short_warning,
-    _too_many_bots,
+    SessionParams,
     choose_gap,
+    nothing_left_message,
     session_weights,
+    short_sessions_warning,
+    too_many_bots_message,
     validation_count,
 )
 from recembed.spark import io
+from recembed.spark.session import from_runtime
 
 TRAIN_DTYPES = {"session": "int64", "item": "int32", "ts": "int64", "pos": "int32",
                 "event": "int32"}
 TABLE_DTYPES = {"session": "int64", "user": "int32", "start": "int64", "end": "int64",
                 "length": "int32", "weight": "float64", "split": "int8"}
+
+
+def sessionize_files(events_path: str | Path, train_path: str | Path, test_path: str | Path,
+                     table_path: str | Path, params: SessionParams, runtime: Runtime) -> dict:
+    """The sessionize stage on Spark, with the signature of
+    `recembed.sessions.sessionize_files`: `sessionize` in the run's SparkSession (`runtime`),
+    part files in runtime.scratch."""
+    return sessionize(from_runtime(runtime), events_path, train_path, test_path, table_path,
+                      runtime.scratch, **asdict(params))
 
 
 def sessionize(
@@ -126,7 +139,7 @@ def sessionize(
         stats.update(rules.pop("stats"))
         stats.update(rules)
         if stats["bot_event_share"] > bot_max_share:
-            raise DataLossError(_too_many_bots(stats, n0, bot_max_share))
+            raise DataLossError(too_many_bots_message(stats, n0, bot_max_share))
         if flags is not None:
             ev = ev.join(F.broadcast(flags) if stats["bot_entities"] < 1_000_000 else flags,
                          "key", "left")
@@ -179,13 +192,13 @@ def sessionize(
     stats["sessions_too_short"] = int(agg["short"] or 0)
     stats["events_in_short_sessions"] = int(agg["short_events"] or 0)
     if n_kept and stats["events_in_short_sessions"] / n_kept > max_short_share:
-        stats["warnings"].append(_short_warning(min_length,
+        stats["warnings"].append(short_sessions_warning(min_length,
                                                 stats["events_in_short_sessions"] / n_kept))
     rows = (kept.filter(F.col("c_len") >= min_length)
             .select("key", "ts", "ev", "user", "item", "split", "pos",
                     (F.col("pos") == 0).alias("first")))
     if stats["events_in_short_sessions"] == n_kept:
-        raise DataLossError(_nothing_left(stats, n0, min_length))
+        raise DataLossError(nothing_left_message(stats, n0, min_length))
     # contiguous session ids 0..S-1 in (entity, ts, row) order
     rows = io.numbered(rows, ["key", "ts", "ev"], "first", "session", partitions)
     rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
@@ -253,7 +266,7 @@ def sessionize(
 def _bot_entities(ev, n0: int, max_per_day: int, min_median_gap: float, min_events: int,
                   z: float):
     """(DataFrame key -> bot of the bot entities or None, rule counts and stats): the rules of
-    `recembed.sessions._bot_rows`, thresholds from exact population histograms."""
+    `recembed.sessions.bot_rows`, thresholds from exact population histograms."""
     from pyspark.sql import functions as F
 
     # whole days as the local engine's ts // DAY (floor, also for negative times)
@@ -313,7 +326,7 @@ def _hist_median(values: np.ndarray, counts: np.ndarray) -> float:
 
 
 def _hist_robust_z(x: np.ndarray, values: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """`recembed.sessions._robust_z(x, population)` with the population as a histogram."""
+    """`recembed.sessions.robust_z(x, population)` with the population as a histogram."""
     med = _hist_median(values, counts)
     mad = max(_hist_median(np.abs(values - med), counts), 0.1)
     return 0.6745 * (x - med) / mad
@@ -360,7 +373,7 @@ def _win_col(g: float, min_length: int):
 
 
 def _mark_validation(table, share: float, least: int, cap: int):
-    """`recembed.sessions._mark_validation`: split = 2 for the most recent training sessions
+    """`recembed.sessions.mark_validation`: split = 2 for the most recent training sessions
     (by end time, ties by session id: the local stable sort)."""
     from pyspark.sql import functions as F
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +21,18 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from recembed.artifacts import atomic_path
+from recembed.graph import load_graph
+from recembed.runtime import Runtime
 from recembed.spark import io
+from recembed.spark.session import from_runtime
 from recembed.walks import (
     WalkGraph,
+    WalkParams,
     WalkStats,
-    _check_walk_args,
-    _walk,
+    check_walk_args,
     prepare_graph,
+    start_popularity,
+    walk_into,
     walk_starts,
 )
 
@@ -36,6 +42,16 @@ _TEXT = pa.schema([("chunk", pa.int64()), ("text", pa.binary()), ("lines", pa.in
                    ("tokens", pa.int64()), ("walk_s", pa.float64())])
 # walks per task are capped so a task's text (~7 bytes a token) stays a few MB
 _TASK_TOKENS = 2_000_000
+
+
+def walks_from_graph_file(graph_path: str | Path, walks_path: str | Path, params: WalkParams,
+                          runtime: Runtime,
+                          popularity_path: str | Path | None = None) -> WalkStats:
+    """The walks stage on Spark, with the signature of `recembed.walks.walks_from_graph_file`:
+    `random_walks` in the run's SparkSession (`runtime`), part files in runtime.scratch."""
+    return random_walks(from_runtime(runtime), load_graph(graph_path), walks_path,
+                        runtime.scratch, popularity=start_popularity(popularity_path),
+                        **asdict(params))
 
 
 def random_walks(
@@ -60,7 +76,7 @@ def random_walks(
     min(2M, walks / default parallelism) tokens each.
     """
     t0 = time.perf_counter()
-    _check_walk_args(method, walks_per_node, walk_length, p, q)
+    check_walk_args(method, walks_per_node, walk_length, p, q)
     wg = prepare_graph(g)
     starts = walk_starts(wg.indptr, walks_per_node, seed, popularity)
     if max_tokens > 0 and len(starts) * walk_length > max_tokens:
@@ -98,7 +114,7 @@ def random_walks(
                 part = a["starts"][lo:lo + per_task]
                 out = np.empty((len(part), walk_length), np.int32)
                 t = time.perf_counter()
-                _walk(method, graph, part, seed, lo, p, q, out)
+                walk_into(method, graph, part, seed, lo, p, q, out)
                 dt = time.perf_counter() - t
                 text, lines, tokens = format_padded(out, packed, lens)
                 yield pa.RecordBatch.from_arrays(

@@ -4,29 +4,17 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-import pandas as pd
-
 from recembed import artifacts as A
+from recembed import settings
 from recembed.pipeline import Stage, StageContext
-from recembed.sequences import write_session_corpus
 
 
 def run(ctx: StageContext) -> dict:
-    """Each session `replication * w / mean(w)` times on average, drawn per session."""
-    kw = dict(replication=ctx.cfg.sequences.replication, seed=ctx.cfg.run.seed,
-              min_copies=ctx.cfg.sequences.min_copies)
-    if ctx.cfg.run.engine == "spark":  # per-session streams, any partitioning (recembed.spark)
-        from recembed.spark import sequences as spark_sequences
-        from recembed.spark.session import from_config
-
-        st = spark_sequences.write_session_corpus(
-            from_config(ctx.cfg), ctx.read(A.SESSIONS_TRAIN), ctx.read(A.SESSION_TABLE),
-            ctx.write(A.SESSION_CORPUS), ctx.scratch, **kw)
-        return asdict(st)
-    st = write_session_corpus(
-        pd.read_parquet(ctx.read(A.SESSIONS_TRAIN), columns=["session", "item"]),
-        pd.read_parquet(ctx.read(A.SESSION_TABLE), columns=["session", "weight"]),
-        ctx.write(A.SESSION_CORPUS), **kw)
+    """Each session `replication * w / mean(w)` times on average, drawn per session (Spark:
+    per-session streams, any partitioning)."""
+    st = settings.engine(ctx.cfg, "sequences").corpus_from_files(
+        ctx.read(A.SESSIONS_TRAIN), ctx.read(A.SESSION_TABLE), ctx.write(A.SESSION_CORPUS),
+        settings.corpus_params(ctx.cfg), settings.runtime(ctx.cfg, ctx.scratch))
     return asdict(st)
 
 

@@ -4,32 +4,19 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-import pandas as pd
-
 from recembed import artifacts as A
+from recembed import settings
 from recembed.config import Config
-from recembed.graph import load_graph
 from recembed.pipeline import Stage, StageContext
-from recembed.walks import random_walks
 
 
 def run(ctx: StageContext) -> dict:
-    """Walks from every node (or by popularity), one line per walk."""
-    w, r = ctx.cfg.walks, ctx.cfg.run
-    pop = None
-    if w.start_by_popularity:
-        pop = pd.read_parquet(ctx.read(A.VOCABULARY), columns=["count"])["count"].to_numpy()
-    kw = dict(method=w.method, walks_per_node=w.walks_per_node, walk_length=w.walk_length,
-              p=w.p, q=w.q, popularity=pop, seed=r.seed, max_tokens=w.max_tokens)
-    if r.engine == "spark":  # broadcast graph, the same kernels per task (recembed.spark)
-        from recembed.spark import walks as spark_walks
-        from recembed.spark.session import from_config
-
-        st = spark_walks.random_walks(from_config(ctx.cfg), load_graph(ctx.read(A.GRAPH)),
-                                      ctx.write(A.WALKS), ctx.scratch, **kw)
-    else:
-        st = random_walks(load_graph(ctx.read(A.GRAPH)), ctx.write(A.WALKS),
-                          threads=r.n_threads(), progress=r.progress, **kw)
+    """Walks from every node (or by popularity), one line per walk (Spark: broadcast graph,
+    the same kernels per task)."""
+    pop = ctx.read(A.VOCABULARY) if ctx.cfg.walks.start_by_popularity else None
+    st = settings.engine(ctx.cfg, "walks").walks_from_graph_file(
+        ctx.read(A.GRAPH), ctx.write(A.WALKS), settings.walk_params(ctx.cfg),
+        settings.runtime(ctx.cfg, ctx.scratch), popularity_path=pop)
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(st).items()}
 
 
