@@ -44,6 +44,7 @@ import pandas as pd
 from recembed.blend import SIGNALS, BlendModel, BlendSettings, Signals, blended_scores
 from recembed.candidates import CalibrationCatalog, train_model
 from recembed.graph import GraphParams
+from recembed.progress import progress_bar
 from recembed.train import TrainParams
 from recembed.walks import WalkParams
 
@@ -87,9 +88,11 @@ class CalibrationPlan:
     max_train_tokens : int >= 1000, events
         The calibration models train on the most recent calibration-train sessions holding at
         most this many events (bounds calibration time on big logs).
-    time_budget_s : float >= 0, seconds
-        Candidates after this much time are skipped (the best so far is kept, and the record
-        says what was skipped).
+    max_seconds : float >= 0, seconds
+        A wall-clock limit: past it the run stops with `CalibrationTimeout` (0 = none). Time
+        never changes what calibration chooses: every budget that does is work (tokens,
+        queries, evaluations), so the same config and data give the same choice on a busy or
+        an idle machine.
     enabled : bool
         `calibrate.enabled`.
     searches : bool
@@ -108,9 +111,19 @@ class CalibrationPlan:
     rule_steps: int = 10
     max_queries: int = 5000
     max_train_tokens: int = 3_000_000
-    time_budget_s: float = 300.0
+    max_seconds: float = 0.0
     enabled: bool = True
     searches: bool = True
+    progress: bool = False
+
+    def planned(self) -> int:
+        """Candidates `calibrate_run` trains: every corpus at the middle training amount, then
+        the other amounts for the best corpus."""
+        return len(self.corpora) + len(self.target_tokens) - 1
+
+
+class CalibrationTimeout(RuntimeError):
+    """Calibration ran past `calibrate.max_seconds` (a stop, never a different choice)."""
 
 
 @dataclass
@@ -237,7 +250,7 @@ def validation_set(split: CalibrationSplit, n_items: int, catalog: CalibrationCa
 
 def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, workdir: Path,
                        plan: CalibrationPlan, *, corpus: str, tokens: int, seed: int,
-                       threads: int, budget: float, catalog: CalibrationCatalog | None = None,
+                       threads: int, catalog: CalibrationCatalog | None = None,
                        listing: np.ndarray | None = None, walk_params: WalkParams | None = None,
                        train_params: TrainParams | None = None, callbacks: tuple = ()) -> dict:
     """Train one candidate (`recembed.candidates.train_model`) and choose its blend on the
@@ -253,8 +266,7 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
                      listing=listing, callbacks=callbacks)
     prefixes = [cm.row_of[q.items[s: s + n]] for s, n in zip(q.start, q.length, strict=True)]
     choice = choose_blend(cm.model, prefixes, cm.row_of[q.target], base=plan.base_blend,
-                          fixed=plan.blend_fixed, neighbour_options=plan.neighbour_options,
-                          time_budget_s=budget)
+                          fixed=plan.blend_fixed, neighbour_options=plan.neighbour_options)
     return {"corpus": corpus, "target_tokens": tokens, "epochs": cm.epochs,
             "corpus_tokens": cm.corpus_tokens, "recall@20": choice.recall,
             "mrr@20": choice.mrr, "objective": choice.recall + choice.mrr,
@@ -285,7 +297,7 @@ class BlendChoice:
 def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndarray, *,
                  base: BlendSettings | None = None, fixed: dict | None = None, k: int = 20,
                  neighbour_options: list[dict] | None = None,
-                 time_budget_s: float = 60.0) -> BlendChoice:
+                 max_rounds: int = 3) -> BlendChoice:
     """Search the blend on validation queries (rows of `model`), coordinate ascent.
 
     Parameters
@@ -302,8 +314,9 @@ def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndar
         Settings given explicitly in the config (name -> value), e.g. {"decay": 0.5}.
     neighbour_options : list of dicts
         Session-kNN parameter sets to try (first = default).
-    time_budget_s : float, seconds
-        Stop searching (keeping the best so far) past this.
+    max_rounds : int >= 1
+        Rounds of coordinate ascent at most (each round tries every coordinate's values; it
+        stops earlier when a round improves nothing). The search's cost is work, never time.
     """
     t0 = time.perf_counter()
     fixed = dict(fixed or {})
@@ -343,7 +356,7 @@ def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndar
     # gains are noise that coordinate ascent would happily fit
     min_gain = 0.5 / len(targets)
     signals(st.decay, 0)
-    t0 = time.perf_counter()  # the budget is for the search, not for the first signals
+    t0 = time.perf_counter()
     # corners: every signal alone (its baseline inside the blend)
     corners: dict = {}
     best, best_rm, best_opt = st, (-1.0, -1.0), 0
@@ -362,7 +375,7 @@ def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndar
                 if obj(rm) > obj(best_rm):
                     best, best_rm, best_opt = cand, rm, opt
     # coordinate ascent over weights, temperature, decay, neighbour option
-    for _round in range(3):
+    for _round in range(max_rounds):
         improved = False
         coords: list[tuple[str, list]] = []
         if "weights" not in fixed:
@@ -373,8 +386,6 @@ def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndar
         if len(options) > 1:
             coords.append(("opt", list(range(len(options)))))
         for coord, values in coords:
-            if time.perf_counter() - t0 > time_budget_s:
-                break
             for v in values:
                 cand, opt = best, best_opt
                 if coord.startswith("w:"):
@@ -493,29 +504,39 @@ def calibrate_run(
     workdir.mkdir(parents=True, exist_ok=True)
     tokens_plan = plan.target_tokens
     todo = [(c, tokens_plan[len(tokens_plan) // 2]) for c in plan.corpora]
-    budget_s = plan.time_budget_s
     best: dict | None = None
+    bar = progress_bar(plan.planned(), plan.progress, unit="candidate", desc="calibrate")
     try:
         i = 0
         while i < len(todo):
             corpus, tokens = todo[i]
             i += 1
-            if best is not None and time.perf_counter() - t0 > budget_s:
-                record["notes"].append(f"time budget calibrate.time_budget_s={budget_s:g} "
-                                       f"reached: skipped {todo[i - 1:]}")
-                break
             cand = evaluate_candidate(ct, weights, n_items, q, workdir, plan, corpus=corpus,
                                       tokens=tokens, seed=seed, threads=threads,
-                                      budget=max(budget_s / 10, 5.0), catalog=catalog,
-                                      listing=vs.listing)
+                                      catalog=catalog, listing=vs.listing)
             record["candidates"].append({k: v for k, v in cand.items() if k != "choice"})
-            log.info("calibrate: %s, %s tokens: validation recall@20 %.4f mrr@20 %.4f (%.1f s)",
-                     corpus, f"{tokens:,}", cand["recall@20"], cand["mrr@20"], cand["seconds"])
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"{corpus}, {tokens:,} tokens: {cand['objective']:.4f}")
+            log.info("calibrate: candidate %d of %d: %s, %s tokens (%s trained): validation "
+                     "recall@20 %.4f mrr@20 %.4f (%.1f s)", i, plan.planned(), corpus,
+                     f"{tokens:,}", f"{cand['corpus_tokens'] * cand['epochs']:,}",
+                     cand["recall@20"], cand["mrr@20"], cand["seconds"])
+            elapsed = time.perf_counter() - t0
+            if plan.max_seconds and elapsed > plan.max_seconds and i < len(todo):
+                raise CalibrationTimeout(
+                    f"calibration ran {elapsed:,.0f} s, past calibrate.max_seconds = "
+                    f"{plan.max_seconds:g}, after {i} of {plan.planned()} candidates; nothing "
+                    "was chosen (time never changes the choice). Raise calibrate.max_seconds "
+                    "(0 = no limit), or make calibration cheaper: calibrate.max_train_tokens, "
+                    "fewer calibrate.corpora / calibrate.target_tokens")
             if best is None or cand["objective"] > best["objective"]:
                 best = cand
             if i == len(plan.corpora):  # corpus chosen: now the training amount
                 todo += [(best["corpus"], t) for t in tokens_plan if t != tokens]
     finally:
+        if bar is not None:
+            bar.close()
         shutil.rmtree(workdir, ignore_errors=True)
     assert best is not None
     choice: BlendChoice = best["choice"]

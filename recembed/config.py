@@ -195,7 +195,7 @@ class ValidationConfig(_Section):
 
 class CalibrateConfig(_Section):
     enabled: bool = True
-    time_budget_s: float = Field(180.0, ge=0)
+    max_seconds: float = Field(0.0, ge=0)
     max_queries: int = Field(5000, ge=10)
     max_train_tokens: int = Field(3_000_000, ge=1000)
     corpora: list[Literal["both", "sessions", "walks"]] = Field(
@@ -584,9 +584,20 @@ def _apply_override(raw: dict[str, Any], ov: str) -> None:
     node[parts[-1]] = parsed
 
 
+# keys that were removed, and what replaced them (a clear error, never a silent change)
+REMOVED_KEYS = {
+    "calibrate.time_budget_s": "calibration no longer skips candidates when time runs short (its "
+    "choice must not depend on how busy the machine is); remove the key, or set "
+    "calibrate.max_seconds to stop a run that calibrates for too long",
+}
+
+
 def _check_keys(raw: dict[str, Any], model: type[BaseModel], prefix: str) -> None:
     fields = model.model_fields
     for key, value in raw.items():
+        if f"{prefix}{key}" in REMOVED_KEYS:
+            raise ConfigError(f"config key '{prefix}{key}' was removed: "
+                              f"{REMOVED_KEYS[prefix + key]}")
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""

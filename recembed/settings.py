@@ -299,7 +299,7 @@ def serving_values(st: BlendSettings, sample_size: int) -> dict[str, Any]:
 # ---- calibration: what a run searches, and the config it then runs with
 
 
-def calibration_plan(cfg: Config) -> CalibrationPlan:
+def calibration_plan(cfg: Config, *, progress: bool | None = None) -> CalibrationPlan:
     """What a run's calibration searches: only keys left at "auto" (`recembed.calibrate`)."""
     t = cfg.train
     fixed_corpus = corpus_set(cfg)
@@ -318,7 +318,8 @@ def calibration_plan(cfg: Config) -> CalibrationPlan:
         train_params=train_params(cfg), blend_fixed=fixed, base_blend=blend_settings(cfg),
         neighbour_options=neighbour_options(cfg), rule_steps=cfg.serving.rule_steps,
         max_queries=cfg.calibrate.max_queries, max_train_tokens=cfg.calibrate.max_train_tokens,
-        time_budget_s=cfg.calibrate.time_budget_s, enabled=cfg.calibrate.enabled,
+        max_seconds=cfg.calibrate.max_seconds, enabled=cfg.calibrate.enabled,
+        progress=cfg.run.progress if progress is None else progress,
         searches=len(corpora) > 1 or len(tokens) > 1 or len(fixed) < 6)
 
 

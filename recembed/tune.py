@@ -100,7 +100,7 @@ class TuneResult:
 def tune(cfg, run_dir: str | Path | None = None, *, trials: int = 50,
          time_budget_s: float | None = 3600.0, sample_sessions: int = 0,
          seed: int | None = None, space: dict[str, Any] | None = None, pruner=None,
-         prune_queries: int = 1000, blend_budget_s: float = 30.0,
+         prune_queries: int = 1000,
          echo=print) -> TuneResult:
     """Run (or continue) the Optuna study of a config; write `<run>/tuned.toml`.
 
@@ -129,8 +129,6 @@ def tune(cfg, run_dir: str | Path | None = None, *, trials: int = 50,
         None = `optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=25)`.
     prune_queries : int >= 1
         Validation queries scored at each pruning checkpoint (the first of the sampled ones).
-    blend_budget_s : float, seconds
-        Time budget of each trial's blend search.
     echo : callable
         Progress lines (one per trial).
     """
@@ -177,7 +175,7 @@ def tune(cfg, run_dir: str | Path | None = None, *, trials: int = 50,
     _requeue_stale(study)
     # seeded by what is already stored: a resumed study continues, it does not replay
     study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
-    objective = _objective(cfg, run, data, vs, sp, prune_queries, blend_budget_s, echo)
+    objective = _objective(cfg, run, data, vs, sp, prune_queries, echo)
     before = len(study.trials)
     try:
         study.optimize(objective, n_trials=trials, timeout=time_budget_s or None, catch=())
@@ -352,7 +350,7 @@ def _requeue_stale(study) -> None:
 
 
 def _objective(cfg, run: Path, data: dict, vs, sp: dict, prune_queries: int,
-               blend_budget_s: float, echo):
+               echo):
     """The trial function: train one model, choose its blend, return the objective."""
     from recembed import settings as S
     from recembed.calibrate import evaluate_candidate, neighbour_sample_size
@@ -400,7 +398,7 @@ def _objective(cfg, run: Path, data: dict, vs, sp: dict, prune_queries: int,
         try:
             cand = evaluate_candidate(split.ct, weights, data["n_items"], q, work, plan,
                                       corpus=corpus, tokens=tokens, seed=cfg.run.seed,
-                                      threads=cfg.run.n_threads(), budget=blend_budget_s,
+                                      threads=cfg.run.n_threads(),
                                       catalog=data["catalog"], listing=vs.listing,
                                       walk_params=replace(plan.walk_params, **wp),
                                       train_params=replace(plan.train_params, **tp),

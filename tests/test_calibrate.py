@@ -143,7 +143,7 @@ def test_blend_search_is_never_worse_than_a_signal_alone():
     rng = np.random.default_rng(1)
     prefixes = [rng.integers(0, 60, rng.integers(1, 4)) for _ in range(300)]
     targets = np.array([(p[-1] + 1) % 60 for p in prefixes])
-    choice = choose_blend(model, prefixes, targets, time_budget_s=30)
+    choice = choose_blend(model, prefixes, targets)
     for name, m in choice.corners.items():
         assert choice.recall + choice.mrr >= m["recall@20"] + m["mrr@20"] - 1e-12, name
     assert choice.corners["rules"]["recall@20"] == 1.0  # the planted rule is found alone
@@ -228,10 +228,10 @@ def test_blend_search_takes_the_fewest_candidates_that_lose_nothing():
     rng = np.random.default_rng(1)
     prefixes = [rng.integers(0, 60, rng.integers(1, 4)) for _ in range(300)]
     targets = np.array([(p[-1] + 1) % 60 for p in prefixes])  # the rules find every target
-    choice = choose_blend(model, prefixes, targets, time_budget_s=30)
+    choice = choose_blend(model, prefixes, targets)
     assert choice.settings.candidates == 50 and choice.recall == 1.0
     assert set(choice.candidate_sizes) == {"200", "50"}
-    fixed = choose_blend(model, prefixes, targets, fixed={"candidates": 200}, time_budget_s=30)
+    fixed = choose_blend(model, prefixes, targets, fixed={"candidates": 200})
     assert fixed.settings.candidates == 200 and fixed.candidate_sizes == {}
 
 
@@ -245,7 +245,7 @@ def test_blend_search_keeps_the_candidates_a_signal_needs():
     prefixes = [np.array([x]) for x in rng.integers(0, n, 300)]
     targets = np.array([np.argsort(-(model.unit @ model.unit[p[0]]))[14] for p in prefixes])
     base = BlendSettings(popular=0)
-    choice = choose_blend(model, prefixes, targets, base=base, time_budget_s=30,
+    choice = choose_blend(model, prefixes, targets, base=base,
                           fixed={"weights": {"cosine": 1.0}})
     assert choice.settings.candidates == 100
     sizes = choice.candidate_sizes
@@ -265,12 +265,11 @@ def test_blend_search_reads_the_fewest_neighbour_sessions_that_lose_nothing():
     prefixes = [rng.integers(0, n, 2) for _ in range(200)]
     targets = np.array([(p[-1] + 1) % n for p in prefixes])
     # each item is in ~80 sessions: 500 of them are all of them, so 500 loses nothing
-    choice = choose_blend(model, prefixes, targets, fixed={"weights": {"neighbours": 1.0}},
-                          time_budget_s=30)
+    choice = choose_blend(model, prefixes, targets, fixed={"weights": {"neighbours": 1.0}})
     assert choice.settings.neighbours == {"method": "stan", "sample_size": 500}
     assert set(choice.neighbour_samples) == {"5000", "500"}
     # an explicit serving.neighbour_sample is kept
-    fixed = choose_blend(model, prefixes, targets, time_budget_s=30,
+    fixed = choose_blend(model, prefixes, targets,
                          fixed={"weights": {"neighbours": 1.0}, "neighbour_sample": 5000})
     assert fixed.neighbour_samples == {} and "sample_size" not in fixed.settings.neighbours
 
@@ -310,7 +309,7 @@ def test_blend_search_takes_the_category_signal_when_it_knows_the_next_item():
     starts = [x for x in rng.integers(0, len(cats), 400) if x != newest[cats[x]]][:300]
     prefixes = [np.array([x]) for x in starts]
     targets = np.array([newest[cats[x]] for x in starts])
-    choice = choose_blend(model, prefixes, targets, time_budget_s=30)
+    choice = choose_blend(model, prefixes, targets)
     assert choice.settings.weights["category"] > 0
     assert choice.corners["category"]["recall@20"] == 1.0 == choice.recall
     assert max(m["recall@20"] for s, m in choice.corners.items() if s != "category") < 0.6
@@ -321,6 +320,65 @@ def test_blend_search_without_categories_never_weighs_the_category_signal():
     rng = np.random.default_rng(1)
     prefixes = [rng.integers(0, 60, rng.integers(1, 4)) for _ in range(200)]
     targets = np.array([(p[-1] + 1) % 60 for p in prefixes])
-    choice = choose_blend(model, prefixes, targets, time_budget_s=30)
+    choice = choose_blend(model, prefixes, targets)
     assert "category" not in choice.corners
     assert choice.settings.weights.get("category", 0.0) == 0.0
+
+
+@pytest.mark.slow
+def test_the_choice_and_the_vectors_do_not_depend_on_how_busy_the_machine_is(tmp_path):
+    """Same config and data, once alone and once beside two processes that hog both cores:
+    the same calibration choice and byte-identical vectors (train.workers = 1). No budget that
+    changes a choice is wall-clock (`recembed.calibrate.CalibrationPlan.max_seconds` only
+    stops a run)."""
+    import hashlib
+    import subprocess
+    import sys
+
+    log = synth_profile("clicks", 8000, seed=5)
+    path = tmp_path / "clicks.csv"
+    write_synth(log, path)
+
+    def run(name: str) -> tuple[dict, str]:
+        cfg = load_config(None, [f"input.paths=['{path}']", "input.categories_path=''",
+                                 f"run.runs_dir='{tmp_path}'", "run.progress=false",
+                                 "calibrate.target_tokens=[20000, 60000]", "train.workers=1",
+                                 "train.vector_size=16", "evaluate.enabled=false"])
+        rep = run_pipeline(cfg, run_dir=tmp_path / name, plan=STAGES, echo=lambda s: None)
+        cal = json.loads((rep.run_dir / "calibration.json").read_text())
+        vec = hashlib.sha256((rep.run_dir / "vectors.npy").read_bytes()).hexdigest()
+        chosen = {k: cal[k] for k in ("corpus", "target_tokens")}
+        return {**chosen, "blend": cal["blend"]["settings"],
+                "candidates": [(c["corpus"], c["target_tokens"], c["objective"])
+                               for c in cal["candidates"]]}, vec
+
+    idle = run("idle")
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        busy = run("busy")
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    assert busy == idle
+
+
+def test_a_removed_calibration_time_budget_is_refused_with_what_replaced_it():
+    from recembed.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"calibrate\.time_budget_s.*removed.*max_seconds"):
+        load_config(None, ["calibrate.time_budget_s=60"])
+
+
+def test_calibrate_max_seconds_stops_the_run_with_a_clear_error(tmp_path):
+    log = synth_profile("clicks", 4000, seed=5)
+    path = tmp_path / "clicks.csv"
+    write_synth(log, path)
+    cfg = load_config(None, [f"input.paths=['{path}']", "input.categories_path=''",
+                             f"run.runs_dir='{tmp_path}'", "run.progress=false",
+                             "calibrate.target_tokens=[20000]", "train.vector_size=8",
+                             "calibrate.max_seconds=0.001", "validation.min_sessions=50"])
+    with pytest.raises(PipelineError, match=r"past calibrate\.max_seconds.*after 1 of 3") as e:
+        run_pipeline(cfg, plan=STAGES, echo=lambda s: None)
+    assert e.value.exit_code == 1
+    assert not list(tmp_path.glob("*/calibration.json"))  # nothing was chosen

@@ -198,7 +198,7 @@ def test_the_spark_nightly_job_publishes_the_local_engines_vectors(spark, tmp_pa
             f"publish.dir='{tmp_path / engine}'", "publish.enabled=true", "train.workers=1",
             # calibration as in the nightly job, with small candidates and no time limit (a
             # clock cut would make the choice depend on the machine's speed)
-            "run.threads=1", "calibrate.time_budget_s=100000",
+            "run.threads=1",
             "calibrate.target_tokens=[200000]", "run.progress=false"])
         run_pipeline(cfg, tmp_path / f"run-{engine}", plan=STAGES, echo=lambda s: None)
         published[engine] = A.current_version_dir(tmp_path / engine)

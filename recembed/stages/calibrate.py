@@ -11,10 +11,10 @@ import pandas as pd
 
 from recembed import artifacts as A
 from recembed import settings as S
-from recembed.calibrate import calibrate_run
+from recembed.calibrate import CalibrationTimeout, calibrate_run
 from recembed.candidates import CalibrationCatalog
 from recembed.config import Config
-from recembed.pipeline import EXIT_BAD_INPUT, PipelineError, Stage, StageContext
+from recembed.pipeline import EXIT_BAD_INPUT, EXIT_CRASH, PipelineError, Stage, StageContext
 from recembed.train import EmptyVocabulary
 
 log = logging.getLogger("recembed")
@@ -40,6 +40,8 @@ def run(ctx: StageContext) -> dict:
             raise PipelineError(f"train.min_count={cfg.train.min_count} is above the corpus "
                                 "count of every item: nothing left to train; lower "
                                 "train.min_count", EXIT_BAD_INPUT) from e
+        except CalibrationTimeout as e:
+            raise PipelineError(str(e), EXIT_CRASH) from e
     A.write_json(ctx.write(A.CALIBRATION), rec)
     for note in rec.get("notes", []):
         log.warning("calibrate: %s", note)
