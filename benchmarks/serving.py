@@ -117,7 +117,8 @@ def build_cache(cache: Path, events: int, seed: int = 0) -> None:
 def load_recommender(cache: Path):
     import faiss
 
-    from recembed.serving import BlendSettings, Recommender
+    from recembed.blend import BlendModel, BlendSettings, candidate_tables
+    from recembed.serving import Recommender
 
     vec = np.load(cache / "vectors.npy")
     ctx = np.load(cache / "context_vectors.npy")
@@ -129,19 +130,18 @@ def load_recommender(cache: Path):
         faiss.ParameterSpace().set_index_parameters(ix, "efSearch=64")
     tables = cache / "tables.npz"
     if not tables.exists():  # what the index stage stores in blend.npz for retrieval = "table"
-        from recembed.blend import BlendModel, candidate_tables
-
         t0 = time.perf_counter()
         dir_t, cos_t = candidate_tables(vec, ctx, BlendSettings().candidates,
                                         search=cindex.search, cos_search=index.search)
         np.savez(tables, dir_table=dir_t, cos_table=cos_t)
         print(f"candidate tables: {time.perf_counter() - t0:.0f} s", flush=True)
-        del BlendModel
     with np.load(tables) as z:
         extras.update({k: z[k] for k in z.files})
     ids = np.array([str(100_000 + i) for i in range(len(vec))], dtype=object)
     st = BlendSettings(weights=dict(WEIGHTS))
-    return Recommender(ids, vec, index, st, {}, None, ctx, extras, cindex)
+    model = BlendModel.from_arrays(extras, vec, ctx, search=cindex.search,
+                                   cos_search=index.search)
+    return Recommender(ids, vec, index, st, {}, None, ctx, model)
 
 
 def measure(rec, sessions: list[list[str]], n_single: int, batch: int, n_batch: int,

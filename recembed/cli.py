@@ -80,9 +80,9 @@ def run(
         _fail(msg, code)
 
     if resume is not None:
-        if not (resume / "config.toml").exists():
-            refuse(f"{resume} is not a run directory (no config.toml)", 3)
-        config, run_dir = resume / "config.toml", resume
+        if not A.CONFIG.path(resume).exists():
+            refuse(f"{resume} is not a run directory (no {A.CONFIG.name})", 3)
+        config, run_dir = A.CONFIG.path(resume), resume
     try:
         cfg = load_config(config, [*(set_ or []), *(["publish.force=true"] if force else [])])
     except ConfigError as e:
