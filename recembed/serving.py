@@ -74,7 +74,8 @@ class Recommender:
         self.categories = categories
         self.not_served: dict[str, str] = {}  # cold start: id -> why it has no vector
         # cosine candidates from the item index (what `similar` searches), not q @ unit.T over
-        # the whole catalogue (milliseconds per query at 200k items)
+        # the whole catalogue (benchmarks/RESULTS.md, "serving throughput on the
+        # 10,000,000-event synthetic catalogue")
         self.model = model if model is not None else \
             BlendModel(vectors, context, cos_search=index.search if index is not None else None)
         if len(self.model.vectors) != len(self.ids):

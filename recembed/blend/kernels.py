@@ -1,9 +1,11 @@
 """The numba kernels of the blend: query vectors, candidate unions, the raw signals of every
-candidate, per-item table rows and the blended top-k. Each kernel has a thin wrapper in
-`recembed.blend.model` / `recembed.blend.scores` that validates what it passes.
+candidate, per-item table rows and the blended top-k.
 
 The arguments travel as NamedTuples of arrays (numba takes them as tuples), so that a call
-names what it passes. Batch kernels come in a parallel and a serial build (`PARALLEL_FROM`).
+names what it passes. Batch kernels come in a parallel and a serial build, and a plain Python
+wrapper here (`query_vectors`, `flat_signals`, `flat_top_k`) picks one by the batch size
+(`recembed.topk.PARALLEL_FROM`); `recembed.blend.model` / `recembed.blend.scores` build the
+records from checked model arrays (`table_rows` wraps `table_rows_kernel`).
 """
 
 from __future__ import annotations
