@@ -3,7 +3,7 @@
 The version is built from the 10M-event synthetic click log (`recembed.synth.synth_clicks`, the
 nightly benchmark's log: 195,281 items). Sessions come from a plain 30-minute-gap sessionizer
 (bots dropped); the blend artifacts are built from the training sessions exactly as the index
-stage builds them (`recembed.candidates.serving_model`: sequential rules, session-kNN index,
+stage builds them (`recembed.blend.BlendModel.build`: sequential rules, session-kNN index,
 popularity). Item and output vectors are synthetic (64-d, clustered by category, as trained
 vectors are) so that no training run is needed; both indexes are HNSW32 (what `auto` picks for
 195k items), efSearch 64 (what the nightly run's tuning chose). Everything is cached under
@@ -53,7 +53,7 @@ def build_cache(cache: Path, events: int, seed: int = 0) -> None:
     import faiss
     import pandas as pd
 
-    from recembed.candidates import serving_model
+    from recembed.blend import BlendModel
     from recembed.index import build_index
     from recembed.synth import synth_clicks
 
@@ -82,7 +82,7 @@ def build_cache(cache: Path, events: int, seed: int = 0) -> None:
     ctx = 0.8 * centres[cat] + 0.6 * rng.normal(size=(n_items, DIM)).astype(np.float32)
     codes = np.arange(n_items)
     t0 = time.perf_counter()
-    model, _ = serving_model(train, n_items, codes, vec, ctx)
+    model, _ = BlendModel.build(train, n_items, codes, vec, ctx)
     print(f"blend arrays: {len(model.rules.data):,} rules, "
           f"{model.neighbours.n_sessions:,} indexed sessions ({time.perf_counter() - t0:.0f} s)",
           flush=True)
@@ -117,7 +117,8 @@ def build_cache(cache: Path, events: int, seed: int = 0) -> None:
 def load_recommender(cache: Path):
     import faiss
 
-    from recembed.serving import BlendSettings, Recommender
+    from recembed.blend import BlendModel, BlendSettings, candidate_tables
+    from recembed.serving import Recommender
 
     vec = np.load(cache / "vectors.npy")
     ctx = np.load(cache / "context_vectors.npy")
@@ -129,19 +130,18 @@ def load_recommender(cache: Path):
         faiss.ParameterSpace().set_index_parameters(ix, "efSearch=64")
     tables = cache / "tables.npz"
     if not tables.exists():  # what the index stage stores in blend.npz for retrieval = "table"
-        from recembed.blend import BlendModel, candidate_tables
-
         t0 = time.perf_counter()
         dir_t, cos_t = candidate_tables(vec, ctx, BlendSettings().candidates,
                                         search=cindex.search, cos_search=index.search)
         np.savez(tables, dir_table=dir_t, cos_table=cos_t)
         print(f"candidate tables: {time.perf_counter() - t0:.0f} s", flush=True)
-        del BlendModel
     with np.load(tables) as z:
         extras.update({k: z[k] for k in z.files})
     ids = np.array([str(100_000 + i) for i in range(len(vec))], dtype=object)
     st = BlendSettings(weights=dict(WEIGHTS))
-    return Recommender(ids, vec, index, st, {}, None, ctx, extras, cindex)
+    model = BlendModel.from_arrays(extras, vec, ctx, search=cindex.search,
+                                   cos_search=index.search)
+    return Recommender(ids, vec, index, st, {}, None, ctx, model)
 
 
 def measure(rec, sessions: list[list[str]], n_single: int, batch: int, n_batch: int,

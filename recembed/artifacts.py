@@ -58,12 +58,21 @@ class Artifact:
         Parquet artifacts: the columns every writer must provide (checked on write).
     published : bool
         Copied into a published version when the publish stage reads it.
+    served : {"", "required", "optional"}
+        What the serving loader (`recembed.serving`) makes of it: "required" = a version
+        without it is refused, "optional" = read (and verified) when present, "" = not read.
     """
 
     name: str
     kind: str = "file"
     columns: tuple[str, ...] = ()
     published: bool = False
+    served: str = ""
+
+    def __post_init__(self) -> None:
+        if self.served not in ("", "required", "optional"):
+            raise ValueError(f"{self.name}: served must be '', 'required' or 'optional', got "
+                             f"{self.served!r}")
 
     def path(self, root: str | Path) -> Path:
         """Where the artifact lives under `root` (a run, stage-output or version directory)."""
@@ -85,22 +94,26 @@ CATALOG_QUARANTINE = Artifact("catalog_quarantine.parquet", columns=("file", "ro
 GRAPH = Artifact("graph.npz")
 WALKS = Artifact("walks.txt")
 SESSION_CORPUS = Artifact("sessions.txt")
-VECTORS = Artifact("vectors.npy", published=True)
-CONTEXT = Artifact("context_vectors.npy", published=True)
-ITEMS = Artifact("items.parquet", columns=("id", "code", "count"), published=True)
+VECTORS = Artifact("vectors.npy", published=True, served="required")
+CONTEXT = Artifact("context_vectors.npy", published=True, served="optional")
+ITEMS = Artifact("items.parquet", columns=("id", "code", "count"), published=True,
+                 served="required")
 VECTORS_BIN = Artifact("vectors.bin", published=True)
 # every catalog and trained item: origin (trained | side_info | none) and why a `none` item is
 # not served (written with a catalog only)
-ORIGINS = Artifact("origins.parquet", columns=("id", "code", "origin", "reason"), published=True)
+ORIGINS = Artifact("origins.parquet", columns=("id", "code", "origin", "reason"), published=True,
+                   served="optional")
 VECTORS_TXT = Artifact("vectors.txt")
 TRAIN_STATS = Artifact("train.json")
-INDEX = Artifact("index.faiss", published=True)
-INDEX_META = Artifact("index.json", published=True)
-SERVING = Artifact("serving.json", published=True)
+INDEX = Artifact("index.faiss", published=True, served="required")
+INDEX_META = Artifact("index.json", published=True, served="required")
+SERVING = Artifact("serving.json", published=True, served="optional")
 CALIBRATION = Artifact("calibration.json", published=True)  # what the run chose on validation
-BLEND = Artifact("blend.npz", published=True)  # rules, session-kNN index, popularity (rows)
-INDEX_CONTEXT = Artifact("index_context.faiss", published=True)  # inner product, context vectors
-INDEX_CONTEXT_META = Artifact("index_context.json", published=True)
+# rules, session-kNN index, popularity, category lists, candidate tables (`recembed.blend`)
+BLEND = Artifact("blend.npz", published=True, served="optional")
+# inner product over the context vectors
+INDEX_CONTEXT = Artifact("index_context.faiss", published=True, served="optional")
+INDEX_CONTEXT_META = Artifact("index_context.json", published=True, served="optional")
 METRICS = Artifact("metrics.json", published=True)
 REPORT = Artifact("report.html", published=True)
 PUBLISH_INFO = Artifact("publish.json")
@@ -123,6 +136,15 @@ SCRATCH_SIDE = "side.txt"  # the cold-start "context" scheme's attribute sentenc
 RUN_LOCK = ".lock"  # flock held by the run using a run directory (the runner's)
 LATEST = "LATEST"
 MANIFEST = "manifest.json"
+
+
+def _declared() -> tuple[Artifact, ...]:
+    return tuple(v for v in globals().values() if isinstance(v, Artifact))
+
+
+# what a served version must hold and what the loader reads when present (`Artifact.served`)
+SERVED_REQUIRED = tuple(a for a in _declared() if a.served == "required")
+SERVED_OPTIONAL = tuple(a for a in _declared() if a.served == "optional")
 
 
 def done_file(stage: str) -> str:

@@ -4,7 +4,7 @@ score it on the validation split.
 
 A candidate writes its corpora (the item2vec session corpus and/or random walks over the item
 graph of the calibration-train sessions) into a scratch folder, trains `recembed.train` on them
-and builds the blend model (`serving_model`: sequential rules, session-kNN index, popularity, in
+and builds the blend model (`BlendModel.build`: sequential rules, session-kNN index, popularity, in
 vector-row space). With an item catalog (`CalibrationCatalog`) the model also holds the catalog
 items unseen by those sessions, with vectors from the run's cold scheme, and the `category`
 signal's arrays (see `recembed.calibrate` for the protocol).
@@ -175,8 +175,8 @@ def train_model(ct: pd.DataFrame, weights: pd.Series, n_items: int, workdir: Pat
     if catalog is not None:
         codes, vectors, context, category = calibration_rows(catalog, res, ct, listing)
         n_model = catalog.n_total
-    model, row_of = serving_model(ct, n_model, codes, vectors, context,
-                                  rule_steps=rule_steps, category=category)
+    model, row_of = BlendModel.build(ct, n_model, codes, vectors, context,
+                                     rule_steps=rule_steps, category=category)
     return CandidateModel(model, row_of, int(res.stats["epochs"]),
                           int(res.stats["corpus_tokens"]))
 
@@ -202,26 +202,3 @@ def calibration_rows(catalog: CalibrationCatalog, res, ct: pd.DataFrame,
             key = catalog.listing(ct) if listing is None else listing
             category = category_arrays(cats[codes], key[codes])
     return codes, rows.vectors, rows.context, category
-
-
-def serving_model(train: pd.DataFrame, n_items: int, codes: np.ndarray, vectors: np.ndarray,
-                  context: np.ndarray | None, *, rule_steps: int = 10, search=None,
-                  category: dict | None = None) -> tuple[BlendModel, np.ndarray]:
-    """The blend model of trained vectors (rows = `codes`, ingest codes ascending) and the
-    training sessions: rules and session-kNN index in vector-row space; (model, row_of) with
-    row_of[ingest code] = vector row or -1. `category`: the rows' `category_arrays` (the
-    `category` signal), None = none."""
-    from recembed.blend import sequential_rules
-    from recembed.sknn import SessionIndex, session_end_times
-
-    row_of = np.full(n_items, -1, np.int64)
-    row_of[codes] = np.arange(len(codes))
-    rows = row_of[train["item"].to_numpy()]
-    sess = train["session"].to_numpy()
-    rules = sequential_rules(rows, sess, len(codes), steps=rule_steps)
-    ok = rows >= 0
-    ends = session_end_times(sess[ok], train["ts"].to_numpy()[ok])
-    nbi = SessionIndex.build(sess[ok], rows[ok], ends, len(codes))
-    pop = np.bincount(train["item"].to_numpy(), minlength=n_items)[codes]
-    return BlendModel(vectors, context, rules=rules, neighbours=nbi, popularity=pop,
-                      search=search, **(category or {})), row_of

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from recembed.artifacts import TUNED
+from recembed.blend.settings import SIGNALS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -268,10 +269,8 @@ class IndexConfig(_Section):
 
 
 class ServingConfig(_Section):
-    # the signals of recembed.blend.SIGNALS (tests/test_calibrate.py checks they agree; config
-    # sits below the blend in the data flow, so it cannot import it)
-    weights: dict[Literal["directional", "cosine", "rules", "neighbours", "repeat",
-                          "popularity", "category"], float] | Literal["auto"] = "auto"
+    # one list of signals: recembed.blend.settings, a leaf module below the config
+    weights: dict[Literal[SIGNALS], float] | Literal["auto"] = "auto"  # type: ignore[valid-type]
     decay: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] = "auto"
     temperature: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
     neighbours: Literal["auto", "vsknn", "stan", "off"] = "auto"

@@ -21,17 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from recembed import artifacts as A
-from recembed.artifacts import sha256, unit_rows
-from recembed.blend import CATEGORY_KEYS, BlendModel, BlendSettings, Csr
+from recembed.artifacts import sha256
+from recembed.blend import BlendModel, BlendSettings
 from recembed.index import load_index
 
 
 class ArtifactError(RuntimeError):
     """A published version that is missing files or whose files do not match their checksums."""
-
-
-# the blend's settings are serving.json; the name is kept for callers of the first release
-ServingSettings = BlendSettings
 
 
 @dataclass
@@ -45,24 +41,61 @@ class Results:
 
 
 class Recommender:
-    """Item ids, unit vectors and a faiss index of one published version."""
+    """Item ids, unit vectors and a faiss index of one published version.
+
+    Parameters
+    ----------
+    ids : array [n]
+        Item id of each vector row.
+    vectors : float32 [n, d]
+        Input vectors.
+    index : faiss index
+        The cosine index over the unit vectors (`similar`; the blend's cosine candidates).
+    settings : BlendSettings
+        serving.json.
+    meta : dict or None
+        index.json.
+    categories : int array [n] or None
+    context : float32 [n, d] or None
+        Output vectors (only read when `model` is None).
+    model : BlendModel or None
+        The blend over `vectors` (`BlendModel.load` of blend.npz); None = vectors only, with
+        `index` for the cosine candidates.
+    """
 
     def __init__(self, ids: np.ndarray, vectors: np.ndarray, index, settings: BlendSettings,
                  meta: dict | None = None, categories: np.ndarray | None = None,
-                 context: np.ndarray | None = None, extras: dict | None = None,
-                 context_index=None):
+                 context: np.ndarray | None = None, model: BlendModel | None = None):
         self.ids = np.asarray(ids, dtype=object)
         self.row_of = {str(x): i for i, x in enumerate(self.ids)}
-        self.unit = unit_rows(vectors)
-        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self.context = None if context is None else np.ascontiguousarray(context, np.float32)
         self.index = index
         self.settings = settings
         self.meta = meta or {}
         self.categories = categories
         self.not_served: dict[str, str] = {}  # cold start: id -> why it has no vector
-        self.model = _blend_model(self.vectors, self.context, extras or {}, context_index,
-                                  index)
+        # cosine candidates from the item index (what `similar` searches), not q @ unit.T over
+        # the whole catalogue (benchmarks/RESULTS.md, "serving throughput on the
+        # 10,000,000-event synthetic catalogue")
+        self.model = model if model is not None else \
+            BlendModel(vectors, context, cos_search=index.search if index is not None else None)
+        if len(self.model.vectors) != len(self.ids):
+            raise ValueError(f"{len(self.ids)} ids but the blend model has "
+                             f"{len(self.model.vectors)} rows")
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """float32 [n, d], the input vectors (the model's: one copy)."""
+        return self.model.vectors
+
+    @property
+    def unit(self) -> np.ndarray:
+        """float32 [n, d], the vectors scaled to unit length (the model's: one copy)."""
+        return self.model.unit
+
+    @property
+    def context(self) -> np.ndarray | None:
+        """float32 [n, d] output vectors, or None."""
+        return self.model.context
 
     @classmethod
     def load(cls, path: str | Path, *, verify: bool = True) -> Recommender:
@@ -89,11 +122,11 @@ class Recommender:
         if not path.is_dir():
             raise ArtifactError(f"{path} is not a directory: give a published/ root, a version "
                                 "or a run directory")
-        if (path / "LATEST").exists() or (path / "LATEST").is_symlink():
+        if (path / A.LATEST).exists() or (path / A.LATEST).is_symlink():
             path = resolve_latest(path)
-        elif not (path / "manifest.json").exists() and _is_run_dir(path):
+        elif not (path / A.MANIFEST).exists() and _is_run_dir(path):
             return cls.load_run(path, verify=verify)
-        manifest_path = path / "manifest.json"
+        manifest_path = path / A.MANIFEST
         if not manifest_path.is_file():
             what = "a published version" if path.name.startswith("v") else "a version"
             raise ArtifactError(
@@ -105,7 +138,7 @@ class Recommender:
         files = manifest.get("files") if isinstance(manifest, dict) else None
         if not isinstance(files, dict) or not files:
             raise ArtifactError(f"{manifest_path} lists no files: cannot verify the version")
-        _check_recorded(path, files, "manifest.json")
+        _check_recorded(path, files, A.MANIFEST)
         if verify:
             verify_files(path, files)
         return cls._read(path)
@@ -129,13 +162,13 @@ class Recommender:
             missing, unrecorded, truncated or changed.
         """
         run = Path(run_dir)
-        if not (run / "config.toml").is_file():
-            raise ArtifactError(f"{run} is not a run directory (no config.toml)")
+        if not A.CONFIG.path(run).is_file():
+            raise ArtifactError(f"{run} is not a run directory (no {A.CONFIG.name})")
         recorded: dict[str, str] = {}
         source: dict[str, str] = {}
         finished: dict[str, datetime | None] = {}
         for stage in _SERVED_STAGES:
-            done = run / f"{stage}.done.json"
+            done = run / A.done_file(stage)
             if not done.is_file():
                 raise ArtifactError(
                     f"{run}: {done.name} is missing, so the {stage} stage has not finished; "
@@ -152,9 +185,9 @@ class Recommender:
         t_train, t_index = finished["train"], finished["index"]
         if t_train is not None and t_index is not None and t_index < t_train:
             raise ArtifactError(
-                f"{run}: index.done.json ({t_index:%Y-%m-%d %H:%M:%S}) predates train.done.json "
-                f"({t_train:%Y-%m-%d %H:%M:%S}): the index was built from older vectors. Rerun "
-                "the index stage (`recembed run` resumes it)"
+                f"{run}: {A.done_file('index')} ({t_index:%Y-%m-%d %H:%M:%S}) predates "
+                f"{A.done_file('train')} ({t_train:%Y-%m-%d %H:%M:%S}): the index was built "
+                "from older vectors. Rerun the index stage (`recembed run` resumes it)"
             )
         _check_recorded(run, recorded, "the run's done-files")
         if verify:
@@ -180,13 +213,13 @@ class Recommender:
                 settings = BlendSettings.from_dict(_read_json(A.SERVING.path(path)))
             except (TypeError, ValueError) as e:
                 raise ArtifactError(f"{A.SERVING.path(path)}: {e}") from e
-        extras, ctx_index = _load_extras(path)
-        if settings.retrieval == "table" and "cos_table" not in extras:
+        model = _blend_model(path, emb, index)
+        if settings.retrieval == "table" and model.cos_table is None:
             raise ArtifactError(f"{A.SERVING.path(path)} says retrieval = \"table\" but "
-                                f"{path / 'blend.npz'} holds no candidate tables: not a "
+                                f"{A.BLEND.path(path)} holds no candidate tables: not a "
                                 "complete version")
         rec = cls(emb.ids, emb.vectors, index, settings, meta, emb.categories, emb.context,
-                  extras, ctx_index)
+                  model)
         rec.not_served = _not_served(path)
         return rec
 
@@ -262,7 +295,7 @@ class Recommender:
         return rows, [x for x, r in zip(ids, rows, strict=True) if r < 0]
 
 
-def verify_files(dir_: Path, files: dict[str, str], *, source: str = "manifest.json") -> None:
+def verify_files(dir_: Path, files: dict[str, str], *, source: str = A.MANIFEST) -> None:
     """Raise ArtifactError unless every listed file exists and has the recorded sha256.
 
     Parameters
@@ -318,58 +351,39 @@ def write_settings(path: str | Path, settings: BlendSettings) -> None:
     Path(path).write_text(json.dumps(asdict(settings), indent=2))
 
 
-def _load_extras(path: Path) -> tuple[dict, object]:
-    """blend.npz arrays and the inner-product index over the output vectors, when present
-    (versions published before the blend have neither: the blend then runs on vectors only)."""
+def _blend_model(path: Path, emb: A.Embeddings, cosine_index) -> BlendModel:
+    """The blend of a checked directory: blend.npz over the vectors, with the inner-product
+    index over the output vectors (index_context.faiss) as its directional search, when
+    present (versions published before the blend have neither: the blend then runs on
+    vectors only). Cosine candidates come from the item index (what `similar` searches)."""
     import faiss
 
-    extras: dict = {}
     try:
-        if (path / "blend.npz").exists():
-            with np.load(path / "blend.npz", allow_pickle=False) as z:
-                extras = {k: z[k] for k in z.files}
-        ctx_index = None
-        if (path / "index_context.faiss").exists():
-            ctx_index = faiss.read_index(str(path / "index_context.faiss"))
-            meta_p = path / "index_context.json"
+        search = None
+        if A.INDEX_CONTEXT.path(path).exists():
+            ctx_index = faiss.read_index(str(A.INDEX_CONTEXT.path(path)))
+            meta_p = A.INDEX_CONTEXT_META.path(path)
             meta = json.loads(meta_p.read_text()) if meta_p.exists() else {}
             if meta.get("search_params"):
                 faiss.ParameterSpace().set_index_parameters(ctx_index, meta["search_params"])
+            search = ctx_index.search
+        if A.BLEND.path(path).exists():
+            return BlendModel.load(A.BLEND.path(path), emb.vectors, emb.context, search=search,
+                                   cos_search=cosine_index.search)
+        return BlendModel(emb.vectors, emb.context, search=search,
+                          cos_search=cosine_index.search)
     except (OSError, ValueError, RuntimeError) as e:
         raise ArtifactError(f"{path}: cannot load the blend artifacts: {e}") from e
-    return extras, ctx_index
-
-
-def _blend_model(vectors: np.ndarray, context: np.ndarray | None, extras: dict,
-                 context_index, cosine_index=None) -> BlendModel:
-    from recembed.sknn import SessionIndex
-
-    rules = None
-    if "rules_indptr" in extras:
-        rules = Csr(extras["rules_indptr"], extras["rules_indices"], extras["rules_data"])
-    nb = {k[3:]: v for k, v in extras.items() if k.startswith("nb_")}
-    neighbours = SessionIndex.from_arrays(nb) if nb else None
-    search = context_index.search if context_index is not None else None
-    # cosine candidates from the item index (what `similar` searches), not q @ unit.T over the
-    # whole catalogue (milliseconds per query at 200k items)
-    cos_search = cosine_index.search if cosine_index is not None else None
-    return BlendModel(vectors, context, rules=rules, neighbours=neighbours,
-                      popularity=extras.get("popularity"), search=search, cos_search=cos_search,
-                      dir_table=extras.get("dir_table"), cos_table=extras.get("cos_table"),
-                      **{k: extras[k] for k in CATEGORY_KEYS if k in extras})
 
 
 # ---------------------------------------------------------------- helpers
 
 _SERVED_STAGES = ("train", "index")  # the stages whose outputs a run directory serves
-_REQUIRED = ("items.parquet", "vectors.npy", "index.faiss", "index.json")
-_OPTIONAL = ("context_vectors.npy", "serving.json", "blend.npz", "index_context.faiss",
-             "index_context.json", "origins.parquet")  # read when present
 
 
 def _not_served(path: Path) -> dict[str, str]:
     """{id: reason} of the items origins.parquet marks `none` (cold start), {} without it."""
-    p = path / "origins.parquet"
+    p = A.ORIGINS.path(path)
     if not p.exists():
         return {}
     import pyarrow.parquet as pq
@@ -381,12 +395,13 @@ def _not_served(path: Path) -> dict[str, str]:
 
 def _served_files(path: Path) -> list[str]:
     """The files `_read` will open in `path`."""
-    return [*_REQUIRED, *(n for n in _OPTIONAL if (path / n).exists())]
+    return [*(a.name for a in A.SERVED_REQUIRED),
+            *(a.name for a in A.SERVED_OPTIONAL if a.path(path).exists())]
 
 
 def _check_recorded(path: Path, files: dict[str, str], source: str) -> None:
     """Every file the loader opens must have a recorded checksum: nothing is served unverified."""
-    missing = [n for n in _REQUIRED if not (path / n).is_file()]
+    missing = [a.name for a in A.SERVED_REQUIRED if not a.path(path).is_file()]
     if missing:
         raise ArtifactError(f"{path} lacks {', '.join(missing)}: not a complete version")
     unlisted = [n for n in _served_files(path) if n not in files]
@@ -398,7 +413,7 @@ def _check_recorded(path: Path, files: dict[str, str], source: str) -> None:
 def resolve_latest(root: Path) -> Path:
     """The version directory that root/LATEST names, which must sit directly inside root (no
     absolute path, no `..`, no symlink leading out); raises ArtifactError saying what is wrong."""
-    latest = root / "LATEST"
+    latest = root / A.LATEST
     try:
         name = latest.read_text().strip()
     except (OSError, UnicodeDecodeError) as e:
@@ -427,7 +442,7 @@ def _plain_name(name: str) -> bool:
 
 
 def _is_run_dir(path: Path) -> bool:
-    return (path / "config.toml").is_file() and (path / "train.done.json").is_file()
+    return A.CONFIG.path(path).is_file() and (path / A.done_file("train")).is_file()
 
 
 def _read_json(path: Path):

@@ -235,8 +235,6 @@ class SessionIndex:
         df = np.diff(self.item_indptr)
         self._size = np.diff(self.session_indptr)
         self._idf = np.log(max(len(self.session_end), 1) / np.maximum(df, 1)) * (df > 0)
-        # |session| of every posting of item_sessions (what the serving kernel reads while it
-        # merges the posting lists)
         self._posting_size = self._size[self.item_sessions]
         self._max_pos = int(self.session_lastpos.max(initial=0))
 
@@ -257,6 +255,22 @@ class SessionIndex:
     def idf(self) -> np.ndarray:
         """ln(S / sessions containing the item); 0 for items in no session."""
         return self._idf
+
+    @property
+    def session_size(self) -> np.ndarray:
+        """Distinct items of each session, int64 [S]."""
+        return self._size
+
+    @property
+    def posting_size(self) -> np.ndarray:
+        """|session| of every entry of `item_sessions`, int64 (read beside the postings while
+        the serving kernel merges them, `recembed.sknn_kernels`)."""
+        return self._posting_size
+
+    @property
+    def max_pos(self) -> int:
+        """The largest 1-based position in `session_lastpos` (0 for an empty index)."""
+        return self._max_pos
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain arrays (for `np.save` per key or `np.savez`; no pickle needed to load)."""
@@ -414,7 +428,7 @@ def _neighbour_entries(index: SessionIndex, prefix: np.ndarray,
     if p.similarity == "dot":
         sim = num / n_distinct
     else:
-        size = index._size[cand]
+        size = index.session_size[cand]
         sim = num / (w1_norm * np.sqrt(size))
     if p.lambda2 > 0:
         end = index.session_end[cand]
@@ -436,5 +450,5 @@ def _neighbour_entries(index: SessionIndex, prefix: np.ndarray,
         pos_star[nb[is_star]] = lastpos[is_star]
         w = w * np.exp(-np.abs(lastpos - pos_star[nb]) / p.lambda3)
     if p.idf_weight > 0:
-        w = w * (1.0 + p.idf_weight * index._idf[items])
+        w = w * (1.0 + p.idf_weight * index.idf[items])
     return items, w

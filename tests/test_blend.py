@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from recembed.blend import (
+    CATEGORY_KEYS,
     SIGNALS,
     BlendModel,
     BlendSettings,
@@ -450,3 +452,46 @@ def test_a_model_without_categories_scores_category_zero_and_half_arrays_are_ref
         BlendModel(m.vectors, item_category=a["item_category"])
     with pytest.raises(ValueError, match="one entry per item"):
         BlendModel(m.vectors[:5], **a)
+
+
+# ---------------------------------------------------------------- blend.npz
+
+
+@pytest.mark.parametrize("parts", ["all", "no tables", "no categories"])
+def test_save_then_load_answers_the_same_and_holds_the_documented_keys(tmp_path, parts):
+    m, _ = with_categories(random_model(4), 4)
+    if parts == "no categories":
+        m = random_model(4)
+    if parts != "no tables":
+        with_tables(m, 40)
+    path = tmp_path / "blend.npz"
+    m.save(path)
+    with np.load(path, allow_pickle=False) as z:
+        keys = list(z.files)
+    nb = [f"nb_{f}" for f in SessionIndex.__dataclass_fields__]
+    want = ["rules_indptr", "rules_indices", "rules_data", "popularity", *nb,
+            *(CATEGORY_KEYS if parts != "no categories" else ()),
+            *(("cos_table", "dir_table") if parts != "no tables" else ())]
+    assert keys == want  # the order np.savez wrote them in, as the index stage always has
+    back = BlendModel.load(path, m.vectors, m.context)
+    sessions = random_sessions(4, len(m.vectors))
+    for retrieval in ("index", "table") if parts != "no tables" else ("index",):
+        st = settings(4, retrieval=retrieval)
+        for a, b in zip(back.recommend(sessions, st, 10), m.recommend(sessions, st, 10),
+                        strict=True):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(back.popularity, m.popularity)
+    assert back.has_category == (parts != "no categories")
+
+
+def test_build_gives_rows_of_codes_and_the_training_counts():
+    rng = np.random.default_rng(5)
+    codes = np.array([0, 2, 3, 5, 6])  # codes 1 and 4 have no vector
+    sess = np.repeat(np.arange(40), 4)
+    item = rng.choice(7, len(sess))
+    train = pd.DataFrame({"session": sess, "item": item, "ts": np.repeat(np.arange(40.0), 4)})
+    vec = rng.normal(size=(5, 4)).astype(np.float32)
+    m, row_of = BlendModel.build(train, 7, codes, vec, None, rule_steps=2)
+    assert row_of.tolist() == [0, -1, 1, 2, -1, 3, 4]
+    np.testing.assert_array_equal(m.popularity, np.bincount(item, minlength=7)[codes])
+    assert m.neighbours.n_items == 5 and len(m.rules.indptr) == 6

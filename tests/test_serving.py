@@ -6,8 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from recembed.blend import BlendSettings
 from recembed.index import build_index, save_index, tune_index
-from recembed.serving import ArtifactError, Recommender, ServingSettings, write_settings
+from recembed.serving import ArtifactError, Recommender, write_settings
 
 
 def _version(tmp_path, n=300, d=16, seed=0):
@@ -20,7 +21,7 @@ def _version(tmp_path, n=300, d=16, seed=0):
     index, meta = build_index(vec, factory="HNSW16")
     tune_index(index, vec, meta, target_recall=0.99, k=20, n_queries=100)
     save_index(index, meta, tmp_path)
-    write_settings(tmp_path / "serving.json", ServingSettings())
+    write_settings(tmp_path / "serving.json", BlendSettings())
     _write_manifest(tmp_path)
     return ids, vec
 
@@ -73,7 +74,7 @@ def test_recommend_boosts_session_items_and_skips_the_last(tmp_path):
     # a blend where repeats dominate: item 7 (seen 1 and 3 steps back: 0.7 + 0.7**3) outranks
     # item 100 (2 steps back: 0.49), both outrank every cosine-only candidate
     r = Recommender.load(tmp_path)
-    r.settings = ServingSettings(weights={"cosine": 1.0, "repeat": 3.0})
+    r.settings = BlendSettings(weights={"cosine": 1.0, "repeat": 3.0})
     session = [ids[7], ids[100], ids[7], ids[42]]
     rec = r.recommend(session, k=10)
     assert ids[42] not in rec.ids[0]

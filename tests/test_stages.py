@@ -64,9 +64,10 @@ def test_a_stage_writing_a_folder_of_parts_runs_resumes_and_is_verified(tmp_path
 
 
 def test_a_folder_artifact_is_published_and_verified_part_by_part(tmp_path):
+    from recembed.blend import BlendSettings
     from recembed.index import build_index, save_index
     from recembed.publish import publish_version
-    from recembed.serving import ArtifactError, Recommender, ServingSettings, write_settings
+    from recembed.serving import ArtifactError, Recommender, write_settings
 
     run = tmp_path / "r"
     _quiet(load_config(None, ["run.seed=1"]), run, TOY)
@@ -76,7 +77,7 @@ def test_a_folder_artifact_is_published_and_verified_part_by_part(tmp_path):
                  codes=np.arange(50, dtype=np.int32), vectors=vec).save(run)
     index, meta = build_index(vec)
     save_index(index, meta, run)
-    write_settings(A.SERVING.path(run), ServingSettings())
+    write_settings(A.SERVING.path(run), BlendSettings())
     files = [A.VECTORS, A.ITEMS, A.INDEX, A.INDEX_META, A.SERVING, A.CONTEXT, PARTS]
     res = publish_version(run, tmp_path / "pub", files=files, manifest={}, gate={})
     man = (res.path / A.MANIFEST).read_text()
@@ -237,11 +238,16 @@ def test_every_documented_key_is_read_by_a_run(synth_small, tmp_path, monkeypatc
 
 # the data flow, bottom up: a module may import only modules of lower layers
 LAYERS = [
+    {"recembed.blend.settings"},  # a leaf: the config may name the signals
     {"recembed", "recembed.artifacts", "recembed.progress", "recembed.corpus",
-     "recembed.synth", "recembed.sources", "recembed.sknn", "recembed.spark", "recembed.runtime"},
+     "recembed.synth", "recembed.sources", "recembed.sknn", "recembed.spark", "recembed.runtime",
+     "recembed.topk"},
     {"recembed.config"},
-    {"recembed.spark.session", "recembed.spark.io"},
-    {"recembed.ingest", "recembed.sessions", "recembed.blend", "recembed.catalog"},
+    {"recembed.spark.session", "recembed.spark.io", "recembed.sknn_kernels",
+     "recembed.blend.kernels"},
+    {"recembed.blend.scores"},
+    {"recembed.ingest", "recembed.sessions", "recembed.blend.model", "recembed.catalog"},
+    {"recembed.blend"},
     {"recembed.graph", "recembed.sequences"},
     {"recembed.walks"},
     {"recembed.spark.ingest", "recembed.spark.sessions", "recembed.spark.graph",

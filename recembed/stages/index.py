@@ -11,8 +11,7 @@ import pandas as pd
 
 from recembed import artifacts as A
 from recembed import settings as S
-from recembed.blend import CATEGORY_KEYS, candidate_tables, category_arrays
-from recembed.candidates import serving_model
+from recembed.blend import BlendModel, candidate_tables, category_arrays
 from recembed.catalog import item_categories, listing_order
 from recembed.config import Config
 from recembed.index import build_index, save_index, tune_index, tuned_index
@@ -56,26 +55,17 @@ def run(ctx: StageContext) -> dict:
         if (cats[emb.codes] >= 0).any():
             category = category_arrays(cats[emb.codes],
                                        listing_order(catalog, n_items)[emb.codes])
-    model, _ = serving_model(train, n_items, emb.codes, emb.vectors, emb.context,
-                             rule_steps=cfg.serving.rule_steps, category=category)
-    pop = np.bincount(train["item"].to_numpy(), minlength=n_items)[emb.codes]
-    arrays = {"rules_indptr": model.rules.indptr, "rules_indices": model.rules.indices,
-              "rules_data": model.rules.data, "popularity": pop.astype(np.float64),
-              **{f"nb_{k}": v for k, v in model.neighbours.to_arrays().items()},
-              **({k: getattr(model, k) for k in CATEGORY_KEYS} if category else {})}
+    model, _ = BlendModel.build(train, n_items, emb.codes, emb.vectors, emb.context,
+                                rule_steps=cfg.serving.rule_steps, category=category)
     settings, why = S.served_blend(cfg, len(emb.vectors))
     log.info("index: retrieval = %s (%s)", settings.retrieval, why)
     if settings.retrieval == "table":
         # the searches serving would run for a one-item session, once per item: the same
         # indexes and search parameters as `recembed.serving` loads
-        dir_t, cos_t = candidate_tables(emb.vectors, emb.context, settings.candidates,
-                                        search=cindex.search if emb.context is not None
-                                        else None, cos_search=index.search)
-        arrays["cos_table"] = cos_t
-        if dir_t is not None:
-            arrays["dir_table"] = dir_t
-    with A.atomic_path(ctx.write(A.BLEND)) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+        model.dir_table, model.cos_table = candidate_tables(
+            emb.vectors, emb.context, settings.candidates,
+            search=cindex.search if emb.context is not None else None, cos_search=index.search)
+    model.save(ctx.write(A.BLEND))
     write_settings(ctx.write(A.SERVING), settings)
     d = asdict(meta)
     d.pop("tuning")

@@ -1,0 +1,586 @@
+"""`BlendModel`: what the blend's signals read (vectors, rules, a session-kNN index,
+popularity, the category lists and the candidate tables), how they are built from training
+sessions (`BlendModel.build`) and stored in a version (`save` / `load`: blend.npz, owned here).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from recembed.artifacts import atomic_path, unit_rows
+from recembed.blend.kernels import (
+    CategoryLists,
+    FlatSignals,
+    ItemVectors,
+    NeighbourItems,
+    QueryVectors,
+    Retrieved,
+    Rules,
+    Sessions,
+    SignalInputs,
+    flat_signals,
+    flat_top_k,
+    query_vectors,
+    table_rows_kernel,
+)
+from recembed.blend.scores import COSINE_TEMPERATURE, Signals, signal_weights
+from recembed.blend.settings import CATEGORY_KEYS, SIGNALS, BlendSettings
+from recembed.sknn import SessionIndex, SknnParams, method_params, session_end_times
+from recembed.sknn_kernels import Scratch, score_sessions
+from recembed.topk import offsets
+
+Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # (queries, k) -> (D, I)
+
+# blend.npz, in the order of its arrays: the rules, popularity, the session-kNN index
+# (`SessionIndex.to_arrays`, each key prefixed "nb_"), with a catalog the `category` lists
+# (CATEGORY_KEYS), for retrieval = "table" the candidate tables
+RULES_KEYS = ("rules_indptr", "rules_indices", "rules_data")
+POPULARITY_KEY = "popularity"
+NEIGHBOURS_PREFIX = "nb_"
+TABLE_KEYS = ("cos_table", "dir_table")
+
+
+@dataclass
+class Csr:
+    """A sparse matrix as plain arrays (rows of vector-row space)."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+
+    def row(self, r: int) -> tuple[np.ndarray, np.ndarray]:
+        """(columns, values) of row `r`."""
+        lo, hi = self.indptr[r], self.indptr[r + 1]
+        return self.indices[lo:hi], self.data[lo:hi]
+
+
+class BlendModel:
+    """What the signals need: input / output vectors, rules, a session-kNN index, popularity.
+
+    Parameters
+    ----------
+    vectors : float32 [n, d]
+        Input vectors (row = item).
+    context : float32 [n, d] or None
+        Output vectors; without them `directional` uses cosine.
+    rules : Csr or None
+        Sequential rules [n, n] in row space.
+    neighbours : SessionIndex or None
+        A `recembed.sknn.SessionIndex` in row space.
+    popularity : float [n] or None
+        Training counts per row.
+    search : callable or None
+        `search(queries, k) -> (scores, rows)` over the output vectors (a faiss inner-product
+        index); None = exact numpy search.
+    cos_search : callable or None
+        `cos_search(unit queries, k) -> (scores, rows)` over the unit input vectors (the
+        cosine faiss index serving loads); None = exact search over every item (q @ unit.T:
+        milliseconds per query on a large catalogue).
+    dir_table, cos_table : int32 [n, w] or None
+        Per-item candidate lists of `candidate_tables` (-1 padded), for settings with
+        ``retrieval = "table"``.
+    item_category, category_rank : int32 [n] or None
+        The row's category (-1 = none) and its rank in that category by listing recency
+        (0 = newest, -1 = none); `category_arrays` builds them. None = no `category` signal.
+    category_indptr : int64 [n_categories + 1] or None
+    category_rows : int32 [sum of category sizes] or None
+        The rows of each category, newest first (CSR).
+    """
+
+    def __init__(self, vectors: np.ndarray, context: np.ndarray | None = None,
+                 rules: Csr | None = None, neighbours: SessionIndex | None = None,
+                 popularity: np.ndarray | None = None, search: Search | None = None,
+                 cos_search: Search | None = None, dir_table: np.ndarray | None = None,
+                 cos_table: np.ndarray | None = None, item_category: np.ndarray | None = None,
+                 category_rank: np.ndarray | None = None,
+                 category_indptr: np.ndarray | None = None,
+                 category_rows: np.ndarray | None = None):
+        self.vectors = np.ascontiguousarray(vectors, np.float32)
+        self.unit = unit_rows(self.vectors)
+        self.context = None if context is None else np.ascontiguousarray(context, np.float32)
+        self.rules = rules
+        self.neighbours = neighbours
+        n = len(self.vectors)
+        # the training counts as blend.npz stores them; `pop` is the popularity signal
+        self.popularity = np.zeros(n) if popularity is None else \
+            np.asarray(popularity, np.float64)
+        pop = self.popularity
+        self.pop = (np.log1p(pop) / max(np.log1p(pop.max(initial=0)), 1e-12)).astype(np.float32)
+        self.pop_order = np.argsort(-pop, kind="stable")
+        self.search = search
+        self.cos_search = cos_search
+        self.dir_table, self.cos_table = dir_table, cos_table
+        for name, t in (("dir_table", dir_table), ("cos_table", cos_table)):
+            if t is not None and (t.ndim != 2 or len(t) != n):
+                raise ValueError(f"{name} must have one row per item ({n}), got {t.shape}")
+        parts = (item_category, category_rank, category_indptr, category_rows)
+        if any(x is not None for x in parts) and any(x is None for x in parts):
+            raise ValueError("item_category, category_rank, category_indptr and category_rows "
+                             "go together: give all four or none")
+        self.has_category = item_category is not None
+        if self.has_category:
+            self.item_category = np.ascontiguousarray(item_category, np.int32)
+            self.category_rank = np.ascontiguousarray(category_rank, np.int32)
+            self.category_indptr = np.ascontiguousarray(category_indptr, np.int64)
+            self.category_rows = np.ascontiguousarray(category_rows, np.int32)
+            for name, a in (("item_category", self.item_category),
+                            ("category_rank", self.category_rank)):
+                if a.shape != (n,):
+                    raise ValueError(f"{name} must have one entry per item ({n}), got {a.shape}")
+            if self.category_indptr[-1] != len(self.category_rows) or \
+                    int(self.item_category.max(initial=-1)) >= len(self.category_indptr) - 1:
+                raise ValueError("category_indptr / category_rows do not match item_category")
+        else:  # zero-length arrays switch the signal off inside the kernels
+            self.item_category = self.category_rank = np.zeros(0, np.int32)
+            self.category_indptr = np.zeros(1, np.int64)
+            self.category_rows = np.zeros(0, np.int32)
+        self._max_category = int(np.diff(self.category_indptr).max(initial=0))
+        self._scratch = None if neighbours is None else Scratch(neighbours.n_items)
+        self._max_rule = 0 if rules is None else int(np.diff(rules.indptr).max(initial=0))
+
+    # ------------------------------------------------------------ building and storing
+
+    @classmethod
+    def build(cls, train, n_items: int, codes: np.ndarray, vectors: np.ndarray,
+              context: np.ndarray | None, *, rule_steps: int = 10, search: Search | None = None,
+              cos_search: Search | None = None, category: dict | None = None
+              ) -> tuple[BlendModel, np.ndarray]:
+        """The blend model of trained vectors and the training sessions: rules, session-kNN
+        index and popularity in vector-row space.
+
+        Parameters
+        ----------
+        train : DataFrame
+            Training events with columns `session`, `item` (ingest code in [0, n_items)) and
+            `ts` (seconds), grouped by session, in order within a session.
+        n_items : int
+            Ingest codes in use (every code of `train` and of `codes` is below it).
+        codes : int [n]
+            The ingest code of each vector row, ascending.
+        vectors, context : float32 [n, d]; context may be None
+            Input and output vectors, row i = `codes[i]`.
+        rule_steps : int >= 1
+            Sequential rules a -> b for b within this many steps after a.
+        search, cos_search : callable or None
+            As the constructor takes them.
+        category : dict or None
+            The rows' `category_arrays` (the `category` signal); None = none.
+
+        Returns
+        -------
+        model : BlendModel
+        row_of : int64 [n_items]
+            The vector row of each ingest code, -1 for codes without a vector.
+        """
+        row_of = np.full(n_items, -1, np.int64)
+        row_of[codes] = np.arange(len(codes))
+        items = train["item"].to_numpy()
+        rows = row_of[items]
+        sess = train["session"].to_numpy()
+        rules = sequential_rules(rows, sess, len(codes), steps=rule_steps)
+        ok = rows >= 0
+        ends = session_end_times(sess[ok], train["ts"].to_numpy()[ok])
+        neighbours = SessionIndex.build(sess[ok], rows[ok], ends, len(codes))
+        pop = np.bincount(items, minlength=n_items)[codes]
+        return cls(vectors, context, rules=rules, neighbours=neighbours, popularity=pop,
+                   search=search, cos_search=cos_search, **(category or {})), row_of
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays of blend.npz, in the file's order: ``rules_indptr``, ``rules_indices``,
+        ``rules_data`` (with rules), ``popularity`` (training counts, float64), ``nb_<name>``
+        for each array of `SessionIndex.to_arrays` (with a session index), the
+        `CATEGORY_KEYS` (with a catalog), ``cos_table`` and ``dir_table`` (when built)."""
+        arrays: dict[str, np.ndarray] = {}
+        if self.rules is not None:
+            arrays.update(zip(RULES_KEYS, (self.rules.indptr, self.rules.indices,
+                                           self.rules.data), strict=True))
+        arrays[POPULARITY_KEY] = self.popularity
+        if self.neighbours is not None:
+            arrays.update({NEIGHBOURS_PREFIX + k: v
+                           for k, v in self.neighbours.to_arrays().items()})
+        if self.has_category:
+            arrays.update({k: getattr(self, k) for k in CATEGORY_KEYS})
+        for k in TABLE_KEYS:
+            if getattr(self, k) is not None:
+                arrays[k] = getattr(self, k)
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], vectors: np.ndarray,
+                    context: np.ndarray | None = None, *, search: Search | None = None,
+                    cos_search: Search | None = None) -> BlendModel:
+        """The model of `to_arrays` output (e.g. blend.npz) over `vectors` / `context`; keys
+        left out switch their signal off (older versions have no tables or category lists)."""
+        rules = Csr(*(arrays[k] for k in RULES_KEYS)) if RULES_KEYS[0] in arrays else None
+        nb = {k.removeprefix(NEIGHBOURS_PREFIX): v for k, v in arrays.items()
+              if k.startswith(NEIGHBOURS_PREFIX)}
+        neighbours = SessionIndex.from_arrays(nb) if nb else None
+        return cls(vectors, context, rules=rules, neighbours=neighbours,
+                   popularity=arrays.get(POPULARITY_KEY), search=search, cos_search=cos_search,
+                   dir_table=arrays.get("dir_table"), cos_table=arrays.get("cos_table"),
+                   **{k: arrays[k] for k in CATEGORY_KEYS if k in arrays})
+
+    def save(self, path: str | Path) -> None:
+        """Write blend.npz (`to_arrays`, uncompressed, no pickle) atomically to `path`."""
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **self.to_arrays())
+
+    @classmethod
+    def load(cls, path: str | Path, vectors: np.ndarray, context: np.ndarray | None = None, *,
+             search: Search | None = None, cos_search: Search | None = None) -> BlendModel:
+        """The model `save` wrote to `path`, over the version's `vectors` / `context` (no
+        pickle is ever loaded).
+
+        Raises
+        ------
+        OSError, ValueError
+            The file is missing, truncated or not a blend.npz.
+        """
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        return cls.from_arrays(arrays, vectors, context, search=search, cos_search=cos_search)
+
+    # ------------------------------------------------------------ scoring
+
+    def signals(self, sessions: list[np.ndarray], st: BlendSettings) -> Signals:
+        """Candidates and raw signal values for sessions given as arrays of rows (most recent
+        last, -1 = an item without a vector, which keeps its place in the decay), padded to
+        one width: what calibration searches blends over."""
+        flat = flat_signals(self._gather(sessions, st))
+        n = len(flat.offsets) - 1
+        counts = np.diff(flat.offsets)
+        width = max(int(counts.max(initial=0)), 1)
+        q = np.repeat(np.arange(n), counts)
+        j = np.arange(len(flat.rows)) - flat.offsets[q]  # each candidate's place in its row
+        p_rows = np.full((n, width), -1, np.int64)
+        p_vals = np.zeros((n, width, len(SIGNALS)), np.float32)
+        p_in = np.zeros((n, width), np.bool_)
+        p_rows[q, j], p_vals[q, j], p_in[q, j] = flat.rows, flat.values, flat.in_session
+        return Signals(p_rows, p_vals, p_in, flat.last)
+
+    def recommend(self, sessions: list[np.ndarray], st: BlendSettings, k: int, *,
+                  exclude_session_items: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k rows of each session: `blend_top_k` of `signals`, bit for bit, without the
+        padded [n, C, N_SIGNALS] arrays (the candidates of all queries sit end to end; the
+        time it saves: benchmarks/RESULTS.md, "serving throughput on the 10,000,000-event
+        synthetic catalogue").
+
+        Parameters
+        ----------
+        sessions : list of int arrays
+            Vector rows, most recent last (-1 = an item without a vector).
+        st : BlendSettings
+        k : int >= 0
+        exclude_session_items : bool
+            Never recommend an item of the session.
+
+        Returns
+        -------
+        (rows int64 [n, k], scores float32 [n, k]), -1 / -inf padded.
+        """
+        n = len(sessions)
+        if k <= 0 or n == 0:
+            return np.zeros((n, max(k, 0)), np.int64), np.zeros((n, max(k, 0)), np.float32)
+        flat = flat_signals(self._gather(sessions, st))
+        w = signal_weights(st)
+        return flat_top_k(flat, self._exp_normalised(flat, w, st), w,
+                          exclude_last=bool(st.exclude_last),
+                          exclude_session=bool(exclude_session_items), k=int(k))
+
+    # ------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _exp_normalised(flat: FlatSignals, w: np.ndarray, st: BlendSettings) -> np.ndarray:
+        """float64 [T, 2]: the directional and cosine signals as exp((x - query max) / t),
+        with numpy's exp, as `normalise` computes them (0 for a signal of weight 0)."""
+        expo = np.zeros((len(flat.rows), 2))
+        counts = np.diff(flat.offsets)
+        nonempty = counts > 0
+        for j in (0, 1):
+            if w[j] != 0.0 and len(flat.rows):
+                x = flat.values[:, j].astype(np.float64)
+                m = np.repeat(np.maximum.reduceat(x, flat.offsets[:-1][nonempty]),
+                              counts[nonempty])
+                t = st.temperature if j == 0 else COSINE_TEMPERATURE
+                expo[:, j] = np.exp((x - m) / t)
+        return expo
+
+    def _gather(self, sessions: list[np.ndarray], st: BlendSettings) -> SignalInputs:
+        """Everything the signal kernels read: packed sessions, candidate lists of each
+        source, rules, neighbours, vectors and query vectors."""
+        n_q = len(sessions)
+        sess = [np.asarray(s, np.int64) for s in sessions]
+        packed = Sessions(indptr=offsets(sess),
+                          items=np.concatenate(sess) if n_q else np.zeros(0, np.int64))
+        if st.retrieval == "index":
+            q_in, q_unit = self._queries(sess, st)
+        else:
+            q_in, q_unit = self._query_vectors(packed, st)
+        n_c = min(st.candidates, len(self.vectors))
+        has_dir = self.context is not None
+        dir_rows, cos_rows = self._candidates(packed, q_in, q_unit, st, n_c, has_dir)
+        retrieved = Retrieved(directional=np.ascontiguousarray(dir_rows, np.int64),
+                              cosine=np.ascontiguousarray(cos_rows, np.int64),
+                              popular=self.pop_order[: st.popular].astype(np.int64))
+        if self.neighbours is not None and st.neighbours.get("method", "stan") != "off":
+            neighbours = NeighbourItems(*score_sessions(
+                self.neighbours, [s[s >= 0] for s in sess], neighbour_params(st.neighbours),
+                max(n_c, 1), self._scratch))
+        else:
+            neighbours = NeighbourItems(counts=np.zeros(n_q, np.int64),
+                                        rows=np.zeros((n_q, 1), np.int64),
+                                        scores=np.zeros((n_q, 1)))
+        if self.rules is not None:
+            rules = Rules(indptr=np.asarray(self.rules.indptr, np.int64),
+                          items=np.asarray(self.rules.indices),
+                          weights=np.asarray(self.rules.data), longest=self._max_rule)
+        else:
+            rules = Rules(indptr=np.zeros(len(self.vectors) + 1, np.int64),
+                          items=np.zeros(0, np.int32), weights=np.zeros(0, np.float32),
+                          longest=0)
+        items = ItemVectors(unit=self.unit, context=self.context if has_dir else self.unit,
+                            has_context=has_dir, popularity=self.pop)
+        categories = CategoryLists(of_row=self.item_category, rank=self.category_rank,
+                                   indptr=self.category_indptr, rows=self.category_rows,
+                                   listed=min(int(st.popular), self._max_category))
+        return SignalInputs(sessions=packed, retrieved=retrieved, rules=rules,
+                            neighbours=neighbours, items=items,
+                            queries=QueryVectors(unit=q_unit, input=q_in),
+                            categories=categories, repeat_decay=float(st.repeat_decay))
+
+    def _candidates(self, sessions: Sessions, q_in: np.ndarray, q_unit: np.ndarray,
+                    st: BlendSettings, n_c: int, has_dir: bool
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Directional and cosine candidate rows per query (-1 padded) from the indexes or the
+        per-item tables (`BlendSettings.retrieval`)."""
+        n_q = len(sessions.indptr) - 1
+        n_cos = max(n_c // 4, 1)
+        if st.retrieval == "table":
+            if self.cos_table is None or (has_dir and self.dir_table is None):
+                raise ValueError('retrieval = "table" needs the candidate tables '
+                                 "(blend.npz dir_table / cos_table); this model has none")
+            w = np.float64(st.decay) ** np.arange(st.history)
+            dir_rows = table_rows(sessions.indptr, sessions.items, self.dir_table, n_c, w) \
+                if has_dir else np.zeros((n_q, 0), np.int64)
+            return dir_rows, table_rows(sessions.indptr, sessions.items, self.cos_table, n_cos,
+                                        w)
+        dir_rows = self._search(q_in, n_c) if has_dir else np.zeros((n_q, 0), np.int64)
+        return dir_rows, self._cos_search(q_unit, n_cos)
+
+    def _queries(self, sessions: list[np.ndarray], st: BlendSettings
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        d = self.vectors.shape[1]
+        q_in = np.zeros((len(sessions), d), np.float32)
+        q_unit = np.zeros((len(sessions), d), np.float32)
+        for i, s in enumerate(sessions):
+            recent = np.asarray(s, np.int64)[::-1][: st.history]
+            ok = recent >= 0
+            if not ok.any():
+                continue
+            w = (st.decay ** np.arange(len(recent)))[ok].astype(np.float32)
+            q_in[i] = w @ self.vectors[recent[ok]]
+            q_unit[i] = w @ self.unit[recent[ok]]
+        q_unit = unit_rows(q_unit)
+        return q_in, q_unit
+
+    def _query_vectors(self, sessions: Sessions, st: BlendSettings
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """`_queries` as one parallel numba kernel (no serial Python per session). Its
+        float32 sums run in another order than numpy's matmul, so the query vectors may
+        differ in the last bit: the "index" retrieval keeps `_queries`, whose searches then
+        return exactly what older versions served."""
+        w = (st.decay ** np.arange(st.history)).astype(np.float32)  # as `_queries` rounds them
+        q_in, q_unit = query_vectors(sessions, self.vectors, self.unit, w)
+        return q_in, unit_rows(q_unit)
+
+    def _search(self, q: np.ndarray, k: int) -> np.ndarray:
+        if self.search is not None:
+            _, rows = self.search(np.ascontiguousarray(q, np.float32), k)
+            return rows
+        return exact_top(q @ self.context.T, k)
+
+    def _cos_search(self, q: np.ndarray, k: int) -> np.ndarray:
+        if self.cos_search is not None:
+            _, rows = self.cos_search(np.ascontiguousarray(q, np.float32), k)
+            return rows
+        # blocks of queries: the [block, n] score matrix stays small
+        return np.concatenate([exact_top(q[i:i + 256] @ self.unit.T, k)
+                               for i in range(0, len(q), 256)]) if len(q) else \
+            np.zeros((0, min(k, len(self.unit))), np.int64)
+
+
+@functools.lru_cache(maxsize=64)
+def _params_of(items: tuple) -> SknnParams:
+    nb = dict(items)
+    return method_params(nb.pop("method", "stan"), **nb)
+
+
+def neighbour_params(neighbours: dict) -> SknnParams:
+    """`method_params` of a settings' neighbours dict, built once per distinct dict."""
+    return _params_of(tuple(sorted(neighbours.items())))
+
+
+def category_arrays(categories: np.ndarray, listed: np.ndarray) -> dict[str, np.ndarray]:
+    """The `BlendModel` category arrays of rows with a category and a listing-order key.
+
+    Rows are ranked inside their category exactly as `recembed.evaluate.category_scorer`
+    orders them: by `listed` (larger = newer; non-finite = oldest), ties to the higher row
+    (the baseline's stable argsort gives the later of equal keys the higher recency).
+
+    Parameters
+    ----------
+    categories : int [n]
+        Category per row (>= 0), -1 = none (no category signal from or to the row).
+    listed : float [n]
+        Listing-order key per row (`recembed.catalog.listing_order`), larger = newer.
+
+    Returns
+    -------
+    dict with ``item_category`` int32 [n], ``category_rank`` int32 [n] (0 = newest, -1 =
+    none), ``category_indptr`` int64 [max category + 2], ``category_rows`` int32 (each
+    category's rows, newest first).
+    """
+    cat = np.asarray(categories, np.int64)
+    key = np.asarray(listed, np.float64)
+    if cat.shape != key.shape or cat.ndim != 1:
+        raise ValueError(f"categories {cat.shape} and listed {key.shape} must be one per row")
+    key = np.where(np.isfinite(key), key, -np.inf)
+    newest = np.argsort(key, kind="stable")[::-1]  # the baseline's recency, descending
+    newest = newest[cat[newest] >= 0]
+    by_cat = newest[np.argsort(cat[newest], kind="stable")]
+    n_cat = int(cat.max(initial=-1)) + 1
+    indptr = np.zeros(n_cat + 1, np.int64)
+    np.cumsum(np.bincount(cat[by_cat], minlength=n_cat), out=indptr[1:])
+    rank = np.full(len(cat), -1, np.int32)
+    rank[by_cat] = np.arange(len(by_cat)) - indptr[cat[by_cat]]
+    return {"item_category": np.where(cat >= 0, cat, -1).astype(np.int32),
+            "category_rank": rank, "category_indptr": indptr,
+            "category_rows": by_cat.astype(np.int32)}
+
+
+def candidate_tables(vectors: np.ndarray, context: np.ndarray | None, width: int, *,
+                     search: Search | None = None, cos_search: Search | None = None,
+                     block: int = 4096) -> tuple[np.ndarray | None, np.ndarray]:
+    """Each item's own candidate lists for ``retrieval = "table"``: (dir_table int32 [n, width]
+    or None without output vectors, cos_table int32 [n, max(width // 4, 1)]), -1 padded.
+
+    Row i holds what the "index" retrieval fetches for a session of item i alone: the top
+    `width` items by ``vectors[i] . context`` and the top ``width // 4`` by cosine, searched
+    with the same `search` / `cos_search` serving uses (None = exact numpy search).
+
+    Parameters
+    ----------
+    vectors : float32 [n, d]
+    context : float32 [n, d] or None
+    width : int >= 1
+        `BlendSettings.candidates`.
+    search, cos_search : callable or None
+        As `BlendModel` takes them.
+    block : int >= 1
+        Items searched per call (bounds the [block, n] score matrix of exact search).
+    """
+    if width < 1:
+        raise ValueError(f"candidate table width must be >= 1, got {width}")
+    m = BlendModel(vectors, context, search=search, cos_search=cos_search)
+    n = len(m.vectors)
+    n_c, n_cos = min(width, n), max(min(width, n) // 4, 1)
+    dir_t = None if m.context is None else np.full((n, n_c), -1, np.int32)
+    cos_t = np.full((n, n_cos), -1, np.int32)
+    for lo in range(0, n, block):
+        q = m.vectors[lo:lo + block]
+        if dir_t is not None:
+            r = m._search(q, n_c)
+            dir_t[lo:lo + len(q), :r.shape[1]] = r
+        r = m._cos_search(unit_rows(m.unit[lo:lo + block]), n_cos)
+        cos_t[lo:lo + len(q), :r.shape[1]] = r
+    return dir_t, cos_t
+
+
+def table_rows(s_indptr: np.ndarray, s_flat: np.ndarray, table: np.ndarray, width: int,
+               weights: np.ndarray) -> np.ndarray:
+    """Candidate rows of each session from per-item lists.
+
+    The item j steps back (weight ``weights[j]``; -1 items skipped but keeping their place)
+    gives the first ``ceil(width * weights[j] / sum of the known items' weights)`` entries of
+    its list.
+
+    Parameters
+    ----------
+    s_indptr : int [n + 1]
+        Session i is ``s_flat[s_indptr[i]:s_indptr[i + 1]]``.
+    s_flat : int
+        Vector rows, most recent last, -1 = an item without a vector.
+    table : int32 [rows, w]
+        `candidate_tables` output, -1 padded.
+    width : int >= 0
+        Candidates per session (at most w are read per item).
+    weights : float [history]
+        Decay weight of the item j steps back.
+
+    Returns
+    -------
+    int64 [n, width + len(weights)], -1 padded, duplicates kept (the union removes them).
+    """
+    sessions = Sessions(indptr=np.asarray(s_indptr, np.int64),
+                        items=np.asarray(s_flat, np.int64))
+    return table_rows_kernel(sessions, table, int(min(width, table.shape[1])),
+                             np.asarray(weights, np.float64))
+
+
+def sequential_rules(sessions_item: np.ndarray, sessions_id: np.ndarray, n: int, *,
+                     steps: int = 10, top: int = 100) -> Csr:
+    """Rules a -> b for b following a within `steps` steps of a session, weight 1/distance,
+    summed over sessions; the `top` heaviest per row kept.
+
+    Parameters
+    ----------
+    sessions_item : int [E]
+        Rows of vector space in session order, -1 = no vector (skipped).
+    sessions_id : int [E]
+        The session of each event (grouped).
+    n : int
+        Rows.
+    steps : int >= 1
+    top : int >= 1
+
+    Returns
+    -------
+    Csr [n, n]: indptr int64, indices int32, data float32.
+    """
+    src, dst, wt = [], [], []
+    for d in range(1, steps + 1):
+        same = (sessions_id[d:] == sessions_id[:-d]) & (sessions_item[d:] != sessions_item[:-d])
+        same &= (sessions_item[d:] >= 0) & (sessions_item[:-d] >= 0)
+        src.append(sessions_item[:-d][same])
+        dst.append(sessions_item[d:][same])
+        wt.append(np.full(int(same.sum()), 1.0 / d))
+    s, t, w = np.concatenate(src), np.concatenate(dst), np.concatenate(wt)
+    key = s.astype(np.int64) * n + t
+    uk, inv = np.unique(key, return_inverse=True)
+    ws = np.bincount(inv, weights=w)
+    rs, cs = uk // n, uk % n
+    # keep the heaviest `top` per row: order by (row, -weight)
+    order = np.lexsort((cs, -ws, rs))
+    rs, cs, ws = rs[order], cs[order], ws[order]
+    rank = np.arange(len(rs)) - np.searchsorted(rs, rs)
+    keep = rank < top
+    rs, cs, ws = rs[keep], cs[keep], ws[keep]
+    order = np.lexsort((cs, rs))
+    rs, cs, ws = rs[order], cs[order], ws[order]
+    indptr = np.zeros(n + 1, np.int64)
+    np.add.at(indptr, rs + 1, 1)
+    return Csr(np.cumsum(indptr), cs.astype(np.int32), ws.astype(np.float32))
+
+
+def exact_top(scores: np.ndarray, k: int) -> np.ndarray:
+    """int64 [n, min(k, C)]: the columns of the k largest scores of each row (unordered)."""
+    k = min(k, scores.shape[1])
+    if k <= 0:
+        return np.zeros((len(scores), 0), np.int64)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return part.astype(np.int64)
