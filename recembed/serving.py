@@ -130,9 +130,10 @@ class Recommender:
         if not manifest_path.is_file():
             what = "a published version" if path.name.startswith("v") else "a version"
             raise ArtifactError(
-                f"{path} has no manifest.json: refusing to serve it, since without a manifest "
+                f"{path} has no {A.MANIFEST}: refusing to serve it, since without a manifest "
                 f"its files cannot be verified. Load {what} written by `recembed publish`, or a "
-                "run directory (config.toml + train.done.json) with Recommender.load_run"
+                f"run directory ({A.CONFIG.name} + {A.done_file('train')}) with "
+                "Recommender.load_run"
             )
         manifest = _read_json(manifest_path)
         files = manifest.get("files") if isinstance(manifest, dict) else None

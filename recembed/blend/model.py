@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recembed.artifacts import atomic_path, unit_rows
+from recembed.artifacts import BLEND, atomic_path, unit_rows
 from recembed.blend.kernels import (
     CategoryLists,
     FlatSignals,
@@ -363,7 +363,7 @@ class BlendModel:
         if st.retrieval == "table":
             if self.cos_table is None or (has_dir and self.dir_table is None):
                 raise ValueError('retrieval = "table" needs the candidate tables '
-                                 "(blend.npz dir_table / cos_table); this model has none")
+                                 f"({BLEND.name} dir_table / cos_table); this model has none")
             w = np.float64(st.decay) ** np.arange(st.history)
             dir_rows = table_rows(sessions.indptr, sessions.items, self.dir_table, n_c, w) \
                 if has_dir else np.zeros((n_q, 0), np.int64)
