@@ -323,6 +323,12 @@ def calibration_plan(cfg: Config, *, progress: bool | None = None) -> Calibratio
         searches=len(corpora) > 1 or len(tokens) > 1 or len(fixed) < 6)
 
 
+def training_amount_set(cfg: Config) -> bool:
+    """Whether the config sets the training amount (train.epochs or train.target_tokens):
+    then calibration and tune keep it."""
+    return cfg.train.epochs != "auto" or cfg.train.target_tokens != "auto"
+
+
 def corpus_set(cfg: Config) -> str | None:
     """The corpus option ("both", "walks", "sessions") a config sets (walks.enabled or
     sequences.enabled given explicitly; a switch left at "auto" beside one that is set counts

@@ -175,7 +175,10 @@ def tune(cfg, run_dir: str | Path | None = None, *, trials: int = 50,
     _requeue_stale(study)
     # seeded by what is already stored: a resumed study continues, it does not replay
     study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
-    objective = _objective(cfg, run, data, vs, sp, prune_queries, echo)
+    objective = _objective(
+        S.calibration_plan(cfg, progress=False), run, data, vs, sp, prune_queries, echo,
+        fixed_corpus=S.corpus_set(cfg), amount_set=S.training_amount_set(cfg), seed=cfg.run.seed,
+        threads=cfg.run.n_threads())
     before = len(study.trials)
     try:
         study.optimize(objective, n_trials=trials, timeout=time_budget_s or None, catch=())
@@ -349,16 +352,17 @@ def _requeue_stale(study) -> None:
                     t.number)
 
 
-def _objective(cfg, run: Path, data: dict, vs, sp: dict, prune_queries: int,
-               echo):
-    """The trial function: train one model, choose its blend, return the objective."""
+def _objective(plan, run: Path, data: dict, vs, sp: dict, prune_queries: int, echo, *,
+               fixed_corpus: str | None, amount_set: bool, seed: int, threads: int):
+    """The trial function: train one model, choose its blend, return the objective.
+    `fixed_corpus`: the corpus the config sets (None = searched); `amount_set`: train.epochs
+    or train.target_tokens is set (the plan's one amount is kept)."""
     from recembed import settings as S
     from recembed.calibrate import evaluate_candidate, neighbour_sample_size
 
-    plan = S.calibration_plan(cfg)
-    if S.corpus_set(cfg) is not None:  # walks.enabled / sequences.enabled set: fixed
-        sp["corpus"] = S.corpus_set(cfg)
-    if cfg.train.epochs != "auto" or cfg.train.target_tokens != "auto":
+    if fixed_corpus is not None:  # walks.enabled / sequences.enabled set
+        sp["corpus"] = fixed_corpus
+    if amount_set:
         sp["train.target_tokens"] = plan.target_tokens[0]  # 0 = the configured epochs
     split, q = data["split"], vs.queries
     hist = plan.base_blend.history
@@ -397,8 +401,8 @@ def _objective(cfg, run: Path, data: dict, vs, sp: dict, prune_queries: int,
         work.mkdir(parents=True, exist_ok=True)
         try:
             cand = evaluate_candidate(split.ct, weights, data["n_items"], q, work, plan,
-                                      corpus=corpus, tokens=tokens, seed=cfg.run.seed,
-                                      threads=cfg.run.n_threads(),
+                                      corpus=corpus, tokens=tokens, seed=seed,
+                                      threads=threads,
                                       catalog=data["catalog"], listing=vs.listing,
                                       walk_params=replace(plan.walk_params, **wp),
                                       train_params=replace(plan.train_params, **tp),
