@@ -129,6 +129,7 @@ TUNE_DB = Artifact("tune.db")
 TUNE_RECORD = Artifact("tune.json")  # the study's summary of the last `tune` call
 TUNED = Artifact("tuned.toml")  # the best trial as config sections (include it from a TOML)
 TUNE_WORK = Artifact(".tune-work", kind="folder")  # the running trials' scratch
+TUNE_LOCK = Artifact(".tune.lock")  # flock held by the `recembed tune` using a run directory
 # scratch files of a stage (in its .tmp-<stage> folder, removed when it ends)
 SCRATCH_CORPUS = "corpus.txt"  # the corpora concatenated for gensim's corpus_file mode
 SCRATCH_SIDE = "side.txt"  # the cold-start "context" scheme's attribute sentences

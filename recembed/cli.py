@@ -206,7 +206,8 @@ def recommend(
 def tune(
     config: Annotated[Path, typer.Argument(help="pipeline TOML")],
     trials: Annotated[int, typer.Option(help="trials to add to the study")] = 50,
-    time_budget: Annotated[float, typer.Option(help="seconds; no trial starts after this "
+    time_budget: Annotated[float, typer.Option(help="seconds; no trial starts after this, and "
+                                               "a running one stops at its next epoch end "
                                                "(0 = no limit)")] = 3600.0,
     sample_sessions: Annotated[int, typer.Option(help="tune on the N most recent "
                                                  "calibration-train sessions (0 = all)")] = 0,
@@ -218,8 +219,8 @@ def tune(
 ) -> None:
     """Optuna search of corpus, training and blend settings on the validation split; resumes
     from <run>/tune.db and writes <run>/tuned.toml (include it from a pipeline TOML)."""
-    from recembed.pipeline import PipelineError
-    from recembed.tune import TuneError, parse_space
+    from recembed.pipeline import EXIT_LOCKED, PipelineError
+    from recembed.tune import TuneError, TuneLocked, parse_space
     from recembed.tune import tune as run_tune
 
     try:
@@ -227,15 +228,20 @@ def tune(
         res = run_tune(cfg, run_dir, trials=trials, time_budget_s=time_budget,
                        sample_sessions=sample_sessions, space=parse_space(space or []),
                        echo=typer.echo)
+    except TuneLocked as e:
+        _fail(str(e), EXIT_LOCKED)
     except (ConfigError, TuneError) as e:
         _fail(str(e), 2)
     except PipelineError as e:
         _fail(str(e), e.exit_code)
     typer.echo(res.table())
     typer.echo(f"study {res.study_name} in {res.storage}: {res.added} trials added "
-               f"({res.seconds:.1f} s)")
-    typer.echo(f"best settings: {res.tuned_path}" if res.tuned_path else
-               "no trial completed: nothing written")
+               f"({res.seconds:.1f} s)" + (f"; {res.stopped}" if res.stopped else ""))
+    if res.tuned_path:
+        typer.echo(f"best settings: {res.tuned_path}\nto use them, add this line at the top of "
+                   f"{config}:\n  {res.include_line}")
+    else:
+        typer.echo("no trial completed: nothing written")
 
 
 def _load(path: Path):

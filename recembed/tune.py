@@ -73,10 +73,16 @@ SPACE: dict[str, Any] = {
 }
 LOG_SCALE = frozenset({"walks.p", "walks.q", "train.negative", "train.target_tokens"})
 OBJECTIVE = TUNE_OBJECTIVE
+TIME_BUDGET = "time budget"  # why a trial stopped early (its user attribute "stopped")
 
 
 class TuneError(ValueError):
     """A search that cannot run as asked; the message says what to change."""
+
+
+class TuneLocked(TuneError):
+    """Another `recembed tune` holds the run directory (the CLI exits with 5, as for a held
+    run directory)."""
 
 
 @dataclass
@@ -91,6 +97,13 @@ class TuneResult:
     trials: list[dict] = field(default_factory=list)
     added: int = 0
     seconds: float = 0.0
+    stopped: str = ""  # why fewer trials ran than asked ("" = all ran)
+
+    @property
+    def include_line(self) -> str:
+        """The line that makes a pipeline TOML use the tuned settings (an absolute path, so it
+        works wherever the TOML lives; keys set in that TOML still win)."""
+        return f'include = ["{self.tuned_path.resolve()}"]' if self.tuned_path else ""
 
     def table(self) -> str:
         """The trials as a text table (number, state, objective, recall, mrr, seconds, params)."""
@@ -115,8 +128,8 @@ def tune(cfg, run_dir: str | Path | None = None, *, trials: int = 50,
     trials : int >= 1
         Trials to add in this call (a resumed study keeps its earlier ones).
     time_budget_s : float, seconds, or None
-        No new trial starts after this much time in this call (a running trial finishes);
-        None or 0 = no limit.
+        No new trial starts after this much time in this call, and a running trial stops at
+        its next epoch end (pruned, recorded as stopped by the budget); None or 0 = no limit.
     sample_sessions : int >= 0
         Tune on the most recent N calibration-train sessions only (0 = all of them); a study
         is bound to one value (a resumed study with another is refused).
@@ -132,6 +145,31 @@ def tune(cfg, run_dir: str | Path | None = None, *, trials: int = 50,
     echo : callable
         Progress lines (one per trial).
     """
+    from recembed.pipeline import default_run_dir
+
+    t0 = time.perf_counter()
+    if trials < 1:
+        raise TuneError(f"--trials must be at least 1 (got {trials})")
+    if sample_sessions < 0:
+        raise TuneError(f"--sample-sessions must be >= 0 (got {sample_sessions}; 0 = all)")
+    sp = _space(space)
+    run = Path(run_dir) if run_dir else default_run_dir(cfg)
+    run.mkdir(parents=True, exist_ok=True)
+    try:
+        with A.exclusive_lock(A.TUNE_LOCK.path(run)):
+            return _tune_locked(cfg, run, trials=trials, time_budget_s=time_budget_s,
+                                sample_sessions=sample_sessions, seed=seed, sp=sp,
+                                pruner=pruner, prune_queries=prune_queries, echo=echo, t0=t0)
+    except A.LockHeld as e:
+        raise TuneLocked(f"{run} is being tuned by another `recembed tune` ({e.holder}): two "
+                         "searches on one run directory would delete each other's trials; "
+                         "wait for it to finish, or tune into another --run-dir") from None
+
+
+def _tune_locked(cfg, run: Path, *, trials: int, time_budget_s: float | None,
+                 sample_sessions: int, seed: int | None, sp: dict, pruner, prune_queries: int,
+                 echo, t0: float) -> TuneResult:
+    """`tune` once the run directory's tune lock is held."""
     import optuna
 
     from recembed import settings as S
@@ -140,16 +178,9 @@ def tune(cfg, run_dir: str | Path | None = None, *, trials: int = 50,
     from recembed.stages import STAGES
     from recembed.train import EmptyVocabulary
 
-    t0 = time.perf_counter()
-    if trials < 1:
-        raise TuneError(f"--trials must be at least 1 (got {trials})")
-    if sample_sessions < 0:
-        raise TuneError(f"--sample-sessions must be >= 0 (got {sample_sessions}; 0 = all)")
-    sp = _space(space)
     # the catalog too when there is one: trials score cold targets as calibration does
     needs = ["sessionize", *(["catalog"] if S.has_catalog(cfg) else [])]
-    rep = run_pipeline(cfg, run_dir, plan=STAGES, stages=needs, echo=lambda s: None)
-    run = Path(rep.run_dir)
+    run_pipeline(cfg, run, plan=STAGES, stages=needs, echo=lambda s: None)
     data = _tuning_data(run, sample_sessions, S.cold_params(cfg) if S.has_catalog(cfg) else None)
     split = data["split"]
     if split.empty:
@@ -175,10 +206,13 @@ def tune(cfg, run_dir: str | Path | None = None, *, trials: int = 50,
     _requeue_stale(study)
     # seeded by what is already stored: a resumed study continues, it does not replay
     study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
+    # the budget bounds the running trial too: its pruning callback stops it at the deadline
+    deadline = time.monotonic() + time_budget_s if time_budget_s else None
     objective = _objective(
         S.calibration_plan(cfg, progress=False), run, data, vs, sp, prune_queries, echo,
         fixed_corpus=S.corpus_set(cfg), amount_set=S.training_amount_set(cfg), seed=cfg.run.seed,
-        threads=cfg.run.n_threads())
+        threads=cfg.run.n_threads(), deadline=deadline, trials=trials,
+        first=len(study.trials))
     before = len(study.trials)
     try:
         study.optimize(objective, n_trials=trials, timeout=time_budget_s or None, catch=())
@@ -197,12 +231,19 @@ def tune(cfg, run_dir: str | Path | None = None, *, trials: int = 50,
         tuned = A.TUNED.path(run)
         tuned.write_text(tuned_toml(b, study_name=name, n_trials=len(study.trials),
                                     sample_sessions=sample_sessions))
-    res = TuneResult(run, name, storage, tuned, best, rows, len(study.trials) - before,
-                     time.perf_counter() - t0)
+    added = len(study.trials) - before
+    stopped = sum(t.user_attrs.get("stopped") == TIME_BUDGET for t in study.trials[before:])
+    # why fewer trials ran than asked: the budget stopped the search (and maybe a running trial)
+    why = "" if added >= trials else (
+        f"the time budget ({time_budget_s:g} s) ran out after {added} of {trials} trials"
+        + (f"; {stopped} running trial stopped at an epoch end" if stopped else ""))
+    res = TuneResult(run, name, storage, tuned, best, rows, added, time.perf_counter() - t0,
+                     stopped=why)
     A.TUNE_RECORD.path(run).write_text(json.dumps(
         {"study": name, "storage": storage, "objective": OBJECTIVE, "bound": bound,
          "validation_queries": qstats, "best": best, "tuned": str(tuned) if tuned else None,
-         "trials": len(rows), "states": pd.Series([r["state"] for r in rows]).value_counts()
+         "include": res.include_line, "trials": len(rows), "trials_this_call": added,
+         "stopped": why, "states": pd.Series([r["state"] for r in rows]).value_counts()
          .to_dict(), "seconds_this_call": round(res.seconds, 3)}, indent=2, default=str))
     return res
 
@@ -353,7 +394,8 @@ def _requeue_stale(study) -> None:
 
 
 def _objective(plan, run: Path, data: dict, vs, sp: dict, prune_queries: int, echo, *,
-               fixed_corpus: str | None, amount_set: bool, seed: int, threads: int):
+               fixed_corpus: str | None, amount_set: bool, seed: int, threads: int,
+               deadline: float | None = None, trials: int = 0, first: int = 0):
     """The trial function: train one model, choose its blend, return the objective.
     `fixed_corpus`: the corpus the config sets (None = searched); `amount_set`: train.epochs
     or train.target_tokens is set (the plan's one amount is kept)."""
@@ -396,7 +438,11 @@ def _objective(plan, run: Path, data: dict, vs, sp: dict, prune_queries: int, ec
         half = float(_suggest(trial, "session.half_life_days", sp["session.half_life_days"]))
         settings["session.half_life_days"] = half
         weights = split.weights(half)
-        callback = _pruning_callback(trial, probe, decay, hist, data["n_items"])
+        echo(f"trial {trial.number} (this call: {trial.number - first + 1} of {trials}): "
+             f"{corpus} corpus, {tokens:,} tokens" if tokens else
+             f"trial {trial.number} (this call: {trial.number - first + 1} of {trials}): "
+             f"{corpus} corpus")
+        callback = _pruning_callback(trial, probe, decay, hist, data["n_items"], deadline)
         work = A.TUNE_WORK.path(run) / f"trial-{trial.number}"
         work.mkdir(parents=True, exist_ok=True)
         try:
@@ -412,7 +458,10 @@ def _objective(plan, run: Path, data: dict, vs, sp: dict, prune_queries: int, ec
 
             if isinstance(e, optuna.TrialPruned):
                 trial.set_user_attr("seconds", round(time.perf_counter() - t0, 3))
-                echo(f"trial {trial.number}: pruned at step {e.args[0] if e.args else '?'} "
+                why = e.args[0] if e.args else "?"
+                echo(f"trial {trial.number}: stopped: the time budget ran out "
+                     f"({time.perf_counter() - t0:.1f} s)" if why == TIME_BUDGET else
+                     f"trial {trial.number}: pruned at step {why} "
                      f"({time.perf_counter() - t0:.1f} s)")
             raise
         finally:
@@ -444,9 +493,12 @@ def _probe_queries(q, n: int, history: int) -> dict:
     return {"prefix": pref, "target": q.target[:m].astype(np.int64)}
 
 
-def _pruning_callback(trial, probe: dict, decay: float, history: int, n_items: int):
+def _pruning_callback(trial, probe: dict, decay: float, history: int, n_items: int,
+                      deadline: float | None = None):
     """A gensim epoch-end callback: at each quarter of the epoch schedule, report the
-    directional Recall@20 + MRR@20 on the probe queries and prune when the pruner says so."""
+    directional Recall@20 + MRR@20 on the probe queries and prune when the pruner says so;
+    past `deadline` (time.monotonic) stop the trial at the next epoch end (pruned, with
+    user attribute ``stopped`` = "time budget")."""
     import optuna
     from gensim.models.callbacks import CallbackAny2Vec
 
@@ -458,6 +510,10 @@ def _pruning_callback(trial, probe: dict, decay: float, history: int, n_items: i
 
         def on_epoch_end(self, model):
             self.epoch += 1
+            if deadline is not None and time.monotonic() > deadline and \
+                    self.epoch < model.epochs:
+                trial.set_user_attr("stopped", TIME_BUDGET)
+                raise optuna.TrialPruned(TIME_BUDGET)
             quarter = (4 * self.epoch) // max(model.epochs, 1)
             if quarter <= self.quarter:
                 return

@@ -82,14 +82,56 @@ def test_a_trial_left_running_is_failed_and_queued_again(clicks, tmp_path):
     assert {k: trials[2].params[k] for k in stale_params} == stale_params
 
 
-def test_the_time_budget_stops_the_search(clicks, tmp_path):
-    cfg = _cfg(clicks, tmp_path)
+def test_the_time_budget_stops_the_search_and_the_running_trial(clicks, tmp_path):
+    cfg = _cfg(clicks, tmp_path, "train.epochs=6")
     t0 = time.perf_counter()
-    res = tune(cfg, tmp_path / "run", trials=100, time_budget_s=0.01, space=SMALL,
-               echo=lambda s: None)
-    # the first trial starts, none after the budget
-    assert res.added == 1 and len(_study(tmp_path / "run").trials) == 1
+    lines: list[str] = []
+    res = tune(cfg, tmp_path / "run", trials=100, time_budget_s=0.01,
+               space={"train.vector_size": [8]}, echo=lines.append)
+    # the first trial starts, none after the budget, and the running one stops at its first
+    # epoch end instead of training all six epochs
+    (t,) = _study(tmp_path / "run").trials
+    assert res.added == 1 and t.state == optuna.trial.TrialState.PRUNED
+    assert t.user_attrs["stopped"] == "time budget" and not t.intermediate_values
+    assert "1 of 100 trials" in res.stopped and "1 running trial stopped" in res.stopped
+    record = json.loads((tmp_path / "run" / "tune.json").read_text())
+    assert record["stopped"] == res.stopped and record["trials_this_call"] == 1
+    assert any("started" in ln or "corpus" in ln for ln in lines)  # progress per trial
+    assert any("time budget ran out" in ln for ln in lines)
     assert time.perf_counter() - t0 < 60
+
+
+def test_a_second_tune_on_the_same_run_directory_exits_with_the_lock_code(clicks, tmp_path):
+    from recembed import artifacts as A
+    from recembed.tune import TuneLocked
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with A.exclusive_lock(A.TUNE_LOCK.path(run)):  # as a running `tune` holds it
+        with pytest.raises(TuneLocked, match="another `recembed tune`"):
+            tune(_cfg(clicks, tmp_path), run, trials=1, space=SMALL, echo=lambda s: None)
+        r = CliRunner().invoke(app, [
+            "tune", "--trials", "1", "--run-dir", str(run),
+            "--set", f"input.paths=['{clicks}']", "--set", "input.categories_path=''",
+            "--set", "run.progress=false", str(_write_config(tmp_path, clicks))])
+    assert r.exit_code == 5, r.output
+    assert not (run / "tune.db").exists()  # nothing of the held study was touched
+
+
+def _write_config(tmp: Path, clicks: Path) -> Path:
+    conf = tmp / "job.toml"
+    conf.write_text(f'[input]\npaths = ["{clicks}"]\ncategories_path = ""\n')
+    return conf
+
+
+def test_the_printed_include_line_makes_any_config_use_the_tuned_settings(clicks, tmp_path):
+    res = tune(_cfg(clicks, tmp_path), tmp_path / "run", trials=1,
+               space={**SMALL, "train.window": [7]}, echo=lambda s: None)
+    elsewhere = tmp_path / "other" / "dir"
+    elsewhere.mkdir(parents=True)
+    conf = elsewhere / "nightly.toml"  # nowhere near the run directory
+    conf.write_text(res.include_line + f'\n\n[input]\npaths = ["{clicks}"]\n')
+    assert load_config(conf).train.window == 7  # default 3
 
 
 def test_pruning_is_reported_per_epoch_and_stops_a_trial(clicks, tmp_path):
