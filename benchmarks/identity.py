@@ -66,7 +66,7 @@ def file_hashes(run_dir: Path) -> dict[str, str]:
         elif p.suffix == ".toml":
             data = re.sub(rb'"/[^"]*"', b'"<path>"', data)
         elif p.suffix == ".html":
-            data = re.sub(rb"\d", b"#", data)
+            data = re.sub(rb"\d+(?:\.\d+)?(?:e[-+]?\d+)?", b"#", data)
         out[rel] = hashlib.sha256(data).hexdigest()
     return out
 
