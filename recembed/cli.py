@@ -238,6 +238,31 @@ def tune(
                "no trial completed: nothing written")
 
 
+@app.command()
+def serve(
+    published: Annotated[Path, typer.Argument(help="published root (holds LATEST)")],
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(help="worker processes (each loads the version)")] = 1,
+    poll: Annotated[float, typer.Option(help="seconds between two reads of LATEST")] = 1.0,
+    max_k: Annotated[int, typer.Option(help="largest k a request may ask for")] = 1000,
+    max_session: Annotated[int, typer.Option(help="most ids in one session")] = 200,
+    max_batch: Annotated[int, typer.Option(help="most sessions in one request")] = 1000,
+    access_log: Annotated[bool, typer.Option(help="one log line per request")] = False,
+) -> None:
+    """HTTP service (FastAPI on uvicorn) of the version LATEST names, swapped when LATEST
+    changes; JSON log lines on stderr. See recembed.server for the endpoints."""
+    from recembed import artifacts as A
+    from recembed.server import ServeSettings
+    from recembed.server import serve as run_server
+
+    if not (published / A.LATEST).exists():
+        _fail(f"{published} has no {A.LATEST}: give a published root", 3)
+    run_server(ServeSettings(root=str(published), max_k=max_k, max_session=max_session,
+                             max_batch=max_batch, poll_s=poll),
+               host=host, port=port, workers=workers, access_log=access_log)
+
+
 def _load(path: Path):
     from recembed.serving import ArtifactError, Recommender
 

@@ -73,6 +73,7 @@ class Recommender:
         self.meta = meta or {}
         self.categories = categories
         self.not_served: dict[str, str] = {}  # cold start: id -> why it has no vector
+        self.origin: np.ndarray | None = None  # per row: "trained" / "side_info" (catalog runs)
         # cosine candidates from the item index (what `similar` searches), not q @ unit.T over
         # the whole catalogue (benchmarks/RESULTS.md, "serving throughput on the
         # 10,000,000-event synthetic catalogue")
@@ -222,6 +223,7 @@ class Recommender:
         rec = cls(emb.ids, emb.vectors, index, settings, meta, emb.categories, emb.context,
                   model)
         rec.not_served = _not_served(path)
+        rec.origin = emb.origin
         return rec
 
     def why_not_served(self, item_id) -> str:
