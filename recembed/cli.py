@@ -179,13 +179,20 @@ def query(
     version: Annotated[Path, typer.Argument(help="published root, version or run directory")],
     item_id: Annotated[list[str], typer.Argument(help="item id(s)")],
     k: Annotated[int, typer.Option("-k", help="neighbours per item")] = 20,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Nearest neighbours of items in a published version."""
+    """Nearest neighbours of items in a published version (exit 6: an id is unknown)."""
     rec = _load(version)
     res = rec.similar(item_id, k=k)
-    for q, ids, sc in zip(item_id, res.ids, res.scores, strict=True):
-        typer.echo(f"\n{q}" + ("  (unknown id)" if q in res.unknown else ""))
-        _table(rec, ids, sc)
+    if as_json:
+        _emit_json(version, rec, [{"id": q, "items": _items(rec, ids, sc)}
+                                  for q, ids, sc in zip(item_id, res.ids, res.scores,
+                                                        strict=True)], res.unknown)
+    else:
+        for q, ids, sc in zip(item_id, res.ids, res.scores, strict=True):
+            typer.echo(f"\n{q}" + ("  (unknown id)" if q in res.unknown else ""))
+            _table(rec, ids, sc)
+    _unknown_exit(res.unknown)
 
 
 @app.command()
@@ -193,13 +200,18 @@ def recommend(
     version: Annotated[Path, typer.Argument(help="published root, version or run directory")],
     item_id: Annotated[list[str], typer.Argument(help="recent items of a session, oldest first")],
     k: Annotated[int, typer.Option("-k", help="items to recommend")] = 20,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Next-item recommendations for a session (repeat-aware blend, see serving.json)."""
+    """Next-item recommendations for a session (repeat-aware blend, see serving.json); unknown
+    ids keep their place in the decay and are reported on stderr (exit 6)."""
     rec = _load(version)
     res = rec.recommend(item_id, k=k)
-    if res.unknown:
-        typer.echo(f"unknown ids ignored: {', '.join(res.unknown)}")
-    _table(rec, res.ids[0], res.scores[0])
+    if as_json:
+        _emit_json(version, rec, [{"items": _items(rec, res.ids[0], res.scores[0])}],
+                   res.unknown)
+    else:
+        _table(rec, res.ids[0], res.scores[0])
+    _unknown_exit(res.unknown)
 
 
 @app.command()
@@ -270,6 +282,42 @@ def _load(path: Path):
         return Recommender.load(path)
     except ArtifactError as e:
         _fail(str(e), 3)
+
+
+EXIT_UNKNOWN_IDS = 6  # query / recommend: an id is not in the version (0-5: `recembed run`)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="one JSON object on stdout: version, "
+                                       "results / items, unknown")]
+
+
+def _items(rec, ids, scores) -> list[dict]:
+    """[{"id", "score", "category"?}] of one answer."""
+    cats = None if rec.categories is None else rec.categories[[rec.row_of[str(x)] for x in ids]]
+    return [{"id": str(x), "score": float(sc), **({} if cats is None else
+                                                 {"category": int(cats[i])})}
+            for i, (x, sc) in enumerate(zip(ids, scores.tolist(), strict=True))]
+
+
+def _emit_json(path: Path, rec, results: list[dict], unknown: list[str]) -> None:
+    """The --json answer: {"version", "results" (query) or "items" (recommend), "unknown"}."""
+    import json
+
+    from recembed import artifacts as A
+    from recembed.serving import resolve_latest
+
+    name = resolve_latest(path).name if (path / A.LATEST).exists() else Path(path).resolve().name
+    body = {"version": name, **({"items": results[0]["items"]}
+                                if set(results[0]) == {"items"} else {"results": results}),
+            "unknown": list(unknown)}
+    typer.echo(json.dumps(body, ensure_ascii=False))
+
+
+def _unknown_exit(unknown: list[str]) -> None:
+    """Unknown ids: named on stderr, exit `EXIT_UNKNOWN_IDS` (the answer is printed first)."""
+    if unknown:
+        typer.secho(f"error: unknown ids (not in this version): {', '.join(unknown)}",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(EXIT_UNKNOWN_IDS)
 
 
 def _table(rec, ids, scores) -> None:
