@@ -275,6 +275,48 @@ def serve(
                host=host, port=port, workers=workers, access_log=access_log)
 
 
+@app.command()
+def export(
+    published: Annotated[Path, typer.Argument(help="published root (the version LATEST names)")],
+    to: Annotated[str, typer.Option("--to", help="a .db file (Milvus Lite), a directory "
+                                    "(Qdrant local mode), milvus://host:port or "
+                                    "qdrant://host:port")],
+    alias: Annotated[str, typer.Option(help="the alias readers query")] = "recembed",
+    keep: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        help="collections kept (default: the version's publish.keep_versions)")] = None,
+) -> None:
+    """Export the current version into a vector database: one collection per version (item
+    and context vectors, id / category / origin), the alias moved once it is complete."""
+    from recembed import artifacts as A
+    from recembed.export import ExportError, export_version, open_target
+    from recembed.serving import ArtifactError, resolve_latest
+
+    if keep is None:
+        keep = 5
+        try:
+            version_dir = resolve_latest(published) if (published / A.LATEST).exists() \
+                else published
+            keep = load_config(A.CONFIG.path(version_dir)).publish.keep_versions
+        except (ArtifactError, ConfigError, OSError):
+            pass  # a version without a readable config.toml: the publish default
+    try:
+        target = open_target(to)
+    except ExportError as e:
+        _fail(str(e), 2)
+    try:
+        res = export_version(published, target, alias=alias, keep=keep, echo=typer.echo)
+    except ArtifactError as e:
+        _fail(str(e), 3)
+    except ExportError as e:
+        _fail(str(e), 1)
+    finally:
+        target.close()
+    typer.echo(f"{res.items:,} items of {res.version} in {res.collection}"
+               f"{' (already complete)' if res.reused else ''}; alias {res.alias!r} moved"
+               + (f"; dropped {', '.join(res.dropped)}" if res.dropped else "")
+               + f" ({res.seconds:.1f} s)")
+
+
 def _load(path: Path):
     from recembed.serving import ArtifactError, Recommender
 
