@@ -81,7 +81,7 @@ def _check_matches_faiss(target, alias: str, rec: Recommender, decay: float, his
     assert np.mean(same) >= 0.95, np.mean(same)
     # directional: decayed prefix sum of item vectors, searched in `context` (inner product)
     rng = np.random.default_rng(0)
-    sessions = [rng.integers(0, len(ids), rng.integers(1, 6)).tolist() + [int(r)]
+    sessions = [[*rng.integers(0, len(ids), rng.integers(1, 6)).tolist(), int(r)]
                 for r in q_rows]
     qs = np.stack([directional_query(rec.vectors, s, decay, history) for s in sessions])
     got = _search(target, alias, CONTEXT, qs, K)
@@ -128,7 +128,7 @@ def test_export_matches_faiss_roundtrips_ids_and_moves_the_alias(published, tmp_
             while not stop.is_set():
                 try:
                     sizes.append(target.count(target.alias_target("rec")))
-                except Exception as e:  # noqa: BLE001 - any failure is a finding
+                except Exception as e:  # any failure is a finding
                     errors.append(repr(e))
 
         th = threading.Thread(target=reader)
