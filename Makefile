@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml
 	@# --compile-bytecode: these machines set PYTHONDONTWRITEBYTECODE, so without .pyc files every
 	@# process recompiled numpy/scipy/numba from source: ~1.1 s more per start (measured).
 	@($(PY) -m pip install -q uv && \
-	  $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -e '.[dev,spark]') \
-	  || $(PY) -m pip install -q -e '.[dev,spark]'
+	  $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -e '.[dev,spark,serve,export]') \
+	  || $(PY) -m pip install -q -e '.[dev,spark,serve,export]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

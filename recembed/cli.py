@@ -179,13 +179,20 @@ def query(
     version: Annotated[Path, typer.Argument(help="published root, version or run directory")],
     item_id: Annotated[list[str], typer.Argument(help="item id(s)")],
     k: Annotated[int, typer.Option("-k", help="neighbours per item")] = 20,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Nearest neighbours of items in a published version."""
+    """Nearest neighbours of items in a published version (exit 6: an id is unknown)."""
     rec = _load(version)
     res = rec.similar(item_id, k=k)
-    for q, ids, sc in zip(item_id, res.ids, res.scores, strict=True):
-        typer.echo(f"\n{q}" + ("  (unknown id)" if q in res.unknown else ""))
-        _table(rec, ids, sc)
+    if as_json:
+        _emit_json(version, rec, [{"id": q, "items": _items(rec, ids, sc)}
+                                  for q, ids, sc in zip(item_id, res.ids, res.scores,
+                                                        strict=True)], res.unknown)
+    else:
+        for q, ids, sc in zip(item_id, res.ids, res.scores, strict=True):
+            typer.echo(f"\n{q}" + ("  (unknown id)" if q in res.unknown else ""))
+            _table(rec, ids, sc)
+    _unknown_exit(res.unknown)
 
 
 @app.command()
@@ -193,13 +200,18 @@ def recommend(
     version: Annotated[Path, typer.Argument(help="published root, version or run directory")],
     item_id: Annotated[list[str], typer.Argument(help="recent items of a session, oldest first")],
     k: Annotated[int, typer.Option("-k", help="items to recommend")] = 20,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Next-item recommendations for a session (repeat-aware blend, see serving.json)."""
+    """Next-item recommendations for a session (repeat-aware blend, see serving.json); unknown
+    ids keep their place in the decay and are reported on stderr (exit 6)."""
     rec = _load(version)
     res = rec.recommend(item_id, k=k)
-    if res.unknown:
-        typer.echo(f"unknown ids ignored: {', '.join(res.unknown)}")
-    _table(rec, res.ids[0], res.scores[0])
+    if as_json:
+        _emit_json(version, rec, [{"items": _items(rec, res.ids[0], res.scores[0])}],
+                   res.unknown)
+    else:
+        _table(rec, res.ids[0], res.scores[0])
+    _unknown_exit(res.unknown)
 
 
 @app.command()
@@ -244,6 +256,73 @@ def tune(
         typer.echo("no trial completed: nothing written")
 
 
+@app.command()
+def serve(
+    published: Annotated[Path, typer.Argument(help="published root (holds LATEST)")],
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(help="worker processes (each loads the version)")] = 1,
+    poll: Annotated[float, typer.Option(help="seconds between two reads of LATEST")] = 1.0,
+    max_k: Annotated[int, typer.Option(help="largest k a request may ask for")] = 1000,
+    max_session: Annotated[int, typer.Option(help="most ids in one session")] = 200,
+    max_batch: Annotated[int, typer.Option(help="most sessions in one request")] = 1000,
+    access_log: Annotated[bool, typer.Option(help="one log line per request")] = False,
+) -> None:
+    """HTTP service (FastAPI on uvicorn) of the version LATEST names, swapped when LATEST
+    changes; JSON log lines on stderr. See recembed.server for the endpoints."""
+    from recembed import artifacts as A
+    from recembed.server import ServeSettings
+    from recembed.server import serve as run_server
+
+    if not (published / A.LATEST).exists():
+        _fail(f"{published} has no {A.LATEST}: give a published root", 3)
+    run_server(ServeSettings(root=str(published), max_k=max_k, max_session=max_session,
+                             max_batch=max_batch, poll_s=poll),
+               host=host, port=port, workers=workers, access_log=access_log)
+
+
+@app.command()
+def export(
+    published: Annotated[Path, typer.Argument(help="published root (the version LATEST names)")],
+    to: Annotated[str, typer.Option("--to", help="a .db file (Milvus Lite), a directory "
+                                    "(Qdrant local mode), milvus://host:port or "
+                                    "qdrant://host:port")],
+    alias: Annotated[str, typer.Option(help="the alias readers query")] = "recembed",
+    keep: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        help="collections kept (default: the version's publish.keep_versions)")] = None,
+) -> None:
+    """Export the current version into a vector database: one collection per version (item
+    and context vectors, id / category / origin), the alias moved once it is complete."""
+    from recembed import artifacts as A
+    from recembed.export import ExportError, export_version, open_target
+    from recembed.serving import ArtifactError, resolve_latest
+
+    if keep is None:
+        keep = 5
+        try:
+            version_dir = resolve_latest(published) if (published / A.LATEST).exists() \
+                else published
+            keep = load_config(A.CONFIG.path(version_dir)).publish.keep_versions
+        except (ArtifactError, ConfigError, OSError):
+            pass  # a version without a readable config.toml: the publish default
+    try:
+        target = open_target(to)
+    except ExportError as e:
+        _fail(str(e), 2)
+    try:
+        res = export_version(published, target, alias=alias, keep=keep, echo=typer.echo)
+    except ArtifactError as e:
+        _fail(str(e), 3)
+    except ExportError as e:
+        _fail(str(e), 1)
+    finally:
+        target.close()
+    typer.echo(f"{res.items:,} items of {res.version} in {res.collection}"
+               f"{' (already complete)' if res.reused else ''}; alias {res.alias!r} moved"
+               + (f"; dropped {', '.join(res.dropped)}" if res.dropped else "")
+               + f" ({res.seconds:.1f} s)")
+
+
 def _load(path: Path):
     from recembed.serving import ArtifactError, Recommender
 
@@ -251,6 +330,42 @@ def _load(path: Path):
         return Recommender.load(path)
     except ArtifactError as e:
         _fail(str(e), 3)
+
+
+EXIT_UNKNOWN_IDS = 6  # query / recommend: an id is not in the version (0-5: `recembed run`)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="one JSON object on stdout: version, "
+                                       "results / items, unknown")]
+
+
+def _items(rec, ids, scores) -> list[dict]:
+    """[{"id", "score", "category"?}] of one answer."""
+    cats = None if rec.categories is None else rec.categories[[rec.row_of[str(x)] for x in ids]]
+    return [{"id": str(x), "score": float(sc), **({} if cats is None else
+                                                 {"category": int(cats[i])})}
+            for i, (x, sc) in enumerate(zip(ids, scores.tolist(), strict=True))]
+
+
+def _emit_json(path: Path, rec, results: list[dict], unknown: list[str]) -> None:
+    """The --json answer: {"version", "results" (query) or "items" (recommend), "unknown"}."""
+    import json
+
+    from recembed import artifacts as A
+    from recembed.serving import resolve_latest
+
+    name = resolve_latest(path).name if (path / A.LATEST).exists() else Path(path).resolve().name
+    body = {"version": name, **({"items": results[0]["items"]}
+                                if set(results[0]) == {"items"} else {"results": results}),
+            "unknown": list(unknown)}
+    typer.echo(json.dumps(body, ensure_ascii=False))
+
+
+def _unknown_exit(unknown: list[str]) -> None:
+    """Unknown ids: named on stderr, exit `EXIT_UNKNOWN_IDS` (the answer is printed first)."""
+    if unknown:
+        typer.secho(f"error: unknown ids (not in this version): {', '.join(unknown)}",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(EXIT_UNKNOWN_IDS)
 
 
 def _table(rec, ids, scores) -> None:

@@ -1,7 +1,8 @@
 """Serving-side loader: a published version (or a run directory) answering top-K queries.
 
 Imports numpy, numba, pyarrow and faiss only: no gensim, pandas or training code, so a serving
-process stays small. Every file is checked against the manifest's sha256 on load, and a mismatch is
+process stays small; numba and faiss load with the first version (`import recembed.serving`
+itself takes numpy and the standard library). Every file is checked against the manifest's sha256 on load, and a mismatch is
 refused; so is a version without a manifest, and a LATEST that leads out of the published root.
 An unpublished run directory is checked against its stages' done-files (`load_run`). Reads are thread-safe: search parameters are set once at load and never changed.
 
@@ -17,13 +18,17 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from recembed import artifacts as A
 from recembed.artifacts import sha256
-from recembed.blend import BlendModel, BlendSettings
+from recembed.blend import BlendSettings  # the settings only: numba loads with the model
 from recembed.index import load_index
+
+if TYPE_CHECKING:
+    from recembed.blend import BlendModel
 
 
 class ArtifactError(RuntimeError):
@@ -73,6 +78,9 @@ class Recommender:
         self.meta = meta or {}
         self.categories = categories
         self.not_served: dict[str, str] = {}  # cold start: id -> why it has no vector
+        self.origin: np.ndarray | None = None  # per row: "trained" / "side_info" (catalog runs)
+        from recembed.blend import BlendModel  # numba: loaded by the first Recommender
+
         # cosine candidates from the item index (what `similar` searches), not q @ unit.T over
         # the whole catalogue (benchmarks/RESULTS.md, "serving throughput on the
         # 10,000,000-event synthetic catalogue")
@@ -222,6 +230,7 @@ class Recommender:
         rec = cls(emb.ids, emb.vectors, index, settings, meta, emb.categories, emb.context,
                   model)
         rec.not_served = _not_served(path)
+        rec.origin = emb.origin
         return rec
 
     def why_not_served(self, item_id) -> str:
@@ -358,6 +367,8 @@ def _blend_model(path: Path, emb: A.Embeddings, cosine_index) -> BlendModel:
     present (versions published before the blend have neither: the blend then runs on
     vectors only). Cosine candidates come from the item index (what `similar` searches)."""
     import faiss
+
+    from recembed.blend import BlendModel
 
     try:
         search = None

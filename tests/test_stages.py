@@ -255,6 +255,7 @@ LAYERS = [
     {"recembed.train"},
     {"recembed.index"},
     {"recembed.evaluate", "recembed.serving", "recembed.report"},
+    {"recembed.server", "recembed.export"},  # the HTTP service, vector database export
     {"recembed.candidates"},
     {"recembed.calibrate"},
     {"recembed.publish"},
