@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -131,6 +132,51 @@ def run(
     finish(0)
     if not as_json:
         typer.echo(report.summary())
+
+
+@app.command()
+def publish(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run directory (recembed run's "
+                                            "runs/<name>-<hash>/)")],
+    set_: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+        "--set", help="override a publish.* key, e.g. publish.dir=/srv/published")] = None,
+    force: Annotated[bool, typer.Option(help="publish even if the quality gate refuses "
+                                        "(logged)")] = False,
+) -> None:
+    """Publish exactly the run that was evaluated: trains, indexes and evaluates nothing.
+
+    Every stage before publish is taken from RUN_DIR as it is (its outputs verified against its
+    done-file); only the quality gate and the publish step run, with the run's config.toml and
+    publish.enabled = true. Exit codes as for run: 0 published (or already current), 2 a --set
+    key outside [publish], 3 not a finished run, 4 gate refused, 5 publish lock held.
+    """
+    from recembed import artifacts as A
+    from recembed.pipeline import PipelineError, run_pipeline
+    from recembed.stages import STAGES
+
+    if not A.CONFIG.path(run_dir).exists():
+        _fail(f"{run_dir} is not a run directory (no {A.CONFIG.name}); give the directory "
+              "recembed run printed after 'run:'", 3)
+    model_keys = [x for x in set_ or [] if not x.strip().startswith("publish.")]
+    if model_keys:
+        _fail(f"recembed publish takes only publish.* settings, not {model_keys}: any other "
+              "key changes the model or its evaluation; use recembed run CONFIG --set ... "
+              "instead", 2)
+    try:
+        cfg = load_config(A.CONFIG.path(run_dir), [*(set_ or []), "publish.enabled=true",
+                                                   *(["publish.force=true"] if force else [])])
+    except ConfigError as e:
+        _fail(str(e), 2)
+    try:
+        rep = run_pipeline(cfg, run_dir, plan=STAGES, stages=["publish"],
+                           reuse=[s.name for s in STAGES if s.name != "publish"],
+                           echo=lambda line: None)
+    except PipelineError as e:
+        _fail(str(e), e.exit_code)
+    info = json.loads(A.PUBLISH_INFO.path(run_dir).read_text())
+    st = rep.stages.get("publish", {})
+    typer.echo(f"published {run_dir} as {info.get('version')} in {cfg.publish.dir} "
+               f"({info.get('reason') or 'ok'}; {st.get('seconds', 0):.1f} s)")
 
 
 @app.command()

@@ -220,6 +220,7 @@ def run_pipeline(
     echo: Callable[[str], None] = print,
     on_start: Callable[[str], None] | None = None,
     on_stage: Callable[[RunReport, str], None] | None = None,
+    reuse: Sequence[str] = (),
 ) -> RunReport:
     """Run the enabled stages of `plan` (or the named ones and what they need), resuming.
 
@@ -244,6 +245,13 @@ def run_pipeline(
         ``on_stage(report, stage_name)`` after each stage ran or was skipped: a caller that
         streams per-stage records (`RunReport.stage_event`), or keeps what a run that fails
         later did.
+    reuse : sequence of str
+        Stages taken from the run directory as they are (`recembed publish RUN_DIR`): their
+        done-file stands in for the stage, its outputs verified by sha256 but its fingerprint
+        not compared with the current config, and its recorded fingerprint feeds the stages
+        after it. A reused stage without a done-file, or whose outputs changed, is a
+        PipelineError (exit 3) that names the stage and how to finish the run. The run's
+        `config.toml` is then left as it is (the evaluated config).
 
     Returns
     -------
@@ -272,7 +280,8 @@ def run_pipeline(
         raise PipelineError(f"cannot write the run directory {run_dir}: {e.strerror}; check "
                             "run.runs_dir (and free space)", EXIT_BAD_INPUT) from e
     try:
-        return _run_locked(cfg, run_dir, order, plan, stages, force, echo, on_start, on_stage)
+        return _run_locked(cfg, run_dir, order, plan, stages, force, echo, on_start, on_stage,
+                           frozenset(reuse))
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
             raise
@@ -287,8 +296,10 @@ def run_pipeline(
 def _run_locked(cfg: Config, run_dir: Path, order: list[Stage], plan: Sequence[Stage],
                 stages: list[str] | None, force: bool, echo: Callable[[str], None],
                 on_start: Callable[[str], None] | None,
-                on_stage: Callable[[RunReport, str], None] | None) -> RunReport:
-    A.write_text(A.CONFIG.path(run_dir), dump_config(cfg))
+                on_stage: Callable[[RunReport, str], None] | None,
+                reuse: frozenset[str] = frozenset()) -> RunReport:
+    if not reuse:
+        A.write_text(A.CONFIG.path(run_dir), dump_config(cfg))
     report = RunReport(run_dir)
     fingerprints: dict[str, str] = {}
     producer = {a.name: st.name for st in order for a in st.declared_writes(cfg)}
@@ -297,10 +308,12 @@ def _run_locked(cfg: Config, run_dir: Path, order: list[Stage], plan: Sequence[S
         st = order[i]
         i += 1
         fp = stage_fingerprint(cfg, st, {n: fingerprints.get(p) for n, p in producer.items()})
-        fingerprints[st.name] = fp
         done = run_dir / A.done_file(st.name)
         t0 = time.perf_counter()
-        if not force and _verified(done, fp, run_dir):
+        if st.name in reuse:
+            fp = _reused_fingerprint(done, st.name, run_dir)
+        fingerprints[st.name] = fp
+        if st.name in reuse or (not force and _verified(done, fp, run_dir)):
             prev = json.loads(done.read_text())
             report.stages[st.name] = {"status": "skipped",  # seconds: verifying its outputs
                                       "seconds": round(time.perf_counter() - t0, 3),
@@ -375,9 +388,46 @@ def resolve_plan(plan: Sequence[Stage], cfg: Config, only: list[str] | None = No
     return order
 
 
+# Settings that never change what a run trains, indexes or evaluates, so they stay out of the
+# run directory's identity: `--set publish.enabled=true` on a finished run lands in the same run
+# directory and only the stages whose own fingerprint changed run again (publish; evaluate when
+# the report shows the published history). Each stage's fingerprint still covers its sections.
+IDENTITY_EXCLUDED = {
+    "publish": None,   # the whole section: gate, directory, retention, lock
+    "spark": None,     # where the heavy stages run: both engines write the same files
+    "run": ("progress", "threads", "engine"),
+    "evaluate": ("report", "enabled"),
+}
+
+
+def identity(cfg: Config) -> dict:
+    """The settings that name a run directory: the config minus `IDENTITY_EXCLUDED`.
+
+    Parameters
+    ----------
+    cfg : Config
+        A loaded config.
+
+    Returns
+    -------
+    dict
+        The config as plain JSON values, without the sections and keys that do not change the
+        model or its evaluation (publishing, the report switch, progress bars, threads, engine).
+    """
+    d = cfg.model_dump(mode="json")
+    for section, keys in IDENTITY_EXCLUDED.items():
+        if keys is None:
+            d.pop(section, None)
+        else:
+            for k in keys:
+                d.get(section, {}).pop(k, None)
+    return d
+
+
 def default_run_dir(cfg: Config) -> Path:
-    """runs/<name>-<hash of config and input files>: rerunning the same job resumes the same run."""
-    h = hashlib.sha256(dump_config(cfg).encode())
+    """runs/<name>-<hash of the config's identity and the input files>: rerunning the same job
+    resumes the same run, whatever its publish / report / progress settings (`identity`)."""
+    h = hashlib.sha256(json.dumps(identity(cfg), sort_keys=True).encode())
     for p in [*cfg.input.paths, *cfg.input.test_paths]:
         h.update(json.dumps(A.file_stamp(p)).encode())
     return Path(cfg.run.runs_dir) / f"{cfg.run.name}-{h.hexdigest()[:12]}"
@@ -461,6 +511,24 @@ def _run_stage(cfg: Config, st: Stage, fp: str, run_dir: Path) -> dict:
     }
     A.write_json(run_dir / A.done_file(st.name), record)
     return {"status": "ran", **record}
+
+
+def _reused_fingerprint(done: Path, stage: str, run_dir: Path) -> str:
+    """The recorded fingerprint of a stage taken as it is; refuses a missing or changed one."""
+    how = (f"finish the run first (recembed run --resume {run_dir}), or run the whole job "
+           "with publish.enabled = true")
+    try:
+        rec = json.loads(done.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{run_dir} has no finished {stage} stage ({done.name} is missing): "
+                            f"{how}", EXIT_BAD_INPUT) from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise PipelineError(f"{done} cannot be read ({e}): {how}", EXIT_BAD_INPUT) from None
+    if not _verified(done, rec.get("fingerprint", ""), run_dir):
+        raise PipelineError(f"the outputs of stage {stage} in {run_dir} changed since "
+                            f"{done.name} recorded them, so they are not what was evaluated: "
+                            f"{how}", EXIT_BAD_INPUT)
+    return rec["fingerprint"]
 
 
 def _verified(done: Path, fp: str, run_dir: Path) -> bool:
