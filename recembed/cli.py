@@ -38,13 +38,41 @@ class LogFormat(str, Enum):
     json = "json"
 
 
+class StageName(str, Enum):
+    """The stages of the nightly plan, in run order (`recembed.stages.STAGES`; a test keeps
+    the two equal, so the CLI need not import every stage to print its help)."""
+
+    ingest = "ingest"
+    sessionize = "sessionize"
+    calibrate = "calibrate"
+    graph = "graph"
+    walks = "walks"
+    sequences = "sequences"
+    catalog = "catalog"
+    train = "train"
+    index = "index"
+    evaluate = "evaluate"
+    publish = "publish"
+
+
+class Profile(str, Enum):
+    """`recembed synth --profile`: the synthetic log's kind (`recembed.synth.PROFILES`)."""
+
+    clicks = "clicks"
+    ratings = "ratings"
+    histories = "histories"
+    purchases = "purchases"
+    music = "music"
+
+
 @app.command()
 def run(
     config: Annotated[Optional[Path], typer.Argument(help="pipeline TOML")] = None,  # noqa: UP045
     set_: SetOpt = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="where outputs go")] = None,  # noqa: UP045
     resume: Annotated[Optional[Path], typer.Option(help="resume this run directory")] = None,  # noqa: UP045
-    stage: Annotated[Optional[list[str]], typer.Option(help="run only these stages")] = None,  # noqa: UP045
+    stage: Annotated[Optional[list[StageName]], typer.Option(  # noqa: UP045
+        help="run only this stage and the stages it needs (repeatable)")] = None,
     fresh: Annotated[bool, typer.Option(help="rerun every stage even when up to date")] = False,
     force: Annotated[bool, typer.Option(help="publish even if the quality gate refuses "
                                         "(logged)")] = False,
@@ -116,7 +144,9 @@ def run(
                                                           "warnings", "failed_stage", "error")}})
 
     try:
-        report = run_pipeline(cfg, run_dir, plan=STAGES, stages=stage, force=fresh,
+        report = run_pipeline(cfg, run_dir, plan=STAGES,
+                              stages=[StageName(x).value for x in stage] if stage else None,
+                              force=fresh,
                               echo=(lambda line: None) if as_json else typer.echo,
                               on_start=on_start, on_stage=on_stage)
     except PipelineError as e:
@@ -148,7 +178,7 @@ def publish(
     Every stage before publish is taken from RUN_DIR as it is (its outputs verified against its
     done-file); only the quality gate and the publish step run, with the run's config.toml and
     publish.enabled = true. Exit codes as for run: 0 published (or already current), 2 a --set
-    key outside [publish], 3 not a finished run, 4 gate refused, 5 publish lock held.
+    key outside the publish section, 3 not a finished run, 4 gate refused, 5 publish lock held.
     """
     from recembed import artifacts as A
     from recembed.pipeline import PipelineError, run_pipeline
@@ -224,7 +254,7 @@ def evaluate(
 def query(
     version: Annotated[Path, typer.Argument(help="published root, version or run directory")],
     item_id: Annotated[list[str], typer.Argument(help="item id(s)")],
-    k: Annotated[int, typer.Option("-k", help="neighbours per item")] = 20,
+    k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="neighbours per item")] = 20,
 ) -> None:
     """Nearest neighbours of items in a published version."""
     rec = _load(version)
@@ -238,7 +268,7 @@ def query(
 def recommend(
     version: Annotated[Path, typer.Argument(help="published root, version or run directory")],
     item_id: Annotated[list[str], typer.Argument(help="recent items of a session, oldest first")],
-    k: Annotated[int, typer.Option("-k", help="items to recommend")] = 20,
+    k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="items to recommend")] = 20,
 ) -> None:
     """Next-item recommendations for a session (repeat-aware blend, see serving.json)."""
     rec = _load(version)
@@ -258,8 +288,8 @@ def tune(
                                                  "calibration-train sessions (0 = all)")] = 0,
     set_: SetOpt = None,
     space: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
-        help="search key=value (TOML): a list, [lo, hi] range or a fixed value, e.g. "
-             "'train.vector_size=[32, 64]'")] = None,
+        help="search key=value (TOML): a list, \\[lo, hi] range or a fixed value, e.g. "
+             "'train.vector_size=\\[32, 64]'")] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="run directory")] = None,  # noqa: UP045
 ) -> None:
     """Optuna search of corpus, training and blend settings on the validation split; resumes
@@ -306,8 +336,7 @@ def _table(rec, ids, scores) -> None:
 @app.command()
 def synth(
     out: Annotated[Path, typer.Argument(help="output .csv or .parquet")],
-    profile: Annotated[str, typer.Option(help="clicks, ratings, histories, purchases or "
-                                         "music")] = "clicks",
+    profile: Annotated[Profile, typer.Option(help="which kind of log")] = "clicks",
     events: Annotated[int, typer.Option(help="number of events")] = 100_000,
     days: Annotated[Optional[float], typer.Option(help="days covered (default: the "  # noqa: UP045
                                                   "profile's)")] = None,
@@ -319,7 +348,7 @@ def synth(
     from recembed.synth import synth_profile, write_synth
 
     try:
-        log = synth_profile(profile, events, seed, bot_share=bot_share, days=days)
+        log = synth_profile(Profile(profile).value, events, seed, bot_share=bot_share, days=days)
     except ValueError as e:
         _fail(str(e), 2)
     ev, items = write_synth(log, out)
