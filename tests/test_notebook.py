@@ -1,9 +1,11 @@
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import ROOT
 
 
+@pytest.mark.slow  # a kernel start and a whole run: ~75 s
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("RECEMBED_RUNS", str(tmp_path))
     nb = nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", as_version=4)
