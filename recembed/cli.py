@@ -22,8 +22,15 @@ SetOpt = Annotated[Optional[list[str]],  # noqa: UP045 - typer needs Optional
                    typer.Option("--set", help="override a config key: section.key=value")]
 
 
+_VERBOSE = False
+
+
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def _main(verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="debug logs, and every stage's statistics after a run")] = False,
+          ) -> None:
+    global _VERBOSE
+    _VERBOSE = verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s %(message)s")
     if not verbose:  # their per-epoch INFO lines drown the run summary; we report our own
@@ -161,7 +168,9 @@ def run(
         raise typer.Exit(EXIT_CRASH) from None
     finish(0)
     if not as_json:
-        typer.echo(report.summary())
+        if _VERBOSE:
+            typer.echo(report.summary())
+        typer.echo(report.headline())
 
 
 @app.command()
@@ -223,7 +232,8 @@ def evaluate(
     if A.CONFIG.path(target).exists() and A.SESSIONS_TEST.path(target).exists():
         cfg = load_config(A.CONFIG.path(target), ["evaluate.enabled=true"])
         try:
-            run_pipeline(cfg, target, plan=STAGES, stages=["evaluate"], echo=typer.echo)
+            run_pipeline(cfg, target, plan=STAGES, stages=["evaluate"],
+                         echo=typer.echo if _VERBOSE else (lambda line: None))
         except PipelineError as e:
             _fail(str(e), e.exit_code)
         m = A.Metrics.load(A.METRICS.path(target))

@@ -164,6 +164,61 @@ class RunReport:
             lines += ["", "warnings:", *(f"  - {w}" for w in warnings)]
         return "\n".join(lines)
 
+    def headline(self) -> str:
+        """The end-of-run console summary: the served Recall@K / MRR@K with their bootstrap 95%
+        intervals against the best baseline's, what calibration chose, the warnings and where
+        the report and the per-stage details (run.json) are.
+
+        Returns
+        -------
+        str
+            A few lines; the per-stage statistics are left to `summary()` (``--verbose``) and
+            run.json.
+        """
+        ran = sum(st["status"] == "ran" for st in self.stages.values())
+        secs = sum(st.get("seconds", 0) for st in self.stages.values())
+        peak = max((st.get("peak_rss_mb") or 0 for st in self.stages.values()), default=0)
+        lines = [f"run: {self.run_dir}",
+                 f"  {len(self.stages)} stages ({ran} ran, {len(self.stages) - ran} up to date) "
+                 f"in {secs:.1f} s, peak {peak:.0f} MB"]
+        met = A.METRICS.path(self.run_dir)
+        if "evaluate" in self.stages and met.exists():
+            m = A.Metrics.load(met)
+            k = m.cutoff
+            rows = []
+            try:
+                rows.append(("served", m.serving))
+            except KeyError:
+                pass
+            base = max(m.of_kind("baseline"), key=lambda b: b.allow_repeats.recall(k),
+                       default=None)
+            if base is not None:
+                rows.append(("best baseline", base))
+            lines.append(f"  holdout: {m.queries.get('queries', 0):,} queries; Recall@{k} / "
+                         f"MRR@{k} [bootstrap 95% interval]")
+            for label, mm in rows:
+                sc = mm.allow_repeats
+                cells = []
+                for metric, val in (("recall", sc.recall(k)), ("mrr", sc.mrr(k))):
+                    ci = sc.interval(metric, k)
+                    cells.append(f"{val:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+                lines.append(f"  {label + ' (' + mm.name + ')':<34} {cells[0]:<22} {cells[1]}")
+        choice = _calibration_line(self.run_dir) if "calibrate" in self.stages else ""
+        if choice:
+            lines.append(f"  calibration: {choice}")
+        warnings = self.warnings()
+        if warnings:
+            lines += ["warnings:", *(f"  - {w}" for w in warnings)]
+        rep = A.REPORT.path(self.run_dir)
+        if rep.exists() and "evaluate" in self.stages:
+            lines.append(f"report: {rep}")
+        pub = self.stages.get("publish", {}).get("stats", {})
+        if pub.get("version"):
+            lines.append(f"published: {pub['version']}")
+        lines.append(f"details: {A.RUN_RECORD.path(self.run_dir)} (per-stage statistics; "
+                     "recembed --verbose run prints them)")
+        return "\n".join(lines)
+
     def stage_line(self, name: str) -> str:
         """One log line for a finished stage: status, seconds, peak memory and its counts."""
         st = self.stages[name]
@@ -546,6 +601,28 @@ def _verified(done: Path, fp: str, run_dir: Path) -> bool:
             log.warning("%s changed since it was written; rerunning its stage", p)
             return False
     return True
+
+
+def _calibration_line(run_dir: Path) -> str:
+    """What calibration chose, in one line (calibration.json), or why it was off."""
+    try:
+        rec = json.loads(A.CALIBRATION.path(run_dir).read_text())
+    except (OSError, json.JSONDecodeError):
+        return ""
+    if not rec.get("enabled"):
+        return f"off ({rec.get('reason') or 'calibrate.enabled = false'})"
+    parts = [f"corpus {rec.get('corpus')}"]
+    if rec.get("target_tokens"):
+        parts.append(f"{int(rec['target_tokens']):,} training tokens")
+    blend = (rec.get("blend") or {}).get("settings") or {}
+    weights = blend.get("weights")
+    if isinstance(weights, dict):
+        parts.append("blend " + ", ".join(f"{k} {float(v):.2g}" for k, v in weights.items()
+                                          if float(v) > 0))
+    v = rec.get("validation") or {}
+    if "recall@20" in v:
+        parts.append(f"validation Recall@20 {float(v['recall@20']):.3f}")
+    return "; ".join(parts)
 
 
 def _facts(stats: dict) -> str:
