@@ -314,11 +314,12 @@ def _summary(metrics: Metrics) -> str:
 
 
 def _method_colours(names: list[str], served: str | None) -> dict[str, object]:
-    """A distinct colour per method (tab20, then tab20b): the served method black, so no two
-    methods share a colour up to 40 methods."""
+    """A distinct colour per method: the ten tab10 hues, then their light tab20 shades, then
+    tab20b; the served method black. No two methods share a colour up to 40 methods."""
     import matplotlib
 
-    palette = [*matplotlib.colormaps["tab20"].colors, *matplotlib.colormaps["tab20b"].colors]
+    tab20 = matplotlib.colormaps["tab20"].colors
+    palette = [*tab20[0::2], *tab20[1::2], *matplotlib.colormaps["tab20b"].colors]
     out, i = {}, 0
     for n in names:
         if n == served:
