@@ -142,6 +142,9 @@ def write_report(path: str | Path, metrics: Metrics, *,
         ax.set(title="item vectors, PCA (top 10 categories coloured)")
         parts += ["<h2>Item vectors</h2>", _img(fig, plt)]
 
+    if run_dir is not None:
+        parts += _run_data_sections(Path(run_dir), metrics, plt)
+
     if tuning_html:
         parts.append(tuning_html)
     parts += ["<h2>Published versions</h2>", _history_html(history or [], history_note, plt)]
@@ -310,6 +313,117 @@ def _summary(metrics: Metrics) -> str:
                         f"<td style='text-align:left'>{variant}</td>"
                         + "".join(f"<td>{getattr(v, c)(k):.4f}</td>" for c in cols) + ci + parts
                         + f"<td>{v.seconds:.2f}</td></tr>")
+    return "\n".join([*rows, "</table>"])
+
+
+def _run_data_sections(run_dir: Path, metrics: Metrics, plt) -> list[str]:
+    """Sections read from the run directory's own artifacts (items.parquet, vectors.npy,
+    sessions_train.parquet: inputs the evaluate stage declares): example neighbour lists, the
+    distributions, and the comparison with the previous run of the same config."""
+    out: list[str] = []
+    items_p, vec_p = A.ITEMS.path(run_dir), A.VECTORS.path(run_dir)
+    if items_p.exists() and vec_p.exists():
+        import pandas as pd
+
+        items = pd.read_parquet(items_p, columns=["id", "count", "category"])
+        vectors = np.load(vec_p, mmap_mode="r")
+        if len(items) == len(vectors) and len(items) > 10:
+            out += ["<h2>Example neighbours</h2>", _neighbours_html(items, vectors)]
+        sess = A.SESSIONS_TRAIN.path(run_dir)
+        lengths = (pd.read_parquet(sess, columns=["session"])["session"].value_counts()
+                   .to_numpy() if sess.exists() else np.array([]))
+        out += ["<h2>Distributions</h2>", _distributions_html(lengths, items["count"].to_numpy(),
+                                                              plt)]
+    out += ["<h2>Previous run</h2>", _previous_run_html(run_dir, metrics)]
+    return out
+
+
+def _neighbours_html(items, vectors: np.ndarray, per_bucket: int = 3, k: int = 5) -> str:
+    """Cosine top-k neighbours of a few head, torso and tail items (thirds of the training
+    clicks, as in the recall-by-popularity plot), with their categories and click counts."""
+    esc = html.escape
+    counts = items["count"].to_numpy()
+    order = np.argsort(-counts, kind="stable")
+    share = np.cumsum(counts[order]) / max(counts.sum(), 1)
+    v = np.asarray(vectors, np.float32)
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    ids, cats = items["id"].astype(str).to_numpy(), items["category"].to_numpy()
+    rows = ["<table id='neighbours'><tr><th>bucket</th><th>item</th><th>category</th>"
+            "<th>clicks</th>" + f"<th>{k} nearest (category)</th></tr>"]
+    for bucket, (lo, hi) in zip(BUCKETS, ((0, 1 / 3), (1 / 3, 2 / 3), (2 / 3, 1.01)),
+                                strict=True):
+        pos = np.flatnonzero((share > lo) & (share <= hi)) if bucket != BUCKETS[0] else \
+            np.flatnonzero(share <= hi)
+        if not len(pos):
+            pos = np.array([0]) if bucket == BUCKETS[0] else pos
+        picks = order[pos[np.linspace(0, len(pos) - 1, min(per_bucket, len(pos))).astype(int)]] \
+            if len(pos) else []
+        for r in picks:
+            sims = v @ v[r]
+            sims[r] = -np.inf
+            top = np.argsort(-sims, kind="stable")[:k]
+            nb = ", ".join(f"{esc(ids[j])} ({cats[j]})" for j in top)
+            rows.append(f"<tr><td style='text-align:left'>{bucket}</td>"
+                        f"<td style='text-align:left'>{esc(ids[r])}</td><td>{cats[r]}</td>"
+                        f"<td>{counts[r]:,}</td><td style='text-align:left'>{nb}</td></tr>")
+    return "\n".join([*rows, "</table>"])
+
+
+def _distributions_html(lengths: np.ndarray, counts: np.ndarray, plt) -> str:
+    """Session length (training sessions) and item popularity (clicks per item, by rank)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    if len(lengths):
+        top = int(np.percentile(lengths, 99.5)) + 1
+        axes[0].hist(np.minimum(lengths, top), bins=np.arange(1, top + 2) - 0.5, color="C0")
+        axes[0].set(yscale="log", xlabel=f"events per session (last bin: >= {top})",
+                    ylabel="sessions", title=f"session length ({len(lengths):,} training "
+                    f"sessions, median {np.median(lengths):.0f})")
+    c = np.sort(np.asarray(counts))[::-1]
+    if len(c):
+        axes[1].loglog(np.arange(1, len(c) + 1), c, color="C1")
+        axes[1].set(xlabel="item rank", ylabel="training clicks",
+                    title=f"item popularity ({len(c):,} items; top 1% hold "
+                    f"{c[:max(1, len(c) // 100)].sum() / max(c.sum(), 1):.0%} of clicks)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _img(fig, plt)
+
+
+def _previous_run_html(run_dir: Path, metrics: Metrics) -> str:
+    """Served and best-baseline Recall@K / MRR@K against the latest other run directory of the
+    same run name (`runs/<name>-<hash>`: the same job on earlier inputs or settings)."""
+    esc = html.escape
+    name = run_dir.name.rsplit("-", 1)[0]
+    others = [d for d in run_dir.parent.glob(f"{name}-*")
+              if d != run_dir and A.METRICS.path(d).exists()]
+    if not others:
+        return f"<p>No earlier run of {esc(name)} in {esc(str(run_dir.parent))}.</p>"
+    prev_dir = max(others, key=lambda d: A.METRICS.path(d).stat().st_mtime)
+    try:
+        prev = Metrics.load(A.METRICS.path(prev_dir))
+    except Exception as e:  # an older metrics.json format
+        return f"<p>{esc(prev_dir.name)}: metrics.json cannot be read ({esc(str(e))}).</p>"
+    k = metrics.cutoff
+
+    def pick(m: Metrics):
+        served = next((x for x in m.methods.values() if x.kind == "serving"), None)
+        base = max(m.of_kind("baseline"), key=lambda b: b.allow_repeats.recall(k), default=None)
+        return served, base
+
+    rows = [f"<p>Against {esc(prev_dir.name)} (the latest other run of {esc(name)}).</p>",
+            "<table id='previous'><tr><th>method</th><th>metric</th><th>this run</th>"
+            "<th>previous run</th><th>change</th></tr>"]
+    for label, now, before in zip(("served", "best baseline"), pick(metrics), pick(prev),
+                                  strict=True):
+        if now is None or before is None or k not in prev.ks:
+            continue
+        for metric in ("recall", "mrr"):
+            a = getattr(now.allow_repeats, metric)(k)
+            b = getattr(before.allow_repeats, metric)(k)
+            rows.append(f"<tr><td style='text-align:left'>{label} ({esc(now.name)})</td>"
+                        f"<td>{metric}@{k}</td><td>{a:.4f}</td><td>{b:.4f}</td>"
+                        f"<td>{a - b:+.4f}</td></tr>")
     return "\n".join([*rows, "</table>"])
 
 

@@ -222,7 +222,10 @@ def test_report_header_served_row_and_intervals(messy_csv, tmp_path):
 
     from recembed import __version__
 
+    first = quiet(cfg_for(messy_csv, tmp_path, "evaluate.baselines=['pop', 'sr']",
+                          "train.epochs=1"))
     rep = quiet(cfg_for(messy_csv, tmp_path, "evaluate.baselines=['pop', 'sr']"))
+    assert first.run_dir != rep.run_dir
     page = A.REPORT.path(rep.run_dir).read_text()
 
     class Parse(HTMLParser):
@@ -273,3 +276,14 @@ def test_report_header_served_row_and_intervals(messy_csv, tmp_path):
     lo, hi = m.serving.allow_repeats.interval("recall", 20)
     assert served[0]["cells"][6] == f"[{lo:.4f}, {hi:.4f}]"
     assert "Training loss" in p.h2 and "Loss per trained token" in page
+    # example neighbour lists: head, torso and tail items, each with 5 neighbours and categories
+    nb = page.split("<table id='neighbours'>", 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr><td[^>]*>(head|torso|tail)</td>(.*?)</tr>", nb)
+    assert [b for b, _ in rows] == ["head"] * 3 + ["torso"] * 3 + ["tail"] * 3
+    assert all(len(re.findall(r"\(-?\d+\)", r)) == 5 for _, r in rows)
+    assert "Distributions" in p.h2 and "session length" not in p.h2
+    # the comparison with the previous run of the same config name
+    prev = page.split("<table id='previous'>", 1)[1].split("</table>", 1)[0]
+    assert first.run_dir.name in page.split("<h2>Previous run</h2>", 1)[1][:300]
+    first_m = A.Metrics.load(A.METRICS.path(first.run_dir))
+    assert f"<td>{first_m.serving.allow_repeats.recall(20):.4f}</td>" in prev
