@@ -60,10 +60,7 @@ def write_report(path: str | Path, metrics: Metrics, *,
         the config's differences from the defaults). Default: the folder above `path` when
         `path` is in a stage's scratch folder (`<run>/.tmp-evaluate/report.html`).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _Figures()  # no pyplot: a notebook's backend (inline plots) stays as it is
 
     methods = list(metrics.methods.values())
     ks = metrics.ks
@@ -503,6 +500,24 @@ def _config_diff(default: dict, actual: dict, prefix: str = "") -> list[str]:
     return out
 
 
+class _Figures:
+    """The two pyplot calls the report uses, on `matplotlib.figure.Figure` objects: pyplot's
+    global state (and `matplotlib.use`) is never touched, so rendering a report inside a
+    notebook leaves its inline backend working."""
+
+    @staticmethod
+    def subplots(*args, figsize=None, **kwargs):
+        """(figure, axes) like `pyplot.subplots`, on a figure no backend manages."""
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(*args, **kwargs)
+
+    @staticmethod
+    def close(fig) -> None:
+        """Nothing to release: no pyplot figure manager holds the figure."""
+
+
 def _img(fig, plt) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")  # outside legends, long labels
@@ -618,11 +633,9 @@ def _num(v) -> str:
 
 
 def _study_html(study) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from optuna.trial import TrialState
+
+    plt = _Figures()
 
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
