@@ -1,32 +1,49 @@
-# make demo : set up .venv (first use) and run the nightly job on the bundled sample
-# make test : set up .venv (first use) and run the default test suite
+# make demo      : set up .venv with the core install (first use) and run the nightly job on the
+#                  bundled sample; no test tools, notebook kernel or pyspark
+# make test      : add the test extras (dev, spark, serve, export) to .venv and run the fast suite
+# make test-slow : the heavier tests (.ci/run runs test, lint and test-slow)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+STAMP_CORE := $(VENV)/.installed-core
+STAMP_TEST := $(VENV)/.installed-test
 PYTEST_ARGS ?=
-
-.PHONY: demo test test-slow lint bench clean
-
-$(STAMP): pyproject.toml
+TEST_EXTRAS := .[dev,spark,serve,export]
+# one install command for both targets: uv installs the stack in seconds where pip takes ~20 s
+# (fall back to pip if uv is unavailable). --compile-bytecode: these machines set
+# PYTHONDONTWRITEBYTECODE, so without .pyc files every process recompiled numpy/scipy/numba from
+# source: ~1.1 s more per start (measured).
+define install
 	@test -x $(PY) || python3 -m venv $(VENV)
-	@# uv installs the stack in seconds where pip takes ~20 s; fall back to pip if uv is unavailable.
-	@# --compile-bytecode: these machines set PYTHONDONTWRITEBYTECODE, so without .pyc files every
-	@# process recompiled numpy/scipy/numba from source: ~1.1 s more per start (measured).
 	@($(PY) -m pip install -q uv && \
-	  $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -e '.[dev,spark,serve,export]') \
-	  || $(PY) -m pip install -q -e '.[dev,spark,serve,export]'
-	@touch $(STAMP)
+	  $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -e '$(1)') \
+	  || $(PY) -m pip install -q -e '$(1)'
+endef
 
-demo: $(STAMP)
+.PHONY: demo install install-test test test-slow lint clean
+
+$(STAMP_CORE): pyproject.toml
+	$(call install,.)
+	@touch $@
+
+# the test extras: pytest, hypothesis, ruff, the notebook runner (dev), pyspark (spark), the HTTP
+# service (serve) and the vector databases (export): the tests use the real engines
+$(STAMP_TEST): pyproject.toml
+	$(call install,$(TEST_EXTRAS))
+	@touch $(STAMP_CORE) $@
+
+install: $(STAMP_CORE)
+install-test: $(STAMP_TEST)
+
+demo: $(STAMP_CORE)
 	$(VENV)/bin/recembed run pipelines/nightly.toml
 
-test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+test: $(STAMP_TEST)
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
-test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+test-slow: $(STAMP_TEST)
+	$(PY) -m pytest -q -m slow --durations=15 $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check recembed tests benchmarks
 
 clean:

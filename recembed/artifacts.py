@@ -582,6 +582,13 @@ class Scores:
         """Share of the catalogue recommended in some top k."""
         return float(self.values[f"coverage@{k}"])
 
+    def interval(self, metric: str, k: int) -> tuple[float, float] | None:
+        """Bootstrap 95% interval of `metric` ("recall" or "mrr") at k over the holdout's
+        queries; None when not measured (only the headline K is, in metrics of this version)."""
+        lo = self.values.get(f"ci95_lo:{metric}@{k}")
+        hi = self.values.get(f"ci95_hi:{metric}@{k}")
+        return None if lo is None or hi is None else (float(lo), float(hi))
+
     def recall_by_bucket(self, k: int, bucket: str) -> float:
         """Recall@k of targets in a popularity bucket (`BUCKETS`); 0 when not measured."""
         return float(self.values.get(f"recall@{k}_{bucket}", 0.0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -21,8 +22,15 @@ SetOpt = Annotated[Optional[list[str]],  # noqa: UP045 - typer needs Optional
                    typer.Option("--set", help="override a config key: section.key=value")]
 
 
+_VERBOSE = False
+
+
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def _main(verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="debug logs, and every stage's statistics after a run")] = False,
+          ) -> None:
+    global _VERBOSE
+    _VERBOSE = verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s %(message)s")
     if not verbose:  # their per-epoch INFO lines drown the run summary; we report our own
@@ -37,13 +45,41 @@ class LogFormat(str, Enum):
     json = "json"
 
 
+class StageName(str, Enum):
+    """The stages of the nightly plan, in run order (`recembed.stages.STAGES`; a test keeps
+    the two equal, so the CLI need not import every stage to print its help)."""
+
+    ingest = "ingest"
+    sessionize = "sessionize"
+    calibrate = "calibrate"
+    graph = "graph"
+    walks = "walks"
+    sequences = "sequences"
+    catalog = "catalog"
+    train = "train"
+    index = "index"
+    evaluate = "evaluate"
+    publish = "publish"
+
+
+class Profile(str, Enum):
+    """`recembed synth --profile`: the synthetic log's kind (`recembed.synth.PROFILES`)."""
+
+    clicks = "clicks"
+    ratings = "ratings"
+    histories = "histories"
+    purchases = "purchases"
+    music = "music"
+
+
 @app.command()
 def run(
     config: Annotated[Optional[Path], typer.Argument(help="pipeline TOML")] = None,  # noqa: UP045
     set_: SetOpt = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="where outputs go")] = None,  # noqa: UP045
     resume: Annotated[Optional[Path], typer.Option(help="resume this run directory")] = None,  # noqa: UP045
-    stage: Annotated[Optional[list[str]], typer.Option(help="run only these stages")] = None,  # noqa: UP045
+    stage: Annotated[Optional[list[StageName]], typer.Option(  # noqa: UP045
+        help="run only this stage and the stages it needs (repeatable)")] = None,
     fresh: Annotated[bool, typer.Option(help="rerun every stage even when up to date")] = False,
     force: Annotated[bool, typer.Option(help="publish even if the quality gate refuses "
                                         "(logged)")] = False,
@@ -115,7 +151,9 @@ def run(
                                                           "warnings", "failed_stage", "error")}})
 
     try:
-        report = run_pipeline(cfg, run_dir, plan=STAGES, stages=stage, force=fresh,
+        report = run_pipeline(cfg, run_dir, plan=STAGES,
+                              stages=[StageName(x).value for x in stage] if stage else None,
+                              force=fresh,
                               echo=(lambda line: None) if as_json else typer.echo,
                               on_start=on_start, on_stage=on_stage)
     except PipelineError as e:
@@ -130,7 +168,54 @@ def run(
         raise typer.Exit(EXIT_CRASH) from None
     finish(0)
     if not as_json:
-        typer.echo(report.summary())
+        if _VERBOSE:
+            typer.echo(report.summary())
+        typer.echo(report.headline())
+
+
+@app.command()
+def publish(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run directory (recembed run's "
+                                            "runs/<name>-<hash>/)")],
+    set_: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+        "--set", help="override a publish.* key, e.g. publish.dir=/srv/published")] = None,
+    force: Annotated[bool, typer.Option(help="publish even if the quality gate refuses "
+                                        "(logged)")] = False,
+) -> None:
+    """Publish exactly the run that was evaluated: trains, indexes and evaluates nothing.
+
+    Every stage before publish is taken from RUN_DIR as it is (its outputs verified against its
+    done-file); only the quality gate and the publish step run, with the run's config.toml and
+    publish.enabled = true. Exit codes as for run: 0 published (or already current), 2 a --set
+    key outside the publish section, 3 not a finished run, 4 gate refused, 5 publish lock held.
+    """
+    from recembed import artifacts as A
+    from recembed.pipeline import PipelineError, run_pipeline
+    from recembed.stages import STAGES
+
+    if not A.CONFIG.path(run_dir).exists():
+        _fail(f"{run_dir} is not a run directory (no {A.CONFIG.name}); give the directory "
+              "recembed run printed after 'run:'", 3)
+    model_keys = [x for x in set_ or [] if not x.strip().startswith("publish.")]
+    if model_keys:
+        _fail(f"recembed publish takes only publish.* settings, not {model_keys}: any other "
+              "key changes the model or its evaluation; use recembed run CONFIG --set ... "
+              "instead", 2)
+    try:
+        cfg = load_config(A.CONFIG.path(run_dir), [*(set_ or []), "publish.enabled=true",
+                                                   *(["publish.force=true"] if force else [])])
+    except ConfigError as e:
+        _fail(str(e), 2)
+    try:
+        rep = run_pipeline(cfg, run_dir, plan=STAGES, stages=["publish"],
+                           reuse=[s.name for s in STAGES if s.name != "publish"],
+                           echo=lambda line: None)
+    except PipelineError as e:
+        _fail(str(e), e.exit_code)
+    info = json.loads(A.PUBLISH_INFO.path(run_dir).read_text())
+    st = rep.stages.get("publish", {})
+    typer.echo(f"published {run_dir} as {info.get('version')} in {cfg.publish.dir} "
+               f"({info.get('reason') or 'ok'}; {st.get('seconds', 0):.1f} s)")
 
 
 @app.command()
@@ -147,7 +232,8 @@ def evaluate(
     if A.CONFIG.path(target).exists() and A.SESSIONS_TEST.path(target).exists():
         cfg = load_config(A.CONFIG.path(target), ["evaluate.enabled=true"])
         try:
-            run_pipeline(cfg, target, plan=STAGES, stages=["evaluate"], echo=typer.echo)
+            run_pipeline(cfg, target, plan=STAGES, stages=["evaluate"],
+                         echo=typer.echo if _VERBOSE else (lambda line: None))
         except PipelineError as e:
             _fail(str(e), e.exit_code)
         m = A.Metrics.load(A.METRICS.path(target))
@@ -178,7 +264,7 @@ def evaluate(
 def query(
     version: Annotated[Path, typer.Argument(help="published root, version or run directory")],
     item_id: Annotated[list[str], typer.Argument(help="item id(s)")],
-    k: Annotated[int, typer.Option("-k", help="neighbours per item")] = 20,
+    k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="neighbours per item")] = 20,
     as_json: JsonOpt = False,
 ) -> None:
     """Nearest neighbours of items in a published version (exit 6: an id is unknown)."""
@@ -199,7 +285,7 @@ def query(
 def recommend(
     version: Annotated[Path, typer.Argument(help="published root, version or run directory")],
     item_id: Annotated[list[str], typer.Argument(help="recent items of a session, oldest first")],
-    k: Annotated[int, typer.Option("-k", help="items to recommend")] = 20,
+    k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="items to recommend")] = 20,
     as_json: JsonOpt = False,
 ) -> None:
     """Next-item recommendations for a session (repeat-aware blend, see serving.json); unknown
@@ -225,8 +311,8 @@ def tune(
                                                  "calibration-train sessions (0 = all)")] = 0,
     set_: SetOpt = None,
     space: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
-        help="search key=value (TOML): a list, [lo, hi] range or a fixed value, e.g. "
-             "'train.vector_size=[32, 64]'")] = None,
+        help="search key=value (TOML): a list, \\[lo, hi] range or a fixed value, e.g. "
+             "'train.vector_size=\\[32, 64]'")] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="run directory")] = None,  # noqa: UP045
 ) -> None:
     """Optuna search of corpus, training and blend settings on the validation split; resumes
@@ -381,8 +467,7 @@ def _table(rec, ids, scores) -> None:
 @app.command()
 def synth(
     out: Annotated[Path, typer.Argument(help="output .csv or .parquet")],
-    profile: Annotated[str, typer.Option(help="clicks, ratings, histories, purchases or "
-                                         "music")] = "clicks",
+    profile: Annotated[Profile, typer.Option(help="which kind of log")] = "clicks",
     events: Annotated[int, typer.Option(help="number of events")] = 100_000,
     days: Annotated[Optional[float], typer.Option(help="days covered (default: the "  # noqa: UP045
                                                   "profile's)")] = None,
@@ -394,7 +479,7 @@ def synth(
     from recembed.synth import synth_profile, write_synth
 
     try:
-        log = synth_profile(profile, events, seed, bot_share=bot_share, days=days)
+        log = synth_profile(Profile(profile).value, events, seed, bot_share=bot_share, days=days)
     except ValueError as e:
         _fail(str(e), 2)
     ev, items = write_synth(log, out)

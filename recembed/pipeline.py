@@ -164,6 +164,61 @@ class RunReport:
             lines += ["", "warnings:", *(f"  - {w}" for w in warnings)]
         return "\n".join(lines)
 
+    def headline(self) -> str:
+        """The end-of-run console summary: the served Recall@K / MRR@K with their bootstrap 95%
+        intervals against the best baseline's, what calibration chose, the warnings and where
+        the report and the per-stage details (run.json) are.
+
+        Returns
+        -------
+        str
+            A few lines; the per-stage statistics are left to `summary()` (``--verbose``) and
+            run.json.
+        """
+        ran = sum(st["status"] == "ran" for st in self.stages.values())
+        secs = sum(st.get("seconds", 0) for st in self.stages.values())
+        peak = max((st.get("peak_rss_mb") or 0 for st in self.stages.values()), default=0)
+        lines = [f"run: {self.run_dir}",
+                 f"  {len(self.stages)} stages ({ran} ran, {len(self.stages) - ran} up to date) "
+                 f"in {secs:.1f} s, peak {peak:.0f} MB"]
+        met = A.METRICS.path(self.run_dir)
+        if "evaluate" in self.stages and met.exists():
+            m = A.Metrics.load(met)
+            k = m.cutoff
+            rows = []
+            try:
+                rows.append(("served", m.serving))
+            except KeyError:
+                pass
+            base = max(m.of_kind("baseline"), key=lambda b: b.allow_repeats.recall(k),
+                       default=None)
+            if base is not None:
+                rows.append(("best baseline", base))
+            lines.append(f"  holdout: {m.queries.get('queries', 0):,} queries; Recall@{k} / "
+                         f"MRR@{k} [bootstrap 95% interval]")
+            for label, mm in rows:
+                sc = mm.allow_repeats
+                cells = []
+                for metric, val in (("recall", sc.recall(k)), ("mrr", sc.mrr(k))):
+                    ci = sc.interval(metric, k)
+                    cells.append(f"{val:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+                lines.append(f"  {label + ' (' + mm.name + ')':<34} {cells[0]:<22} {cells[1]}")
+        choice = _calibration_line(self.run_dir) if "calibrate" in self.stages else ""
+        if choice:
+            lines.append(f"  calibration: {choice}")
+        warnings = self.warnings()
+        if warnings:
+            lines += ["warnings:", *(f"  - {w}" for w in warnings)]
+        rep = A.REPORT.path(self.run_dir)
+        if rep.exists() and "evaluate" in self.stages:
+            lines.append(f"report: {rep}")
+        pub = self.stages.get("publish", {}).get("stats", {})
+        if pub.get("version"):
+            lines.append(f"published: {pub['version']}")
+        lines.append(f"details: {A.RUN_RECORD.path(self.run_dir)} (per-stage statistics; "
+                     "recembed --verbose run prints them)")
+        return "\n".join(lines)
+
     def stage_line(self, name: str) -> str:
         """One log line for a finished stage: status, seconds, peak memory and its counts."""
         st = self.stages[name]
@@ -220,6 +275,7 @@ def run_pipeline(
     echo: Callable[[str], None] = print,
     on_start: Callable[[str], None] | None = None,
     on_stage: Callable[[RunReport, str], None] | None = None,
+    reuse: Sequence[str] = (),
 ) -> RunReport:
     """Run the enabled stages of `plan` (or the named ones and what they need), resuming.
 
@@ -244,6 +300,13 @@ def run_pipeline(
         ``on_stage(report, stage_name)`` after each stage ran or was skipped: a caller that
         streams per-stage records (`RunReport.stage_event`), or keeps what a run that fails
         later did.
+    reuse : sequence of str
+        Stages taken from the run directory as they are (`recembed publish RUN_DIR`): their
+        done-file stands in for the stage, its outputs verified by sha256 but its fingerprint
+        not compared with the current config, and its recorded fingerprint feeds the stages
+        after it. A reused stage without a done-file, or whose outputs changed, is a
+        PipelineError (exit 3) that names the stage and how to finish the run. The run's
+        `config.toml` is then left as it is (the evaluated config).
 
     Returns
     -------
@@ -272,7 +335,8 @@ def run_pipeline(
         raise PipelineError(f"cannot write the run directory {run_dir}: {e.strerror}; check "
                             "run.runs_dir (and free space)", EXIT_BAD_INPUT) from e
     try:
-        return _run_locked(cfg, run_dir, order, plan, stages, force, echo, on_start, on_stage)
+        return _run_locked(cfg, run_dir, order, plan, stages, force, echo, on_start, on_stage,
+                           frozenset(reuse))
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
             raise
@@ -287,8 +351,10 @@ def run_pipeline(
 def _run_locked(cfg: Config, run_dir: Path, order: list[Stage], plan: Sequence[Stage],
                 stages: list[str] | None, force: bool, echo: Callable[[str], None],
                 on_start: Callable[[str], None] | None,
-                on_stage: Callable[[RunReport, str], None] | None) -> RunReport:
-    A.write_text(A.CONFIG.path(run_dir), dump_config(cfg))
+                on_stage: Callable[[RunReport, str], None] | None,
+                reuse: frozenset[str] = frozenset()) -> RunReport:
+    if not reuse:
+        A.write_text(A.CONFIG.path(run_dir), dump_config(cfg))
     report = RunReport(run_dir)
     fingerprints: dict[str, str] = {}
     producer = {a.name: st.name for st in order for a in st.declared_writes(cfg)}
@@ -297,10 +363,12 @@ def _run_locked(cfg: Config, run_dir: Path, order: list[Stage], plan: Sequence[S
         st = order[i]
         i += 1
         fp = stage_fingerprint(cfg, st, {n: fingerprints.get(p) for n, p in producer.items()})
-        fingerprints[st.name] = fp
         done = run_dir / A.done_file(st.name)
         t0 = time.perf_counter()
-        if not force and _verified(done, fp, run_dir):
+        if st.name in reuse:
+            fp = _reused_fingerprint(done, st.name, run_dir)
+        fingerprints[st.name] = fp
+        if st.name in reuse or (not force and _verified(done, fp, run_dir)):
             prev = json.loads(done.read_text())
             report.stages[st.name] = {"status": "skipped",  # seconds: verifying its outputs
                                       "seconds": round(time.perf_counter() - t0, 3),
@@ -375,9 +443,46 @@ def resolve_plan(plan: Sequence[Stage], cfg: Config, only: list[str] | None = No
     return order
 
 
+# Settings that never change what a run trains, indexes or evaluates, so they stay out of the
+# run directory's identity: `--set publish.enabled=true` on a finished run lands in the same run
+# directory and only the stages whose own fingerprint changed run again (publish; evaluate when
+# the report shows the published history). Each stage's fingerprint still covers its sections.
+IDENTITY_EXCLUDED = {
+    "publish": None,   # the whole section: gate, directory, retention, lock
+    "spark": None,     # where the heavy stages run: both engines write the same files
+    "run": ("progress", "threads", "engine"),
+    "evaluate": ("report", "enabled"),
+}
+
+
+def identity(cfg: Config) -> dict:
+    """The settings that name a run directory: the config minus `IDENTITY_EXCLUDED`.
+
+    Parameters
+    ----------
+    cfg : Config
+        A loaded config.
+
+    Returns
+    -------
+    dict
+        The config as plain JSON values, without the sections and keys that do not change the
+        model or its evaluation (publishing, the report switch, progress bars, threads, engine).
+    """
+    d = cfg.model_dump(mode="json")
+    for section, keys in IDENTITY_EXCLUDED.items():
+        if keys is None:
+            d.pop(section, None)
+        else:
+            for k in keys:
+                d.get(section, {}).pop(k, None)
+    return d
+
+
 def default_run_dir(cfg: Config) -> Path:
-    """runs/<name>-<hash of config and input files>: rerunning the same job resumes the same run."""
-    h = hashlib.sha256(dump_config(cfg).encode())
+    """runs/<name>-<hash of the config's identity and the input files>: rerunning the same job
+    resumes the same run, whatever its publish / report / progress settings (`identity`)."""
+    h = hashlib.sha256(json.dumps(identity(cfg), sort_keys=True).encode())
     for p in [*cfg.input.paths, *cfg.input.test_paths]:
         h.update(json.dumps(A.file_stamp(p)).encode())
     return Path(cfg.run.runs_dir) / f"{cfg.run.name}-{h.hexdigest()[:12]}"
@@ -463,6 +568,24 @@ def _run_stage(cfg: Config, st: Stage, fp: str, run_dir: Path) -> dict:
     return {"status": "ran", **record}
 
 
+def _reused_fingerprint(done: Path, stage: str, run_dir: Path) -> str:
+    """The recorded fingerprint of a stage taken as it is; refuses a missing or changed one."""
+    how = (f"finish the run first (recembed run --resume {run_dir}), or run the whole job "
+           "with publish.enabled = true")
+    try:
+        rec = json.loads(done.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{run_dir} has no finished {stage} stage ({done.name} is missing): "
+                            f"{how}", EXIT_BAD_INPUT) from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise PipelineError(f"{done} cannot be read ({e}): {how}", EXIT_BAD_INPUT) from None
+    if not _verified(done, rec.get("fingerprint", ""), run_dir):
+        raise PipelineError(f"the outputs of stage {stage} in {run_dir} changed since "
+                            f"{done.name} recorded them, so they are not what was evaluated: "
+                            f"{how}", EXIT_BAD_INPUT)
+    return rec["fingerprint"]
+
+
 def _verified(done: Path, fp: str, run_dir: Path) -> bool:
     if not done.exists():
         return False
@@ -478,6 +601,28 @@ def _verified(done: Path, fp: str, run_dir: Path) -> bool:
             log.warning("%s changed since it was written; rerunning its stage", p)
             return False
     return True
+
+
+def _calibration_line(run_dir: Path) -> str:
+    """What calibration chose, in one line (calibration.json), or why it was off."""
+    try:
+        rec = json.loads(A.CALIBRATION.path(run_dir).read_text())
+    except (OSError, json.JSONDecodeError):
+        return ""
+    if not rec.get("enabled"):
+        return f"off ({rec.get('reason') or 'calibrate.enabled = false'})"
+    parts = [f"corpus {rec.get('corpus')}"]
+    if rec.get("target_tokens"):
+        parts.append(f"{int(rec['target_tokens']):,} training tokens")
+    blend = (rec.get("blend") or {}).get("settings") or {}
+    weights = blend.get("weights")
+    if isinstance(weights, dict):
+        parts.append("blend " + ", ".join(f"{k} {float(v):.2g}" for k, v in weights.items()
+                                          if float(v) > 0))
+    v = rec.get("validation") or {}
+    if "recall@20" in v:
+        parts.append(f"validation Recall@20 {float(v['recall@20']):.3f}")
+    return "; ".join(parts)
 
 
 def _facts(stats: dict) -> str:

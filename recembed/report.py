@@ -10,6 +10,7 @@ import base64
 import html
 import io
 import json
+import time
 import warnings
 from pathlib import Path
 
@@ -26,7 +27,8 @@ def write_report(path: str | Path, metrics: Metrics, *,
                  loss_per_epoch: list[float] | None = None, vectors: np.ndarray | None = None,
                  categories: np.ndarray | None = None, title: str = "recembed report",
                  records: dict[str, dict] | None = None, history: list[dict] | None = None,
-                 history_note: str = "", tuning_html: str = "") -> None:
+                 history_note: str = "", tuning_html: str = "",
+                 run_dir: str | Path | None = None) -> None:
     """Write a self-contained report.html.
 
     Parameters
@@ -53,15 +55,21 @@ def write_report(path: str | Path, metrics: Metrics, *,
         is off").
     tuning_html : str
         `tuning_section_html(run_dir)` ("" when the run was never tuned).
+    run_dir : str or Path, optional
+        The run directory, for the header (run id, code version, inputs, the event time range,
+        the config's differences from the defaults). Default: the folder above `path` when
+        `path` is in a stage's scratch folder (`<run>/.tmp-evaluate/report.html`).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _Figures()  # no pyplot: a notebook's backend (inline plots) stays as it is
 
     methods = list(metrics.methods.values())
     ks = metrics.ks
-    parts = [f"<h1>{html.escape(title)}</h1>", _summary(metrics)]
+    if run_dir is None and Path(path).parent.name.startswith(".tmp-"):
+        run_dir = Path(path).parent.parent
+    served = next((m.name for m in methods if m.kind == "serving"), None)
+    colours = _method_colours([m.name for m in methods], served)
+    parts = [f"<h1>{html.escape(title)}</h1>", _header_html(run_dir, records),
+             "<h2>Metrics on the holdout</h2>", _summary(metrics)]
     if records is not None:
         parts += ["<h2>Data funnel</h2>", _funnel_html(funnel(records), plt)]
     parts += ["<h2>Calibration</h2>", _calibration_html(metrics.calibration)]
@@ -69,11 +77,16 @@ def write_report(path: str | Path, metrics: Metrics, *,
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for variant, ax in zip(VARIANTS, axes, strict=True):
         for m in methods:
-            ax.plot(ks, [m.variant(variant).recall(k) for k in ks], marker="o", label=m.name)
+            ax.plot(ks, [m.variant(variant).recall(k) for k in ks], marker="o",
+                    label=m.name + (" (served)" if m.name == served else ""),
+                    color=colours[m.name], lw=3 if m.name == served else 1.2,
+                    zorder=3 if m.name == served else 2)
         ax.set(xscale="log", xlabel="K", ylabel="Recall@K", title=variant.replace("_", " "))
         ax.grid(alpha=0.3)
-    if methods:
-        axes[0].legend(fontsize=7)
+    if methods:  # beside the plots, never over the data
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="center left",
+                   bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
+    fig.tight_layout()
     parts += ["<h2>Recall@K</h2>", _img(fig, plt)]
 
     k = metrics.cutoff
@@ -83,16 +96,30 @@ def write_report(path: str | Path, metrics: Metrics, *,
         ax.bar(np.arange(len(methods)) + (b - 1) * 0.27, vals, width=0.27, label=bucket)
     ax.set_xticks(range(len(methods)), [m.name for m in methods], rotation=30, ha="right",
                   fontsize=8)
+    for tick in ax.get_xticklabels():
+        if tick.get_text() == served:
+            tick.set_fontweight("bold")
     ax.set(ylabel=f"Recall@{k}", title="by target popularity (thirds of training clicks)")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     parts += ["<h2>Recall by popularity bucket</h2>", _img(fig, plt)]
 
     if loss_per_epoch:
+        # gensim's loss is a sum over the epoch's tokens: per trained token it is comparable
+        # across corpus sizes and runs
+        tokens = float(metrics.train.get("tokens_trained") or 0)
+        epochs = len(loss_per_epoch)
+        per = tokens / epochs if tokens > 0 else 0.0
+        y = [v / per for v in loss_per_epoch] if per else list(loss_per_epoch)
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(range(1, len(loss_per_epoch) + 1), loss_per_epoch, marker="o")
-        ax.set(xlabel="epoch", ylabel="loss (per epoch)", title="training loss")
-        parts += ["<h2>Training loss</h2>", _img(fig, plt)]
+        ax.plot(range(1, epochs + 1), y, marker="o")
+        ax.set(xlabel="epoch", ylabel="loss per trained token" if per else "loss (gensim units)",
+               title="training loss")
+        fig.tight_layout()
+        parts += ["<h2>Training loss</h2>", _img(fig, plt),
+                  "<p>Loss per trained token: gensim's epoch loss divided by the tokens trained "
+                  f"per epoch ({per:,.0f}).</p>" if per else
+                  "<p>Loss in gensim's units (the run did not record its tokens).</p>"]
 
     if vectors is not None and len(vectors) > 2:
         xy = _pca2(vectors)
@@ -112,6 +139,9 @@ def write_report(path: str | Path, metrics: Metrics, *,
         ax.set(title="item vectors, PCA (top 10 categories coloured)")
         parts += ["<h2>Item vectors</h2>", _img(fig, plt)]
 
+    if run_dir is not None:
+        parts += _run_data_sections(Path(run_dir), metrics, plt)
+
     if tuning_html:
         parts.append(tuning_html)
     parts += ["<h2>Published versions</h2>", _history_html(history or [], history_note, plt)]
@@ -119,7 +149,10 @@ def write_report(path: str | Path, metrics: Metrics, *,
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>"
             f"{html.escape(title)}</title><style>body{{font-family:sans-serif;margin:2em}}"
             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
-            "padding:3px 8px;text-align:right}th{background:#f4f4f4}</style></head><body>"
+            "padding:3px 8px;text-align:right}th{background:#f4f4f4}"
+            "tr.served td{background:#fff3c4;font-weight:bold}"
+            "dl.header{display:grid;grid-template-columns:max-content auto;gap:2px 12px}"
+            "dl.header dt{font-weight:bold}dl.header dd{margin:0}</style></head><body>"
             + "\n".join(parts) + "</body></html>")
     write_text(path, page)
 
@@ -258,24 +291,236 @@ def _summary(metrics: Metrics) -> str:
         head = (f"<p>{q.get('queries', 0):,} queries; {q.get('oov_share', 0):.2%} of targets "
                 "unseen in training (not scored).</p>")
     split = [f"<th>recall@{k} warm</th><th>recall@{k} cold</th>"] if cold else []
-    rows = [head, "<table><tr><th>method</th><th>variant</th>"
-            + "".join(f"<th>{c}@{k}</th>" for c in cols) + "".join(split)
+    head = head.replace("</p>", " The served method (what <code>recommend</code> answers) is "
+                        "highlighted; [lo, hi] is a bootstrap 95% interval over the queries.</p>")
+    rows = [head, "<table id='metrics'><tr><th>method</th><th>variant</th>"
+            + "".join(f"<th>{c}@{k}</th>" for c in cols)
+            + f"<th>recall@{k} 95%</th><th>mrr@{k} 95%</th>" + "".join(split)
             + "<th>seconds</th></tr>"]
     for m in metrics.methods.values():
         for variant in VARIANTS:
             v = m.variant(variant)
             parts = "".join(f"<td>{v.values.get(f'recall@{k}_{w}', 0.0):.4f}</td>"
                             for w in ("warm", "cold")) if cold else ""
-            rows.append(f"<tr><td style='text-align:left'>{html.escape(m.name)}</td>"
+            ci = "".join(f"<td>[{iv[0]:.4f}, {iv[1]:.4f}]</td>" if iv else "<td></td>"
+                         for iv in (v.interval("recall", k), v.interval("mrr", k)))
+            cls = " class='served'" if m.kind == "serving" else ""
+            label = html.escape(m.name) + (" (served)" if m.kind == "serving" else "")
+            rows.append(f"<tr{cls}><td style='text-align:left'>{label}</td>"
                         f"<td style='text-align:left'>{variant}</td>"
-                        + "".join(f"<td>{getattr(v, c)(k):.4f}</td>" for c in cols) + parts
+                        + "".join(f"<td>{getattr(v, c)(k):.4f}</td>" for c in cols) + ci + parts
                         + f"<td>{v.seconds:.2f}</td></tr>")
     return "\n".join([*rows, "</table>"])
 
 
+def _run_data_sections(run_dir: Path, metrics: Metrics, plt) -> list[str]:
+    """Sections read from the run directory's own artifacts (items.parquet, vectors.npy,
+    sessions_train.parquet: inputs the evaluate stage declares): example neighbour lists, the
+    distributions, and the comparison with the previous run of the same config."""
+    out: list[str] = []
+    items_p, vec_p = A.ITEMS.path(run_dir), A.VECTORS.path(run_dir)
+    if items_p.exists() and vec_p.exists():
+        import pandas as pd
+
+        items = pd.read_parquet(items_p, columns=["id", "count", "category"])
+        vectors = np.load(vec_p, mmap_mode="r")
+        if len(items) == len(vectors) and len(items) > 10:
+            out += ["<h2>Example neighbours</h2>", _neighbours_html(items, vectors)]
+        sess = A.SESSIONS_TRAIN.path(run_dir)
+        lengths = (pd.read_parquet(sess, columns=["session"])["session"].value_counts()
+                   .to_numpy() if sess.exists() else np.array([]))
+        out += ["<h2>Distributions</h2>", _distributions_html(lengths, items["count"].to_numpy(),
+                                                              plt)]
+    out += ["<h2>Previous run</h2>", _previous_run_html(run_dir, metrics)]
+    return out
+
+
+def _neighbours_html(items, vectors: np.ndarray, per_bucket: int = 3, k: int = 5) -> str:
+    """Cosine top-k neighbours of a few head, torso and tail items (thirds of the training
+    clicks, as in the recall-by-popularity plot), with their categories and click counts."""
+    esc = html.escape
+    counts = items["count"].to_numpy()
+    order = np.argsort(-counts, kind="stable")
+    share = np.cumsum(counts[order]) / max(counts.sum(), 1)
+    v = np.asarray(vectors, np.float32)
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    ids, cats = items["id"].astype(str).to_numpy(), items["category"].to_numpy()
+    rows = ["<table id='neighbours'><tr><th>bucket</th><th>item</th><th>category</th>"
+            "<th>clicks</th>" + f"<th>{k} nearest (category)</th></tr>"]
+    for bucket, (lo, hi) in zip(BUCKETS, ((0, 1 / 3), (1 / 3, 2 / 3), (2 / 3, 1.01)),
+                                strict=True):
+        pos = np.flatnonzero((share > lo) & (share <= hi)) if bucket != BUCKETS[0] else \
+            np.flatnonzero(share <= hi)
+        if not len(pos):
+            pos = np.array([0]) if bucket == BUCKETS[0] else pos
+        picks = order[pos[np.linspace(0, len(pos) - 1, min(per_bucket, len(pos))).astype(int)]] \
+            if len(pos) else []
+        for r in picks:
+            sims = v @ v[r]
+            sims[r] = -np.inf
+            top = np.argsort(-sims, kind="stable")[:k]
+            nb = ", ".join(f"{esc(ids[j])} ({cats[j]})" for j in top)
+            rows.append(f"<tr><td style='text-align:left'>{bucket}</td>"
+                        f"<td style='text-align:left'>{esc(ids[r])}</td><td>{cats[r]}</td>"
+                        f"<td>{counts[r]:,}</td><td style='text-align:left'>{nb}</td></tr>")
+    return "\n".join([*rows, "</table>"])
+
+
+def _distributions_html(lengths: np.ndarray, counts: np.ndarray, plt) -> str:
+    """Session length (training sessions) and item popularity (clicks per item, by rank)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    if len(lengths):
+        top = int(np.percentile(lengths, 99.5)) + 1
+        axes[0].hist(np.minimum(lengths, top), bins=np.arange(1, top + 2) - 0.5, color="C0")
+        axes[0].set(yscale="log", xlabel=f"events per session (last bin: >= {top})",
+                    ylabel="sessions", title=f"session length ({len(lengths):,} training "
+                    f"sessions, median {np.median(lengths):.0f})")
+    c = np.sort(np.asarray(counts))[::-1]
+    if len(c):
+        axes[1].loglog(np.arange(1, len(c) + 1), c, color="C1")
+        axes[1].set(xlabel="item rank", ylabel="training clicks",
+                    title=f"item popularity ({len(c):,} items; top 1% hold "
+                    f"{c[:max(1, len(c) // 100)].sum() / max(c.sum(), 1):.0%} of clicks)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _img(fig, plt)
+
+
+def _previous_run_html(run_dir: Path, metrics: Metrics) -> str:
+    """Served and best-baseline Recall@K / MRR@K against the latest other run directory of the
+    same run name (`runs/<name>-<hash>`: the same job on earlier inputs or settings)."""
+    esc = html.escape
+    name = run_dir.name.rsplit("-", 1)[0]
+    others = [d for d in run_dir.parent.glob(f"{name}-*")
+              if d != run_dir and A.METRICS.path(d).exists()]
+    if not others:
+        return f"<p>No earlier run of {esc(name)} in {esc(str(run_dir.parent))}.</p>"
+    prev_dir = max(others, key=lambda d: A.METRICS.path(d).stat().st_mtime)
+    try:
+        prev = Metrics.load(A.METRICS.path(prev_dir))
+    except Exception as e:  # an older metrics.json format
+        return f"<p>{esc(prev_dir.name)}: metrics.json cannot be read ({esc(str(e))}).</p>"
+    k = metrics.cutoff
+
+    def pick(m: Metrics):
+        served = next((x for x in m.methods.values() if x.kind == "serving"), None)
+        base = max(m.of_kind("baseline"), key=lambda b: b.allow_repeats.recall(k), default=None)
+        return served, base
+
+    rows = [f"<p>Against {esc(prev_dir.name)} (the latest other run of {esc(name)}).</p>",
+            "<table id='previous'><tr><th>method</th><th>metric</th><th>this run</th>"
+            "<th>previous run</th><th>change</th></tr>"]
+    for label, now, before in zip(("served", "best baseline"), pick(metrics), pick(prev),
+                                  strict=True):
+        if now is None or before is None or k not in prev.ks:
+            continue
+        for metric in ("recall", "mrr"):
+            a = getattr(now.allow_repeats, metric)(k)
+            b = getattr(before.allow_repeats, metric)(k)
+            rows.append(f"<tr><td style='text-align:left'>{label} ({esc(now.name)})</td>"
+                        f"<td>{metric}@{k}</td><td>{a:.4f}</td><td>{b:.4f}</td>"
+                        f"<td>{a - b:+.4f}</td></tr>")
+    return "\n".join([*rows, "</table>"])
+
+
+def _method_colours(names: list[str], served: str | None) -> dict[str, object]:
+    """A distinct colour per method: the ten tab10 hues, then their light tab20 shades, then
+    tab20b; the served method black. No two methods share a colour up to 40 methods."""
+    import matplotlib
+
+    tab20 = matplotlib.colormaps["tab20"].colors
+    palette = [*tab20[0::2], *tab20[1::2], *matplotlib.colormaps["tab20b"].colors]
+    out, i = {}, 0
+    for n in names:
+        if n == served:
+            out[n] = "black"
+        else:
+            out[n] = palette[i % len(palette)]
+            i += 1
+    return out
+
+
+def _header_html(run_dir: str | Path | None, records: dict[str, dict] | None) -> str:
+    """The run header: run id, date, code version, inputs, event time range and the config
+    keys that differ from the defaults."""
+    from recembed import __version__
+
+    esc = html.escape
+    items: list[tuple[str, str]] = []
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        items.append(("run", run_dir.name))
+    items.append(("written", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())))
+    items.append(("code version", __version__))
+    diffs: list[str] = []
+    if run_dir is not None and A.CONFIG.path(run_dir).exists():
+        try:
+            from recembed.config import Config, load_config
+
+            cfg = load_config(A.CONFIG.path(run_dir))
+            items.append(("inputs", ", ".join([*cfg.input.paths, *cfg.input.test_paths])))
+            diffs = _config_diff(Config().model_dump(mode="json"), cfg.model_dump(mode="json"))
+        except Exception as e:  # the header must not cost the report
+            items.append(("config", f"could not be read: {e}"))
+    voc = A.VOCABULARY.path(run_dir) if run_dir is not None else None
+    if voc is not None and voc.exists():
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(voc, columns=["first_ts", "last_ts"])
+        if t.num_rows:
+            lo = int(np.min(t.column("first_ts").to_numpy()))
+            hi = int(np.max(t.column("last_ts").to_numpy()))
+            fmt = "%Y-%m-%d %H:%M"
+            items.append(("event time range", f"{time.strftime(fmt, time.gmtime(lo))} to "
+                          f"{time.strftime(fmt, time.gmtime(hi))} UTC "
+                          f"({(hi - lo) / 86400:.1f} days)"))
+    ing = (records or {}).get("ingest", {}).get("stats", {})
+    if ing.get("rows_read") is not None:
+        items.append(("rows read", f"{ing['rows_read']:,}"))
+    items.append(("config differences from the defaults",
+                  "; ".join(diffs) if diffs else "none (paths aside)"))
+    return ("<dl class='header' id='header'>"
+            + "".join(f"<dt>{esc(k)}</dt><dd>{esc(str(v))}</dd>" for k, v in items) + "</dl>")
+
+
+def _config_diff(default: dict, actual: dict, prefix: str = "") -> list[str]:
+    """`key = value` for every leaf that differs from the default (path keys left out: they
+    always differ once resolved)."""
+    paths = {"input.paths", "input.test_paths", "input.categories_path", "input.catalog.path",
+             "run.runs_dir", "publish.dir"}
+    out = []
+    for k, v in actual.items():
+        key = f"{prefix}{k}"
+        d = default.get(k) if isinstance(default, dict) else None
+        if isinstance(v, dict) and isinstance(d, dict):
+            out += _config_diff(d, v, key + ".")
+        elif key not in paths and v != d:
+            out.append(f"{key} = {json.dumps(v)}")
+    return out
+
+
+class _Figures:
+    """The two pyplot calls the report uses, on `matplotlib.figure.Figure` objects: pyplot's
+    global state (and `matplotlib.use`) is never touched, so rendering a report inside a
+    notebook leaves its inline backend working."""
+
+    @staticmethod
+    def subplots(*args, figsize=None, **kwargs):
+        """(figure, axes) like `pyplot.subplots`, on a figure no backend manages."""
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(*args, **kwargs)
+
+    @staticmethod
+    def close(fig) -> None:
+        """Nothing to release: no pyplot figure manager holds the figure."""
+
+
 def _img(fig, plt) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")  # outside legends, long labels
     plt.close(fig)
     return (f'<img alt="plot" src="data:image/png;base64,'
             f'{base64.b64encode(buf.getvalue()).decode()}">')
@@ -388,11 +633,9 @@ def _num(v) -> str:
 
 
 def _study_html(study) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from optuna.trial import TrialState
+
+    plt = _Figures()
 
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == TrialState.COMPLETE]

@@ -166,6 +166,7 @@ def _get(cfg, key):
     return cfg
 
 
+@pytest.mark.slow  # small_run: a default (calibrated) run, ~100 s on a busy machine
 def test_item03_resume_and_evaluate_skip_every_finished_stage(small_run):
     _, run_dir = small_run
     vec = run_dir / "vectors.npy"
@@ -278,6 +279,7 @@ def test_item13_bad_values_are_refused_at_load_naming_the_key(override, key):
         load_config(None, override)
 
 
+@pytest.mark.slow  # small_run (see above)
 def test_item13_min_count_above_every_count_exits_3_naming_the_key(small_run, tmp_path):
     proj, run_dir = small_run
     copy = tmp_path / "run"

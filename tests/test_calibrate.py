@@ -180,6 +180,7 @@ def test_explicit_settings_win(tmp_path):
     assert auto.train.target_tokens == 10_000_000
 
 
+@pytest.mark.slow  # a default run with the whole calibration search
 def test_a_default_run_calibrates_and_serves_what_it_chose(tmp_path):
     log = synth_profile("ratings", 12_000, seed=7)
     path = tmp_path / "ratings.csv"

@@ -1,5 +1,6 @@
 from typer.testing import CliRunner
 
+from recembed import artifacts as A
 from recembed.cli import app
 from tests.conftest import ROOT
 
@@ -35,8 +36,20 @@ def test_evaluate_a_run_and_a_published_version(tmp_path):
     r = runner.invoke(app, ["run", *[x for s in sets for x in ("--set", s)]])
     assert r.exit_code == 0, r.output
     run_dir = next((tmp_path / "runs").iterdir())
+    # the end-of-run summary: served vs best baseline with intervals, calibration, report
+    tail = r.output.split(f"run: {run_dir}\n", 1)[1]
+    m = A.Metrics.load(run_dir / "metrics.json")
+    served = m.serving.allow_repeats
+    lo, hi = served.interval("recall", 20)
+    assert lo <= served.recall(20) <= hi and lo < hi
+    assert f"served ({m.serving.name})" in tail and "best baseline (pop)" in tail
+    assert f"{served.recall(20):.3f} [{lo:.3f}, {hi:.3f}]" in tail
+    assert "calibration: " in tail and f"report: {run_dir / 'report.html'}" in tail
+    assert "published: v" in tail and "run.json" in tail
+    assert r.output.count("rows_read=") == 1  # each stage's counts once (its line), not twice
     r = runner.invoke(app, ["evaluate", str(run_dir)])
     assert r.exit_code == 0, r.output
+    assert "[ingest]" not in r.output  # the table, not the stages' lines again
     rows = {line.split()[0]: line.split()[1:] for line in r.output.splitlines()
             if line.startswith(("pop", "item2vec", "deepwalk"))}
     # the model's name is the corpus that calibration chose (item2vec, deepwalk or both)

@@ -83,6 +83,7 @@ def test_nan_vectors_are_refused():
         build_index(x)
 
 
+@pytest.mark.slow  # IVF-PQ training and tuning
 def test_ivf_pq_with_refinement_builds_and_tunes():
     x = _clustered(n=20_000, d=32)
     index, meta = build_index(x, factory="IVF64,PQ8x8,Refine(SQ8)")

@@ -115,7 +115,9 @@ def reference(log_csv, tmp_path_factory):
     return {n: (cur / n).read_bytes() for n in ("vectors.npy", "index.faiss", "items.parquet")}
 
 
-@pytest.mark.parametrize("stage", STAGE_NAMES)
+# ingest and train in the fast suite (the first stage, the model); every stage in test-slow
+@pytest.mark.parametrize("stage", [s if s in ("ingest", "train") else
+                                   pytest.param(s, marks=pytest.mark.slow) for s in STAGE_NAMES])
 def test_exception_in_a_stage_then_resume_publishes_the_same(log_csv, tmp_path, reference,
                                                              stage, monkeypatch):
     """An exception at the end of each stage (its outputs already written), then a rerun."""
@@ -293,6 +295,7 @@ def test_item16_disk_full_in_a_stage_exits_3_and_cleans_its_scratch(log_csv, tmp
     assert not (run_dir / ".tmp-train").exists() and (run_dir / "walks.done.json").exists()
 
 
+@pytest.mark.slow  # a second process waits on the lock
 def test_lock_held_by_another_run(log_csv, tmp_path):
     quiet(cfg_for(log_csv, tmp_path))
     before = snapshot(tmp_path / "published")
@@ -357,6 +360,7 @@ def test_truncated_published_artifact_is_refused(log_csv, tmp_path):
         Recommender.load(tmp_path / "published")
 
 
+@pytest.mark.slow  # two full runs
 def test_warm_start_initialises_every_shared_item_and_follows_the_published_version(log_csv,
                                                                                    tmp_path):
     quiet(cfg_for(log_csv, tmp_path))
@@ -392,6 +396,7 @@ def test_evaluate_report_false_writes_and_publishes_no_report(log_csv, tmp_path)
     assert (rep.run_dir / "metrics.json").exists()
 
 
+@pytest.mark.slow  # two full runs and a re-tuned index
 def test_align_to_previous_rotates_onto_the_current_version_and_remeasures_the_index(
         log_csv, tmp_path):
     import faiss

@@ -212,3 +212,78 @@ def test_a_tuned_run_dir_gets_the_tuning_section(messy_csv, tmp_path):
     quiet(cfg_for(messy_csv, tmp_path), run_dir)
     page = A.REPORT.path(run_dir).read_text()
     assert "<h2>Tuning</h2>" in page and "Study t" in page and "3 trials" in page
+
+
+def test_report_header_served_row_and_intervals(messy_csv, tmp_path):
+    """The report a reader opens: a header naming the run, code version, inputs, the event time
+    range and the config's differences from the defaults; a headed metrics table whose served
+    row is marked and carries bootstrap intervals; loss per trained token."""
+    from html.parser import HTMLParser
+
+    from recembed import __version__
+
+    first = quiet(cfg_for(messy_csv, tmp_path, "evaluate.baselines=['pop', 'sr']",
+                          "train.epochs=1"))
+    rep = quiet(cfg_for(messy_csv, tmp_path, "evaluate.baselines=['pop', 'sr']"))
+    assert first.run_dir != rep.run_dir
+    page = A.REPORT.path(rep.run_dir).read_text()
+
+    class Parse(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.stack, self.header, self.rows, self.h2 = [], {}, [], []
+            self._dt = self._row = None
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            self.stack.append((tag, a))
+            if tag == "tr" and any(t == "table" and x.get("id") == "metrics"
+                                   for t, x in self.stack):
+                self._row = {"cls": a.get("class"), "cells": []}
+                self.rows.append(self._row)
+
+        def handle_endtag(self, tag):
+            while self.stack and self.stack.pop()[0] != tag:
+                pass
+
+        def handle_data(self, data):
+            if not self.stack:
+                return
+            tag, _ = self.stack[-1]
+            if tag == "dt":
+                self._dt = data
+            elif tag == "dd" and self._dt:
+                self.header[self._dt] = data
+            elif tag == "h2":
+                self.h2.append(data)
+            elif tag == "td" and self._row is not None:
+                self._row["cells"].append(data)
+
+    p = Parse()
+    p.feed(page)
+    assert p.header["run"] == rep.run_dir.name
+    assert p.header["code version"] == __version__
+    assert str(messy_csv) in p.header["inputs"]
+    assert "days)" in p.header["event time range"]
+    assert "calibrate.enabled = false" in p.header["config differences from the defaults"]
+    assert "train.epochs = 2" in p.header["config differences from the defaults"]
+    assert p.h2[0] == "Metrics on the holdout"
+    p.rows = [r for r in p.rows if r["cells"]]  # the heading row has <th> only
+    served = [r for r in p.rows if r["cls"] == "served"]
+    assert len(served) == 2 and all(r["cells"][0].endswith(":serving (served)") for r in served)
+    assert all(r["cls"] is None for r in p.rows if not r["cells"][0].endswith("(served)"))
+    m = A.Metrics.load(A.METRICS.path(rep.run_dir))
+    lo, hi = m.serving.allow_repeats.interval("recall", 20)
+    assert served[0]["cells"][6] == f"[{lo:.4f}, {hi:.4f}]"
+    assert "Training loss" in p.h2 and "Loss per trained token" in page
+    # example neighbour lists: head, torso and tail items, each with 5 neighbours and categories
+    nb = page.split("<table id='neighbours'>", 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr><td[^>]*>(head|torso|tail)</td>(.*?)</tr>", nb)
+    assert [b for b, _ in rows] == ["head"] * 3 + ["torso"] * 3 + ["tail"] * 3
+    assert all(len(re.findall(r"\(-?\d+\)", r)) == 5 for _, r in rows)
+    assert "Distributions" in p.h2 and "session length" not in p.h2
+    # the comparison with the previous run of the same config name
+    prev = page.split("<table id='previous'>", 1)[1].split("</table>", 1)[0]
+    assert first.run_dir.name in page.split("<h2>Previous run</h2>", 1)[1][:300]
+    first_m = A.Metrics.load(A.METRICS.path(first.run_dir))
+    assert f"<td>{first_m.serving.allow_repeats.recall(20):.4f}</td>" in prev

@@ -75,6 +75,7 @@ def test_both_samples_give_the_same_artifacts_on_spark(spark, tmp_path, sample):
     assert pd.read_parquet(A.SESSION_TABLE.path(tmp_path / "spark"))["split"].eq(2).any()
 
 
+@pytest.mark.slow  # ~3 min on 2 cores (every stage on Spark, then locally)
 def test_a_synthetic_log_with_bad_rows_gives_the_same_artifacts_on_spark(spark, synth_csv,
                                                                          tmp_path):
     """Bots, auto gap, the length cap, a rolling window with a straggler, far and unparseable
@@ -126,6 +127,7 @@ def _normal_users(n=60, per=8, t0=1_700_000_000):
             for k in range(n) for j in range(per)]
 
 
+@pytest.mark.slow  # a Spark job per case; with the others, the fast suite starts no JVM
 @pytest.mark.parametrize("case", ["too_many_bad_rows", "missing_column", "missing_file",
                                   "bots_over_max_share"])
 def test_bad_input_gets_the_same_error_and_exit_code_on_spark(spark, tmp_path, case):
@@ -179,6 +181,7 @@ def test_the_spark_settings_are_checked_at_load_and_reach_the_session(monkeypatc
                     "app": "recembed-spark"}
 
 
+@pytest.mark.slow  # needs the SparkSession fixture (a JVM start)
 def test_a_running_session_is_reused_with_local_defaults(spark):
     from recembed.spark.session import spark_session
 

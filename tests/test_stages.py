@@ -156,6 +156,7 @@ def test_config_combinations_no_stage_can_run_are_refused_by_key(overrides, keys
         assert k in str(e.value)
 
 
+@pytest.mark.slow  # a whole run with hierarchical softmax
 def test_hierarchical_softmax_without_negatives_runs(synth_small, tmp_path):
     """train.negative = 0 with train.hs = true used to pass validation and then crash: 'stage
     train did not write its output context_vectors.npy'."""
@@ -196,6 +197,7 @@ def _documented_keys() -> set[str]:
     return keys
 
 
+@pytest.mark.slow  # the whole plan twice, every config read recorded (~50 s)
 def test_every_documented_key_is_read_by_a_run(synth_small, tmp_path, monkeypatch):
     """Run the whole plan (publish, warm start and alignment included) with every config read
     recorded: a documented key that nothing reads is a knob that does nothing. (That the

@@ -40,6 +40,7 @@ def _study(run: Path) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
+@pytest.mark.slow  # two studies' worth of trials
 def test_a_second_call_adds_trials_to_the_same_study(clicks, tmp_path):
     cfg = _cfg(clicks, tmp_path)
     first = tune(cfg, tmp_path / "run", trials=2, space=SMALL, echo=lambda s: None)
@@ -65,6 +66,7 @@ def test_a_resumed_study_on_other_data_is_refused(clicks, tmp_path):
              echo=lambda s: None)
 
 
+@pytest.mark.slow  # a study and a resumed one
 def test_a_trial_left_running_is_failed_and_queued_again(clicks, tmp_path):
     cfg = _cfg(clicks, tmp_path)
     tune(cfg, tmp_path / "run", trials=1, space={**SMALL, "corpus": ["both", "sessions"]},
@@ -184,6 +186,7 @@ def test_directional_score_by_hand():
     assert _directional_score(Flat, row_of, zero, 0.5, 2) == pytest.approx(1.0 + 0.5)
 
 
+@pytest.mark.slow  # a study, then a run
 def test_tuned_toml_loads_through_include_and_changes_the_resolved_config(clicks, tmp_path):
     from recembed.settings import calibration_plan
 
@@ -227,6 +230,7 @@ def _empty_config(tmp: Path) -> Path:
     return p
 
 
+@pytest.mark.slow  # a study of several trials
 def test_tuning_section_html(clicks, tmp_path):
     assert tuning_section_html(tmp_path) == ""
     cfg = _cfg(clicks, tmp_path)
