@@ -1,0 +1,116 @@
+"""Issue 25, "bad input, third round": one test per item, test_itemNN_... for item NN of the
+issue, each failing on the code before the fix. The id rule's properties are at the end."""
+
+from __future__ import annotations
+
+import decimal
+import logging
+import unicodedata
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from recembed.ingest import ColumnMap, IngestError, ingest
+
+runner = CliRunner()
+COLS = ColumnMap(item="item", ts="ts", user="user")
+T0 = 1_700_000_000
+DAY = 86_400
+
+
+def _pq(path, items, *, users=None, ts=None):
+    n = len(items)
+    pq.write_table(pa.table({"user": users or [f"u{k % 3}" for k in range(n)], "item": items,
+                             "ts": ts or [T0 + 60 * k for k in range(n)]}), path)
+    return path
+
+
+# ---------------------------------------------------------------- silently wrong
+
+
+def test_item01_decimal_ids_are_the_integer_ids(tmp_path):
+    d = pa.array([decimal.Decimal(f"{k}.00") for k in (1, 2, 3)], pa.decimal128(10, 2))
+    a = _pq(tmp_path / "db.parquet", d)
+    b = _pq(tmp_path / "int.parquet", pa.array([1, 2, 3], pa.int64()), users=["v"] * 3)
+    res = ingest([str(a), str(b)], COLS)
+    assert res.vocabulary["id"].tolist() == ["1", "2", "3"]
+    assert res.vocabulary["count"].tolist() == [2, 2, 2]
+
+
+def test_item01_a_fractional_decimal_id_is_refused_naming_the_file(tmp_path):
+    d = pa.array([decimal.Decimal("1.50")], pa.decimal128(10, 2))
+    a = _pq(tmp_path / "db.parquet", d)
+    with pytest.raises(IngestError, match=r"db\.parquet.*not exact integer"):
+        ingest([str(a)], COLS)
+
+
+def test_item02_whitespace_only_ids_are_missing_and_quarantined(tmp_path):
+    items = [" " if k % 30 == 0 else f"i{k % 7}" for k in range(300)]
+    p = _pq(tmp_path / "log.parquet", items)
+    res = ingest([str(p)], COLS, max_bad_fraction=0.05)
+    assert " " not in set(res.vocabulary["id"])
+    assert len(res.quarantine) == 10
+    assert res.stats["quarantine_reasons"] == {"whitespace-only item id": 10}
+    assert (res.quarantine["raw"].str.contains("item=' '")).all()
+
+
+def test_item03_nfc_and_nfd_ids_are_one_item_and_counted(tmp_path):
+    nfc = unicodedata.normalize("NFC", "café")
+    nfd = unicodedata.normalize("NFD", "café")
+    assert nfc != nfd
+    p = _pq(tmp_path / "log.parquet", [nfc, nfd, nfd, "x"])
+    res = ingest([str(p)], COLS)
+    assert res.vocabulary["id"].tolist() == [nfc, "x"]
+    assert res.vocabulary["count"].tolist() == [3, 1]
+    assert res.stats["ids_nfc_normalized"] == 2
+
+
+def test_item04_zero_padded_text_next_to_integers_warns_naming_both_files(tmp_path, caplog):
+    a = tmp_path / "export.csv"
+    a.write_text("user,item,ts\n" + "".join(f"u,{i:05d},{T0 + k}\n"
+                                            for k, i in enumerate((123, 124, 7))))
+    b = _pq(tmp_path / "db.parquet", pa.array([123, 124, 9], pa.int64()))
+    with caplog.at_level(logging.WARNING):
+        res = ingest([str(a), str(b)], COLS)
+    (w,) = res.stats["warnings"]
+    assert "export.csv" in w and "db.parquet" in w and "2 text ids" in w
+    assert "'00123' vs 123" in w
+    assert w in caplog.text
+    # byte for byte stays the rule: the ids are not merged
+    assert "00123" in set(res.vocabulary["id"]) and "123" in set(res.vocabulary["id"])
+
+
+def test_item04_no_warning_when_the_types_agree(tmp_path):
+    a = _pq(tmp_path / "a.parquet", pa.array(["00123", "5"]))
+    b = _pq(tmp_path / "b.parquet", pa.array(["123", "5"]))
+    assert ingest([str(a), str(b)], COLS).stats["warnings"] == []
+
+
+# ---------------------------------------------------------------- crashes and hangs
+
+
+def _vocab(ids):
+    return pd.DataFrame({"code": np.arange(len(ids), dtype=np.int32), "id": ids})
+
+
+def test_item08_catalog_ids_written_as_floats_match_integer_log_ids(tmp_path):
+    from recembed.catalog import read_catalog
+
+    p = tmp_path / "catalog.csv"
+    p.write_text("id,brand\n100.0,a\n101.0,b\n102.0,a\n")
+    cat = read_catalog(p, "id", ["brand"], _vocab(["100", "101", "7"]))
+    assert cat.table["in_log"].tolist() == [True, True, False]
+    assert cat.table["id"].tolist() == ["100", "101", "102"]
+
+
+def test_item08_a_catalog_sharing_no_id_with_the_log_is_refused(tmp_path):
+    from recembed.catalog import CatalogError, read_catalog
+
+    p = tmp_path / "catalog.csv"
+    p.write_text("id,brand\nx1,a\nx2,b\n")
+    with pytest.raises(CatalogError, match=r"catalog\.csv: none of its 2 ids"):
+        read_catalog(p, "id", ["brand"], _vocab(["100", "101"]))
