@@ -302,8 +302,8 @@ def open_parquet(
     try:
         if not path.is_dir():  # a single file is never partitioned, whatever its path holds
             return ParquetSource(path, pads.dataset(path, format="parquet"), [])
-        # listing only: with an explicit (empty) schema no file is opened
-        files = pads.dataset(path, format="parquet", schema=pa.schema([])).files
+        # listed by our own walk: a symlink loop (`self -> .`) neither hangs nor repeats files
+        files = parquet_files(path)
         if not files:
             raise SourceError(f"{path}: the directory holds no Parquet files")
         names = _partition_names(path, files)
@@ -311,7 +311,8 @@ def open_parquet(
         # string column instead of by a type pyarrow guessed from the directory names
         keys = pa.schema([(n, pa.string()) for n in names])
         part = pads.partitioning(keys, flavor="hive")
-        by_partition = pads.dataset(path, format="parquet", partitioning=part, schema=keys)
+        by_partition = pads.dataset(files, format="parquet", partitioning=part, schema=keys,
+                                    partition_base_dir=str(path))
         selection = _selection(path, by_partition, names, ts_column, options, window_days)
         first = next(iter(by_partition.get_fragments(filter=selection)), None)
         if first is None:
@@ -319,7 +320,8 @@ def open_parquet(
                               "read; check the values against the partition directories")
         file_schema = first.physical_schema
         schema = pa.schema([f for f in file_schema if f.name not in names] + list(keys))
-        dataset = pads.dataset(path, format="parquet", partitioning=part, schema=schema)
+        dataset = pads.dataset(files, format="parquet", partitioning=part, schema=schema,
+                               partition_base_dir=str(path))
     except (pa.ArrowInvalid, OSError) as e:
         raise SourceError(f"{path}: not a readable Parquet file or directory: {e}") from e
     return ParquetSource(path, dataset, names, selection)
@@ -331,6 +333,28 @@ def read_parquet(src: ParquetSource, need: list[str]) -> pa.Table:
         return src.dataset.to_table(columns=need, filter=src.selection)
     except (pa.ArrowInvalid, OSError) as e:
         raise SourceError(f"{src.path}: corrupted Parquet data: {e}") from e
+
+
+def parquet_files(root: str | Path) -> list[str]:
+    """The data files of a Parquet directory: every file `recembed.artifacts.walk_files` lists
+    (each once, symlink loops skipped) but those under a name starting with "." or "_"
+    (`_SUCCESS`, `.crc`, `_metadata`: what pyarrow's own discovery ignores).
+
+    Parameters
+    ----------
+    root : str or pathlib.Path
+        A directory.
+
+    Returns
+    -------
+    list of str
+        Sorted paths under `root`.
+    """
+    from recembed.artifacts import walk_files
+
+    root = Path(root)
+    return [str(f) for f in walk_files(root)
+            if not any(part.startswith((".", "_")) for part in f.relative_to(root).parts)]
 
 
 # ---------------------------------------------------------------- helpers

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import decimal
 import logging
+import os
 import unicodedata
 
 import numpy as np
@@ -114,3 +115,64 @@ def test_item08_a_catalog_sharing_no_id_with_the_log_is_refused(tmp_path):
     p.write_text("id,brand\nx1,a\nx2,b\n")
     with pytest.raises(CatalogError, match=r"catalog\.csv: none of its 2 ids"):
         read_catalog(p, "id", ["brand"], _vocab(["100", "101"]))
+
+
+def test_item05_an_input_edited_in_place_with_its_old_mtime_changes_the_stamp(tmp_path):
+    from recembed.artifacts import file_stamp
+
+    p = tmp_path / "log.csv"
+    p.write_text("user,item,ts\nu,a,1\n")
+    st = p.stat()
+    before = file_stamp(p)
+    p.write_text("user,item,ts\nu,b,1\n")  # same size
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # cp -p / rsync -t / tar -x
+    assert p.stat().st_size == st.st_size and p.stat().st_mtime_ns == st.st_mtime_ns
+    assert file_stamp(p) != before
+
+
+def test_item05_a_directory_stamp_holds_relative_paths(tmp_path):
+    from recembed.artifacts import file_stamp
+
+    for sub in ("dt=1", "dt=2"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+    (tmp_path / "d" / "dt=1" / "part.parquet").write_bytes(b"x")
+    before = file_stamp(tmp_path / "d")
+    assert [f[0] for f in before["files"]] == ["dt=1/part.parquet"]
+    (tmp_path / "d" / "dt=1" / "part.parquet").rename(tmp_path / "d" / "dt=2" / "part.parquet")
+    assert file_stamp(tmp_path / "d") != before
+
+
+def test_item05_an_edit_in_place_reruns_ingest_and_an_unchanged_input_is_up_to_date(tmp_path):
+    from recembed.config import load_config
+    from recembed.pipeline import run_pipeline
+    from recembed.stages import STAGES
+
+    log = tmp_path / "log.csv"
+    rows = [(f"u{k % 5}", f"i{k % 4}", T0 + 60 * k) for k in range(40)]
+    log.write_text("user_id,item_id,timestamp\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows))
+    cfg = load_config(None, [f'input.paths=["{log}"]', 'input.categories_path=""',
+                             f'run.runs_dir="{tmp_path / "runs"}"', "run.progress=false"])
+    rd = tmp_path / "run"
+
+    def ingest_stage():
+        return run_pipeline(cfg, rd, stages=["ingest"], plan=STAGES, echo=lambda s: None)
+
+    ingest_stage()
+    assert ingest_stage().stages["ingest"]["status"] == "skipped"  # up to date
+    st = log.stat()
+    text = log.read_text()
+    log.write_text(text.replace("i3", "i9"))  # same size, old mtime back
+    os.utime(log, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert ingest_stage().stages["ingest"]["status"] == "ran"
+    vocab = pd.read_parquet(rd / "vocabulary.parquet")
+    assert "i9" in set(vocab["id"]) and "i3" not in set(vocab["id"])
+
+
+def test_item10_symlink_loops_in_a_parquet_directory_are_read_once(tmp_path):
+    d = tmp_path / "logs"
+    (d / "dt=1").mkdir(parents=True)
+    _pq(d / "dt=1" / "part.parquet", [f"i{k % 3}" for k in range(30)])
+    (d / "self").symlink_to(".")
+    (d / "dt=1" / "loop").symlink_to("..")
+    res = ingest([str(d)], COLS, drop_duplicates=False)
+    assert res.stats["rows_read"] == 30 and res.stats["events"] == 30
