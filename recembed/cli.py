@@ -39,6 +39,7 @@ class LogFormat(str, Enum):
 
 @app.command()
 def run(
+    ctx: typer.Context,
     config: Annotated[Optional[Path], typer.Argument(help="pipeline TOML")] = None,  # noqa: UP045
     set_: SetOpt = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="where outputs go")] = None,  # noqa: UP045
@@ -67,6 +68,12 @@ def run(
     )
     from recembed.stages import STAGES
 
+    if config is None and not set_ and resume is None:
+        # a forgotten argument, not a wish to run on the built-in defaults for minutes
+        typer.echo(ctx.get_help())
+        typer.secho("\nerror: recembed run needs a pipeline config (CONFIG), --set overrides or "
+                    "--resume RUN_DIR; nothing was run", err=True)
+        raise typer.Exit(2)
     as_json = log_format is LogFormat.json
     t0, started = time.perf_counter(), A.now_iso()
 

@@ -173,8 +173,12 @@ def is_parquet_file(path: str | Path) -> bool:
 def read_head(path: str | Path, encoding: str = "utf-8", max_bytes: int = _HEAD_BYTES) -> str:
     """The first line of a text file (decompressed, decoded, byte-order mark stripped), or ""."""
     path = Path(path)
-    with pa.input_stream(str(path), compression=detect_compression(path)) as stream:
-        raw = stream.read(max_bytes)
+    compression = detect_compression(path)
+    try:
+        with pa.input_stream(str(path), compression=compression) as stream:
+            raw = stream.read(max_bytes)
+    except OSError as e:
+        raise SourceError(_unreadable(path, compression, e)) from e
     end = raw.find(b"\n")
     raw = raw if end < 0 else raw[: end + 1]
     enc = _canonical(encoding)
@@ -255,6 +259,8 @@ def read_delimited(
     except (pa.ArrowInvalid, UnicodeError) as e:
         hint = "" if utf8 else f" (input.encoding={encoding!r})"
         raise SourceError(f"{path}: cannot parse as delimited text{hint}: {e}") from e
+    except OSError as e:  # a truncated or corrupt compressed stream, a read error
+        raise SourceError(_unreadable(path, compression, e)) from e
     n_total = table.num_rows + len(invalid)
     bad_rows = np.array(sorted(r for r, _, _ in invalid), dtype=np.int64)
     rows = np.setdiff1d(np.arange(n_total, dtype=np.int64), bad_rows, assume_unique=True)
@@ -490,6 +496,14 @@ def _decode(
             blocks.append(pa.array(values, pa.string()))
         out[c] = pa.chunked_array(blocks, pa.string())
     return pa.table(out), keep, sorted(reasons.items())
+
+
+def _unreadable(path: Path, compression: str | None, e: OSError) -> str:
+    what = f"{compression} stream" if compression else "file"
+    return (f"{path}: cannot read the {what} to its end ({e}); the file is truncated or "
+            "corrupt (an interrupted download or copy?): nothing of it was used. Copy or export "
+            "it again" + (f", and check it with `{'gzip -t' if compression == 'gzip' else compression + ' -t'}`"
+                          if compression else ""))
 
 
 def _ascii_compatible(enc: str) -> bool:

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from recembed.cli import app
 from recembed.ingest import ColumnMap, IngestError, ingest
 
 runner = CliRunner()
@@ -176,3 +177,28 @@ def test_item10_symlink_loops_in_a_parquet_directory_are_read_once(tmp_path):
     (d / "dt=1" / "loop").symlink_to("..")
     res = ingest([str(d)], COLS, drop_duplicates=False)
     assert res.stats["rows_read"] == 30 and res.stats["events"] == 30
+
+
+def test_item07_a_truncated_gzip_input_exits_3_naming_the_file(tmp_path):
+    import gzip
+
+    data = ("user_id,item_id,timestamp\n" + "".join(
+        f"u{k % 7},i{k % 13},{T0 + k}\n" for k in range(100_000))).encode()
+    z = gzip.compress(data)
+    p = tmp_path / "clicks.csv.gz"
+    p.write_bytes(z[: len(z) // 2])
+    with pytest.raises(IngestError, match=r"clicks\.csv\.gz: cannot read the gzip stream"):
+        ingest([str(p)], ColumnMap(item="item_id", ts="timestamp", user="user_id"))
+    r = runner.invoke(app, ["run", "--set", f'input.paths=["{p}"]', "--set",
+                            'input.categories_path=""', "--set",
+                            f'run.runs_dir="{tmp_path / "runs"}"', "--stage", "ingest"])
+    assert r.exit_code == 3, r.output
+    assert "clicks.csv.gz" in r.output and "Traceback" not in r.output
+
+
+def test_item14_run_without_any_config_prints_usage_and_runs_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["run"])
+    assert r.exit_code == 2
+    assert "Usage" in r.output and "needs a pipeline config" in r.output
+    assert list(tmp_path.iterdir()) == []  # no stray run directory
