@@ -51,6 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recembed import sources
+from recembed.sources import quarantine_reason_counts, quarantine_summary
 
 log = logging.getLogger("recembed")
 
@@ -187,7 +188,7 @@ def read_catalog(
     if n_rows and len(q) / n_rows > max_bad_fraction:
         raise CatalogError(f"catalog {p}: {len(q)} of {n_rows} rows are bad ({len(q) / n_rows:.1%}"
                            f"), above ingest.max_bad_fraction={max_bad_fraction:.2%}; most common "
-                           f"reasons: {_kinds(q['reason']).most_common(3)}")
+                           f"reasons: {quarantine_summary(q)}")
     df = df[~missing_id & ~dup & ~norm.blank].reset_index(drop=True)
     if df.empty:
         raise CatalogError(f"catalog {p} has no valid row (input.catalog.id = {id_column!r})")
@@ -207,7 +208,7 @@ def read_catalog(
     out = pd.DataFrame({"code": code.astype(np.int32), "id": cid.to_numpy(), "in_log": in_log})
     stats: dict = {"rows": n_rows, "items": len(out), "quarantined": len(q),
                    "ids_nfc_normalized": norm.nfc_changed,
-                   "quarantine_reasons": dict(_kinds(q["reason"])),
+                   "quarantine_reasons": quarantine_reason_counts(q),
                    "not_in_log": int((~in_log).sum()),
                    "log_items_not_in_catalog": int(len(vocabulary) - in_log.sum()),
                    "bad_numeric": {}, "missing": {}}
@@ -479,12 +480,6 @@ def _missing_msg(p: Path, missing: list[str], have: list[str]) -> str:
 
 def _raw(df: pd.DataFrame, i: int, cols: list[str]) -> str:
     return "; ".join(f"{c}={df[c].iloc[i]}" for c in cols)
-
-
-def _kinds(reasons: pd.Series):
-    from collections import Counter
-
-    return Counter(str(r).split(" (")[0].split(" '")[0] for r in reasons)
 
 
 def _listing_key(df: pd.DataFrame, listed: str | None, code: np.ndarray, in_log: np.ndarray,

@@ -22,6 +22,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recembed import sources
+from recembed.sources import (  # noqa: F401 - the quarantine rules, shared with Spark
+    quarantine_reason_counts,
+    quarantine_summary,
+    reason_kind,
+)
 
 if TYPE_CHECKING:
     from recembed.runtime import Runtime
@@ -225,7 +230,7 @@ def ingest(
         raise IngestError(f"no rows in the input files: {', '.join(map(str, files))}")
     bad_frac = len(quarantine) / stats["rows_read"]
     if bad_frac > max_bad_fraction:
-        reasons = quarantine["reason"].value_counts().head(3).to_dict()
+        reasons = quarantine_summary(quarantine)
         raise IngestError(
             f"{len(quarantine)} of {stats['rows_read']} rows ({bad_frac:.2%}) are bad, above "
             f"ingest.max_bad_fraction={max_bad_fraction:.2%}; most common reasons: {reasons}; "
@@ -827,23 +832,6 @@ def iso_time(t: float) -> str:
     if abs(t) > TS_LIMIT_S:
         return f"{t:.6g} s since 1970"
     return pd.Timestamp(t, unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def quarantine_reason_counts(quarantine: pd.DataFrame) -> dict[str, int]:
-    """Rows per quarantine reason, the reason's kind only (text before the first '(').
-
-    Parameters
-    ----------
-    quarantine : pandas.DataFrame
-        With a `reason` column.
-
-    Returns
-    -------
-    dict of str to int
-        Rows (>= 1) per reason kind, most frequent first.
-    """
-    kinds = quarantine["reason"].astype(str).str.split("(", n=1).str[0].str.strip()
-    return {k: int(v) for k, v in kinds.value_counts().items()}
 
 
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -31,14 +31,19 @@ from __future__ import annotations
 
 import codecs
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -714,3 +719,67 @@ def integral_text_key(ids: np.ndarray) -> np.ndarray:
     for i in idx:
         out[i] = str(int(ids[i].split(".", 1)[0]))
     return out
+
+
+# ---------------------------------------------------------------- quarantine summaries
+
+# where the kind of a quarantine reason ends and the row's own values begin
+_REASON_KIND_END = re.compile(r"\s\(|:|,|\s[0-9'\"]")
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a quarantine reason: its text before the first row-specific part (a
+    parenthesis, a colon, a comma, or a number or quoted value after a space), so that rows of
+    one kind group together whatever values their reasons quote.
+
+    >>> reason_kind("wrong column count: expected 3, got 4")
+    'wrong column count'
+    >>> reason_kind("straggler timestamp 2026-01-02T00:00:00Z, 3.0 days after the rest")
+    'straggler timestamp'
+    """
+    return _REASON_KIND_END.split(str(reason), maxsplit=1)[0].strip()
+
+
+def quarantine_reason_counts(quarantine: pd.DataFrame) -> dict[str, int]:
+    """Rows per quarantine reason kind (`reason_kind`).
+
+    Parameters
+    ----------
+    quarantine : pandas.DataFrame
+        With a `reason` column.
+
+    Returns
+    -------
+    dict of str to int
+        Rows (>= 1) per reason kind, most frequent first.
+    """
+    kinds = quarantine["reason"].astype(str).map(reason_kind)
+    return {k: int(v) for k, v in kinds.value_counts().items()}
+
+
+def quarantine_summary(quarantine: pd.DataFrame, top: int = 3, examples: int = 2) -> str:
+    """The most common reason kinds with their row counts and a few example rows each, for an
+    error message ("315 rows: empty item id, e.g. a.csv row 4: ...").
+
+    Parameters
+    ----------
+    quarantine : pandas.DataFrame
+        `file`, `row`, `reason`.
+    top : int >= 1
+        Reason kinds shown.
+    examples : int >= 0
+        Example rows shown per kind (file, 0-based data row, full reason).
+
+    Returns
+    -------
+    str
+    """
+    kinds = quarantine["reason"].astype(str).map(reason_kind)
+    parts = []
+    for kind, n in kinds.value_counts().head(top).items():
+        rows = quarantine[kinds == kind].head(examples)
+        ex = "; ".join(f"{Path(str(f)).name} row {int(r)}: {reason}" for f, r, reason in
+                       zip(rows["file"], rows["row"], rows["reason"], strict=True))
+        parts.append(f"{int(n)} rows: {kind} (e.g. {ex})")
+    rest = int(kinds.nunique()) - top
+    return " | ".join(parts) + (f" | and {rest} more kind(s)" if rest > 0 else "")

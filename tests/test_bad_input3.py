@@ -202,3 +202,29 @@ def test_item14_run_without_any_config_prints_usage_and_runs_nothing(tmp_path, m
     assert r.exit_code == 2
     assert "Usage" in r.output and "needs a pipeline config" in r.output
     assert list(tmp_path.iterdir()) == []  # no stray run directory
+
+
+def test_item13_the_too_many_bad_rows_error_groups_reasons_by_kind_with_examples(tmp_path):
+    # 315 stragglers-like rows of one kind, each reason quoting its own value
+    rows = [("u", f"i{k % 5}", T0 + 60 * k) for k in range(400)]
+    rows += [("u", f"x{k}", f"bad{k}") for k in range(315)]
+    p = tmp_path / "log.csv"
+    p.write_text("user,item,ts\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows)
+                 + "".join(f"u,i1,{T0},extra{k}\n" for k in range(3)))
+    with pytest.raises(IngestError) as e:
+        ingest([str(p)], COLS)
+    msg = str(e.value)
+    assert "315 rows: unparseable timestamp (e.g. log.csv row 400" in msg
+    assert "3 rows: wrong column count (e.g." in msg
+
+
+def test_item13_reason_kinds_drop_the_row_values():
+    from recembed.sources import reason_kind
+
+    assert reason_kind("wrong column count: expected 3, got 4") == "wrong column count"
+    assert reason_kind("straggler timestamp 2026-01-02T00:00:00Z, 3.0 days after") == \
+        "straggler timestamp"
+    assert reason_kind("not valid UTF-8 in column item (byte 0xff at offset 2)") == \
+        "not valid UTF-8 in column item"
+    assert reason_kind("implausible timestamp (column ts) 5 years from") == \
+        "implausible timestamp"

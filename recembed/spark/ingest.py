@@ -179,7 +179,7 @@ def ingest(
         raise IngestError(f"no rows in the input files: {', '.join(map(str, files))}")
     bad_frac = len(quarantine) / stats["rows_read"]
     if bad_frac > max_bad_fraction:
-        reasons = quarantine["reason"].value_counts().head(3).to_dict()
+        reasons = L.quarantine_summary(quarantine)
         raise IngestError(
             f"{len(quarantine)} of {stats['rows_read']} rows ({bad_frac:.2%}) are bad, above "
             f"ingest.max_bad_fraction={max_bad_fraction:.2%}; most common reasons: {reasons}; "
