@@ -228,3 +228,17 @@ def test_item13_reason_kinds_drop_the_row_values():
         "not valid UTF-8 in column item"
     assert reason_kind("implausible timestamp (column ts) 5 years from") == \
         "implausible timestamp"
+
+
+def test_item11_every_event_at_one_second_names_the_holdout_window(tmp_path):
+    p = tmp_path / "log.csv"
+    p.write_text("user_id,item_id,timestamp\n" + "".join(
+        f"u{k % 20},i{k % 9},{T0}\n" for k in range(400)))
+    (tmp_path / "job.toml").write_text(
+        f'[run]\nruns_dir = "{tmp_path / "runs"}"\nprogress = false\n'
+        f'[input]\npaths = ["{p}"]\ncategories_path = ""\n')
+    r = runner.invoke(app, ["run", str(tmp_path / "job.toml"), "--stage", "sessionize"])
+    assert r.exit_code == 3, r.output
+    assert "every session ends in the last holdout.days" in r.output
+    assert "every event at the same second" in r.output
+    assert "{'" not in r.output  # no raw statistics dict
