@@ -177,18 +177,21 @@ def ingest(
     parts, bad_parts, stats = [], [], {"rows_read": 0, "files": [str(f) for f in files],
                                  "ids_nfc_normalized": 0}
     units: list[str | None] = []
+    file_warnings: list[str] = []
     for fi, f in enumerate(files):
         table, bad, n_rows = read_log_file(f, columns, fmt, delimiter, source, window_days)
         stats["rows_read"] += n_rows
-        part, bad2, unit, nfc = parse_log_rows(table, f, fi, columns, ts_unit, ts_offset_unit,
-                                               na_values or [])
-        stats["ids_nfc_normalized"] += nfc
+        part, bad2, unit, notes = parse_log_rows(table, f, fi, columns, ts_unit,
+                                                 ts_offset_unit, na_values or [])
+        stats["ids_nfc_normalized"] += notes["ids_nfc_normalized"]
+        file_warnings += [notes["warning"]] if notes["warning"] else []
         units.append(unit)
         part["split"] = np.full(len(part["ts_exact"]), 1 if fi >= n_train_files else 0, np.int8)
         parts.append(part)
         del table  # the typed arrays are all that is needed from here on
         bad_parts.extend([bad, bad2])
-    stats["warnings"] = id_collision_warnings(_collision_pairs(parts, files), columns.item)
+    stats["warnings"] = file_warnings + id_collision_warnings(_collision_pairs(parts, files),
+                                                             columns.item)
     for w in stats["warnings"]:
         log.warning("%s", w)
     raw = _concat(parts)
@@ -458,9 +461,9 @@ def _check_columns(path: Path, need: list[str], have: list[str]) -> None:
 def parse_log_rows(
     table: pa.Table, path: Path, file_index: int, columns: ColumnMap, ts_unit: str,
     offset_unit: str, na_values: list[str],
-) -> tuple[dict[str, np.ndarray], pd.DataFrame, str | None, int]:
+) -> tuple[dict[str, np.ndarray], pd.DataFrame, str | None, dict]:
     """Typed arrays of one file's valid rows, the rows that failed, the detected ts unit and
-    how many id values NFC normalisation changed.
+    notes on the file (NFC changes, a warning).
 
     Parameters
     ----------
@@ -475,10 +478,11 @@ def parse_log_rows(
 
     Returns
     -------
-    (dict of str to numpy.ndarray, pandas.DataFrame, str or None, int)
+    (dict of str to numpy.ndarray, pandas.DataFrame, str or None, dict)
         Arrays of the valid rows, the quarantine rows, the timestamp unit read ("s", "ms",
-        "us", "ns", "iso"; None when no row had one), the id values (item, user, session; all
-        rows) that NFC normalisation changed (`recembed.sources.normalize_ids`).
+        "us", "ns", "iso"; None when no row had one), and notes: `ids_nfc_normalized` (int,
+        id values of item, user and session that NFC normalisation changed,
+        `recembed.sources.normalize_ids`), `warning` (str or None, `seconds_or_ms_warning`).
     """
     n = table.num_rows
     # reason code per row (0 = good); the first reason found wins
@@ -547,7 +551,12 @@ def parse_log_rows(
     out["ts_exact"] = ts
     out["row"] = row
     out["file"] = np.full(len(ts), file_index, np.int16)
-    return out, quarantine, unit, nfc
+    notes = {"ids_nfc_normalized": nfc, "warning": None}
+    if ts_unit == "auto" and unit == "s" and len(ts):
+        ent = out.get("session_raw", out.get("user_raw"))
+        if ent is not None:
+            notes["warning"] = seconds_or_ms_warning(ts, ent, path, columns.ts)
+    return out, quarantine, unit, notes
 
 
 def _ids(col: pa.ChunkedArray, name: str, path: Path, rows: np.ndarray,
@@ -583,6 +592,47 @@ def _ids(col: pa.ChunkedArray, name: str, path: Path, rows: np.ndarray,
         missing = pc.or_kleene(missing, pc.is_in(col, value_set=pa.array(na_values, pa.string())))
     col = pc.if_else(missing, pa.scalar(None, col.type), col)
     return col.to_numpy(zero_copy_only=False), blank, norm.nfc_changed
+
+
+def seconds_or_ms_warning(ts: np.ndarray, entity: np.ndarray, path: Path, col: str
+                          ) -> str | None:
+    """A warning naming `input.ts_unit` when numbers auto-read as seconds look like
+    milliseconds of early 1970 (a device whose clock was reset): years of span, and hours
+    between one user's consecutive events, that read as milliseconds become days of span and
+    click-like seconds.
+
+    Parameters
+    ----------
+    ts : numpy.ndarray
+        float64 unix seconds as read, one file's valid rows.
+    entity : numpy.ndarray
+        The session (or user) id of each row.
+    path : pathlib.Path
+        The file.
+    col : str
+        The timestamp column.
+
+    Returns
+    -------
+    str or None
+    """
+    if len(ts) < 20 or float(ts.max() - ts.min()) < 365 * DAY:
+        return None
+    codes, _ = pd.factorize(entity)
+    order = np.lexsort((ts, codes))
+    same = codes[order][1:] == codes[order][:-1]
+    gaps = np.diff(ts[order])[same]
+    if not len(gaps):
+        return None
+    med = float(np.median(gaps))
+    if med <= 3600 or med / 1000 > 600:
+        return None
+    lo, hi = float(ts.min()), float(ts.max())
+    return (f"{path}: input.ts_unit = \"auto\" read column {col} as seconds "
+            f"({iso_time(lo)} .. {iso_time(hi)}) with a median gap of {med / 3600:,.1f} hours "
+            f"between one user's consecutive events; as milliseconds they would be "
+            f"{iso_time(lo / 1000)} .. {iso_time(hi / 1000)}, {med / 1000:,.0f} s apart (a "
+            "device clock reset to 1970?). If they are milliseconds, set input.ts_unit = \"ms\"")
 
 
 def text_id_candidates(ids: np.ndarray) -> pd.DataFrame:

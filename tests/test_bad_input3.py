@@ -242,3 +242,28 @@ def test_item11_every_event_at_one_second_names_the_holdout_window(tmp_path):
     assert "every session ends in the last holdout.days" in r.output
     assert "every event at the same second" in r.output
     assert "{'" not in r.output  # no raw statistics dict
+
+
+def test_item12_milliseconds_of_january_1970_warn_naming_input_ts_unit(tmp_path):
+    rng = np.random.default_rng(0)
+    start = 1_000_000_000  # ms: 1970-01-12
+    rows = []
+    for u in range(30):
+        t = start + int(rng.integers(0, 3 * DAY * 1000))
+        for _ in range(8):
+            t += int(rng.integers(5_000, 120_000))  # 5 s .. 2 min apart, in ms
+            rows.append((f"u{u}", f"i{rng.integers(9)}", t))
+    p = _csv3(tmp_path, rows)
+    res = ingest([str(p)], COLS, max_ts_distance_days=0)
+    assert res.stats["ts_unit"] == "s"
+    (w,) = res.stats["warnings"]
+    assert 'input.ts_unit = "ms"' in w and "log.csv" in w and "1970-01-1" in w
+    # a seconds log of clicks gets no such warning
+    secs = [(u, i, T0 + t // 1000) for u, i, t in rows]
+    assert ingest([str(_csv3(tmp_path, secs, "s.csv"))], COLS).stats["warnings"] == []
+
+
+def _csv3(tmp_path, rows, name="log.csv"):
+    p = tmp_path / name
+    p.write_text("user,item,ts\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows))
+    return p

@@ -43,6 +43,7 @@ _ROWS = pa.schema([
     ("split", pa.int8()), ("raw", pa.string()), ("reason", pa.string()),
     ("last", pa.float64()),  # metadata: the file's last time (its first is in ts)
     ("nfc", pa.int64()),  # metadata: id values NFC normalisation changed
+    ("note", pa.string()),  # metadata: the file's warning (parse_log_rows' notes)
 ])
 # 3: a text item id that reads as an integer (item = the id, user = the integer as text)
 _EVENT, _BAD, _META, _NUMTEXT = 0, 1, 2, 3
@@ -114,8 +115,9 @@ def ingest(
     int_ids = {c: bool((meta[c] == "int").all()) for c in ("item", "user", "session")}
     stats: dict = {"rows_read": int(meta["row"].sum()), "files": names,
                    "ids_nfc_normalized": int(meta["nfc"].sum())}
-    ev = rows.filter(F.col("kind") == _EVENT).drop("kind", "raw", "reason", "nfc")
-    stats["warnings"] = L.id_collision_warnings(
+    ev = rows.filter(F.col("kind") == _EVENT).drop("kind", "raw", "reason", "nfc", "note")
+    stats["warnings"] = [w for w in meta["note"] if isinstance(w, str)]
+    stats["warnings"] += L.id_collision_warnings(
         _collision_pairs(ev, small[small["kind"] == _NUMTEXT], meta, names), columns.item)
     for w in stats["warnings"]:
         L.log.warning("%s", w)
@@ -256,8 +258,8 @@ def _reader(names, n_train_files, columns, fmt, delimiter, source, window_days, 
         f = Path(names[fi])
         try:
             table, bad, n_rows = L.read_log_file(f, columns, fmt, delimiter, source, window_days)
-            part, bad2, unit, nfc = L.parse_log_rows(table, f, fi, columns, ts_unit, offset_unit,
-                                                     na_values)
+            part, bad2, unit, notes = L.parse_log_rows(table, f, fi, columns, ts_unit,
+                                                       offset_unit, na_values)
         except IngestError as e:
             yield _batch(_META, fi, reason=[str(e)])
             return
@@ -284,7 +286,8 @@ def _reader(names, n_train_files, columns, fmt, delimiter, source, window_days, 
             yield _batch(_NUMTEXT, fi, len(cand), item=cand["id"].to_numpy(object),
                          user=cand["key"].to_numpy(object))
         t = part["ts_exact"]
-        yield _batch(_META, fi, row=[n_rows], raw=[unit or ""], nfc=[nfc],
+        yield _batch(_META, fi, row=[n_rows], raw=[unit or ""],
+                     nfc=[notes["ids_nfc_normalized"]], note=[notes["warning"]],
                      keep_type=[bool((np.diff(t) >= 0).all())],
                      ts=[float(t[0]) if m else np.nan], last=[float(t[-1]) if m else np.nan],
                      **{c: [kinds.get(c, "")] for c in ("item", "user", "session")})
