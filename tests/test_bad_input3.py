@@ -6,6 +6,7 @@ from __future__ import annotations
 import decimal
 import logging
 import os
+import re
 import unicodedata
 
 import numpy as np
@@ -267,3 +268,26 @@ def _csv3(tmp_path, rows, name="log.csv"):
     p = tmp_path / name
     p.write_text("user,item,ts\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows))
     return p
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("train.vector_size=1000000000", "train.vector_size"),
+    ("walks.walk_length=100000000", "walks.walk_length"),
+])
+def test_item09_sizes_no_machine_has_are_refused_at_load_naming_the_key(override, key):
+    from recembed.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_config(None, [override])
+    r = runner.invoke(app, ["run", "--set", override])
+    assert r.exit_code == 2 and key in r.output and "Traceback" not in r.output
+
+
+def test_item09_the_memory_estimate_names_walks_without_a_token_cap():
+    from recembed.config import load_config, size_problems
+
+    cfg = load_config(None, ["walks.walks_per_node=1000", "walks.walk_length=1000",
+                             "walks.max_tokens=0"])
+    (msg,) = size_problems(cfg, memory=1 << 30)
+    assert "walks.walks_per_node=1,000 x walks.walk_length=1,000" in msg
+    assert size_problems(load_config(None, []), memory=1 << 30) == []

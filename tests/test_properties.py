@@ -279,6 +279,14 @@ def config_raw(draw) -> dict:
     tr = raw.get("train", {})
     if tr.get("negative") == 0:
         tr["hs"] = True  # a training objective is needed
+    # sizes that fit a machine (refused at load otherwise: issue 25, item 9)
+    if "vector_size" in tr:
+        tr["vector_size"] = min(tr["vector_size"], 4096)
+    wk = raw.get("walks", {})
+    if "walk_length" in wk:
+        wk["walk_length"] = min(wk["walk_length"], 10_000)
+    if "walks_per_node" in wk:
+        wk["walks_per_node"] = min(wk["walks_per_node"], 100)
     if raw.get("walks", {}).get("enabled") is False and \
             raw.get("sequences", {}).get("enabled") is False:
         raw["sequences"]["enabled"] = True  # something to train on
