@@ -170,15 +170,28 @@ def evaluate(
         return
     if run_ is None:
         _fail("evaluating a published version needs --run RUN_DIR (whose holdout to use)", 2)
+    import pandas as pd
+
+    from recembed.evaluate import shared_targets
+    from recembed.pipeline import EXIT_EMPTY
     from recembed.serving import ArtifactError
     from recembed.stages.publish import evaluate_published
 
     try:
         s = evaluate_published(target, run_)
-    except ArtifactError as e:
+        rec = _load(target)
+        vocab = pd.read_parquet(A.VOCABULARY.path(run_), columns=["code", "id"])
+        test = pd.read_parquet(A.SESSIONS_TEST.path(run_), columns=["item"])
+    except (ArtifactError, OSError) as e:
         _fail(str(e), 3)
     typer.echo(f"recall@20 {s.recall(20):.4f}  mrr@20 {s.mrr(20):.4f}  "
                f"coverage@20 {s.coverage(20):.3f}  ({s.values['queries']:,} queries)")
+    shared, n_targets = shared_targets(rec.ids, vocab, test["item"].to_numpy())
+    if n_targets and shared == 0:
+        _warn_exit(f"warning: the version {target} and the holdout of {run_} share no item (0 of "
+              f"{n_targets:,} holdout items are in the version): the scores above are 0 by "
+              "construction, not a measurement. Evaluate the version on a run of the same "
+              "catalogue", EXIT_EMPTY)
 
 
 @app.command()
@@ -193,6 +206,7 @@ def query(
     for q, ids, sc in zip(item_id, res.ids, res.scores, strict=True):
         typer.echo(f"\n{q}" + ("  (unknown id)" if q in res.unknown else ""))
         _table(rec, ids, sc)
+    _empty_answer(version, item_id, res)
 
 
 @app.command()
@@ -207,6 +221,20 @@ def recommend(
     if res.unknown:
         typer.echo(f"unknown ids ignored: {', '.join(res.unknown)}")
     _table(rec, res.ids[0], res.scores[0])
+    _empty_answer(version, item_id, res)
+
+
+def _empty_answer(version: Path, asked: list[str], res) -> None:
+    """Exit `EXIT_EMPTY` with a warning when every id asked is unknown (an empty table is no
+    answer); a partly unknown query is answered (exit 0) with a warning."""
+    from recembed.pipeline import EXIT_EMPTY
+
+    unknown = set(res.unknown)
+    if asked and all(str(q) in unknown for q in asked):
+        _warn_exit(f"warning: none of the ids {', '.join(map(repr, asked))} is an item of {version}: "
+              "the answer is empty", EXIT_EMPTY)
+    if unknown:
+        typer.secho(f"warning: unknown ids: {', '.join(sorted(unknown))}", err=True)
 
 
 @app.command()
@@ -285,6 +313,11 @@ def synth(
         _fail(str(e), 2)
     ev, items = write_synth(log, out)
     typer.echo(f"wrote {len(log.events):,} events to {ev} and {len(log.items):,} items to {items}")
+
+
+def _warn_exit(msg: str, code: int) -> None:
+    typer.secho(msg, fg=typer.colors.YELLOW, err=True)
+    raise typer.Exit(code)
 
 
 def _fail(msg: str, code: int) -> None:

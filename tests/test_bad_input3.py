@@ -291,3 +291,44 @@ def test_item09_the_memory_estimate_names_walks_without_a_token_cap():
     (msg,) = size_problems(cfg, memory=1 << 30)
     assert "walks.walks_per_node=1,000 x walks.walk_length=1,000" in msg
     assert size_problems(load_config(None, []), memory=1 << 30) == []
+
+
+def test_item06_empty_answers_warn_and_exit_6(tmp_path):
+    from recembed.pipeline import EXIT_EMPTY
+    from recembed.synth import synth_clicks, write_synth
+
+    assert EXIT_EMPTY == 6
+    write_synth(synth_clicks(3000, days=5, seed=1), tmp_path / "clicks.csv")
+    sets = [f"input.paths=['{tmp_path / 'clicks.csv'}']", "input.categories_path=''",
+            f"run.runs_dir='{tmp_path / 'runs'}'", f"publish.dir='{tmp_path / 'pub'}'",
+            "publish.enabled=true", "train.epochs=1", "train.workers=1", "train.vector_size=16",
+            "run.threads=1", "run.progress=false", "walks.walks_per_node=1",
+            "walks.walk_length=5", "calibrate.corpora=['both']", "index.type='Flat'",
+            "evaluate.baselines=['pop']", "evaluate.strategies=['last']",
+            "evaluate.max_queries=200"]
+    r = runner.invoke(app, ["run", *[x for s in sets for x in ("--set", s)]])
+    assert r.exit_code == 0, r.output
+    pub = tmp_path / "pub"
+    known = str(pd.read_parquet(next(pub.glob("*/items.parquet")))["id"].iloc[0])
+    # only unknown ids: an empty table is no answer
+    for cmd in ("query", "recommend"):
+        r = runner.invoke(app, [cmd, str(pub), "nope-1", "nope-2"])
+        assert r.exit_code == 6, (cmd, r.output)
+        assert "none of the ids" in r.output
+    # some known: answered, exit 0, the unknown one named
+    r = runner.invoke(app, ["query", str(pub), known, "nope-1"])
+    assert r.exit_code == 0 and "unknown ids: nope-1" in r.output
+    # a run whose holdout shares no item with the version
+    other = tmp_path / "other.csv"
+    log = pd.read_csv(tmp_path / "clicks.csv")
+    item_col = next(c for c in log.columns if "item" in c)
+    log[item_col] = "x-" + log[item_col].astype(str)
+    log.to_csv(other, index=False)
+    r = runner.invoke(app, ["run", "--set", f"input.paths=['{other}']",
+                            "--set", "input.categories_path=''", "--set",
+                            f"run.runs_dir='{tmp_path / 'runs2'}'", "--stage", "sessionize"])
+    assert r.exit_code == 0, r.output
+    run2 = next((tmp_path / "runs2").iterdir())
+    r = runner.invoke(app, ["evaluate", str(pub), "--run", str(run2)])
+    assert r.exit_code == 6, r.output
+    assert "share no item" in r.output and "recall@20 0.0000" in r.output
