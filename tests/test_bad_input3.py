@@ -332,3 +332,16 @@ def test_item06_empty_answers_warn_and_exit_6(tmp_path):
     r = runner.invoke(app, ["evaluate", str(pub), "--run", str(run2)])
     assert r.exit_code == 6, r.output
     assert "share no item" in r.output and "recall@20 0.0000" in r.output
+
+
+def test_serving_queries_follow_the_id_rule(tmp_path):
+    from recembed.serving import Recommender
+    from tests.test_properties import _check_exports
+
+    nfc = unicodedata.normalize("NFC", "crème")
+    _check_exports(["100", nfc, "00123"], tmp_path)
+    rec = Recommender.load(tmp_path)
+    res = rec.similar([100.0, decimal.Decimal("100.00"), unicodedata.normalize("NFD", nfc),
+                       "00123", 123], k=1)
+    assert res.unknown == ["123"]  # "00123" is kept as written; 123 is another id
+    assert rec.why_not_served(100.0) == ""
