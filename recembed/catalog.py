@@ -116,7 +116,9 @@ def read_catalog(
     listed: str | None = None, na_values: list[str] | None = None,
     max_bad_fraction: float = 1.0, encoding: str = "utf-8", first_seen: np.ndarray | None = None,
 ) -> Catalog:
-    """Read and validate a catalog file; ids are matched to the vocabulary byte for byte.
+    """Read and validate a catalog file; ids follow the id rule of ingest
+    (`recembed.ids.normalize_ids`: "100.0" columns are integers, NFC, whitespace-only is
+    missing) and are matched to the vocabulary as text; none matching is a CatalogError.
 
     Parameters
     ----------
@@ -159,7 +161,7 @@ def read_catalog(
     need = list(dict.fromkeys([id_column, *attributes, *([listed] if listed else [])]))
     nulls = ["", *(na_values or [])]
     table, rows, bad = _read(p, need, nulls, encoding)
-    # the id rule of the log (recembed.sources.normalize_ids): a column of integral floats
+    # the id rule of the log (recembed.ids.normalize_ids): a column of integral floats
     # ("100.0") is the integers, text is NFC, whitespace-only is missing
     norm = sources.normalize_ids(table.column(id_column))
     blank_raw = {int(i): table.column(id_column)[int(i)].as_py()

@@ -151,10 +151,14 @@ def ingest(
 ) -> IngestResult:
     """Read, validate and code every input file; bad rows go to the quarantine with a reason.
 
-    Ids are kept byte for byte (no trimming); an id column of integral floats gives the same ids
-    as the integers (a non-integral one is refused); the empty field is a missing id, and so is
-    any string in `na_values` (nothing else: "NA" or "null" are ids by default). A row without an
-    item id, or without a user id when there is no session column, is quarantined.
+    Ids follow the one id rule (`recembed.ids.normalize_ids`, README "Item ids"): float and
+    decimal columns give the same ids as the integers (a non-integral one is refused), text is
+    NFC normalised but never trimmed (`stats["ids_nfc_normalized"]` counts the values that
+    changed); the empty field and whitespace-only text are missing ids, and so is any string in
+    `na_values` (nothing else: "NA" or "null" are ids by default). A row without an item id, or
+    without a user id when there is no session column, is quarantined with its reason. Text ids
+    of one file equal, read as integers, to integer ids of another file give a warning naming
+    both files (`stats["warnings"]`, `id_collision_warnings`).
 
     Timestamps further than `max_ts_distance_days` (days, >= 0; 0 = no limit) from the median
     event time, or outside what a datetime can hold, are quarantined with their reason (a row in
@@ -322,8 +326,8 @@ def ingest_files(params: IngestParams, events_path: str | Path,
 def read_categories(path: str, item_col: str, cat_col: str, vocabulary: pd.DataFrame) -> np.ndarray:
     """Category code per item code (int32, -1 unknown), from a side file of (item id, category).
 
-    Item ids are matched byte for byte, as in `ingest`. Raises IngestError naming the file and the
-    config key when the file is missing or lacks a column.
+    Item ids follow the id rule of `ingest` (`recembed.ids.normalize_ids`). Raises
+    IngestError naming the file and the config key when the file is missing or lacks a column.
     """
     p = Path(path)
     if not p.is_file():
@@ -343,7 +347,9 @@ def read_categories(path: str, item_col: str, cat_col: str, vocabulary: pd.DataF
     df = pd.read_csv(p, sep=delim, dtype=str, usecols=[item_col, cat_col],
                      keep_default_na=False, na_values=[""])
     cats, _ = pd.factorize(df[cat_col])
-    lookup = pd.Series(cats, index=df[item_col].astype(str)).groupby(level=0).first()
+    ids = pc.cast(sources.normalize_ids(pa.array(df[item_col].to_numpy(object), pa.string()))
+                  .values, pa.string()).to_numpy(zero_copy_only=False)
+    lookup = pd.Series(cats, index=pd.Index(ids, dtype=object)).groupby(level=0).first()
     out = lookup.reindex(vocabulary["id"].astype(str)).fillna(-1).to_numpy().astype(np.int32)
     return out
 
@@ -482,7 +488,7 @@ def parse_log_rows(
         Arrays of the valid rows, the quarantine rows, the timestamp unit read ("s", "ms",
         "us", "ns", "iso"; None when no row had one), and notes: `ids_nfc_normalized` (int,
         id values of item, user and session that NFC normalisation changed,
-        `recembed.sources.normalize_ids`), `warning` (str or None, `seconds_or_ms_warning`).
+        `recembed.ids.normalize_ids`), `warning` (str or None, `seconds_or_ms_warning`).
     """
     n = table.num_rows
     # reason code per row (0 = good); the first reason found wins
@@ -561,7 +567,7 @@ def parse_log_rows(
 
 def _ids(col: pa.ChunkedArray, name: str, path: Path, rows: np.ndarray,
          na_values: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
-    """Ids as a numpy array under the id rule (`recembed.sources.normalize_ids`), None where
+    """Ids as a numpy array under the id rule (`recembed.ids.normalize_ids`), None where
     missing; the rows that were whitespace-only; the rows NFC normalisation changed.
 
     Integers stay integers (fast factorize); float and decimal columns give the same integers,

@@ -23,8 +23,8 @@ import numpy as np
 from recembed import artifacts as A
 from recembed.artifacts import sha256, unit_rows
 from recembed.blend import CATEGORY_KEYS, BlendModel, BlendSettings, Csr
+from recembed.ids import normalize_id
 from recembed.index import load_index
-from recembed.sources import normalize_id
 
 
 class ArtifactError(RuntimeError):
@@ -292,7 +292,7 @@ def verify_files(dir_: Path, files: dict[str, str], *, source: str = "manifest.j
 
 
 def _query_id(x) -> str:
-    # the id rule of ingest (recembed.sources.normalize_id): 100.0 is "100", text is NFC
+    # the id rule of ingest (recembed.ids.normalize_id): 100.0 is "100", text is NFC
     q = normalize_id(x)
     return str(x) if q is None else q
 

@@ -239,7 +239,7 @@ def test_every_documented_key_is_read_by_a_run(synth_small, tmp_path, monkeypatc
 LAYERS = [
     # the contract first: `sources` lists input directories with `artifacts.walk_files`, the
     # walk the input stamps use (docs/ARCHITECTURE.md lists artifacts on its own row)
-    {"recembed", "recembed.artifacts"},
+    {"recembed", "recembed.artifacts", "recembed.ids"},
     {"recembed.progress", "recembed.corpus",
      "recembed.synth", "recembed.sources", "recembed.sknn", "recembed.spark", "recembed.runtime"},
     {"recembed.config"},
