@@ -15,6 +15,8 @@ import pyarrow.compute as pc
 # text ids that read as an integer: digits with an optional sign and an all-zero fraction
 _INTEGRAL_TEXT = r"^[+-]?[0-9]+(\.0*)?$"
 _INTEGRAL_FLOAT_TEXT = r"^[+-]?[0-9]+\.0+$"
+# ASCII text that Python's str.isspace calls whitespace (tab, line feed, VT, FF, CR, FS-US, space)
+_ASCII_BLANK = r"^[\t\n\x0b\x0c\r\x1c-\x1f ]+$"
 # float64 holds every integer up to 2**53 exactly; a float id above it was rounded when written
 MAX_EXACT_FLOAT = 2**53
 
@@ -84,11 +86,12 @@ def normalize_ids(col: pa.Array | pa.ChunkedArray) -> NormalizedIds:
     no = np.zeros(n, bool)
     if pa.types.is_integer(t):
         return NormalizedIds(pc.cast(col, pa.int64()), "int", no, no.copy())
+    enc = None
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t):
         col = pc.cast(col, pa.string())
-        filled = col.drop_null()
-        if len(filled) and pc.all(pc.match_substring_regex(
-                filled, _INTEGRAL_FLOAT_TEXT)).as_py():
+        enc = pc.dictionary_encode(col).combine_chunks()  # the rules run on distinct values
+        if len(enc.dictionary) and pc.all(pc.match_substring_regex(
+                enc.dictionary, _INTEGRAL_FLOAT_TEXT)).as_py():
             col = pc.cast(col, pa.float64())
             t = col.type
     if pa.types.is_decimal(t):
@@ -110,30 +113,37 @@ def normalize_ids(col: pa.Array | pa.ChunkedArray) -> NormalizedIds:
     if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
         col = pc.cast(col, pa.string())
     # the rule per distinct value, applied back through the dictionary codes
-    enc = pc.dictionary_encode(col).combine_chunks()
-    uniq = enc.dictionary.to_pylist()
-    fixed, blank_u, changed_u = [], np.zeros(len(uniq), bool), np.zeros(len(uniq), bool)
-    for j, s in enumerate(uniq):
-        if s.isascii():
+    if enc is None:
+        enc = pc.dictionary_encode(col).combine_chunks()
+    dictionary = enc.dictionary
+    # ASCII values (nearly all, usually) in C: only Python's whitespace, nothing to normalise;
+    # the others one by one in Python (NFC, then str.isspace)
+    blank_u = pc.fill_null(pc.match_substring_regex(dictionary, _ASCII_BLANK), False) \
+        .to_numpy(zero_copy_only=False).copy()
+    changed_u = np.zeros(len(dictionary), bool)
+    other = np.flatnonzero(~pc.string_is_ascii(dictionary).to_numpy(zero_copy_only=False))
+    fixed = None
+    if len(other):
+        fixed = dictionary.to_pylist()
+        for j in other:
+            s = fixed[j]
+            if not unicodedata.is_normalized("NFC", s):
+                fixed[j] = s = unicodedata.normalize("NFC", s)
+                changed_u[j] = True
             blank_u[j] = s.isspace()
-            fixed.append(s)
-            continue
-        if not unicodedata.is_normalized("NFC", s):
-            s = unicodedata.normalize("NFC", s)
-            changed_u[j] = True
-        blank_u[j] = s.isspace()
-        fixed.append(s)
+    uniq = dictionary
+    if not (changed_u.any() or blank_u.any()):
+        return NormalizedIds(col, "str", no, no.copy(), 0)
     codes = enc.indices.to_numpy(zero_copy_only=False)
     valid = ~pc.is_null(enc.indices).to_numpy(zero_copy_only=False) if enc.null_count else \
         np.ones(n, bool)
     codes = np.where(valid, codes, 0).astype(np.int64)
     blank = valid & blank_u[codes] if len(uniq) else no
     changed = int((valid & changed_u[codes]).sum()) if len(uniq) else 0
-    if changed_u.any() or blank_u.any():
-        values = pa.array(fixed, pa.string()).take(pa.array(codes))
-        values = pc.if_else(pa.array(valid & ~blank), values, pa.scalar(None, pa.string()))
-        col = pa.chunked_array([values])
-    return NormalizedIds(col, "str", blank, no.copy(), changed)
+    base = pa.array(fixed, pa.string()) if fixed is not None else dictionary
+    values = base.take(pa.array(codes))
+    values = pc.if_else(pa.array(valid & ~blank), values, pa.scalar(None, pa.string()))
+    return NormalizedIds(pa.chunked_array([values]), "str", blank, no.copy(), changed)
 
 
 def normalize_id(value) -> str | None:
