@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -41,6 +42,8 @@ from pathlib import Path
 import numpy as np
 
 # ---------------------------------------------------------------- the artifacts
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -199,17 +202,104 @@ def current_version_dir(published: str | Path) -> Path | None:
 
 
 def file_stamp(path: str | Path) -> dict:
-    """{"path", "files": [(name, bytes, mtime_ns)]} of a file or of every file under a
-    directory; {"path", "missing": True} when absent. Cheap: no file is read."""
+    """{"path", "files": [(path relative to `path`, bytes, sha256)]} of a file (relative path
+    its name) or of every file under a directory; {"path", "missing": True} when absent.
+
+    The stamp is the content: an input edited in place, whatever its size and mtime say
+    (`cp -p`, `rsync -t`, `tar -x`), changes it, and touching a file does not. The digest of a
+    file is computed once per process for one (inode, size, mtime, ctime): ctime cannot be set
+    back by a copy tool, so an edit always rehashes (cost: `benchmarks/RESULTS.md`, "Input
+    stamps"). A directory is walked by `walk_files` (symlink loops are skipped).
+    """
     p = Path(path)
     if not p.exists():
         return {"path": str(p), "missing": True}
     try:
-        files = sorted(p.rglob("*")) if p.is_dir() else [p]
-        return {"path": str(p), "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns)
-                                           for f in files if f.is_file()]}
+        files = walk_files(p) if p.is_dir() else [p]
+        rows = []
+        for f in files:
+            st = f.stat()
+            rel = f.name if f == p else f.relative_to(p).as_posix()
+            rows.append((rel, st.st_size, content_digest(f, st)))
+        return {"path": str(p), "files": rows}
     except OSError as e:  # unreadable: ingest names it; the stamp only has to be stable
         return {"path": str(p), "unreadable": e.__class__.__name__}
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def content_digest(path: str | Path, st: os.stat_result | None = None) -> str:
+    """sha256 of a file's bytes, memoised per (device, inode, size, mtime_ns, ctime_ns).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        A regular file.
+    st : os.stat_result, optional
+        Its stat, when the caller has it.
+
+    Returns
+    -------
+    str
+        64 hex digits.
+    """
+    st = st or os.stat(path)
+    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256(path)
+    return _DIGESTS[key]
+
+
+def walk_files(root: str | Path) -> list[Path]:
+    """Every regular file under a directory, sorted, each file once.
+
+    Directory symlinks are followed, except one that leads back to a directory already on the
+    walk (`self -> .`, `loop -> ..`): those are skipped with a warning, so a symlink loop can
+    neither hang a walk nor read a file twice; a file reached by two paths is listed once
+    (under its first path in sorted order).
+
+    Parameters
+    ----------
+    root : str or pathlib.Path
+        A directory.
+
+    Returns
+    -------
+    list of pathlib.Path
+        Paths under `root` (as reached from it, not resolved).
+    """
+    root = Path(root)
+    seen_dirs = {os.path.realpath(root)}
+    seen_files: set[str] = set()
+    out: list[Path] = []
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError:
+            continue
+        subdirs = []
+        for e in entries:
+            try:
+                if e.is_dir():
+                    real = os.path.realpath(e.path)
+                    if real in seen_dirs:
+                        log.warning("%s: skipping %s, a symlink back to a directory already "
+                                    "read (a loop)", root, Path(e.path).relative_to(root))
+                        continue
+                    seen_dirs.add(real)
+                    subdirs.append(Path(e.path))
+                elif e.is_file():
+                    real = os.path.realpath(e.path)
+                    if real not in seen_files:
+                        seen_files.add(real)
+                        out.append(Path(e.path))
+            except OSError:
+                continue
+        stack.extend(reversed(subdirs))
+    return sorted(out)
 
 
 # ---------------------------------------------------------------- locks

@@ -48,8 +48,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from recembed import sources
+from recembed.sources import quarantine_reason_counts, quarantine_summary
 
 log = logging.getLogger("recembed")
 
@@ -114,7 +116,9 @@ def read_catalog(
     listed: str | None = None, na_values: list[str] | None = None,
     max_bad_fraction: float = 1.0, encoding: str = "utf-8", first_seen: np.ndarray | None = None,
 ) -> Catalog:
-    """Read and validate a catalog file; ids are matched to the vocabulary byte for byte.
+    """Read and validate a catalog file; ids follow the id rule of ingest
+    (`recembed.ids.normalize_ids`: "100.0" columns are integers, NFC, whitespace-only is
+    missing) and are matched to the vocabulary as text; none matching is a CatalogError.
 
     Parameters
     ----------
@@ -157,10 +161,21 @@ def read_catalog(
     need = list(dict.fromkeys([id_column, *attributes, *([listed] if listed else [])]))
     nulls = ["", *(na_values or [])]
     table, rows, bad = _read(p, need, nulls, encoding)
+    # the id rule of the log (recembed.ids.normalize_ids): a column of integral floats
+    # ("100.0") is the integers, text is NFC, whitespace-only is missing
+    norm = sources.normalize_ids(table.column(id_column))
+    blank_raw = {int(i): table.column(id_column)[int(i)].as_py()
+                 for i in np.flatnonzero(norm.blank)}
+    table = table.set_column(table.schema.get_field_index(id_column), id_column,
+                             pc.cast(norm.values, pa.string()))
     df = table.to_pandas()
     quarantine = [(int(r), raw, reason) for r, raw, reason in bad]
     ids = df[id_column]
     missing_id = ids.isna().to_numpy()
+    for i in np.flatnonzero(norm.blank):
+        quarantine.append((int(rows[i]), f"{id_column}={blank_raw[int(i)]!r}",
+                           f"whitespace-only item id (column {id_column!r})"))
+    missing_id = missing_id & ~norm.blank
     dup = ids.duplicated(keep="first").to_numpy() & ~missing_id
     for i in np.flatnonzero(missing_id):
         quarantine.append((int(rows[i]), _raw(df, i, need),
@@ -175,8 +190,8 @@ def read_catalog(
     if n_rows and len(q) / n_rows > max_bad_fraction:
         raise CatalogError(f"catalog {p}: {len(q)} of {n_rows} rows are bad ({len(q) / n_rows:.1%}"
                            f"), above ingest.max_bad_fraction={max_bad_fraction:.2%}; most common "
-                           f"reasons: {_kinds(q['reason']).most_common(3)}")
-    df = df[~missing_id & ~dup].reset_index(drop=True)
+                           f"reasons: {quarantine_summary(q)}")
+    df = df[~missing_id & ~dup & ~norm.blank].reset_index(drop=True)
     if df.empty:
         raise CatalogError(f"catalog {p} has no valid row (input.catalog.id = {id_column!r})")
     vocab_ids = vocabulary["id"].astype(str)
@@ -184,11 +199,18 @@ def read_catalog(
     cid = df[id_column].astype(str)
     code = code_of.reindex(cid.to_numpy()).to_numpy(np.float64, copy=True)
     in_log = ~np.isnan(code)
+    if len(vocabulary) and not in_log.any():
+        raise CatalogError(
+            f"catalog {p}: none of its {len(cid)} ids (input.catalog.id = {id_column!r}, e.g. "
+            f"{cid.iloc[:3].tolist()}) is an item id of the log (e.g. "
+            f"{vocab_ids.iloc[:3].tolist()}); ids are compared as text after the id rule "
+            "(README, 'Input'): write the ids the same way in both files")
     new = np.flatnonzero(~in_log)
     code[new] = len(vocabulary) + np.arange(len(new))
     out = pd.DataFrame({"code": code.astype(np.int32), "id": cid.to_numpy(), "in_log": in_log})
     stats: dict = {"rows": n_rows, "items": len(out), "quarantined": len(q),
-                   "quarantine_reasons": dict(_kinds(q["reason"])),
+                   "ids_nfc_normalized": norm.nfc_changed,
+                   "quarantine_reasons": quarantine_reason_counts(q),
                    "not_in_log": int((~in_log).sum()),
                    "log_items_not_in_catalog": int(len(vocabulary) - in_log.sum()),
                    "bad_numeric": {}, "missing": {}}
@@ -460,12 +482,6 @@ def _missing_msg(p: Path, missing: list[str], have: list[str]) -> str:
 
 def _raw(df: pd.DataFrame, i: int, cols: list[str]) -> str:
     return "; ".join(f"{c}={df[c].iloc[i]}" for c in cols)
-
-
-def _kinds(reasons: pd.Series):
-    from collections import Counter
-
-    return Counter(str(r).split(" (")[0].split(" '")[0] for r in reasons)
 
 
 def _listing_key(df: pd.DataFrame, listed: str | None, code: np.ndarray, in_log: np.ndarray,

@@ -74,6 +74,7 @@ class Profile(str, Enum):
 
 @app.command()
 def run(
+    ctx: typer.Context,
     config: Annotated[Optional[Path], typer.Argument(help="pipeline TOML")] = None,  # noqa: UP045
     set_: SetOpt = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="where outputs go")] = None,  # noqa: UP045
@@ -103,6 +104,12 @@ def run(
     )
     from recembed.stages import STAGES
 
+    if config is None and not set_ and resume is None:
+        # a forgotten argument, not a wish to run on the built-in defaults for minutes
+        typer.echo(ctx.get_help())
+        typer.secho("\nerror: recembed run needs a pipeline config (CONFIG), --set overrides or "
+                    "--resume RUN_DIR; nothing was run", err=True)
+        raise typer.Exit(2)
     as_json = log_format is LogFormat.json
     t0, started = time.perf_counter(), A.now_iso()
 
@@ -249,15 +256,28 @@ def evaluate(
         return
     if run_ is None:
         _fail("evaluating a published version needs --run RUN_DIR (whose holdout to use)", 2)
+    import pandas as pd
+
+    from recembed.evaluate import shared_targets
+    from recembed.pipeline import EXIT_EMPTY
     from recembed.serving import ArtifactError
     from recembed.stages.publish import evaluate_published
 
     try:
         s = evaluate_published(target, run_)
-    except ArtifactError as e:
+        rec = _load(target)
+        vocab = pd.read_parquet(A.VOCABULARY.path(run_), columns=["code", "id"])
+        test = pd.read_parquet(A.SESSIONS_TEST.path(run_), columns=["item"])
+    except (ArtifactError, OSError) as e:
         _fail(str(e), 3)
     typer.echo(f"recall@20 {s.recall(20):.4f}  mrr@20 {s.mrr(20):.4f}  "
                f"coverage@20 {s.coverage(20):.3f}  ({s.values['queries']:,} queries)")
+    shared, n_targets = shared_targets(rec.ids, vocab, test["item"].to_numpy())
+    if n_targets and shared == 0:
+        _warn_exit(f"warning: the version {target} and the holdout of {run_} share no item (0 of "
+              f"{n_targets:,} holdout items are in the version): the scores above are 0 by "
+              "construction, not a measurement. Evaluate the version on a run of the same "
+              "catalogue", EXIT_EMPTY)
 
 
 @app.command()
@@ -278,7 +298,7 @@ def query(
         for q, ids, sc in zip(item_id, res.ids, res.scores, strict=True):
             typer.echo(f"\n{q}" + ("  (unknown id)" if q in res.unknown else ""))
             _table(rec, ids, sc)
-    _unknown_exit(res.unknown)
+    _unknown_exit(res.unknown, item_id)
 
 
 @app.command()
@@ -297,7 +317,7 @@ def recommend(
                    res.unknown)
     else:
         _table(rec, res.ids[0], res.scores[0])
-    _unknown_exit(res.unknown)
+    _unknown_exit(res.unknown, item_id)
 
 
 @app.command()
@@ -418,7 +438,9 @@ def _load(path: Path):
         _fail(str(e), 3)
 
 
-EXIT_UNKNOWN_IDS = 6  # query / recommend: an id is not in the version (0-5: `recembed run`)
+# query / recommend: an id is not in the version, the answer incomplete or empty (0-5: `recembed
+# run`); the same code as an empty `evaluate` (recembed.pipeline.EXIT_EMPTY)
+EXIT_UNKNOWN_IDS = 6
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="one JSON object on stdout: version, "
                                        "results / items, unknown")]
@@ -446,11 +468,17 @@ def _emit_json(path: Path, rec, results: list[dict], unknown: list[str]) -> None
     typer.echo(json.dumps(body, ensure_ascii=False))
 
 
-def _unknown_exit(unknown: list[str]) -> None:
-    """Unknown ids: named on stderr, exit `EXIT_UNKNOWN_IDS` (the answer is printed first)."""
+def _unknown_exit(unknown: list[str], asked: list[str] | None = None) -> None:
+    """Unknown ids: named on stderr, exit `EXIT_UNKNOWN_IDS` (the answer for the known ids is
+    printed first; when every id asked is unknown the answer is empty, and the message says
+    so)."""
     if unknown:
-        typer.secho(f"error: unknown ids (not in this version): {', '.join(unknown)}",
-                    fg=typer.colors.RED, err=True)
+        if asked and set(map(str, asked)) <= set(map(str, unknown)):
+            typer.secho(f"error: none of the ids {', '.join(map(repr, asked))} is an item of "
+                        "this version: the answer is empty", fg=typer.colors.RED, err=True)
+        else:
+            typer.secho(f"error: unknown ids (not in this version): {', '.join(unknown)}",
+                        fg=typer.colors.RED, err=True)
         raise typer.Exit(EXIT_UNKNOWN_IDS)
 
 
@@ -484,6 +512,11 @@ def synth(
         _fail(str(e), 2)
     ev, items = write_synth(log, out)
     typer.echo(f"wrote {len(log.events):,} events to {ev} and {len(log.items):,} items to {items}")
+
+
+def _warn_exit(msg: str, code: int) -> None:
+    typer.secho(msg, fg=typer.colors.YELLOW, err=True)
+    raise typer.Exit(code)
 
 
 def _fail(msg: str, code: int) -> None:

@@ -408,9 +408,72 @@ class Config(_Section):
              '"recembed[spark]" (or set run.engine = "local")'),
         ]
         msgs = [m for cond, m in bad if cond]
+        msgs += size_problems(self)
         if msgs:
             raise ValueError("; ".join(msgs))
         return self
+
+
+# A lower bound on the vocabulary when estimating memory at load, before any input is read: a
+# log of fewer items is not worth an embedding run.
+MIN_ITEMS_ESTIMATE = 1_000
+# gensim cuts longer sentences into pieces of this many tokens (MAX_WORDS_IN_BATCH): a longer
+# walk only costs memory (walk buffers of walk_length per thread) and never trains as one
+MAX_WALK_LENGTH = 10_000
+_GIB = 1 << 30
+
+
+def physical_memory() -> int:
+    """This machine's physical memory in bytes (0 when the platform does not say)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def size_problems(cfg: Config, memory: int | None = None) -> list[str]:
+    """Sizes no run can fit, refused at load naming the key: an estimate of the memory each
+    needs (a lower bound, from `MIN_ITEMS_ESTIMATE` items) against the machine's memory.
+
+    - `train.vector_size`: 3 float32 matrices of items x vector_size (input and context
+      vectors, the unit copy the index is built from).
+    - `walks.walk_length`: at most `MAX_WALK_LENGTH` steps (the trainer's sentence limit);
+      `walks.walk_length` x `walks.walks_per_node` x items int32 tokens when `walks.max_tokens`
+      = 0 (no cap) must fit.
+
+    Parameters
+    ----------
+    cfg : Config
+    memory : int, optional
+        Bytes available; default `physical_memory()` (0: no memory check).
+
+    Returns
+    -------
+    list of str
+        One message per key; empty when every size can fit.
+    """
+    mem = physical_memory() if memory is None else memory
+    out = []
+    t, w = cfg.train, cfg.walks
+    vec = 3 * MIN_ITEMS_ESTIMATE * t.vector_size * 4
+    if mem and vec > mem:
+        out.append(f"train.vector_size={t.vector_size:,} needs at least {vec / _GIB:,.1f} GiB "
+                   f"(3 float32 matrices of {MIN_ITEMS_ESTIMATE:,} items x vector_size, a lower "
+                   f"bound), more than this machine's {mem / _GIB:,.1f} GiB; 32-300 is usual")
+    if w.enabled is not False and w.walk_length > MAX_WALK_LENGTH:
+        out.append(f"walks.walk_length={w.walk_length:,} is above {MAX_WALK_LENGTH:,}: the "
+                   "trainer cuts sentences at that many tokens, so longer walks only take "
+                   f"memory ({w.walk_length * 24 / _GIB:,.2f} GiB of walk buffers per thread); "
+                   "20-80 is usual")
+    tokens = MIN_ITEMS_ESTIMATE * w.walks_per_node * min(w.walk_length, MAX_WALK_LENGTH)
+    if w.enabled is not False and w.max_tokens == 0 and mem and tokens * 4 > mem:
+        out.append(f"walks.walks_per_node={w.walks_per_node:,} x walks.walk_length="
+                   f"{w.walk_length:,} x at least {MIN_ITEMS_ESTIMATE:,} items is "
+                   f"{tokens:,} tokens ({tokens * 4 / _GIB:,.1f} GiB as int32), more than this "
+                   f"machine's {mem / _GIB:,.1f} GiB; lower them or set walks.max_tokens")
+    return out
 
 
 def _has_pyspark() -> bool:

@@ -419,6 +419,31 @@ def embedding_scorer(
     return score
 
 
+def shared_targets(version_ids, vocabulary: pd.DataFrame, test_items: np.ndarray
+                   ) -> tuple[int, int]:
+    """How many distinct holdout items of a run a version can recommend at all (matched by id).
+
+    Parameters
+    ----------
+    version_ids : array-like of str
+        The version's item ids.
+    vocabulary : pandas.DataFrame
+        The run's vocabulary (`code`, `id`).
+    test_items : numpy.ndarray
+        int item codes of the run's holdout events.
+
+    Returns
+    -------
+    (int, int)
+        Distinct holdout items that the version holds, distinct holdout items.
+    """
+    codes = np.unique(np.asarray(test_items, np.int64))
+    id_of = vocabulary.set_index("code")["id"].astype(str)
+    targets = id_of.reindex(codes).dropna().to_numpy()
+    have = set(map(str, version_ids))
+    return int(sum(t in have for t in targets)), len(codes)
+
+
 def serving_recommend(recommender, rows_item: np.ndarray, n_items: int) -> Recommend:
     """The serving `Recommender.recommend_rows` as an evaluation method: maps ingest codes to
     vector rows and back (`rows_item[r]` = ingest code of vector row r)."""

@@ -22,6 +22,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recembed import sources
+from recembed.sources import (  # noqa: F401 - the quarantine rules, shared with Spark
+    quarantine_reason_counts,
+    quarantine_summary,
+    reason_kind,
+)
 
 if TYPE_CHECKING:
     from recembed.runtime import Runtime
@@ -37,7 +42,7 @@ QUARANTINE_SCHEMA = pa.schema(
 _UNIT_SCALE = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 DAY = 86_400
 # float64 holds every integer up to 2**53 exactly; a float id above it was rounded when written
-_MAX_EXACT_FLOAT = 2**53
+_MAX_EXACT_FLOAT = sources.MAX_EXACT_FLOAT
 # pandas datetimes hold 1677-09-21 .. 2262-04-11; a timestamp outside is a wrong unit or garbage
 TS_LIMIT_S = 9_223_372_036
 # At most this share of the newest rows can be cut from the top as stragglers (see window_mask).
@@ -146,10 +151,14 @@ def ingest(
 ) -> IngestResult:
     """Read, validate and code every input file; bad rows go to the quarantine with a reason.
 
-    Ids are kept byte for byte (no trimming); an id column of integral floats gives the same ids
-    as the integers (a non-integral one is refused); the empty field is a missing id, and so is
-    any string in `na_values` (nothing else: "NA" or "null" are ids by default). A row without an
-    item id, or without a user id when there is no session column, is quarantined.
+    Ids follow the one id rule (`recembed.ids.normalize_ids`, README "Item ids"): float and
+    decimal columns give the same ids as the integers (a non-integral one is refused), text is
+    NFC normalised but never trimmed (`stats["ids_nfc_normalized"]` counts the values that
+    changed); the empty field and whitespace-only text are missing ids, and so is any string in
+    `na_values` (nothing else: "NA" or "null" are ids by default). A row without an item id, or
+    without a user id when there is no session column, is quarantined with its reason. Text ids
+    of one file equal, read as integers, to integer ids of another file give a warning naming
+    both files (`stats["warnings"]`, `id_collision_warnings`).
 
     Timestamps further than `max_ts_distance_days` (days, >= 0; 0 = no limit) from the median
     event time, or outside what a datetime can hold, are quarantined with their reason (a row in
@@ -169,17 +178,26 @@ def ingest(
     n_train_files = len(existing_input_files(paths))
     if not files:
         raise IngestError(f"no input files matched {paths + test_paths}")
-    parts, bad_parts, stats = [], [], {"rows_read": 0, "files": [str(f) for f in files]}
+    parts, bad_parts, stats = [], [], {"rows_read": 0, "files": [str(f) for f in files],
+                                 "ids_nfc_normalized": 0}
     units: list[str | None] = []
+    file_warnings: list[str] = []
     for fi, f in enumerate(files):
         table, bad, n_rows = read_log_file(f, columns, fmt, delimiter, source, window_days)
         stats["rows_read"] += n_rows
-        part, bad2, unit = parse_log_rows(table, f, fi, columns, ts_unit, ts_offset_unit, na_values or [])
+        part, bad2, unit, notes = parse_log_rows(table, f, fi, columns, ts_unit,
+                                                 ts_offset_unit, na_values or [])
+        stats["ids_nfc_normalized"] += notes["ids_nfc_normalized"]
+        file_warnings += [notes["warning"]] if notes["warning"] else []
         units.append(unit)
         part["split"] = np.full(len(part["ts_exact"]), 1 if fi >= n_train_files else 0, np.int8)
         parts.append(part)
         del table  # the typed arrays are all that is needed from here on
         bad_parts.extend([bad, bad2])
+    stats["warnings"] = file_warnings + id_collision_warnings(_collision_pairs(parts, files),
+                                                             columns.item)
+    for w in stats["warnings"]:
+        log.warning("%s", w)
     raw = _concat(parts)
     del parts
     ctx = (files, units, columns)
@@ -219,7 +237,7 @@ def ingest(
         raise IngestError(f"no rows in the input files: {', '.join(map(str, files))}")
     bad_frac = len(quarantine) / stats["rows_read"]
     if bad_frac > max_bad_fraction:
-        reasons = quarantine["reason"].value_counts().head(3).to_dict()
+        reasons = quarantine_summary(quarantine)
         raise IngestError(
             f"{len(quarantine)} of {stats['rows_read']} rows ({bad_frac:.2%}) are bad, above "
             f"ingest.max_bad_fraction={max_bad_fraction:.2%}; most common reasons: {reasons}; "
@@ -308,8 +326,8 @@ def ingest_files(params: IngestParams, events_path: str | Path,
 def read_categories(path: str, item_col: str, cat_col: str, vocabulary: pd.DataFrame) -> np.ndarray:
     """Category code per item code (int32, -1 unknown), from a side file of (item id, category).
 
-    Item ids are matched byte for byte, as in `ingest`. Raises IngestError naming the file and the
-    config key when the file is missing or lacks a column.
+    Item ids follow the id rule of `ingest` (`recembed.ids.normalize_ids`). Raises
+    IngestError naming the file and the config key when the file is missing or lacks a column.
     """
     p = Path(path)
     if not p.is_file():
@@ -329,7 +347,9 @@ def read_categories(path: str, item_col: str, cat_col: str, vocabulary: pd.DataF
     df = pd.read_csv(p, sep=delim, dtype=str, usecols=[item_col, cat_col],
                      keep_default_na=False, na_values=[""])
     cats, _ = pd.factorize(df[cat_col])
-    lookup = pd.Series(cats, index=df[item_col].astype(str)).groupby(level=0).first()
+    ids = pc.cast(sources.normalize_ids(pa.array(df[item_col].to_numpy(object), pa.string()))
+                  .values, pa.string()).to_numpy(zero_copy_only=False)
+    lookup = pd.Series(cats, index=pd.Index(ids, dtype=object)).groupby(level=0).first()
     out = lookup.reindex(vocabulary["id"].astype(str)).fillna(-1).to_numpy().astype(np.int32)
     return out
 
@@ -447,8 +467,9 @@ def _check_columns(path: Path, need: list[str], have: list[str]) -> None:
 def parse_log_rows(
     table: pa.Table, path: Path, file_index: int, columns: ColumnMap, ts_unit: str,
     offset_unit: str, na_values: list[str],
-) -> tuple[dict[str, np.ndarray], pd.DataFrame, str | None]:
-    """Typed arrays of one file's valid rows, the rows that failed, and the detected ts unit.
+) -> tuple[dict[str, np.ndarray], pd.DataFrame, str | None, dict]:
+    """Typed arrays of one file's valid rows, the rows that failed, the detected ts unit and
+    notes on the file (NFC changes, a warning).
 
     Parameters
     ----------
@@ -463,9 +484,11 @@ def parse_log_rows(
 
     Returns
     -------
-    (dict of str to numpy.ndarray, pandas.DataFrame, str or None)
+    (dict of str to numpy.ndarray, pandas.DataFrame, str or None, dict)
         Arrays of the valid rows, the quarantine rows, the timestamp unit read ("s", "ms",
-        "us", "ns", "iso"; None when no row had one).
+        "us", "ns", "iso"; None when no row had one), and notes: `ids_nfc_normalized` (int,
+        id values of item, user and session that NFC normalisation changed,
+        `recembed.ids.normalize_ids`), `warning` (str or None, `seconds_or_ms_warning`).
     """
     n = table.num_rows
     # reason code per row (0 = good); the first reason found wins
@@ -478,8 +501,12 @@ def parse_log_rows(
             code[mask & (code == 0)] = len(reason_text) - 1
 
     rows_in = table.column("__row").to_numpy()
-    item = _ids(table.column(columns.item), columns.item, path, rows_in, na_values)
+    nfc = 0
+    item, blank, changed = _ids(table.column(columns.item), columns.item, path, rows_in,
+                                na_values)
+    nfc += changed
     na_note = f" or one of input.na_values={na_values}" if na_values else ""
+    mark(blank, f"whitespace-only item id (column {columns.item})")
     mark(_null_mask(item), f"empty item id{na_note} (column {columns.item})")
     ts, unit, ts_bad = _timestamps(table.column(columns.ts), ts_unit)
     mark(ts_bad, f"unparseable timestamp (column {columns.ts})")
@@ -491,12 +518,19 @@ def parse_log_rows(
         ts = ts + np.where(bad_off, 0, off) / _UNIT_SCALE[offset_unit]
     out: dict[str, np.ndarray] = {"item_raw": item}
     if columns.session:
-        s = _ids(table.column(columns.session), columns.session, path, rows_in, na_values)
+        s, blank, changed = _ids(table.column(columns.session), columns.session, path, rows_in,
+                                 na_values)
+        nfc += changed
+        mark(blank, f"whitespace-only session id (column {columns.session})")
         mark(_null_mask(s), f"empty session id{na_note} (column {columns.session})")
         out["session_raw"] = s
     if columns.user:
-        u = _ids(table.column(columns.user), columns.user, path, rows_in, na_values)
+        u, blank, changed = _ids(table.column(columns.user), columns.user, path, rows_in,
+                                 na_values)
+        nfc += changed
         if not columns.session:
+            mark(blank, f"whitespace-only user id (column {columns.user}) and no session "
+                        "column")
             # without a session column the user id is what groups events into sessions
             mark(_null_mask(u), f"empty user id{na_note} (column {columns.user}) and no "
                                 "session column")
@@ -523,51 +557,159 @@ def parse_log_rows(
     out["ts_exact"] = ts
     out["row"] = row
     out["file"] = np.full(len(ts), file_index, np.int16)
-    return out, quarantine, unit
+    notes = {"ids_nfc_normalized": nfc, "warning": None}
+    if ts_unit == "auto" and unit == "s" and len(ts):
+        ent = out.get("session_raw", out.get("user_raw"))
+        if ent is not None:
+            notes["warning"] = seconds_or_ms_warning(ts, ent, path, columns.ts)
+    return out, quarantine, unit, notes
 
 
 def _ids(col: pa.ChunkedArray, name: str, path: Path, rows: np.ndarray,
-         na_values: list[str]) -> np.ndarray:
-    """Ids as a numpy array, byte for byte (never trimmed), None where missing.
+         na_values: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Ids as a numpy array under the id rule (`recembed.ids.normalize_ids`), None where
+    missing; the rows that were whitespace-only; the rows NFC normalisation changed.
 
-    Integers stay integers (fast factorize); a float column (what pandas makes of integer ids
-    with one NaN) gives the same integers, and is refused when a value is not an integer that a
-    float holds exactly; everything else becomes strings. Missing: null, the empty string, NaN of
-    a float column, and any value whose text is in `na_values`.
+    Integers stay integers (fast factorize); float and decimal columns give the same integers,
+    and are refused when a value is not an exact integer; text is NFC, never trimmed. Missing:
+    null, the empty string, NaN of a float column, whitespace-only text (flagged apart, for its
+    own quarantine reason), and any value whose text is in `na_values`.
     """
-    t = col.type
-    if pa.types.is_dictionary(t):  # pandas categoricals
-        col = pc.cast(col, t.value_type)
-        t = col.type
-    if pa.types.is_floating(t):
-        v = col.to_numpy(zero_copy_only=False).astype(np.float64)  # null -> NaN
-        nan = np.isnan(v)
-        with np.errstate(invalid="ignore"):
-            bad = ~nan & ~((v == np.floor(v)) & (np.abs(v) <= _MAX_EXACT_FLOAT))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise IngestError(
-                f"{path}: column {name} holds floats that are not exact integer ids ({int(bad.sum())}"
-                f" rows, first {v[i]!r} in data row {int(rows[i])}); ids must be integers (below "
-                "2**53 when stored as floats) or strings: write the column as int64 or string")
-        if not nan.any():
-            col = pa.chunked_array([pa.array(v.astype(np.int64))])
-        else:
-            ints = np.where(nan, 0, v).astype(np.int64)
-            col = pa.chunked_array([pa.array(ints, mask=nan)])
-        t = col.type
-    if pa.types.is_integer(t) and col.null_count == 0:
+    norm = sources.normalize_ids(col)
+    if norm.not_integral.any():
+        bad = norm.not_integral
+        i = int(np.flatnonzero(bad)[0])
+        v = col.combine_chunks()[i].as_py() if isinstance(col, pa.ChunkedArray) else col[i]
+        raise IngestError(
+            f"{path}: column {name} holds {col.type} values that are not exact integer ids "
+            f"({int(bad.sum())} rows, first {v!r} in data row {int(rows[i])}); ids must be "
+            "integers (below 2**53 when stored as floats) or strings: write the column as int64 "
+            "or string")
+    col, blank = norm.values, norm.blank
+    if norm.kind == "int" and col.null_count == 0:
         a = col.to_numpy()
         na_ints = [int(x) for x in na_values if x.lstrip("+-").isdigit()]
         if not na_ints or not np.isin(a, na_ints).any():
-            return a
-    if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+            return a, blank, 0
+    if norm.kind == "int":
         col = pc.cast(col, pa.string())
     missing = pc.equal(col, "")
     if na_values:
         missing = pc.or_kleene(missing, pc.is_in(col, value_set=pa.array(na_values, pa.string())))
     col = pc.if_else(missing, pa.scalar(None, col.type), col)
-    return col.to_numpy(zero_copy_only=False)
+    return col.to_numpy(zero_copy_only=False), blank, norm.nfc_changed
+
+
+def seconds_or_ms_warning(ts: np.ndarray, entity: np.ndarray, path: Path, col: str
+                          ) -> str | None:
+    """A warning naming `input.ts_unit` when numbers auto-read as seconds look like
+    milliseconds of early 1970 (a device whose clock was reset): years of span, and hours
+    between one user's consecutive events, that read as milliseconds become days of span and
+    click-like seconds.
+
+    Parameters
+    ----------
+    ts : numpy.ndarray
+        float64 unix seconds as read, one file's valid rows.
+    entity : numpy.ndarray
+        The session (or user) id of each row.
+    path : pathlib.Path
+        The file.
+    col : str
+        The timestamp column.
+
+    Returns
+    -------
+    str or None
+    """
+    if len(ts) < 20 or float(ts.max() - ts.min()) < 365 * DAY:
+        return None
+    codes, _ = pd.factorize(entity)
+    order = np.lexsort((ts, codes))
+    same = codes[order][1:] == codes[order][:-1]
+    gaps = np.diff(ts[order])[same]
+    if not len(gaps):
+        return None
+    med = float(np.median(gaps))
+    if med <= 3600 or med / 1000 > 600:
+        return None
+    lo, hi = float(ts.min()), float(ts.max())
+    return (f"{path}: input.ts_unit = \"auto\" read column {col} as seconds "
+            f"({iso_time(lo)} .. {iso_time(hi)}) with a median gap of {med / 3600:,.1f} hours "
+            f"between one user's consecutive events; as milliseconds they would be "
+            f"{iso_time(lo / 1000)} .. {iso_time(hi / 1000)}, {med / 1000:,.0f} s apart (a "
+            "device clock reset to 1970?). If they are milliseconds, set input.ts_unit = \"ms\"")
+
+
+def text_id_candidates(ids: np.ndarray) -> pd.DataFrame:
+    """The distinct text ids that read as an integer but are not written as one ("00123",
+    "+5", "7.0"): those that can collide with an integer id of another file.
+
+    Parameters
+    ----------
+    ids : numpy.ndarray
+        One file's item ids as `parse_log_rows` gives them (object array of str / None; an
+        integer array has none).
+
+    Returns
+    -------
+    pandas.DataFrame
+        `id` (the text), `key` (the integer it reads as, canonical text).
+    """
+    if ids.dtype != object or not len(ids):
+        return pd.DataFrame({"id": pd.Series(dtype=object), "key": pd.Series(dtype=object)})
+    u = pd.unique(ids[~pd.isna(ids)])
+    keys = sources.integral_text_key(u)
+    sel = np.array([k is not None and k != x for k, x in zip(keys, u, strict=True)], bool)
+    return pd.DataFrame({"id": u[sel], "key": keys[sel]})
+
+
+def id_collision_warnings(pairs: pd.DataFrame, column: str) -> list[str]:
+    """The loud warning of the id rule: a text id of one file equal, read as an integer, to an
+    integer id of another file ("00123" in a CSV, 123 in an int64 Parquet file). The ids stay
+    apart (text is kept as written); one warning per pair of files, naming both.
+
+    Parameters
+    ----------
+    pairs : pandas.DataFrame
+        `text_file`, `text_id`, `int_file`, `int_id` (str): every colliding pair found.
+    column : str
+        The id column's name (`input.columns.item`).
+
+    Returns
+    -------
+    list of str
+        Warnings, one per (text file, integer file), with the number of ids and examples.
+    """
+    out = []
+    if not len(pairs):
+        return out
+    for (tf, nf), g in pairs.groupby(["text_file", "int_file"], sort=True):
+        g = g.sort_values("text_id")
+        ex = ", ".join(f"{a!r} vs {b}" for a, b in zip(g["text_id"][:3], g["int_id"][:3],
+                                                          strict=True))
+        out.append(f"id collision in column {column}: {g['text_id'].nunique()} text ids of {tf} "
+                   f"read as integers equal integer ids of {nf} (e.g. {ex}); they are kept as "
+                   "different items (text ids are compared as written). Write the ids with one "
+                   "type in every file (e.g. cast the text column to integers, or the integer "
+                   "column to zero-padded text)")
+    return out
+
+
+def _collision_pairs(parts: list[dict[str, np.ndarray]], files: list[Path]) -> pd.DataFrame:
+    """The pairs `id_collision_warnings` takes, from the parsed files of the local engine."""
+    texts = [(str(files[i]), text_id_candidates(p["item_raw"])) for i, p in enumerate(parts)
+             if p["item_raw"].dtype == object]
+    ints = [(str(files[i]), p["item_raw"]) for i, p in enumerate(parts)
+            if p["item_raw"].dtype != object]
+    rows = []
+    for tf, cand in texts:
+        if not len(cand):
+            continue
+        for nf, a in ints:
+            hit = cand[cand["key"].isin(pd.unique(a).astype(str))]
+            rows += [(tf, x, nf, k) for x, k in zip(hit["id"], hit["key"], strict=True)]
+    return pd.DataFrame(rows, columns=["text_file", "text_id", "int_file", "int_id"])
 
 
 def _null_mask(a: np.ndarray) -> np.ndarray:
@@ -746,23 +888,6 @@ def iso_time(t: float) -> str:
     if abs(t) > TS_LIMIT_S:
         return f"{t:.6g} s since 1970"
     return pd.Timestamp(t, unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def quarantine_reason_counts(quarantine: pd.DataFrame) -> dict[str, int]:
-    """Rows per quarantine reason, the reason's kind only (text before the first '(').
-
-    Parameters
-    ----------
-    quarantine : pandas.DataFrame
-        With a `reason` column.
-
-    Returns
-    -------
-    dict of str to int
-        Rows (>= 1) per reason kind, most frequent first.
-    """
-    kinds = quarantine["reason"].astype(str).str.split("(", n=1).str[0].str.strip()
-    return {k: int(v) for k, v in kinds.value_counts().items()}
 
 
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -42,6 +42,8 @@ EXIT_CRASH = 1
 EXIT_BAD_INPUT = 3
 EXIT_GATE = 4
 EXIT_LOCKED = 5
+# an answer that is empty for a reason a script must see (unknown ids, no shared item)
+EXIT_EMPTY = 6
 
 Declared = Sequence | Callable[[Config], Sequence]
 

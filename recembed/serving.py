@@ -25,6 +25,7 @@ import numpy as np
 from recembed import artifacts as A
 from recembed.artifacts import sha256
 from recembed.blend import BlendSettings  # the settings only: numba loads with the model
+from recembed.ids import normalize_id
 from recembed.index import load_index
 
 if TYPE_CHECKING:
@@ -235,7 +236,7 @@ class Recommender:
 
     def why_not_served(self, item_id) -> str:
         """Why `item_id` is never answered nor recommended ("" when it is served)."""
-        item_id = str(item_id)
+        item_id = _query_id(item_id)
         if item_id in self.row_of:
             return ""
         return self.not_served.get(item_id, "unknown item: not in this version")
@@ -244,9 +245,9 @@ class Recommender:
         """The k nearest items of each id in `item_ids` (one id, or a list / array of ids),
         never the item itself nor `exclude`."""
         k = _check_k(k)
-        item_ids = [str(x) for x in _id_list(item_ids)]
+        item_ids = [_query_id(x) for x in _id_list(item_ids)]
         rows, unknown = self._rows(item_ids)
-        ex = {self.row_of[str(x)] for x in (exclude or []) if str(x) in self.row_of}
+        ex = {self.row_of[q] for x in (exclude or []) if (q := _query_id(x)) in self.row_of}
         known = [r for r in rows if r >= 0]
         out_ids: list[np.ndarray] = []
         out_sc: list[np.ndarray] = []
@@ -278,7 +279,7 @@ class Recommender:
         unknown: list[str] = []
         coded = []
         for s in sessions:
-            rows, unk = self._rows([str(x) for x in s])
+            rows, unk = self._rows([_query_id(x) for x in s])
             unknown += unk
             coded.append(np.array(rows, dtype=np.int64))  # -1 keeps an unknown item's place
         rows, scores = self.recommend_rows(coded, k, exclude_session_items=exclude_session_items)
@@ -331,6 +332,12 @@ def verify_files(dir_: Path, files: dict[str, str], *, source: str = A.MANIFEST)
         if sha256(p) != digest:
             raise ArtifactError(f"{p} does not match its sha256 in {source}: truncated or "
                                 "tampered; refusing to serve it")
+
+
+def _query_id(x) -> str:
+    # the id rule of ingest (recembed.ids.normalize_id): 100.0 is "100", text is NFC
+    q = normalize_id(x)
+    return str(x) if q is None else q
 
 
 def _check_k(k) -> int:

@@ -532,3 +532,48 @@ def nothing_left_message(stats: dict, n0: int, min_length: int) -> str:
                  f"session.min_length={min_length} dropped")
     return ("no session is left to train on: " + "; ".join(parts) + ". A log needs users (or "
             "sessions) with at least two events: check [input.columns] and [session]")
+
+
+def no_training_sessions_message(stats: dict, holdout_days: float, events_path: str | Path,
+                                 has_test_paths: bool = False) -> str:
+    """The error text when sessionize leaves sessions but none to train on, naming the cause.
+
+    Parameters
+    ----------
+    stats : dict
+        The statistics of `sessionize` (either engine): `sessions`, `holdout_sessions`,
+        `validation_sessions`.
+    holdout_days : float >= 0, days
+        `holdout.days`.
+    events_path : str or pathlib.Path
+        The events artifact (its `ts` column gives the span of the log).
+    has_test_paths : bool
+        The holdout comes from `input.test_paths` rather than from the time window.
+
+    Returns
+    -------
+    str
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    def iso_time(t: int) -> str:
+        return pd.Timestamp(t, unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    ts = pq.read_table(events_path, columns=["ts"]).column("ts")
+    lo, hi = (pc.min(ts).as_py() or 0, pc.max(ts).as_py() or 0) if len(ts) else (0, 0)
+    span = f"{hi - lo:,} s" if hi - lo < DAY else f"{(hi - lo) / DAY:,.1f} days"
+    n, held = stats.get("sessions", 0), stats.get("holdout_sessions", 0)
+    head = f"no training session: of {n:,} sessions, {held:,} are in the holdout"
+    if stats.get("validation_sessions"):
+        head += f" and {stats['validation_sessions']:,} in validation"
+    if has_test_paths:
+        return (f"{head}: every session holds an event of input.test_paths; give training "
+                "events in input.paths that are not in the test files")
+    same = " (every event at the same second: an export stamped at write time?)" if hi == lo \
+        else ""
+    return (f"{head}, because every session ends in the last holdout.days={holdout_days:g} "
+            f"days of the log, which spans {span} ({iso_time(lo)} .. {iso_time(hi)}){same}. "
+            "Check the timestamp column (input.columns.ts, input.ts_unit), lower holdout.days, "
+            "or give the holdout as input.test_paths")
+

@@ -31,14 +31,27 @@ from __future__ import annotations
 
 import codecs
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
+
+from recembed.ids import (  # noqa: F401 - the id rule, read with the inputs
+    MAX_EXACT_FLOAT,
+    NormalizedIds,
+    integral_text_key,
+    normalize_id,
+    normalize_ids,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +186,12 @@ def is_parquet_file(path: str | Path) -> bool:
 def read_head(path: str | Path, encoding: str = "utf-8", max_bytes: int = _HEAD_BYTES) -> str:
     """The first line of a text file (decompressed, decoded, byte-order mark stripped), or ""."""
     path = Path(path)
-    with pa.input_stream(str(path), compression=detect_compression(path)) as stream:
-        raw = stream.read(max_bytes)
+    compression = detect_compression(path)
+    try:
+        with pa.input_stream(str(path), compression=compression) as stream:
+            raw = stream.read(max_bytes)
+    except OSError as e:
+        raise SourceError(_unreadable(path, compression, e)) from e
     end = raw.find(b"\n")
     raw = raw if end < 0 else raw[: end + 1]
     enc = _canonical(encoding)
@@ -255,6 +272,8 @@ def read_delimited(
     except (pa.ArrowInvalid, UnicodeError) as e:
         hint = "" if utf8 else f" (input.encoding={encoding!r})"
         raise SourceError(f"{path}: cannot parse as delimited text{hint}: {e}") from e
+    except OSError as e:  # a truncated or corrupt compressed stream, a read error
+        raise SourceError(_unreadable(path, compression, e)) from e
     n_total = table.num_rows + len(invalid)
     bad_rows = np.array(sorted(r for r, _, _ in invalid), dtype=np.int64)
     rows = np.setdiff1d(np.arange(n_total, dtype=np.int64), bad_rows, assume_unique=True)
@@ -302,8 +321,8 @@ def open_parquet(
     try:
         if not path.is_dir():  # a single file is never partitioned, whatever its path holds
             return ParquetSource(path, pads.dataset(path, format="parquet"), [])
-        # listing only: with an explicit (empty) schema no file is opened
-        files = pads.dataset(path, format="parquet", schema=pa.schema([])).files
+        # listed by our own walk: a symlink loop (`self -> .`) neither hangs nor repeats files
+        files = parquet_files(path)
         if not files:
             raise SourceError(f"{path}: the directory holds no Parquet files")
         names = _partition_names(path, files)
@@ -311,7 +330,8 @@ def open_parquet(
         # string column instead of by a type pyarrow guessed from the directory names
         keys = pa.schema([(n, pa.string()) for n in names])
         part = pads.partitioning(keys, flavor="hive")
-        by_partition = pads.dataset(path, format="parquet", partitioning=part, schema=keys)
+        by_partition = pads.dataset(files, format="parquet", partitioning=part, schema=keys,
+                                    partition_base_dir=str(path))
         selection = _selection(path, by_partition, names, ts_column, options, window_days)
         first = next(iter(by_partition.get_fragments(filter=selection)), None)
         if first is None:
@@ -319,7 +339,8 @@ def open_parquet(
                               "read; check the values against the partition directories")
         file_schema = first.physical_schema
         schema = pa.schema([f for f in file_schema if f.name not in names] + list(keys))
-        dataset = pads.dataset(path, format="parquet", partitioning=part, schema=schema)
+        dataset = pads.dataset(files, format="parquet", partitioning=part, schema=schema,
+                               partition_base_dir=str(path))
     except (pa.ArrowInvalid, OSError) as e:
         raise SourceError(f"{path}: not a readable Parquet file or directory: {e}") from e
     return ParquetSource(path, dataset, names, selection)
@@ -331,6 +352,28 @@ def read_parquet(src: ParquetSource, need: list[str]) -> pa.Table:
         return src.dataset.to_table(columns=need, filter=src.selection)
     except (pa.ArrowInvalid, OSError) as e:
         raise SourceError(f"{src.path}: corrupted Parquet data: {e}") from e
+
+
+def parquet_files(root: str | Path) -> list[str]:
+    """The data files of a Parquet directory: every file `recembed.artifacts.walk_files` lists
+    (each once, symlink loops skipped) but those under a name starting with "." or "_"
+    (`_SUCCESS`, `.crc`, `_metadata`: what pyarrow's own discovery ignores).
+
+    Parameters
+    ----------
+    root : str or pathlib.Path
+        A directory.
+
+    Returns
+    -------
+    list of str
+        Sorted paths under `root`.
+    """
+    from recembed.artifacts import walk_files
+
+    root = Path(root)
+    return [str(f) for f in walk_files(root)
+            if not any(part.startswith((".", "_")) for part in f.relative_to(root).parts)]
 
 
 # ---------------------------------------------------------------- helpers
@@ -468,6 +511,14 @@ def _decode(
     return pa.table(out), keep, sorted(reasons.items())
 
 
+def _unreadable(path: Path, compression: str | None, e: OSError) -> str:
+    what = f"{compression} stream" if compression else "file"
+    return (f"{path}: cannot read the {what} to its end ({e}); the file is truncated or "
+            "corrupt (an interrupted download or copy?): nothing of it was used. Copy or export "
+            "it again" + (f", and check it with `{'gzip -t' if compression == 'gzip' else compression + ' -t'}`"
+                          if compression else ""))
+
+
 def _ascii_compatible(enc: str) -> bool:
     """Delimiters, quotes and newlines are the ASCII bytes (cp1252, latin-1, shift_jis: yes;
     utf-16: no), so the raw bytes can be split into rows before decoding."""
@@ -486,3 +537,67 @@ def _canonical(encoding: str) -> str:
     """Python's name of a codec; utf-8-sig reads as utf-8 (the BOM is stripped either way)."""
     name = codecs.lookup(encoding).name
     return "utf-8" if name in ("utf-8", "utf-8-sig") else name
+
+
+# ---------------------------------------------------------------- quarantine summaries
+
+# where the kind of a quarantine reason ends and the row's own values begin
+_REASON_KIND_END = re.compile(r"\s\(|:|,|\s[0-9'\"]")
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a quarantine reason: its text before the first row-specific part (a
+    parenthesis, a colon, a comma, or a number or quoted value after a space), so that rows of
+    one kind group together whatever values their reasons quote.
+
+    >>> reason_kind("wrong column count: expected 3, got 4")
+    'wrong column count'
+    >>> reason_kind("straggler timestamp 2026-01-02T00:00:00Z, 3.0 days after the rest")
+    'straggler timestamp'
+    """
+    return _REASON_KIND_END.split(str(reason), maxsplit=1)[0].strip()
+
+
+def quarantine_reason_counts(quarantine: pd.DataFrame) -> dict[str, int]:
+    """Rows per quarantine reason kind (`reason_kind`).
+
+    Parameters
+    ----------
+    quarantine : pandas.DataFrame
+        With a `reason` column.
+
+    Returns
+    -------
+    dict of str to int
+        Rows (>= 1) per reason kind, most frequent first.
+    """
+    kinds = quarantine["reason"].astype(str).map(reason_kind)
+    return {k: int(v) for k, v in kinds.value_counts().items()}
+
+
+def quarantine_summary(quarantine: pd.DataFrame, top: int = 3, examples: int = 2) -> str:
+    """The most common reason kinds with their row counts and a few example rows each, for an
+    error message ("315 rows: empty item id, e.g. a.csv row 4: ...").
+
+    Parameters
+    ----------
+    quarantine : pandas.DataFrame
+        `file`, `row`, `reason`.
+    top : int >= 1
+        Reason kinds shown.
+    examples : int >= 0
+        Example rows shown per kind (file, 0-based data row, full reason).
+
+    Returns
+    -------
+    str
+    """
+    kinds = quarantine["reason"].astype(str).map(reason_kind)
+    parts = []
+    for kind, n in kinds.value_counts().head(top).items():
+        rows = quarantine[kinds == kind].head(examples)
+        ex = "; ".join(f"{Path(str(f)).name} row {int(r)}: {reason}" for f, r, reason in
+                       zip(rows["file"], rows["row"], rows["reason"], strict=True))
+        parts.append(f"{int(n)} rows: {kind} (e.g. {ex})")
+    rest = int(kinds.nunique()) - top
+    return " | ".join(parts) + (f" | and {rest} more kind(s)" if rest > 0 else "")

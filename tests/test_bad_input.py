@@ -357,7 +357,8 @@ def test_readme_exit_code_table_matches_the_code(synth_csv, tmp_path):
     from recembed import pipeline
 
     codes = _readme_exit_codes()
-    assert sorted(codes) == [0, 1, 2, 3, 4, 5]
+    assert sorted(codes) == [0, 1, 2, 3, 4, 5, 6]
+    assert "empty answer" in codes[pipeline.EXIT_EMPTY]
     assert "crash" in codes[pipeline.EXIT_CRASH]
     assert "bad input" in codes[pipeline.EXIT_BAD_INPUT]
     assert "quality gate" in codes[pipeline.EXIT_GATE]

@@ -211,3 +211,48 @@ def test_the_spark_nightly_job_publishes_the_local_engines_vectors(spark, tmp_pa
         assert np.array_equal(np.load(art.path(a)), np.load(art.path(b))), art.name
     pd.testing.assert_frame_equal(pd.read_parquet(A.ITEMS.path(a)),
                                   pd.read_parquet(A.ITEMS.path(b)))
+
+
+def test_the_id_rule_gives_the_same_ingest_on_spark(spark, tmp_path):
+    """Issue 25: decimals next to int64, whitespace-only and NFD ids, zero-padded text next to
+    integers (the collision warning), a symlink loop: the same artifacts, stats and warnings."""
+    import decimal
+    import unicodedata
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t0 = 1_700_000_000
+    d = tmp_path / "logs"
+    d.mkdir()
+    n = 400
+    users = [f"u{k % 40}" for k in range(n)]
+    pq.write_table(pa.table({"user_id": users, "item_id": pa.array(
+        [decimal.Decimal(f"{k % 30}.00") for k in range(n)], pa.decimal128(10, 2)),
+        "timestamp": [t0 + 60 * k for k in range(n)]}), tmp_path / "a_db.parquet")
+    pq.write_table(pa.table({"user_id": users, "item_id": pa.array(
+        [k % 25 + 100 for k in range(n)], pa.int64()),
+        "timestamp": [t0 + 60 * k + 7 for k in range(n)]}), d / "b_int.parquet")
+    nfd = unicodedata.normalize("NFD", "café")
+    text = [" " if k % 97 == 0 else nfd if k % 5 == 0 else f"{k % 25 + 100:05d}" if k % 3 == 0
+            else f"t{k % 11}" for k in range(n)]
+    (d / "loop").symlink_to(".")
+    c = _clicks_csv(tmp_path / "c_text.csv", [(u, x, t0 + 60 * k + 11)
+                                               for k, (u, x) in enumerate(zip(users, text, strict=True))])
+    # (one directory is one dataset of one schema: the decimal file is an input of its own)
+    over = [f"input.paths=['{tmp_path / 'a_db.parquet'}', '{d}', '{c}']",
+            "input.categories_path=''", "run.progress=false"]
+    reports = _both(tmp_path, None, over, stages=("ingest",))
+    for engine, rep in reports.items():
+        assert not isinstance(rep, PipelineError), (engine, str(rep))
+    local, sp = tmp_path / "local", tmp_path / "spark"
+    for art in (A.EVENTS, A.VOCABULARY, A.QUARANTINE):
+        assert A.sha256(art.path(sp)) == A.sha256(art.path(local)), art.name
+    want, got = (reports[e].stages["ingest"]["stats"] for e in ("local", "spark"))
+    drop = lambda st: {k: v for k, v in st.items() if k not in NOT_COMPARED}  # noqa: E731
+    assert drop(got) == drop(want)
+    assert want["ids_nfc_normalized"] == 79 and want["rows_read"] == 3 * n
+    (w,) = want["warnings"]
+    assert "c_text.csv" in w and f"{d}" in w  # the input holding the integer file
+    vocab = pd.read_parquet(A.VOCABULARY.path(local))["id"]
+    assert {"0", "29", unicodedata.normalize("NFC", nfd)} <= set(vocab) and " " not in set(vocab)

@@ -42,8 +42,11 @@ _ROWS = pa.schema([
     ("session", pa.string()), ("keep_type", pa.bool_()), ("ts", pa.float64()),
     ("split", pa.int8()), ("raw", pa.string()), ("reason", pa.string()),
     ("last", pa.float64()),  # metadata: the file's last time (its first is in ts)
+    ("nfc", pa.int64()),  # metadata: id values NFC normalisation changed
+    ("note", pa.string()),  # metadata: the file's warning (parse_log_rows' notes)
 ])
-_EVENT, _BAD, _META = 0, 1, 2
+# 3: a text item id that reads as an integer (item = the id, user = the integer as text)
+_EVENT, _BAD, _META, _NUMTEXT = 0, 1, 2, 3
 
 
 def ingest_files(params: IngestParams, events_path: str | Path,
@@ -110,8 +113,14 @@ def ingest(
     units = [u or None for u in meta["raw"]]
     # per column: did every file give integer ids (then the quarantine shows them as ints)
     int_ids = {c: bool((meta[c] == "int").all()) for c in ("item", "user", "session")}
-    stats: dict = {"rows_read": int(meta["row"].sum()), "files": names}
-    ev = rows.filter(F.col("kind") == _EVENT).drop("kind", "raw", "reason")
+    stats: dict = {"rows_read": int(meta["row"].sum()), "files": names,
+                   "ids_nfc_normalized": int(meta["nfc"].sum())}
+    ev = rows.filter(F.col("kind") == _EVENT).drop("kind", "raw", "reason", "nfc", "note")
+    stats["warnings"] = [w for w in meta["note"] if isinstance(w, str)]
+    stats["warnings"] += L.id_collision_warnings(
+        _collision_pairs(ev, small[small["kind"] == _NUMTEXT], meta, names), columns.item)
+    for w in stats["warnings"]:
+        L.log.warning("%s", w)
     ctx = (files, units, columns)
 
     agg = ev.agg(F.count(F.lit(1)).alias("n"), F.min("ts").alias("lo"), F.max("ts").alias("hi"),
@@ -172,7 +181,7 @@ def ingest(
         raise IngestError(f"no rows in the input files: {', '.join(map(str, files))}")
     bad_frac = len(quarantine) / stats["rows_read"]
     if bad_frac > max_bad_fraction:
-        reasons = quarantine["reason"].value_counts().head(3).to_dict()
+        reasons = L.quarantine_summary(quarantine)
         raise IngestError(
             f"{len(quarantine)} of {stats['rows_read']} rows ({bad_frac:.2%}) are bad, above "
             f"ingest.max_bad_fraction={max_bad_fraction:.2%}; most common reasons: {reasons}; "
@@ -249,7 +258,8 @@ def _reader(names, n_train_files, columns, fmt, delimiter, source, window_days, 
         f = Path(names[fi])
         try:
             table, bad, n_rows = L.read_log_file(f, columns, fmt, delimiter, source, window_days)
-            part, bad2, unit = L.parse_log_rows(table, f, fi, columns, ts_unit, offset_unit, na_values)
+            part, bad2, unit, notes = L.parse_log_rows(table, f, fi, columns, ts_unit,
+                                                       offset_unit, na_values)
         except IngestError as e:
             yield _batch(_META, fi, reason=[str(e)])
             return
@@ -271,13 +281,36 @@ def _reader(names, n_train_files, columns, fmt, delimiter, source, window_days, 
             yield _batch(_BAD, fi, len(q), row=q["row"].to_numpy(np.int64),
                          raw=q["raw"].astype(str).to_numpy(object),
                          reason=q["reason"].astype(str).to_numpy(object))
+        cand = L.text_id_candidates(part["item_raw"])
+        if len(cand):
+            yield _batch(_NUMTEXT, fi, len(cand), item=cand["id"].to_numpy(object),
+                         user=cand["key"].to_numpy(object))
         t = part["ts_exact"]
         yield _batch(_META, fi, row=[n_rows], raw=[unit or ""],
+                     nfc=[notes["ids_nfc_normalized"]], note=[notes["warning"]],
                      keep_type=[bool((np.diff(t) >= 0).all())],
                      ts=[float(t[0]) if m else np.nan], last=[float(t[-1]) if m else np.nan],
                      **{c: [kinds.get(c, "")] for c in ("item", "user", "session")})
 
     return read
+
+
+def _collision_pairs(ev, cand: pd.DataFrame, meta: pd.DataFrame, names: list[str]
+                     ) -> pd.DataFrame:
+    """The pairs `recembed.ingest.id_collision_warnings` takes: each file's text ids that read
+    as integers (`cand`: file, item = id, user = key), matched against the integer files."""
+    from pyspark.sql import functions as F
+
+    cols = ["text_file", "text_id", "int_file", "int_id"]
+    int_files = [int(f) for f, k in zip(meta["file"], meta["item"], strict=True) if k == "int"]
+    if not len(cand) or not int_files:
+        return pd.DataFrame(columns=cols)
+    keys = sorted(set(cand["user"]))
+    hits = (ev.filter(F.col("file").isin(int_files) & F.col("item").isin(keys))
+            .select("file", "item").distinct().toPandas())
+    m = cand.merge(hits, left_on="user", right_on="item", suffixes=("_t", "_i"))
+    return pd.DataFrame({"text_file": [names[i] for i in m["file_t"]], "text_id": m["item_t"],
+                         "int_file": [names[i] for i in m["file_i"]], "int_id": m["item_i"]})
 
 
 def _batch(kind: int, fi: int, n: int = 1, **cols) -> pa.RecordBatch:

@@ -7,7 +7,7 @@ import logging
 from recembed import artifacts as A
 from recembed import settings
 from recembed.pipeline import EXIT_BAD_INPUT, PipelineError, Stage, StageContext
-from recembed.sessions import DataLossError
+from recembed.sessions import DataLossError, no_training_sessions_message
 
 log = logging.getLogger("recembed")
 
@@ -25,9 +25,9 @@ def run(ctx: StageContext) -> dict:
     for w in stats["warnings"]:
         log.warning("sessionize: %s", w)
     if stats["train_sessions"] == 0:
-        raise PipelineError("no training sessions left after sessionizing "
-                            f"({stats}); check the column mapping and session settings",
-                            EXIT_BAD_INPUT)
+        raise PipelineError(no_training_sessions_message(
+            stats, ctx.cfg.holdout.days, ctx.read(A.EVENTS), bool(ctx.cfg.input.test_paths)),
+            EXIT_BAD_INPUT)
     return stats
 
 
