@@ -400,7 +400,8 @@ def _previous_run_html(run_dir: Path, metrics: Metrics) -> str:
     try:
         prev = Metrics.load(A.METRICS.path(prev_dir))
     except Exception as e:  # an older metrics.json format
-        return f"<p>{esc(prev_dir.name)}: metrics.json cannot be read ({esc(str(e))}).</p>"
+        return (f"<p>{esc(prev_dir.name)}: {A.METRICS.name} cannot be read "
+                f"({esc(str(e))}).</p>")
     k = metrics.cutoff
 
     def pick(m: Metrics):
