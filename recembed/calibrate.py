@@ -517,11 +517,14 @@ def calibrate_run(
             record["candidates"].append({k: v for k, v in cand.items() if k != "choice"})
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix_str(f"{corpus}, {tokens:,} tokens: {cand['objective']:.4f}")
-            log.info("calibrate: candidate %d of %d: %s, %s tokens (%s trained): validation "
-                     "recall@20 %.4f mrr@20 %.4f (%.1f s)", i, plan.planned(), corpus,
-                     f"{tokens:,}", f"{cand['corpus_tokens'] * cand['epochs']:,}",
-                     cand["recall@20"], cand["mrr@20"], cand["seconds"])
+                bar.set_postfix_str(f"{corpus}, {tokens or cand['epochs']:,} "
+                                    f"{'tokens' if tokens else 'epochs'}: "
+                                    f"{cand['objective']:.4f}")
+            amount = (f"{tokens:,} tokens" if tokens else f"{cand['epochs']} epochs (train.epochs)")
+            log.info("calibrate: candidate %d of %d: %s, %s (%s tokens trained): validation "
+                     "recall@20 %.4f mrr@20 %.4f (%.1f s)", i, plan.planned(), corpus, amount,
+                     f"{cand['corpus_tokens'] * cand['epochs']:,}", cand["recall@20"],
+                     cand["mrr@20"], cand["seconds"])
             elapsed = time.perf_counter() - t0
             if plan.max_seconds and elapsed > plan.max_seconds and i < len(todo):
                 raise CalibrationTimeout(

@@ -228,6 +228,11 @@ def index_params(cfg: Config) -> IndexParams:
                        ef_construction=ic.ef_construction)
 
 
+def published_root(cfg: Config) -> Path | None:
+    """The published root (`publish.dir`) when publishing is on, else None."""
+    return Path(cfg.publish.dir) if cfg.publish.enabled else None
+
+
 def publish_policy(cfg: Config) -> PublishPolicy:
     """The `[publish]` settings (and the evaluation's query sample, which the gate shares)."""
     pc = cfg.publish

@@ -89,13 +89,14 @@ def test_publish_a_finished_run_trains_nothing_and_ships_its_vectors(finished_ru
     assert r.exit_code == 0, r.output
     assert A.current_version_dir(tmp / "published") == version
 
-    # `run --set publish.enabled=true` on the finished run: same run directory, no training
-    _only(monkeypatch, {"evaluate", "publish"})
+    # `run --set publish.enabled=true` on the finished run: same run directory, only the
+    # publish step runs (evaluate does not read the published root)
+    _only(monkeypatch, {"publish"})
     r = runner.invoke(app, ["run", *sets([*args, "publish.enabled=true"])])
     assert r.exit_code == 0, r.output
     rec = json.loads(A.RUN_RECORD.path(run_dir).read_text())
     assert rec["run_dir"] == str(run_dir)
-    for name in ("ingest", "sessionize", "train", "index"):
+    for name in ("ingest", "sessionize", "train", "index", "evaluate"):
         assert rec["stages"][name]["status"] == "skipped", name
     assert digests(run_dir)["vectors.npy"] == before["vectors.npy"]
 

@@ -174,18 +174,19 @@ def test_version_history_reads_the_manifests_up_to_the_current_version(tmp_path)
     assert section.count('src="data:image/png;base64,') == 1
 
 
-def test_the_report_follows_the_published_root_and_a_rerun_does_not_republish(tmp_path,
-                                                                            messy_csv):
+def test_the_report_shows_the_published_root_as_evaluate_saw_it_and_a_rerun_does_not_republish(
+        tmp_path, messy_csv):
     pub = ["publish.enabled=true", "publish.max_recall_drop=1.0"]
     first = quiet(cfg_for(messy_csv, tmp_path, *pub))
     page = A.REPORT.path(first.run_dir).read_text()
     assert "Nothing is published yet." in page.split("<h2>Published versions</h2>", 1)[1]
     v1 = A.current_version_dir(tmp_path / "pub").name
-    # a crash after LATEST, before publish.done.json: the rerun's evaluate sees v1 ...
+    # a crash after LATEST, before publish.done.json: the rerun runs publish alone (the
+    # published root is no input of evaluate, so a new version never reruns it) ...
     (first.run_dir / A.done_file("publish")).unlink()
     again = quiet(cfg_for(messy_csv, tmp_path, *pub))
-    assert again.stages["evaluate"]["status"] == "ran"
-    assert f"{v1} (current)" in A.REPORT.path(first.run_dir).read_text()
+    assert again.stages["evaluate"]["status"] == "skipped"
+    assert again.stages["publish"]["status"] == "ran"
     # ... and publishing knows the served model is already current: no duplicate version
     assert again.stages["publish"]["stats"]["version"] == v1
     assert [p.name for p in (tmp_path / "pub").iterdir() if p.name.startswith("v")] == [v1]

@@ -61,15 +61,24 @@ def run(ctx: StageContext) -> dict:
     raw = evaluate_all(train, test, n_items, ks=e.ks, baselines=baselines,
                        embeddings=embeddings, recommenders={f"{model}:serving": serving},
                        max_queries=e.max_queries, seed=seed, **cold_kw)
-    calibration = json.loads(ctx.read(A.CALIBRATION).read_text())
-    metrics = A.Metrics.from_evaluation(raw, model, train_stats, _calibration_summary(calibration))
+    calibration = _calibration_summary(json.loads(ctx.read(A.CALIBRATION).read_text()))
+    if calibration.get("blend"):
+        # what is served: the index stage chose the retrieval after calibration (serving.json)
+        served = json.loads(ctx.read(A.SERVING).read_text())
+        calibration["blend"] = {**calibration["blend"],
+                                "retrieval": served.get("retrieval", "index")}
+    metrics = A.Metrics.from_evaluation(raw, model, train_stats, calibration)
     metrics.save(ctx.write(A.METRICS))
     if e.report:
         cats = item_categories(pd.read_parquet(ctx.read(A.CATEGORIES))["category"].to_numpy(),
                                catalog, from_catalog=from_catalog)
-        published = ctx.inputs(A.PublishedRoot)  # declared only when publishing is on
-        history = version_history(published[0].root) if published else []
-        note = ("Nothing is published yet." if published else
+        # The history of published versions is shown as it is when the report is written. The
+        # published root is deliberately not a declared read: turning publishing on for a
+        # finished run (or a new version appearing) must not rerun evaluate, since nothing it
+        # measures depends on it (only `publish` reads the root).
+        root = S.published_root(ctx.cfg)
+        history = version_history(root) if root is not None and root.is_dir() else []
+        note = ("Nothing is published yet." if root is not None else
                 "Publishing is off for this run (publish.enabled = false): no version history.")
         # The funnel's counts are the earlier stages' statistics in their done-files: those are
         # the runner's records, not artifacts, so they are read through stage_records (every
@@ -122,10 +131,7 @@ def _reads(cfg: Config) -> tuple:
     return (A.CALIBRATION, A.SESSIONS_TRAIN, A.SESSIONS_TEST, A.VOCABULARY, A.CATEGORIES,
             *([A.CATALOG] if S.has_catalog(cfg) else []), A.VECTORS,
             *([A.CONTEXT] if S.writes_context(cfg) else []), A.ITEMS, A.TRAIN_STATS, A.INDEX,
-            A.INDEX_META, A.SERVING,
-            # the report's history of published versions: a new version changes the stamp
-            *([A.PublishedRoot(cfg.publish.dir)] if cfg.evaluate.report and cfg.publish.enabled
-              else []))
+            A.INDEX_META, A.SERVING)
 
 
 STAGE = Stage("evaluate", run, reads=_reads,
