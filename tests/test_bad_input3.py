@@ -293,6 +293,7 @@ def test_item09_the_memory_estimate_names_walks_without_a_token_cap():
     assert size_problems(load_config(None, []), memory=1 << 30) == []
 
 
+@pytest.mark.slow  # a whole run and publish (~50 s on 2 cores)
 def test_item06_empty_answers_warn_and_exit_6(tmp_path):
     from recembed.pipeline import EXIT_EMPTY
     from recembed.synth import synth_clicks, write_synth

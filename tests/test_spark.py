@@ -213,6 +213,7 @@ def test_the_spark_nightly_job_publishes_the_local_engines_vectors(spark, tmp_pa
                                   pd.read_parquet(A.ITEMS.path(b)))
 
 
+@pytest.mark.slow  # a JVM start: the fast suite starts none
 def test_the_id_rule_gives_the_same_ingest_on_spark(spark, tmp_path):
     """Issue 25: decimals next to int64, whitespace-only and NFD ids, zero-padded text next to
     integers (the collision warning), a symlink loop: the same artifacts, stats and warnings."""
