@@ -37,8 +37,10 @@ install-test: $(STAMP_TEST)
 demo: $(STAMP_CORE)
 	$(VENV)/bin/recembed run pipelines/nightly.toml
 
+# two workers, one per core (pytest-xdist), whole files per worker so module fixtures are built
+# once: the fast suite is mostly single-threaded Python and numba compiles
 test: $(STAMP_TEST)
-	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 test-slow: $(STAMP_TEST)
 	$(PY) -m pytest -q -m slow --durations=15 $(PYTEST_ARGS)
