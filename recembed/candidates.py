@@ -20,6 +20,7 @@ import pandas as pd
 
 from recembed import artifacts as A
 from recembed.blend import BlendModel, category_arrays
+from recembed.catalog import ColdParams
 from recembed.graph import GraphParams
 from recembed.train import TrainParams
 from recembed.walks import WalkParams
@@ -61,17 +62,16 @@ class CalibrationCatalog:
 
     @classmethod
     def build(cls, table: pd.DataFrame, vocabulary: pd.DataFrame, categories: np.ndarray,
-              *, n_attributes: int, scheme: str, knn: int, candidate_scale: float,
-              dated: bool, from_catalog: bool) -> CalibrationCatalog:
+              cold: ColdParams) -> CalibrationCatalog:
         """From catalog.parquet, the vocabulary and categories.parquet's `category` column,
-        with the run's cold-start settings (`recembed.settings.ColdParams`): categories from
-        the catalog when `from_catalog`; no `category` signal when no item has one."""
+        with the run's cold-start settings: categories from the catalog when
+        `cold.from_catalog`; no `category` signal when no item has one."""
         from recembed.catalog import item_categories
 
-        cats = item_categories(categories, table, from_catalog=from_catalog)
-        return cls(table, vocabulary, n_attributes, categories=cats if (cats >= 0).any()
-                   else None, scheme=scheme, knn=knn, candidate_scale=candidate_scale,
-                   dated=dated)
+        cats = item_categories(categories, table, from_catalog=cold.from_catalog)
+        return cls(table, vocabulary, cold.n_attributes, categories=cats if (cats >= 0).any()
+                   else None, scheme=cold.scheme, knn=cold.knn,
+                   candidate_scale=cold.candidate_scale, dated=cold.dated)
 
     @property
     def n_total(self) -> int:

@@ -321,6 +321,39 @@ class ColdRows:
     stats: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ColdParams:
+    """`[cold]` and the catalog shape, as cold start needs them (`recembed.catalog.cold_rows`,
+    `recembed.candidates.CalibrationCatalog`); `recembed.settings.cold_params`
+    builds it from the config.
+
+    Parameters
+    ----------
+    scheme : {"context", "pooling", "knn", "off"}
+        `cold.scheme`; "off" when the run has no catalog.
+    knn : int >= 1
+        `cold.knn`.
+    candidate_scale : float in [0, 1]
+        `cold.candidate_scale`.
+    context_copies : float in (0, 10]
+        `cold.context_copies`.
+    n_attributes : int >= 0
+        Attribute columns of the catalog (`input.catalog.attributes`).
+    dated : bool
+        Whether the catalog's listing dates come from a column (`input.catalog.listed`).
+    from_catalog : bool
+        Whether categories come from the catalog (`categories_from_catalog`).
+    """
+
+    scheme: str = "off"
+    knn: int = 3
+    candidate_scale: float = 1.0
+    context_copies: float = 1.0
+    n_attributes: int = 0
+    dated: bool = False
+    from_catalog: bool = False
+
+
 def cold_rows(
     codes: np.ndarray, vectors: np.ndarray, context: np.ndarray | None, counts: np.ndarray,
     vocabulary: pd.DataFrame, catalog: pd.DataFrame, n_attributes: int, *, scheme: str,

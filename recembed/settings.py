@@ -11,13 +11,13 @@ candidates' source. Nothing below this module sees a Config.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from recembed.blend import BlendSettings
 from recembed.calibrate import CalibrationPlan
+from recembed.catalog import ColdParams
 from recembed.config import Config
 from recembed.graph import GraphParams
 from recembed.index import IndexParams
@@ -176,38 +176,6 @@ def target_tokens(cfg: Config) -> int:
     decides."""
     t = cfg.train
     return int(t.target_tokens) if t.epochs == "auto" else 0
-
-
-@dataclass(frozen=True)
-class ColdParams:
-    """`[cold]` and the catalog shape, as cold start needs them (`recembed.catalog.cold_rows`,
-    `recembed.candidates.CalibrationCatalog`).
-
-    Parameters
-    ----------
-    scheme : {"context", "pooling", "knn", "off"}
-        `cold.scheme`; "off" when the run has no catalog.
-    knn : int >= 1
-        `cold.knn`.
-    candidate_scale : float in [0, 1]
-        `cold.candidate_scale`.
-    context_copies : float in (0, 10]
-        `cold.context_copies`.
-    n_attributes : int >= 0
-        Attribute columns of the catalog (`input.catalog.attributes`).
-    dated : bool
-        Whether the catalog's listing dates come from a column (`input.catalog.listed`).
-    from_catalog : bool
-        Whether categories come from the catalog (`categories_from_catalog`).
-    """
-
-    scheme: str = "off"
-    knn: int = 3
-    candidate_scale: float = 1.0
-    context_copies: float = 1.0
-    n_attributes: int = 0
-    dated: bool = False
-    from_catalog: bool = False
 
 
 def cold_params(cfg: Config) -> ColdParams:

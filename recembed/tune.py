@@ -358,10 +358,7 @@ def _tuning_data(run: Path, sample_sessions: int, cold) -> dict:
     if cold is not None:
         catalog = CalibrationCatalog.build(
             pd.read_parquet(A.CATALOG.path(run)), vocab,
-            pd.read_parquet(A.CATEGORIES.path(run))["category"].to_numpy(),
-            n_attributes=cold.n_attributes, scheme=cold.scheme, knn=cold.knn,
-            candidate_scale=cold.candidate_scale, dated=cold.dated,
-            from_catalog=cold.from_catalog)
+            pd.read_parquet(A.CATEGORIES.path(run))["category"].to_numpy(), cold)
     split = calibration_split(train, table, max_sessions=sample_sessions)
     return {"split": split, "n_items": len(vocab), "catalog": catalog}
 

@@ -13,6 +13,7 @@ from recembed import artifacts as A
 from recembed import settings as S
 from recembed.calibrate import CalibrationTimeout, calibrate_run
 from recembed.candidates import CalibrationCatalog
+from recembed.catalog import ColdParams
 from recembed.config import Config
 from recembed.pipeline import EXIT_BAD_INPUT, EXIT_CRASH, PipelineError, Stage, StageContext
 from recembed.train import EmptyVocabulary
@@ -52,14 +53,12 @@ def run(ctx: StageContext) -> dict:
 
 
 def read_calibration_catalog(ctx: StageContext, vocab: pd.DataFrame,
-                             cold: S.ColdParams) -> CalibrationCatalog:
+                             cold: ColdParams) -> CalibrationCatalog:
     """The catalog as calibration sees it (cold targets scored on validation, the `category`
     signal searched)."""
     return CalibrationCatalog.build(
         pd.read_parquet(ctx.read(A.CATALOG)), vocab,
-        pd.read_parquet(ctx.read(A.CATEGORIES))["category"].to_numpy(),
-        n_attributes=cold.n_attributes, scheme=cold.scheme, knn=cold.knn,
-        candidate_scale=cold.candidate_scale, dated=cold.dated, from_catalog=cold.from_catalog)
+        pd.read_parquet(ctx.read(A.CATEGORIES))["category"].to_numpy(), cold)
 
 
 def _reads(cfg: Config) -> tuple:
