@@ -429,7 +429,7 @@ def read_log_file(
         if kind == "parquet":
             src = sources.open_parquet(path, ts_column=columns.ts, options=source,
                                        window_days=window_days)
-            _check_columns(path, need, src.columns)
+            _check_columns(path, columns, src.columns)
             table = sources.read_parquet(src, need)
             table = table.append_column(
                 "__row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
@@ -443,7 +443,7 @@ def read_log_file(
         header = [h.strip() for h in next(csv.reader([line], delimiter=delim), [])]
         if not header:
             raise IngestError(f"{path}: empty file (no header line)")
-        _check_columns(path, need, header)
+        _check_columns(path, columns, header)
         got = sources.read_delimited(path, header, delim, need, NULL_STRINGS, source.encoding)
     except sources.SourceError as e:
         raise IngestError(str(e)) from e
@@ -455,13 +455,70 @@ def read_log_file(
     return table, bad if len(bad) else empty_quarantine(), got.n_rows
 
 
-def _check_columns(path: Path, need: list[str], have: list[str]) -> None:
+# Column names other logs use for each role, tried in this order when a mapped column is missing,
+# so the error can print the exact [input.columns] lines to add (never applied silently).
+COLUMN_ALIASES = {
+    "user": ("user", "userid", "user_id", "uid", "visitor_id", "visitorid", "customer_id",
+             "customerid", "client_id", "account_id"),
+    "session": ("session_id", "sessionid", "session", "sid", "visit_id"),
+    "item": ("item", "itemid", "item_id", "product_id", "productid", "product", "sku",
+             "track_id", "trackid", "movie_id", "movieid", "song_id", "venue_id", "venueid",
+             "article_id", "content_id", "asin"),
+    "ts": ("ts", "time", "timestamp", "datetime", "date", "event_time", "eventtime",
+           "created_at", "utc_time", "unix_time", "eventdate"),
+}
+
+
+def _check_columns(path: Path, columns: ColumnMap, have: list[str]) -> None:
+    need = list(dict.fromkeys(columns.required()))
     missing = [c for c in need if c not in have]
-    if missing:
-        raise IngestError(
-            f"{path}: missing required column(s) {missing}; the file has columns {have}. "
-            "Map them under [input.columns] in the config."
-        )
+    if not missing:
+        return
+    fixes = _column_suggestions(columns, have)
+    hint = ("Add under [input.columns] in the config:\n" + "\n".join(fixes) if fixes else
+            "Map them under [input.columns] in the config (item, ts, and user or session).")
+    raise IngestError(
+        f"{path}: missing required column(s) {missing}; the file has columns {have}. {hint}")
+
+
+def _column_suggestions(columns: ColumnMap, have: list[str]) -> list[str]:
+    """TOML lines mapping each missing role onto a column the file has (by `COLUMN_ALIASES`);
+    a missing user column with a session column present suggests sessions instead."""
+    lower = {h.lower().replace(" ", "_"): h for h in have}
+    taken = {c for c in columns.required() if c in have}
+
+    def find(role: str) -> str | None:
+        for alias in COLUMN_ALIASES[role]:
+            h = lower.get(alias)
+            if h is not None and h not in taken:
+                return h
+        return None
+
+    lines = []
+    for role in ("item", "ts"):
+        if getattr(columns, role) not in have:
+            h = find(role)
+            if h is None:
+                return []
+            taken.add(h)
+            lines.append(f'{role} = "{h}"')
+    if columns.user and columns.user not in have:
+        h = find("user")
+        if h is not None:
+            lines.append(f'user = "{h}"')
+        elif not columns.session and (s := find("session")) is not None:
+            lines += ['user = ""', f'session = "{s}"']
+        else:
+            return []
+    if columns.session and columns.session not in have:
+        h = find("session")
+        if h is None:
+            return []
+        lines.append(f'session = "{h}"')
+    for role in ("event_type", "ts_offset"):
+        if getattr(columns, role) and getattr(columns, role) not in have:
+            return []
+    return lines
 
 
 def parse_log_rows(

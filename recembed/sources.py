@@ -122,13 +122,15 @@ class DelimitedRead:
 class ParquetSource:
     """A Parquet file or (Hive-partitioned) directory with its partitions selected, not yet read.
 
-    `selection` is the partition expression of `input.filters` and the window cut (None: all).
+    `selection` is the partition expression of `input.filters` and the window cut (None: all);
+    `ts_column` the timestamp column (`columns.ts`).
     """
 
     path: Path
     dataset: pads.Dataset
     partition_columns: list[str]
     selection: pc.Expression | None = None
+    ts_column: str | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -320,7 +322,8 @@ def open_parquet(
     options = options or SourceOptions()
     try:
         if not path.is_dir():  # a single file is never partitioned, whatever its path holds
-            return ParquetSource(path, pads.dataset(path, format="parquet"), [])
+            return ParquetSource(path, pads.dataset(path, format="parquet"), [],
+                                 ts_column=ts_column)
         # listed by our own walk: a symlink loop (`self -> .`) neither hangs nor repeats files
         files = parquet_files(path)
         if not files:
@@ -343,15 +346,69 @@ def open_parquet(
                                partition_base_dir=str(path))
     except (pa.ArrowInvalid, OSError) as e:
         raise SourceError(f"{path}: not a readable Parquet file or directory: {e}") from e
-    return ParquetSource(path, dataset, names, selection)
+    return ParquetSource(path, dataset, names, selection, ts_column)
 
 
 def read_parquet(src: ParquetSource, need: list[str]) -> pa.Table:
-    """The `need` columns of the selected partitions. Raises SourceError on corrupt data."""
+    """The `need` columns of the selected partitions. Raises SourceError on corrupt data.
+
+    The dataset reads every file with the first file's schema. When the files of a directory
+    disagree on a column's type (one writer's decimal ids beside another's int64, int32 beside
+    int64, a float timestamp beside an integer one), that cast can fail; the column is then read
+    with a type every file converts to (`unified_type`), and the log says which files disagreed.
+    """
     try:
         return src.dataset.to_table(columns=need, filter=src.selection)
-    except (pa.ArrowInvalid, OSError) as e:
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
+        first_error = e
+    schema = _unified_schema(src, need) if src.path.is_dir() else None
+    if schema is None:
+        raise SourceError(f"{src.path}: corrupted Parquet data: {first_error}") from first_error
+    try:
+        dataset = pads.dataset(src.dataset.files, format="parquet", schema=schema,
+                               partitioning=src.dataset.partitioning,
+                               partition_base_dir=str(src.path))
+        return dataset.to_table(columns=need, filter=src.selection)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
         raise SourceError(f"{src.path}: corrupted Parquet data: {e}") from e
+
+
+def unified_type(types: list[pa.DataType], *, timestamp: bool = False) -> pa.DataType:
+    """One type that each of `types` (the same column in different files) casts to losslessly
+    for recembed's parsers: any mix of integer widths -> int64; a numeric timestamp column
+    (`timestamp`) mixing integers, floats and decimals -> float64; anything else mixed -> string
+    (ids then follow the id rule, `recembed.ids`: "123" and 123 are the same id)."""
+    if all(t == types[0] for t in types):
+        return types[0]
+    if all(pa.types.is_integer(t) for t in types):
+        return pa.int64()
+    numeric = all(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+                  for t in types)
+    if timestamp and numeric:
+        return pa.float64()
+    return pa.string()
+
+
+def _unified_schema(src: ParquetSource, need: list[str]) -> pa.Schema | None:
+    """The dataset schema with each `need` column whose type differs between the selected files
+    replaced by `unified_type` (None when the files agree: the error was something else)."""
+    seen: dict[str, dict[pa.DataType, str]] = {}
+    for frag in src.dataset.get_fragments(filter=src.selection):
+        for f in frag.physical_schema:
+            if f.name in need:
+                seen.setdefault(f.name, {}).setdefault(f.type, frag.path)
+    schema = src.dataset.schema
+    changed = False
+    for name, types in seen.items():
+        if len(types) < 2:
+            continue
+        target = unified_type(list(types), timestamp=name == src.ts_column)
+        listing = ", ".join(f"{t} in {Path(f).name}" for t, f in types.items())
+        log.warning("%s: the files disagree on the type of column %r (%s): read as %s",
+                    src.path, name, listing, target)
+        schema = schema.set(schema.get_field_index(name), pa.field(name, target))
+        changed = True
+    return schema if changed else None
 
 
 def parquet_files(root: str | Path) -> list[str]:

@@ -324,3 +324,62 @@ def test_the_input_keys_reach_the_reader_through_the_pipeline(tmp_path):
     events = pd.read_parquet(rep.run_dir / "events.parquet")
     us = truth[(truth["region"] == "us") & (truth["t"] > truth["t"].max() - DAY)]
     assert sorted(events["ts"]) == sorted(us["t"])
+
+
+def _mixed_type_dir(root: Path) -> None:
+    """Two writers of one log: decimal ids and float seconds in a.parquet, int64 ids and
+    int64 seconds in b.parquet."""
+    import decimal
+
+    root.mkdir()
+    items_a, items_b = [5, 6, 7, 5], [7, 8, 5, 9]
+    pq.write_table(pa.table({
+        "u": ["x", "x", "y", "y"],
+        "it": pa.array([decimal.Decimal(i) for i in items_a], pa.decimal128(10, 0)),
+        "t": pa.array([1.7e9, 1.7e9 + 60, 1.7e9 + 120, 1.7e9 + 180], pa.float64())}),
+        root / "a.parquet")
+    pq.write_table(pa.table({
+        "u": ["z", "z", "w", "w"], "it": pa.array(items_b, pa.int64()),
+        "t": pa.array([1_700_000_240, 1_700_000_300, 1_700_000_360, 1_700_000_420], pa.int64())}),
+        root / "b.parquet")
+
+
+def test_a_directory_whose_files_disagree_on_column_types_loses_no_row(tmp_path, caplog):
+    _mixed_type_dir(tmp_path / "logs")
+    with caplog.at_level("WARNING"):
+        res = ingest([str(tmp_path / "logs")], ColumnMap(item="it", ts="t", user="u"),
+                     drop_duplicates=False)
+    assert res.stats["rows_read"] == 8 and len(res.events) == 8
+    # decimal 5 and int64 5 are one item (the id rule): 5 distinct ids, not 8
+    assert sorted(res.vocabulary["id"]) == ["5", "6", "7", "8", "9"]
+    assert sorted(res.events["ts"]) == [1_700_000_000 + 60 * k for k in range(8)]
+    assert "disagree on the type of column 'it'" in caplog.text
+    assert "a.parquet" in caplog.text and "b.parquet" in caplog.text
+
+
+def test_unified_type_rules():
+    from recembed.sources import unified_type
+
+    assert unified_type([pa.int32(), pa.int64(), pa.uint16()]) == pa.int64()
+    assert unified_type([pa.decimal128(10, 0), pa.int64()]) == pa.string()
+    assert unified_type([pa.float64(), pa.int64()], timestamp=True) == pa.float64()
+    assert unified_type([pa.string(), pa.int64()], timestamp=True) == pa.string()
+    assert unified_type([pa.int64(), pa.int64()]) == pa.int64()
+
+
+def test_missing_columns_error_prints_the_lines_to_add(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("SessionId,ItemId,Time\n1,10,1700000000\n1,11,1700000060\n")
+    with pytest.raises(IngestError) as e:
+        ingest([str(path)], ColumnMap(item="item_id", ts="timestamp", user="user_id"))
+    msg = str(e.value)
+    assert "log.csv" in msg and "['item_id', 'timestamp', 'user_id']" in msg
+    assert 'item = "ItemId"' in msg and 'ts = "Time"' in msg
+    assert 'user = ""' in msg and 'session = "SessionId"' in msg
+
+
+def test_missing_columns_error_without_a_guess_says_what_to_map(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("a,b,c\n1,10,1700000000\n")
+    with pytest.raises(IngestError, match=r"Map them under \[input.columns\]"):
+        ingest([str(path)], ColumnMap(item="item_id", ts="timestamp", user="user_id"))
