@@ -27,7 +27,8 @@ its own copy of the version and runs its own watcher, so each swaps on its own, 
 and an ``X-Recembed-Worker`` header (the worker's pid), and each worker logs its own
 ``swapped`` event with its pid. A swap is complete once every worker has logged it; from then
 on no worker answers from the old version. Memory is N copies of a version (N + 1 during a
-swap).
+swap). The supervisor binds the port before the workers start; a worker accepts connections
+only once it is warm, so every answer comes from a warm worker.
 
 Speed (benchmarks/RESULTS.md, "Serving for real", second round): handlers are ``async def``
 and run `Recommender` on the event loop (no thread-pool hop: a single-session answer is ~1 ms
