@@ -626,24 +626,51 @@ class Embeddings:
     @classmethod
     def load(cls, dir_: str | Path, *, context: bool = True) -> Embeddings:
         """Read a run or version directory's vectors (context vectors when present and
-        `context`); no pickle is ever loaded."""
+        `context`); no pickle is ever loaded.
+
+        Reads items.parquet with `pyarrow.parquet.ParquetFile` and converts its columns without
+        pyarrow's pandas bridge, so that a serving process never imports pandas (0.26-0.5 s:
+        benchmarks/RESULTS.md, "Serving for real", second round).
+        """
         import pyarrow.parquet as pq
 
         dir_ = Path(dir_)
-        table = pq.read_table(ITEMS.path(dir_))
+        table = pq.ParquetFile(ITEMS.path(dir_)).read()
         vectors = np.load(VECTORS.path(dir_), allow_pickle=False)
         ctx_path = CONTEXT.path(dir_)
         ctx = np.load(ctx_path, allow_pickle=False) if context and ctx_path.exists() else None
         names = table.column_names
         return cls(
-            ids=table.column("id").to_numpy(zero_copy_only=False).astype(object),
-            codes=table.column("code").to_numpy().astype(np.int32),
+            ids=_object_column(table.column("id")),
+            codes=_numeric_column(table.column("code")).astype(np.int32),
             vectors=vectors, context=ctx,
-            counts=table.column("count").to_numpy() if "count" in names else None,
-            categories=table.column("category").to_numpy() if "category" in names else None,
-            origin=(table.column("origin").to_numpy(zero_copy_only=False).astype(object)
-                    if "origin" in names else None),
+            counts=_numeric_column(table.column("count")) if "count" in names else None,
+            categories=_numeric_column(table.column("category")) if "category" in names
+            else None,
+            origin=_object_column(table.column("origin")) if "origin" in names else None,
         )
+
+
+def _numeric_column(col) -> np.ndarray:
+    """A pyarrow integer or float column as a numpy array of the same dtype, read from its data
+    buffer (pyarrow's own `to_numpy` goes through its pandas bridge, which imports pandas); a
+    column with nulls falls back to `to_numpy` (nulls become NaN there)."""
+    import pyarrow as pa
+
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    numeric = pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)
+    if arr.null_count or not numeric:
+        return arr.to_numpy(zero_copy_only=False)
+    dtype = np.dtype(arr.type.to_pandas_dtype())
+    return np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr),
+                         offset=arr.offset * dtype.itemsize).copy()
+
+
+def _object_column(col) -> np.ndarray:
+    """A pyarrow text column as an object array of str (None for a null), without pandas."""
+    out = np.empty(len(col), dtype=object)
+    out[:] = col.to_pylist()
+    return out
 
 
 VARIANTS = ("allow_repeats", "exclude_prefix")

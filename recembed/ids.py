@@ -1,16 +1,19 @@
 """The one id rule of recembed (README, "Item ids"): how an item, user or session id read from
 any input (log, catalog, categories file) or given to serving becomes the text the vocabulary,
-`items.parquet` and the word2vec exports hold. Light on purpose (numpy and pyarrow's compute
-only): the serving loader imports it.
+`items.parquet` and the word2vec exports hold. Light on purpose: the serving loader imports it
+for `normalize_id` (one query id, the standard library only); pyarrow and its compute module load
+with the first column rule (`normalize_ids`, `integral_text_key`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # text ids that read as an integer: digits with an optional sign and an all-zero fraction
 _INTEGRAL_TEXT = r"^[+-]?[0-9]+(\.0*)?$"
@@ -75,6 +78,9 @@ def normalize_ids(col: pa.Array | pa.ChunkedArray) -> NormalizedIds:
     NormalizedIds
     """
     import unicodedata
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     if isinstance(col, pa.Array):
         col = pa.chunked_array([col])
@@ -201,6 +207,9 @@ def integral_text_key(ids: np.ndarray) -> np.ndarray:
     numpy.ndarray
         object array, the same length.
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     arr = pa.array(ids, pa.string())
     hit = pc.fill_null(pc.match_substring_regex(arr, _INTEGRAL_TEXT), False)
     out = np.full(len(ids), None, dtype=object)

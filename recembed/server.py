@@ -20,6 +20,21 @@ seconds; a new version is loaded and verified against its manifest beside the ol
 current version once, when it starts, so it finishes on that version; a version that fails to
 load is refused, logged and the old one kept. Requests never look at the file system.
 
+With ``--workers N`` uvicorn runs N worker processes behind one listening socket (the kernel
+hands each new connection to one of them). They share nothing: each loads, verifies and warms
+its own copy of the version and runs its own watcher, so each swaps on its own, within
+`poll_s` plus its load time of the others; every answer carries the version that produced it
+and an ``X-Recembed-Worker`` header (the worker's pid), and each worker logs its own
+``swapped`` event with its pid. A swap is complete once every worker has logged it; from then
+on no worker answers from the old version. Memory is N copies of a version (N + 1 during a
+swap). The supervisor binds the port before the workers start; a worker accepts connections
+only once it is warm, so every answer comes from a warm worker.
+
+Speed (benchmarks/RESULTS.md, "Serving for real", second round): handlers are ``async def``
+and run `Recommender` on the event loop (no thread-pool hop: a single-session answer is ~1 ms
+of CPU); JSON goes through orjson when installed (the serve extra); and
+`CoalescingH11Protocol` sends each answer's head and body in one send() instead of two.
+
 Logs are one JSON object per line on stderr. The app loads and warms its version in the lifespan
 startup, before uvicorn binds the port: once the port answers, the service is warm.
 """
@@ -43,6 +58,26 @@ from recembed.serving import ArtifactError, Recommender, resolve_latest
 log = logging.getLogger("recembed.server")
 
 ENV_CONFIG = "RECEMBED_SERVE_CONFIG"  # how `recembed serve` hands its settings to the workers
+
+try:  # the serve extra brings orjson: 13x faster encoding of a 256-session answer than json
+    import orjson
+
+    def encode_json(obj: Any) -> bytes:
+        """`obj` as UTF-8 JSON bytes (orjson; floats in their shortest round-trip form)."""
+        return orjson.dumps(obj)
+
+    def decode_json(raw: bytes) -> Any:
+        """Parse a request body; raises ValueError (json.JSONDecodeError) on bad JSON."""
+        return orjson.loads(raw)
+
+except ImportError:  # the standard library: the same answers, slower
+    def encode_json(obj: Any) -> bytes:
+        """`obj` as UTF-8 JSON bytes (json; floats in their shortest round-trip form)."""
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def decode_json(raw: bytes) -> Any:
+        """Parse a request body; raises ValueError (json.JSONDecodeError) on bad JSON."""
+        return json.loads(raw)
 
 
 @dataclass(frozen=True)
@@ -101,9 +136,10 @@ class Served:
 
 
 def log_event(event: str, **fields: Any) -> None:
-    """One JSON object on one line: ``{"ts": …, "event": …, **fields}``."""
-    log.info(json.dumps({"ts": A.now_iso(), "event": event, **fields}, default=str,
-                        ensure_ascii=False))
+    """One JSON object on one line: ``{"ts": …, "event": …, "pid": …, **fields}`` (pid: the
+    worker process, which tells the workers of ``--workers N`` apart)."""
+    log.info(json.dumps({"ts": A.now_iso(), "event": event, "pid": os.getpid(), **fields},
+                        default=str, ensure_ascii=False))
 
 
 class JsonLines(logging.Formatter):
@@ -132,6 +168,61 @@ def log_config() -> dict:
                     for name in ("uvicorn", "uvicorn.error", "uvicorn.access",
                                  "recembed")},
     }
+
+
+# ---------------------------------------------------------------- the HTTP protocol
+
+
+class CoalescingTransport:
+    """An asyncio transport proxy whose writes made in one event-loop step leave in one send().
+
+    uvicorn's h11 protocol writes a response's head and its body separately: two send()
+    system calls per answer, ~0.2 ms each on loopback on these machines (benchmarks/RESULTS.md,
+    "Serving for real", second round). Buffered here and flushed by one `call_soon` callback,
+    they leave together; `close` flushes first. Everything else goes to the real transport.
+    """
+
+    def __init__(self, transport, loop):
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def writelines(self, lines) -> None:
+        for data in lines:
+            self.write(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
+try:
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+except ImportError:  # no serve extra: `serve` says so when it imports uvicorn
+    H11Protocol = None
+else:
+    class CoalescingH11Protocol(H11Protocol):
+        """uvicorn's h11 protocol over a `CoalescingTransport` (one send() per answer)."""
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(CoalescingTransport(transport, self.loop))
 
 
 # ---------------------------------------------------------------- versions
@@ -430,6 +521,7 @@ def create_app(settings: ServeSettings | None = None):
     swaps_total = Counter("recembed_swaps_total", "version changes", ["outcome"],
                           registry=registry)
     holder: dict[str, VersionWatcher] = {}
+    worker_header = {"X-Recembed-Worker": str(os.getpid())}  # which worker process answered
 
     def on_swap(old: str, new: str) -> None:
         version_info.remove(old)
@@ -443,11 +535,11 @@ def create_app(settings: ServeSettings | None = None):
         version_info.labels(watcher.current.version).set(1)
         holder["w"] = watcher
         watcher.start()
-        log_event("ready", version=watcher.current.version, pid=os.getpid(), root=st.root,
+        log_event("ready", version=watcher.current.version, root=st.root,
                   limits={k: v for k, v in asdict(st).items() if k.startswith("max_")})
         yield
         watcher.stop()
-        log_event("shutdown", version=watcher.current.version, pid=os.getpid())
+        log_event("shutdown", version=watcher.current.version)
 
     app = FastAPI(title="recembed", lifespan=lifespan, docs_url=None, redoc_url=None)
 
@@ -457,8 +549,8 @@ def create_app(settings: ServeSettings | None = None):
     def answer(endpoint: str, t0: float, body: dict, status: int = 200) -> Response:
         requests_total.labels(endpoint, str(status)).inc()
         latency.labels(endpoint).observe(time.perf_counter() - t0)
-        return Response(json.dumps(body, ensure_ascii=False), status_code=status,
-                        media_type="application/json")
+        return Response(encode_json(body), status_code=status, media_type="application/json",
+                        headers=worker_header)
 
     def error(endpoint: str, t0: float, version: str | None, e: ClientError) -> Response:
         errors_total.labels(endpoint, str(e.status), e.field).inc()
@@ -498,8 +590,8 @@ def create_app(settings: ServeSettings | None = None):
         try:
             raw = await request.body()
             try:
-                body = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                body = decode_json(raw)
+            except ValueError as e:  # json / orjson JSONDecodeError, UnicodeDecodeError
                 raise ClientError(400, "body", f"the body is not JSON: {e}") from None
             queries, batch = parse_recommend(body, st)
             results = recommend_answer(s, queries)
@@ -588,4 +680,5 @@ def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run("recembed.server:app_from_env", factory=True, host=host, port=port,
                 workers=workers, log_config=log_config(), access_log=access_log,
+                http=CoalescingH11Protocol,
                 timeout_graceful_shutdown=graceful_s, lifespan="on")

@@ -407,7 +407,8 @@ def _not_served(path: Path) -> dict[str, str]:
         return {}
     import pyarrow.parquet as pq
 
-    t = pq.read_table(p, columns=["id", "origin", "reason"]).to_pydict()
+    # ParquetFile, not read_table: read_table goes through pyarrow.dataset, which imports pandas
+    t = pq.ParquetFile(p).read(columns=["id", "origin", "reason"]).to_pydict()
     return {i: r for i, o, r in zip(t["id"], t["origin"], t["reason"], strict=True)
             if o == "none"}
 

@@ -175,3 +175,24 @@ def test_no_module_but_artifacts_spells_out_a_run_directory_file_name():
            if any(w in names or (w.startswith(".") and w in names) for w in word.findall(text))
            or any(text.endswith(n) for n in names if n.startswith("."))]
     assert not bad, "\n".join(bad)
+
+
+def test_columns_are_read_without_pandas_and_equal_pyarrows_own_conversion():
+    """`Embeddings.load` reads numeric columns from their buffers and text through to_pylist
+    (pyarrow's to_numpy imports pandas): same values and dtypes, slices, chunks and nulls."""
+    import pyarrow as pa
+
+    from recembed.artifacts import _numeric_column, _object_column
+
+    base = pa.array(np.arange(10, dtype=np.int32) * 7)
+    cases = [base, base.slice(3, 5), pa.chunked_array([base.slice(0, 4), base.slice(6)]),
+             pa.array(np.linspace(0, 1, 5)), pa.chunked_array([pa.array([1, 2], pa.int64())])]
+    for col in cases:
+        got, ref = _numeric_column(col), col.to_numpy()
+        assert got.dtype == ref.dtype and np.array_equal(got, ref)
+        assert got.flags.writeable  # a copy, not a view of pyarrow's buffer
+    with_null = pa.array([1, None, 3], pa.int64())
+    assert np.array_equal(_numeric_column(with_null), [1.0, np.nan, 3.0], equal_nan=True)
+    text = pa.chunked_array([pa.array(["a b", "é"]), pa.array([None, "\"q\""])])
+    got = _object_column(text)
+    assert got.dtype == object and got.tolist() == ["a b", "é", None, "\"q\""]

@@ -293,3 +293,110 @@ def test_serve_refuses_a_root_without_latest(tmp_path):
                         str(_free_port())], capture_output=True, text=True, cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert r.returncode == 3 and "LATEST" in r.stderr
+
+
+def _call_fresh(srv: Server, method: str, path: str, body=None) -> tuple[int, dict, str]:
+    """One request on a new connection (the kernel hands each new connection to one of the
+    workers): status, JSON body, the pid of the worker that answered."""
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        conn.request(method, path, body=data,
+                     headers={"Content-Type": "application/json"} if data else {})
+        r = conn.getresponse()
+        return r.status, json.loads(r.read()), r.getheader("X-Recembed-Worker", "")
+    finally:
+        conn.close()
+
+
+def _pids_of(srv: Server, event: str, **match) -> set[int]:
+    return {e["pid"] for e in srv.events()
+            if e["event"] == event and all(e.get(k) == v for k, v in match.items())}
+
+
+def test_two_workers_each_swap_and_none_answers_the_old_version_after(tmp_path):
+    """`serve --workers 2`: both worker processes answer; a new version reaches each (each logs
+    its own swap); once both have, no answer comes from the old version, on either worker."""
+    root = tmp_path / "published"
+    make_version(root, "v1", n=200, seed=1, prefix="a")
+    srv = Server(root, "--workers", "2")
+    try:
+        deadline = time.monotonic() + 120
+        while len(_pids_of(srv, "ready")) < 2:  # /health answers once the first is ready
+            assert time.monotonic() < deadline and srv.proc.poll() is None, srv.log.read_text()
+            time.sleep(0.2)
+        workers = _pids_of(srv, "ready")
+        answered: dict[str, set[str]] = {}
+        for i in range(400):
+            status, body, pid = _call_fresh(srv, "POST", "/recommend",
+                                            {"ids": ["a1", f"a{i % 200}"], "k": 5})
+            assert status == 200 and body["version"] == "v1", body
+            answered.setdefault(pid, set()).add(body["version"])
+            if len(answered) == 2 and i >= 20:
+                break
+        assert {int(p) for p in answered} == workers  # both workers serve
+
+        _publish(root, "v2", n=150, seed=2, prefix="b")
+        deadline = time.monotonic() + 120
+        during: list[str] = []
+        while _pids_of(srv, "swapped", new="v2") != workers:  # the swap reported by each
+            assert time.monotonic() < deadline, srv.log.read_text()
+            status, body, _ = _call_fresh(srv, "GET", "/health")
+            assert status == 200
+            during.append(body["version"])
+        assert set(during) <= {"v1", "v2"}
+        after: dict[str, set[str]] = {}
+        for i in range(400):
+            status, body, pid = _call_fresh(srv, "POST", "/recommend",
+                                            {"ids": ["b1", f"b{i % 150}"], "k": 5})
+            assert status == 200, body
+            assert body["version"] == "v2" and all(x["id"].startswith("b")
+                                                   for x in body["items"]), (pid, body)
+            after.setdefault(pid, set()).add(body["version"])
+            if len(after) == 2 and i >= 20:
+                break
+        assert {int(p) for p in after} == workers and all(v == {"v2"} for v in after.values())
+    finally:
+        srv.stop()
+    assert srv.proc.returncode is not None
+
+
+def test_coalescing_transport_sends_one_buffer_per_loop_step_and_flushes_on_close():
+    import asyncio
+
+    from recembed.server import CoalescingTransport
+
+    class Fake:
+        def __init__(self):
+            self.writes: list[bytes] = []
+            self.closed = False
+
+        def write(self, data):
+            self.writes.append(data)
+
+        def is_closing(self):
+            return self.closed
+
+        def close(self):
+            self.closed = True
+
+        def get_extra_info(self, name):
+            return f"info:{name}"
+
+    async def scenario():
+        fake = Fake()
+        t = CoalescingTransport(fake, asyncio.get_running_loop())
+        t.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        t.write(bytearray(b'{"a":1}'))
+        t.write(b"")
+        assert fake.writes == []  # nothing leaves before the loop step ends
+        await asyncio.sleep(0)
+        assert fake.writes == [b'HTTP/1.1 200 OK\r\n\r\n{"a":1}']
+        t.write(b"tail")
+        t.close()  # close sends what is pending first
+        assert fake.writes[-1] == b"tail" and fake.closed
+        await asyncio.sleep(0)
+        assert len(fake.writes) == 2  # the scheduled flush finds nothing left
+        assert t.get_extra_info("peername") == "info:peername"
+
+    asyncio.run(scenario())

@@ -1,5 +1,6 @@
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -189,3 +190,83 @@ def test_a_settings_file_from_before_the_tables_searches_the_indexes(tmp_path):
     rec = Recommender.load(tmp_path)
     assert rec.settings.retrieval == "index"
     assert len(rec.recommend(["sku1", "sku2"], 5).ids[0]) == 5
+
+
+def test_a_fresh_process_serves_without_pandas_and_imports_light(tmp_path):
+    """`import recembed.serving` loads numpy and the standard library only; loading a version
+    and answering both calls never imports pandas (pyarrow's read_table and to_numpy would:
+    0.26-0.5 s of the load, benchmarks/RESULTS.md "Serving for real", second round)."""
+    import subprocess
+
+    from tests.conftest import ROOT, make_version
+
+    make_version(tmp_path / "pub", "v1", n=60, seed=3, prefix="a")
+    code = (
+        "import sys, recembed.serving as S\n"
+        "third = sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names))\n"
+        "third = [m for m in third if not m.startswith('_')]\n"
+        "assert third == ['numpy', 'recembed'], third\n"
+        f"r = S.Recommender.load({str(tmp_path / 'pub')!r})\n"
+        "res = r.recommend(['a1', 'a2'], k=5)\n"
+        "assert len(res.ids[0]) == 5\n"
+        "assert len(r.similar('a1', k=3).ids[0]) == 3\n"
+        "assert list(r.origin[:2]) == ['trained', 'trained'] and r.not_served\n"
+        "bad = [m for m in ('pandas', 'gensim', 'pyarrow.dataset') if m in sys.modules]\n"
+        "assert not bad, bad\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize(("env", "writable_dirs", "expected"), [
+    ({"NUMBA_CACHE_DIR": "/set"}, set(), None),  # the user's choice always wins
+    ({}, {"/pkg/__pycache__"}, None),  # numba's in-tree cache
+    ({"XDG_CACHE_HOME": "/xdg"}, {"/xdg/numba"}, None),  # numba's user-wide cache
+    ({"XDG_CACHE_HOME": "/xdg"}, set(), "tmp"),  # read-only install, read-only home
+])
+def test_numba_cache_dir_is_set_only_when_numba_has_nowhere_to_write(env, writable_dirs,
+                                                                      expected):
+    import os
+    import tempfile
+
+    from recembed import NUMBA_FALLBACK_DIR, numba_cache_dir
+
+    got = numba_cache_dir(env, "/pkg", lambda p: p in writable_dirs)
+    if expected is None:
+        assert got is None
+    else:
+        assert os.path.dirname(got) == tempfile.gettempdir()
+        assert os.path.basename(got).startswith(NUMBA_FALLBACK_DIR)
+
+
+def test_read_only_install_caches_kernels_in_the_fallback_folder(tmp_path):
+    """numba with no writable locator refuses `cache=True` kernels ("no locator available");
+    with recembed's fallback NUMBA_CACHE_DIR the kernels import, run, and are cached there.
+    numba is told to use only its in-tree locator, made unusable by a file where its
+    __pycache__ would be (root ignores permissions, so chmod cannot make it read-only)."""
+    import os
+    import shutil
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    pkg = tmp_path / "site" / "recembed"
+    shutil.copytree(ROOT / "recembed", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    for d in [pkg, *[p for p in pkg.rglob("*") if p.is_dir()]]:
+        (d / "__pycache__").write_text("not a folder")  # no in-tree cache possible
+    cache = tmp_path / "fallback"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "PYTHONDONTWRITEBYTECODE": "1",
+           "NUMBA_CACHE_LOCATOR_CLASSES": "UserProvidedCacheLocator,InTreeCacheLocator",
+           "HOME": str(tmp_path / "nohome"), "XDG_CACHE_HOME": str(pkg / "__pycache__"),
+           "TMPDIR": str(cache)}
+    env.pop("NUMBA_CACHE_DIR", None)
+    cache.mkdir()
+    code = ("import os, numpy as np, recembed.topk as T\n"
+            "print(os.environ['NUMBA_CACHE_DIR'])\n"
+            "print(T.top_stable(np.array([1.0, 3.0, 2.0]), 2).tolist() == [0, 2])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=tmp_path, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    where, top = r.stdout.split()
+    assert where.startswith(str(cache)) and top == "True"
+    assert any(p.suffix == ".nbi" for p in Path(where).rglob("*"))
