@@ -158,9 +158,14 @@ def corpus_names(cfg: Config) -> list[str]:
 
 
 def uses_line(cfg: Config) -> bool:
-    """Whether training may use LINE vectors (line.mode "alone" / "concat", or "auto" not yet
-    resolved): the train stage then reads the item graph."""
-    return cfg.line.mode != "off"
+    """Whether training may use LINE vectors: line.mode "alone" / "concat", or "auto" while
+    calibration may still choose a LINE option (the corpus left to it and
+    `calibrated_corpora` listing one); the train stage then reads the item graph."""
+    mode = cfg.line.mode
+    if mode != "auto":
+        return mode != "off"
+    return corpus_set(cfg) is None and any(split_corpus(c)[1] != "off"
+                                           for c in calibrated_corpora(cfg))
 
 
 def uses_graph(cfg: Config) -> bool:
