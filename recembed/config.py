@@ -234,7 +234,7 @@ class LineConfig(_Section):
     """LINE vectors over the item graph (`recembed.line`): alone, or appended to SGNS's."""
 
     mode: Literal["auto", "off", "alone", "concat"] = "auto"
-    order: Literal[1, 2, "both"] = 2
+    order: Literal[1, 2, "both"] = 1
     dimension: int = Field(64, ge=2)
     samples: Annotated[int, Field(ge=1000)] | Literal["auto"] = "auto"
     negative: int = Field(5, ge=1)

@@ -78,7 +78,7 @@ class LineParams:
         1 = deterministic (blocks in order, one thread); > 1 = Hogwild on numba threads.
     """
 
-    order: int | str = 2
+    order: int | str = 1
     dimension: int = 64
     samples: int = 0
     epochs: float = 50.0
@@ -167,7 +167,7 @@ def alias_table(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _alias(w)
 
 
-def train_line(g: sp.csr_matrix, *, order: int | str = 2, dimension: int = 64, samples: int = 0,
+def train_line(g: sp.csr_matrix, *, order: int | str = 1, dimension: int = 64, samples: int = 0,
                epochs: float = 50.0, negative: int = 5, ns_exponent: float = 0.75,
                alpha: float = 0.025, seed: int = 0, workers: int = 1) -> LineResult:
     """Train LINE on the item graph `g` (`LineParams` documents the keywords).

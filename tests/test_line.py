@@ -182,7 +182,7 @@ def test_line_options_resolve_to_a_consistent_config():
 
     cfg = load_config(None, ["calibrate.corpora=['both', 'line', 'walks+line']"])
     plan = S.calibration_plan(cfg)
-    assert plan.corpora == ["both", "line", "walks+line"] and plan.line_params.order == 2
+    assert plan.corpora == ["both", "line", "walks+line"] and plan.line_params.order == 1
     alone = S.resolve_config(cfg, {"enabled": True, "corpus": "line"})
     assert (alone.line.mode, alone.walks.enabled, alone.sequences.enabled) == (
         "alone", False, False)
