@@ -49,6 +49,7 @@ def config_path(dataset: str) -> Path:
     """pipelines/<dataset>.toml, or a synth profile's [input]-only TOML (benchmarks/profiles)."""
     if (ROOT / "pipelines" / f"{dataset}.toml").exists():
         return ROOT / "pipelines" / f"{dataset}.toml"
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from profiles import prepare
 
     return prepare(dataset, PROFILE_EVENTS, 0)[0]

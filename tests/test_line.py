@@ -199,3 +199,37 @@ def test_line_options_resolve_to_a_consistent_config():
                               "sequences.enabled=false"]).line.mode == "alone"
     # LINE alone is not refused by the "no corpus" rule
     assert S.corpus_set(load_config(None, ["line.mode=alone"])) == "line"
+
+
+@pytest.mark.parametrize("corpus,dim", [("line", 8), ("sessions+line", 16 + 8)])
+def test_a_calibration_candidate_trains_the_line_options(tmp_path, corpus, dim):
+    import pandas as pd
+
+    from recembed.candidates import train_model
+    from recembed.graph import GraphParams
+    from recembed.line import LineParams
+    from recembed.train import TrainParams
+    from recembed.walks import WalkParams
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(300):  # sessions walk along a ring of 40 items
+        start = rng.integers(0, 40)
+        rows += [(s, (start + k) % 40, k) for k in range(int(rng.integers(2, 6)))]
+    ct = pd.DataFrame(rows, columns=["session", "item", "ts"])
+    weights = pd.Series(np.ones(300), index=np.arange(300))
+    cm = train_model(ct, weights, 40, tmp_path, corpus=corpus, tokens=20_000,
+                     graph_params=GraphParams(), walk_params=WalkParams(),
+                     train_params=TrainParams(vector_size=16, workers=1), rule_steps=2, seed=1,
+                     threads=1, line_params=LineParams(dimension=8, seed=99))
+    assert cm.model.vectors.shape == (40, dim) and cm.model.context.shape == (40, dim)
+
+
+def test_hogwild_workers_still_learn_the_cliques():
+    g = _two_cliques()
+    r = train_line(g, order=1, dimension=16, samples=100_000, negative=1, seed=5, workers=2)
+    v = r.vectors / np.linalg.norm(r.vectors, axis=1, keepdims=True)
+    clique = r.codes < 10
+    cos = v @ v.T
+    np.fill_diagonal(cos, -np.inf)
+    assert (clique[cos.argmax(axis=1)] == clique).all()
