@@ -127,4 +127,4 @@ def _writes(cfg: Config) -> tuple:
 
 
 STAGE = Stage("train", run, reads=_reads, writes=_writes,
-              sections=("train", "sequences", "walks", "line", "graph", "cold"))
+              sections=("train", "sequences", "walks", "line", "cold"))
