@@ -44,6 +44,7 @@ import pandas as pd
 from recembed.blend import SIGNALS, BlendModel, BlendSettings, Signals, blended_scores
 from recembed.candidates import CalibrationCatalog, train_model
 from recembed.graph import GraphParams
+from recembed.line import LineParams
 from recembed.progress import progress_bar
 from recembed.train import TrainParams
 from recembed.walks import WalkParams
@@ -64,8 +65,9 @@ class CalibrationPlan:
 
     Parameters
     ----------
-    corpora : list of {"both", "sessions", "walks"}
-        Corpus options to try, first = the default.
+    corpora : list of str
+        Corpus options to try, first = the default: "both", "sessions", "walks", "line"
+        (LINE alone) or a skip-gram corpus + "+line" (`recembed.line.split_corpus`).
     target_tokens : list of int, tokens
         Training amounts (corpus tokens x epochs) to try, middle = the default; [0] = the
         configured epochs.
@@ -97,6 +99,10 @@ class CalibrationPlan:
         `calibrate.enabled`.
     searches : bool
         Whether any key is left to search.
+    progress : bool
+        Show a progress bar.
+    line_params : LineParams, optional
+        LINE's settings for the LINE corpus options (`[line]`).
     """
 
     corpora: list[str]
@@ -115,6 +121,7 @@ class CalibrationPlan:
     enabled: bool = True
     searches: bool = True
     progress: bool = False
+    line_params: LineParams | None = None
 
     def planned(self) -> int:
         """Candidates `calibrate_run` trains: every corpus at the middle training amount, then
@@ -263,7 +270,7 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
                      walk_params=plan.walk_params if walk_params is None else walk_params,
                      train_params=plan.train_params if train_params is None else train_params,
                      rule_steps=plan.rule_steps, seed=seed, threads=threads, catalog=catalog,
-                     listing=listing, callbacks=callbacks)
+                     listing=listing, callbacks=callbacks, line_params=plan.line_params)
     prefixes = [cm.row_of[q.items[s: s + n]] for s, n in zip(q.start, q.length, strict=True)]
     choice = choose_blend(cm.model, prefixes, cm.row_of[q.target], base=plan.base_blend,
                           fixed=plan.blend_fixed, neighbour_options=plan.neighbour_options)

@@ -22,6 +22,7 @@ from recembed import artifacts as A
 from recembed.blend import BlendModel, category_arrays
 from recembed.catalog import ColdParams
 from recembed.graph import GraphParams
+from recembed.line import LineParams
 from recembed.train import TrainParams
 from recembed.walks import WalkParams
 
@@ -115,7 +116,7 @@ def train_model(ct: pd.DataFrame, weights: pd.Series, n_items: int, workdir: Pat
                 corpus: str, tokens: int, graph_params: GraphParams, walk_params: WalkParams,
                 train_params: TrainParams, rule_steps: int, seed: int, threads: int,
                 catalog: CalibrationCatalog | None = None, listing: np.ndarray | None = None,
-                callbacks: tuple = ()) -> CandidateModel:
+                callbacks: tuple = (), line_params: LineParams | None = None) -> CandidateModel:
     """Train one candidate model on the calibration-train events `ct`.
 
     Parameters
@@ -128,8 +129,9 @@ def train_model(ct: pd.DataFrame, weights: pd.Series, n_items: int, workdir: Pat
         Catalogue size (ingest codes).
     workdir : Path
         Scratch folder for the corpora (the caller removes it).
-    corpus : {"both", "sessions", "walks"}
-        What to train on.
+    corpus : {"both", "sessions", "walks", "line", "both+line", "sessions+line", "walks+line"}
+        What to train on (`recembed.line.split_corpus`: "line" = LINE vectors alone, "+line" =
+        LINE's appended to the skip-gram's).
     tokens : int >= 0, tokens
         Training amount (corpus tokens x epochs); 0 = `train_params.epochs`.
     graph_params, walk_params : GraphParams, WalkParams
@@ -147,19 +149,26 @@ def train_model(ct: pd.DataFrame, weights: pd.Series, n_items: int, workdir: Pat
         `category` signal gets its arrays.
     callbacks : tuple
         gensim epoch-end callbacks (`recembed.tune`'s pruning).
+    line_params : LineParams, optional
+        LINE's settings for the LINE options (default `LineParams()`); its seed is `seed`, and
+        its samples follow the training amount (`recembed.line.samples_for`).
     """
     from recembed.graph import build_item_graph
+    from recembed.line import samples_for, split_corpus, train_line, with_line
     from recembed.sequences import write_session_corpus
     from recembed.train import concat_corpora, train_word2vec
     from recembed.walks import random_walks
 
+    base, kind = split_corpus(corpus)
     files = []
     w = weights.reindex(np.arange(int(weights.index.max()) + 1)).fillna(0).to_numpy()
-    if corpus in ("both", "sessions"):
+    if base in ("both", "sessions"):
         write_session_corpus(ct, w, A.SESSION_CORPUS.path(workdir), seed=seed)
         files.append(A.SESSION_CORPUS.path(workdir))
-    if corpus in ("both", "walks"):
+    g = None
+    if base in ("both", "walks") or kind != "off":
         g = build_item_graph(ct, w, n_items, **asdict(graph_params))
+    if base in ("both", "walks"):
         wp = replace(walk_params, seed=seed)
         if tokens > 0:
             # one epoch of the walk corpus must not dwarf the training amount being compared
@@ -167,9 +176,15 @@ def train_model(ct: pd.DataFrame, weights: pd.Series, n_items: int, workdir: Pat
             wp = replace(wp, max_tokens=min(wp.max_tokens or tokens, max(tokens // 2, 1000)))
         random_walks(g, A.WALKS.path(workdir), threads=threads, **asdict(wp))
         files.append(A.WALKS.path(workdir))
-    path = concat_corpora(files, workdir / A.SCRATCH_CORPUS)
-    res = train_word2vec(path, seed=seed, target_tokens=tokens, progress=False,
-                         callbacks=callbacks, **train_params.kwargs())
+    res = None
+    if base is not None:
+        path = concat_corpora(files, workdir / A.SCRATCH_CORPUS)
+        res = train_word2vec(path, seed=seed, target_tokens=tokens, progress=False,
+                             callbacks=callbacks, **train_params.kwargs())
+    if kind != "off":
+        lp = line_params or LineParams()
+        lp = replace(lp, seed=seed, samples=samples_for(lp, tokens, g.nnz, train_params.epochs))
+        res = with_line(res, train_line(g, **lp.kwargs()))
     codes, vectors, context, category = res.codes, res.vectors, res.context, None
     n_model = n_items
     if catalog is not None:

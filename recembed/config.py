@@ -199,7 +199,8 @@ class CalibrateConfig(_Section):
     max_seconds: float = Field(0.0, ge=0)
     max_queries: int = Field(5000, ge=10)
     max_train_tokens: int = Field(3_000_000, ge=1000)
-    corpora: list[Literal["both", "sessions", "walks"]] = Field(
+    corpora: list[Literal["both", "sessions", "walks", "line", "both+line", "sessions+line",
+                          "walks+line"]] = Field(
         default_factory=lambda: ["both", "sessions", "walks"])
     target_tokens: list[int] = Field(default_factory=lambda: [1_000_000, 3_000_000, 10_000_000])
 
@@ -227,6 +228,26 @@ class SequencesConfig(_Section):
     enabled: bool | Literal["auto"] = "auto"
     replication: float = Field(1.0, gt=0)
     min_copies: int = Field(1, ge=0)
+
+
+class LineConfig(_Section):
+    """LINE vectors over the item graph (`recembed.line`): alone, or appended to SGNS's."""
+
+    mode: Literal["auto", "off", "alone", "concat"] = "auto"
+    order: Literal[1, 2, "both"] = 1
+    dimension: int = Field(64, ge=2)
+    samples: Annotated[int, Field(ge=1000)] | Literal["auto"] = "auto"
+    negative: int = Field(5, ge=1)
+    ns_exponent: float = 0.75
+    alpha: float = Field(0.025, gt=0)
+    workers: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _even(self) -> LineConfig:
+        if self.order == "both" and self.dimension % 2:
+            raise ValueError(f'line.order = "both" trains half of line.dimension per order: '
+                             f"line.dimension={self.dimension} must be even")
+        return self
 
 
 class ColdConfig(_Section):
@@ -369,6 +390,7 @@ class Config(_Section):
     graph: GraphConfig = Field(default_factory=GraphConfig)
     walks: WalksConfig = Field(default_factory=WalksConfig)
     sequences: SequencesConfig = Field(default_factory=SequencesConfig)
+    line: LineConfig = Field(default_factory=LineConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     cold: ColdConfig = Field(default_factory=ColdConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
@@ -385,21 +407,39 @@ class Config(_Section):
                 f"evaluate.ks={self.evaluate.ks} must include 20 when publish.enabled = true "
                 "(the quality gate compares Recall@20)")
         if self.index.type != "auto":
-            _check_index_type(self.index.type, self.train.vector_size)
+            _check_index_type(self.index.type, exported_dimension(self),
+                              dimension_keys(self))
         return self
 
     @model_validator(mode="after")
     def _runnable(self) -> Config:
         # combinations of sections, every key of which is valid alone, that no run can execute
         # (those within one section are that section's validators: InputConfig._needs_columns)
-        t = self.train
+        t, ln = self.train, self.line
         bad = [
             (t.negative == 0 and not t.hs,
              "train.negative = 0 with train.hs = false leaves no training objective; set "
              "train.negative > 0 or train.hs = true"),
-            (not self.sequences.enabled and not self.walks.enabled,
+            (not self.sequences.enabled and not self.walks.enabled and ln.mode != "alone",
              "sequences.enabled = false and walks.enabled = false leave no training corpus; "
-             "enable one"),
+             'enable one (or set line.mode = "alone")'),
+            (ln.mode == "alone" and True in (self.sequences.enabled, self.walks.enabled),
+             'line.mode = "alone" trains no skip-gram, but sequences.enabled or walks.enabled '
+             'is true; set line.mode = "concat" or leave them at "auto" / false'),
+            (ln.mode == "concat" and t.negative == 0,
+             'line.mode = "concat" needs train.negative > 0: the directional path appends '
+             "LINE's context vectors to SGNS's"),
+            (ln.mode in ("alone", "concat") and t.warm_start,
+             f'line.mode = "{ln.mode}" with train.warm_start = true: warm start continues '
+             "skip-gram vectors only; set line.mode = \"off\" or train.warm_start = false"),
+            (ln.mode in ("alone", "concat") and bool(self.input.catalog.path)
+             and self.cold.scheme == "context",
+             f'line.mode = "{ln.mode}" with cold.scheme = "context": attribute tokens are '
+             'trained in the skip-gram only; use cold.scheme = "pooling" or "knn"'),
+            (ln.mode == "off" and any("line" in c for c in self.calibrate.corpora)
+             and self.walks.enabled == "auto" and self.sequences.enabled == "auto",
+             f"calibrate.corpora={self.calibrate.corpora} lists a LINE option but "
+             'line.mode = "off"; set line.mode = "auto" or drop it from calibrate.corpora'),
             (self.publish.enabled and not self.evaluate.enabled,
              "publish.enabled = true needs evaluate.enabled = true (the quality gate compares "
              "evaluations)"),
@@ -412,6 +452,24 @@ class Config(_Section):
         if msgs:
             raise ValueError("; ".join(msgs))
         return self
+
+
+def exported_dimension(cfg: Config) -> int:
+    """Dimension of the published vectors: train.vector_size, line.dimension (line.mode =
+    "alone") or their sum ("concat"); "auto" counts as SGNS alone (calibration may still pick
+    a LINE option, checked again on the resolved config)."""
+    mode = cfg.line.mode
+    if mode == "alone":
+        return cfg.line.dimension
+    if mode == "concat":
+        return cfg.train.vector_size + cfg.line.dimension
+    return cfg.train.vector_size
+
+
+def dimension_keys(cfg: Config) -> str:
+    """The keys that set `exported_dimension`, for messages."""
+    return {"alone": "line.dimension", "concat": "train.vector_size + line.dimension"}.get(
+        cfg.line.mode, "train.vector_size")
 
 
 # A lower bound on the vocabulary when estimating memory at load, before any input is read: a
@@ -605,7 +663,7 @@ def _drop_none(d: Any) -> Any:
     return d
 
 
-def _check_index_type(factory: str, dim: int) -> None:
+def _check_index_type(factory: str, dim: int, keys: str = "train.vector_size") -> None:
     # faiss itself is the only complete parser of its factory strings; an empty index of the
     # configured dimension is cheap to build and also catches e.g. PQ16 with vector_size 60
     import faiss
@@ -618,7 +676,7 @@ def _check_index_type(factory: str, dim: int) -> None:
         reason = (m.group(1) if m else text.splitlines()[-1]).strip()
         raise ValueError(
             f"index.type={factory!r} is not a faiss factory string usable with "
-            f"train.vector_size={dim} ({reason}); use 'auto' or e.g. 'Flat', 'HNSW32', "
+            f"{keys}={dim} ({reason}); use 'auto' or e.g. 'Flat', 'HNSW32', "
             "'IVF1024,Flat', 'IVF1024,PQ16'") from None
 
 

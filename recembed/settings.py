@@ -22,6 +22,7 @@ from recembed.config import Config
 from recembed.graph import GraphParams
 from recembed.index import IndexParams
 from recembed.ingest import ColumnMap, IngestParams
+from recembed.line import LineParams, split_corpus
 from recembed.publish import PublishPolicy
 from recembed.runtime import Runtime
 from recembed.sequences import CorpusParams
@@ -147,17 +148,47 @@ def writes_context(cfg: Config) -> bool:
 
 
 def corpus_names(cfg: Config) -> list[str]:
-    """The corpora training reads, in concatenation order: "sessions" (the item2vec corpus)
-    and/or "walks". A key still at "auto" (not yet resolved by calibrate) counts as on, as the
-    stages' declarations need."""
+    """The skip-gram corpora training reads, in concatenation order: "sessions" (the item2vec
+    corpus) and/or "walks" (none with line.mode = "alone"). A key still at "auto" (not yet
+    resolved by calibrate) counts as on, as the stages' declarations need."""
+    if cfg.line.mode == "alone":
+        return []
     return ["sessions"] * (cfg.sequences.enabled is not False) + [
         "walks"] * (cfg.walks.enabled is not False)
 
 
+def uses_line(cfg: Config) -> bool:
+    """Whether training may use LINE vectors: line.mode "alone" / "concat", or "auto" while
+    calibration may still choose a LINE option (the corpus left to it and
+    `calibrated_corpora` listing one); the train stage then reads the item graph."""
+    mode = cfg.line.mode
+    if mode != "auto":
+        return mode != "off"
+    return corpus_set(cfg) is None and any(split_corpus(c)[1] != "off"
+                                           for c in calibrated_corpora(cfg))
+
+
+def uses_graph(cfg: Config) -> bool:
+    """Whether the graph stage runs: the walks or LINE need it."""
+    return cfg.walks.enabled is not False or uses_line(cfg)
+
+
 def model_name(cfg: Config) -> str:
-    """item2vec, deepwalk, node2vec, or a '+' of them: what the vectors were trained on."""
-    return "+".join(["item2vec"] * (cfg.sequences.enabled is not False)
-                    + [cfg.walks.method] * (cfg.walks.enabled is not False))
+    """item2vec, deepwalk, node2vec, line or a '+' of them: what the vectors were trained on."""
+    parts = [] if cfg.line.mode == "alone" else (
+        ["item2vec"] * (cfg.sequences.enabled is not False)
+        + [cfg.walks.method] * (cfg.walks.enabled is not False))
+    return "+".join(parts + ["line"] * (cfg.line.mode in ("alone", "concat")))
+
+
+def line_params(cfg: Config) -> LineParams:
+    """`[line]` and the run's seed as `recembed.line.LineParams`; `samples` = 0 when "auto"
+    (the caller sets it from the training amount: `recembed.line.samples_for`)."""
+    ln = cfg.line
+    return LineParams(order=ln.order, dimension=ln.dimension,
+                      samples=0 if ln.samples == "auto" else int(ln.samples),
+                      negative=ln.negative, ns_exponent=ln.ns_exponent, alpha=ln.alpha,
+                      seed=cfg.run.seed, workers=ln.workers)
 
 
 def train_params(cfg: Config) -> TrainParams:
@@ -276,7 +307,7 @@ def calibration_plan(cfg: Config, *, progress: bool | None = None) -> Calibratio
     """What a run's calibration searches: only keys left at "auto" (`recembed.calibrate`)."""
     t = cfg.train
     fixed_corpus = corpus_set(cfg)
-    corpora = list(cfg.calibrate.corpora) if fixed_corpus is None else [fixed_corpus]
+    corpora = (calibrated_corpora(cfg) if fixed_corpus is None else [fixed_corpus])
     amounts = sorted(cfg.calibrate.target_tokens)
     if t.epochs != "auto":
         tokens: list[int] = [0]  # the configured epochs
@@ -288,7 +319,7 @@ def calibration_plan(cfg: Config, *, progress: bool | None = None) -> Calibratio
     return CalibrationPlan(
         corpora=corpora, target_tokens=tokens, half_life_days=cfg.session.half_life_days,
         graph_params=graph_params(cfg), walk_params=walk_params(cfg),
-        train_params=train_params(cfg), blend_fixed=fixed, base_blend=blend_settings(cfg),
+        train_params=train_params(cfg), line_params=line_params(cfg), blend_fixed=fixed, base_blend=blend_settings(cfg),
         neighbour_options=neighbour_options(cfg), rule_steps=cfg.serving.rule_steps,
         max_queries=cfg.calibrate.max_queries, max_train_tokens=cfg.calibrate.max_train_tokens,
         max_seconds=cfg.calibrate.max_seconds, enabled=cfg.calibrate.enabled,
@@ -303,26 +334,55 @@ def training_amount_set(cfg: Config) -> bool:
 
 
 def corpus_set(cfg: Config) -> str | None:
-    """The corpus option ("both", "walks", "sessions") a config sets (walks.enabled or
-    sequences.enabled given explicitly; a switch left at "auto" beside one that is set counts
-    as on); None = both at "auto", calibration chooses."""
-    w, sq = cfg.walks.enabled, cfg.sequences.enabled
+    """The corpus option a config sets (`split_corpus` spells them): walks.enabled or
+    sequences.enabled given explicitly (a switch left at "auto" beside one that is set counts
+    as on), line.mode "alone" ("line"); line.mode "concat" appends "+line" to a set corpus,
+    and line.mode "auto" beside a set switch counts as "off". None = calibration chooses."""
+    w, sq, mode = cfg.walks.enabled, cfg.sequences.enabled, cfg.line.mode
+    if mode == "alone":
+        return "line"
     if w == "auto" and sq == "auto":
         return None
     walks, sessions = w in (True, "auto"), sq in (True, "auto")
-    return "both" if walks and sessions else ("walks" if walks else "sessions")
+    base = "both" if walks and sessions else ("walks" if walks else "sessions")
+    return base + "+line" if mode == "concat" else base
+
+
+def calibrated_corpora(cfg: Config) -> list[str]:
+    """The corpus options calibration tries when `corpus_set` is None: `calibrate.corpora`,
+    with line.mode "concat" each skip-gram corpus with "+line" appended, with "off" none of
+    LINE's; under train.warm_start or the "context" cold scheme LINE options are dropped (the
+    config refuses them set explicitly)."""
+    mode, out = cfg.line.mode, []
+    no_line = cfg.train.warm_start or (has_catalog(cfg) and cfg.cold.scheme == "context")
+    for c in cfg.calibrate.corpora:
+        base, kind = split_corpus(c)
+        if mode == "concat":
+            c = None if base is None else base + "+line"
+        elif mode == "off" or (no_line and kind != "off"):
+            c = base
+        if c is not None and c not in out:
+            out.append(c)
+    return out or ["both+line" if mode == "concat" else "both"]
 
 
 def resolve_config(cfg: Config, record: dict | None) -> Config:
     """A copy of `cfg` with every "auto" key set: to the calibrated choice in `record`
-    (calibration.json), or to the documented fallback (both corpora, 3M training tokens, the
-    default blend)."""
+    (calibration.json), or to the documented fallback (both corpora, no LINE, 3M training
+    tokens, the default blend)."""
     out = cfg.model_copy(deep=True)
     rec = record if record and record.get("enabled") else {}
-    corpus = rec.get("corpus", "both")
+    corpus = rec.get("corpus") or corpus_set(cfg) or "both"
+    base, kind = split_corpus(corpus)
+    if out.line.mode == "auto":
+        out.line.mode = kind
+    if out.line.mode == "alone":
+        base = None
+        out.walks.enabled = out.walks.enabled is True
+        out.sequences.enabled = out.sequences.enabled is True
     if out.walks.enabled == "auto" and out.sequences.enabled == "auto":
-        out.walks.enabled = corpus in ("both", "walks")
-        out.sequences.enabled = corpus in ("both", "sessions")
+        out.walks.enabled = base in ("both", "walks")
+        out.sequences.enabled = base in ("both", "sessions")
     if out.walks.enabled == "auto":
         out.walks.enabled = True
     if out.sequences.enabled == "auto":

@@ -290,6 +290,20 @@ def config_raw(draw) -> dict:
     if raw.get("walks", {}).get("enabled") is False and \
             raw.get("sequences", {}).get("enabled") is False:
         raw["sequences"]["enabled"] = True  # something to train on
+    ln = raw.get("line", {})
+    if "dimension" in ln:
+        ln["dimension"] = min(ln["dimension"], 4096)
+    if ln.get("order") == "both" and ln.get("dimension", 64) % 2:
+        ln["dimension"] -= 1 if ln["dimension"] > 2 else -1  # half per order
+    mode = ln.get("mode")
+    # LINE's refusals (config._runnable): alone beside a skip-gram switched on, concat without
+    # negatives, either with warm start or the "context" cold scheme of a catalog run
+    if mode in ("alone", "concat") and (
+            (mode == "alone" and True in (raw.get("walks", {}).get("enabled"),
+                                          raw.get("sequences", {}).get("enabled")))
+            or (mode == "concat" and tr.get("negative") == 0) or tr.get("warm_start")
+            or (cat.get("path") and raw.get("cold", {}).get("scheme") == "context")):
+        ln["mode"] = "auto"
     return raw
 
 
@@ -367,6 +381,7 @@ CHOICES = {
     "input.encoding": ["utf-8", "cp1252", "latin-1"],
     "calibrate.target_tokens": [[1_000_000, 3_000_000, 10_000_000], [50_000], [2000, 9000]],
     "calibrate.corpora": [["both", "sessions", "walks"], ["walks"], ["sessions", "both"]],
+    "line.samples": ["auto", 5000, 2_000_000],
     "spark.master": ["local[2]", "local[*]", "yarn", "k8s://https://k8s.example:443"],
     "spark.conf": [{}, {"spark.sql.shuffle.partitions": 8}, {"spark.executor.memory": "4g"}],
     # the catalog's columns must agree with each other (numeric and category among attributes)

@@ -257,6 +257,7 @@ LAYERS = [
     {"recembed.spark.ingest", "recembed.spark.sessions", "recembed.spark.graph",
      "recembed.spark.walks", "recembed.spark.sequences"},
     {"recembed.train"},
+    {"recembed.line"},  # LINE beside the skip-gram (its results become a TrainResult)
     {"recembed.index"},
     {"recembed.evaluate", "recembed.serving", "recembed.report"},
     {"recembed.server", "recembed.export"},  # the HTTP service, vector database export

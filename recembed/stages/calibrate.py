@@ -73,6 +73,6 @@ def resolved(cfg: Config, run_dir) -> Config:
 
 STAGE = Stage("calibrate", run, reads=_reads,
               writes=(A.CALIBRATION,),
-              sections=("calibrate", "session", "graph", "walks", "sequences", "train",
-                        "serving", "cold"),
+              sections=("calibrate", "session", "graph", "walks", "sequences", "line",
+                        "train", "serving", "cold"),
               resolve=resolved)

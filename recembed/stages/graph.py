@@ -23,4 +23,4 @@ def run(ctx: StageContext) -> dict:
 
 STAGE = Stage("graph", run,
               reads=(A.SESSIONS_TRAIN, A.SESSION_TABLE, A.VOCABULARY, A.CALIBRATION),
-              writes=(A.GRAPH,), sections=("graph",), enabled=lambda cfg: cfg.walks.enabled)
+              writes=(A.GRAPH,), sections=("graph",), enabled=settings.uses_graph)

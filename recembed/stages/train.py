@@ -1,9 +1,11 @@
 """train: the corpora -> item vectors (gensim skip-gram), optionally warm-started from the
-current published version."""
+current published version; with line.mode "alone" / "concat" LINE vectors over the item graph
+(`recembed.line`) replace or extend them."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pandas as pd
 
@@ -11,6 +13,8 @@ from recembed import artifacts as A
 from recembed import settings as S
 from recembed.catalog import cold_rows, delisting_warning, item_categories, write_side_sentences
 from recembed.config import Config
+from recembed.graph import load_graph
+from recembed.line import samples_for, train_line, with_line
 from recembed.pipeline import EXIT_BAD_INPUT, PipelineError, Stage, StageContext
 from recembed.publish import warm_start_vectors
 from recembed.train import (
@@ -25,11 +29,15 @@ log = logging.getLogger("recembed")
 
 
 def run(ctx: StageContext) -> dict:
-    """Train on the session corpus and/or the walk corpus; export vectors and train.json."""
+    """Train on the session corpus and/or the walk corpus and/or LINE over the item graph;
+    export vectors and train.json."""
     cfg = ctx.cfg
-    params, cold, context = S.train_params(cfg), S.cold_params(cfg), S.writes_context(cfg)
-    corpus = concat_corpora([ctx.read(a) for a in corpora(cfg)], ctx.scratch / A.SCRATCH_CORPUS)
+    params, cold = S.train_params(cfg), S.cold_params(cfg)
     vocab = pd.read_parquet(ctx.read(A.VOCABULARY), columns=["code", "id"])
+    if cfg.line.mode == "alone":
+        catalog = pd.read_parquet(ctx.read(A.CATALOG)) if S.has_catalog(cfg) else None
+        return _export(ctx, _line(ctx, None), vocab, catalog, {})
+    corpus = concat_corpora([ctx.read(a) for a in corpora(cfg)], ctx.scratch / A.SCRATCH_CORPUS)
     warm = ctx.inputs(A.PublishedRoot)  # declared only when train.warm_start is on
     init = warm_start_vectors(A.current_version_dir(warm[0].root), vocab) if warm else None
     catalog = pd.read_parquet(ctx.read(A.CATALOG)) if S.has_catalog(cfg) else None
@@ -50,6 +58,29 @@ def run(ctx: StageContext) -> dict:
         raise PipelineError(f"train.min_count={params.min_count} is above the corpus count of "
                             "every item: nothing left to train; lower train.min_count",
                             EXIT_BAD_INPUT) from e
+    if cfg.line.mode == "concat":
+        res = _line(ctx, res)
+    return _export(ctx, res, vocab, catalog, side)
+
+
+def _line(ctx: StageContext, res: TrainResult | None) -> TrainResult:
+    """LINE over the graph artifact, alone (`res` None) or appended to the skip-gram's."""
+    cfg = ctx.cfg
+    lp = S.line_params(cfg)
+    g = load_graph(ctx.read(A.GRAPH))
+    lp = replace(lp, samples=samples_for(lp, S.target_tokens(cfg), g.nnz,
+                                         S.train_params(cfg).epochs))
+    line = train_line(g, **lp.kwargs())
+    log.info("LINE (order %s, %d dims): %s samples at %s samples/s", lp.order, lp.dimension,
+             f"{line.stats['samples']:,}", f"{line.stats['samples_per_s']:,}")
+    return with_line(res, line)
+
+
+def _export(ctx: StageContext, res: TrainResult, vocab: pd.DataFrame,
+            catalog: pd.DataFrame | None, side: dict) -> dict:
+    """Write the vectors (cold rows with a catalog) and train.json; the stage statistics."""
+    cfg = ctx.cfg
+    cold, context = S.cold_params(cfg), S.writes_context(cfg)
     cats = pd.read_parquet(ctx.read(A.CATEGORIES))["category"].to_numpy()
     if catalog is None:
         export_vectors(res, vocab, ctx.out_dir, context=context, categories=cats)
@@ -85,7 +116,8 @@ def corpora(cfg: Config) -> list[A.Artifact]:
 
 def _reads(cfg: Config) -> tuple:
     warm = (A.PublishedRoot(cfg.publish.dir),) if cfg.train.warm_start else ()
-    return (*corpora(cfg), A.VOCABULARY, A.CATEGORIES, A.CALIBRATION, *warm,
+    graph = (A.GRAPH,) if S.uses_line(cfg) else ()
+    return (*corpora(cfg), *graph, A.VOCABULARY, A.CATEGORIES, A.CALIBRATION, *warm,
             *([A.CATALOG] if S.has_catalog(cfg) else []))
 
 
@@ -95,4 +127,4 @@ def _writes(cfg: Config) -> tuple:
 
 
 STAGE = Stage("train", run, reads=_reads, writes=_writes,
-              sections=("train", "sequences", "walks", "cold"))
+              sections=("train", "sequences", "walks", "line", "cold"))
