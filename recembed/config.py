@@ -26,6 +26,7 @@ from pydantic import (
 
 from recembed.artifacts import TUNED
 from recembed.blend.settings import SIGNALS
+from recembed.postprocess import output_dim, parse_spec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -255,6 +256,18 @@ class TrainConfig(_Section):
     workers: int = Field(0, ge=0)  # 0 = run.threads
     export_context_vectors: bool = True
     warm_start: bool = False
+    # post-processing of the vector space (recembed.postprocess): none, center, abtt:D,
+    # whiten, whiten:R, zca; "auto" = calibration's choice ("none" without calibration)
+    postprocess: str = "auto"
+
+    @model_validator(mode="after")
+    def _postprocess_spec(self) -> TrainConfig:
+        if self.postprocess != "auto":
+            try:
+                parse_spec(self.postprocess, self.vector_size)
+            except ValueError as e:
+                raise ValueError(f"train.postprocess: {e}") from e
+        return self
 
 
 class IndexConfig(_Section):
@@ -385,7 +398,9 @@ class Config(_Section):
                 f"evaluate.ks={self.evaluate.ks} must include 20 when publish.enabled = true "
                 "(the quality gate compares Recall@20)")
         if self.index.type != "auto":
-            _check_index_type(self.index.type, self.train.vector_size)
+            # the index holds the served vectors: whiten:R reduces them to R dimensions
+            _check_index_type(self.index.type, output_dim(self.train.postprocess,
+                                                          self.train.vector_size))
         return self
 
     @model_validator(mode="after")
@@ -400,6 +415,11 @@ class Config(_Section):
             (not self.sequences.enabled and not self.walks.enabled,
              "sequences.enabled = false and walks.enabled = false leave no training corpus; "
              "enable one"),
+            (t.warm_start and t.postprocess not in ("auto", "none"),
+             f"train.warm_start = true starts training from the published vectors, which "
+             f"train.postprocess = {t.postprocess!r} would have transformed (not a skip-gram "
+             "space to continue from); set train.postprocess = \"none\" or \"auto\" (with "
+             "warm start, auto means none)"),
             (self.publish.enabled and not self.evaluate.enabled,
              "publish.enabled = true needs evaluate.enabled = true (the quality gate compares "
              "evaluations)"),

@@ -26,6 +26,7 @@ import numpy as np
 
 from recembed import artifacts as A
 from recembed.artifacts import Artifact, Embeddings, Metrics, Scores, current_version_dir
+from recembed.postprocess import VectorTransform
 
 log = logging.getLogger("recembed")
 
@@ -262,14 +263,18 @@ def warm_start_vectors(version_dir: Path | None, vocabulary) -> tuple | None:
 
 
 def align_version(version_dir: Path, rotation: np.ndarray, reindex: Reindex) -> None:
-    """Rotate a version's vectors (and context vectors) in place, rewrite vectors.bin, and
-    rebuild and re-tune its index on the rotated vectors, so index.json records the recall
-    measured on what is published."""
+    """Rotate a version's vectors (and context vectors) in place, and its post-processing
+    transform with them, rewrite vectors.bin, and rebuild and re-tune its index on the rotated
+    vectors, so index.json records the recall measured on what is published."""
     from recembed.index import save_index
     from recembed.train import write_word2vec
 
     emb = Embeddings.load(version_dir)
     emb.vectors = emb.vectors @ rotation
+    tpath = A.POSTPROCESS.path(version_dir)
+    if tpath.exists():
+        # the served vectors are the transform's output rotated: the file must say so
+        VectorTransform.load(tpath).rotated(rotation).save(tpath)
     if emb.context is not None:
         emb.context = emb.context @ rotation
     emb.save(version_dir)

@@ -1,5 +1,5 @@
 """train: the corpora -> item vectors (gensim skip-gram), optionally warm-started from the
-current published version."""
+current published version, post-processed (`recembed.postprocess`: postprocess.npz)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from recembed import settings as S
 from recembed.catalog import cold_rows, delisting_warning, item_categories, write_side_sentences
 from recembed.config import Config
 from recembed.pipeline import EXIT_BAD_INPUT, PipelineError, Stage, StageContext
+from recembed.postprocess import VectorTransform
 from recembed.publish import warm_start_vectors
 from recembed.train import (
     EmptyVocabulary,
@@ -51,13 +52,23 @@ def run(ctx: StageContext) -> dict:
                             "every item: nothing left to train; lower train.min_count",
                             EXIT_BAD_INPUT) from e
     cats = pd.read_parquet(ctx.read(A.CATEGORIES))["category"].to_numpy()
+    # the post-processing of the vector space (calibration's choice, recembed.postprocess):
+    # fitted on the trained item vectors, applied to every row written (cold ones after their
+    # scheme computed them in the trained space), so the index, `similar`, the directional
+    # path and the exports all see the same space
+    tf = VectorTransform.fit(S.postprocess(cfg), res.vectors)
+    tf.save(ctx.write(A.POSTPROCESS))
+    res.stats["postprocess"] = tf.to_dict()
     if catalog is None:
-        export_vectors(res, vocab, ctx.out_dir, context=context, categories=cats)
+        export_vectors(TrainResult(tf.apply(res.vectors), tf.apply(res.context), res.codes,
+                                   res.counts), vocab, ctx.out_dir, context=context,
+                       categories=cats)
     else:
         rows = cold_rows(res.codes, res.vectors, res.context, res.counts, vocab, catalog,
                          cold.n_attributes, scheme=cold.scheme, k=cold.knn, side=res.side,
                          candidate_scale=cold.candidate_scale)
-        export_vectors(TrainResult(rows.vectors, rows.context, rows.codes, rows.counts),
+        export_vectors(TrainResult(tf.apply(rows.vectors), tf.apply(rows.context), rows.codes,
+                                   rows.counts),
                        vocab, ctx.out_dir, context=context,
                        categories=item_categories(cats, catalog,
                                                   from_catalog=cold.from_catalog),
@@ -91,7 +102,7 @@ def _reads(cfg: Config) -> tuple:
 
 def _writes(cfg: Config) -> tuple:
     return (A.VECTORS, *([A.CONTEXT] if S.writes_context(cfg) else []), A.ITEMS, A.VECTORS_BIN,
-            A.VECTORS_TXT, A.TRAIN_STATS, *([A.ORIGINS] if S.has_catalog(cfg) else []))
+            A.VECTORS_TXT, A.TRAIN_STATS, A.POSTPROCESS, *([A.ORIGINS] if S.has_catalog(cfg) else []))
 
 
 STAGE = Stage("train", run, reads=_reads, writes=_writes,
