@@ -294,7 +294,7 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
     fit_on = cm.model.vectors[trained] if trained.any() else cm.model.vectors
     kw = {"decay": plan.base_blend.decay, "history": plan.base_blend.history}
     tried: dict[str, dict] = {}
-    for spec in plan.postprocess or ["none"]:
+    for spec in _options_for(plan.postprocess, fit_on.shape[1]):
         tf = VectorTransform.fit(spec, fit_on)
         tried[spec] = vector_paths(transformed_model(cm.model, tf), cm.row_of, q, **kw)
     chosen = choose_transform({s: r["ann"] for s, r in tried.items()})
@@ -310,6 +310,24 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
             "vectors_objective": best["ann"]["objective"], "vectors_se": best["ann"]["se"],
             "postprocess": chosen, "postprocess_tried": tried,
             "seconds": round(time.perf_counter() - t0, 3), "choice": choice}
+
+
+def _options_for(specs: list[str], dim: int) -> list[str]:
+    """The transforms of `specs` that exist for `dim`-dimensional vectors (`recembed.tune`'s
+    trials change train.vector_size under a plan built for the configured one): invalid ones
+    and a ``whiten:R`` that keeps every dimension (= ``whiten``) are left out; ["none"] when
+    nothing is left."""
+    from recembed.postprocess import parse_spec
+
+    out = []
+    for s in specs:
+        try:
+            kind, p = parse_spec(s, dim)
+        except ValueError:
+            continue
+        if not (kind == "whiten" and ":" in s and p == dim and "whiten" in specs):
+            out.append(s)
+    return out or ["none"]
 
 
 def _rm(r: dict) -> dict:

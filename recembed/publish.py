@@ -252,9 +252,17 @@ def evaluate_version(rec, run_dir: Path, *, ks: Sequence[int] = (20,), max_queri
 def warm_start_vectors(version_dir: Path | None, vocabulary) -> tuple | None:
     """(ingest codes, vectors, context or None) of a published version's items that are in this
     run's `vocabulary` (DataFrame with `code`, `id`), for `train_word2vec(init=...)`; None when
-    nothing is published yet."""
+    nothing is published yet, or when its vectors were post-processed (`train.postprocess`
+    other than none: not a skip-gram space to continue from)."""
     if version_dir is None:
         log.warning("train.warm_start is on but nothing is published yet; training from scratch")
+        return None
+    tpath = A.POSTPROCESS.path(version_dir)
+    if tpath.exists() and not (tf := VectorTransform.load(tpath)).identity:
+        # its vectors went through a post-processing (centering, whitening...): not the
+        # skip-gram space training continues in
+        log.warning("train.warm_start is on but the published version %s was post-processed "
+                    "(%s): training from scratch", version_dir.name, tf.spec)
         return None
     prev = Embeddings.load(version_dir)
     codes = _codes_of(vocabulary, prev.ids)

@@ -353,3 +353,26 @@ def test_the_saved_transform_is_applied_identically_in_serving_exports_and_cold_
         np.testing.assert_allclose(got_c, want_c[rows], rtol=1e-4, atol=1e-4)
     finally:
         target.close()
+
+
+def test_warm_start_never_continues_from_post_processed_vectors(tmp_path):
+    from recembed.publish import warm_start_vectors
+    from tests.conftest import make_version
+
+    version = make_version(tmp_path / "published", "v1", n=50, d=8)
+    vocab = pd.DataFrame({"code": np.arange(50), "id": [f"sku{i}" for i in range(50)]})
+    x = np.random.default_rng(0).normal(size=(50, 8))
+    VectorTransform.fit("none", x).save(version / "postprocess.npz")
+    codes, vectors, _ = warm_start_vectors(version, vocab)
+    assert len(codes) == 50 and vectors.shape == (50, 8)
+    VectorTransform.fit("center", x).save(version / "postprocess.npz")
+    assert warm_start_vectors(version, vocab) is None
+
+
+def test_a_plan_built_for_one_dimension_keeps_only_what_another_dimension_allows():
+    from recembed.calibrate import _options_for
+
+    opts = auto_options(64)  # whiten:32, abtt:1, abtt:2 ...
+    assert _options_for(opts, 32) == ["none", "center", "abtt:1", "abtt:2", "whiten"]
+    assert _options_for(opts, 2) == ["none", "center", "abtt:1", "whiten"]
+    assert _options_for(["abtt:5"], 4) == ["none"]
