@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -28,17 +29,18 @@ from recembed.pipeline import run_pipeline  # noqa: E402
 from recembed.stages import STAGES  # noqa: E402
 
 
-def default_run(dataset: str, workdir: Path) -> tuple[dict, dict]:
+def default_run(dataset: str, workdir: Path, extra: tuple[str, ...] = ()) -> tuple[dict, dict]:
     """One run at the defaults (self-calibrated): a sample's pipelines/<name>.toml, or a synth
-    profile with a config holding only [input]. (metrics.json, run info)."""
+    profile with a config holding only [input]; `extra` = --set overrides. (metrics.json, run
+    info)."""
     from profiles import prepare
 
+    ov = [f"run.runs_dir='{workdir}'", "run.progress=false", *extra]
     if (ROOT / "pipelines" / f"{dataset}.toml").exists():
-        cfg = load_config(ROOT / "pipelines" / f"{dataset}.toml",
-                          [f"run.runs_dir='{workdir}'", "run.progress=false"])
+        cfg = load_config(ROOT / "pipelines" / f"{dataset}.toml", ov)
     else:
         toml, _ = prepare(dataset, PROFILE_EVENTS, 0)
-        cfg = load_config(toml, [f"run.runs_dir='{workdir}'", "run.progress=false"])
+        cfg = load_config(toml, ov)
     t0 = time.perf_counter()
     rep = run_pipeline(cfg, plan=STAGES, echo=lambda s: None)
     metrics = json.loads((rep.run_dir / "metrics.json").read_text())
@@ -48,12 +50,27 @@ def default_run(dataset: str, workdir: Path) -> tuple[dict, dict]:
             "fit_s": sum(st.get("seconds", 0) for n, st in rep.stages.items()
                          if n in ("graph", "walks", "sequences", "train", "index")),
             "chosen": f"{cal.get('corpus')}, {cal.get('target_tokens')} tokens, "
+                      f"post-processing {cal.get('postprocess')}, "
                       f"weights {(cal.get('blend') or {}).get('settings', {}).get('weights')}",
+            "vectors": _vectors_note(cal),
             "queries": metrics["queries"]["queries"]}
     return metrics, info
 
 
 PROFILE_EVENTS = 200_000
+
+
+def _vectors_note(cal: dict) -> str:
+    """The vectors-alone objective on validation of the chosen candidate, per transform tried."""
+    best = next((c for c in cal.get("candidates", [])
+                 if c.get("corpus") == cal.get("corpus")
+                 and c.get("target_tokens") == cal.get("target_tokens")), None)
+    if not best or "postprocess_tried" not in best:
+        return ""
+    parts = [f"{s}: ann {r['ann']['objective']:.4f} (se {r['ann']['se']:.4f}), "
+             f"last {r['last']['objective']:.4f}" for s, r in best["postprocess_tried"].items()]
+    return ("Validation vectors-alone objective (Recall@20 + MRR@20) of the chosen candidate "
+            "per transform: " + "; ".join(parts) + ".")
 
 
 def run(dataset: str, overrides: list[str], workdir: Path, baselines: bool = False) -> dict:
@@ -72,10 +89,11 @@ def run(dataset: str, overrides: list[str], workdir: Path, baselines: bool = Fal
     return metrics
 
 
-def comparison(dataset: str, workdir: Path) -> tuple[list[dict], dict]:
+def comparison(dataset: str, workdir: Path, extra: tuple[str, ...] = ()
+               ) -> tuple[list[dict], dict]:
     """Every baseline and recembed's paths (recommend, the ANN-only strategies) of one default
     run, with seconds (baselines: fit + scoring; recembed: the run's training and calibration)."""
-    m, info = default_run(dataset, workdir)
+    m, info = default_run(dataset, workdir, extra)
     rows = []
     for method, res in m["methods"].items():
         r = res["allow_repeats"]
@@ -150,16 +168,24 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--no-compare", action="store_true", help="skip the comparison tables")
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override of the comparison runs (e.g. train.postprocess=none)")
     args = ap.parse_args()
+    extra = tuple(args.set)
+    sets = "".join(f" --set {x}" for x in extra)
     with tempfile.TemporaryDirectory() as tmp:
         for ds in args.datasets:
             if not args.no_compare:
-                rows, info = comparison(ds, Path(tmp))
+                load0 = os.getloadavg()[0]
+                rows, info = comparison(ds, Path(tmp), extra)
                 table = markdown_table(rows)
+                info["vectors"] += (f" Load average (1 min) {load0:.2f} at the start, "
+                                    f"{os.getloadavg()[0]:.2f} at the end: a shared machine "
+                                    "(other jobs ran beside it), so seconds are loose.")
             if not args.no_compare and not args.no_record:
                 append_results(
-                    f"quality on {ds} (defaults, self-calibrated)",
-                    f"python benchmarks/quality.py --datasets {ds}", table,
+                    f"quality on {ds} (defaults{sets}, self-calibrated)",
+                    f"python benchmarks/quality.py --datasets {ds}{sets}", table,
                     f"{info['queries']:,} holdout queries; allow_repeats variant unless noted "
                     "(only the query item itself is excluded). `:serving` is "
                     "`Recommender.recommend`; `:ann` the inner-product index over the context "
@@ -167,7 +193,7 @@ def main() -> None:
                     f"Run: {info['wall_s']:.0f} s in all, calibration {info['calibrate_s']:.0f} "
                     f"s, graph+walks+corpus+training+index {info['fit_s']:.0f} s. Chosen on "
                     f"validation: {info['chosen']}. Synth profiles: {PROFILE_EVENTS:,} events, "
-                    "seed 0, config with only [input].")
+                    "seed 0, config with only [input]. " + info["vectors"])
             if args.sweep:
                 table = markdown_table(sweep(ds, Path(tmp)))
                 if not args.no_record:

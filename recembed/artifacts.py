@@ -107,6 +107,10 @@ VECTORS_BIN = Artifact("vectors.bin", published=True)
 ORIGINS = Artifact("origins.parquet", columns=("id", "code", "origin", "reason"), published=True,
                    served="optional")
 VECTORS_TXT = Artifact("vectors.txt")
+# the post-processing of the vector space the served vectors went through (recembed.postprocess;
+# owner `VectorTransform`): vectors.npy, context_vectors.npy and the exports are already
+# transformed, the file says how (and maps a raw vector of the same training into the space)
+POSTPROCESS = Artifact("postprocess.npz", published=True, served="optional")
 TRAIN_STATS = Artifact("train.json")
 INDEX = Artifact("index.faiss", published=True, served="required")
 INDEX_META = Artifact("index.json", published=True, served="required")

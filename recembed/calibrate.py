@@ -17,7 +17,15 @@ What is chosen (explicit config values always win; only keys left at "auto" are 
   session-kNN signal reads (500, 1,000 or the method's default) that lose less than half a
   query (serving time grows with both).
 
-The objective is Recall@20 + MRR@20 on validation (allow-repeats protocol).
+- the post-processing of the vector space (`recembed.postprocess`: none, centering, removing
+  the top principal directions, whitening), per candidate, on the vectors-alone objective
+  (`vector_paths`: the directional ANN path over the exported vectors, and cosine `similar`);
+  the simplest transform within one standard error of the best is kept, and the candidate's
+  blend is chosen on the transformed vectors (what the final model serves).
+
+The objective is Recall@20 + MRR@20 on validation (allow-repeats protocol); every candidate
+also records the vectors-alone objective (the ANN path's Recall@20 + MRR@20 and its standard
+error), which the candidate choice does not use.
 
 With an item catalog (`CalibrationCatalog`) validation follows the holdout's cold-start
 protocol: targets unseen by the calibration-train sessions but listed in the catalog are scored,
@@ -97,6 +105,10 @@ class CalibrationPlan:
         an idle machine.
     enabled : bool
         `calibrate.enabled`.
+    postprocess : list of str
+        Post-processing transforms of the vector space tried on each candidate
+        (`recembed.postprocess`), simplest first (a tie within one standard error goes to the
+        earlier one); ["none"] = none tried.
     searches : bool
         Whether any key is left to search.
     progress : bool
@@ -122,6 +134,7 @@ class CalibrationPlan:
     searches: bool = True
     progress: bool = False
     line_params: LineParams | None = None
+    postprocess: list[str] = field(default_factory=lambda: ["none"])
 
     def planned(self) -> int:
         """Candidates `calibrate_run` trains: every corpus at the middle training amount, then
@@ -260,10 +273,23 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
                        threads: int, catalog: CalibrationCatalog | None = None,
                        listing: np.ndarray | None = None, walk_params: WalkParams | None = None,
                        train_params: TrainParams | None = None, callbacks: tuple = ()) -> dict:
-    """Train one candidate (`recembed.candidates.train_model`) and choose its blend on the
-    validation queries `q`: the candidate's record (corpus, target_tokens, epochs,
-    corpus_tokens, recall@20, mrr@20, objective, seconds, and `choice`, the BlendChoice).
+    """Train one candidate (`recembed.candidates.train_model`), choose the post-processing of
+    its vector space on the vectors-alone objective, and choose its blend on the transformed
+    model, on the validation queries `q`.
+
+    The candidate's record: corpus, target_tokens, epochs, corpus_tokens, recall@20, mrr@20,
+    objective (the blend's, Recall@20 + MRR@20), the vectors-alone paths of the chosen
+    transform (`vector_paths`: ``vectors_ann`` and ``vectors_last``, each recall@20 and mrr@20),
+    ``vectors_objective`` (the ANN path's Recall@20 + MRR@20: what an exported vector database
+    answers) and ``vectors_se`` (its standard error over the queries), ``postprocess`` (the
+    chosen transform: the simplest of `plan.postprocess` within one standard error of the best
+    ANN objective, `recembed.postprocess.choose`), ``postprocess_tried`` (every tried
+    transform's paths), seconds, and `choice`, the BlendChoice. The transforms are fitted on
+    the rows the candidate trained (training count > 0), as the train stage fits the final one.
     `walk_params` / `train_params` replace the plan's (`recembed.tune`'s trials)."""
+    from recembed.postprocess import VectorTransform
+    from recembed.postprocess import choose as choose_transform
+
     t0 = time.perf_counter()
     cm = train_model(ct, weights, n_items, workdir, corpus=corpus, tokens=tokens,
                      graph_params=plan.graph_params,
@@ -271,13 +297,112 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
                      train_params=plan.train_params if train_params is None else train_params,
                      rule_steps=plan.rule_steps, seed=seed, threads=threads, catalog=catalog,
                      listing=listing, callbacks=callbacks, line_params=plan.line_params)
+    trained = cm.model.popularity > 0
+    fit_on = cm.model.vectors[trained] if trained.any() else cm.model.vectors
+    kw = {"decay": plan.base_blend.decay, "history": plan.base_blend.history}
+    tried: dict[str, dict] = {}
+    for spec in _options_for(plan.postprocess, fit_on.shape[1]):
+        tf = VectorTransform.fit(spec, fit_on)
+        tried[spec] = vector_paths(transformed_model(cm.model, tf), cm.row_of, q, **kw)
+    chosen = choose_transform({s: r["ann"] for s, r in tried.items()})
+    model = transformed_model(cm.model, VectorTransform.fit(chosen, fit_on))
     prefixes = [cm.row_of[q.items[s: s + n]] for s, n in zip(q.start, q.length, strict=True)]
-    choice = choose_blend(cm.model, prefixes, cm.row_of[q.target], base=plan.base_blend,
+    choice = choose_blend(model, prefixes, cm.row_of[q.target], base=plan.base_blend,
                           fixed=plan.blend_fixed, neighbour_options=plan.neighbour_options)
+    best = tried[chosen]
     return {"corpus": corpus, "target_tokens": tokens, "epochs": cm.epochs,
             "corpus_tokens": cm.corpus_tokens, "recall@20": choice.recall,
             "mrr@20": choice.mrr, "objective": choice.recall + choice.mrr,
+            "vectors_ann": _rm(best["ann"]), "vectors_last": _rm(best["last"]),
+            "vectors_objective": best["ann"]["objective"], "vectors_se": best["ann"]["se"],
+            "postprocess": chosen, "postprocess_tried": tried,
             "seconds": round(time.perf_counter() - t0, 3), "choice": choice}
+
+
+def _options_for(specs: list[str], dim: int) -> list[str]:
+    """The transforms of `specs` that exist for `dim`-dimensional vectors (`recembed.tune`'s
+    trials change train.vector_size under a plan built for the configured one): invalid ones
+    and a ``whiten:R`` that keeps every dimension (= ``whiten``) are left out; ["none"] when
+    nothing is left."""
+    from recembed.postprocess import parse_spec
+
+    out = []
+    for s in specs:
+        try:
+            kind, p = parse_spec(s, dim)
+        except ValueError:
+            continue
+        if not (kind == "whiten" and ":" in s and p == dim and "whiten" in specs):
+            out.append(s)
+    return out or ["none"]
+
+
+def _rm(r: dict) -> dict:
+    return {"recall@20": r["recall@20"], "mrr@20": r["mrr@20"]}
+
+
+def transformed_model(model: BlendModel, tf) -> BlendModel:
+    """`model` over post-processed vectors (`recembed.postprocess.VectorTransform` `tf`
+    applied to the input and the context vectors, as the train stage writes them); the
+    rules, session-kNN index, popularity and category arrays are shared. `model` itself when
+    `tf` is the identity. Candidate tables and searches are not carried (calibration models
+    have none)."""
+    if tf.identity:
+        return model
+    return BlendModel.from_arrays(model.to_arrays(), tf.apply(model.vectors),
+                                  tf.apply(model.context))
+
+
+def vector_paths(model: BlendModel, row_of: np.ndarray, q, *, decay: float, history: int,
+                 k: int = 20) -> dict[str, dict]:
+    """The vectors alone on the validation queries `q` (ingest codes), scored by
+    `recembed.evaluate.embedding_scorer` as the holdout's `:ann` and `:last` rows are, with
+    the evaluation's ranking (`top_k_lists`, allow-repeats: the last item is never
+    recommended, items without a vector neither).
+
+    Parameters
+    ----------
+    model : BlendModel
+        The candidate's model (its rows' vectors and context vectors, training counts).
+    row_of : int array [n_codes]
+        Model row of each ingest code (-1 = none).
+    q : recembed.evaluate.Queries
+    decay : float in (0, 1]
+        Weight decay per step back of the ANN path's prefix sum.
+    history : int >= 1
+        Prefix items the ANN path sums.
+    k : int >= 1
+
+    Returns
+    -------
+    dict
+        ``ann`` (the decayed prefix sum of item vectors . context vectors: what an
+        inner-product index over the exported context vectors answers; item vectors when the
+        model has none) and ``last`` (cosine with the last item: `similar`), each with
+        ``recall@20``, ``mrr@20``, ``objective`` (their sum) and ``se`` (the standard error
+        of the per-query hit + reciprocal rank, whose mean is the objective).
+    """
+    from recembed.evaluate import embedding_scorer, per_query_objective, top_k_lists
+
+    n = len(row_of)
+    codes = np.flatnonzero(row_of >= 0)
+    rows_item = np.empty(len(model.vectors), np.int64)
+    rows_item[row_of[codes]] = codes
+    pop = np.zeros(n)
+    pop[rows_item] = model.popularity
+    ctx = model.context if model.context is not None else model.vectors
+    out: dict[str, dict] = {}
+    for name in ("ann", "last"):
+        sc = embedding_scorer(model.vectors, rows_item, n, pop, strategy=name, context=ctx,
+                              decay=decay, history=history)
+        hit, rr = per_query_objective(top_k_lists(sc, q, n, k=k)["allow_repeats"],
+                                      q.target, k)
+        per = hit + rr
+        out[name] = {"recall@20": float(hit.mean()) if len(per) else 0.0,
+                     "mrr@20": float(rr.mean()) if len(per) else 0.0,
+                     "objective": float(per.mean()) if len(per) else 0.0,
+                     "se": float(per.std(ddof=1) / np.sqrt(len(per))) if len(per) > 1 else 0.0}
+    return out
 
 
 @dataclass
@@ -551,8 +676,13 @@ def calibrate_run(
     assert best is not None
     choice: BlendChoice = best["choice"]
     record.update(corpus=best["corpus"], target_tokens=best["target_tokens"],
-                  blend=choice.as_dict(), seconds=round(time.perf_counter() - t0, 3))
-    record["validation"] = {"recall@20": choice.recall, "mrr@20": choice.mrr}
+                  postprocess=best["postprocess"], blend=choice.as_dict(),
+                  seconds=round(time.perf_counter() - t0, 3))
+    record["validation"] = {"recall@20": choice.recall, "mrr@20": choice.mrr,
+                            "vectors_ann": best["vectors_ann"],
+                            "vectors_last": best["vectors_last"],
+                            "vectors_objective": best["vectors_objective"],
+                            "vectors_se": best["vectors_se"]}
     inside = {"session_pop": "repeat", "sr": "rules", "vsknn": "neighbours",
               "stan": "neighbours", "pop": "popularity", "category": "category"}
     for name, m in record["baselines"].items():

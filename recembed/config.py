@@ -26,6 +26,7 @@ from pydantic import (
 
 from recembed.artifacts import TUNED
 from recembed.blend.settings import SIGNALS
+from recembed.postprocess import output_dim, parse_spec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -276,6 +277,18 @@ class TrainConfig(_Section):
     workers: int = Field(0, ge=0)  # 0 = run.threads
     export_context_vectors: bool = True
     warm_start: bool = False
+    # post-processing of the vector space (recembed.postprocess): none, center, abtt:D,
+    # whiten, whiten:R, zca; "auto" = calibration's choice ("none" without calibration)
+    postprocess: str = "auto"
+
+    @model_validator(mode="after")
+    def _postprocess_spec(self) -> TrainConfig:
+        if self.postprocess != "auto":
+            try:
+                parse_spec(self.postprocess, self.vector_size)
+            except ValueError as e:
+                raise ValueError(f"train.postprocess: {e}") from e
+        return self
 
 
 class IndexConfig(_Section):
@@ -407,7 +420,10 @@ class Config(_Section):
                 f"evaluate.ks={self.evaluate.ks} must include 20 when publish.enabled = true "
                 "(the quality gate compares Recall@20)")
         if self.index.type != "auto":
-            _check_index_type(self.index.type, exported_dimension(self),
+            # the index holds the served vectors: LINE changes their dimension, and whiten:R
+            # reduces it to R
+            _check_index_type(self.index.type,
+                              output_dim(self.train.postprocess, exported_dimension(self)),
                               dimension_keys(self))
         return self
 
@@ -440,6 +456,11 @@ class Config(_Section):
              and self.walks.enabled == "auto" and self.sequences.enabled == "auto",
              f"calibrate.corpora={self.calibrate.corpora} lists a LINE option but "
              'line.mode = "off"; set line.mode = "auto" or drop it from calibrate.corpora'),
+            (t.warm_start and t.postprocess not in ("auto", "none"),
+             f"train.warm_start = true starts training from the published vectors, which "
+             f"train.postprocess = {t.postprocess!r} would have transformed (not a skip-gram "
+             "space to continue from); set train.postprocess = \"none\" or \"auto\" (with "
+             "warm start, auto means none)"),
             (self.publish.enabled and not self.evaluate.enabled,
              "publish.enabled = true needs evaluate.enabled = true (the quality gate compares "
              "evaluations)"),

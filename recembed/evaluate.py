@@ -118,27 +118,9 @@ def evaluate_variants(
     `candidates` (bool per item) are the items a scorer may recommend (default: popularity >
     0); `cold` (bool per item) marks cold-start targets, whose recall is reported apart
     (`recall@K_cold`, `recall@K_warm`, `cold_share`)."""
-    allowed = candidates if candidates is not None else (
-        None if popularity is None else popularity > 0)
-    kmax = max(ks)
-    recs = {v: np.full((len(q), kmax), -1, np.int32) for v in variants}
     t0 = time.perf_counter()
-    for lo in range(0, len(q), batch):
-        idx = np.arange(lo, min(lo + batch, len(q)))
-        if recommender is not None:
-            for v in variants:
-                recs[v][idx] = recommender(q, idx, kmax, v == "exclude_prefix")
-            continue
-        scores = np.asarray(scorer(q, idx), np.float32)
-        if allowed is not None:
-            scores[:, ~allowed] = -np.inf
-        scores[np.arange(len(idx)), q.last(idx)] = -np.inf
-        if "allow_repeats" in variants:
-            recs["allow_repeats"][idx] = top_k(scores, kmax)
-        if "exclude_prefix" in variants:
-            pm = q.prefix_matrix(idx, n_items).tocoo()
-            scores[pm.row, pm.col] = -np.inf
-            recs["exclude_prefix"][idx] = top_k(scores, kmax)
+    recs = top_k_lists(scorer, q, n_items, k=max(ks), popularity=popularity, batch=batch,
+                       recommender=recommender, variants=variants, candidates=candidates)
     secs = time.perf_counter() - t0
     out = {}
     for v in variants:
@@ -149,6 +131,53 @@ def evaluate_variants(
             out[v].update(cold_metrics(recs[v], q.target, ks, cold))
         out[v]["seconds"] = round(secs, 3)
     return out
+
+
+def top_k_lists(
+    scorer: Scorer | None, q: Queries, n_items: int, *, k: int,
+    popularity: np.ndarray | None = None, batch: int = 512, recommender: Recommend | None = None,
+    variants: tuple[str, ...] = ("allow_repeats",), candidates: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The top-`k` lists (int32 [len(q), k], -1 padded) of a method per variant, as
+    `evaluate_variants` ranks them: a `scorer`'s dense scores (the last prefix item, items
+    outside `candidates` (default: popularity > 0, or all) and, for ``exclude_prefix``, every
+    prefix item never recommended), or a `recommender`'s own lists."""
+    allowed = candidates if candidates is not None else (
+        None if popularity is None else popularity > 0)
+    recs = {v: np.full((len(q), k), -1, np.int32) for v in variants}
+    for lo in range(0, len(q), batch):
+        idx = np.arange(lo, min(lo + batch, len(q)))
+        if recommender is not None:
+            for v in variants:
+                recs[v][idx] = recommender(q, idx, k, v == "exclude_prefix")
+            continue
+        scores = np.asarray(scorer(q, idx), np.float32)
+        if allowed is not None:
+            scores[:, ~allowed] = -np.inf
+        scores[np.arange(len(idx)), q.last(idx)] = -np.inf
+        if "allow_repeats" in variants:
+            recs["allow_repeats"][idx] = top_k(scores, k)
+        if "exclude_prefix" in variants:
+            pm = q.prefix_matrix(idx, n_items).tocoo()
+            scores[pm.row, pm.col] = -np.inf
+            recs["exclude_prefix"][idx] = top_k(scores, k)
+    return recs
+
+
+def query_ranks(recs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """The 1-based rank of each query's target in its top-K list (int [n]; 0 = not in it)."""
+    hit = recs == targets[:, None]
+    return np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, 0)
+
+
+def per_query_objective(recs: np.ndarray, targets: np.ndarray, k: int = 20
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """(hit@k as 0/1, reciprocal rank@k) per query, float64 [n] each: their means are
+    recall@k and mrr@k (`ranking_metrics`)."""
+    rank = query_ranks(recs, targets)
+    inside = (rank > 0) & (rank <= k)
+    return inside.astype(np.float64), np.divide(1.0, rank, out=np.zeros(len(rank)),
+                                                where=inside)
 
 
 def evaluate_all(
@@ -211,8 +240,7 @@ def ranking_metrics(recs: np.ndarray, targets: np.ndarray, ks: list[int], n_item
     """recall@K (= hit rate, one target), mrr@K, ndcg@K, coverage@K (share of the n_items
     catalogue appearing in any top-K list) from top-K lists [n, >= max(ks)]."""
     n = len(targets)
-    hit = recs == targets[:, None]
-    rank = np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, 0)  # 1-based; 0 = not found
+    rank = query_ranks(recs, targets)  # 1-based; 0 = not found
     out: dict = {"queries": n}
     for k in ks:
         inside = (rank > 0) & (rank <= k)

@@ -26,6 +26,7 @@ import numpy as np
 
 from recembed import artifacts as A
 from recembed.artifacts import Artifact, Embeddings, Metrics, Scores, current_version_dir
+from recembed.postprocess import VectorTransform
 
 log = logging.getLogger("recembed")
 
@@ -251,9 +252,17 @@ def evaluate_version(rec, run_dir: Path, *, ks: Sequence[int] = (20,), max_queri
 def warm_start_vectors(version_dir: Path | None, vocabulary) -> tuple | None:
     """(ingest codes, vectors, context or None) of a published version's items that are in this
     run's `vocabulary` (DataFrame with `code`, `id`), for `train_word2vec(init=...)`; None when
-    nothing is published yet."""
+    nothing is published yet, or when its vectors were post-processed (`train.postprocess`
+    other than none: not a skip-gram space to continue from)."""
     if version_dir is None:
         log.warning("train.warm_start is on but nothing is published yet; training from scratch")
+        return None
+    tpath = A.POSTPROCESS.path(version_dir)
+    if tpath.exists() and not (tf := VectorTransform.load(tpath)).identity:
+        # its vectors went through a post-processing (centering, whitening...): not the
+        # skip-gram space training continues in
+        log.warning("train.warm_start is on but the published version %s was post-processed "
+                    "(%s): training from scratch", version_dir.name, tf.spec)
         return None
     prev = Embeddings.load(version_dir)
     codes = _codes_of(vocabulary, prev.ids)
@@ -262,14 +271,18 @@ def warm_start_vectors(version_dir: Path | None, vocabulary) -> tuple | None:
 
 
 def align_version(version_dir: Path, rotation: np.ndarray, reindex: Reindex) -> None:
-    """Rotate a version's vectors (and context vectors) in place, rewrite vectors.bin, and
-    rebuild and re-tune its index on the rotated vectors, so index.json records the recall
-    measured on what is published."""
+    """Rotate a version's vectors (and context vectors) in place, and its post-processing
+    transform with them, rewrite vectors.bin, and rebuild and re-tune its index on the rotated
+    vectors, so index.json records the recall measured on what is published."""
     from recembed.index import save_index
     from recembed.train import write_word2vec
 
     emb = Embeddings.load(version_dir)
     emb.vectors = emb.vectors @ rotation
+    tpath = A.POSTPROCESS.path(version_dir)
+    if tpath.exists():
+        # the served vectors are the transform's output rotated: the file must say so
+        VectorTransform.load(tpath).rotated(rotation).save(tpath)
     if emb.context is not None:
         emb.context = emb.context @ rotation
     emb.save(version_dir)

@@ -561,6 +561,7 @@ def _calibration_html(cal: dict) -> str:
     blend = cal.get("blend") or {}
     chosen = [("corpus", cal.get("corpus")), ("training amount (target tokens)",
                                                _num(cal.get("target_tokens"))),
+              ("post-processing of the vectors", cal.get("postprocess") or "none"),
               *((f"blend: {k}", ", ".join(f"{a}={_num(b)}" for a, b in v.items())
                  if isinstance(v, dict) else _num(v)) for k, v in blend.items())]
     q = cal.get("validation_queries") or {}
@@ -579,7 +580,8 @@ def _calibration_html(cal: dict) -> str:
                            "</tr>" for n, v in rows) + "</table>")
     cands = cal.get("candidates") or []
     if cands:
-        cols = ("corpus", "target_tokens", "epochs", "recall@20", "mrr@20", "seconds")
+        cols = ("corpus", "target_tokens", "epochs", "recall@20", "mrr@20", "postprocess",
+                "vectors_objective", "seconds")
         parts.append("<h3>Candidates tried</h3><table><tr>"
                      + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
                      + "".join("<tr>" + "".join(f"<td>{esc(_num(c.get(k)))}</td>" for k in cols)

@@ -27,6 +27,7 @@ from recembed.artifacts import sha256
 from recembed.blend import BlendSettings  # the settings only: numba loads with the model
 from recembed.ids import normalize_id
 from recembed.index import load_index
+from recembed.postprocess import VectorTransform
 
 if TYPE_CHECKING:
     from recembed.blend import BlendModel
@@ -80,6 +81,9 @@ class Recommender:
         self.categories = categories
         self.not_served: dict[str, str] = {}  # cold start: id -> why it has no vector
         self.origin: np.ndarray | None = None  # per row: "trained" / "side_info" (catalog runs)
+        # the post-processing the served vectors went through (postprocess.npz; None in
+        # versions published before it): `vectors` and `context` are already transformed
+        self.transform: VectorTransform | None = None
         from recembed.blend import BlendModel  # numba: loaded by the first Recommender
 
         # cosine candidates from the item index (what `similar` searches), not q @ unit.T over
@@ -232,6 +236,15 @@ class Recommender:
                   model)
         rec.not_served = _not_served(path)
         rec.origin = emb.origin
+        if A.POSTPROCESS.path(path).exists():
+            try:
+                rec.transform = VectorTransform.load(A.POSTPROCESS.path(path))
+            except (OSError, ValueError, KeyError) as e:
+                raise ArtifactError(f"{A.POSTPROCESS.path(path)}: {e}") from e
+            if rec.transform.dim_out != emb.vectors.shape[1]:
+                raise ArtifactError(f"{A.POSTPROCESS.path(path)} gives {rec.transform.dim_out}-"
+                                    f"dimensional vectors but {A.VECTORS.name} holds "
+                                    f"{emb.vectors.shape[1]}: not one version")
         return rec
 
     def why_not_served(self, item_id) -> str:

@@ -202,6 +202,30 @@ def train_params(cfg: Config) -> TrainParams:
                        epochs=1 if t.epochs == "auto" else t.epochs)
 
 
+def postprocess(cfg: Config) -> str:
+    """The post-processing of the vector space a resolved config applies
+    (`recembed.postprocess`; "auto" left over = "none")."""
+    return "none" if cfg.train.postprocess == "auto" else cfg.train.postprocess
+
+
+def postprocess_options(cfg: Config) -> list[str]:
+    """The transforms calibration tries, simplest first: the configured one, or with "auto"
+    `recembed.postprocess.auto_options` (only "none" with train.warm_start, which continues
+    from the published vectors; without the dimension-reducing whitening when index.type is
+    set, whose factory was checked against train.vector_size)."""
+    from recembed.postprocess import auto_options, output_dim
+
+    t = cfg.train
+    if t.postprocess != "auto":
+        return [t.postprocess]
+    if t.warm_start:
+        return ["none"]
+    opts = auto_options(t.vector_size)
+    if cfg.index.type != "auto":
+        opts = [o for o in opts if output_dim(o, t.vector_size) == t.vector_size]
+    return opts
+
+
 def target_tokens(cfg: Config) -> int:
     """The training amount (corpus tokens x epochs) of a resolved config; 0 = train.epochs
     decides."""
@@ -323,8 +347,10 @@ def calibration_plan(cfg: Config, *, progress: bool | None = None) -> Calibratio
         neighbour_options=neighbour_options(cfg), rule_steps=cfg.serving.rule_steps,
         max_queries=cfg.calibrate.max_queries, max_train_tokens=cfg.calibrate.max_train_tokens,
         max_seconds=cfg.calibrate.max_seconds, enabled=cfg.calibrate.enabled,
+        postprocess=postprocess_options(cfg),
         progress=cfg.run.progress if progress is None else progress,
-        searches=len(corpora) > 1 or len(tokens) > 1 or len(fixed) < 6)
+        searches=len(corpora) > 1 or len(tokens) > 1 or len(fixed) < 6
+        or len(postprocess_options(cfg)) > 1)
 
 
 def training_amount_set(cfg: Config) -> bool:
@@ -369,7 +395,7 @@ def calibrated_corpora(cfg: Config) -> list[str]:
 def resolve_config(cfg: Config, record: dict | None) -> Config:
     """A copy of `cfg` with every "auto" key set: to the calibrated choice in `record`
     (calibration.json), or to the documented fallback (both corpora, no LINE, 3M training
-    tokens, the default blend)."""
+    tokens, the default blend, no post-processing of the vectors)."""
     out = cfg.model_copy(deep=True)
     rec = record if record and record.get("enabled") else {}
     corpus = rec.get("corpus") or corpus_set(cfg) or "both"
@@ -389,6 +415,10 @@ def resolve_config(cfg: Config, record: dict | None) -> Config:
         out.sequences.enabled = True
     if out.train.target_tokens == "auto":
         out.train.target_tokens = int(rec.get("target_tokens") or DEFAULT_TARGET_TOKENS)
+    if out.train.postprocess == "auto":
+        # calibration's choice of the vector space's post-processing (never with warm start)
+        out.train.postprocess = "none" if out.train.warm_start else \
+            str(rec.get("postprocess") or "none")
     chosen = (rec.get("blend") or {}).get("settings") or {}
     default = BlendSettings()
     for key in ("weights", "decay", "temperature", "candidates"):

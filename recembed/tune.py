@@ -464,6 +464,8 @@ def _objective(plan, run: Path, data: dict, vs, sp: dict, prune_queries: int, ec
         finally:
             shutil.rmtree(work, ignore_errors=True)
         st = cand["choice"].settings
+        # the blend was chosen on the post-processed vectors: the final run takes the same
+        settings["train.postprocess"] = cand["postprocess"]
         settings.update({f"serving.{k}": v for k, v in S.serving_values(
             st, neighbour_sample_size(st.neighbours)).items()})
         for k, v in {"recall@20": cand["recall@20"], "mrr@20": cand["mrr@20"],

@@ -249,7 +249,9 @@ def changed_config_raw() -> dict:
                "input.catalog.numeric": ["price"], "input.catalog.category": "category",
                # publishing needs an evaluation: evaluate.enabled=false is the second config
                # of the round-trip test
-               "evaluate.enabled": True}
+               "evaluate.enabled": True,
+               # warm start (on here) continues from unprocessed vectors: "none" or "auto"
+               "train.postprocess": "none"}
     raw: dict = {}
     for key, f, model in _leaves(Config):
         value = special[key] if key in special else _other_value(f, model, key)
@@ -279,6 +281,8 @@ def config_raw(draw) -> dict:
     tr = raw.get("train", {})
     if tr.get("negative") == 0:
         tr["hs"] = True  # a training objective is needed
+    if tr.get("warm_start") and tr.get("postprocess", "auto") not in ("auto", "none"):
+        tr["postprocess"] = "none"  # warm start continues from unprocessed vectors
     # sizes that fit a machine (refused at load otherwise: issue 25, item 9)
     if "vector_size" in tr:
         tr["vector_size"] = min(tr["vector_size"], 4096)
@@ -372,6 +376,7 @@ def _bounds(f) -> dict:
 
 # keys whose type is a choice ("auto" or a value) or a mapping: their valid values by hand
 CHOICES = {
+    "train.postprocess": ["auto", "none", "center", "abtt:1", "whiten", "zca"],
     "walks.enabled": ["auto", True, False], "sequences.enabled": ["auto", True, False],
     "train.epochs": ["auto", 1, 7], "train.target_tokens": ["auto", 5000, 2_000_000],
     "serving.weights": ["auto", {"directional": 1.0}, {"rules": 0.5, "repeat": 2.0}],

@@ -245,7 +245,7 @@ LAYERS = [
     {"recembed.blend.settings"},  # a leaf: the config may name the signals
     {"recembed", "recembed.artifacts", "recembed.ids"},
     {"recembed.progress", "recembed.corpus", "recembed.synth", "recembed.sources", "recembed.sknn",
-     "recembed.spark", "recembed.runtime", "recembed.topk"},
+     "recembed.spark", "recembed.runtime", "recembed.topk", "recembed.postprocess"},
     {"recembed.config"},
     {"recembed.spark.session", "recembed.spark.io", "recembed.sknn_kernels",
      "recembed.blend.kernels"},

@@ -118,11 +118,13 @@ def _calibration_summary(rec: dict) -> dict:
         return {"enabled": False, "reason": rec.get("reason", "")}
     blend = rec.get("blend", {})
     return {"enabled": True, "corpus": rec.get("corpus"), "target_tokens": rec.get("target_tokens"),
-            "blend": blend.get("settings"), "validation": rec.get("validation"),
+            "postprocess": rec.get("postprocess"), "blend": blend.get("settings"), "validation": rec.get("validation"),
             "signals_alone": blend.get("signals_alone"), "baselines": rec.get("baselines"),
             "validation_queries": rec.get("validation_queries"), "notes": rec.get("notes", []),
             "candidates": [{k: c.get(k) for k in ("corpus", "target_tokens", "epochs",
-                                                  "recall@20", "mrr@20", "seconds")}
+                                                  "recall@20", "mrr@20", "postprocess",
+                                                  "vectors_objective", "vectors_se",
+                                                  "seconds")}
                            for c in rec.get("candidates", [])],
             "seconds": rec.get("seconds")}
 

@@ -85,7 +85,8 @@ def published_files(ctx: StageContext) -> list[A.Artifact]:
 
 def _reads(cfg: Config) -> tuple:
     return (A.METRICS, A.SESSIONS_TRAIN, A.SESSIONS_TEST, A.VOCABULARY, A.VECTORS,
-            *([A.CONTEXT] if S.writes_context(cfg) else []), A.ITEMS, A.VECTORS_BIN, A.INDEX,
+            *([A.CONTEXT] if S.writes_context(cfg) else []), A.ITEMS, A.VECTORS_BIN,
+            A.POSTPROCESS, A.INDEX,
             A.INDEX_META, A.SERVING, A.BLEND, A.INDEX_CONTEXT, A.INDEX_CONTEXT_META,
             A.CALIBRATION, *([A.REPORT] if cfg.evaluate.report else []), A.CONFIG,
             # cold start: origins.parquet ships; the gate scores on the catalog's targets

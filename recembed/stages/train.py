@@ -1,6 +1,6 @@
 """train: the corpora -> item vectors (gensim skip-gram), optionally warm-started from the
 current published version; with line.mode "alone" / "concat" LINE vectors over the item graph
-(`recembed.line`) replace or extend them."""
+(`recembed.line`) replace or extend them; post-processed (`recembed.postprocess`: postprocess.npz)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from recembed.config import Config
 from recembed.graph import load_graph
 from recembed.line import samples_for, train_line, with_line
 from recembed.pipeline import EXIT_BAD_INPUT, PipelineError, Stage, StageContext
+from recembed.postprocess import VectorTransform
 from recembed.publish import warm_start_vectors
 from recembed.train import (
     EmptyVocabulary,
@@ -82,13 +83,23 @@ def _export(ctx: StageContext, res: TrainResult, vocab: pd.DataFrame,
     cfg = ctx.cfg
     cold, context = S.cold_params(cfg), S.writes_context(cfg)
     cats = pd.read_parquet(ctx.read(A.CATEGORIES))["category"].to_numpy()
+    # the post-processing of the vector space (calibration's choice, recembed.postprocess):
+    # fitted on the trained item vectors, applied to every row written (cold ones after their
+    # scheme computed them in the trained space), so the index, `similar`, the directional
+    # path and the exports all see the same space
+    tf = VectorTransform.fit(S.postprocess(cfg), res.vectors)
+    tf.save(ctx.write(A.POSTPROCESS))
+    res.stats["postprocess"] = tf.to_dict()
     if catalog is None:
-        export_vectors(res, vocab, ctx.out_dir, context=context, categories=cats)
+        export_vectors(TrainResult(tf.apply(res.vectors), tf.apply(res.context), res.codes,
+                                   res.counts), vocab, ctx.out_dir, context=context,
+                       categories=cats)
     else:
         rows = cold_rows(res.codes, res.vectors, res.context, res.counts, vocab, catalog,
                          cold.n_attributes, scheme=cold.scheme, k=cold.knn, side=res.side,
                          candidate_scale=cold.candidate_scale)
-        export_vectors(TrainResult(rows.vectors, rows.context, rows.codes, rows.counts),
+        export_vectors(TrainResult(tf.apply(rows.vectors), tf.apply(rows.context), rows.codes,
+                                   rows.counts),
                        vocab, ctx.out_dir, context=context,
                        categories=item_categories(cats, catalog,
                                                   from_catalog=cold.from_catalog),
@@ -123,7 +134,7 @@ def _reads(cfg: Config) -> tuple:
 
 def _writes(cfg: Config) -> tuple:
     return (A.VECTORS, *([A.CONTEXT] if S.writes_context(cfg) else []), A.ITEMS, A.VECTORS_BIN,
-            A.VECTORS_TXT, A.TRAIN_STATS, *([A.ORIGINS] if S.has_catalog(cfg) else []))
+            A.VECTORS_TXT, A.TRAIN_STATS, A.POSTPROCESS, *([A.ORIGINS] if S.has_catalog(cfg) else []))
 
 
 STAGE = Stage("train", run, reads=_reads, writes=_writes,
