@@ -196,6 +196,12 @@ def index_params(cfg: Config) -> IndexParams:
                        ef_construction=ic.ef_construction)
 
 
+def calibration_reuse_root(cfg: Config) -> Path | None:
+    """The published root whose current version calibration re-validates
+    (`calibrate.reuse = "auto"` and publishing on), else None."""
+    return published_root(cfg) if cfg.calibrate.reuse == "auto" else None
+
+
 def published_root(cfg: Config) -> Path | None:
     """The published root (`publish.dir`) when publishing is on, else None."""
     return Path(cfg.publish.dir) if cfg.publish.enabled else None
@@ -293,6 +299,8 @@ def calibration_plan(cfg: Config, *, progress: bool | None = None) -> Calibratio
         max_queries=cfg.calibrate.max_queries, max_train_tokens=cfg.calibrate.max_train_tokens,
         max_seconds=cfg.calibrate.max_seconds, enabled=cfg.calibrate.enabled,
         progress=cfg.run.progress if progress is None else progress,
+        reuse=cfg.calibrate.reuse,
+        max_age_days=cfg.calibrate.max_age_days, max_turnover=cfg.calibrate.max_turnover,
         searches=len(corpora) > 1 or len(tokens) > 1 or len(fixed) < 6)
 
 
