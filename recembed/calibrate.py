@@ -17,7 +17,31 @@ What is chosen (explicit config values always win; only keys left at "auto" are 
   session-kNN signal reads (500, 1,000 or the method's default) that lose less than half a
   query (serving time grows with both).
 
-The objective is Recall@20 + MRR@20 on validation (allow-repeats protocol).
+The objective is Recall@20 + MRR@20 on validation (allow-repeats protocol); per query it is
+hit + reciprocal rank (in [0, 2]), whose standard error every candidate records.
+
+The search costs no more than the model it chooses (issue 23; `_successive_halving`). Every
+candidate records its tokens trained (corpus tokens x epochs) and calibration.json their total
+beside the final model's planned tokens. Candidates train `CalibrationPlan.scale()` of an
+option's amount, sized so that every corpus at the smallest amount plus one candidate at the
+next costs at most the smallest amount (defaults: 1/6, so 167k per corpus, then 500k). Every
+corpus starts at the smallest amount; at each larger amount only the leader and the candidates
+tied with it (within one paired standard error of the per-query objective difference; at most
+half, rounded up) continue, the leader alone when its margin exceeds that error; the climb stops
+when the larger amount did not beat the smaller by more than its standard error, or when the
+next candidate would take the tokens past the final model the current choice trains. The choice
+(`choose_candidate`): inside the tie set on the blend objective, the candidates whose
+`vectors_objective` (when present) is not below the best one's by more than `vectors_se`, and
+among them the cheapest (fewer tokens, then "sessions", which needs no walks).
+
+Reuse across nights (`calibrate.reuse = "auto"`, `PreviousChoice`): when the publish root holds
+a version with a calibration record, its choice (corpus, amount, blend) is trained once and
+scored on today's validation queries, and kept unless (a) its objective fell by more than one
+standard error below what that version recorded, (b) more than `calibrate.max_turnover` of
+today's validation-query items are unseen by that version, or (c) the full calibration behind it
+is more than `calibrate.max_age_days` older than today's data (the newest event's timestamp;
+never the clock). Otherwise calibration runs fully. `reuse` in calibration.json says which and
+why.
 
 With an item catalog (`CalibrationCatalog`) validation follows the holdout's cold-start
 protocol: targets unseen by the calibration-train sessions but listed in the catalog are scored,
