@@ -436,7 +436,8 @@ def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndar
             coords += [(f"w:{n}", list(WEIGHT_GRID)) for n in names]
         if "temperature" not in fixed:
             coords.append(("temperature", list(TEMPERATURES)))
-        coords.append(("decay", decays))
+        if len(decays) > 1:
+            coords.append(("decay", decays))
         if len(options) > 1:
             coords.append(("opt", list(range(len(options)))))
         for coord, values in coords:
@@ -622,7 +623,8 @@ def calibrate_run(
     best = choose_candidate(cands)
     choice: BlendChoice = best["choice"]
     spent = sum(int(c["tokens_trained"]) for c in record["candidates"])
-    final = final_tokens_planned(best["option_tokens"], best["corpus_tokens"], log_share)
+    final = final_tokens_planned(best["option_tokens"], best["corpus_tokens"], log_share,
+                                 best["epochs"])
     record.update(corpus=best["corpus"], target_tokens=best["option_tokens"],
                   candidate_target_tokens=best["target_tokens"],
                   blend=choice.as_dict(), seconds=round(time.perf_counter() - t0, 3),
@@ -748,15 +750,16 @@ def choose_candidate(cands: list[dict]) -> dict:
     return min(tied, key=_cost_key)
 
 
-def final_tokens_planned(amount: int, corpus_tokens: int, log_share: float) -> int:
-    """The final model's planned tokens for training amount `amount` (0 = configured epochs:
-    the candidate's corpus scaled to the whole window, one epoch as a floor): its corpus is
-    about the candidate's `corpus_tokens` / `log_share` (the calibration-train share of the
-    training window's events) and it trains `recembed.train.epochs_for` epochs of it."""
+def final_tokens_planned(amount: int, corpus_tokens: int, log_share: float,
+                         epochs: int = 1) -> int:
+    """The final model's planned tokens (corpus tokens x epochs) for the training amount
+    `amount` (tokens; 0 = the configured `epochs`): its corpus is about a candidate's
+    `corpus_tokens` / `log_share` (the calibration-train share of the training window's
+    events, in (0, 1]) and it trains `recembed.train.epochs_for` epochs of it."""
     from recembed.train import epochs_for
 
     full = max(round(corpus_tokens / max(log_share, 1e-9)), 1)
-    return full * (epochs_for(full, amount) if amount > 0 else 1)
+    return full * (epochs_for(full, amount) if amount > 0 else max(int(epochs), 1))
 
 
 def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
@@ -774,11 +777,11 @@ def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
         keep = tied[:max(1, -(-len(rung) // 2))]
         nxt = []
         for c in keep:
-            lead = choose_candidate(cands)
+            lead = choose_candidate(cands + nxt)
             spent = sum(int(x["tokens_trained"]) for x in record["candidates"])
             est = max(plan.candidate_tokens(amount), int(c["corpus_tokens"]))
-            budget = plan.cost_ratio * final_tokens_planned(lead["option_tokens"],
-                                                            lead["corpus_tokens"], log_share)
+            budget = plan.cost_ratio * final_tokens_planned(
+                lead["option_tokens"], lead["corpus_tokens"], log_share, lead["epochs"])
             if spent + est > budget:
                 record["notes"].append(
                     f"not tried: {c['corpus']} at {amount:,} tokens (about {est:,} more tokens "
@@ -861,7 +864,10 @@ def _fixed_blend(prev: dict) -> dict:
     st = BlendSettings.from_dict(prev["blend"]["settings"])
     fixed = {k: getattr(st, k) for k in ("weights", "decay", "temperature", "candidates",
                                         "neighbours")}
-    fixed["neighbour_sample"] = st.neighbours.get("sample_size")
+    # the method's default sample when the record names none: scoring only, no sample search
+    nb = st.neighbours
+    fixed["neighbour_sample"] = (nb.get("sample_size") or (
+        neighbour_sample_size(nb) if nb.get("method", "stan") != "off" else 0))
     return fixed
 
 

@@ -487,3 +487,20 @@ def test_a_default_calibration_trains_fewer_tokens_than_the_final_model(tmp_path
     assert spent <= final
     assert cal["cost"]["final_tokens_planned"] > 0 and cal["validation"]["objective_se"] > 0
     assert cal["reuse"]["decision"] == "full"
+
+
+def test_a_previous_choice_is_scored_not_searched():
+    from recembed.calibrate import _fixed_blend
+
+    model = _toy_model()
+    rng = np.random.default_rng(2)
+    prefixes = [rng.integers(0, 60, rng.integers(1, 4)) for _ in range(200)]
+    targets = np.array([(p[-1] + 1) % 60 for p in prefixes])
+    prev = BlendSettings(weights={"directional": 1.0}, decay=0.65, temperature=2.0,
+                         candidates=100)
+    choice = choose_blend(model, prefixes, targets,
+                          fixed=_fixed_blend({"blend": {"settings": prev.to_dict()}}))
+    assert choice.evaluations == 1 and choice.settings == prev
+    # the per-query objectives behind the standard error: hits + reciprocal ranks
+    assert choice.per_query.shape == (200,)
+    assert choice.per_query.mean() == pytest.approx(choice.recall + choice.mrr)

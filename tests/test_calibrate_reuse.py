@@ -138,7 +138,8 @@ def test_a_second_night_keeps_the_choice_and_the_manifest_says_so(tmp_path):
     log = synth_profile("clicks", 6000, seed=22)
     path = tmp_path / "clicks.csv"
     write_synth(log, path)
-    ov = [*_overrides(path, tmp_path), f"publish.dir='{tmp_path / 'published'}'",
+    ov = [*_overrides(path, tmp_path), "publish.enabled=true",
+          f"publish.dir='{tmp_path / 'published'}'",
           "evaluate.baselines=['pop']"]
     first = run_pipeline(load_config(None, ov), run_dir=tmp_path / "n1", plan=STAGES,
                          echo=lambda s: None)
