@@ -108,6 +108,10 @@ def main() -> None:
     ap.add_argument("--only", default="yoochoose,diginetica,clicks,ratings")
     ap.add_argument("--events", type=int, default=50_000, help="events per synth profile")
     ap.add_argument("--no-append", action="store_true", help="print only")
+    ap.add_argument("--facts", type=Path, help="read before_<dataset>.json / after_<dataset>.json "
+                    "from this folder (runs made earlier, e.g. in the background) instead of "
+                    "running; a missing file skips that row")
+    ap.add_argument("--save", type=Path, help="also write each run's facts into this folder")
     ap.add_argument("--worker")
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--out", type=Path)
@@ -120,7 +124,17 @@ def main() -> None:
     rows = []
     for ds in [d for d in args.only.split(",") if d]:
         for label, code in ([("before", args.before)] if args.before else []) + [("after", ROOT)]:
-            rows.append(row(label, ds, measure(code.resolve(), ds, args.events)))
+            saved = (args.facts / f"{label}_{ds}.json") if args.facts else None
+            if saved is not None:
+                if not saved.exists():
+                    continue
+                facts = json.loads(saved.read_text())
+            else:
+                facts = measure(code.resolve(), ds, args.events)
+            if args.save:
+                args.save.mkdir(parents=True, exist_ok=True)
+                (args.save / f"{label}_{ds}.json").write_text(json.dumps(facts))
+            rows.append(row(label, ds, facts))
             print(rows[-1], flush=True)
     table = markdown_table(rows)
     load = os.getloadavg()
