@@ -600,8 +600,8 @@ def _calibration_html(cal: dict) -> str:
                            "</tr>" for n, v in rows) + "</table>")
     cands = cal.get("candidates") or []
     if cands:
-        cols = ("corpus", "option_tokens", "target_tokens", "epochs", "tokens_trained",
-                "recall@20", "mrr@20", "objective_se", "seconds")
+        cols = ("corpus", "target_tokens", "epochs", "recall@20", "mrr@20", "seconds",
+                "option_tokens", "tokens_trained", "objective_se")
         parts.append("<h3>Candidates tried</h3><table><tr>"
                      + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
                      + "".join("<tr>" + "".join(f"<td>{esc(_num(c.get(k)))}</td>" for k in cols)

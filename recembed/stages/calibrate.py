@@ -60,10 +60,10 @@ def run(ctx: StageContext) -> dict:
 
 
 def previous_choice(ctx: StageContext) -> PreviousChoice | None:
-    """The current published version's calibration record and item ids (the declared
-    `PublishedRoot`, read only with `calibrate.reuse = "auto"`), or None."""
-    roots = ctx.inputs(A.PublishedRoot)
-    cur = A.current_version_dir(roots[0].root) if roots else None
+    """The previous published version's calibration record and item ids (the declared
+    `PreviousVersion`, read only with `calibrate.reuse = "auto"`), or None."""
+    roots = ctx.inputs(A.PreviousVersion)
+    cur = roots[0].version_dir() if roots else None
     if cur is None or not A.CALIBRATION.path(cur).exists() or not A.ITEMS.path(cur).exists():
         return None
     ids = pd.read_parquet(A.ITEMS.path(cur), columns=["id"])["id"].astype(str)
@@ -83,7 +83,26 @@ def _reads(cfg: Config) -> tuple:
     root = S.calibration_reuse_root(cfg)
     return (A.SESSIONS_TRAIN, A.SESSION_TABLE, A.VOCABULARY,
             *([A.CATALOG, A.CATEGORIES] if S.has_catalog(cfg) else []),
-            *([A.PublishedRoot(str(root))] if root is not None else []))
+            *([A.PreviousVersion(str(root), str(_run_dir(cfg)))] if root is not None else []))
+
+
+_RUN_DIRS: dict = {}
+
+
+def _run_dir(cfg: Config):
+    """The run directory a default run of `cfg` uses (`recembed.pipeline.default_run_dir`),
+    cached per config identity and input file (path, size, mtime): it hashes the inputs."""
+    from pathlib import Path
+
+    from recembed.pipeline import default_run_dir, identity
+
+    files = [(str(p), Path(p).stat().st_size, Path(p).stat().st_mtime_ns) if Path(p).is_file()
+             else (str(p), None, None) for p in [*cfg.input.paths, *cfg.input.test_paths]]
+    key = json.dumps([identity(cfg), files, cfg.run.runs_dir, cfg.run.name], sort_keys=True,
+                     default=str)
+    if key not in _RUN_DIRS:
+        _RUN_DIRS[key] = default_run_dir(cfg)
+    return _RUN_DIRS[key]
 
 
 def resolved(cfg: Config, run_dir) -> Config:
