@@ -197,9 +197,10 @@ def index_params(cfg: Config) -> IndexParams:
 
 
 def calibration_reuse_root(cfg: Config) -> Path | None:
-    """The published root whose current version calibration re-validates
-    (`calibrate.reuse = "auto"` and publishing on), else None."""
-    return published_root(cfg) if cfg.calibrate.reuse == "auto" else None
+    """The published root (`publish.dir`) whose version calibration re-validates with
+    `calibrate.reuse = "auto"`, else None. Read whether or not this run publishes: turning
+    `publish.enabled` on for a finished run must not change calibrate's fingerprint."""
+    return Path(cfg.publish.dir) if cfg.calibrate.reuse == "auto" else None
 
 
 def published_root(cfg: Config) -> Path | None:
