@@ -196,6 +196,41 @@ class PublishedRoot:
                 "manifest": sha256(man) if man is not None and man.exists() else None}
 
 
+@dataclass(frozen=True)
+class PreviousVersion:
+    """The published version a run builds on (calibration reuse): the version `LATEST` names,
+    or, when the run directory `run_dir` published that one itself (a rerun after a crash past
+    its publish), the newest other version. Its stamp names that version and its manifest's
+    sha256, so the run's own publish never changes the fingerprint of a stage that reads it."""
+
+    root: str
+    run_dir: str
+
+    def version_dir(self) -> Path | None:
+        """The version folder, or None when there is none."""
+        import json
+
+        root = Path(self.root)
+        cur = current_version_dir(root)
+        others = sorted((d for d in root.iterdir() if d.is_dir() and (d / MANIFEST).exists()
+                         and d != cur), key=lambda d: d.name, reverse=True) \
+            if root.is_dir() else []
+        for d in ([cur] if cur is not None else []) + others:
+            try:
+                made_by = json.loads((d / MANIFEST).read_text()).get("run_dir")
+            except (OSError, ValueError):
+                continue
+            if made_by is None or Path(made_by).resolve() != Path(self.run_dir).resolve():
+                return d
+        return None
+
+    def stamp(self) -> dict:
+        """{"root", "version": name or None, "manifest": sha256 or None}."""
+        d = self.version_dir()
+        return {"root": str(self.root), "version": d.name if d is not None else None,
+                "manifest": sha256(d / MANIFEST) if d is not None else None}
+
+
 def current_version_dir(published: str | Path) -> Path | None:
     """The version directory `published/LATEST` points to, or None when nothing is published."""
     latest = Path(published) / LATEST

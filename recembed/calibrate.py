@@ -23,9 +23,34 @@ What is chosen (explicit config values always win; only keys left at "auto" are 
   the simplest transform within one standard error of the best is kept, and the candidate's
   blend is chosen on the transformed vectors (what the final model serves).
 
-The objective is Recall@20 + MRR@20 on validation (allow-repeats protocol); every candidate
-also records the vectors-alone objective (the ANN path's Recall@20 + MRR@20 and its standard
-error), which the candidate choice does not use.
+
+The objective is Recall@20 + MRR@20 on validation (allow-repeats protocol); per query it is
+hit + reciprocal rank (in [0, 2]), whose standard error every candidate records. Every
+candidate also records the vectors-alone objective (the ANN path's Recall@20 + MRR@20 and its
+standard error), which the tie rule below takes in.
+
+The search costs no more than the model it chooses (issue 23; `_successive_halving`). Every
+candidate records its tokens trained (corpus tokens x epochs) and calibration.json their total
+beside the final model's planned tokens. Candidates train `CalibrationPlan.scale()` of an
+option's amount, sized so that every corpus at the smallest amount plus one candidate at the
+next costs at most the smallest amount (defaults: 1/6, so 167k per corpus, then 500k). Every
+corpus starts at the smallest amount; at each larger amount only the leader and the candidates
+tied with it (within one paired standard error of the per-query objective difference; at most
+half, rounded up) continue, the leader alone when its margin exceeds that error; the climb stops
+when the larger amount did not beat the smaller by more than its standard error, or when the
+next candidate would take the tokens past the final model the current choice trains. The choice
+(`choose_candidate`): inside the tie set on the blend objective, the candidates whose
+`vectors_objective` (when present) is not below the best one's by more than `vectors_se`, and
+among them the cheapest (fewer tokens, then "sessions", which needs no walks).
+
+Reuse across nights (`calibrate.reuse = "auto"`, `PreviousChoice`): when the publish root holds
+a version with a calibration record, its choice (corpus, amount, blend) is trained once and
+scored on today's validation queries, and kept unless (a) its objective fell by more than one
+standard error below what that version recorded, (b) more than `calibrate.max_turnover` of
+today's validation-query items are unseen by that version, or (c) the full calibration behind it
+is more than `calibrate.max_age_days` older than today's data (the newest event's timestamp;
+never the clock). Otherwise calibration runs fully. `reuse` in calibration.json says which and
+why.
 
 With an item catalog (`CalibrationCatalog`) validation follows the holdout's cold-start
 protocol: targets unseen by the calibration-train sessions but listed in the catalog are scored,
@@ -135,11 +160,29 @@ class CalibrationPlan:
     progress: bool = False
     line_params: LineParams | None = None
     postprocess: list[str] = field(default_factory=lambda: ["none"])
+    reuse: str = "auto"
+    max_age_days: float = 7.0
+    max_turnover: float = 0.2
+    cost_ratio: float = 1.0
 
     def planned(self) -> int:
-        """Candidates `calibrate_run` trains: every corpus at the middle training amount, then
-        the other amounts for the best corpus."""
-        return len(self.corpora) + len(self.target_tokens) - 1
+        """Candidates `calibrate_run` trains at most: every corpus at the smallest amount, then
+        up to half of them (rounded up) at each larger amount."""
+        return len(self.corpora) + -(-len(self.corpora) // 2) * (len(self.target_tokens) - 1)
+
+    def scale(self) -> float:
+        """Candidate amount / option amount, in (0, 1]: the schedule's base (every corpus at
+        the smallest amount, one at the next) costs at most `cost_ratio` x the smallest
+        amount, the cheapest final model calibration may choose."""
+        t = sorted(self.target_tokens)
+        if not t or t[0] <= 0:
+            return 1.0
+        base = len(self.corpora) * t[0] + (t[1] if len(t) > 1 else 0)
+        return min(1.0, self.cost_ratio * t[0] / base)
+
+    def candidate_tokens(self, amount: int) -> int:
+        """Tokens a candidate for the option `amount` trains (0 = the configured epochs)."""
+        return 0 if amount <= 0 else max(1000, int(amount * self.scale()))
 
 
 class CalibrationTimeout(RuntimeError):
@@ -273,19 +316,20 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
                        threads: int, catalog: CalibrationCatalog | None = None,
                        listing: np.ndarray | None = None, walk_params: WalkParams | None = None,
                        train_params: TrainParams | None = None, callbacks: tuple = ()) -> dict:
-    """Train one candidate (`recembed.candidates.train_model`), choose the post-processing of
-    its vector space on the vectors-alone objective, and choose its blend on the transformed
-    model, on the validation queries `q`.
-
-    The candidate's record: corpus, target_tokens, epochs, corpus_tokens, recall@20, mrr@20,
-    objective (the blend's, Recall@20 + MRR@20), the vectors-alone paths of the chosen
-    transform (`vector_paths`: ``vectors_ann`` and ``vectors_last``, each recall@20 and mrr@20),
-    ``vectors_objective`` (the ANN path's Recall@20 + MRR@20: what an exported vector database
-    answers) and ``vectors_se`` (its standard error over the queries), ``postprocess`` (the
-    chosen transform: the simplest of `plan.postprocess` within one standard error of the best
-    ANN objective, `recembed.postprocess.choose`), ``postprocess_tried`` (every tried
-    transform's paths), seconds, and `choice`, the BlendChoice. The transforms are fitted on
-    the rows the candidate trained (training count > 0), as the train stage fits the final one.
+    """Train one candidate (`recembed.candidates.train_model`) and choose its blend on the
+    validation queries `q`: the candidate's record (corpus, target_tokens, epochs,
+    corpus_tokens, tokens_trained (= corpus_tokens x epochs), recall@20, mrr@20, objective,
+    objective_se (its standard error over the queries), per_query (recall + reciprocal rank
+    per query, for paired standard errors), seconds, and `choice`, the BlendChoice).
+    The post-processing of its vector space is chosen first, on the vectors-alone objective,
+    and the blend on the transformed model: the record adds the vectors-alone paths of the
+    chosen transform (`vector_paths`: ``vectors_ann`` and ``vectors_last``, each recall@20
+    and mrr@20), ``vectors_objective`` (the ANN path's Recall@20 + MRR@20: what an exported
+    vector database answers) and ``vectors_se`` (its standard error over the queries),
+    ``postprocess`` (the simplest of `plan.postprocess` within one standard error of the best
+    ANN objective, `recembed.postprocess.choose`) and ``postprocess_tried``. The transforms are
+    fitted on the rows the candidate trained (training count > 0), as the train stage fits
+    the final one.
     `walk_params` / `train_params` replace the plan's (`recembed.tune`'s trials)."""
     from recembed.postprocess import VectorTransform
     from recembed.postprocess import choose as choose_transform
@@ -311,8 +355,10 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
                           fixed=plan.blend_fixed, neighbour_options=plan.neighbour_options)
     best = tried[chosen]
     return {"corpus": corpus, "target_tokens": tokens, "epochs": cm.epochs,
-            "corpus_tokens": cm.corpus_tokens, "recall@20": choice.recall,
-            "mrr@20": choice.mrr, "objective": choice.recall + choice.mrr,
+            "corpus_tokens": cm.corpus_tokens, "tokens_trained": cm.corpus_tokens * cm.epochs,
+            "recall@20": choice.recall, "mrr@20": choice.mrr,
+            "objective": choice.recall + choice.mrr, "objective_se": choice.se,
+            "per_query": choice.per_query,
             "vectors_ann": _rm(best["ann"]), "vectors_last": _rm(best["last"]),
             "vectors_objective": best["ann"]["objective"], "vectors_se": best["ann"]["se"],
             "postprocess": chosen, "postprocess_tried": tried,
@@ -417,13 +463,21 @@ class BlendChoice:
     seconds: float = 0.0
     candidate_sizes: dict = field(default_factory=dict)
     neighbour_samples: dict = field(default_factory=dict)
+    per_query: np.ndarray | None = None  # recall + reciprocal rank per validation query
+
+    @property
+    def se(self) -> float:
+        """Standard error of the objective (recall@20 + mrr@20) over the validation queries
+        (0 without per-query values)."""
+        return objective_se(self.per_query)
 
     def as_dict(self) -> dict:
         return {"settings": self.settings.to_dict(), "recall@20": self.recall,
                 "mrr@20": self.mrr, "signals_alone": self.corners,
                 "candidate_sizes": self.candidate_sizes,
                 "neighbour_samples": self.neighbour_samples,
-                "evaluations": self.evaluations, "seconds": round(self.seconds, 3)}
+                "evaluations": self.evaluations, "seconds": round(self.seconds, 3),
+                "objective_se": self.se}
 
 
 def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndarray, *,
@@ -514,7 +568,8 @@ def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndar
             coords += [(f"w:{n}", list(WEIGHT_GRID)) for n in names]
         if "temperature" not in fixed:
             coords.append(("temperature", list(TEMPERATURES)))
-        coords.append(("decay", decays))
+        if len(decays) > 1:
+            coords.append(("decay", decays))
         if len(options) > 1:
             coords.append(("opt", list(range(len(options)))))
         for coord, values in coords:
@@ -566,10 +621,13 @@ def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndar
         best, best_rm, samples = fewest(
             best, best_rm, neighbour_sample_size(best.neighbours), NEIGHBOUR_SAMPLES,
             lambda st_, n: replace(st_, neighbours={**st_.neighbours, "sample_size": n}))
+    hit, rr = _recall_mrr(_chunked_signals(model, prefixes, best), best, targets, k,
+                          per_query=True)
     return BlendChoice(best, best_rm[0], best_rm[1], corners, n_eval,
                        time.perf_counter() - t0,
                        {str(c): {"recall@20": r, "mrr@20": m} for c, (r, m) in sizes.items()},
-                       {str(c): {"recall@20": r, "mrr@20": m} for c, (r, m) in samples.items()})
+                       {str(c): {"recall@20": r, "mrr@20": m} for c, (r, m) in samples.items()},
+                       hit + rr)
 
 
 def neighbour_sample_size(neighbours: dict) -> int:
@@ -584,6 +642,7 @@ def calibrate_run(
     train: pd.DataFrame, table: pd.DataFrame, n_items: int, workdir: Path, plan: CalibrationPlan,
     *, baselines: tuple[str, ...] = ("pop", "session_pop", "sr", "item_knn", "vsknn", "stan"),
     seed: int = 0, threads: int = 1, catalog: CalibrationCatalog | None = None,
+    previous: PreviousChoice | None = None, item_ids: np.ndarray | None = None,
 ) -> dict:
     """Train candidate models on the sessions before the validation split, choose corpus,
     training amount and blend on the validation sessions; the calibration record.
@@ -610,6 +669,12 @@ def calibrate_run(
     catalog : CalibrationCatalog or None
         The run's item catalog: validation scores cold targets and the `category` signal is
         searched (module docstring). None = no catalog: warm targets only, no category signal.
+    previous : PreviousChoice or None
+        The previous published version's calibration (`plan.reuse = "auto"`): re-validated
+        and kept when it still holds (module docstring, "reuse"); None = calibrate fully.
+    item_ids : array of str or None
+        Item id per ingest code (the vocabulary), to compare today's validation items with
+        the previous version's; None = no turnover check (the choice is recalibrated).
     """
     from recembed.evaluate import evaluate_all
 
@@ -634,55 +699,85 @@ def calibrate_run(
                                "mrr@20": m["allow_repeats"]["mrr@20"]}
                            for n, m in base["methods"].items()}
     workdir.mkdir(parents=True, exist_ok=True)
-    tokens_plan = plan.target_tokens
-    todo = [(c, tokens_plan[len(tokens_plan) // 2]) for c in plan.corpora]
-    best: dict | None = None
+    data_end = float(train["ts"].max())
+    log_share = len(ct) / max(len(train), 1)  # the final model trains on all of `train`
+    record.update(data_end=data_end, log_share=round(log_share, 6),
+                  candidate_scale=plan.scale())
     bar = progress_bar(plan.planned(), plan.progress, unit="candidate", desc="calibrate")
+    n_done = 0
+
+    def run_one(corpus: str, amount: int, *, fixed: dict | None = None) -> dict:
+        nonlocal n_done
+        tokens = plan.candidate_tokens(amount)
+        p = plan if fixed is None else replace(plan, blend_fixed=fixed)
+        cand = evaluate_candidate(ct, weights, n_items, q, workdir, p, corpus=corpus,
+                                  tokens=tokens, seed=seed, threads=threads, catalog=catalog,
+                                  listing=vs.listing)
+        cand["option_tokens"] = amount
+        n_done += 1
+        record["candidates"].append(_candidate_json(cand))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"{corpus}, {cand['tokens_trained']:,} tokens: "
+                                f"{cand['objective']:.4f}")
+        log.info("calibrate: candidate %d (of at most %d): %s for %s (%s tokens trained): "
+                 "validation recall@20 %.4f mrr@20 %.4f, objective %.4f +- %.4f (%.1f s)",
+                 n_done, plan.planned(), corpus,
+                 f"{amount:,} tokens" if amount else f"{cand['epochs']} epochs (train.epochs)",
+                 f"{cand['tokens_trained']:,}", cand["recall@20"], cand["mrr@20"],
+                 cand["objective"], cand["objective_se"], cand["seconds"])
+        elapsed = time.perf_counter() - t0
+        if plan.max_seconds and elapsed > plan.max_seconds:
+            raise CalibrationTimeout(
+                f"calibration ran {elapsed:,.0f} s, past calibrate.max_seconds = "
+                f"{plan.max_seconds:g}, after {n_done} of at most {plan.planned()} candidates; "
+                "nothing was chosen (time never changes the choice). Raise "
+                "calibrate.max_seconds (0 = no limit), or make calibration cheaper: "
+                "calibrate.max_train_tokens, fewer calibrate.corpora / calibrate.target_tokens")
+        return cand
+
     try:
-        i = 0
-        while i < len(todo):
-            corpus, tokens = todo[i]
-            i += 1
-            cand = evaluate_candidate(ct, weights, n_items, q, workdir, plan, corpus=corpus,
-                                      tokens=tokens, seed=seed, threads=threads,
-                                      catalog=catalog, listing=vs.listing)
-            record["candidates"].append({k: v for k, v in cand.items() if k != "choice"})
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix_str(f"{corpus}, {tokens or cand['epochs']:,} "
-                                    f"{'tokens' if tokens else 'epochs'}: "
-                                    f"{cand['objective']:.4f}")
-            amount = (f"{tokens:,} tokens" if tokens else f"{cand['epochs']} epochs (train.epochs)")
-            log.info("calibrate: candidate %d of %d: %s, %s (%s tokens trained): validation "
-                     "recall@20 %.4f mrr@20 %.4f (%.1f s)", i, plan.planned(), corpus, amount,
-                     f"{cand['corpus_tokens'] * cand['epochs']:,}", cand["recall@20"],
-                     cand["mrr@20"], cand["seconds"])
-            elapsed = time.perf_counter() - t0
-            if plan.max_seconds and elapsed > plan.max_seconds and i < len(todo):
-                raise CalibrationTimeout(
-                    f"calibration ran {elapsed:,.0f} s, past calibrate.max_seconds = "
-                    f"{plan.max_seconds:g}, after {i} of {plan.planned()} candidates; nothing "
-                    "was chosen (time never changes the choice). Raise calibrate.max_seconds "
-                    "(0 = no limit), or make calibration cheaper: calibrate.max_train_tokens, "
-                    "fewer calibrate.corpora / calibrate.target_tokens")
-            if best is None or cand["objective"] > best["objective"]:
-                best = cand
-            if i == len(plan.corpora):  # corpus chosen: now the training amount
-                todo += [(best["corpus"], t) for t in tokens_plan if t != tokens]
+        cands: list[dict] = []
+        reuse = _reuse_check(plan, previous, data_end, vs, item_ids)
+        if reuse["decision"] == "revalidate":
+            prev = previous.record
+            kept = run_one(prev["corpus"], int(prev["target_tokens"] or 0),
+                           fixed=_fixed_blend(prev))
+            reuse.update(_revalidated(prev, kept))
+            if reuse["decision"] == "kept":
+                cands = [kept]
+        if not cands:
+            cands = _successive_halving(plan, run_one, record, log_share)
     finally:
         if bar is not None:
             bar.close()
         shutil.rmtree(workdir, ignore_errors=True)
-    assert best is not None
+    best = choose_candidate(cands)
     choice: BlendChoice = best["choice"]
-    record.update(corpus=best["corpus"], target_tokens=best["target_tokens"],
-                  postprocess=best["postprocess"], blend=choice.as_dict(),
-                  seconds=round(time.perf_counter() - t0, 3))
+    spent = sum(int(c["tokens_trained"]) for c in record["candidates"])
+    final = final_tokens_planned(best["option_tokens"], best["corpus_tokens"], log_share,
+                                 best["epochs"])
+    record.update(corpus=best["corpus"], target_tokens=best["option_tokens"],
+                  candidate_target_tokens=best["target_tokens"],
+                  postprocess=best["postprocess"],
+                  blend=choice.as_dict(), seconds=round(time.perf_counter() - t0, 3),
+                  reuse=reuse,
+                  calibrated_data_end=(previous.record.get("calibrated_data_end", data_end)
+                                       if reuse["decision"] == "kept" else data_end))
+    record["cost"] = {"tokens_trained": spent, "final_tokens_planned": final,
+                      "ratio": round(spent / final, 4) if final else None,
+                      "candidates": len(record["candidates"])}
     record["validation"] = {"recall@20": choice.recall, "mrr@20": choice.mrr,
+                            "objective": choice.recall + choice.mrr, "objective_se": choice.se,
                             "vectors_ann": best["vectors_ann"],
                             "vectors_last": best["vectors_last"],
                             "vectors_objective": best["vectors_objective"],
                             "vectors_se": best["vectors_se"]}
+    log.info("calibrate: %s (%s); chose %s at %s tokens; %s tokens trained across %d "
+             "candidates = %.2f x the final model's planned %s tokens",
+             reuse["decision"], reuse["reason"], best["corpus"], f"{best['option_tokens']:,}",
+             f"{spent:,}", len(record["candidates"]), spent / final if final else 0.0,
+             f"{final:,}")
     inside = {"session_pop": "repeat", "sr": "rules", "vsknn": "neighbours",
               "stan": "neighbours", "pop": "popularity", "category": "category"}
     for name, m in record["baselines"].items():
@@ -717,9 +812,13 @@ def _chunked_signals(model: BlendModel, prefixes: list[np.ndarray], st: BlendSet
 
 
 
-def _recall_mrr(sig: Signals, st: BlendSettings, targets: np.ndarray, k: int
-                ) -> tuple[float, float]:
-    """Recall@k and MRR@k of the blend over precomputed signals (allow-repeats protocol)."""
+def _recall_mrr(sig: Signals, st: BlendSettings, targets: np.ndarray, k: int, *,
+                per_query: bool = False) -> tuple:
+    """Recall@k and MRR@k of the blend over precomputed signals (allow-repeats protocol).
+
+    With ``per_query=True`` the two per-query arrays instead (hit in {0, 1}, reciprocal rank
+    in [0, 1], 0 past k): their means are the two metrics, and their sum is the per-query
+    objective whose standard error `objective_se` / `paired_se` measure."""
     score = blended_scores(sig, st)
     score += sig.values[:, :, SIGNALS.index("popularity")] * 1e-6
     if st.exclude_last:
@@ -734,6 +833,196 @@ def _recall_mrr(sig: Signals, st: BlendSettings, targets: np.ndarray, k: int
     ties = ((score == ts[:, None]) & (sig.rows < targets[:, None])).sum(axis=1)
     rank = higher + ties + 1
     ok = found & np.isfinite(ts) & (rank <= k)
+    if per_query:
+        return ok.astype(np.float64), np.where(ok, 1.0 / rank, 0.0)
     recall = float(ok.mean())
     mrr = float(np.where(ok, 1.0 / rank, 0.0).mean())
     return recall, mrr
+
+
+# ---------------------------------------------------------------- the search and its rules
+
+
+def objective_se(per_query: np.ndarray | None) -> float:
+    """Standard error of the mean of per-query objectives (recall + reciprocal rank, each
+    query in [0, 2]); 0 for None or fewer than two queries."""
+    if per_query is None or len(per_query) < 2:
+        return 0.0
+    return float(np.std(np.asarray(per_query, np.float64), ddof=1) / np.sqrt(len(per_query)))
+
+
+def paired_se(a: np.ndarray | None, b: np.ndarray | None) -> float:
+    """Standard error of the mean per-query difference a - b (the same queries in the same
+    order); 0 when either is missing or their lengths differ."""
+    if a is None or b is None or len(a) != len(b):
+        return 0.0
+    return objective_se(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+
+
+def tie_set(cands: list[dict]) -> tuple[dict, list[dict]]:
+    """The leader (highest `objective`, first on equal ones) and every candidate within one
+    paired standard error of it (the leader included), by objective, highest first."""
+    best = max(cands, key=lambda c: c["objective"])
+    tied = [c for c in cands if c is best or best["objective"] - c["objective"]
+            <= paired_se(best.get("per_query"), c.get("per_query"))]
+    return best, sorted(tied, key=lambda c: -c["objective"])
+
+
+def _cost_key(c: dict) -> tuple:
+    # fewer tokens trained, then a corpus without walks (no graph, no walk stage), then the
+    # higher objective
+    return (int(c.get("tokens_trained", 0)), c.get("corpus") != "sessions", -c["objective"])
+
+
+def choose_candidate(cands: list[dict]) -> dict:
+    """The chosen candidate: inside the tie set on the blend objective (`tie_set`), the ones
+    whose `vectors_objective` (when every tied candidate has one) is not below the best one's
+    by more than their `vectors_se`; among those the cheapest (`tokens_trained`, then
+    "sessions", which needs no walks, then the higher objective)."""
+    _, tied = tie_set(cands)
+    if len(tied) > 1 and all("vectors_objective" in c for c in tied):
+        top = max(tied, key=lambda c: c["vectors_objective"])
+        tied = [c for c in tied if top["vectors_objective"] - c["vectors_objective"]
+                <= max(float(top.get("vectors_se", 0.0)), float(c.get("vectors_se", 0.0)))]
+    return min(tied, key=_cost_key)
+
+
+def final_tokens_planned(amount: int, corpus_tokens: int, log_share: float,
+                         epochs: int = 1) -> int:
+    """The final model's planned tokens (corpus tokens x epochs) for the training amount
+    `amount` (tokens; 0 = the configured `epochs`): its corpus is about a candidate's
+    `corpus_tokens` / `log_share` (the calibration-train share of the training window's
+    events, in (0, 1]) and it trains `recembed.train.epochs_for` epochs of it."""
+    from recembed.train import epochs_for
+
+    full = max(round(corpus_tokens / max(log_share, 1e-9)), 1)
+    return full * (epochs_for(full, amount) if amount > 0 else max(int(epochs), 1))
+
+
+def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
+                        log_share: float) -> list[dict]:
+    """Every corpus at the smallest amount; then, amount by amount, the leader and the
+    candidates tied with it (at most half, rounded up; the leader alone when its margin over
+    every other exceeds the paired standard error) at the next amount, while the larger amount
+    beat the smaller by more than its standard error and the tokens stay within
+    `cost_ratio` x the final model the current choice would train."""
+    amounts = sorted(set(plan.target_tokens))
+    cands = [run_one(c, amounts[0]) for c in plan.corpora]
+    rung = cands
+    for amount in amounts[1:]:
+        _, tied = tie_set(rung)
+        keep = tied[:max(1, -(-len(rung) // 2))]
+        nxt = []
+        for c in keep:
+            lead = choose_candidate(cands + nxt)
+            spent = sum(int(x["tokens_trained"]) for x in record["candidates"])
+            est = max(plan.candidate_tokens(amount), int(c["corpus_tokens"]))
+            budget = plan.cost_ratio * final_tokens_planned(
+                lead["option_tokens"], lead["corpus_tokens"], log_share, lead["epochs"])
+            if spent + est > budget:
+                record["notes"].append(
+                    f"not tried: {c['corpus']} at {amount:,} tokens (about {est:,} more tokens "
+                    f"would pass {budget:,.0f}, {plan.cost_ratio:g} x the final model the "
+                    "current choice trains)")
+                continue
+            nxt.append(run_one(c["corpus"], amount))
+        cands += nxt
+        if not nxt:
+            break
+        top = max(nxt, key=lambda x: x["objective"])
+        prev = next(x for x in rung if x["corpus"] == top["corpus"])
+        if top["objective"] - prev["objective"] <= paired_se(top.get("per_query"),
+                                                             prev.get("per_query")):
+            break  # more training did not pay beyond the noise: stop climbing
+        rung = nxt
+    return cands
+
+
+@dataclass
+class PreviousChoice:
+    """The previous published version's calibration, as `calibrate.reuse = "auto"` reads it.
+
+    Parameters
+    ----------
+    version : str
+        The version's name (the folder `LATEST` names).
+    record : dict
+        Its calibration.json.
+    item_ids : set of str
+        The item ids it serves (its items.parquet).
+    """
+
+    version: str
+    record: dict
+    item_ids: set
+
+
+def _reuse_check(plan: CalibrationPlan, previous: PreviousChoice | None, data_end: float,
+                 vs: ValidationSet, item_ids: np.ndarray | None) -> dict:
+    """The cheap checks before re-validating the previous choice: "revalidate", or "full"
+    with the reason."""
+    out: dict = {"decision": "full", "policy": plan.reuse, "previous_version": None}
+    if plan.reuse != "auto":
+        return {**out, "reason": 'calibrate.reuse = "never"'}
+    if previous is None:
+        return {**out, "reason": "no previous published version with a calibration record"}
+    prev = previous.record
+    out["previous_version"] = previous.version
+    if not prev.get("enabled") or not prev.get("corpus") or not prev.get("blend"):
+        return {**out, "reason": f"version {previous.version} has no calibrated choice"}
+    amount = int(prev.get("target_tokens") or 0)
+    if prev["corpus"] not in plan.corpora or amount not in plan.target_tokens:
+        return {**out, "reason": f"the previous choice ({prev['corpus']}, {amount:,} tokens) is "
+                "outside what this config searches"}
+    made = float(prev.get("calibrated_data_end", prev.get("data_end", float("-inf"))))
+    age = (data_end - made) / 86_400.0
+    out["age_days"] = round(age, 3) if np.isfinite(age) else None
+    if not np.isfinite(age) or age > plan.max_age_days:
+        return {**out, "reason": f"the full calibration behind it is {age:.1f} days older than "
+                f"today's data, past calibrate.max_age_days = {plan.max_age_days:g}"}
+    if item_ids is None:
+        return {**out, "reason": "no vocabulary to compare items with"}
+    q = vs.queries
+    codes = np.unique(np.concatenate([q.items, q.target]))
+    codes = codes[(codes >= 0) & (codes < len(item_ids))]
+    ids = np.asarray(item_ids)[codes]
+    unseen = float(np.mean([i not in previous.item_ids for i in ids])) if len(ids) else 0.0
+    out["turnover"] = round(unseen, 6)
+    if unseen > plan.max_turnover:
+        return {**out, "reason": f"{unseen:.1%} of today's validation items are unseen by "
+                f"version {previous.version}, past calibrate.max_turnover = "
+                f"{plan.max_turnover:g}"}
+    return {**out, "decision": "revalidate", "reason": "age and turnover within bounds"}
+
+
+def _fixed_blend(prev: dict) -> dict:
+    """Every blend setting of a calibration record, as `choose_blend`'s `fixed` (scoring
+    only, no search)."""
+    st = BlendSettings.from_dict(prev["blend"]["settings"])
+    fixed = {k: getattr(st, k) for k in ("weights", "decay", "temperature", "candidates",
+                                        "neighbours")}
+    # the method's default sample when the record names none: scoring only, no sample search
+    nb = st.neighbours
+    fixed["neighbour_sample"] = (nb.get("sample_size") or (
+        neighbour_sample_size(nb) if nb.get("method", "stan") != "off" else 0))
+    return fixed
+
+
+def _revalidated(prev: dict, kept: dict) -> dict:
+    """Keep the previous choice unless its objective on today's validation fell by more than
+    one standard error below what the version that chose it recorded."""
+    v = prev.get("validation") or {}
+    before = float(v.get("objective", v.get("recall@20", 0.0) + v.get("mrr@20", 0.0)))
+    se = float(v.get("objective_se", prev.get("blend", {}).get("objective_se", 0.0)))
+    out = {"previous_objective": before, "previous_se": se, "objective": kept["objective"]}
+    if kept["objective"] < before - se:
+        return {**out, "decision": "full", "reason": f"its validation objective fell to "
+                f"{kept['objective']:.4f} from {before:.4f}, more than one standard error "
+                f"({se:.4f})"}
+    return {**out, "decision": "kept", "reason": f"validation objective {kept['objective']:.4f} "
+            f"vs {before:.4f} recorded (within one standard error, {se:.4f})"}
+
+
+def _candidate_json(cand: dict) -> dict:
+    """A candidate's calibration.json entry (no BlendChoice, no per-query arrays)."""
+    return {k: v for k, v in cand.items() if k not in ("choice", "per_query")}

@@ -204,6 +204,9 @@ class CalibrateConfig(_Section):
                           "walks+line"]] = Field(
         default_factory=lambda: ["both", "sessions", "walks"])
     target_tokens: list[int] = Field(default_factory=lambda: [1_000_000, 3_000_000, 10_000_000])
+    reuse: Literal["auto", "never"] = "auto"
+    max_age_days: float = Field(7.0, gt=0)
+    max_turnover: float = Field(0.2, ge=0, le=1)
 
 
 class GraphConfig(_Section):

@@ -552,6 +552,26 @@ def _funnel_html(rows: list[dict], plt) -> str:
     return "\n".join([*table, _img(fig, plt)])
 
 
+def _calibration_cost_html(cal: dict) -> list[str]:
+    """What calibration cost (tokens trained vs the final model's) and whether it re-used the
+    previous version's choice, and why."""
+    esc = html.escape
+    out = []
+    reuse, cost = cal.get("reuse") or {}, cal.get("cost") or {}
+    if reuse:
+        what = {"kept": "kept the previous version's choice",
+                "full": "calibrated fully"}.get(reuse.get("decision"), reuse.get("decision"))
+        prev = reuse.get("previous_version")
+        out.append(f"<p>Calibration {esc(str(what))}"
+                   f"{esc(f' (previous version {prev})') if prev else ''}: "
+                   f"{esc(str(reuse.get('reason', '')))}.</p>")
+    if cost:
+        out.append(f"<p>Tokens trained across {_num(cost.get('candidates'))} candidates: "
+                   f"{_num(cost.get('tokens_trained'))}, {_num(cost.get('ratio'))} x the final "
+                   f"model's planned {_num(cost.get('final_tokens_planned'))}.</p>")
+    return out
+
+
 def _calibration_html(cal: dict) -> str:
     esc = html.escape
     if not cal:
@@ -567,6 +587,7 @@ def _calibration_html(cal: dict) -> str:
     q = cal.get("validation_queries") or {}
     parts = [f"<p>Chosen on the validation split ({_num(q.get('queries'))} queries) in "
              f"{_num(cal.get('seconds'))} s.</p>",
+             *_calibration_cost_html(cal),
              "<table><tr><th>setting</th><th>chosen</th></tr>"
              + "".join(f"<tr><td style='text-align:left'>{esc(k)}</td><td>{esc(str(v))}</td>"
                        "</tr>" for k, v in chosen) + "</table>"]
@@ -581,7 +602,7 @@ def _calibration_html(cal: dict) -> str:
     cands = cal.get("candidates") or []
     if cands:
         cols = ("corpus", "target_tokens", "epochs", "recall@20", "mrr@20", "postprocess",
-                "vectors_objective", "seconds")
+                "vectors_objective", "seconds", "option_tokens", "tokens_trained", "objective_se")
         parts.append("<h3>Candidates tried</h3><table><tr>"
                      + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
                      + "".join("<tr>" + "".join(f"<td>{esc(_num(c.get(k)))}</td>" for k in cols)

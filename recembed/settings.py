@@ -251,6 +251,13 @@ def index_params(cfg: Config) -> IndexParams:
                        ef_construction=ic.ef_construction)
 
 
+def calibration_reuse_root(cfg: Config) -> Path | None:
+    """The published root (`publish.dir`) whose version calibration re-validates with
+    `calibrate.reuse = "auto"`, else None. Read whether or not this run publishes: turning
+    `publish.enabled` on for a finished run must not change calibrate's fingerprint."""
+    return Path(cfg.publish.dir) if cfg.calibrate.reuse == "auto" else None
+
+
 def published_root(cfg: Config) -> Path | None:
     """The published root (`publish.dir`) when publishing is on, else None."""
     return Path(cfg.publish.dir) if cfg.publish.enabled else None
@@ -349,6 +356,8 @@ def calibration_plan(cfg: Config, *, progress: bool | None = None) -> Calibratio
         max_seconds=cfg.calibrate.max_seconds, enabled=cfg.calibrate.enabled,
         postprocess=postprocess_options(cfg),
         progress=cfg.run.progress if progress is None else progress,
+        reuse=cfg.calibrate.reuse,
+        max_age_days=cfg.calibrate.max_age_days, max_turnover=cfg.calibrate.max_turnover,
         searches=len(corpora) > 1 or len(tokens) > 1 or len(fixed) < 6
         or len(postprocess_options(cfg)) > 1)
 

@@ -379,7 +379,128 @@ def test_calibrate_max_seconds_stops_the_run_with_a_clear_error(tmp_path):
                              f"run.runs_dir='{tmp_path}'", "run.progress=false",
                              "calibrate.target_tokens=[20000]", "train.vector_size=8",
                              "calibrate.max_seconds=0.001", "validation.min_sessions=50"])
-    with pytest.raises(PipelineError, match=r"past calibrate\.max_seconds.*after 1 of 3") as e:
+    with pytest.raises(PipelineError, match=r"past calibrate\.max_seconds.*after 1 of at most 3") as e:
         run_pipeline(cfg, plan=STAGES, echo=lambda s: None)
     assert e.value.exit_code == 1
     assert not list(tmp_path.glob("*/calibration.json"))  # nothing was chosen
+
+
+# ---- issue 23: cost accounting, the standard-error tie rule, successive halving
+
+
+def _cand(corpus: str, tokens: int, per_query: np.ndarray, **extra) -> dict:
+    return {"corpus": corpus, "tokens_trained": tokens, "per_query": per_query,
+            "objective": float(per_query.mean()), **extra}
+
+
+def _pair(n: int, better: int, worse: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query objectives of two candidates over n queries: the first hits `better`
+    queries the second misses, the second `worse` queries the first misses."""
+    a, b = np.zeros(n), np.zeros(n)
+    a[:better] = 1.0
+    b[better:better + worse] = 1.0
+    a[better + worse:better + worse + n // 2] = b[better + worse:better + worse + n // 2] = 1.0
+    return a, b
+
+
+def test_paired_standard_error_is_that_of_the_per_query_differences():
+    from recembed.calibrate import objective_se, paired_se
+
+    a, b = np.array([1.0, 0.0, 0.5, 0.5]), np.array([0.0, 1.0, 0.5, 0.5])
+    # differences 1, -1, 0, 0: mean 0, sample variance 2/3, n = 4
+    assert paired_se(a, b) == pytest.approx(np.sqrt(2 / 3) / 2)
+    assert objective_se(np.array([0.0, 2.0])) == pytest.approx(1.0)  # sd sqrt(2), n = 2
+    assert paired_se(a, None) == 0.0 and objective_se(None) == 0.0
+
+
+def test_tied_candidates_choose_the_cheaper_one():
+    from recembed.calibrate import choose_candidate
+
+    # 6 queries better, 5 worse out of 100: margin 0.01, paired SE about 0.033 -> a tie
+    a, b = _pair(100, 6, 5)
+    dear, cheap = _cand("both", 3_000_000, a), _cand("both", 1_000_000, b)
+    assert dear["objective"] > cheap["objective"]
+    assert choose_candidate([dear, cheap]) is cheap
+    # equal tokens: "sessions" needs no walks
+    both, sessions = _cand("both", 1_000_000, a), _cand("sessions", 1_000_000, b)
+    assert choose_candidate([both, sessions]) is sessions
+
+
+def test_a_margin_beyond_the_standard_error_keeps_the_leader():
+    from recembed.calibrate import choose_candidate
+
+    # 30 queries better, none worse: margin 0.30, paired SE about 0.046
+    a, b = _pair(100, 30, 0)
+    dear, cheap = _cand("both", 3_000_000, a), _cand("sessions", 1_000_000, b)
+    assert choose_candidate([cheap, dear]) is dear
+
+
+def test_the_tie_rule_prefers_clearly_better_vectors_inside_the_tie():
+    from recembed.calibrate import choose_candidate
+
+    a, b = _pair(100, 6, 5)
+    dear = _cand("both", 3_000_000, a, vectors_objective=0.40, vectors_se=0.02)
+    cheap = _cand("sessions", 1_000_000, b, vectors_objective=0.30, vectors_se=0.02)
+    assert choose_candidate([dear, cheap]) is dear  # 0.10 apart, SE 0.02: vectors decide
+    close = dict(cheap, vectors_objective=0.39)
+    assert choose_candidate([dear, close]) is close  # within vectors_se: the cheaper
+    # outside the tie on the blend objective, vectors never overrule it
+    a, b = _pair(100, 30, 0)
+    lead = _cand("both", 3_000_000, a, vectors_objective=0.1, vectors_se=0.01)
+    other = _cand("sessions", 1_000_000, b, vectors_objective=0.9, vectors_se=0.01)
+    assert choose_candidate([lead, other]) is lead
+
+
+def test_candidate_amounts_fit_the_cheapest_final_model_at_defaults():
+    cfg = load_config(None, [])
+    plan = calibration_plan(cfg)
+    # every corpus at the smallest amount and one at the middle one: at most the smallest
+    # amount itself, the cheapest final model calibration may choose
+    base = (len(plan.corpora) * plan.candidate_tokens(1_000_000)
+            + plan.candidate_tokens(3_000_000))
+    assert plan.corpora == ["both", "sessions", "walks"]
+    assert base <= 1_000_000
+    assert plan.candidate_tokens(3_000_000) > plan.candidate_tokens(1_000_000)
+
+
+@pytest.mark.slow
+def test_a_default_calibration_trains_fewer_tokens_than_the_final_model(tmp_path):
+    """Defaults (1M / 3M / 10M, three corpora) on a small synth log: every candidate records its
+    tokens, calibration.json their total and the final model's plan, and the total is at most
+    what the train stage then trained (train.json)."""
+    log = synth_profile("clicks", 20_000, seed=11)
+    path = tmp_path / "clicks.csv"
+    write_synth(log, path)
+    cfg = load_config(None, [f"input.paths=['{path}']", "input.categories_path=''",
+                             f"run.runs_dir='{tmp_path}'", "run.progress=false",
+                             "evaluate.enabled=false", "publish.enabled=false"])
+    rep = run_pipeline(cfg, plan=STAGES, echo=lambda s: None)
+    cal = json.loads((rep.run_dir / "calibration.json").read_text())
+    train = json.loads((rep.run_dir / "train.json").read_text())
+    for c in cal["candidates"]:
+        assert c["tokens_trained"] == c["corpus_tokens"] * c["epochs"]
+        assert c["objective_se"] > 0
+    spent = sum(c["tokens_trained"] for c in cal["candidates"])
+    assert cal["cost"]["tokens_trained"] == spent
+    assert {c["corpus"] for c in cal["candidates"]} == {"both", "sessions", "walks"}
+    final = train["corpus_tokens"] * train["epochs"]
+    assert spent <= final
+    assert cal["cost"]["final_tokens_planned"] > 0 and cal["validation"]["objective_se"] > 0
+    assert cal["reuse"]["decision"] == "full"
+
+
+def test_a_previous_choice_is_scored_not_searched():
+    from recembed.calibrate import _fixed_blend
+
+    model = _toy_model()
+    rng = np.random.default_rng(2)
+    prefixes = [rng.integers(0, 60, rng.integers(1, 4)) for _ in range(200)]
+    targets = np.array([(p[-1] + 1) % 60 for p in prefixes])
+    prev = BlendSettings(weights={"directional": 1.0}, decay=0.65, temperature=2.0,
+                         candidates=100)
+    choice = choose_blend(model, prefixes, targets,
+                          fixed=_fixed_blend({"blend": {"settings": prev.to_dict()}}))
+    assert choice.evaluations == 1 and choice.settings == prev
+    # the per-query objectives behind the standard error: hits + reciprocal ranks
+    assert choice.per_query.shape == (200,)
+    assert choice.per_query.mean() == pytest.approx(choice.recall + choice.mrr)

@@ -11,7 +11,7 @@ import pandas as pd
 
 from recembed import artifacts as A
 from recembed import settings as S
-from recembed.calibrate import CalibrationTimeout, calibrate_run
+from recembed.calibrate import CalibrationTimeout, PreviousChoice, calibrate_run
 from recembed.candidates import CalibrationCatalog
 from recembed.catalog import ColdParams
 from recembed.config import Config
@@ -36,7 +36,9 @@ def run(ctx: StageContext) -> dict:
                    if S.has_catalog(cfg) else None)
         try:
             rec = calibrate_run(train, table, len(vocab), ctx.scratch / "work", plan,
-                                seed=cfg.run.seed, threads=cfg.run.n_threads(), catalog=catalog)
+                                seed=cfg.run.seed, threads=cfg.run.n_threads(), catalog=catalog,
+                                previous=previous_choice(ctx),
+                                item_ids=vocab.sort_values("code")["id"].astype(str).to_numpy())
         except EmptyVocabulary as e:
             raise PipelineError(f"train.min_count={cfg.train.min_count} is above the corpus "
                                 "count of every item: nothing left to train; lower "
@@ -47,9 +49,25 @@ def run(ctx: StageContext) -> dict:
     for note in rec.get("notes", []):
         log.warning("calibrate: %s", note)
     v = rec.get("validation", {})
+    cost, reuse = rec.get("cost") or {}, rec.get("reuse") or {}
     return {"enabled": rec["enabled"], "corpus": rec.get("corpus"),
+            "reuse": reuse.get("decision"), "reuse_reason": reuse.get("reason"),
+            "tokens_trained": cost.get("tokens_trained"),
+            "final_tokens_planned": cost.get("final_tokens_planned"),
+            "cost_ratio": cost.get("ratio"),
             "target_tokens": rec.get("target_tokens"), "validation_recall@20": v.get("recall@20"),
             "validation_mrr@20": v.get("mrr@20"), "seconds": rec.get("seconds")}
+
+
+def previous_choice(ctx: StageContext) -> PreviousChoice | None:
+    """The previous published version's calibration record and item ids (the declared
+    `PreviousVersion`, read only with `calibrate.reuse = "auto"`), or None."""
+    roots = ctx.inputs(A.PreviousVersion)
+    cur = roots[0].version_dir() if roots else None
+    if cur is None or not A.CALIBRATION.path(cur).exists() or not A.ITEMS.path(cur).exists():
+        return None
+    ids = pd.read_parquet(A.ITEMS.path(cur), columns=["id"])["id"].astype(str)
+    return PreviousChoice(cur.name, json.loads(A.CALIBRATION.path(cur).read_text()), set(ids))
 
 
 def read_calibration_catalog(ctx: StageContext, vocab: pd.DataFrame,
@@ -62,8 +80,29 @@ def read_calibration_catalog(ctx: StageContext, vocab: pd.DataFrame,
 
 
 def _reads(cfg: Config) -> tuple:
+    root = S.calibration_reuse_root(cfg)
     return (A.SESSIONS_TRAIN, A.SESSION_TABLE, A.VOCABULARY,
-            *([A.CATALOG, A.CATEGORIES] if S.has_catalog(cfg) else []))
+            *([A.CATALOG, A.CATEGORIES] if S.has_catalog(cfg) else []),
+            *([A.PreviousVersion(str(root), str(_run_dir(cfg)))] if root is not None else []))
+
+
+_RUN_DIRS: dict = {}
+
+
+def _run_dir(cfg: Config):
+    """The run directory a default run of `cfg` uses (`recembed.pipeline.default_run_dir`),
+    cached per config identity and input file (path, size, mtime): it hashes the inputs."""
+    from pathlib import Path
+
+    from recembed.pipeline import default_run_dir, identity
+
+    files = [(str(p), Path(p).stat().st_size, Path(p).stat().st_mtime_ns) if Path(p).is_file()
+             else (str(p), None, None) for p in [*cfg.input.paths, *cfg.input.test_paths]]
+    key = json.dumps([identity(cfg), files, cfg.run.runs_dir, cfg.run.name], sort_keys=True,
+                     default=str)
+    if key not in _RUN_DIRS:
+        _RUN_DIRS[key] = default_run_dir(cfg)
+    return _RUN_DIRS[key]
 
 
 def resolved(cfg: Config, run_dir) -> Config:

@@ -121,11 +121,13 @@ def _calibration_summary(rec: dict) -> dict:
             "postprocess": rec.get("postprocess"), "blend": blend.get("settings"), "validation": rec.get("validation"),
             "signals_alone": blend.get("signals_alone"), "baselines": rec.get("baselines"),
             "validation_queries": rec.get("validation_queries"), "notes": rec.get("notes", []),
-            "candidates": [{k: c.get(k) for k in ("corpus", "target_tokens", "epochs",
-                                                  "recall@20", "mrr@20", "postprocess",
+            "candidates": [{k: c.get(k) for k in ("corpus", "option_tokens", "target_tokens",
+                                                  "epochs", "tokens_trained", "recall@20",
+                                                  "mrr@20", "objective_se", "postprocess",
                                                   "vectors_objective", "vectors_se",
                                                   "seconds")}
                            for c in rec.get("candidates", [])],
+            "reuse": rec.get("reuse"), "cost": rec.get("cost"),
             "seconds": rec.get("seconds")}
 
 
