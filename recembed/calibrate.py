@@ -29,16 +29,21 @@ hit + reciprocal rank (in [0, 2]), whose standard error every candidate records.
 candidate also records the vectors-alone objective (the ANN path's Recall@20 + MRR@20 and its
 standard error), which the tie rule below takes in.
 
-The search costs no more than the model it chooses (issue 23; `_successive_halving`). Every
-candidate records its tokens trained (corpus tokens x epochs) and calibration.json their total
-beside the final model's planned tokens. Candidates train `CalibrationPlan.scale()` of an
-option's amount, sized so that every corpus at the smallest amount plus one candidate at the
-next costs at most the smallest amount (defaults: 1/6, so 167k per corpus, then 500k). Every
+The search's cost is bounded in tokens (issue 23; `_successive_halving`). Every candidate
+records its tokens trained (corpus tokens x epochs) and calibration.json their total beside the
+final model's planned tokens. Candidates train `CalibrationPlan.scale()` of an option's amount,
+sized so that every corpus at the smallest amount plus one candidate at the next costs at most
+`calibrate.cost_ratio` x the smallest amount: the default 6 trains candidates at full size
+(3 x 1M, and 3M only while the total stays within 6 x the final model); cost_ratio = 1 trains
+them at 1/6 (167k per corpus, then 500k), which met "no more tokens than the final model" but
+cost YOOCHOOSE 0.015 holdout Recall@20 (undertrained candidates favour larger amounts;
+benchmarks/RESULTS.md, "calibration cost_ratio"). Every
 corpus starts at the smallest amount; at each larger amount only the leader and the candidates
 tied with it (within one paired standard error of the per-query objective difference; at most
 half, rounded up) continue, the leader alone when its margin exceeds that error; the climb stops
 when the larger amount did not beat the smaller by more than its standard error, or when the
-next candidate would take the tokens past the final model the current choice trains. The choice
+next candidate would take the tokens past cost_ratio x the final model the current choice
+trains. The choice
 (`choose_candidate`): inside the tie set on the blend objective, the candidates whose
 `vectors_objective` (when present) is not below the best one's by more than `vectors_se`, and
 among them the cheapest (fewer tokens, then "sessions", which needs no walks).
@@ -140,6 +145,18 @@ class CalibrationPlan:
         Show a progress bar.
     line_params : LineParams, optional
         LINE's settings for the LINE corpus options (`[line]`).
+    postprocess : list of str
+        Post-processing transforms tried per candidate (`recembed.postprocess`), simplest first.
+    reuse : {"auto", "never"}
+        `calibrate.reuse`: re-validate the previous published version's choice first.
+    max_age_days : float > 0, days of data time
+        Recalibrate fully when the full calibration behind a kept choice is older.
+    max_turnover : float in [0, 1]
+        Recalibrate fully when more than this share of the validation-query items is unseen by
+        the previous version.
+    cost_ratio : float in [0.1, 100]
+        Tokens all candidates may train, in multiples of the final model's (and of the smallest
+        amount for the candidates' scale, `scale`); module docstring.
     """
 
     corpora: list[str]
@@ -163,7 +180,7 @@ class CalibrationPlan:
     reuse: str = "auto"
     max_age_days: float = 7.0
     max_turnover: float = 0.2
-    cost_ratio: float = 1.0
+    cost_ratio: float = 6.0
 
     def planned(self) -> int:
         """Candidates `calibrate_run` trains at most: every corpus at the smallest amount, then

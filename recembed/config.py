@@ -207,6 +207,7 @@ class CalibrateConfig(_Section):
     reuse: Literal["auto", "never"] = "auto"
     max_age_days: float = Field(7.0, gt=0)
     max_turnover: float = Field(0.2, ge=0, le=1)
+    cost_ratio: float = Field(6.0, ge=0.1, le=100)
 
 
 class GraphConfig(_Section):

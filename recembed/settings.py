@@ -358,6 +358,7 @@ def calibration_plan(cfg: Config, *, progress: bool | None = None) -> Calibratio
         progress=cfg.run.progress if progress is None else progress,
         reuse=cfg.calibrate.reuse,
         max_age_days=cfg.calibrate.max_age_days, max_turnover=cfg.calibrate.max_turnover,
+        cost_ratio=cfg.calibrate.cost_ratio,
         searches=len(corpora) > 1 or len(tokens) > 1 or len(fixed) < 6
         or len(postprocess_options(cfg)) > 1)
 

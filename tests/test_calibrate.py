@@ -451,8 +451,8 @@ def test_the_tie_rule_prefers_clearly_better_vectors_inside_the_tie():
     assert choose_candidate([lead, other]) is lead
 
 
-def test_candidate_amounts_fit_the_cheapest_final_model_at_defaults():
-    cfg = load_config(None, [])
+def test_candidate_amounts_fit_the_cheapest_final_model_at_cost_ratio_1():
+    cfg = load_config(None, ["calibrate.cost_ratio=1"])
     plan = calibration_plan(cfg)
     # every corpus at the smallest amount and one at the middle one: at most the smallest
     # amount itself, the cheapest final model calibration may choose
@@ -463,17 +463,28 @@ def test_candidate_amounts_fit_the_cheapest_final_model_at_defaults():
     assert plan.candidate_tokens(3_000_000) > plan.candidate_tokens(1_000_000)
 
 
+def test_at_the_default_cost_ratio_candidates_train_full_amounts():
+    # cost_ratio 6: 3 corpora x 1M + one 3M candidate = 6 x the smallest amount, so scale 1
+    plan = calibration_plan(load_config(None, []))
+    assert plan.cost_ratio == 6.0
+    assert plan.candidate_tokens(1_000_000) == 1_000_000
+    assert plan.candidate_tokens(10_000_000) == 10_000_000
+    half = calibration_plan(load_config(None, ["calibrate.cost_ratio=3"]))
+    assert half.candidate_tokens(1_000_000) == 500_000
+
+
 @pytest.mark.slow
-def test_a_default_calibration_trains_fewer_tokens_than_the_final_model(tmp_path):
-    """Defaults (1M / 3M / 10M, three corpora) on a small synth log: every candidate records its
-    tokens, calibration.json their total and the final model's plan, and the total is at most
-    what the train stage then trained (train.json)."""
+def test_cost_ratio_1_calibration_trains_fewer_tokens_than_the_final_model(tmp_path):
+    """calibrate.cost_ratio = 1 (1M / 3M / 10M, three corpora) on a small synth log: every
+    candidate records its tokens, calibration.json their total and the final model's plan, and
+    the total is at most what the train stage then trained (train.json)."""
     log = synth_profile("clicks", 20_000, seed=11)
     path = tmp_path / "clicks.csv"
     write_synth(log, path)
     cfg = load_config(None, [f"input.paths=['{path}']", "input.categories_path=''",
                              f"run.runs_dir='{tmp_path}'", "run.progress=false",
-                             "evaluate.enabled=false", "publish.enabled=false"])
+                             "evaluate.enabled=false", "publish.enabled=false",
+                             "calibrate.cost_ratio=1"])
     rep = run_pipeline(cfg, plan=STAGES, echo=lambda s: None)
     cal = json.loads((rep.run_dir / "calibration.json").read_text())
     train = json.loads((rep.run_dir / "train.json").read_text())
