@@ -937,10 +937,12 @@ def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
             budget = plan.cost_ratio * final_tokens_planned(
                 lead["option_tokens"], lead["corpus_tokens"], log_share, lead["epochs"])
             if spent + est > budget:
-                record["notes"].append(
-                    f"not tried: {c['corpus']} at {amount:,} tokens (about {est:,} more tokens "
-                    f"would pass {budget:,.0f}, {plan.cost_ratio:g} x the final model the "
-                    "current choice trains)")
+                # the budget at work, not a problem: recorded and logged, not a warning
+                why = (f"{c['corpus']} at {amount:,} tokens (about {est:,} more tokens would "
+                       f"pass {budget:,.0f}, {plan.cost_ratio:g} x the final model the current "
+                       "choice trains)")
+                record.setdefault("not_tried", []).append(why)
+                log.info("calibrate: not tried: %s", why)
                 continue
             nxt.append(run_one(c["corpus"], amount))
         cands += nxt
