@@ -239,6 +239,7 @@ def test_numba_cache_dir_is_set_only_when_numba_has_nowhere_to_write(env, writab
         assert os.path.basename(got).startswith(NUMBA_FALLBACK_DIR)
 
 
+@pytest.mark.slow
 def test_read_only_install_caches_kernels_in_the_fallback_folder(tmp_path):
     """numba with no writable locator refuses `cache=True` kernels ("no locator available");
     with recembed's fallback NUMBA_CACHE_DIR the kernels import, run, and are cached there.
