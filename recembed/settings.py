@@ -340,6 +340,7 @@ def calibration_plan(cfg: Config, *, progress: bool | None = None) -> Calibratio
     fixed_corpus = corpus_set(cfg)
     corpora = (calibrated_corpora(cfg) if fixed_corpus is None else [fixed_corpus])
     amounts = sorted(cfg.calibrate.target_tokens)
+    transforms = postprocess_options(cfg)
     if t.epochs != "auto":
         tokens: list[int] = [0]  # the configured epochs
     elif t.target_tokens != "auto":
@@ -354,13 +355,13 @@ def calibration_plan(cfg: Config, *, progress: bool | None = None) -> Calibratio
         neighbour_options=neighbour_options(cfg), rule_steps=cfg.serving.rule_steps,
         max_queries=cfg.calibrate.max_queries, max_train_tokens=cfg.calibrate.max_train_tokens,
         max_seconds=cfg.calibrate.max_seconds, enabled=cfg.calibrate.enabled,
-        postprocess=postprocess_options(cfg),
+        postprocess=transforms,
         progress=cfg.run.progress if progress is None else progress,
         reuse=cfg.calibrate.reuse,
         max_age_days=cfg.calibrate.max_age_days, max_turnover=cfg.calibrate.max_turnover,
         cost_ratio=cfg.calibrate.cost_ratio,
         searches=len(corpora) > 1 or len(tokens) > 1 or len(fixed) < 6
-        or len(postprocess_options(cfg)) > 1)
+        or len(transforms) > 1)
 
 
 def training_amount_set(cfg: Config) -> bool:

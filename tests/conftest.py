@@ -28,6 +28,18 @@ def synth_csv(tmp_path_factory) -> Path:
     return out
 
 
+def synth_config(tmp_path: Path, profile: str, events: int, seed: int, *overrides: str):
+    """A synth profile's log written to tmp_path/<profile>.csv and the config a new user would
+    write for it (only [input]; runs under tmp_path, no progress bars) plus `overrides`."""
+    from recembed.config import load_config
+    from recembed.synth import synth_profile, write_synth
+
+    path = tmp_path / f"{profile}.csv"
+    write_synth(synth_profile(profile, events, seed=seed), path)
+    return load_config(None, [f"input.paths=['{path}']", "input.categories_path=''",
+                              f"run.runs_dir='{tmp_path}'", "run.progress=false", *overrides])
+
+
 @pytest.fixture(scope="session")
 def spark():
     """One SparkSession for the whole test run: local[2], loopback only, no UI, executors on

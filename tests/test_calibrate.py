@@ -17,6 +17,7 @@ from recembed.sessions import DataLossError, sessionize
 from recembed.settings import blend_settings, calibration_plan, resolve_config
 from recembed.stages import STAGES
 from recembed.synth import synth_profile, write_synth
+from tests.conftest import synth_config
 
 
 def _events(log) -> pd.DataFrame:
@@ -182,13 +183,9 @@ def test_explicit_settings_win(tmp_path):
 
 @pytest.mark.slow  # a default run with the whole calibration search
 def test_a_default_run_calibrates_and_serves_what_it_chose(tmp_path):
-    log = synth_profile("ratings", 12_000, seed=7)
-    path = tmp_path / "ratings.csv"
-    write_synth(log, path)
-    cfg = load_config(None, [f"input.paths=['{path}']", "input.categories_path=''",
-                             f"run.runs_dir='{tmp_path}'", "run.progress=false",
-                             "calibrate.target_tokens=[30000, 60000]", "train.vector_size=16",
-                             "evaluate.baselines=['pop', 'sr']", "holdout.days=7"])
+    cfg = synth_config(tmp_path, "ratings", 12_000, 7,
+                       "calibrate.target_tokens=[30000, 60000]", "train.vector_size=16",
+                       "evaluate.baselines=['pop', 'sr']", "holdout.days=7")
     rep = run_pipeline(cfg, plan=STAGES, echo=lambda s: None)
     run = rep.run_dir
     cal = json.loads((run / "calibration.json").read_text())
@@ -372,13 +369,9 @@ def test_a_removed_calibration_time_budget_is_refused_with_what_replaced_it():
 
 
 def test_calibrate_max_seconds_stops_the_run_with_a_clear_error(tmp_path):
-    log = synth_profile("clicks", 4000, seed=5)
-    path = tmp_path / "clicks.csv"
-    write_synth(log, path)
-    cfg = load_config(None, [f"input.paths=['{path}']", "input.categories_path=''",
-                             f"run.runs_dir='{tmp_path}'", "run.progress=false",
-                             "calibrate.target_tokens=[20000]", "train.vector_size=8",
-                             "calibrate.max_seconds=0.001", "validation.min_sessions=50"])
+    cfg = synth_config(tmp_path, "clicks", 4000, 5,
+                       "calibrate.target_tokens=[20000]", "train.vector_size=8",
+                       "calibrate.max_seconds=0.001", "validation.min_sessions=50")
     with pytest.raises(PipelineError, match=r"past calibrate\.max_seconds.*after 1 of at most 3") as e:
         run_pipeline(cfg, plan=STAGES, echo=lambda s: None)
     assert e.value.exit_code == 1
@@ -478,13 +471,8 @@ def test_cost_ratio_1_calibration_trains_fewer_tokens_than_the_final_model(tmp_p
     """calibrate.cost_ratio = 1 (1M / 3M / 10M, three corpora) on a small synth log: every
     candidate records its tokens, calibration.json their total and the final model's plan, and
     the total is at most what the train stage then trained (train.json)."""
-    log = synth_profile("clicks", 20_000, seed=11)
-    path = tmp_path / "clicks.csv"
-    write_synth(log, path)
-    cfg = load_config(None, [f"input.paths=['{path}']", "input.categories_path=''",
-                             f"run.runs_dir='{tmp_path}'", "run.progress=false",
-                             "evaluate.enabled=false", "publish.enabled=false",
-                             "calibrate.cost_ratio=1"])
+    cfg = synth_config(tmp_path, "clicks", 20_000, 11,
+                       "evaluate.enabled=false", "publish.enabled=false", "calibrate.cost_ratio=1")
     rep = run_pipeline(cfg, plan=STAGES, echo=lambda s: None)
     cal = json.loads((rep.run_dir / "calibration.json").read_text())
     train = json.loads((rep.run_dir / "train.json").read_text())

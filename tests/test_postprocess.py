@@ -17,6 +17,7 @@ from recembed.config import ConfigError, load_config
 from recembed.evaluate import Queries
 from recembed.postprocess import VectorTransform, auto_options, choose, output_dim, parse_spec
 from recembed.settings import calibration_plan, postprocess, resolve_config
+from tests.conftest import synth_config
 
 # a point set with a diagonal covariance by construction: +-10 on axis 0, +-1 on axes 1, 2
 # (mean 0; variances 200/6, 2/6, 2/6 with the 1/n covariance)
@@ -238,16 +239,11 @@ def test_vector_paths_match_a_brute_force_ranking():
 def test_calibration_records_both_objectives_and_the_transform(tmp_path):
     from recembed.pipeline import run_pipeline
     from recembed.stages import STAGES
-    from recembed.synth import synth_profile, write_synth
 
-    log = synth_profile("music", 12_000, seed=7)
-    path = tmp_path / "music.csv"
-    write_synth(log, path)
-    cfg = load_config(None, [f"input.paths=['{path}']", "input.categories_path=''",
-                             f"run.runs_dir='{tmp_path}'", "run.progress=false",
-                             "calibrate.corpora=['sessions']", "calibrate.target_tokens=[40000]",
-                             "train.vector_size=16", "train.workers=1", "holdout.days=7",
-                             "evaluate.baselines=['pop']", "evaluate.ks=[20]"])
+    cfg = synth_config(tmp_path, "music", 12_000, 7,
+                       "calibrate.corpora=['sessions']", "calibrate.target_tokens=[40000]",
+                       "train.vector_size=16", "train.workers=1", "holdout.days=7",
+                       "evaluate.baselines=['pop']", "evaluate.ks=[20]")
     rep = run_pipeline(cfg, plan=STAGES, echo=lambda s: None)
     run = rep.run_dir
     cal = json.loads((run / "calibration.json").read_text())
