@@ -400,3 +400,51 @@ def test_coalescing_transport_sends_one_buffer_per_loop_step_and_flushes_on_clos
         assert t.get_extra_info("peername") == "info:peername"
 
     asyncio.run(scenario())
+
+
+def test_a_swap_loads_with_a_short_gil_switch_interval_and_restores_it(tmp_path, monkeypatch):
+    import recembed.server as server
+
+    root = tmp_path / "published"
+    make_version(root, "v1", n=60, seed=1, prefix="a")
+    watcher = server.VersionWatcher(server.ServeSettings(root=str(root), verify=True))
+    make_version(root, "v2", n=60, seed=2, prefix="b")
+    during: list[float] = []
+    real = server.load_version
+
+    def recording(*args, **kwargs):
+        during.append(sys.getswitchinterval())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(server, "load_version", recording)
+    before = sys.getswitchinterval()
+    assert before > 0.001  # the interpreter's default is 5 ms
+    assert watcher.check() is True and watcher.current.version == "v2"
+    assert during == [0.0005]
+    assert sys.getswitchinterval() == before
+    # a refused version restores it too
+    (root / "v3").mkdir()
+    (root / A.LATEST).write_text("v3\n")  # a version without a manifest
+    assert watcher.check() is False and watcher.current.version == "v2"
+    assert during[-1] == 0.0005 and sys.getswitchinterval() == before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_the_watcher_thread_loads_at_lower_priority_than_the_serving_threads():
+    from recembed.server import _lower_priority
+
+    seen: dict[str, int] = {}
+
+    def thread() -> None:
+        tid = threading.get_native_id()
+        seen["before"] = os.getpriority(os.PRIO_PROCESS, tid)
+        _lower_priority()
+        seen["after"] = os.getpriority(os.PRIO_PROCESS, tid)
+
+    main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    t = threading.Thread(target=thread)
+    t.start()
+    t.join()
+    assert seen["after"] == min(seen["before"] + 10, 19)
+    # only that thread: this one keeps its priority
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before
