@@ -345,3 +345,27 @@ def test_no_stage_adapter_imports_another():
              for dep in _imports(pkg / f"{name}.py")
              if dep.removeprefix("recembed.stages.") in names - {name}}
     assert not found, sorted(found)
+
+
+def test_a_nearly_empty_holdout_is_warned_with_the_days_that_would_fill_it(tmp_path):
+    from recembed.stages.sessionize import small_holdout_warning
+
+    day = 86_400.0
+    t_max = 1_000 * day
+    # 2,000 sessions: 1,999 spread over the first 900 days, one in the last day (the holdout);
+    # want = min(1,000, 2,000 // 10) = 200 sessions: the 200th from the end ends 30.5 days
+    # before the last one, so 31 days hold them
+    ends = np.r_[np.linspace(0, 900 * day, 1_800), np.linspace(t_max - 30.5 * day,
+                                                               t_max - 2 * day, 199), t_max]
+    split = np.zeros(len(ends), np.int8)
+    split[-1] = 1
+    path = tmp_path / "table.parquet"
+    pd.DataFrame({"end": ends, "split": split}).to_parquet(path)
+    msg = small_holdout_warning(path, 1.0)
+    assert msg is not None
+    assert "holdout.days=1 leaves 1 of 2,000 sessions" in msg
+    assert "holdout.days = 31 would hold about 200 sessions" in msg
+    assert small_holdout_warning(path, 0.0) is None  # no holdout asked for
+    split[-150:] = 1  # 150 holdout sessions: enough
+    pd.DataFrame({"end": ends, "split": split}).to_parquet(path)
+    assert small_holdout_warning(path, 1.0) is None
