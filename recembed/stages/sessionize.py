@@ -23,7 +23,7 @@ def run(ctx: StageContext) -> dict:
     except DataLossError as e:
         raise PipelineError(str(e), EXIT_BAD_INPUT) from e
     if not ctx.cfg.input.test_paths:
-        small = small_holdout_warning(ctx.read(A.SESSION_TABLE), ctx.cfg.holdout.days)
+        small = small_holdout_warning(ctx.write(A.SESSION_TABLE), ctx.cfg.holdout.days)
         if small:
             stats["warnings"].append(small)
     for w in stats["warnings"]:
