@@ -472,10 +472,6 @@ class Config(_Section):
              f"train.postprocess = {t.postprocess!r} would have transformed (not a skip-gram "
              "space to continue from); set train.postprocess = \"none\" or \"auto\" (with "
              "warm start, auto means none)"),
-            (t.mode == "incremental" and t.warm_start,
-             'train.mode = "incremental" with train.warm_start = true: incremental mode already '
-             "continues from the published vectors (on the new sessions only); set "
-             'train.warm_start = false, or train.mode = "full" to warm-start a full retrain'),
             (t.mode == "incremental" and ln.mode in ("alone", "concat"),
              f'train.mode = "incremental" with line.mode = "{ln.mode}": incremental training '
              'continues skip-gram vectors only; set line.mode = "off" or train.mode = "full"'),
@@ -484,10 +480,6 @@ class Config(_Section):
              f"train.postprocess = {t.postprocess!r} would have transformed (not a skip-gram "
              'space to continue from); set train.postprocess = "none" or "auto" (with '
              "incremental mode, auto means none)"),
-            (t.mode == "incremental" and (t.negative == 0 or not t.export_context_vectors),
-             'train.mode = "incremental" continues the input and the output (context) vectors '
-             "of the published version, which needs train.negative > 0 and "
-             "train.export_context_vectors = true"),
             (self.publish.enabled and not self.evaluate.enabled,
              "publish.enabled = true needs evaluate.enabled = true (the quality gate compares "
              "evaluations)"),

@@ -6,7 +6,9 @@ sampling distribution) over the whole corpus of the run, exactly as a full train
 new items join the vocabulary and items that left the run's data are not in it (nothing stale
 is served: the written vectors are the model's rows only). It then starts every item the
 previous version trained from that version's input and output (context) vectors and trains,
-with the epochs a full training of the whole corpus would run, on a smaller corpus: the
+with the epochs a full training of the whole corpus would run (a version published without
+context vectors, `train.export_context_vectors = false`, continues its input vectors only),
+on a smaller corpus: the
 sessions that end after the previous version's data end, every older session holding an item
 the previous version did not train, and a seeded `replay_share` of the other older sessions
 (against forgetting). Walk lines, when the walks corpus is trained, are kept in the same
@@ -14,7 +16,7 @@ proportion as the sessions (a seeded draw per line).
 
 A full retrain runs instead when `mode` is "full", when nothing is published, when the
 previous version cannot be continued (other corpus or model, LINE, another dimension, a
-post-processing other than none, no context vectors, no record of its data end), when no
+post-processing other than none, no record of its data end), when no
 session ends after its data end, or when the last full training behind it is
 `full_every_days` or more of data time (session end times, never the clock) older than this
 run's data. `ModeDecision` says which ran and why; the train stage writes it into train.json,
@@ -210,8 +212,6 @@ def decide(params: IncrementalParams, previous: PreviousModel | None, *, data_en
     if previous.postprocess != "none":
         return full(f"version {v} was post-processed ({previous.postprocess}): not a skip-gram "
                     "space to continue from")
-    if previous.context is None:
-        return full(f"version {v} has no context vectors to continue")
     if data_end <= previous.data_end:
         return full(f"no training session ends after version {v}'s data end")
     age = (data_end - previous.last_full_end) / DAY
@@ -219,8 +219,10 @@ def decide(params: IncrementalParams, previous: PreviousModel | None, *, data_en
         return full(f"scheduled: the last full training behind version {v} is {age:.2f} days "
                     f"of data older than this run's data (train.full_every_days = "
                     f"{params.full_every_days:g})")
-    return ModeDecision("incremental", f"continuing version {v}: the last full training is "
-                        f"{age:.2f} days of data old (< train.full_every_days = "
+    note = "" if previous.context is not None else \
+        " (it has no context vectors: the output vectors start afresh)"
+    return ModeDecision("incremental", f"continuing version {v}{note}: the last full training "
+                        f"is {age:.2f} days of data old (< train.full_every_days = "
                         f"{params.full_every_days:g})", v, previous.last_full_end)
 
 

@@ -52,7 +52,6 @@ def test_incremental_when_the_previous_version_can_be_continued():
     (_prev(postprocess="center"), {}, "post-processed (center)"),
     (_prev(model="item2vec+deepwalk+line"), {}, "LINE"),
     (_prev(model="item2vec"), {}, "another corpus"),
-    (_prev(context=None), {}, "no context vectors"),
     (_prev(data_end=None, last_full_end=None), {}, "records no training data end"),
     (_prev(), {"data_end": T0}, "no training session ends after"),
     (_prev(), {"params": IncrementalParams(mode="full")}, 'train.mode = "full"'),
@@ -61,6 +60,11 @@ def test_full_retrain_when_none_old_or_incompatible_and_says_why(prev, kw, words
     d = _decide(prev, **kw)
     assert d.mode == "full" and words in d.reason
     assert d.last_full_end == kw.get("data_end", T0 + DAY)  # this run is the new full training
+
+
+def test_a_version_without_context_vectors_continues_its_input_vectors():
+    d = _decide(_prev(context=None))
+    assert d.mode == "incremental" and "no context vectors" in d.reason
 
 
 def test_the_schedule_counts_data_days_not_the_clock():
@@ -151,15 +155,24 @@ def test_continued_training_keeps_untouched_items_and_trains_new_ones(tmp_path):
 
 
 @pytest.mark.parametrize(("overrides", "keys"), [
-    (["train.warm_start=true"], ("train.mode", "train.warm_start")),
     (["line.mode='concat'"], ("train.mode", "line.mode")),
     (["train.postprocess='center'"], ("train.mode", "train.postprocess")),
-    (["train.export_context_vectors=false"], ("train.mode", "train.export_context_vectors")),
 ])
 def test_impossible_combinations_are_refused_naming_the_keys(overrides, keys):
     with pytest.raises(ConfigError) as e:
         load_config(None, ["train.mode='incremental'", *overrides])
     assert all(k in str(e.value) for k in keys)
+
+
+def test_incremental_with_warm_start_warm_starts_the_full_nights():
+    """Both on is a valid config: incremental nights continue the previous version, full ones
+    (scheduled or forced) start from the published vectors as warm start does."""
+    from recembed.stages import STAGES
+
+    train = next(s for s in STAGES if s.name == "train")
+    cfg = load_config(None, ["train.mode='incremental'", "train.warm_start=true"])
+    kinds = {type(r) for r in train.declared_reads(cfg)}
+    assert {A.PublishedRoot, A.PreviousVersion} <= kinds
 
 
 def test_incremental_mode_never_post_processes_nor_tries_line():

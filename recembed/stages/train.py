@@ -55,9 +55,14 @@ def run(ctx: StageContext) -> dict:
     mode, prev, train_file = _mode(ctx, vocab)
     if prev is not None:  # incremental: the previous version's trained rows
         init = (prev.codes, prev.vectors, prev.context)
-    else:
+    else:  # a full training: warm-started when train.warm_start is on
         warm = ctx.inputs(A.PublishedRoot)  # declared only when train.warm_start is on
         init = warm_start_vectors(A.current_version_dir(warm[0].root), vocab) if warm else None
+        if init is not None and init[1].shape[1] != params.vector_size:
+            log.warning("train.warm_start is on but the published version has %d dimensions, "
+                        "train.vector_size is %d: training from scratch", init[1].shape[1],
+                        params.vector_size)
+            init = None
     catalog = pd.read_parquet(ctx.read(A.CATALOG)) if S.has_catalog(cfg) else None
     side: dict = {}
     side_corpus = None
