@@ -262,3 +262,26 @@ def test_two_nights_the_second_incremental_and_its_manifest_says_so(tmp_path):
     # a rerun of night 2 (its own version now LATEST) resumes: train is not rerun
     again = run_pipeline(cfg, plan=STAGES, echo=lambda s: None)
     assert again.stages["train"]["status"] == "skipped"
+
+
+def test_load_previous_keeps_trained_rows_this_run_knows(tmp_path):
+    """Cold-start rows (origin side_info) and ids this run has never seen are not continued;
+    the data ends come from the manifest's `training` record."""
+    from recembed.incremental import load_previous
+    from tests.conftest import make_version
+
+    v = make_version(tmp_path / "published", "v1", n=10, d=4)
+    # this run knows sku0..sku8 under other codes (sku9 is gone from its data)
+    vocab = pd.DataFrame({"code": np.arange(9) + 100, "id": [f"sku{i}" for i in range(9)]})
+    prev = load_previous(v, vocab)
+    assert prev.data_end is None and prev.dimension == 4 and prev.postprocess == "none"
+    assert prev.codes.tolist() == list(range(100, 107))  # sku7..sku9 are side_info rows
+    emb = A.Embeddings.load(v)
+    np.testing.assert_array_equal(prev.vectors, emb.vectors[:7])
+    np.testing.assert_array_equal(prev.context, emb.context[:7])
+    man = json.loads((v / A.MANIFEST).read_text())
+    man["training"] = {"data_end": T0, "last_full_end": T0 - DAY}
+    A.write_json(v / A.MANIFEST, man)
+    again = load_previous(v, vocab)
+    assert (again.data_end, again.last_full_end) == (T0, T0 - DAY)
+    assert load_previous(None, vocab) is None
