@@ -26,11 +26,12 @@ Measured (`benchmarks/incremental.py`, `benchmarks/RESULTS.md`, "incremental nig
 clicks and music logs, 150k events, 5 nights each against a full retrain of the same night on
 the same holdout queries): an incremental night trains 15-18% of the tokens in 12-39% of the
 train stage's time, and its neighbour lists move far less from night to night (overlap@10 with
-the previous night 0.78-0.85 against 0.42-0.59). Its quality is not a tie everywhere: on music
+the previous night 0.77-0.85 against 0.42-0.59). Its quality is not a tie everywhere: on music
 `recommend` loses 0.014-0.017 Recall@20 (about 4 paired standard errors) every night, on clicks
-the first incremental night loses 0.004-0.009 (1-2 SE) while later nights tie or win. So the
-default stays `train.mode = "full"`; incremental is an option for logs where its replay shows
-a tie.
+the first incremental night loses 0.004-0.009 (1-2 SE) while later nights tie or win. With
+replay_share 0.3 the music vectors alone tie, `recommend` still loses (possibly because the
+continued vectors' norms grow each night under the blend's fixed temperature: not tested). So the default stays
+`train.mode = "full"`; incremental is an option for logs where this replay shows a tie.
 """
 
 from __future__ import annotations
