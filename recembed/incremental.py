@@ -30,8 +30,9 @@ the previous night 0.77-0.85 against 0.42-0.59). Its quality is not a tie everyw
 `recommend` loses 0.014-0.017 Recall@20 (about 4 paired standard errors) every night, on clicks
 the first incremental night loses 0.004-0.009 (1-2 SE) while later nights tie or win. With
 replay_share 0.3 the music vectors alone tie, `recommend` still loses (possibly because the
-continued vectors' norms grow each night under the blend's fixed temperature: not tested). So the default stays
-`train.mode = "full"`; incremental is an option for logs where this replay shows a tie.
+continued vectors' norms grow each night under the blend's fixed temperature: not tested). So
+the default stays `train.mode = "full"`; incremental is an option for logs where this replay
+shows a tie.
 """
 
 from __future__ import annotations
