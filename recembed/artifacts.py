@@ -140,6 +140,11 @@ TUNE_LOCK = Artifact(".tune.lock")  # flock held by the `recembed tune` using a 
 # scratch files of a stage (in its .tmp-<stage> folder, removed when it ends)
 SCRATCH_CORPUS = "corpus.txt"  # the corpora concatenated for gensim's corpus_file mode
 SCRATCH_SIDE = "side.txt"  # the cold-start "context" scheme's attribute sentences
+# an incremental night's training corpus (recembed.incremental): its sessions, its walk lines,
+# and the two concatenated
+SCRATCH_INCR_SESSIONS = "incremental_sessions.txt"
+SCRATCH_INCR_WALKS = "incremental_walks.txt"
+SCRATCH_INCR_CORPUS = "incremental_corpus.txt"
 # a published root and its versions
 RUN_LOCK = ".lock"  # flock held by the run using a run directory (the runner's)
 LATEST = "LATEST"
@@ -201,10 +206,19 @@ class PreviousVersion:
     """The published version a run builds on (calibration reuse): the version `LATEST` names,
     or, when the run directory `run_dir` published that one itself (a rerun after a crash past
     its publish), the newest other version. Its stamp names that version and its manifest's
-    sha256, so the run's own publish never changes the fingerprint of a stage that reads it."""
+    sha256, so the run's own publish never changes the fingerprint of a stage that reads it.
+
+    `run_dir` "" = the run directory of the stage that declares it: the runner binds it
+    (`bound`) before fingerprinting or running the stage (the train stage's declaration under
+    `train.mode = "incremental"`)."""
 
     root: str
-    run_dir: str
+    run_dir: str = ""
+
+    def bound(self, run_dir: str | Path) -> PreviousVersion:
+        """This input with `run_dir` set to the running stage's, when it was left "";
+        otherwise itself."""
+        return self if self.run_dir else PreviousVersion(self.root, str(run_dir))
 
     def version_dir(self) -> Path | None:
         """The version folder, or None when there is none."""

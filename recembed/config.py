@@ -281,6 +281,13 @@ class TrainConfig(_Section):
     workers: int = Field(0, ge=0)  # 0 = run.threads
     export_context_vectors: bool = True
     warm_start: bool = False
+    # incremental nights (recembed.incremental): "full" retrains from scratch every run;
+    # "incremental" continues from the current published version on the sessions added since
+    # its data end plus a replay share of older ones, with a full retrain every
+    # full_every_days of data time (and whenever the previous version cannot be continued)
+    mode: Literal["full", "incremental"] = "full"
+    full_every_days: float = Field(7.0, gt=0)
+    replay_share: float = Field(0.1, ge=0, le=1)
     # post-processing of the vector space (recembed.postprocess): none, center, abtt:D,
     # whiten, whiten:R, zca; "auto" = calibration's choice ("none" without calibration)
     postprocess: str = "auto"
@@ -465,6 +472,14 @@ class Config(_Section):
              f"train.postprocess = {t.postprocess!r} would have transformed (not a skip-gram "
              "space to continue from); set train.postprocess = \"none\" or \"auto\" (with "
              "warm start, auto means none)"),
+            (t.mode == "incremental" and ln.mode in ("alone", "concat"),
+             f'train.mode = "incremental" with line.mode = "{ln.mode}": incremental training '
+             'continues skip-gram vectors only; set line.mode = "off" or train.mode = "full"'),
+            (t.mode == "incremental" and t.postprocess not in ("auto", "none"),
+             f'train.mode = "incremental" continues from the published vectors, which '
+             f"train.postprocess = {t.postprocess!r} would have transformed (not a skip-gram "
+             'space to continue from); set train.postprocess = "none" or "auto" (with '
+             "incremental mode, auto means none)"),
             (self.publish.enabled and not self.evaluate.enabled,
              "publish.enabled = true needs evaluate.enabled = true (the quality gate compares "
              "evaluations)"),

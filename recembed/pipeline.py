@@ -90,9 +90,13 @@ class Stage:
     # resolved config to every later stage, so their plan and fingerprints hold the choices
     resolve: Callable[[Config, Path], Config] | None = None
 
-    def declared_reads(self, cfg: Config) -> tuple:
-        """What this stage reads under `cfg`."""
-        return tuple(self.reads(cfg) if callable(self.reads) else self.reads)
+    def declared_reads(self, cfg: Config, run_dir: str | Path | None = None) -> tuple:
+        """What this stage reads under `cfg`; with `run_dir`, outside inputs that depend on the
+        run directory (`PreviousVersion` declared with run_dir "") are bound to it."""
+        reads = tuple(self.reads(cfg) if callable(self.reads) else self.reads)
+        if run_dir is None:
+            return reads
+        return tuple(r.bound(run_dir) if hasattr(r, "bound") else r for r in reads)
 
     def declared_writes(self, cfg: Config) -> tuple[Artifact, ...]:
         """What this stage writes under `cfg`."""
@@ -364,7 +368,8 @@ def _run_locked(cfg: Config, run_dir: Path, order: list[Stage], plan: Sequence[S
     while i < len(order):
         st = order[i]
         i += 1
-        fp = stage_fingerprint(cfg, st, {n: fingerprints.get(p) for n, p in producer.items()})
+        fp = stage_fingerprint(cfg, st, {n: fingerprints.get(p) for n, p in producer.items()},
+                               run_dir)
         done = run_dir / A.done_file(st.name)
         t0 = time.perf_counter()
         if st.name in reuse:
@@ -490,11 +495,13 @@ def default_run_dir(cfg: Config) -> Path:
     return Path(cfg.run.runs_dir) / f"{cfg.run.name}-{h.hexdigest()[:12]}"
 
 
-def stage_fingerprint(cfg: Config, st: Stage, written_by: dict[str, str | None]) -> str:
+def stage_fingerprint(cfg: Config, st: Stage, written_by: dict[str, str | None],
+                      run_dir: str | Path | None = None) -> str:
     """sha256 over the stage's settings, the fingerprints behind the artifacts it reads (by the
-    stage that writes each, `written_by[name]`), its outside inputs' stamps and its outputs."""
+    stage that writes each, `written_by[name]`), its outside inputs' stamps (bound to
+    `run_dir`, `Stage.declared_reads`) and its outputs."""
     reads = []
-    for r in st.declared_reads(cfg):
+    for r in st.declared_reads(cfg, run_dir):
         if isinstance(r, Artifact):
             reads.append({"artifact": r.name, "from": written_by.get(r.name)})
         else:
@@ -537,7 +544,7 @@ def _run_stage(cfg: Config, st: Stage, fp: str, run_dir: Path) -> dict:
     (run_dir / A.done_file(st.name)).unlink(missing_ok=True)
     t0 = time.perf_counter()
     writes = st.declared_writes(cfg)
-    ctx = StageContext(cfg, st.name, run_dir, tmp, st.declared_reads(cfg), writes)
+    ctx = StageContext(cfg, st.name, run_dir, tmp, st.declared_reads(cfg, run_dir), writes)
     try:
         stats = st.run(ctx) or {}
     except OSError:

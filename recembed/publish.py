@@ -26,6 +26,7 @@ import numpy as np
 
 from recembed import artifacts as A
 from recembed.artifacts import Artifact, Embeddings, Metrics, Scores, current_version_dir
+from recembed.incremental import TRAINING_KEYS
 from recembed.postprocess import VectorTransform
 
 log = logging.getLogger("recembed")
@@ -421,6 +422,10 @@ def version_manifest(*, code_version: str, run_dir: Path, model: str, fingerprin
                     "serving": dict(metrics.serving.allow_repeats.values)},
         # what the run chose on its validation split, and the validation numbers
         "calibration": metrics.calibration,
+        # which training ran (full / incremental) and why, and the data ends behind it: the
+        # next incremental night reads them (recembed.incremental.load_previous)
+        "training": {k: count("train", k) for k in TRAINING_KEYS
+                     if count("train", k) is not None},
     }
 
 

@@ -20,6 +20,7 @@ from recembed.calibrate import CalibrationPlan
 from recembed.catalog import ColdParams
 from recembed.config import Config
 from recembed.graph import GraphParams
+from recembed.incremental import IncrementalParams
 from recembed.index import IndexParams
 from recembed.ingest import ColumnMap, IngestParams
 from recembed.line import LineParams, split_corpus
@@ -218,12 +219,27 @@ def postprocess_options(cfg: Config) -> list[str]:
     t = cfg.train
     if t.postprocess != "auto":
         return [t.postprocess]
-    if t.warm_start:
+    if continues_published(cfg):
         return ["none"]
     opts = auto_options(t.vector_size)
     if cfg.index.type != "auto":
         opts = [o for o in opts if output_dim(o, t.vector_size) == t.vector_size]
     return opts
+
+
+def continues_published(cfg: Config) -> bool:
+    """Whether training may start from the published vectors (`train.warm_start`, or
+    `train.mode = "incremental"`): then the vector space is never post-processed and LINE is
+    never a calibration option."""
+    return cfg.train.warm_start or cfg.train.mode == "incremental"
+
+
+def incremental_params(cfg: Config) -> IncrementalParams:
+    """`train.mode`, `train.full_every_days`, `train.replay_share` and the run's seed as
+    `recembed.incremental.IncrementalParams`."""
+    t = cfg.train
+    return IncrementalParams(mode=t.mode, full_every_days=t.full_every_days,
+                             replay_share=t.replay_share, seed=cfg.run.seed)
 
 
 def target_tokens(cfg: Config) -> int:
@@ -391,7 +407,7 @@ def calibrated_corpora(cfg: Config) -> list[str]:
     LINE's; under train.warm_start or the "context" cold scheme LINE options are dropped (the
     config refuses them set explicitly)."""
     mode, out = cfg.line.mode, []
-    no_line = cfg.train.warm_start or (has_catalog(cfg) and cfg.cold.scheme == "context")
+    no_line = continues_published(cfg) or (has_catalog(cfg) and cfg.cold.scheme == "context")
     for c in cfg.calibrate.corpora:
         base, kind = split_corpus(c)
         if mode == "concat":
@@ -428,7 +444,7 @@ def resolve_config(cfg: Config, record: dict | None) -> Config:
         out.train.target_tokens = int(rec.get("target_tokens") or DEFAULT_TARGET_TOKENS)
     if out.train.postprocess == "auto":
         # calibration's choice of the vector space's post-processing (never with warm start)
-        out.train.postprocess = "none" if out.train.warm_start else \
+        out.train.postprocess = "none" if continues_published(out) else \
             str(rec.get("postprocess") or "none")
     chosen = (rec.get("blend") or {}).get("settings") or {}
     default = BlendSettings()

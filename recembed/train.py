@@ -97,6 +97,7 @@ def train_word2vec(
     callbacks: tuple = (),
     side_corpus: str | Path | None = None,
     side_tokens: int = 0,
+    train_file: str | Path | None = None,
 ) -> TrainResult:
     """Train skip-gram Word2Vec on a corpus file of item-code lines (gensim corpus_file mode).
 
@@ -154,14 +155,20 @@ def train_word2vec(
     side_tokens : int
         Tokens in `side_corpus`. Its passes: as many as the items had, capped so that it trains
         at most as many tokens as the items did (at least one pass).
+    train_file : str or Path, optional
+        Incremental training (`recembed.incremental`): the vocabulary, its counts and the
+        epochs (`target_tokens` / tokens of `corpus_file`) come from `corpus_file`, as in a
+        full training, but the passes run over this smaller corpus (the new sessions and a
+        replay sample), so training costs its share of the tokens. Default: `corpus_file`.
 
     Returns
     -------
     TrainResult
         `vectors` [n_items, vector_size] float32 in ascending code order, `codes`, `counts`,
         `context` (output vectors; None without negative sampling) and `stats`: vocab,
-        corpus_tokens, epochs, epochs_requested, tokens_trained, vocab_seconds,
-        train_seconds, words_per_s, warm_started, loss_per_epoch (reset every epoch).
+        corpus_tokens, train_corpus_tokens (of `train_file`), epochs, epochs_requested,
+        tokens_trained, vocab_seconds, train_seconds, words_per_s, warm_started,
+        loss_per_epoch (reset every epoch).
 
     Examples
     --------
@@ -218,16 +225,22 @@ def train_word2vec(
     if target_tokens > 0:
         epochs = epochs_for(model.corpus_total_words, target_tokens)
     requested = epochs
-    if max_tokens > 0 and model.corpus_total_words * epochs > max_tokens:
-        epochs = max(1, int(max_tokens // model.corpus_total_words))
+    train_path, train_words = corpus_file, int(model.corpus_total_words)
+    if train_file is not None:
+        from recembed.incremental import count_tokens
+
+        train_path, train_words = str(train_file), count_tokens(train_file)
+        if train_words == 0:
+            raise ValueError(f"training corpus {train_file} is empty")
+    if max_tokens > 0 and train_words * epochs > max_tokens:
+        epochs = max(1, int(max_tokens // train_words))
         log.warning("train.max_tokens=%s: %s corpus tokens x %d epochs is over budget; training "
-                    "%d epochs", f"{max_tokens:,}", f"{model.corpus_total_words:,}", requested,
-                    epochs)
+                    "%d epochs", f"{max_tokens:,}", f"{train_words:,}", requested, epochs)
         if bar is not None:
             bar.total = epochs
     warm = _warm_start(model, *init) if init is not None else 0
     t1 = time.perf_counter()
-    model.train(corpus_file=corpus_file, total_words=model.corpus_total_words, epochs=epochs,
+    model.train(corpus_file=train_path, total_words=train_words, epochs=epochs,
                 compute_loss=True, callbacks=[EpochLoss(), *callbacks])
     t_train = time.perf_counter() - t1
     if bar is not None:
@@ -243,9 +256,10 @@ def train_word2vec(
     if has_ctx:
         context = np.ascontiguousarray(model.syn1neg[order], dtype=np.float32)
     counts = np.array([model.wv.get_vecattr(k, "count") for k in model.wv.index_to_key])[order]
-    tokens = int(model.corpus_total_words) * epochs
+    tokens = train_words * epochs
     stats = {
-        "vocab": len(order), "corpus_tokens": int(model.corpus_total_words), "epochs": epochs,
+        "vocab": len(order), "corpus_tokens": int(model.corpus_total_words),
+        "train_corpus_tokens": train_words, "epochs": epochs,
         "epochs_requested": requested,
         "tokens_trained": tokens, "vocab_seconds": round(t_vocab, 3),
         "train_seconds": round(t_train, 3),

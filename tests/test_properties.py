@@ -281,8 +281,9 @@ def config_raw(draw) -> dict:
     tr = raw.get("train", {})
     if tr.get("negative") == 0:
         tr["hs"] = True  # a training objective is needed
-    if tr.get("warm_start") and tr.get("postprocess", "auto") not in ("auto", "none"):
-        tr["postprocess"] = "none"  # warm start continues from unprocessed vectors
+    continues = tr.get("warm_start") or tr.get("mode") == "incremental"
+    if continues and tr.get("postprocess", "auto") not in ("auto", "none"):
+        tr["postprocess"] = "none"  # warm start / incremental continue unprocessed vectors
     # sizes that fit a machine (refused at load otherwise: issue 25, item 9)
     if "vector_size" in tr:
         tr["vector_size"] = min(tr["vector_size"], 4096)
@@ -301,11 +302,12 @@ def config_raw(draw) -> dict:
         ln["dimension"] -= 1 if ln["dimension"] > 2 else -1  # half per order
     mode = ln.get("mode")
     # LINE's refusals (config._runnable): alone beside a skip-gram switched on, concat without
-    # negatives, either with warm start or the "context" cold scheme of a catalog run
+    # negatives, either with warm start / incremental training or the "context" cold scheme of
+    # a catalog run
     if mode in ("alone", "concat") and (
             (mode == "alone" and True in (raw.get("walks", {}).get("enabled"),
                                           raw.get("sequences", {}).get("enabled")))
-            or (mode == "concat" and tr.get("negative") == 0) or tr.get("warm_start")
+            or (mode == "concat" and tr.get("negative") == 0) or continues
             or (cat.get("path") and raw.get("cold", {}).get("scheme") == "context")):
         ln["mode"] = "auto"
     return raw

@@ -256,6 +256,7 @@ LAYERS = [
     {"recembed.walks"},
     {"recembed.spark.ingest", "recembed.spark.sessions", "recembed.spark.graph",
      "recembed.spark.walks", "recembed.spark.sequences"},
+    {"recembed.incremental"},  # what an incremental night trains on (train counts its tokens)
     {"recembed.train"},
     {"recembed.line"},  # LINE beside the skip-gram (its results become a TrainResult)
     {"recembed.index"},

@@ -1,12 +1,16 @@
 """train: the corpora -> item vectors (gensim skip-gram), optionally warm-started from the
-current published version; with line.mode "alone" / "concat" LINE vectors over the item graph
+current published version, or with train.mode = "incremental" continued from the previous
+published version on the sessions added since it (`recembed.incremental`: which mode ran and
+why goes into train.json); with line.mode "alone" / "concat" LINE vectors over the item graph
 (`recembed.line`) replace or extend them; post-processed (`recembed.postprocess`: postprocess.npz)."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import asdict, replace
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from recembed import artifacts as A
@@ -14,10 +18,19 @@ from recembed import settings as S
 from recembed.catalog import cold_rows, delisting_warning, item_categories, write_side_sentences
 from recembed.config import Config
 from recembed.graph import load_graph
+from recembed.incremental import (
+    PreviousModel,
+    count_tokens,
+    decide,
+    load_previous,
+    sample_lines,
+    select_sessions,
+)
 from recembed.line import samples_for, train_line, with_line
 from recembed.pipeline import EXIT_BAD_INPUT, PipelineError, Stage, StageContext
 from recembed.postprocess import VectorTransform
 from recembed.publish import warm_start_vectors
+from recembed.sequences import write_session_corpus
 from recembed.train import (
     EmptyVocabulary,
     TrainResult,
@@ -39,8 +52,17 @@ def run(ctx: StageContext) -> dict:
         catalog = pd.read_parquet(ctx.read(A.CATALOG)) if S.has_catalog(cfg) else None
         return _export(ctx, _line(ctx, None), vocab, catalog, {})
     corpus = concat_corpora([ctx.read(a) for a in corpora(cfg)], ctx.scratch / A.SCRATCH_CORPUS)
-    warm = ctx.inputs(A.PublishedRoot)  # declared only when train.warm_start is on
-    init = warm_start_vectors(A.current_version_dir(warm[0].root), vocab) if warm else None
+    mode, prev, train_file = _mode(ctx, vocab)
+    if prev is not None:  # incremental: the previous version's trained rows
+        init = (prev.codes, prev.vectors, prev.context)
+    else:  # a full training: warm-started when train.warm_start is on
+        warm = ctx.inputs(A.PublishedRoot)  # declared only when train.warm_start is on
+        init = warm_start_vectors(A.current_version_dir(warm[0].root), vocab) if warm else None
+        if init is not None and init[1].shape[1] != params.vector_size:
+            log.warning("train.warm_start is on but the published version has %d dimensions, "
+                        "train.vector_size is %d: training from scratch", init[1].shape[1],
+                        params.vector_size)
+            init = None
     catalog = pd.read_parquet(ctx.read(A.CATALOG)) if S.has_catalog(cfg) else None
     side: dict = {}
     side_corpus = None
@@ -54,14 +76,70 @@ def run(ctx: StageContext) -> dict:
         res = train_word2vec(corpus, target_tokens=S.target_tokens(cfg), seed=cfg.run.seed,
                              init=init, side_corpus=side_corpus,
                              side_tokens=side.get("side_tokens", 0), progress=cfg.run.progress,
-                             **params.kwargs())
+                             train_file=train_file, **params.kwargs())
     except EmptyVocabulary as e:
         raise PipelineError(f"train.min_count={params.min_count} is above the corpus count of "
                             "every item: nothing left to train; lower train.min_count",
                             EXIT_BAD_INPUT) from e
+    if prev is not None:
+        trained = np.isin(res.codes, prev.codes)
+        mode.update(new_items=int((~trained).sum()),
+                    removed_items=int((~np.isin(prev.codes, res.codes)).sum()))
+    res.stats.update(mode)
     if cfg.line.mode == "concat":
         res = _line(ctx, res)
     return _export(ctx, res, vocab, catalog, side)
+
+
+def _mode(ctx: StageContext, vocab: pd.DataFrame
+          ) -> tuple[dict, PreviousModel | None, Path | None]:
+    """Which training runs (`recembed.incremental.decide`) and, for an incremental one, the
+    previous version and the corpus of the new sessions, the replay sample and walk lines in
+    the same share. Returns (train.json's mode record, previous model or None, corpus or None)."""
+    cfg = ctx.cfg
+    inc = S.incremental_params(cfg)
+    table = pd.read_parquet(ctx.read(A.SESSION_TABLE), columns=["session", "end", "split",
+                                                                 "weight"])
+    train_end = table.loc[table["split"] != 1, "end"]
+    data_end = int(train_end.max()) if len(train_end) else 0
+    prev = None
+    if inc.mode == "incremental":
+        roots = ctx.inputs(A.PreviousVersion)
+        prev = load_previous(roots[0].version_dir() if roots else None, vocab)
+    d = decide(inc, prev, data_end=data_end, model=S.model_name(cfg),
+               vector_size=cfg.train.vector_size)
+    mode = {"mode": d.mode, "mode_requested": inc.mode, "mode_reason": d.reason,
+            "previous_version": d.previous, "data_end": data_end,
+            "last_full_end": d.last_full_end}
+    if d.mode == "full" or prev is None or prev.data_end is None:
+        log.info("train: full training (%s)", d.reason)
+        return mode, None, None
+    sessions = pd.read_parquet(ctx.read(A.SESSIONS_TRAIN), columns=["session", "item"])
+    keep, counts = select_sessions(sessions, table, prev.data_end, prev.codes,
+                                   inc.replay_share, inc.seed)
+    share = len(keep) / max(counts["older_sessions"] + counts["incremental_sessions"], 1)
+    parts = []
+    for name in S.corpus_names(cfg):
+        if name == "sessions":
+            out = ctx.scratch / A.SCRATCH_INCR_SESSIONS
+            write_session_corpus(sessions[sessions["session"].isin(keep)],
+                                 table[["session", "weight"]], out,
+                                 **asdict(S.corpus_params(cfg)))
+        else:  # walks over the whole graph: the same share of their lines
+            out = ctx.scratch / A.SCRATCH_INCR_WALKS
+            sample_lines(ctx.read(A.WALKS), out, share, inc.seed)
+        parts.append(out)
+    train_file = concat_corpora(parts, ctx.scratch / A.SCRATCH_INCR_CORPUS) if parts else None
+    if train_file is None or count_tokens(train_file) == 0:
+        reason = "the incremental corpus is empty (no new session, nothing replayed)"
+        log.info("train: full training (%s)", reason)
+        return {**mode, "mode": "full", "mode_reason": reason, "last_full_end": data_end}, \
+            None, None
+    mode.update(counts, session_share=round(share, 4))
+    log.info("train: incremental (%s): %d new sessions, %d replayed, %d older ones with new "
+             "items", d.reason, counts["incremental_sessions"], counts["replayed_sessions"],
+             counts["new_item_sessions"])
+    return mode, prev, train_file
 
 
 def _line(ctx: StageContext, res: TrainResult | None) -> TrainResult:
@@ -127,8 +205,13 @@ def corpora(cfg: Config) -> list[A.Artifact]:
 
 def _reads(cfg: Config) -> tuple:
     warm = (A.PublishedRoot(cfg.publish.dir),) if cfg.train.warm_start else ()
+    # incremental: the previous version (bound to this run directory by the runner, so a
+    # rerun after this run's own publish still continues the same version) and the sessions
+    incr = (A.SESSIONS_TRAIN, A.PreviousVersion(str(cfg.publish.dir))) \
+        if cfg.train.mode == "incremental" else ()
     graph = (A.GRAPH,) if S.uses_line(cfg) else ()
-    return (*corpora(cfg), *graph, A.VOCABULARY, A.CATEGORIES, A.CALIBRATION, *warm,
+    return (*corpora(cfg), *graph, A.VOCABULARY, A.CATEGORIES, A.CALIBRATION, A.SESSION_TABLE,
+            *incr, *warm,
             *([A.CATALOG] if S.has_catalog(cfg) else []))
 
 
