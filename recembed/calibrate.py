@@ -80,7 +80,7 @@ import numpy as np
 import pandas as pd
 
 from recembed.blend import SIGNALS, BlendModel, BlendSettings, Signals, blended_scores
-from recembed.blend.kernels import flat_ranks
+from recembed.blend.kernels import COSINE, DIRECTIONAL, flat_ranks
 from recembed.blend.model import SignalBatch
 from recembed.blend.scores import signal_weights
 from recembed.candidates import CalibrationCatalog, train_model
@@ -710,7 +710,7 @@ def calibrate_run(
     record["validation_queries"] = vs.stats
     base = evaluate_all(ct, val, vs.n_items, ks=[20], baselines=list(baselines),
                         max_queries=plan.max_queries, seed=seed, train_ts=ct["ts"].to_numpy(),
-                        **vs.cold_kw)
+                        intervals=False, **vs.cold_kw)
     record["baselines"] = {n: {"recall@20": m["allow_repeats"]["recall@20"],
                                "mrr@20": m["allow_repeats"]["mrr@20"]}
                            for n, m in base["methods"].items()}
@@ -830,23 +830,52 @@ class BlendScorer:
             raise ValueError(f"{len(batch)} queries, {len(targets)} targets")
         self.batch, self.k = batch, int(k)
         self.targets = np.ascontiguousarray(targets, np.int64)
+        self._cos: dict[tuple, np.ndarray] = {}
         self._expo: dict[tuple, np.ndarray] = {}
+        self._ranks: dict[tuple, np.ndarray] = {}
+        self.ranked = 0  # kernel runs (settings scored that no earlier one scored the same)
 
     def _exp(self, flat, st: BlendSettings, key: tuple) -> np.ndarray:
-        """float64 [T, 2]: `BlendModel._exp_normalised` of both signals (a few kept)."""
+        """float64 [T, 2]: `BlendModel._exp_normalised` of both signals (a few kept; the
+        cosine column, which no temperature changes, once per signal set)."""
         full = (*key, float(st.temperature))
         if full not in self._expo:
+            both = np.ones(len(SIGNALS))
+            both[COSINE] = 0.0
+            expo = BlendModel._exp_normalised(flat, both, st)
+            if key not in self._cos:
+                cos = np.zeros(len(SIGNALS))
+                cos[COSINE] = 1.0
+                self._cos[key] = BlendModel._exp_normalised(flat, cos, st)[:, COSINE]
+                while len(self._cos) > self.batch.keep:
+                    self._cos.pop(next(iter(self._cos)))
+            expo[:, COSINE] = self._cos[key]
             while len(self._expo) >= 6:
                 self._expo.pop(next(iter(self._expo)))
-            self._expo[full] = BlendModel._exp_normalised(flat, np.ones(len(SIGNALS)), st)
+            self._expo[full] = expo
         return self._expo[full]
+
+    def ranks(self, st: BlendSettings) -> np.ndarray:
+        """int64 [n]: each target's rank under `st` (0 = not ranked: not a candidate, or the
+        excluded last item). Settings that score every candidate the same share one run of
+        the kernel: equal signals (`SignalBatch.key`), weights and exclude_last, and the
+        temperature when the directional signal weighs anything."""
+        key = SignalBatch.key(st)
+        w = signal_weights(st)
+        memo = (key, tuple(w), bool(st.exclude_last),
+                float(st.temperature) if w[DIRECTIONAL] != 0.0 else None)
+        if memo not in self._ranks:
+            flat = self.batch.flat(st)
+            self._ranks[memo] = flat_ranks(flat, self._exp(flat, st, key), w,
+                                           exclude_last=bool(st.exclude_last),
+                                           targets=self.targets)
+            self.ranked += 1
+        return self._ranks[memo]
 
     def __call__(self, st: BlendSettings, *, per_query: bool = False) -> tuple:
         """(recall@k, mrr@k) of `st`; with ``per_query=True`` the per-query (hit in {0, 1},
         reciprocal rank in [0, 1], 0 past k) arrays instead, as `_recall_mrr` returns them."""
-        flat = self.batch.flat(st)
-        rank = flat_ranks(flat, self._exp(flat, st, SignalBatch.key(st)), signal_weights(st),
-                          exclude_last=bool(st.exclude_last), targets=self.targets)
+        rank = self.ranks(st)
         ok = (rank > 0) & (rank <= self.k)
         rr = np.where(ok, 1.0 / np.maximum(rank, 1), 0.0)
         if per_query:
