@@ -147,3 +147,20 @@ def test_padded_signals_of_nothing_is_one_empty_column():
     flat = SignalBatch(m, [np.zeros(0, np.int64), np.array([-1])]).flat(settings(1))
     sig = padded_signals(flat)
     assert sig.rows.tolist() == [[-1], [-1]] and not sig.values.any()
+
+
+def test_scorer_reuses_a_ranking_only_where_the_scores_cannot_differ():
+    m = random_model(2)
+    sessions = random_sessions(2, len(m.vectors), n=80)
+    targets = _targets(sessions, m, np.random.default_rng(2))
+    scorer = BlendScorer(SignalBatch(m, sessions), targets)
+    no_dir = BlendSettings(weights={"rules": 1.0, "cosine": 0.3}, candidates=30)
+    first = scorer(no_dir)
+    assert scorer(replace(no_dir, temperature=7.0)) == first and scorer.ranked == 1
+    with_dir = replace(no_dir, weights={"rules": 1.0, "directional": 0.3})
+    scorer(with_dir)
+    scorer(replace(with_dir, temperature=0.05))  # the directional signal changes: rescored
+    assert scorer.ranked == 3
+    for st in (replace(with_dir, temperature=0.05), replace(no_dir, exclude_last=False)):
+        fresh = BlendScorer(SignalBatch(m, sessions), targets)
+        assert scorer(st) == fresh(st) == _recall_mrr(m.signals(sessions, st), st, targets, 20)
