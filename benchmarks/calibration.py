@@ -2,6 +2,13 @@
 
     python benchmarks/calibration.py --before /tmp/calb/main-before   # both, appends RESULTS.md
     python benchmarks/calibration.py --only yoochoose,clicks           # this checkout only
+    python benchmarks/calibration.py --before B --only demo,yoochoose,diginetica --repeat 2
+
+"demo" is `make demo`'s run (pipelines/nightly.toml on the bundled sample). Each run is timed
+from the parent: wall seconds of the whole subprocess (interpreter start and imports included,
+as a `recembed run` would take) and its CPU seconds (user + system, every thread: on a shared
+machine the CPU seconds are what the run itself cost), with the load average before and after.
+With --repeat N the before and after runs alternate N times (the same minutes for both).
 
 Per dataset (the YOOCHOOSE and DIGINETICA samples as pipelines/<name>.toml runs them, and synth
 profiles with a config holding only [input], `--events` events, seed 0): one default run
@@ -29,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ("yoochoose", "diginetica")
+PIPELINES = {"demo": "nightly"}  # other datasets run pipelines/<name>.toml
 
 
 def worker(dataset: str, events: int, workdir: Path, out: Path) -> None:
@@ -43,8 +51,9 @@ def worker(dataset: str, events: int, workdir: Path, out: Path) -> None:
 
     code_root = Path(sys.modules["recembed"].__file__).resolve().parents[1]
     ov = [f"run.runs_dir='{workdir}'", "run.progress=false", "publish.enabled=false"]
-    if dataset in SAMPLES:
-        cfg = load_config(code_root / "pipelines" / f"{dataset}.toml", ov)
+    if dataset in SAMPLES or dataset in PIPELINES:
+        cfg = load_config(code_root / "pipelines" / f"{PIPELINES.get(dataset, dataset)}.toml",
+                          ov)
     else:
         toml, _ = prepare(dataset, events, 0)
         cfg = load_config(toml, ov)
@@ -66,8 +75,11 @@ def worker(dataset: str, events: int, workdir: Path, out: Path) -> None:
         lo, hi = ar.get(f"ci95_lo:{metric}@20"), ar.get(f"ci95_hi:{metric}@20")
         return None if lo is None or hi is None else (hi - lo) / 3.92
 
+    cal_stage = rep.stages["calibrate"]
     out.write_text(json.dumps({
-        "wall_s": wall, "calibrate_s": rep.stages["calibrate"].get("seconds", 0),
+        "wall_s": wall, "calibrate_s": cal_stage.get("seconds", 0),
+        "calibrate_cpu_s": cal_stage.get("cpu_seconds"),
+        "stage_s": {n: st.get("seconds", 0) for n, st in rep.stages.items()},
         "candidates": len(cal.get("candidates", [])), "tokens_trained": spent,
         "final_tokens": final, "choice": f"{cal.get('corpus')} {cal.get('target_tokens'):,}",
         "reuse": (cal.get("reuse") or {}).get("decision", "-"),
@@ -79,22 +91,42 @@ def worker(dataset: str, events: int, workdir: Path, out: Path) -> None:
 
 
 def measure(code: Path, dataset: str, events: int) -> dict:
-    """One run of `dataset` on the checkout `code` (a subprocess)."""
+    """One run of `dataset` on the checkout `code` (a subprocess), with the subprocess's wall
+    and CPU seconds (`resource.getrusage` of the children) and the load average around it."""
+    import resource
+
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "facts.json"
         env = {**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{ROOT / 'benchmarks'}",
                "OMP_WAIT_POLICY": "PASSIVE"}
+        load0 = os.getloadavg()[0]
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
         subprocess.run([sys.executable, __file__, "--worker", dataset, "--events", str(events),
                         "--workdir", tmp, "--out", str(out)], check=True, env=env, cwd=code)
-        return json.loads(out.read_text())
+        wall = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        facts = json.loads(out.read_text())
+        facts.update(process_wall_s=wall, process_cpu_s=(r1.ru_utime - r0.ru_utime)
+                     + (r1.ru_stime - r0.ru_stime), load=(load0, os.getloadavg()[0]))
+        return facts
 
 
 def row(label: str, dataset: str, f: dict) -> dict:
     def pm(x, s):
         return f"{x:.4f}" + (f" ± {s:.4f}" if s is not None else "")
 
-    return {"dataset": dataset, "code": label, "calibrate s": round(f["calibrate_s"], 1),
-            "run s": round(f["wall_s"], 1), "candidates": f["candidates"],
+    wall = f.get("process_wall_s", f["wall_s"])
+    cpu = f.get("process_cpu_s")
+    load = f.get("load")
+    return {"dataset": dataset, "code": label, "run wall s": round(wall, 1),
+            "run CPU s": round(cpu, 1) if cpu is not None else "-",
+            "calibrate s": round(f["calibrate_s"], 1),
+            "calibrate CPU s": (round(f["calibrate_cpu_s"], 1)
+                                if f.get("calibrate_cpu_s") is not None else "-"),
+            "calibrate share": f"{f['calibrate_s'] / max(f['wall_s'], 1e-9):.0%}",
+            "load 1 min": f"{load[0]:.1f}-{load[1]:.1f}" if load else "-",
+            "candidates": f["candidates"],
             "tokens trained": f["tokens_trained"], "final tokens": f["final_tokens"],
             "ratio": round(f["tokens_trained"] / max(f["final_tokens"], 1), 2),
             "choice": f["choice"], "validation R+MRR": pm(f["val_objective"], f["val_se"]),
@@ -107,6 +139,8 @@ def main() -> None:
     ap.add_argument("--before", type=Path, help="checkout whose code is 'before'")
     ap.add_argument("--only", default="yoochoose,diginetica,clicks,ratings")
     ap.add_argument("--events", type=int, default=50_000, help="events per synth profile")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per (dataset, code), "
+                    "alternating before and after")
     ap.add_argument("--no-append", action="store_true", help="print only")
     ap.add_argument("--facts", type=Path, help="read before_<dataset>.json / after_<dataset>.json "
                     "from this folder (runs made earlier, e.g. in the background) instead of "
@@ -122,9 +156,10 @@ def main() -> None:
     from common import append_results, markdown_table
 
     rows = []
-    for ds in [d for d in args.only.split(",") if d]:
+    for ds, rep in [(d, r) for d in args.only.split(",") if d for r in range(args.repeat)]:
         for label, code in ([("before", args.before)] if args.before else []) + [("after", ROOT)]:
-            saved = (args.facts / f"{label}_{ds}.json") if args.facts else None
+            name = f"{label}_{ds}" + (f"_{rep}" if args.repeat > 1 else "")
+            saved = (args.facts / f"{name}.json") if args.facts else None
             if saved is not None:
                 if not saved.exists():
                     continue
@@ -133,7 +168,7 @@ def main() -> None:
                 facts = measure(code.resolve(), ds, args.events)
             if args.save:
                 args.save.mkdir(parents=True, exist_ok=True)
-                (args.save / f"{label}_{ds}.json").write_text(json.dumps(facts))
+                (args.save / f"{name}.json").write_text(json.dumps(facts))
             rows.append(row(label, ds, facts))
             print(rows[-1], flush=True)
     table = markdown_table(rows)

@@ -5,6 +5,11 @@ import os
 # faiss and numba each bring an OpenMP runtime; with spinning waits they starve each other on
 # small machines (measured 5x slower faiss on 2 cores). Set before either library loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# numpy's OpenBLAS threads spin while they wait, too: beside numba's, faiss's and gensim's
+# threads they made the small matrix products of calibration and evaluation (256 x 64 x 3k
+# items) ~10x slower in wall and CPU time on 2 cores (benchmarks/RESULTS.md, "runs in 60 s";
+# the products are the same, OpenBLAS splits rows, not sums). One thread unless the user says.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 __version__ = "0.1.0"
 

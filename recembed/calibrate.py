@@ -80,6 +80,9 @@ import numpy as np
 import pandas as pd
 
 from recembed.blend import SIGNALS, BlendModel, BlendSettings, Signals, blended_scores
+from recembed.blend.kernels import COSINE, DIRECTIONAL, flat_ranks
+from recembed.blend.model import SignalBatch
+from recembed.blend.scores import signal_weights
 from recembed.candidates import CalibrationCatalog, train_model
 from recembed.graph import GraphParams
 from recembed.line import LineParams
@@ -533,22 +536,19 @@ def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndar
     if "neighbours" in fixed or model.neighbours is None:
         options = [st.neighbours]
     decays = [st.decay] if "decay" in fixed else sorted(set(DECAYS) | {st.decay})
-    # signals per (decay, neighbour option); the union of candidates is the same per option
-    cache: dict[tuple[float, int], Signals] = {}
+    # every signal set computed once per distinct (decay, neighbour option, candidates, ...),
+    # its parts once per what each depends on; scored by a kernel (`BlendScorer`)
+    scorer = BlendScorer(SignalBatch(model, prefixes), targets, k)
 
-    def signals(decay: float, opt: int) -> Signals:
-        key = (decay, opt)
-        if key not in cache:
-            cache[key] = _chunked_signals(model, prefixes, replace(st, decay=decay,
-                                                                   neighbours=options[opt]))
-        return cache[key]
+    def signals(decay: float, opt: int) -> None:
+        scorer.batch.flat(replace(st, decay=decay, neighbours=options[opt]))
 
     n_eval = 0
 
     def score(s: BlendSettings, opt: int) -> tuple[float, float]:
         nonlocal n_eval
         n_eval += 1
-        return _recall_mrr(signals(s.decay, opt), s, targets, k)
+        return scorer(replace(s, neighbours=options[opt]))
 
     def obj(rm: tuple[float, float]) -> float:
         return rm[0] + rm[1]
@@ -618,7 +618,7 @@ def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndar
         for x in sorted(v for v in smaller if v < current):
             cand = make(best, x)
             n_eval += 1
-            tried[x] = _recall_mrr(_chunked_signals(model, prefixes, cand), cand, targets, k)
+            tried[x] = scorer(cand)
             if obj(tried[x]) >= floor:
                 return cand, tried[x], tried
         return best, best_rm, tried
@@ -638,8 +638,7 @@ def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndar
         best, best_rm, samples = fewest(
             best, best_rm, neighbour_sample_size(best.neighbours), NEIGHBOUR_SAMPLES,
             lambda st_, n: replace(st_, neighbours={**st_.neighbours, "sample_size": n}))
-    hit, rr = _recall_mrr(_chunked_signals(model, prefixes, best), best, targets, k,
-                          per_query=True)
+    hit, rr = scorer(best, per_query=True)
     return BlendChoice(best, best_rm[0], best_rm[1], corners, n_eval,
                        time.perf_counter() - t0,
                        {str(c): {"recall@20": r, "mrr@20": m} for c, (r, m) in sizes.items()},
@@ -711,7 +710,7 @@ def calibrate_run(
     record["validation_queries"] = vs.stats
     base = evaluate_all(ct, val, vs.n_items, ks=[20], baselines=list(baselines),
                         max_queries=plan.max_queries, seed=seed, train_ts=ct["ts"].to_numpy(),
-                        **vs.cold_kw)
+                        intervals=False, **vs.cold_kw)
     record["baselines"] = {n: {"recall@20": m["allow_repeats"]["recall@20"],
                                "mrr@20": m["allow_repeats"]["mrr@20"]}
                            for n, m in base["methods"].items()}
@@ -810,28 +809,85 @@ def calibrate_run(
 # ---------------------------------------------------------------- helpers
 
 
-def _chunked_signals(model: BlendModel, prefixes: list[np.ndarray], st: BlendSettings,
-                     chunk: int = 256) -> Signals:
-    """`model.signals` in blocks of queries, padded to one width: the exact candidate searches
-    score every item per query, so all validation queries at once do not fit in memory on a big
-    catalogue (benchmarks/RESULTS.md, "nightly run end to end")."""
-    parts = [model.signals(prefixes[i:i + chunk], st) for i in range(0, len(prefixes), chunk)]
-    width = max(p.rows.shape[1] for p in parts)
+class BlendScorer:
+    """Recall@k and MRR@k of blends over the signals of one `SignalBatch` (fixed queries):
+    `_recall_mrr`'s numbers, bit for bit (tests/test_calibrate.py pins them), from a numba
+    kernel over the end-to-end candidates (`recembed.blend.kernels.flat_ranks`), with the
+    exp-normalised directional signal kept per temperature and the cosine one per signal set.
 
-    def pad(x: np.ndarray, value) -> np.ndarray:
-        extra = [(0, 0), (0, width - x.shape[1])] + [(0, 0)] * (x.ndim - 2)
-        return np.pad(x, extra, constant_values=value)
+    Parameters
+    ----------
+    batch : SignalBatch
+        The queries' signals (its sessions are the queries).
+    targets : int array [n]
+        The next item's row per query (-1 = none: never a hit).
+    k : int >= 1
+        The cut-off.
+    """
 
-    return Signals(np.concatenate([pad(p.rows, -1) for p in parts]),
-                   np.concatenate([pad(p.values, 0) for p in parts]),
-                   np.concatenate([pad(p.in_session, False) for p in parts]),
-                   np.concatenate([p.last for p in parts]))
+    def __init__(self, batch: SignalBatch, targets: np.ndarray, k: int = 20):
+        if len(targets) != len(batch):
+            raise ValueError(f"{len(batch)} queries, {len(targets)} targets")
+        self.batch, self.k = batch, int(k)
+        self.targets = np.ascontiguousarray(targets, np.int64)
+        self._cos: dict[tuple, np.ndarray] = {}
+        self._expo: dict[tuple, np.ndarray] = {}
+        self._ranks: dict[tuple, np.ndarray] = {}
+        self.ranked = 0  # kernel runs (settings scored that no earlier one scored the same)
 
+    def _exp(self, flat, st: BlendSettings, key: tuple) -> np.ndarray:
+        """float64 [T, 2]: `BlendModel._exp_normalised` of both signals (a few kept; the
+        cosine column, which no temperature changes, once per signal set)."""
+        full = (*key, float(st.temperature))
+        if full not in self._expo:
+            both = np.ones(len(SIGNALS))
+            both[COSINE] = 0.0
+            expo = BlendModel._exp_normalised(flat, both, st)
+            if key not in self._cos:
+                cos = np.zeros(len(SIGNALS))
+                cos[COSINE] = 1.0
+                self._cos[key] = BlendModel._exp_normalised(flat, cos, st)[:, COSINE]
+                while len(self._cos) > self.batch.keep:
+                    self._cos.pop(next(iter(self._cos)))
+            expo[:, COSINE] = self._cos[key]
+            while len(self._expo) >= 6:
+                self._expo.pop(next(iter(self._expo)))
+            self._expo[full] = expo
+        return self._expo[full]
+
+    def ranks(self, st: BlendSettings) -> np.ndarray:
+        """int64 [n]: each target's rank under `st` (0 = not ranked: not a candidate, or the
+        excluded last item). Settings that score every candidate the same share one run of
+        the kernel: equal signals (`SignalBatch.key`), weights and exclude_last, and the
+        temperature when the directional signal weighs anything."""
+        key = SignalBatch.key(st)
+        w = signal_weights(st)
+        memo = (key, tuple(w), bool(st.exclude_last),
+                float(st.temperature) if w[DIRECTIONAL] != 0.0 else None)
+        if memo not in self._ranks:
+            flat = self.batch.flat(st)
+            self._ranks[memo] = flat_ranks(flat, self._exp(flat, st, key), w,
+                                           exclude_last=bool(st.exclude_last),
+                                           targets=self.targets)
+            self.ranked += 1
+        return self._ranks[memo]
+
+    def __call__(self, st: BlendSettings, *, per_query: bool = False) -> tuple:
+        """(recall@k, mrr@k) of `st`; with ``per_query=True`` the per-query (hit in {0, 1},
+        reciprocal rank in [0, 1], 0 past k) arrays instead, as `_recall_mrr` returns them."""
+        rank = self.ranks(st)
+        ok = (rank > 0) & (rank <= self.k)
+        rr = np.where(ok, 1.0 / np.maximum(rank, 1), 0.0)
+        if per_query:
+            return ok.astype(np.float64), rr
+        return float(ok.mean()), float(rr.mean())
 
 
 def _recall_mrr(sig: Signals, st: BlendSettings, targets: np.ndarray, k: int, *,
                 per_query: bool = False) -> tuple:
-    """Recall@k and MRR@k of the blend over precomputed signals (allow-repeats protocol).
+    """Recall@k and MRR@k of the blend over precomputed signals (allow-repeats protocol):
+    the numpy reference of `BlendScorer` (which the search uses; tests/test_calibrate.py
+    pins the two equal).
 
     With ``per_query=True`` the two per-query arrays instead (hit in {0, 1}, reciprocal rank
     in [0, 1], 0 past k): their means are the two metrics, and their sum is the per-query

@@ -27,7 +27,8 @@ import scipy.sparse as sp
 from numba import njit, prange
 
 from recembed.graph import build_item_graph
-from recembed.sknn import METHODS, SessionIndex, method_params, session_end_times, sknn_scorer
+from recembed.sknn import METHODS, SessionIndex, method_params, session_end_times
+from recembed.sknn_kernels import dense_scorer
 
 Scorer = Callable[["Queries", np.ndarray], np.ndarray]
 Recommend = Callable[["Queries", np.ndarray, int, bool], np.ndarray]
@@ -112,19 +113,21 @@ def evaluate_variants(
     popularity: np.ndarray | None = None, batch: int = 512, recommender: Recommend | None = None,
     variants: tuple[str, ...] = ("allow_repeats", "exclude_prefix"),
     candidates: np.ndarray | None = None, cold: np.ndarray | None = None,
+    intervals: bool = True,
 ) -> dict[str, dict]:
     """`evaluate` for several variants, scoring each batch once: {variant: metrics}.
 
     `candidates` (bool per item) are the items a scorer may recommend (default: popularity >
     0); `cold` (bool per item) marks cold-start targets, whose recall is reported apart
-    (`recall@K_cold`, `recall@K_warm`, `cold_share`)."""
+    (`recall@K_cold`, `recall@K_warm`, `cold_share`); `intervals` = False leaves out the
+    bootstrap intervals (`ranking_metrics`)."""
     t0 = time.perf_counter()
     recs = top_k_lists(scorer, q, n_items, k=max(ks), popularity=popularity, batch=batch,
                        recommender=recommender, variants=variants, candidates=candidates)
     secs = time.perf_counter() - t0
     out = {}
     for v in variants:
-        out[v] = ranking_metrics(recs[v], q.target, ks, n_items)
+        out[v] = ranking_metrics(recs[v], q.target, ks, n_items, intervals=intervals)
         if popularity is not None:
             out[v].update(popularity_metrics(recs[v], q.target, ks, popularity))
         if cold is not None:
@@ -186,6 +189,7 @@ def evaluate_all(
     recommenders: dict[str, Recommend] | None = None, max_queries: int = 0, seed: int = 0,
     train_ts: np.ndarray | None = None, catalog: np.ndarray | None = None,
     categories: np.ndarray | None = None, listed: np.ndarray | None = None,
+    intervals: bool = True,
 ) -> dict:
     """Every baseline and embedding scorer on the same queries, both variants (prefix items
     allowed / excluded): {"ks", "queries": counts, "methods": {name: {variant: metrics}}}.
@@ -194,7 +198,8 @@ def evaluate_all(
     aligned with `train`'s rows, else its `ts` column. `catalog` (bool per item code: listed in
     the item catalog) turns on the cold-start protocol (module docstring); `categories` (int per
     item, -1 unknown) and `listed` (listing-order key per item, larger = newer) feed the
-    ``category`` baseline."""
+    ``category`` baseline. `intervals` = False: no bootstrap intervals (calibration reads
+    the means only)."""
     popularity = np.bincount(train["item"].to_numpy(), minlength=n_items).astype(np.float64)
     warm = popularity > 0
     known = warm if catalog is None else warm | np.asarray(catalog, bool)[:n_items]
@@ -203,7 +208,7 @@ def evaluate_all(
     if cold is not None:
         qstats["cold_queries"] = int(cold[q.target].sum())
         qstats["cold_share"] = float(cold[q.target].mean()) if len(q) else 0.0
-    kw = {"candidates": known, "cold": cold}
+    kw = {"candidates": known, "cold": cold, "intervals": intervals}
     makers = {
         "pop": lambda: popularity_scorer(popularity),
         "session_pop": lambda: session_popularity_scorer(popularity),
@@ -236,9 +241,12 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return _top_k(scores, k)
 
 
-def ranking_metrics(recs: np.ndarray, targets: np.ndarray, ks: list[int], n_items: int) -> dict:
+def ranking_metrics(recs: np.ndarray, targets: np.ndarray, ks: list[int], n_items: int, *,
+                    intervals: bool = True) -> dict:
     """recall@K (= hit rate, one target), mrr@K, ndcg@K, coverage@K (share of the n_items
-    catalogue appearing in any top-K list) from top-K lists [n, >= max(ks)]."""
+    catalogue appearing in any top-K list) from top-K lists [n, >= max(ks)]; with
+    `intervals`, the bootstrap 95% interval of recall and mrr at the headline K (20 when
+    listed, else the largest) as ``ci95_lo:<metric>@K`` / ``ci95_hi:<metric>@K``."""
     n = len(targets)
     rank = query_ranks(recs, targets)  # 1-based; 0 = not found
     out: dict = {"queries": n}
@@ -251,7 +259,7 @@ def ranking_metrics(recs: np.ndarray, targets: np.ndarray, ks: list[int], n_item
         out[f"ndcg@{k}"] = float(gain.mean()) if n else 0.0
         top = recs[:, :k]
         out[f"coverage@{k}"] = float(len(np.unique(top[top >= 0])) / n_items) if n_items else 0.0
-        if k == (20 if 20 in ks else max(ks)) and n:  # the headline K: a 95% interval
+        if intervals and k == (20 if 20 in ks else max(ks)) and n:  # the headline K
             for name, per_query in (("recall", inside.astype(np.float64)), ("mrr", rr)):
                 lo, hi = bootstrap_interval(per_query)
                 out[f"ci95_lo:{name}@{k}"], out[f"ci95_hi:{name}@{k}"] = lo, hi
@@ -281,14 +289,37 @@ def bootstrap_interval(per_query: np.ndarray, *, resamples: int = 1000, seed: in
     """
     x = np.asarray(per_query, np.float64)
     n = len(x)
-    rng = np.random.default_rng(seed)
     means = np.empty(resamples)
-    step = max(1, 2_000_000 // max(n, 1))  # resamples per chunk: a few MB of indices
-    for lo in range(0, resamples, step):
-        hi = min(resamples, lo + step)
-        means[lo:hi] = x[rng.integers(0, n, size=(hi - lo, n))].mean(axis=1)
+    for lo, idx in _resample_chunks(n, resamples, seed):
+        means[lo:lo + len(idx)] = x[idx].mean(axis=1)
     a = (1 - level) / 2
     return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def _resample_chunks(n: int, resamples: int, seed: int):
+    """(first resample, int indices [chunk, n]) of the bootstrap's resamples, in the order the
+    seeded generator draws them (chunks of about 2M indices). The evaluation asks for the same
+    (n, resamples, seed) for every method and metric: up to 20M indices are kept
+    (`_RESAMPLES`, as int32) and reused, larger draws are made afresh each time."""
+    key = (n, resamples, seed)
+    if key in _RESAMPLES:
+        return _RESAMPLES[key]
+    draws = _draw_resamples(n, resamples, seed)
+    if n * resamples > 20_000_000:
+        return draws
+    _RESAMPLES.clear()  # one draw kept: the queries of one evaluation
+    _RESAMPLES[key] = [(lo, idx.astype(np.int32)) for lo, idx in draws]
+    return _RESAMPLES[key]
+
+
+def _draw_resamples(n: int, resamples: int, seed: int):
+    rng = np.random.default_rng(seed)
+    step = max(1, 2_000_000 // max(n, 1))  # resamples per chunk: a few MB of indices
+    for lo in range(0, resamples, step):
+        yield lo, rng.integers(0, n, size=(min(resamples, lo + step) - lo, n))
+
+
+_RESAMPLES: dict[tuple, list] = {}
 
 
 def popularity_metrics(recs: np.ndarray, targets: np.ndarray, ks: list[int],
@@ -502,7 +533,8 @@ def _sknn_maker(method: str, train: pd.DataFrame, n_items: int,
     sess = train["session"].to_numpy()
     index = SessionIndex.build(sess, train["item"].to_numpy(), session_end_times(sess, ts),
                                n_items)
-    return sknn_scorer(index, method_params(method), n_items)
+    # the kernels' twin of `sknn_scorer` (the same rows; benchmarks/RESULTS.md, "runs in 60 s")
+    return dense_scorer(index, method_params(method), n_items)
 
 
 def _sparse_row_scorer(m: sp.csr_matrix, popularity: np.ndarray) -> Scorer:

@@ -231,18 +231,21 @@ class RunReport:
         if st["status"] == "skipped":
             head = f"[{name}] up to date, skipped"
         else:
-            head = (f"[{name}] {st['status']} in {st.get('seconds', 0):.2f} s, peak "
-                    f"{st.get('peak_rss_mb', 0):.0f} MB")
+            cpu = st.get("cpu_seconds")
+            head = (f"[{name}] {st['status']} in {st.get('seconds', 0):.2f} s"
+                    + (f", CPU {cpu:.2f} s" if cpu is not None else "")
+                    + f", peak {st.get('peak_rss_mb', 0):.0f} MB")
         facts = _facts(st.get("stats", {}))
         return f"{head}: {facts}" if facts else head
 
     def stage_event(self, name: str) -> dict:
-        """The JSON object of one stage: name, status (ran / skipped), seconds, peak_rss_mb and
-        the stage's statistics."""
+        """The JSON object of one stage: name, status (ran / skipped), seconds, cpu_seconds
+        (the process's CPU seconds while it ran; None when skipped), peak_rss_mb and the
+        stage's statistics."""
         st = self.stages[name]
         return {"event": "stage", "name": name, "status": st["status"],
-                "seconds": st.get("seconds", 0.0), "peak_rss_mb": st.get("peak_rss_mb"),
-                "stats": st.get("stats", {})}
+                "seconds": st.get("seconds", 0.0), "cpu_seconds": st.get("cpu_seconds"),
+                "peak_rss_mb": st.get("peak_rss_mb"), "stats": st.get("stats", {})}
 
     def warnings(self) -> list[str]:
         """What an operator should read: each stage's `stats["warnings"]` (sessionize: filters
@@ -542,7 +545,7 @@ def _run_stage(cfg: Config, st: Stage, fp: str, run_dir: Path) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     (run_dir / A.done_file(st.name)).unlink(missing_ok=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     writes = st.declared_writes(cfg)
     ctx = StageContext(cfg, st.name, run_dir, tmp, st.declared_reads(cfg, run_dir), writes)
     try:
@@ -569,6 +572,9 @@ def _run_stage(cfg: Config, st: Stage, fp: str, run_dir: Path) -> dict:
         "fingerprint": fp,
         "outputs": hashes,
         "seconds": round(time.perf_counter() - t0, 3),
+        # CPU seconds of the whole process (every thread) while the stage ran: on a shared
+        # machine the wall clock counts the others' work too
+        "cpu_seconds": round(time.process_time() - c0, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "stats": stats,
         "finished": A.now_iso(),

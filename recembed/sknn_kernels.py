@@ -458,3 +458,68 @@ def _make_sknn_kernel(parallel: bool):
 
 _sknn_par = _make_sknn_kernel(True)
 _sknn_ser = _make_sknn_kernel(False)
+
+
+# ---------------------------------------------------------------- dense scores (evaluation)
+
+
+def dense_scores(index: SessionIndex, params: SknnParams, prefixes: list[np.ndarray],
+                 n_items: int | None = None, *, block: int = 128,
+                 scratch: Scratch | None = None) -> np.ndarray:
+    """`recembed.sknn.score_queries` of many prefixes through the kernels: float32
+    [len(prefixes), n_items], each row the prefix's `score_session` scores divided by their
+    maximum, items it does not score ``TIE * popularity * (smallest score in the row)``.
+
+    The kernels keep every scored item (their `top` is the most distinct items `params.k`
+    neighbours can hold), so the rows hold the same items; the float64 scores equal
+    `score_session`'s up to the last bits of exp, below float32's resolution.
+
+    Parameters
+    ----------
+    index : SessionIndex
+    params : SknnParams
+    prefixes : list of int arrays
+        Item codes, most recent last (codes outside the index find no neighbours).
+    n_items : int or None
+        Columns (default `index.n_items`); items at or past it are dropped.
+    block : int >= 1
+        Prefixes per kernel call (bounds its [block, top] work arrays).
+    scratch : Scratch or None
+        Reusable work arrays for `index`.
+    """
+    from recembed.sknn import TIE
+
+    n_items = index.n_items if n_items is None else int(n_items)
+    pop = np.zeros(n_items, np.float64)
+    df = index.session_count[:n_items]
+    pop[:len(df)] = df / max(df.max(), 1) if len(df) else 0
+    sizes = np.sort(np.diff(index.session_indptr))[::-1]
+    top = max(1, min(index.n_items, int(sizes[:max(int(params.k), 1)].sum())))
+    scratch = scratch or Scratch(index.n_items)
+    out = np.empty((len(prefixes), n_items), np.float32)
+    for lo in range(0, len(prefixes), block):
+        counts, items, scores = score_sessions(index, prefixes[lo:lo + block], params, top,
+                                               scratch)
+        for r in range(len(counts)):
+            it, sc = items[r, :counts[r]], scores[r, :counts[r]]
+            keep = it < n_items
+            it, sc = it[keep], sc[keep]
+            if len(sc) == 0:
+                out[lo + r] = TIE * pop
+                continue
+            sc = sc / sc.max()
+            out[lo + r] = (TIE * sc.min()) * pop
+            out[lo + r, it] = sc
+    return out
+
+
+def dense_scorer(index: SessionIndex, params: SknnParams, n_items: int | None = None):
+    """`dense_scores` as an evaluation scorer, ``scorer(queries, idx) -> float32`` (the
+    kernel twin of `recembed.sknn.sknn_scorer`)."""
+    scratch = Scratch(index.n_items)
+
+    def score(q, idx: np.ndarray) -> np.ndarray:
+        prefixes = [q.items[q.start[i]:q.start[i] + q.length[i]] for i in np.asarray(idx)]
+        return dense_scores(index, params, prefixes, n_items, scratch=scratch)
+
+    return score

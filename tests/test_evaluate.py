@@ -95,3 +95,44 @@ def test_evaluate_all_runs_every_baseline_on_the_same_queries():
     m = evaluate_all(train, test, 30, ks=[5, 20], baselines=["pop", "session_pop", "item_knn", "sr"])
     assert set(m["methods"]) == {"pop", "session_pop", "item_knn", "sr"}
     assert {v["allow_repeats"]["queries"] for v in m["methods"].values()} == {100}
+
+
+def _bootstrap_reference(x, resamples=1000, seed=0, level=0.95):
+    """`bootstrap_interval` as it was before its draws were kept (commit 8be130e)."""
+    x = np.asarray(x, np.float64)
+    n = len(x)
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    step = max(1, 2_000_000 // max(n, 1))
+    for lo in range(0, resamples, step):
+        hi = min(resamples, lo + step)
+        means[lo:hi] = x[rng.integers(0, n, size=(hi - lo, n))].mean(axis=1)
+    a = (1 - level) / 2
+    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def test_bootstrap_intervals_equal_the_fresh_draws_whatever_was_asked_before():
+    from recembed.evaluate import bootstrap_interval
+
+    rng = np.random.default_rng(3)
+    hits = (rng.random(2500) < 0.4).astype(np.float64)
+    rr = np.where(hits > 0, 1.0 / rng.integers(1, 21, 2500), 0.0)
+    other = rng.random(300)
+    # the kept draws of one n serve every array of that n; another n draws its own
+    for x in (hits, rr, other, hits, rr[:300], rr):
+        assert bootstrap_interval(x) == _bootstrap_reference(x)
+    assert bootstrap_interval(rr, seed=4) == _bootstrap_reference(rr, seed=4)
+    assert bootstrap_interval(hits, resamples=50) == _bootstrap_reference(hits, resamples=50)
+    big = rng.random(30_000)  # too many draws to keep: drawn afresh
+    assert bootstrap_interval(big, resamples=800) == _bootstrap_reference(big, resamples=800)
+
+
+def test_ranking_metrics_without_intervals_has_the_same_means_and_no_interval():
+    recs = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
+    targets = np.array([2, 6, 0])  # ranks 2, 3, none
+    full = ranking_metrics(recs, targets, [1, 3], n_items=10)
+    bare = ranking_metrics(recs, targets, [1, 3], n_items=10, intervals=False)
+    assert {k for k in full if k.startswith("ci95")} == {
+        "ci95_lo:recall@3", "ci95_hi:recall@3", "ci95_lo:mrr@3", "ci95_hi:mrr@3"}
+    assert bare == {k: v for k, v in full.items() if not k.startswith("ci95")}
+    assert bare["recall@3"] == 2 / 3 and bare["mrr@3"] == (1 / 2 + 1 / 3) / 3

@@ -74,7 +74,8 @@ def test_a_log_file_gets_one_line_per_stage_with_counts_and_seconds(log_csv, tmp
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("[")]
     assert [ln.split("]")[0][1:] for ln in lines] == STAGES_RUN  # one each, no "running"
     ingest = next(ln for ln in lines if ln.startswith("[ingest]"))
-    assert " ran in " in ingest and " s, peak " in ingest and "rows_read=5000" in ingest
+    assert " ran in " in ingest and " s, CPU " in ingest and " s, peak " in ingest
+    assert "rows_read=5000" in ingest
     r = runner.invoke(app, ["run", *sets(log_csv, tmp_path)])
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("[")]
     assert len(lines) == len(STAGES_RUN) and all("up to date, skipped" in ln for ln in lines)
@@ -90,6 +91,7 @@ def test_log_format_json_is_one_object_per_stage_and_one_per_run(log_csv, tmp_pa
     for e in stages:
         assert e["event"] == "stage" and e["status"] == "ran" and e["seconds"] >= 0
         assert e["peak_rss_mb"] > 10
+        assert e["cpu_seconds"] > 0  # the process's CPU seconds while the stage ran
         done = json.loads((run_dir / A.done_file(e["name"])).read_text())
         assert e["stats"] == done["stats"]
     assert run["event"] == "run" and run["exit_code"] == 0 and run["error"] is None

@@ -4,6 +4,7 @@ weighted score. numpy and numba only (the serving process imports it; no pandas 
 - `recembed.blend.settings`: `SIGNALS`, `BlendSettings` (a leaf module: the standard library
   only, so the configuration can name the signals without loading numba).
 - `recembed.blend.model`: `BlendModel` (build, save / load of blend.npz, signals, recommend),
+  `SignalBatch` (fixed queries' signals under many settings: calibration's blend search),
   `category_arrays`, `candidate_tables`, `sequential_rules`.
 - `recembed.blend.scores`: `Signals`, `blended_scores`, `blend_top_k`.
 - `recembed.blend.kernels`: the numba kernels; session-kNN's are `recembed.sknn_kernels`.
@@ -59,7 +60,7 @@ from recembed.blend.settings import (
     BlendSettings,
 )
 
-_MODEL = ("BlendModel", "Csr", "Search", "candidate_tables", "category_arrays",
+_MODEL = ("BlendModel", "Csr", "Search", "SignalBatch", "candidate_tables", "category_arrays",
           "neighbour_params", "sequential_rules", "table_rows")
 _SCORES = ("COSINE_TEMPERATURE", "Signals", "blend_top_k", "blended_scores", "normalise",
            "signal_weights")

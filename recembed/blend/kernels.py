@@ -327,11 +327,10 @@ def flat_signals(inputs: SignalInputs) -> FlatSignals:
 
 
 @njit(cache=True, nogil=True)
-def _top_k_one(rows, values, expo, in_session, last, w, exclude_last, exclude_session, k,
-               out_rows, out_scores):
-    """`blend_top_k` for one query: the same float64 sums as `blended_scores`, in the same
-    order of signals."""
-    c = len(rows)
+def _blend_one(values, expo, w):
+    """float64 [C]: the blended score of one query's candidates, the same float64 sums as
+    `recembed.blend.scores.blended_scores`, in the same order of signals."""
+    c = len(values)
     score = np.zeros(c)  # (np.float64, not float(): numba's float() keeps a float32 a float32)
     for j in range(len(w)):
         if w[j] == 0.0:
@@ -349,6 +348,15 @@ def _top_k_one(rows, values, expo, in_session, last, w, exclude_last, exclude_se
             for a in range(c):
                 x = np.float64(values[a, j]) / mx if mx > 0 else 0.0
                 score[a] += w[j] * x
+    return score
+
+
+@njit(cache=True, nogil=True)
+def _top_k_one(rows, values, expo, in_session, last, w, exclude_last, exclude_session, k,
+               out_rows, out_scores):
+    """`blend_top_k` for one query (`_blend_one`'s scores)."""
+    c = len(rows)
+    score = _blend_one(values, expo, w)
     neg = np.empty(c)
     for a in range(c):
         if (exclude_last and last >= 0 and rows[a] == last) or \
@@ -386,6 +394,83 @@ def _make_flat_top_k_kernel(parallel: bool):
 
 _flat_top_k_par = _make_flat_top_k_kernel(True)
 _flat_top_k_ser = _make_flat_top_k_kernel(False)
+
+
+@njit(cache=True, nogil=True)
+def _rank_one(rows, values, expo, last, w, exclude_last, target):
+    """The rank (1 = first) of row `target` among one query's candidates by `_blend_one`'s
+    score plus the popularity tie-break, ties to the lower row; 0 when the target is not a
+    candidate or scores -inf (the last item under exclude_last)."""
+    if target < 0:
+        return 0
+    pos = -1
+    for a in range(len(rows)):
+        if rows[a] == target:
+            pos = a
+            break
+    if pos < 0:
+        return 0
+    score = _blend_one(values, expo, w)
+    for a in range(len(rows)):
+        # the popularity tie-break in float32, as numpy computes it
+        score[a] += np.float64(values[a, POPULARITY] * np.float32(1e-6))
+        if (exclude_last and last >= 0 and rows[a] == last) or rows[a] < 0:
+            score[a] = -np.inf
+    ts = score[pos]
+    if not np.isfinite(ts):
+        return 0
+    rank = 1
+    for a in range(len(rows)):
+        if score[a] > ts or (score[a] == ts and rows[a] < target):
+            rank += 1
+    return rank
+
+
+def _make_flat_ranks_kernel(parallel: bool):
+    loop = prange if parallel else range
+
+    def kernel(flat, expo, w, exclude_last, targets):
+        offsets, rows, values, _, last = flat
+        n = len(offsets) - 1
+        out = np.zeros(n, np.int64)
+        for i in loop(n):
+            lo, hi = offsets[i], offsets[i + 1]
+            if hi > lo:
+                out[i] = _rank_one(rows[lo:hi], values[lo:hi], expo[lo:hi], last[i], w,
+                                   exclude_last, targets[i])
+        return out
+
+    kernel.__name__ = kernel.__qualname__ = "flat_ranks_" + ("par" if parallel else "ser")
+    return njit(cache=True, parallel=parallel, nogil=True)(kernel)
+
+
+_flat_ranks_par = _make_flat_ranks_kernel(True)
+_flat_ranks_ser = _make_flat_ranks_kernel(False)
+
+
+def flat_ranks(flat: FlatSignals, expo: np.ndarray, weights: np.ndarray, *,
+               exclude_last: bool, targets: np.ndarray) -> np.ndarray:
+    """int64 [n]: each query's target's rank by the blend (`_rank_one`; 0 = not ranked).
+
+    Parameters
+    ----------
+    flat : FlatSignals
+    expo : float64 [T, 2]
+        The exp-normalised directional and cosine signals (numpy's exp).
+    weights : float64 [N_SIGNALS]
+    exclude_last : bool
+        The session's last item is never ranked.
+    targets : int64 [n]
+        The row to rank per query (-1 = none: rank 0).
+    """
+    n = len(flat.offsets) - 1
+    if len(targets) != n or len(expo) != len(flat.rows):
+        raise ValueError(f"{n} queries need {n} targets (got {len(targets)}) and "
+                         f"{len(flat.rows)} expo rows (got {len(expo)})")
+    kernel = _flat_ranks_par if n >= PARALLEL_FROM else _flat_ranks_ser
+    return kernel(flat, np.ascontiguousarray(expo, np.float64),
+                  np.ascontiguousarray(weights, np.float64), bool(exclude_last),
+                  np.ascontiguousarray(targets, np.int64))
 
 
 def flat_top_k(flat: FlatSignals, expo: np.ndarray, weights: np.ndarray, *,

@@ -251,17 +251,7 @@ class BlendModel:
         """Candidates and raw signal values for sessions given as arrays of rows (most recent
         last, -1 = an item without a vector, which keeps its place in the decay), padded to
         one width: what calibration searches blends over."""
-        flat = flat_signals(self._gather(sessions, st))
-        n = len(flat.offsets) - 1
-        counts = np.diff(flat.offsets)
-        width = max(int(counts.max(initial=0)), 1)
-        q = np.repeat(np.arange(n), counts)
-        j = np.arange(len(flat.rows)) - flat.offsets[q]  # each candidate's place in its row
-        p_rows = np.full((n, width), -1, np.int64)
-        p_vals = np.zeros((n, width, len(SIGNALS)), np.float32)
-        p_in = np.zeros((n, width), np.bool_)
-        p_rows[q, j], p_vals[q, j], p_in[q, j] = flat.rows, flat.values, flat.in_session
-        return Signals(p_rows, p_vals, p_in, flat.last)
+        return padded_signals(flat_signals(self._gather(sessions, st)))
 
     def recommend(self, sessions: list[np.ndarray], st: BlendSettings, k: int, *,
                   exclude_session_items: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -313,28 +303,40 @@ class BlendModel:
     def _gather(self, sessions: list[np.ndarray], st: BlendSettings) -> SignalInputs:
         """Everything the signal kernels read: packed sessions, candidate lists of each
         source, rules, neighbours, vectors and query vectors."""
-        n_q = len(sessions)
         sess = [np.asarray(s, np.int64) for s in sessions]
-        packed = Sessions(indptr=offsets(sess),
-                          items=np.concatenate(sess) if n_q else np.zeros(0, np.int64))
-        if st.retrieval == "index":
-            q_in, q_unit = self._queries(sess, st)
-        else:
-            q_in, q_unit = self._query_vectors(packed, st)
+        packed = pack_sessions(sess)
+        q_in, q_unit = self._query_pair(sess, packed, st)
         n_c = min(st.candidates, len(self.vectors))
-        has_dir = self.context is not None
-        dir_rows, cos_rows = self._candidates(packed, q_in, q_unit, st, n_c, has_dir)
+        dir_rows, cos_rows = self._candidates(packed, q_in, q_unit, st, n_c,
+                                              self.context is not None)
+        return self._inputs(packed, dir_rows, cos_rows, self._neighbour_items(sess, st, n_c),
+                            q_in, q_unit, st)
+
+    def _query_pair(self, sess: list[np.ndarray], packed: Sessions, st: BlendSettings
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """(input query, unit query) per session as the retrieval of `st` computes them."""
+        if st.retrieval == "index":
+            return self._queries(sess, st)
+        return self._query_vectors(packed, st)
+
+    def _neighbour_items(self, sess: list[np.ndarray], st: BlendSettings,
+                         n_c: int) -> NeighbourItems:
+        """The session-kNN signal's top max(n_c, 1) items per session (empty when off)."""
+        if self.neighbours is not None and st.neighbours.get("method", "stan") != "off":
+            return NeighbourItems(*score_sessions(
+                self.neighbours, [s[s >= 0] for s in sess], neighbour_params(st.neighbours),
+                max(n_c, 1), self._scratch))
+        n_q = len(sess)
+        return NeighbourItems(counts=np.zeros(n_q, np.int64), rows=np.zeros((n_q, 1), np.int64),
+                              scores=np.zeros((n_q, 1)))
+
+    def _inputs(self, packed: Sessions, dir_rows: np.ndarray, cos_rows: np.ndarray,
+                neighbours: NeighbourItems, q_in: np.ndarray, q_unit: np.ndarray,
+                st: BlendSettings) -> SignalInputs:
+        """The `SignalInputs` record of computed parts and the model's fixed arrays."""
         retrieved = Retrieved(directional=np.ascontiguousarray(dir_rows, np.int64),
                               cosine=np.ascontiguousarray(cos_rows, np.int64),
                               popular=self.pop_order[: st.popular].astype(np.int64))
-        if self.neighbours is not None and st.neighbours.get("method", "stan") != "off":
-            neighbours = NeighbourItems(*score_sessions(
-                self.neighbours, [s[s >= 0] for s in sess], neighbour_params(st.neighbours),
-                max(n_c, 1), self._scratch))
-        else:
-            neighbours = NeighbourItems(counts=np.zeros(n_q, np.int64),
-                                        rows=np.zeros((n_q, 1), np.int64),
-                                        scores=np.zeros((n_q, 1)))
         if self.rules is not None:
             rules = Rules(indptr=np.asarray(self.rules.indptr, np.int64),
                           items=np.asarray(self.rules.indices),
@@ -343,6 +345,7 @@ class BlendModel:
             rules = Rules(indptr=np.zeros(len(self.vectors) + 1, np.int64),
                           items=np.zeros(0, np.int32), weights=np.zeros(0, np.float32),
                           longest=0)
+        has_dir = self.context is not None
         items = ItemVectors(unit=self.unit, context=self.context if has_dir else self.unit,
                             has_context=has_dir, popularity=self.pop)
         categories = CategoryLists(of_row=self.item_category, rank=self.category_rank,
@@ -412,6 +415,116 @@ class BlendModel:
         return np.concatenate([exact_top(q[i:i + 256] @ self.unit.T, k)
                                for i in range(0, len(q), 256)]) if len(q) else \
             np.zeros((0, min(k, len(self.unit))), np.int64)
+
+
+class SignalBatch:
+    """The signals of one fixed set of query sessions under many settings: what
+    calibration's blend search scores (`recembed.calibrate.choose_blend`).
+
+    `flat(st)` equals ``flat_signals(model._gather(sessions, st))`` and `padded(st)` equals
+    ``model.signals(sessions, st)``, bit for bit, but each part is computed once per distinct
+    value of what it depends on: the query vectors per (retrieval, decay, history), the
+    directional and cosine candidates per (retrieval, decay, history, candidates), the
+    session-kNN items per (neighbours, candidates), the signals per all of those plus
+    popular and repeat_decay (weights, temperature and exclude_last change no signal).
+
+    Parameters
+    ----------
+    model : BlendModel
+    sessions : list of int arrays
+        Vector rows, most recent last (-1 = an item without a vector).
+    block : int >= 1
+        Queries per exact search (bounds its [block, n_items] score matrix; the searches of
+        a block are the ones `model.signals` of that block runs).
+    keep : int >= 1
+        Signal sets kept (least recently used dropped first); the parts are all kept.
+    """
+
+    def __init__(self, model: BlendModel, sessions: list[np.ndarray], *, block: int = 256,
+                 keep: int = 8):
+        if block < 1 or keep < 1:
+            raise ValueError(f"block and keep must be >= 1, got {block}, {keep}")
+        self.model = model
+        self.sessions = [np.asarray(s, np.int64) for s in sessions]
+        self.packed = pack_sessions(self.sessions)
+        self.block, self.keep = int(block), int(keep)
+        self._parts: dict[tuple, object] = {}
+        self._flat: dict[tuple, FlatSignals] = {}
+        self.built = 0  # signal sets computed (kernel runs), for the search's record
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    @staticmethod
+    def key(st: BlendSettings) -> tuple:
+        """What the signals of `st` depend on (equal keys, equal signals)."""
+        return (st.retrieval, float(st.decay), int(st.history), int(st.candidates),
+                int(st.popular), _frozen(st.neighbours), float(st.repeat_decay))
+
+    def _part(self, key: tuple, make: Callable[[], object]):
+        if key not in self._parts:
+            self._parts[key] = make()
+        return self._parts[key]
+
+    def flat(self, st: BlendSettings) -> FlatSignals:
+        """The candidates and raw signals of every session under `st`, end to end."""
+        key = self.key(st)
+        if key in self._flat:
+            self._flat[key] = self._flat.pop(key)  # most recently used last
+            return self._flat[key]
+        m, sess = self.model, self.sessions
+        qkey = (st.retrieval, float(st.decay), int(st.history))
+        q_in, q_unit = self._part(("queries", *qkey),
+                                  lambda: m._query_pair(sess, self.packed, st))
+        n_c = min(st.candidates, len(m.vectors))
+        dir_rows, cos_rows = self._part(("candidates", *qkey, n_c),
+                                        lambda: self._candidates(q_in, q_unit, st, n_c))
+        nb = self._part(("neighbours", _frozen(st.neighbours), n_c),
+                        lambda: m._neighbour_items(sess, st, n_c))
+        flat = flat_signals(m._inputs(self.packed, dir_rows, cos_rows, nb, q_in, q_unit, st))
+        self.built += 1
+        self._flat[key] = flat
+        while len(self._flat) > self.keep:
+            self._flat.pop(next(iter(self._flat)))
+        return flat
+
+    def padded(self, st: BlendSettings) -> Signals:
+        """`flat(st)` padded per query (`BlendModel.signals`)."""
+        return padded_signals(self.flat(st))
+
+    def _candidates(self, q_in: np.ndarray, q_unit: np.ndarray, st: BlendSettings,
+                    n_c: int) -> tuple[np.ndarray, np.ndarray]:
+        """`BlendModel._candidates` block by block of `block` sessions."""
+        m, n, b = self.model, len(self.sessions), self.block
+        parts = [m._candidates(pack_sessions(self.sessions[lo:lo + b]), q_in[lo:lo + b],
+                               q_unit[lo:lo + b], st, n_c, m.context is not None)
+                 for lo in range(0, max(n, 1), b)]
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+
+def _frozen(d: dict) -> tuple:
+    return tuple(sorted(d.items()))
+
+
+def pack_sessions(sessions: list[np.ndarray]) -> Sessions:
+    """int64 session arrays laid end to end (`Sessions`)."""
+    return Sessions(indptr=offsets(sessions),
+                    items=np.concatenate(sessions) if len(sessions) else np.zeros(0, np.int64))
+
+
+def padded_signals(flat: FlatSignals) -> Signals:
+    """`flat` padded to one width (at least 1) per query: rows -1, values 0, in_session
+    False past each query's candidates."""
+    n = len(flat.offsets) - 1
+    counts = np.diff(flat.offsets)
+    width = max(int(counts.max(initial=0)), 1)
+    q = np.repeat(np.arange(n), counts)
+    j = np.arange(len(flat.rows)) - flat.offsets[q]  # each candidate's place in its row
+    p_rows = np.full((n, width), -1, np.int64)
+    p_vals = np.zeros((n, width, len(SIGNALS)), np.float32)
+    p_in = np.zeros((n, width), np.bool_)
+    p_rows[q, j], p_vals[q, j], p_in[q, j] = flat.rows, flat.values, flat.in_session
+    return Signals(p_rows, p_vals, p_in, flat.last)
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,0 +1,166 @@
+"""The blend search's fast path (issue 23, "runs in 60 s"): `SignalBatch` gives the signals
+`BlendModel.signals` gives, and `BlendScorer` the numbers of the numpy reference `_recall_mrr`,
+bit for bit, so that the search chooses what it chose before, only sooner."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from recembed.blend import SIGNALS, BlendSettings
+from recembed.blend.model import SignalBatch, padded_signals
+from recembed.calibrate import BlendScorer, _recall_mrr, choose_blend
+from tests.test_blend import random_model, random_sessions, settings, with_categories, with_tables
+
+
+def assert_identical(a, b) -> None:
+    for x, y in zip((a.rows, a.values, a.in_session, a.last),
+                    (b.rows, b.values, b.in_session, b.last), strict=True):
+        assert x.dtype == y.dtype
+        np.testing.assert_array_equal(x, y)
+
+
+def _model(seed: int, kind: str):
+    m = random_model(seed)
+    if kind == "categories":
+        m, _ = with_categories(m, seed)
+    if kind == "tables":
+        m = with_tables(m, 40)
+    return m
+
+
+@pytest.mark.parametrize("kind", ["plain", "categories", "tables"])
+@pytest.mark.parametrize("seed", range(3))
+def test_batch_signals_equal_the_models_whatever_the_order_of_settings(seed, kind):
+    m = _model(seed, kind)
+    sessions = random_sessions(seed, len(m.vectors))
+    batch = SignalBatch(m, sessions, block=len(sessions), keep=2)
+    retrieval = "table" if kind == "tables" else "index"
+    sts = [settings(seed + i, retrieval=retrieval, decay=d, candidates=c)
+           for i, (d, c) in enumerate([(0.5, 30), (0.8, 30), (0.5, 12), (0.5, 30), (0.8, 12)])]
+    sts += [replace(sts[0], neighbours={"method": "vsknn", "sample_size": 50}),
+            replace(sts[0], neighbours={"method": "off"}), replace(sts[0], popular=0),
+            replace(sts[0], repeat_decay=0.3), replace(sts[0], history=2)]
+    for st in sts + sts[::-1]:  # evicted (keep=2) and recomputed sets equal too
+        assert_identical(batch.padded(st), m.signals(sessions, st))
+    # settings that change no signal share one set
+    built = batch.built
+    batch.flat(replace(sts[0], weights={"rules": 1.0}, temperature=3.0, exclude_last=False))
+    batch.flat(sts[0])
+    assert batch.built <= built + 1
+
+
+def test_searches_in_blocks_equal_the_models_signals_of_each_block():
+    m = random_model(3)
+    sessions = random_sessions(3, len(m.vectors), n=100)
+    st = settings(3)
+    got = SignalBatch(m, sessions, block=7).flat(st)
+    parts = [m.signals(sessions[i:i + 7], st) for i in range(0, len(sessions), 7)]
+    counts = np.diff(got.offsets)
+    assert counts.tolist() == [int((r >= 0).sum()) for p in parts for r in p.rows]
+    rows = np.concatenate([r[r >= 0] for p in parts for r in p.rows])
+    np.testing.assert_array_equal(got.rows, rows)
+    vals = np.concatenate([v[r >= 0] for p in parts for r, v in zip(p.rows, p.values,
+                                                                    strict=True)])
+    np.testing.assert_array_equal(got.values, vals)
+
+
+def test_batch_refuses_a_block_of_zero_and_handles_no_sessions():
+    m = random_model(0)
+    with pytest.raises(ValueError, match="block"):
+        SignalBatch(m, [np.array([1])], block=0)
+    sig = SignalBatch(m, []).padded(settings(0))
+    assert sig.rows.shape == (0, 1) and sig.last.shape == (0,)
+
+
+def _targets(sessions, m, rng) -> np.ndarray:
+    """A mix: the planted next item, the last item (excluded under exclude_last), no row
+    (-1), an item no signal retrieves, any row."""
+    out = []
+    for s in sessions:
+        r = rng.random()
+        known = s[s >= 0]
+        if r < 0.2 and len(known):
+            out.append(int(known[-1]))
+        elif r < 0.3:
+            out.append(-1)
+        elif r < 0.4:
+            out.append(len(m.vectors) - 1)
+        else:
+            out.append(int(rng.integers(0, len(m.vectors))))
+    return np.array(out, np.int64)
+
+
+@pytest.mark.parametrize("kind", ["plain", "categories"])
+@pytest.mark.parametrize("seed", range(4))
+def test_scorer_equals_the_numpy_reference_bit_for_bit(seed, kind):
+    m = _model(seed, kind)
+    sessions = random_sessions(seed, len(m.vectors), n=120)
+    targets = _targets(sessions, m, np.random.default_rng(seed))
+    scorer = BlendScorer(SignalBatch(m, sessions), targets, k=20)
+    rng = np.random.default_rng(seed + 7)
+    sts = [settings(seed + i, temperature=float(rng.choice([0.5, 1.0, 2.0])))
+           for i in range(6)]
+    # one signal alone: many exact ties (zeros), broken by popularity then the lower row
+    sts += [BlendSettings(weights={s: 1.0}, candidates=30, exclude_last=bool(i % 2))
+            for i, s in enumerate(SIGNALS)]
+    for st in sts:
+        sig = m.signals(sessions, st)
+        for k in (1, 5, 20):
+            scorer.k = k
+            assert scorer(st) == _recall_mrr(sig, st, targets, k)
+        hit, rr = scorer(st, per_query=True)
+        want_hit, want_rr = _recall_mrr(sig, st, targets, 20, per_query=True)
+        np.testing.assert_array_equal(hit, want_hit)
+        np.testing.assert_array_equal(rr, want_rr)
+    assert 0 < scorer(sts[0])[0] < 1  # some hits, some misses: the test can tell them apart
+
+
+def test_scorer_refuses_targets_of_another_length():
+    m = random_model(0)
+    with pytest.raises(ValueError, match="targets"):
+        BlendScorer(SignalBatch(m, [np.array([1]), np.array([2])]), np.array([1]))
+
+
+def test_the_search_chooses_what_the_reference_scores_best():
+    # the chosen blend's numbers, recomputed from scratch with the numpy reference on the
+    # model's own signals, are what the search reported; and the per-query objective too
+    m, _ = with_categories(random_model(5), 5)
+    sessions = random_sessions(5, len(m.vectors), n=200)
+    rng = np.random.default_rng(5)
+    targets = np.array([int(s[s >= 0][-1] + 1) % len(m.vectors) if (s >= 0).any()
+                        else int(rng.integers(0, len(m.vectors))) for s in sessions])
+    choice = choose_blend(m, sessions, targets,
+                          neighbour_options=[{"method": "stan"}, {"method": "vsknn"}])
+    sig = m.signals(sessions, choice.settings)
+    assert _recall_mrr(sig, choice.settings, targets, 20) == (choice.recall, choice.mrr)
+    hit, rr = _recall_mrr(sig, choice.settings, targets, 20, per_query=True)
+    np.testing.assert_array_equal(choice.per_query, hit + rr)
+    for name, c in choice.corners.items():
+        assert choice.recall + choice.mrr >= c["recall@20"] + c["mrr@20"], name
+
+
+def test_padded_signals_of_nothing_is_one_empty_column():
+    m = random_model(1)
+    flat = SignalBatch(m, [np.zeros(0, np.int64), np.array([-1])]).flat(settings(1))
+    sig = padded_signals(flat)
+    assert sig.rows.tolist() == [[-1], [-1]] and not sig.values.any()
+
+
+def test_scorer_reuses_a_ranking_only_where_the_scores_cannot_differ():
+    m = random_model(2)
+    sessions = random_sessions(2, len(m.vectors), n=80)
+    targets = _targets(sessions, m, np.random.default_rng(2))
+    scorer = BlendScorer(SignalBatch(m, sessions), targets)
+    no_dir = BlendSettings(weights={"rules": 1.0, "cosine": 0.3}, candidates=30)
+    first = scorer(no_dir)
+    assert scorer(replace(no_dir, temperature=7.0)) == first and scorer.ranked == 1
+    with_dir = replace(no_dir, weights={"rules": 1.0, "directional": 0.3})
+    scorer(with_dir)
+    scorer(replace(with_dir, temperature=0.05))  # the directional signal changes: rescored
+    assert scorer.ranked == 3
+    for st in (replace(with_dir, temperature=0.05), replace(no_dir, exclude_last=False)):
+        fresh = BlendScorer(SignalBatch(m, sessions), targets)
+        assert scorer(st) == fresh(st) == _recall_mrr(m.signals(sessions, st), st, targets, 20)
