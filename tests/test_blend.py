@@ -495,3 +495,18 @@ def test_build_gives_rows_of_codes_and_the_training_counts():
     assert row_of.tolist() == [0, -1, 1, 2, -1, 3, 4]
     np.testing.assert_array_equal(m.popularity, np.bincount(item, minlength=7)[codes])
     assert m.neighbours.n_items == 5 and len(m.rules.indptr) == 6
+
+
+def test_faiss_exact_top_finds_the_same_rows_as_a_full_sort():
+    from recembed.blend.model import faiss_exact_top
+
+    rng = np.random.default_rng(3)
+    items = rng.normal(size=(3_000, 16)).astype(np.float32)
+    q = rng.normal(size=(40, 16)).astype(np.float32)
+    got = faiss_exact_top(q, items, 25)
+    full = np.argsort(-(q.astype(np.float64) @ items.T.astype(np.float64)), axis=1)[:, :25]
+    assert got.shape == (40, 25) and got.dtype == np.int64
+    assert all(set(got[i]) == set(full[i]) for i in range(40))
+    assert (got == full).mean() > 0.99  # best first, as faiss orders them
+    assert faiss_exact_top(q, items[:10], 25).shape == (40, 10)  # k capped at the items
+    assert faiss_exact_top(q[:0], items, 5).shape == (0, 5)

@@ -405,12 +405,16 @@ class BlendModel:
         if self.search is not None:
             _, rows = self.search(np.ascontiguousarray(q, np.float32), k)
             return rows
+        if len(self.context) >= FAISS_EXACT_FROM:
+            return faiss_exact_top(q, self.context, k)
         return exact_top(q @ self.context.T, k)
 
     def _cos_search(self, q: np.ndarray, k: int) -> np.ndarray:
         if self.cos_search is not None:
             _, rows = self.cos_search(np.ascontiguousarray(q, np.float32), k)
             return rows
+        if len(self.unit) >= FAISS_EXACT_FROM:
+            return faiss_exact_top(q, self.unit, k)
         # blocks of queries: the [block, n] score matrix stays small
         return np.concatenate([exact_top(q[i:i + 256] @ self.unit.T, k)
                                for i in range(0, len(q), 256)]) if len(q) else \
@@ -688,6 +692,28 @@ def sequential_rules(sessions_item: np.ndarray, sessions_id: np.ndarray, n: int,
     indptr = np.zeros(n + 1, np.int64)
     np.add.at(indptr, rs + 1, 1)
     return Csr(np.cumsum(indptr), cs.astype(np.int32), ws.astype(np.float32))
+
+
+# from this many items the exact searches without an index (calibration's candidate models)
+# go through faiss.knn: 143,000 items x 1,024 queries, k = 200: 9.4 s with numpy's product +
+# argpartition, 2.4 s with faiss on one thread, the same sets (benchmarks/RESULTS.md, "Serving
+# for real, third round"); below it numpy's exact_top, whose results older versions keep
+FAISS_EXACT_FROM = 20_000
+
+
+def faiss_exact_top(q: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+    """int64 [len(q), min(k, n)]: the rows of `items` with the k largest inner products with
+    each query, exact (faiss.knn: blocked BLAS products and a heap; no [len(q), n] matrix),
+    best first (`exact_top` of ``q @ items.T`` up to ties and order)."""
+    import faiss
+
+    k = min(k, len(items))
+    if k <= 0 or not len(q):
+        return np.zeros((len(q), max(k, 0)), np.int64)
+    _, rows = faiss.knn(np.ascontiguousarray(q, np.float32),
+                        np.ascontiguousarray(items, np.float32), k,
+                        metric=faiss.METRIC_INNER_PRODUCT)
+    return rows.astype(np.int64)
 
 
 def exact_top(scores: np.ndarray, k: int) -> np.ndarray:
