@@ -22,6 +22,12 @@ What is chosen (explicit config values always win; only keys left at "auto" are 
   (`vector_paths`: the directional ANN path over the exported vectors, and cosine `similar`);
   the simplest transform within one standard error of the best is kept, and the candidate's
   blend is chosen on the transformed vectors (what the final model serves).
+- the skip-gram settings of the exported vectors (`calibrate.sgns`: ns_exponent, window,
+  sample, optionally vector_size; `sgns_search`), after the corpus / amount choice: one
+  setting at a time from its current value, on the chosen corpus at the smallest amount, the
+  blend held at that candidate's; the vectors-alone objective decides among the settings whose
+  blend objective is within one paired standard error of the best (`choose_sgns`), ties go to
+  the current value, then the cheaper one. Its candidates count against `cost_ratio`.
 
 
 The objective is Recall@20 + MRR@20 on validation (allow-repeats protocol); per query it is
