@@ -70,6 +70,16 @@ def row(run: Path, log: str, mode: str) -> dict:
     }
 
 
+def tried_rows(run: Path, log: str) -> list[dict]:
+    """Every skip-gram setting the search tried in one run (calibration.json's sgns.tried)."""
+    sg = json.loads((run / "calibration.json").read_text()).get("sgns") or {}
+    return [{"log": log, "settings": ", ".join(f"{k}={v}" for k, v in r["settings"].items()),
+             "val blend obj ± SE": f"{r['objective']:.4f} ± {r['objective_se']:.4f}",
+             "val vectors obj ± SE": f"{r['vectors_objective']:.4f} ± {r['vectors_se']:.4f}",
+             "tokens": f"{r['tokens_trained']:,}", "postprocess": r["postprocess"],
+             "chosen": "yes" if r["chosen"] else ""} for r in sg.get("tried") or []]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", required=True, help="folder holding <log>-on and <log>-off")
@@ -87,6 +97,12 @@ def main() -> None:
             if (run / "metrics.json").exists():
                 rows.append(row(run, log, mode))
     table = markdown_table(rows)
+    tried = [r for log in args.logs.split(",") for r in tried_rows(Path(args.runs) / f"{log}-on",
+                                                                   log)
+             if (Path(args.runs) / f"{log}-on" / "calibration.json").exists()]
+    if tried:
+        table += "\n\nEvery setting tried (search on; validation, candidates at the smallest " \
+                 "amount):\n\n" + markdown_table(tried)
     print(table)
     if args.record:
         append_results(args.title, args.command, table, args.note)
