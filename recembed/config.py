@@ -212,7 +212,7 @@ class CalibrateConfig(_Section):
     # (recembed.calibrate.sgns_search, issue 24); [] = off; a train key set in the config is
     # never searched
     sgns: list[Literal["ns_exponent", "window", "sample", "vector_size"]] = Field(
-        default_factory=lambda: ["ns_exponent", "window", "sample"])
+        default_factory=lambda: ["window", "ns_exponent", "sample"])
 
     @field_validator("sgns")
     @classmethod
