@@ -41,8 +41,12 @@ def row(run: Path, log: str, mode: str) -> dict:
     done = json.loads((run / "calibrate.done.json").read_text())
     sg = cal.get("sgns") or {}
     v = dict(cal.get("validation") or {})
+    search = ""
     if sg.get("decision") == "searched":
-        v.update(sg["validation"])
+        sv = sg["validation"]
+        search = (f"vectors {sv['default_vectors_objective']:.4f} -> {sv['vectors_objective']:.4f}"
+                  f" ± {sv['vectors_se']:.4f}; blend {sv['default_objective']:.4f} -> "
+                  f"{sv['objective']:.4f} ± {sv['objective_se']:.4f}")
         changed = {k: x for k, x in sg["chosen"].items() if sg["default"].get(k) != x}
         chosen = ", ".join(f"{k}={x}" for k, x in changed.items()) or "defaults"
         tried = f"{len(sg['tried']) - 1} tried, {len(sg['not_tried'])} over budget"
@@ -57,8 +61,10 @@ def row(run: Path, log: str, mode: str) -> dict:
         "log": log, "search": mode, "chosen": chosen, "search tries": tried,
         "corpus": f"{cal.get('corpus')} {cal.get('target_tokens'):,}",
         "postprocess": cal.get("postprocess"),
-        "val blend obj ± SE": f"{v['objective']:.4f} ± {v['objective_se']:.4f}",
-        "val vectors obj ± SE": f"{v['vectors_objective']:.4f} ± {v['vectors_se']:.4f}",
+        "search at the smallest amount: val default -> chosen": search,
+        "winner's val blend obj ± SE": f"{v['objective']:.4f} ± {v['objective_se']:.4f}",
+        "winner's val vectors obj ± SE": f"{v['vectors_objective']:.4f} ± {v['vectors_se']:.4f}",
+        "holdout queries": m["methods"][ann]["allow_repeats"]["queries"],
         "holdout :ann R@20 [95%]": _r20(m, ann, True),
         "holdout recommend R@20": _r20(m, serving),
         "item-kNN R@20": _r20(m, "item_knn"),
