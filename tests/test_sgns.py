@@ -44,6 +44,14 @@ def test_the_vectors_decide_only_among_settings_within_one_blend_se():
     assert choose_sgns([base, lossy], base)["name"] == "default"
 
 
+def test_a_blend_gain_inside_its_se_never_excludes_better_vectors():
+    # nested hits: the two blends differ on 2 of 400 queries, a paired SE of 0.0035 below the
+    # 0.005 gain, but far inside the blend's own SE (0.025)
+    base = _cand("default", _blend(200), 0.93, vectors_se=0.01)
+    window1 = _cand("window 1", _blend(202), 0.89, vectors_se=0.01)
+    assert choose_sgns([base, window1], base)["name"] == "default"
+
+
 def test_a_tie_on_the_vectors_goes_to_the_default():
     base = _cand("default", _blend(200), 0.40)
     close = _cand("close", _blend(201, 30), 0.41)  # better, but within vectors_se (0.02)
