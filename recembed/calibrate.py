@@ -22,6 +22,12 @@ What is chosen (explicit config values always win; only keys left at "auto" are 
   (`vector_paths`: the directional ANN path over the exported vectors, and cosine `similar`);
   the simplest transform within one standard error of the best is kept, and the candidate's
   blend is chosen on the transformed vectors (what the final model serves).
+- the skip-gram settings of the exported vectors (`calibrate.sgns`: ns_exponent, window,
+  sample, optionally vector_size; `sgns_search`), after the corpus / amount choice: one
+  setting at a time from its current value, on the chosen corpus at the smallest amount, the
+  blend held at that candidate's; the vectors-alone objective decides among the settings whose
+  blend objective is within one standard error of the best (`choose_sgns`), ties go to
+  the current value, then the cheaper one. Its candidates count against `cost_ratio`.
 
 
 The objective is Recall@20 + MRR@20 on validation (allow-repeats protocol); per query it is
@@ -97,6 +103,15 @@ DECAYS = (0.5, 0.65, 0.8)
 TEMPERATURES = (0.5, 1.0, 2.0)
 CANDIDATES = (50, 100)  # serving.candidates tried below the default (200), fewest first
 NEIGHBOUR_SAMPLES = (500, 1000)  # serving.neighbour_sample tried below the method's default
+# the skip-gram settings `sgns_search` tries (Caselles-Dupre et al. 2018: negative exponents,
+# larger windows and subsampling can matter for recommendation). No sample below 1e-4: at 1e-5
+# gensim drops most occurrences of every item on a small corpus (the vectors collapse).
+SGNS_VALUES: dict[str, tuple] = {
+    "ns_exponent": (-0.5, 0.0, 0.5, 0.75, 1.0),
+    "window": (1, 3, 5, 10),
+    "sample": (0.0, 1e-4, 1e-3),
+    "vector_size": (32, 64, 128),
+}
 
 
 @dataclass
@@ -160,6 +175,13 @@ class CalibrationPlan:
     cost_ratio : float in [0.1, 100]
         Tokens all candidates may train, in multiples of the final model's (and of the smallest
         amount for the candidates' scale, `scale`); module docstring.
+    sgns : list of str
+        The skip-gram settings searched for the exported vectors after the corpus / amount
+        search (`sgns_search`), in search order: "ns_exponent", "window", "sample",
+        "vector_size" (`calibrate.sgns` less the train keys the config sets); [] = off.
+    sgns_values : dict of str to tuple
+        The values tried per setting (default `SGNS_VALUES`); the current value (the plan's
+        `train_params`) is the start and wins ties.
     """
 
     corpora: list[str]
@@ -184,11 +206,17 @@ class CalibrationPlan:
     max_age_days: float = 7.0
     max_turnover: float = 0.2
     cost_ratio: float = 6.0
+    sgns: list[str] = field(default_factory=list)
+    sgns_values: dict = field(default_factory=dict)
 
     def planned(self) -> int:
         """Candidates `calibrate_run` trains at most: every corpus at the smallest amount, then
-        up to half of them (rounded up) at each larger amount."""
-        return len(self.corpora) + -(-len(self.corpora) // 2) * (len(self.target_tokens) - 1)
+        up to half of them (rounded up) at each larger amount, then the skip-gram search's
+        values (`sgns_search`)."""
+        values = self.sgns_values or SGNS_VALUES
+        return (len(self.corpora) + -(-len(self.corpora) // 2) * (len(self.target_tokens) - 1)
+                + sum(v != getattr(self.train_params, k) for k in self.sgns
+                      for v in values.get(k, ())))
 
     def scale(self) -> float:
         """Candidate amount / option amount, in (0, 1]: the schedule's base (every corpus at
@@ -722,14 +750,18 @@ def calibrate_run(
     bar = progress_bar(plan.planned(), plan.progress, unit="candidate", desc="calibrate")
     n_done = 0
 
-    def run_one(corpus: str, amount: int, *, fixed: dict | None = None) -> dict:
+    def run_one(corpus: str, amount: int, *, fixed: dict | None = None,
+                sgns: dict | None = None) -> dict:
         nonlocal n_done
         tokens = plan.candidate_tokens(amount)
         p = plan if fixed is None else replace(plan, blend_fixed=fixed)
+        tp = replace(plan.train_params, **sgns) if sgns else None
         cand = evaluate_candidate(ct, weights, n_items, q, workdir, p, corpus=corpus,
                                   tokens=tokens, seed=seed, threads=threads, catalog=catalog,
-                                  listing=vs.listing)
+                                  listing=vs.listing, train_params=tp)
         cand["option_tokens"] = amount
+        if sgns:
+            cand["sgns"] = dict(sgns)
         n_done += 1
         record["candidates"].append(_candidate_json(cand))
         if bar is not None:
@@ -755,27 +787,34 @@ def calibrate_run(
     try:
         cands: list[dict] = []
         reuse = _reuse_check(plan, previous, data_end, vs, item_ids)
+        prev_sgns = _previous_sgns(plan, previous)
         if reuse["decision"] == "revalidate":
             prev = previous.record
             kept = run_one(prev["corpus"], int(prev["target_tokens"] or 0),
-                           fixed=_fixed_blend(prev))
+                           fixed=_fixed_blend(prev), sgns=prev_sgns or None)
             reuse.update(_revalidated(prev, kept))
             if reuse["decision"] == "kept":
                 cands = [kept]
         if not cands:
             cands = _successive_halving(plan, run_one, record, log_share)
+        best = choose_candidate(cands)
+        if reuse["decision"] == "kept":
+            if prev_sgns:
+                record["sgns"] = {"keys": list(plan.sgns), "chosen": prev_sgns,
+                                  "decision": "kept", "changed": True}
+        else:
+            _sgns_stage(plan, best, cands, run_one, record, log_share)
     finally:
         if bar is not None:
             bar.close()
         shutil.rmtree(workdir, ignore_errors=True)
-    best = choose_candidate(cands)
     choice: BlendChoice = best["choice"]
     spent = sum(int(c["tokens_trained"]) for c in record["candidates"])
     final = final_tokens_planned(best["option_tokens"], best["corpus_tokens"], log_share,
                                  best["epochs"])
     record.update(corpus=best["corpus"], target_tokens=best["option_tokens"],
                   candidate_target_tokens=best["target_tokens"],
-                  postprocess=best["postprocess"],
+                  postprocess=record.get("postprocess", best["postprocess"]),
                   blend=choice.as_dict(), seconds=round(time.perf_counter() - t0, 3),
                   reuse=reuse,
                   calibrated_data_end=(previous.record.get("calibrated_data_end", data_end)
@@ -1011,6 +1050,194 @@ def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
             break  # more training did not pay beyond the noise: stop climbing
         rung = nxt
     return cands
+
+
+def sgns_cost(key: str, value: float) -> float:
+    """Training cost rank of one skip-gram setting's value, for ties (lower = cheaper): a
+    smaller window or dimension trains fewer pairs / weights, a larger `sample` drops more
+    occurrences; every `ns_exponent` costs the same (0)."""
+    if key in ("window", "vector_size"):
+        return float(value)
+    if key == "sample":
+        return -float(value)
+    return 0.0
+
+
+def choose_sgns(cands: list[dict], default: dict, reference: list[dict] | None = None) -> dict:
+    """The rule of the skip-gram search (`sgns_search`) over candidates that differ in one
+    setting.
+
+    Only candidates whose blend `objective` is within one standard error (`objective_se`,
+    the larger of the two) of the best blend objective in `reference` are eligible; among them the vectors-alone objective (`vectors_objective`) decides: the
+    eligible candidates within one `vectors_se` (the larger of the two) of the best one tie,
+    and a tie goes to `default` (the current setting) when it is tied, else to the cheapest
+    (`sgns_cost` under the candidate's ``sgns_cost``, 0 when absent), then the higher vectors
+    objective.
+
+    Parameters
+    ----------
+    cands : list of dict
+        Candidate records (`evaluate_candidate`); `default` is one of them.
+    default : dict
+        The current setting's candidate (the start of this coordinate).
+    reference : list of dict, optional
+        The candidates whose best blend objective bounds the loss (every candidate of the
+        search so far); default `cands`.
+
+    Returns
+    -------
+    dict
+        The chosen candidate (`default` when no other is eligible and better).
+    """
+    ref = max(reference or cands, key=lambda c: c["objective"])
+    # the blend's own standard error (the larger of the two), not the paired one: settings
+    # whose blend differs by a fraction of a query can have a paired SE far below it, and a
+    # blend gain that small must not exclude the default whose vectors are better (measured
+    # on synth music: window 1 taken at 4 SE worse vectors for +0.0025 blend)
+    eligible = [c for c in cands if c is ref or ref["objective"] - c["objective"]
+                <= max(float(ref.get("objective_se", 0.0)), float(c.get("objective_se", 0.0)))]
+    if not eligible:
+        return default
+    top = max(eligible, key=lambda c: c["vectors_objective"])
+    tied = [c for c in eligible if top["vectors_objective"] - c["vectors_objective"]
+            <= max(float(top.get("vectors_se", 0.0)), float(c.get("vectors_se", 0.0)))]
+    if any(c is default for c in tied):
+        return default
+    return min(tied, key=lambda c: (float(c.get("sgns_cost", 0.0)), -c["vectors_objective"]))
+
+
+def _sgns_row(c: dict, settings: dict) -> dict:
+    """One tried setting as calibration.json's ``sgns.tried`` lists it."""
+    return {"settings": dict(settings), "objective": c["objective"],
+            "objective_se": c["objective_se"], "vectors_objective": c["vectors_objective"],
+            "vectors_se": c["vectors_se"], "vectors_ann": c["vectors_ann"],
+            "vectors_last": c["vectors_last"], "tokens_trained": int(c["tokens_trained"]),
+            "postprocess": c["postprocess"]}
+
+
+def sgns_search(plan: CalibrationPlan, base: dict, run_sgns, record: dict,
+                budget: float) -> tuple[dict, dict]:
+    """Coordinate search over the skip-gram settings of the exported vectors (issue 24).
+
+    After the corpus / amount search, from the plan's settings (`plan.train_params`), one
+    setting at a time in `plan.sgns` order: every other value of `plan.sgns_values` (default
+    `SGNS_VALUES`) is trained on the chosen corpus at the smallest amount (the `base`
+    candidate's) and scored with the base candidate's blend (fixed: the blend objective says
+    what the served blend loses), and `choose_sgns` keeps one (reference: every candidate of
+    the search so far, so the losses of successive steps never add up past one standard error
+    of the best blend objective); the next setting starts from it. A candidate that would take
+    the tokens trained across all candidates past `budget` is not trained (recorded).
+
+    Parameters
+    ----------
+    plan : CalibrationPlan
+    base : dict
+        The chosen corpus's candidate at the smallest amount (the plan's settings).
+    run_sgns : callable
+        ``run_sgns(settings) -> candidate``: trains and scores one candidate with the
+        skip-gram settings `settings` (a dict of `plan.sgns` keys), recorded in
+        ``record["candidates"]``.
+    record : dict
+        The calibration record (its ``candidates`` give the tokens spent so far).
+    budget : float, tokens
+        Tokens all candidates may train (``cost_ratio`` x the final model's).
+
+    Returns
+    -------
+    (dict, dict)
+        calibration.json's ``sgns`` (keys, default, chosen, changed, steps, tried with both
+        objectives, standard errors and tokens, not_tried) and the chosen candidate.
+    """
+    values = plan.sgns_values or SGNS_VALUES
+    current = {k: getattr(plan.train_params, k) for k in plan.sgns}
+    start = dict(current)
+    cur = base
+    pool = [base]
+    rows = [_sgns_row(base, current)]
+    steps: list[dict] = []
+    not_tried: list[str] = []
+    est = int(base["tokens_trained"])
+    for key in plan.sgns:
+        cands = [cur]
+        for v in values.get(key, ()):
+            if v == current[key]:
+                continue
+            spent = sum(int(x["tokens_trained"]) for x in record["candidates"])
+            if spent + est > budget:
+                why = (f"{key} = {v} (about {est:,} more tokens would pass {budget:,.0f}, "
+                       f"{plan.cost_ratio:g} x the final model's)")
+                not_tried.append(why)
+                log.info("calibrate: skip-gram search: not tried: %s", why)
+                continue
+            settings = {**current, key: v}
+            c = run_sgns(settings)
+            c["sgns_cost"] = sgns_cost(key, v) - sgns_cost(key, current[key])
+            c["sgns"] = settings
+            rows.append(_sgns_row(c, settings))
+            cands.append(c)
+            pool.append(c)
+        chosen = choose_sgns(cands, cur, reference=pool)
+        if chosen is not cur:
+            chosen_settings = dict(chosen["sgns"])
+        else:
+            chosen_settings = current
+        steps.append({"setting": key, "from": current[key], "to": chosen_settings[key],
+                      "values_tried": len(cands) - 1})
+        cur, current = chosen, chosen_settings
+    for row in rows:
+        row["chosen"] = row["settings"] == current
+    out = {"keys": list(plan.sgns), "default": start, "chosen": current,
+           "changed": current != start, "decision": "searched",
+           "base": {"corpus": base["corpus"], "option_tokens": base.get("option_tokens"),
+                    "tokens_trained": int(base["tokens_trained"])},
+           "steps": steps, "tried": rows, "not_tried": not_tried,
+           "validation": {"objective": cur["objective"], "objective_se": cur["objective_se"],
+                          "vectors_objective": cur["vectors_objective"],
+                          "vectors_se": cur["vectors_se"],
+                          "default_objective": base["objective"],
+                          "default_vectors_objective": base["vectors_objective"]}}
+    return out, cur
+
+
+def _previous_sgns(plan: CalibrationPlan, previous: PreviousChoice | None) -> dict:
+    """The skip-gram settings the previous version's calibration chose, restricted to the ones
+    this plan searches (a re-validated choice trains with them); {} when none."""
+    if previous is None:
+        return {}
+    chosen = (previous.record.get("sgns") or {}).get("chosen") or {}
+    return {k: v for k, v in chosen.items() if k in plan.sgns}
+
+
+def _sgns_stage(plan: CalibrationPlan, best: dict, cands: list[dict], run_one, record: dict,
+                log_share: float) -> None:
+    """Run `sgns_search` after the corpus / amount choice `best` (when `plan.sgns` lists a
+    setting and the corpus has a skip-gram) and record it: ``record["sgns"]``, and when the
+    settings changed, the chosen candidate's post-processing (chosen on its vectors) as the
+    run's. The blend stays `best`'s."""
+    from recembed.line import split_corpus
+
+    if not plan.sgns:
+        return
+    if split_corpus(best["corpus"])[0] is None:
+        record["sgns"] = {"keys": list(plan.sgns), "decision": "off",
+                          "reason": f"corpus {best['corpus']!r} trains no skip-gram"}
+        return
+    low = min(plan.target_tokens)
+    base = next((c for c in cands if c["corpus"] == best["corpus"]
+                 and c.get("option_tokens") == low and not c.get("sgns")), best)
+    fixed = _fixed_blend({"blend": base["choice"].as_dict()})
+    budget = plan.cost_ratio * final_tokens_planned(best["option_tokens"], best["corpus_tokens"],
+                                                    log_share, best["epochs"])
+    rec, chosen = sgns_search(
+        plan, base, lambda st: run_one(base["corpus"], int(base["option_tokens"]), fixed=fixed,
+                                       sgns=st), record, budget)
+    record["sgns"] = rec
+    if rec["changed"]:
+        record["postprocess"] = chosen["postprocess"]
+    log.info("calibrate: skip-gram search on %s: chose %s (default %s): vectors objective "
+             "%.4f vs %.4f, blend objective %.4f vs %.4f", base["corpus"], rec["chosen"],
+             rec["default"], chosen["vectors_objective"], base["vectors_objective"],
+             chosen["objective"], base["objective"])
 
 
 @dataclass

@@ -208,6 +208,18 @@ class CalibrateConfig(_Section):
     max_age_days: float = Field(7.0, gt=0)
     max_turnover: float = Field(0.2, ge=0, le=1)
     cost_ratio: float = Field(6.0, ge=0.1, le=100)
+    # the skip-gram settings searched for the exported vectors after the corpus / amount search
+    # (recembed.calibrate.sgns_search, issue 24); [] = off; a train key set in the config is
+    # never searched
+    sgns: list[Literal["ns_exponent", "window", "sample", "vector_size"]] = Field(
+        default_factory=lambda: ["window", "ns_exponent", "sample"])
+
+    @field_validator("sgns")
+    @classmethod
+    def _sgns_once(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError(f"calibrate.sgns={v} lists a setting twice")
+        return v
 
 
 class GraphConfig(_Section):
@@ -480,6 +492,16 @@ class Config(_Section):
              f"train.postprocess = {t.postprocess!r} would have transformed (not a skip-gram "
              'space to continue from); set train.postprocess = "none" or "auto" (with '
              "incremental mode, auto means none)"),
+            ("vector_size" in self.calibrate.sgns and "vector_size" not in
+             self.train.model_fields_set and self.index.type != "auto",
+             f"calibrate.sgns lists vector_size but index.type = {self.index.type!r} was "
+             "checked against train.vector_size; set train.vector_size, leave index.type at "
+             '"auto" or drop vector_size from calibrate.sgns'),
+            ("vector_size" in self.calibrate.sgns and "vector_size" not in
+             self.train.model_fields_set and t.warm_start,
+             "calibrate.sgns lists vector_size with train.warm_start = true (warm start "
+             "continues the published vectors, of one dimension); set train.vector_size or "
+             "drop vector_size from calibrate.sgns"),
             (self.publish.enabled and not self.evaluate.enabled,
              "publish.enabled = true needs evaluate.enabled = true (the quality gate compares "
              "evaluations)"),

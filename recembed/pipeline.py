@@ -629,6 +629,11 @@ def _calibration_line(run_dir: Path) -> str:
     parts = [f"corpus {rec.get('corpus')}"]
     if rec.get("target_tokens"):
         parts.append(f"{int(rec['target_tokens']):,} training tokens")
+    sg = rec.get("sgns") or {}
+    if sg.get("chosen"):
+        parts.append("skip-gram " + ", ".join(f"{k} {v}" for k, v in sg["chosen"].items())
+                     + (" (kept)" if sg.get("decision") == "kept" else
+                        "" if sg.get("changed") else " (the defaults)"))
     blend = (rec.get("blend") or {}).get("settings") or {}
     weights = blend.get("weights")
     if isinstance(weights, dict):

@@ -572,6 +572,34 @@ def _calibration_cost_html(cal: dict) -> list[str]:
     return out
 
 
+def _sgns_html(sg: dict) -> list[str]:
+    """The skip-gram search for the exported vectors (calibration.json's ``sgns``): what was
+    chosen, and every setting tried with both validation objectives, their standard errors
+    and tokens."""
+    esc = html.escape
+    if not sg:
+        return []
+    if sg.get("decision") != "searched":
+        why = sg.get("reason") or ("kept the previous version's settings "
+                                   f"{sg.get('chosen')}" if sg.get("decision") == "kept" else "")
+        return [f"<h3>Skip-gram settings for the exported vectors</h3><p>{esc(str(why))}.</p>"]
+    out = ["<h3>Skip-gram settings for the exported vectors</h3>",
+           f"<p>Searched {esc(', '.join(sg.get('keys') or []))} on "
+           f"{esc(str((sg.get('base') or {}).get('corpus')))}: chose "
+           f"{esc(str(sg.get('chosen')))} (default {esc(str(sg.get('default')))}); the vectors "
+           "alone decide among settings whose blend objective is within one standard error of "
+           "the best.</p>"]
+    cols = ("settings", "objective", "objective_se", "vectors_objective", "vectors_se",
+            "tokens_trained", "postprocess", "chosen")
+    out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
+               + "".join("<tr>" + "".join(
+                   f"<td>{esc(str(r.get(k)) if k == 'settings' else _num(r.get(k)))}</td>"
+                   for k in cols) + "</tr>" for r in sg.get("tried") or []) + "</table>")
+    if sg.get("not_tried"):
+        out.append("<p>Not tried (token budget): " + esc("; ".join(sg["not_tried"])) + "</p>")
+    return out
+
+
 def _calibration_html(cal: dict) -> str:
     esc = html.escape
     if not cal:
@@ -599,10 +627,12 @@ def _calibration_html(cal: dict) -> str:
                  + "".join(f"<tr><td style='text-align:left'>{esc(n)}</td>"
                            f"<td>{_num(v.get('recall@20'))}</td><td>{_num(v.get('mrr@20'))}</td>"
                            "</tr>" for n, v in rows) + "</table>")
+    parts += _sgns_html(cal.get("sgns") or {})
     cands = cal.get("candidates") or []
     if cands:
         cols = ("corpus", "target_tokens", "epochs", "recall@20", "mrr@20", "postprocess",
-                "vectors_objective", "seconds", "option_tokens", "tokens_trained", "objective_se")
+                "vectors_objective", "seconds", "option_tokens", "tokens_trained", "objective_se",
+                "sgns")
         parts.append("<h3>Candidates tried</h3><table><tr>"
                      + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
                      + "".join("<tr>" + "".join(f"<td>{esc(_num(c.get(k)))}</td>" for k in cols)

@@ -364,6 +364,7 @@ def calibration_plan(cfg: Config, *, progress: bool | None = None) -> Calibratio
     else:
         tokens = amounts
     fixed = blend_fixed(cfg)
+    sgns = sgns_searched(cfg)
     return CalibrationPlan(
         corpora=corpora, target_tokens=tokens, half_life_days=cfg.session.half_life_days,
         graph_params=graph_params(cfg), walk_params=walk_params(cfg),
@@ -375,9 +376,36 @@ def calibration_plan(cfg: Config, *, progress: bool | None = None) -> Calibratio
         progress=cfg.run.progress if progress is None else progress,
         reuse=cfg.calibrate.reuse,
         max_age_days=cfg.calibrate.max_age_days, max_turnover=cfg.calibrate.max_turnover,
-        cost_ratio=cfg.calibrate.cost_ratio,
+        cost_ratio=cfg.calibrate.cost_ratio, sgns=sgns, sgns_values=sgns_values(cfg, sgns),
         searches=len(corpora) > 1 or len(tokens) > 1 or len(fixed) < 6
-        or len(transforms) > 1)
+        or len(transforms) > 1 or bool(sgns))
+
+
+def sgns_searched(cfg: Config) -> list[str]:
+    """The skip-gram settings calibration searches for the exported vectors
+    (`recembed.calibrate.sgns_search`): `calibrate.sgns` less the train keys the config sets
+    itself (an explicit train.window, ... always wins)."""
+    explicit = cfg.train.model_fields_set
+    return [k for k in cfg.calibrate.sgns if k not in explicit]
+
+
+def sgns_values(cfg: Config, keys: list[str]) -> dict[str, tuple]:
+    """The values tried per searched setting (`recembed.calibrate.SGNS_VALUES`); dimensions
+    an explicit train.postprocess cannot apply to (whiten:R above them) are left out."""
+    from recembed.calibrate import SGNS_VALUES
+    from recembed.postprocess import parse_spec
+
+    out = {k: SGNS_VALUES[k] for k in keys}
+    if "vector_size" in out and cfg.train.postprocess != "auto":
+        ok = []
+        for d in out["vector_size"]:
+            try:
+                parse_spec(cfg.train.postprocess, d)
+            except ValueError:
+                continue
+            ok.append(d)
+        out["vector_size"] = tuple(ok)
+    return out
 
 
 def training_amount_set(cfg: Config) -> bool:
@@ -422,7 +450,9 @@ def calibrated_corpora(cfg: Config) -> list[str]:
 def resolve_config(cfg: Config, record: dict | None) -> Config:
     """A copy of `cfg` with every "auto" key set: to the calibrated choice in `record`
     (calibration.json), or to the documented fallback (both corpora, no LINE, 3M training
-    tokens, the default blend, no post-processing of the vectors)."""
+    tokens, the default blend, no post-processing of the vectors). The skip-gram settings the
+    calibration record's ``sgns.chosen`` holds replace the train keys the config does not set
+    itself (`sgns_searched`)."""
     out = cfg.model_copy(deep=True)
     rec = record if record and record.get("enabled") else {}
     corpus = rec.get("corpus") or corpus_set(cfg) or "both"
@@ -446,6 +476,11 @@ def resolve_config(cfg: Config, record: dict | None) -> Config:
         # calibration's choice of the vector space's post-processing (never with warm start)
         out.train.postprocess = "none" if continues_published(out) else \
             str(rec.get("postprocess") or "none")
+    explicit = cfg.train.model_fields_set
+    for key, value in ((rec.get("sgns") or {}).get("chosen") or {}).items():
+        # the skip-gram search's choice, for the train keys the config leaves unset
+        if key not in explicit:
+            setattr(out.train, key, value)
     chosen = (rec.get("blend") or {}).get("settings") or {}
     default = BlendSettings()
     for key in ("weights", "decay", "temperature", "candidates"):

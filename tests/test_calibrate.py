@@ -371,7 +371,8 @@ def test_a_removed_calibration_time_budget_is_refused_with_what_replaced_it():
 def test_calibrate_max_seconds_stops_the_run_with_a_clear_error(tmp_path):
     cfg = synth_config(tmp_path, "clicks", 4000, 5,
                        "calibrate.target_tokens=[20000]", "train.vector_size=8",
-                       "calibrate.max_seconds=0.001", "validation.min_sessions=50")
+                       "calibrate.max_seconds=0.001", "validation.min_sessions=50",
+                       "calibrate.sgns=[]")
     with pytest.raises(PipelineError, match=r"past calibrate\.max_seconds.*after 1 of at most 3") as e:
         run_pipeline(cfg, plan=STAGES, echo=lambda s: None)
     assert e.value.exit_code == 1

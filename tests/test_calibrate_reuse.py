@@ -73,6 +73,11 @@ def test_nothing_changed_keeps_the_previous_choice(night):
     assert rec["blend"]["settings"] == n["first"]["blend"]["settings"]
     assert rec["calibrated_data_end"] == n["first"]["calibrated_data_end"]
     assert rec["reuse"]["turnover"] == 0.0
+    # the skip-gram settings the first night searched (calibrate.sgns) are kept and trained
+    chosen = n["first"]["sgns"]["chosen"]
+    assert n["first"]["sgns"]["decision"] == "searched"
+    assert rec["sgns"]["decision"] == "kept" and rec["sgns"]["chosen"] == chosen
+    assert rec["candidates"][0]["sgns"] == chosen
     # the kept choice cost one candidate: fewer tokens than the full calibration
     assert rec["cost"]["tokens_trained"] < n["first"]["cost"]["tokens_trained"]
 

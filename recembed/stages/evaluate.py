@@ -125,9 +125,9 @@ def _calibration_summary(rec: dict) -> dict:
                                                   "epochs", "tokens_trained", "recall@20",
                                                   "mrr@20", "objective_se", "postprocess",
                                                   "vectors_objective", "vectors_se",
-                                                  "seconds")}
+                                                  "sgns", "seconds")}
                            for c in rec.get("candidates", [])],
-            "reuse": rec.get("reuse"), "cost": rec.get("cost"),
+            "reuse": rec.get("reuse"), "cost": rec.get("cost"), "sgns": rec.get("sgns"),
             "seconds": rec.get("seconds")}
 
 

@@ -191,7 +191,12 @@ def _export(ctx: StageContext, res: TrainResult, vocab: pd.DataFrame,
         if warn:
             log.warning("train: %s", warn)
             res.stats.setdefault("warnings", []).append(warn)
-    A.write_json(ctx.write(A.TRAIN_STATS), {"model": S.model_name(cfg), **res.stats})
+    # the skip-gram settings trained with (calibration's `sgns` choice where it searched them)
+    tp = S.train_params(cfg)
+    sgns = {k: getattr(tp, k) for k in ("vector_size", "window", "ns_exponent", "sample",
+                                        "negative")}
+    A.write_json(ctx.write(A.TRAIN_STATS), {"model": S.model_name(cfg), "sgns": sgns,
+                                            **res.stats})
     log.info("trained %s tokens at %s words/s", f"{res.stats['tokens_trained']:,}",
              f"{res.stats['words_per_s']:,}")
     return {k: v for k, v in res.stats.items() if k != "loss_per_epoch"}
