@@ -210,9 +210,11 @@ class CalibrateConfig(_Section):
     cost_ratio: float = Field(6.0, ge=0.1, le=100)
     # the skip-gram settings searched for the exported vectors after the corpus / amount search
     # (recembed.calibrate.sgns_search, issue 24); [] = off; a train key set in the config is
-    # never searched
+    # never searched. Default window only: on five logs ns_exponent and sample never won, and
+    # the full list cost DIGINETICA's calibrate 125 -> 366 s (benchmarks/RESULTS.md, "skip-gram
+    # settings for the exported vectors")
     sgns: list[Literal["ns_exponent", "window", "sample", "vector_size"]] = Field(
-        default_factory=lambda: ["window", "ns_exponent", "sample"])
+        default_factory=lambda: ["window"])
 
     @field_validator("sgns")
     @classmethod
