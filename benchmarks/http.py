@@ -38,6 +38,11 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+try:  # the serve extra has orjson: a client parses the 231 KB batch answer in 1 ms, not 3
+    from orjson import loads as parse_json  # noqa: E402
+except ImportError:
+    parse_json = json.loads
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -51,7 +56,7 @@ def _post(conn: http.client.HTTPConnection, body: dict) -> tuple[int, dict]:
     conn.request("POST", "/recommend", body=json.dumps(body).encode(),
                  headers={"Content-Type": "application/json"})
     r = conn.getresponse()
-    return r.status, json.loads(r.read())
+    return r.status, parse_json(r.read())
 
 
 def build_root(root: Path, events: int = 10_000_000) -> None:
@@ -203,7 +208,7 @@ def run_clients(port: int, bodies: list[bytes], first: int, step: int, threads: 
                 errors.append(repr(e))
                 continue
             lat.append(time.perf_counter() - t0)
-            answer = json.loads(raw)
+            answer = parse_json(raw)
             if status == 200:
                 versions.add(answer["version"])
             elif status != 404:  # 404: a session of ids the swapped-in version lacks
@@ -330,7 +335,7 @@ def main() -> None:
         t0 = time.perf_counter()
         for _ in range(rounds):
             status, raw = client.post("/recommend", body)
-            answer = json.loads(raw)
+            answer = parse_json(raw)
             assert status == 200 and len(answer["results"]) == len(batch), answer
         http_s = (time.perf_counter() - t0) / rounds
         rec.recommend(batch, k=20)

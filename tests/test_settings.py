@@ -1,0 +1,24 @@
+"""recembed.settings: config sections -> the plain parameters each stage's function takes."""
+
+from __future__ import annotations
+
+from recembed.config import load_config
+from recembed.settings import resolve_config, walk_params
+
+
+def test_the_final_walks_are_capped_at_half_the_training_amount_as_candidates_are():
+    # calibration chose 1M tokens: the candidates walked at most 500k; so does the final
+    chosen = resolve_config(load_config(None), {"enabled": True, "corpus": "both",
+                                                "target_tokens": 1_000_000})
+    assert walk_params(chosen).max_tokens == 500_000
+    # an amount set in the config: the same rule; a smaller walks.max_tokens still wins
+    assert walk_params(load_config(None, ["train.target_tokens=3000000"])).max_tokens == 1_500_000
+    assert walk_params(load_config(None, ["train.target_tokens=3000000",
+                                          "walks.max_tokens=200000"])).max_tokens == 200_000
+    # epochs decide (no amount): only walks.max_tokens
+    assert walk_params(load_config(None, ["train.target_tokens=3000000", "train.epochs=5"])
+                       ).max_tokens == 10_000_000
+    assert walk_params(load_config(None)).max_tokens == 10_000_000  # not resolved yet
+    # walks.max_tokens = 0 (no cap) still gets the amount's cap
+    assert walk_params(load_config(None, ["train.target_tokens=3000000",
+                                          "walks.max_tokens=0"])).max_tokens == 1_500_000
