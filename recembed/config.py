@@ -494,13 +494,13 @@ class Config(_Section):
              f"train.postprocess = {t.postprocess!r} would have transformed (not a skip-gram "
              'space to continue from); set train.postprocess = "none" or "auto" (with '
              "incremental mode, auto means none)"),
-            ("vector_size" in self.calibrate.sgns and "vector_size" not in
-             self.train.model_fields_set and self.index.type != "auto",
+            ("vector_size" in self.calibrate.sgns and self.train.vector_size ==
+             type(self.train).model_fields["vector_size"].default and self.index.type != "auto",
              f"calibrate.sgns lists vector_size but index.type = {self.index.type!r} was "
              "checked against train.vector_size; set train.vector_size, leave index.type at "
              '"auto" or drop vector_size from calibrate.sgns'),
-            ("vector_size" in self.calibrate.sgns and "vector_size" not in
-             self.train.model_fields_set and t.warm_start,
+            ("vector_size" in self.calibrate.sgns and self.train.vector_size ==
+             type(self.train).model_fields["vector_size"].default and t.warm_start,
              "calibrate.sgns lists vector_size with train.warm_start = true (warm start "
              "continues the published vectors, of one dimension); set train.vector_size or "
              "drop vector_size from calibrate.sgns"),

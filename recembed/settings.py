@@ -122,7 +122,7 @@ def walk_params(cfg: Config) -> WalkParams:
         # it (recembed.candidates.train_model): the model served is trained as the one
         # validated. Without it a 143k-item log walked 10M tokens and trained them for a 1M
         # choice, 10x the validated amount (benchmarks/RESULTS.md, "a huge catalogue of rare
-        # items")
+        # items", in "Serving for real, third round")
         cap = min(cap or amount, max(amount // 2, 1000))
     return WalkParams(method=w.method, walks_per_node=w.walks_per_node,
                       walk_length=w.walk_length, p=w.p, q=w.q, seed=cfg.run.seed,
@@ -394,8 +394,17 @@ def sgns_searched(cfg: Config) -> list[str]:
     """The skip-gram settings calibration searches for the exported vectors
     (`recembed.calibrate.sgns_search`): `calibrate.sgns` less the train keys the config sets
     itself (an explicit train.window, ... always wins)."""
-    explicit = cfg.train.model_fields_set
+    explicit = explicit_train_keys(cfg)
     return [k for k in cfg.calibrate.sgns if k not in explicit]
+
+
+def explicit_train_keys(cfg: Config) -> set[str]:
+    """The `[train]` keys whose value differs from the default: those the skip-gram search
+    leaves alone. A value equal to the default counts as unset, so a config read back from a
+    run's config.toml (every key written out) searches and resolves as the original did."""
+    t = cfg.train
+    return {k for k, f in type(t).model_fields.items()
+            if getattr(t, k) != f.get_default(call_default_factory=True)}
 
 
 def sgns_values(cfg: Config, keys: list[str]) -> dict[str, tuple]:
@@ -485,7 +494,7 @@ def resolve_config(cfg: Config, record: dict | None) -> Config:
         # calibration's choice of the vector space's post-processing (never with warm start)
         out.train.postprocess = "none" if continues_published(out) else \
             str(rec.get("postprocess") or "none")
-    explicit = cfg.train.model_fields_set
+    explicit = explicit_train_keys(cfg)
     for key, value in ((rec.get("sgns") or {}).get("chosen") or {}).items():
         # the skip-gram search's choice, for the train keys the config leaves unset
         if key not in explicit:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from recembed.calibrate import CalibrationPlan, choose_sgns, sgns_search
-from recembed.config import ConfigError, load_config
+from recembed.config import ConfigError, dump_config, load_config
 from recembed.settings import calibration_plan, resolve_config
 from tests.conftest import synth_config
 
@@ -107,15 +107,22 @@ def test_the_search_moves_one_setting_at_a_time_and_stops_at_the_token_budget():
                 "tokens_trained"} <= set(r)
 
 
-def test_explicit_train_keys_are_never_searched_and_win_over_the_record():
-    cfg = load_config(None, ["train.window=3", "calibrate.sgns=['ns_exponent', 'window']"])
+def test_explicit_train_keys_are_never_searched_and_win_over_the_record(tmp_path):
+    cfg = load_config(None, ["train.window=7", "calibrate.sgns=['ns_exponent', 'window']"])
     assert calibration_plan(cfg).sgns == ["ns_exponent"]
     record = {"enabled": True, "corpus": "sessions", "target_tokens": 1_000_000,
               "sgns": {"chosen": {"ns_exponent": -0.5, "window": 10}}}
     out = resolve_config(cfg, record)
-    assert out.train.window == 3 and out.train.ns_exponent == -0.5
+    assert out.train.window == 7 and out.train.ns_exponent == -0.5
     auto = resolve_config(load_config(None), record)
     assert auto.train.window == 10 and auto.train.ns_exponent == -0.5
+    # a config read back from a run's config.toml writes every key out, defaults included:
+    # those still count as unset, so it searches and resolves as the original config did
+    dumped = tmp_path / "config.toml"
+    dumped.write_text(dump_config(load_config(None)))
+    again = load_config(dumped)
+    assert calibration_plan(again).sgns == ["window"]
+    assert resolve_config(again, record).train.window == 10
     # an empty list turns the search off
     assert calibration_plan(load_config(None, ["calibrate.sgns=[]"])).sgns == []
 
