@@ -457,6 +457,9 @@ class Config(_Section):
         # combinations of sections, every key of which is valid alone, that no run can execute
         # (those within one section are that section's validators: InputConfig._needs_columns)
         t, ln = self.train, self.line
+        # vector_size left at its default: the skip-gram search may change it
+        searched_dim = ("vector_size" in self.calibrate.sgns and
+                        t.vector_size == type(t).model_fields["vector_size"].default)
         bad = [
             (t.negative == 0 and not t.hs,
              "train.negative = 0 with train.hs = false leaves no training objective; set "
@@ -494,13 +497,11 @@ class Config(_Section):
              f"train.postprocess = {t.postprocess!r} would have transformed (not a skip-gram "
              'space to continue from); set train.postprocess = "none" or "auto" (with '
              "incremental mode, auto means none)"),
-            ("vector_size" in self.calibrate.sgns and self.train.vector_size ==
-             type(self.train).model_fields["vector_size"].default and self.index.type != "auto",
+            (searched_dim and self.index.type != "auto",
              f"calibrate.sgns lists vector_size but index.type = {self.index.type!r} was "
              "checked against train.vector_size; set train.vector_size, leave index.type at "
              '"auto" or drop vector_size from calibrate.sgns'),
-            ("vector_size" in self.calibrate.sgns and self.train.vector_size ==
-             type(self.train).model_fields["vector_size"].default and t.warm_start,
+            (searched_dim and t.warm_start,
              "calibrate.sgns lists vector_size with train.warm_start = true (warm start "
              "continues the published vectors, of one dimension); set train.vector_size or "
              "drop vector_size from calibrate.sgns"),

@@ -709,7 +709,6 @@ def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
     """Run the service until SIGINT / SIGTERM; in-flight requests finish first (at most
     `graceful_s` seconds). Each worker process loads the version and watches LATEST itself."""
     import signal
-    import sys
 
     import uvicorn
 
