@@ -448,3 +448,32 @@ def test_the_watcher_thread_loads_at_lower_priority_than_the_serving_threads():
     assert seen["after"] == min(seen["before"] + 10, 19)
     # only that thread: this one keeps its priority
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before
+
+
+def test_loaded_versions_are_frozen_and_a_swapped_out_one_is_freed_without_the_collector(tmp_path):
+    import gc
+    import weakref
+
+    import recembed.server as server
+
+    root = tmp_path / "published"
+    make_version(root, "v1", n=60, seed=1, prefix="a")
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    was_enabled = gc.isenabled()
+    gc.disable()  # only reference counting frees anything below
+    try:
+        watcher = server.VersionWatcher(server.ServeSettings(root=str(root), verify=True))
+        after_load = gc.get_freeze_count()
+        assert after_load > 0  # the first version is out of the collector's walks
+        old = weakref.ref(watcher.current.rec), weakref.ref(watcher.current.rec.model)
+        make_version(root, "v2", n=60, seed=2, prefix="b")
+        assert watcher.check() is True and watcher.current.version == "v2"
+        assert gc.get_freeze_count() > after_load  # the new version frozen too
+        # no reference cycle keeps the old version: frozen objects are out of the collector's
+        # reach, so a cycle would leak a whole version on every swap
+        assert old[0]() is None and old[1]() is None
+    finally:
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()
