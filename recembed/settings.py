@@ -115,18 +115,19 @@ def graph_params(cfg: Config) -> GraphParams:
 def walk_params(cfg: Config) -> WalkParams:
     """`[walks]` and the run's seed as `recembed.walks.WalkParams`."""
     w = cfg.walks
-    cap = w.max_tokens
+    cap, source = w.max_tokens, "walks.max_tokens"
     amount = target_tokens(cfg) if cfg.train.target_tokens != "auto" else 0
-    if amount > 0:
+    if amount > 0 and (cap == 0 or max(amount // 2, 1000) < cap):
         # the walk corpus at most half the training amount, as calibration's candidates have
         # it (recembed.candidates.train_model): the model served is trained as the one
         # validated. Without it a 143k-item log walked 10M tokens and trained them for a 1M
         # choice, 10x the validated amount (benchmarks/RESULTS.md, "a huge catalogue of rare
         # items", in "Serving for real, third round")
-        cap = min(cap or amount, max(amount // 2, 1000))
+        cap = max(amount // 2, 1000)
+        source = f"half the training amount ({amount:,} tokens, train.target_tokens)"
     return WalkParams(method=w.method, walks_per_node=w.walks_per_node,
                       walk_length=w.walk_length, p=w.p, q=w.q, seed=cfg.run.seed,
-                      max_tokens=cap)
+                      max_tokens=cap, max_tokens_source=source)
 
 
 def corpus_params(cfg: Config) -> CorpusParams:

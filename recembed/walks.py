@@ -70,6 +70,9 @@ class WalkParams:
         Seed of the start order and of every walk's random stream.
     max_tokens : int >= 0, tokens
         Cap on walks x walk_length; 0 = no cap.
+    max_tokens_source : str
+        What set `max_tokens`, for the message when it applies (a config key, or the
+        training-amount rule of `recembed.settings.walk_params`).
     """
 
     method: str = "deepwalk"
@@ -79,6 +82,7 @@ class WalkParams:
     q: float = 1.0
     seed: int = 0
     max_tokens: int = 0
+    max_tokens_source: str = "walks.max_tokens"
 
 
 @dataclass
@@ -130,6 +134,7 @@ def random_walks(
     chunk_walks: int = 0,
     progress: bool = False,
     max_tokens: int = 0,
+    max_tokens_source: str = "walks.max_tokens",
 ) -> WalkStats:
     """Write random walks over `g` to `out_path`, one walk per line as space-separated node codes.
 
@@ -146,13 +151,7 @@ def random_walks(
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     wg = prepare_graph(g)
     starts = walk_starts(wg.indptr, walks_per_node, seed, popularity)
-    if max_tokens > 0 and len(starts) * walk_length > max_tokens:
-        # the budget holds whatever the graph: the first rounds of the seeded start order
-        # (every node once before any twice), so fewer walks per node, never a skewed sample
-        log.warning("walks.max_tokens=%s: %s walks of up to %d steps are over budget; walking "
-                    "%s", f"{max_tokens:,}", f"{len(starts):,}", walk_length,
-                    f"{max(1, max_tokens // walk_length):,}")
-        starts = starts[: max(1, max_tokens // walk_length)]
+    starts = capped_starts(starts, walk_length, max_tokens, max_tokens_source)
     packed, lens = token_table(wg.n)
     clock = {"prepare": time.perf_counter() - t0, "walk": 0.0, "format": 0.0, "wait": 0.0}
     chunk = min(chunk_walks or max(1, _CHUNK_TOKENS // walk_length), max(1, len(starts)))
@@ -193,6 +192,23 @@ def random_walks(
     secs = time.perf_counter() - t0
     return WalkStats(walks, tokens, secs, tokens / secs if secs else 0.0, clock["prepare"],
                      clock["walk"], clock["format"], clock["wait"])
+
+
+def capped_starts(starts: np.ndarray, walk_length: int, max_tokens: int,
+                  source: str = "walks.max_tokens") -> np.ndarray:
+    """The walk starts that fit `max_tokens` (walks x `walk_length`; 0 = no cap), logged with
+    what set the cap (`source`) and how many walks it drops.
+
+    The budget holds whatever the graph: the first rounds of the seeded start order (every node
+    once before any twice), so fewer walks per node, never a skewed sample.
+    """
+    if max_tokens <= 0 or len(starts) * walk_length <= max_tokens:
+        return starts
+    keep = max(1, max_tokens // walk_length)
+    log.warning("%s = %s tokens: walking %s of the %s walks of up to %d steps (fewer walks "
+                "per node: the first rounds of the seeded start order)", source,
+                f"{max_tokens:,}", f"{keep:,}", f"{len(starts):,}", walk_length)
+    return starts[:keep]
 
 
 def walks_from_graph_file(graph_path: str | Path, walks_path: str | Path, params: WalkParams,

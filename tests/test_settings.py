@@ -22,3 +22,14 @@ def test_the_final_walks_are_capped_at_half_the_training_amount_as_candidates_ar
     # walks.max_tokens = 0 (no cap) still gets the amount's cap
     assert walk_params(load_config(None, ["train.target_tokens=3000000",
                                           "walks.max_tokens=0"])).max_tokens == 1_500_000
+
+
+def test_the_walks_cap_message_names_what_set_it():
+    """A cap from the training-amount rule names train.target_tokens, not walks.max_tokens
+    (the old message named walks.max_tokens with the amount's value: a key the user never set)."""
+    by_amount = walk_params(load_config(None, ["train.target_tokens=3000000"]))
+    assert "train.target_tokens" in by_amount.max_tokens_source and \
+        "3,000,000" in by_amount.max_tokens_source
+    by_key = walk_params(load_config(None, ["train.target_tokens=3000000",
+                                            "walks.max_tokens=200000"]))
+    assert by_key.max_tokens_source == "walks.max_tokens"

@@ -171,3 +171,16 @@ def test_walk_budget_holds_whatever_the_graph(tmp_path):
     starts = [int(line.split()[0]) for line in (tmp_path / "b.txt").read_text().splitlines()]
     counts = np.bincount(starts, minlength=n)
     assert counts.min() >= 2 and counts.max() <= 3  # rounds: every node before any twice
+
+
+def test_walk_cap_says_how_many_walks_it_drops_and_why(caplog):
+    from recembed.walks import capped_starts
+
+    starts = np.arange(5000)
+    with caplog.at_level("WARNING", logger="recembed"):
+        kept = capped_starts(starts, 8, 8 * 1200, "half the training amount (x)")
+    assert len(kept) == 1200 and (kept == starts[:1200]).all()
+    assert "half the training amount (x) = 9,600 tokens: walking 1,200 of the 5,000" in caplog.text
+    caplog.clear()
+    assert capped_starts(starts, 8, 0) is starts and capped_starts(starts, 8, 40_000) is starts
+    assert caplog.text == ""

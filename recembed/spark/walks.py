@@ -29,6 +29,7 @@ from recembed.walks import (
     WalkGraph,
     WalkParams,
     WalkStats,
+    capped_starts,
     check_walk_args,
     prepare_graph,
     start_popularity,
@@ -68,6 +69,7 @@ def random_walks(
     popularity: np.ndarray | None = None,
     seed: int = 0,
     max_tokens: int = 0,
+    max_tokens_source: str = "walks.max_tokens",
 ) -> WalkStats:
     """`recembed.walks.random_walks` on Spark: the same walks.txt, bytes equal.
 
@@ -79,11 +81,7 @@ def random_walks(
     check_walk_args(method, walks_per_node, walk_length, p, q)
     wg = prepare_graph(g)
     starts = walk_starts(wg.indptr, walks_per_node, seed, popularity)
-    if max_tokens > 0 and len(starts) * walk_length > max_tokens:
-        log.warning("walks.max_tokens=%s: %s walks of up to %d steps are over budget; walking "
-                    "%s", f"{max_tokens:,}", f"{len(starts):,}", walk_length,
-                    f"{max(1, max_tokens // walk_length):,}")
-        starts = starts[: max(1, max_tokens // walk_length)]
+    starts = capped_starts(starts, walk_length, max_tokens, max_tokens_source)
     sc = spark.sparkContext
     per_task = max(1, min(_TASK_TOKENS // walk_length,
                           -(-len(starts) // max(1, sc.defaultParallelism))))
