@@ -1039,6 +1039,16 @@ def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
                 record.setdefault("not_tried", []).append(why)
                 log.info("calibrate: not tried: %s", why)
                 continue
+            if same_training(c, plan.candidate_tokens(amount)):
+                # one pass of the corpus is already more than either amount: the candidate
+                # would be c again (a 10M-event log trained 3.2M tokens for both 1M and 3M,
+                # 153 s for an identical model; benchmarks/RESULTS.md, "nightly, two nights")
+                why = (f"{c['corpus']} at {amount:,} tokens (the same training as at "
+                       f"{int(c['option_tokens']):,}: {c['epochs']} epoch(s) of its "
+                       f"{int(c['corpus_tokens']):,}-token corpus)")
+                record.setdefault("not_tried", []).append(why)
+                log.info("calibrate: not tried: %s", why)
+                continue
             nxt.append(run_one(c["corpus"], amount))
         cands += nxt
         if not nxt:
@@ -1050,6 +1060,21 @@ def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
             break  # more training did not pay beyond the noise: stop climbing
         rung = nxt
     return cands
+
+
+def same_training(cand: dict, tokens: int) -> bool:
+    """Whether a candidate for the training amount `tokens` would train exactly what `cand`
+    trained: a sessions corpus (it does not depend on the amount; walk corpora and LINE's
+    samples do) with the same epochs by `recembed.train.epochs_for`. Checked only when the
+    rule reproduces `cand`'s own epochs, so a record it cannot explain is never skipped."""
+    from recembed.train import epochs_for
+
+    if cand.get("corpus") != "sessions" or tokens <= 0 or cand.get("sgns"):
+        return False
+    own, corpus = int(cand.get("target_tokens") or 0), int(cand.get("corpus_tokens") or 0)
+    if own <= 0 or corpus <= 0 or epochs_for(corpus, own) != cand.get("epochs"):
+        return False
+    return epochs_for(corpus, tokens) == cand["epochs"]
 
 
 def sgns_cost(key: str, value: float) -> float:

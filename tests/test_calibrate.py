@@ -4,6 +4,7 @@ split, the blend search, explicit settings winning, and a calibrated run end to 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -504,3 +505,44 @@ def test_a_previous_choice_is_scored_not_searched():
     # the per-query objectives behind the standard error: hits + reciprocal ranks
     assert choice.per_query.shape == (200,)
     assert choice.per_query.mean() == pytest.approx(choice.recall + choice.mrr)
+
+
+def test_the_amount_ladder_skips_a_candidate_that_would_train_the_same_model():
+    from recembed.calibrate import _successive_halving, same_training
+
+    plan = replace(calibration_plan(load_config(None, ["calibrate.cost_ratio=100"])),
+                   corpora=["sessions"], target_tokens=[1_000_000, 3_000_000])
+
+    def runner(corpus_tokens: int, objectives: dict):
+        calls = []
+
+        def run_one(corpus, amount, **kw):
+            tokens = plan.candidate_tokens(amount)
+            epochs = max(1, round(tokens / corpus_tokens))
+            calls.append(amount)
+            c = _cand(corpus, corpus_tokens * epochs, np.full(1000, objectives[amount]),
+                      corpus_tokens=corpus_tokens, epochs=epochs, target_tokens=tokens,
+                      option_tokens=amount)
+            record["candidates"].append(c)
+            return c
+        return run_one, calls
+
+    # one pass of a 3.2M-token corpus is more than either amount: 1 epoch both times
+    record = {"candidates": []}
+    run_one, calls = runner(3_160_059, {1_000_000: 0.5, 3_000_000: 0.6})
+    cands = _successive_halving(plan, run_one, record, log_share=1.0)
+    assert calls == [1_000_000] and len(cands) == 1
+    assert "the same training as at 1,000,000: 1 epoch(s) of its 3,160,059-token corpus" \
+        in record["not_tried"][0]
+    # a 100k-token corpus: 10 and 30 epochs differ, the ladder climbs
+    record = {"candidates": []}
+    run_one, calls = runner(100_000, {1_000_000: 0.5, 3_000_000: 0.6})
+    _successive_halving(plan, run_one, record, log_share=1.0)
+    assert calls == [1_000_000, 3_000_000] and "not_tried" not in record
+    # walk corpora depend on the amount (walks capped at half of it): never skipped
+    walks = {"corpus": "walks", "target_tokens": 1_000_000, "corpus_tokens": 3_160_059,
+             "epochs": 1}
+    assert not same_training(walks, 3_000_000)
+    assert same_training(dict(walks, corpus="sessions"), 3_000_000)
+    # a record the rule cannot explain (epochs capped by train.max_tokens) is not skipped
+    assert not same_training(dict(walks, corpus="sessions", epochs=2), 3_000_000)
