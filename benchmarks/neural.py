@@ -227,9 +227,8 @@ def main() -> None:
     npz = run / "neural_splits.npz"
     check = export(run, npz)
     print("query check:", json.dumps(check))
-    metrics = json.loads((run / "metrics.json").read_text())
-    rec = metrics["methods"].get("recommend", {})
-    exclude = "exclude_prefix" in rec and "allow_repeats" not in rec
+    # the headline (`recommend`, the serving path) is scored with repeats allowed
+    exclude = False
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "OPENBLAS_NUM_THREADS": "1", "NEURAL_EXCLUDE": str(int(exclude))}
     res = Path(sys.argv[3]) if len(sys.argv) > 3 else run / "neural_gru4rec.json"
@@ -240,7 +239,9 @@ def main() -> None:
 
 
 def _ci(m: dict, key: str) -> str:
-    ci = m.get(f"{key}_ci") or (m.get("intervals") or {}).get(key)
+    ci = m.get(f"{key}_ci")
+    if ci is None and f"ci95_lo:{key}" in m:
+        ci = (m[f"ci95_lo:{key}"], m[f"ci95_hi:{key}"])
     v = m.get(key)
     if v is None:
         return ""
@@ -254,11 +255,16 @@ def table(run: Path, check: dict, gru: dict, command: str) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     variant = "exclude_prefix" if gru["exclude"] else "allow_repeats"
     rows = []
-    for name, m in metrics["methods"].items():
+    head = metrics.get("headline", {}).get("method", "")
+    sknn = max(("vsknn", "stan", "vstan"), key=lambda k: metrics["methods"].get(k, {}).get(
+        variant, {}).get(f"recall@{K}", -1))
+    keep = ["pop", "session_pop", "item_knn", sknn, head.replace(":serving", ":ann"), head]
+    for name in keep:
+        m = metrics["methods"].get(name, {})
         m = m.get(variant, m) if isinstance(m, dict) else {}
         if not isinstance(m, dict) or f"recall@{K}" not in m:
             continue
-        rows.append({"method": name, "val R@20": "", "val MRR@20": "",
+        rows.append({"method": f"{name} (recommend)" if name == head else name, "val R@20": "", "val MRR@20": "",
                      "holdout R@20 [95%]": _ci(m, f"recall@{K}"),
                      "MRR@20 [95%]": _ci(m, f"mrr@{K}"), "train s": "", "grid points": ""})
     b = gru["best"]
