@@ -3,9 +3,9 @@
 Two parts, two interpreters (torch must not become a recembed dependency):
 
 * ``export`` runs in the recembed venv: reads a finished run directory, builds the
-  calibration split (`recembed.calibrate.calibration_split`) and, with its own code, the
-  validation and holdout queries (each position of a session with a next item; targets
-  unknown to the training side dropped, as `recembed.evaluate.make_queries` does), checks
+  calibration split (`recembed.calibrate.calibration_split`) and the validation and holdout
+  queries with `recembed.evaluate.make_queries` (each position of a session with a next item;
+  targets unknown to the training side dropped), checks
   them by reproducing the POP baseline's holdout R@20 from metrics.json, and writes npz.
 * ``train`` runs in the torch venv: GRU4Rec (embedding + GRU + full softmax), a small grid
   tuned on the validation queries (early stopping on validation R@20), retrained on all
@@ -48,15 +48,15 @@ def _seqs(df) -> list[np.ndarray]:
     return [items[a:b] for a, b in itertools.pairwise(cut) if b > a]
 
 
-def queries(seqs: list[np.ndarray], known: np.ndarray):
-    """(prefix, target) for every position with a next item; unknown targets dropped."""
-    pre, tgt = [], []
-    for s in seqs:
-        for t in range(1, len(s)):
-            if known[s[t]]:
-                pre.append(s[:t])
-                tgt.append(int(s[t]))
-    return pre, np.asarray(tgt, np.int64)
+def queries(df, known: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """(prefixes, targets) of recembed's own query rule (`recembed.evaluate.make_queries`:
+    every position with a next item, unknown targets dropped)."""
+    from recembed.evaluate import make_queries
+
+    q, _ = make_queries(df, known)
+    prefixes = [q.items[a:a + n].astype(np.int64) for a, n in zip(q.start.tolist(),
+                                                                  q.length.tolist(), strict=True)]
+    return prefixes, q.target.astype(np.int64)
 
 
 def _pack(prefixes: list[np.ndarray], maxlen: int = 50) -> np.ndarray:
@@ -88,8 +88,8 @@ def export(run: Path, out: Path) -> dict:
         listed[codes[col].to_numpy().astype(np.int64) % max(n, 1)] = True
         known_full, known_ct = known_full | listed, known_ct | listed
     tr_seqs, ct_seqs = _seqs(train), _seqs(split.ct)
-    vp, vt = queries(_seqs(split.val), known_ct)
-    hp, ht = queries(_seqs(test), known_full)
+    vp, vt = queries(split.val, known_ct)
+    hp, ht = queries(test, known_full)
     # reproduction check: POP (train popularity, no exclusion) on our holdout queries
     pop = np.bincount(train["item"].to_numpy(), minlength=n)
     top = np.argsort(-pop, kind="stable")[:K]

@@ -1042,7 +1042,8 @@ def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
             if same_training(c, plan.candidate_tokens(amount)):
                 # one pass of the corpus is already more than either amount: the candidate
                 # would be c again (a 10M-event log trained 3.2M tokens for both 1M and 3M,
-                # 153 s for an identical model; benchmarks/RESULTS.md, "nightly, two nights")
+                # 153 s for an identical model; benchmarks/RESULTS.md, "nightly run end to end
+                # (10,000,000 events), two nights")
                 why = (f"{c['corpus']} at {amount:,} tokens (the same training as at "
                        f"{int(c['option_tokens']):,}: {c['epochs']} epoch(s) of its "
                        f"{int(c['corpus_tokens']):,}-token corpus)")

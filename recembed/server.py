@@ -288,19 +288,17 @@ def warm(rec: Recommender) -> float:
     return time.perf_counter() - t0
 
 
-def freeze_heap() -> int:
-    """Move every object alive now into the collector's permanent generation (`gc.freeze`);
-    returns how many objects it holds.
+def freeze_heap() -> None:
+    """Move every object alive now into the collector's permanent generation (`gc.freeze`).
 
     A loaded version is ~140k long-lived tracked objects (the 199k-item catalogue): each full
-    collection walked them all, 73 ms once per ~50 batch answers of 256 sessions (about 1.5 ms a
-    batch, and a 73 ms stall of whichever request triggered it; benchmarks/RESULTS.md, "Serving
+    collection walked them all, a 73 ms stall of whichever request triggered it, about once per
+    50 batch answers of 256 sessions (throughput unchanged; benchmarks/RESULTS.md, "Serving
     for real, fourth round"). Frozen objects are still freed by reference counting, and a
     version holds no reference cycle (`tests/test_server.py`), so a swapped-out version's
     memory is returned as before.
     """
     gc.freeze()
-    return gc.get_freeze_count()
 
 
 SWAP_SWITCH_INTERVAL_S = 0.0005  # the GIL switch interval while a new version loads
