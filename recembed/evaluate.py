@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from numba import njit, prange
 
 from recembed.graph import build_item_graph
 from recembed.sknn import METHODS, SessionIndex, method_params, session_end_times
 from recembed.sknn_kernels import dense_scorer
+from recembed.topk import heap_top_k
 
 Scorer = Callable[["Queries", np.ndarray], np.ndarray]
 Recommend = Callable[["Queries", np.ndarray, int, bool], np.ndarray]
@@ -209,12 +209,13 @@ def evaluate_all(
         qstats["cold_queries"] = int(cold[q.target].sum())
         qstats["cold_share"] = float(cold[q.target].mean()) if len(q) else 0.0
     kw = {"candidates": known, "cold": cold, "intervals": intervals}
+    shared: dict = {}  # the session index of the session-kNN baselines, built once for all
     makers = {
         "pop": lambda: popularity_scorer(popularity),
         "session_pop": lambda: session_popularity_scorer(popularity),
         "item_knn": lambda: item_knn_scorer(train, n_items, popularity),
         "sr": lambda: sequential_rules_scorer(train, n_items, popularity),
-        **{m: (lambda m=m: _sknn_maker(m, train, n_items, train_ts)) for m in METHODS},
+        **{m: (lambda m=m: _sknn_maker(m, train, n_items, train_ts, shared)) for m in METHODS},
         "category": lambda: category_scorer(
             np.full(n_items, -1) if categories is None else categories[:n_items],
             np.zeros(n_items) if listed is None else listed[:n_items], popularity),
@@ -238,7 +239,7 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k best scores per row (int32 [n, k]): higher score first, ties by lower
     index; -inf entries are never returned (-1 pads rows with fewer than k finite scores)."""
     scores = np.ascontiguousarray(scores, np.float32)
-    return _top_k(scores, k)
+    return heap_top_k(scores, k)
 
 
 def ranking_metrics(recs: np.ndarray, targets: np.ndarray, ks: list[int], n_items: int, *,
@@ -525,14 +526,21 @@ def serving_recommend(recommender, rows_item: np.ndarray, n_items: int) -> Recom
 
 
 def _sknn_maker(method: str, train: pd.DataFrame, n_items: int,
-                train_ts: np.ndarray | None) -> Scorer:
+                train_ts: np.ndarray | None, shared: dict | None = None) -> Scorer:
+    """The dense scorer of a session-kNN baseline; `shared` keeps the session index between
+    the methods of one evaluation (it depends on the training events only; ~10 s a build
+    at 1.3M training sessions)."""
     if train_ts is None and "ts" not in train.columns:
         raise ValueError(f"baseline {method!r} needs the training events' times: pass train_ts "
                          "or a ts column in train")
-    ts = train["ts"].to_numpy() if train_ts is None else np.asarray(train_ts)
-    sess = train["session"].to_numpy()
-    index = SessionIndex.build(sess, train["item"].to_numpy(), session_end_times(sess, ts),
-                               n_items)
+    index = None if shared is None else shared.get("index")
+    if index is None:
+        ts = train["ts"].to_numpy() if train_ts is None else np.asarray(train_ts)
+        sess = train["session"].to_numpy()
+        index = SessionIndex.build(sess, train["item"].to_numpy(), session_end_times(sess, ts),
+                                   n_items)
+        if shared is not None:
+            shared["index"] = index
     # the kernels' twin of `sknn_scorer` (the same rows; benchmarks/RESULTS.md, "runs in 60 s")
     return dense_scorer(index, method_params(method), n_items)
 
@@ -553,66 +561,3 @@ def _pop_percentile(popularity: np.ndarray) -> np.ndarray:
     pct = np.empty(len(popularity))
     pct[order] = 1.0 - np.arange(len(popularity)) / max(len(popularity), 1)
     return pct
-
-
-@njit(parallel=True, cache=True)
-def _top_k(scores, k):
-    n, m = scores.shape
-    out = np.full((n, k), -1, np.int32)
-    for i in prange(n):
-        hs = np.empty(k, np.float32)  # min-heap of the best k; root = the worst kept
-        hi = np.empty(k, np.int32)
-        size = 0
-        for j in range(m):
-            s = scores[i, j]
-            if s == -np.inf or s != s:
-                continue
-            if size < k:
-                c = size
-                size += 1
-                hs[c] = s
-                hi[c] = j
-                while c > 0:  # sift up
-                    p = (c - 1) >> 1
-                    if _worse(hs[c], hi[c], hs[p], hi[p]):
-                        hs[c], hs[p] = hs[p], hs[c]
-                        hi[c], hi[p] = hi[p], hi[c]
-                        c = p
-                    else:
-                        break
-            elif _worse(hs[0], hi[0], s, j):
-                hs[0] = s
-                hi[0] = j
-                _sift_down(hs, hi, size)
-        # pop the heap worst-first into the tail of the output
-        for r in range(size - 1, -1, -1):
-            out[i, r] = hi[0]
-            hs[0] = hs[size - 1]
-            hi[0] = hi[size - 1]
-            size -= 1
-            _sift_down(hs, hi, size)
-    return out
-
-
-@njit(inline="always")
-def _sift_down(hs, hi, size):
-    c = 0
-    while True:
-        left = 2 * c + 1
-        if left >= size:
-            break
-        w = left
-        if left + 1 < size and _worse(hs[left + 1], hi[left + 1], hs[left], hi[left]):
-            w = left + 1
-        if _worse(hs[w], hi[w], hs[c], hi[c]):
-            hs[c], hs[w] = hs[w], hs[c]
-            hi[c], hi[w] = hi[w], hi[c]
-            c = w
-        else:
-            break
-
-
-@njit(inline="always")
-def _worse(s1, i1, s2, i2):
-    """Is (s1, i1) ranked below (s2, i2)? Lower score, or equal score and higher index."""
-    return s1 < s2 or (s1 == s2 and i1 > i2)

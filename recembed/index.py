@@ -23,6 +23,14 @@ from recembed.artifacts import INDEX, INDEX_META, atomic_path, sha256, unit_rows
 EXACT_BELOW = 50_000
 HNSW_BELOW = 2_000_000
 MIN_POINTS_PER_CENTROID = 39
+# inner-product ("ip") indexes over unnormalised vectors (index_context.faiss, the directional
+# search) stay exact below this many items: HNSW cannot rank raw inner products (on the 10M-event
+# synthetic log's 194k context vectors it reached recall@100 0.77 at efSearch = 1024, the end of
+# the tuning grid, at 2.8 ms a query), while exact search reads n x dim floats a query and the
+# per-item candidate tables, n^2 x dim multiply-adds in all (2.4e12 at 194k items x 64), cost
+# less than building and searching that graph (benchmarks/RESULTS.md, "index, evaluate and
+# publish at 194k items"). Above it the n^2 tables grow past the nightly budget: HNSW as before.
+IP_EXACT_BELOW = 250_000
 
 
 @dataclass(frozen=True)
@@ -85,12 +93,16 @@ def set_threads(n: int) -> None:
     faiss.omp_set_num_threads(max(1, n))
 
 
-def choose_index(n: int, dim: int, memory_budget_gb: float = 8.0, hnsw_m: int = 32
-                 ) -> tuple[str, str]:
-    """(faiss factory string, reason) for a catalogue of n vectors of dimension dim."""
+def choose_index(n: int, dim: int, memory_budget_gb: float = 8.0, hnsw_m: int = 32,
+                 metric: str = "cosine") -> tuple[str, str]:
+    """(faiss factory string, reason) for a catalogue of n vectors of dimension dim; an
+    inner-product (`metric` "ip") index stays exact below `IP_EXACT_BELOW` items."""
     raw_gb = n * dim * 4 / 2**30
     if n < EXACT_BELOW:
         return "Flat", f"{n:,} items < {EXACT_BELOW:,}: exact search is fast enough"
+    if metric == "ip" and n < IP_EXACT_BELOW:
+        return "Flat", (f"{n:,} items < {IP_EXACT_BELOW:,} with the inner-product metric: exact "
+                        "search (HNSW misses the recall target on raw inner products)")
     nlist = _nlist(n)
     if raw_gb + n * hnsw_m * 8 / 2**30 > memory_budget_gb:
         m = _pq_m(dim)
@@ -114,7 +126,7 @@ def build_index(
     n, dim = x.shape
     reason = "set in the config"
     if factory == "auto":
-        factory, reason = choose_index(n, dim, memory_budget_gb, hnsw_m)
+        factory, reason = choose_index(n, dim, memory_budget_gb, hnsw_m, metric)
     factory, fallback = _check_training_size(factory, n)
     if fallback:
         reason = fallback
@@ -314,3 +326,59 @@ def tuned_index(params: IndexParams, vectors_path: Path, *, threads: int, seed: 
         logging.getLogger("recembed").warning("index: %s", meta.reason)
     meta.vectors_sha256 = sha256(vectors_path)
     return index, meta
+
+
+# queries per matrix product of `exact_search`: its [block, n] float32 score buffer is 200 MB at
+# 195k items, reused from block to block (no fresh pages each time)
+EXACT_BLOCK = 256
+
+
+def exact_search(items: np.ndarray, *, block: int = EXACT_BLOCK):
+    """A ``search(q, k) -> (None, rows)`` over `items` by exact inner product, as a faiss
+    index's ``search`` is called for the candidate tables (`recembed.blend.candidate_tables`):
+    BLAS products of `block` queries at a time and a heap top-k (`recembed.topk.heap_top_k`:
+    best first, ties to the lower row). On 194k x 64 vectors it reads the top 200 of every item
+    in 2.4e12 multiply-adds, no graph to build, recall 1 where the tuned HNSW reached 0.77.
+
+    Parameters
+    ----------
+    items : float32 [n, d]
+        The searched vectors (rows = ids).
+    block : int >= 1
+        Queries per product.
+
+    Returns
+    -------
+    callable
+        ``search(q, k)``: q float32 [m, d] -> (None, int32 rows [m, min(k, n)], -1 only for
+        rows whose scores are not finite).
+    """
+    from recembed.topk import heap_top_k
+
+    x = np.ascontiguousarray(items, np.float32)
+    if x.ndim != 2 or not len(x):
+        raise ValueError(f"items must be a non-empty 2-D array, got shape {x.shape}")
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    xt = np.ascontiguousarray(x.T)
+    buf = None
+
+    def search(q: np.ndarray, k: int):
+        nonlocal buf
+        q = np.ascontiguousarray(q, np.float32)
+        if q.ndim != 2 or q.shape[1] != x.shape[1]:
+            raise ValueError(f"queries must be [m, {x.shape[1]}], got {q.shape}")
+        k = min(int(k), len(x))
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if buf is None:
+            buf = np.empty((block, len(x)), np.float32)
+        out = np.empty((len(q), k), np.int32)
+        for lo in range(0, len(q), block):
+            s = buf[:len(q[lo:lo + block])]
+            np.matmul(q[lo:lo + block], xt, out=s)
+            out[lo:lo + len(s)] = heap_top_k(s, k)
+        return None, out
+
+    return search
+

@@ -155,17 +155,25 @@ def publish_run(
     if current is not None:
         old_scores = evaluate_version(old, run_dir, ks=metrics.ks, max_queries=policy.max_queries,
                                       seed=policy.seed)
-        new = Recommender.load(run_dir, verify=False)
-        drift = neighbour_drift(list(new.ids), new.unit, list(old.ids), old.unit,
+        # drift and alignment read the new run's ids and unit vectors only (what a loaded
+        # Recommender's `unit` holds), not its index, tables and session index: the new version
+        # is loaded and verified in full once assembled
+        emb = Embeddings.load(run_dir)
+        new_ids, new_unit = list(emb.ids), A.unit_rows(emb.vectors)
+        del emb
+        drift = neighbour_drift(new_ids, new_unit, list(old.ids), old.unit,
                                 k=policy.drift_k, seed=policy.seed)
         drift["previous_version"] = current.name
         if policy.align_to_previous:
-            rot = procrustes_rotation(list(new.ids), new.unit, list(old.ids), old.unit)
+            rot = procrustes_rotation(new_ids, new_unit, list(old.ids), old.unit)
             if rot is not None:
                 if reindex is None:
                     raise ValueError("align_to_previous needs a reindex function")
                 transform = lambda d: align_version(d, rot, reindex)  # noqa: E731
                 drift["aligned_to_previous"] = True
+        # the current version is not needed past here: released before the new version is
+        # assembled and loaded for its verification (peak RSS, not the result)
+        del old, new_unit
     gate = quality_gate(run_dir, new_scores, old_scores, max_recall_drop=policy.max_recall_drop,
                         min_coverage_ratio=policy.min_coverage_ratio)
     if broken:
@@ -509,16 +517,33 @@ def neighbour_drift(new_ids: list[str], new_vec: np.ndarray, old_ids: list[str],
     rng = np.random.default_rng(seed)
     q = rng.choice(len(shared), min(sample, len(shared)), replace=False)
     overlaps = []
-    for lo in range(0, len(q), 512):
-        qi = q[lo:lo + 512]
-        sa, sb = a[qi] @ a.T, b[qi] @ b.T
-        sa[np.arange(len(qi)), qi] = -np.inf
-        sb[np.arange(len(qi)), qi] = -np.inf
-        ta = np.argpartition(-sa, k, axis=1)[:, :k]
-        tb = np.argpartition(-sb, k, axis=1)[:, :k]
+    for lo in range(0, len(q), DRIFT_BLOCK):
+        qi = q[lo:lo + DRIFT_BLOCK]
+        ta, tb = _top_neighbours(a, qi, k), _top_neighbours(b, qi, k)
         overlaps += [len(np.intersect1d(x, y)) / k for x, y in zip(ta, tb, strict=True)]
     out[f"overlap@{k}"] = float(np.mean(overlaps))
     return out
+
+
+# queries per block of `neighbour_drift`: at 512 queries over 195k items the two versions' score
+# matrices, their negated copies and argpartition's int64 index matrices took 3.5 GB, the jump of
+# publish's peak RSS on the 10M log (benchmarks/RESULTS.md, "index, evaluate and publish at 194k
+# items"); 64 queries hold one 50 MB score matrix at a time. Rows are independent, so the block
+# changes no result.
+DRIFT_BLOCK = 64
+
+
+def _top_neighbours(unit: np.ndarray, qi: np.ndarray, k: int) -> np.ndarray:
+    """int32 [len(qi), k]: the k rows of `unit` with the largest inner product with each row
+    `qi` (itself left out), best first. The heap top-k of `recembed.topk.heap_top_k` reads each
+    score once, where np.argpartition's selection on the negated matrix took 20 of drift's
+    24 CPU s at 195k items; equal scores at the k-th place go to the lower row (argpartition
+    took any of them)."""
+    from recembed.topk import heap_top_k
+
+    s = unit[qi] @ unit.T
+    s[np.arange(len(qi)), qi] = -np.inf
+    return heap_top_k(s, k)
 
 
 def procrustes_rotation(new_ids: list[str], new_vec: np.ndarray, old_ids: list[str],

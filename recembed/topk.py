@@ -1,5 +1,6 @@
 """Small numba pieces shared by the kernels of `recembed.sknn_kernels` and `recembed.blend`:
-stable top-k selection, a min-heap step, and batches of arrays laid end to end.
+stable top-k selection, a min-heap step, and batches of arrays laid end to end; the heap
+top-k of dense score rows behind `recembed.evaluate.top_k` and `recembed.index.exact_search`.
 
 Imports numpy and numba only.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 # per-query work is tens of microseconds: below this many queries, threads cost more than they
 # save (a single session runs on one core)
@@ -64,3 +65,68 @@ def heap_replace_min(heap, x):
         heap[i] = heap[m]
         i = m
     heap[i] = x
+
+
+@njit(parallel=True, cache=True)
+def heap_top_k(scores, k):
+    """int32 [n, k]: the k best finite scores of each row, best first, ties to the lower
+    index, -1 padded (`recembed.evaluate.top_k` validates its inputs)."""
+    n, m = scores.shape
+    out = np.full((n, k), -1, np.int32)
+    for i in prange(n):
+        hs = np.empty(k, np.float32)  # min-heap of the best k; root = the worst kept
+        hi = np.empty(k, np.int32)
+        size = 0
+        for j in range(m):
+            s = scores[i, j]
+            if s == -np.inf or s != s:
+                continue
+            if size < k:
+                c = size
+                size += 1
+                hs[c] = s
+                hi[c] = j
+                while c > 0:  # sift up
+                    p = (c - 1) >> 1
+                    if _worse(hs[c], hi[c], hs[p], hi[p]):
+                        hs[c], hs[p] = hs[p], hs[c]
+                        hi[c], hi[p] = hi[p], hi[c]
+                        c = p
+                    else:
+                        break
+            elif _worse(hs[0], hi[0], s, j):
+                hs[0] = s
+                hi[0] = j
+                _sift_down(hs, hi, size)
+        # pop the heap worst-first into the tail of the output
+        for r in range(size - 1, -1, -1):
+            out[i, r] = hi[0]
+            hs[0] = hs[size - 1]
+            hi[0] = hi[size - 1]
+            size -= 1
+            _sift_down(hs, hi, size)
+    return out
+
+
+@njit(inline="always")
+def _sift_down(hs, hi, size):
+    c = 0
+    while True:
+        left = 2 * c + 1
+        if left >= size:
+            break
+        w = left
+        if left + 1 < size and _worse(hs[left + 1], hi[left + 1], hs[left], hi[left]):
+            w = left + 1
+        if _worse(hs[w], hi[w], hs[c], hi[c]):
+            hs[c], hs[w] = hs[w], hs[c]
+            hi[c], hi[w] = hi[w], hi[c]
+            c = w
+        else:
+            break
+
+
+@njit(inline="always")
+def _worse(s1, i1, s2, i2):
+    """Is (s1, i1) ranked below (s2, i2)? Lower score, or equal score and higher index."""
+    return s1 < s2 or (s1 == s2 and i1 > i2)

@@ -136,3 +136,21 @@ def test_ranking_metrics_without_intervals_has_the_same_means_and_no_interval():
         "ci95_lo:recall@3", "ci95_hi:recall@3", "ci95_lo:mrr@3", "ci95_hi:mrr@3"}
     assert bare == {k: v for k, v in full.items() if not k.startswith("ci95")}
     assert bare["recall@3"] == 2 / 3 and bare["mrr@3"] == (1 / 2 + 1 / 3) / 3
+
+
+def test_the_session_knn_baselines_share_one_session_index_with_the_same_scores():
+    from recembed.evaluate import Queries, _sknn_maker
+
+    rng = np.random.default_rng(2)
+    sess = np.repeat(np.arange(300), 4)
+    train = pd.DataFrame({"session": sess, "item": rng.integers(0, 40, len(sess)),
+                          "ts": np.arange(len(sess), dtype=np.int64) * 60})
+    q = Queries(items=rng.integers(0, 40, 30).astype(np.int32), start=np.arange(0, 30, 3),
+                length=np.full(10, 3, np.int32), target=np.zeros(10, np.int32))
+    idx = np.arange(10)
+    shared: dict = {}
+    for method in ("vsknn", "stan", "vstan"):
+        got = _sknn_maker(method, train, 40, None, shared)(q, idx)
+        alone = _sknn_maker(method, train, 40, None)(q, idx)
+        assert np.array_equal(got, alone)
+    assert "index" in shared

@@ -4,8 +4,10 @@ import pytest
 from recembed.index import (
     EXACT_BELOW,
     HNSW_BELOW,
+    IP_EXACT_BELOW,
     build_index,
     choose_index,
+    exact_search,
     load_index,
     prepare_vectors,
     save_index,
@@ -93,3 +95,40 @@ def test_ivf_pq_with_refinement_builds_and_tunes():
     # the grid raises the refinement factor as well as nprobe, so the target is reachable
     assert {t["params"].split("k_factor_rf=")[1] for t in meta.tuning} >= {"4", "16"}
     assert meta.reached_target
+
+
+def test_an_inner_product_index_stays_exact_below_its_own_bound():
+    assert choose_index(200_000, 64, metric="ip")[0] == "Flat"
+    assert choose_index(200_000, 64, metric="cosine")[0] == "HNSW32"
+    assert choose_index(IP_EXACT_BELOW, 64, metric="ip")[0] == "HNSW32"
+    assert choose_index(EXACT_BELOW - 1, 64, metric="ip")[0] == "Flat"
+
+
+@pytest.mark.parametrize("block", [1, 7, 256])
+def test_exact_search_gives_faiss_exact_lists_in_order(block):
+    import faiss
+
+    rng = np.random.default_rng(3)
+    items = rng.normal(size=(3_000, 16)).astype(np.float32)
+    q = rng.normal(size=(50, 16)).astype(np.float32)
+    _, rows = exact_search(items, block=block)(q, 40)
+    d_ref, _ = faiss.knn(q, items, 40, metric=faiss.METRIC_INNER_PRODUCT)
+    assert rows.shape == (50, 40) and rows.dtype == np.int32
+    got = np.take_along_axis(q @ items.T, rows.astype(np.int64), axis=1)
+    # the same top scores, best first (sets agree up to float ties)
+    assert np.allclose(got, d_ref, rtol=1e-5, atol=1e-5)
+    assert (np.diff(got, axis=1) <= 1e-6).all()
+    # a k above the catalogue is cut to it, and results do not depend on the block
+    _, all_rows = exact_search(items[:30], block=block)(q, 100)
+    assert all_rows.shape == (50, 30) and (np.sort(all_rows, axis=1) == np.arange(30)).all()
+    assert (exact_search(items, block=3)(q, 40)[1] == rows).all()
+
+
+def test_exact_search_refuses_bad_shapes():
+    s = exact_search(np.ones((5, 4), np.float32))
+    with pytest.raises(ValueError, match="queries"):
+        s(np.ones((2, 3), np.float32), 2)
+    with pytest.raises(ValueError, match="k must be"):
+        s(np.ones((2, 4), np.float32), 0)
+    with pytest.raises(ValueError, match="non-empty"):
+        exact_search(np.ones((0, 4), np.float32))

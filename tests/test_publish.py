@@ -471,3 +471,30 @@ def test_item11_a_corrupt_current_version_does_not_block_the_next(log_csv, tmp_p
     info = json.loads((rep.run_dir / "publish.json").read_text())
     assert broken.name in info["gate"]["current_broken"]
     assert "vectors.npy" in rep.stages["publish"]["stats"]["current_broken"]
+
+
+def _drift_reference(a, b, qs, k):
+    """neighbour_drift's overlap as it was computed before the blocks and the heap top-k:
+    one [queries, n] matrix per version and np.argpartition."""
+    sa, sb = a[qs] @ a.T, b[qs] @ b.T
+    sa[np.arange(len(qs)), qs] = -np.inf
+    sb[np.arange(len(qs)), qs] = -np.inf
+    ta = np.argpartition(-sa, k, axis=1)[:, :k]
+    tb = np.argpartition(-sb, k, axis=1)[:, :k]
+    return float(np.mean([len(np.intersect1d(x, y)) / k for x, y in zip(ta, tb, strict=True)]))
+
+
+def test_neighbour_drift_in_blocks_equals_the_whole_matrix_computation(monkeypatch):
+    import recembed.publish as P
+
+    rng = np.random.default_rng(4)
+    new = rng.normal(size=(700, 8)).astype(np.float32)
+    old = new + 0.3 * rng.normal(size=(700, 8)).astype(np.float32)
+    ids = [str(i) for i in range(700)]
+    q = np.random.default_rng(0).choice(700, 300, replace=False)
+    want = _drift_reference(A.unit_rows(new), A.unit_rows(old), q, 10)
+    assert 0 < want < 1
+    for block in (1, 64, 1000):
+        monkeypatch.setattr(P, "DRIFT_BLOCK", block)
+        got = P.neighbour_drift(ids, new, ids, old, k=10, sample=300, seed=0)
+        assert got["overlap@10"] == pytest.approx(want, abs=1e-12)
