@@ -84,6 +84,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from numba import njit, prange
 
 from recembed.blend import SIGNALS, BlendModel, BlendSettings, Signals, blended_scores
 from recembed.blend.kernels import COSINE, DIRECTIONAL, flat_ranks
@@ -448,11 +449,17 @@ def transformed_model(model: BlendModel, tf) -> BlendModel:
 
 
 def vector_paths(model: BlendModel, row_of: np.ndarray, q, *, decay: float, history: int,
-                 k: int = 20) -> dict[str, dict]:
-    """The vectors alone on the validation queries `q` (ingest codes), scored by
-    `recembed.evaluate.embedding_scorer` as the holdout's `:ann` and `:last` rows are, with
+                 k: int = 20, batch: int = 512) -> dict[str, dict]:
+    """The vectors alone on the validation queries `q` (ingest codes), scored as
+    `recembed.evaluate.embedding_scorer` scores the holdout's `:ann` and `:last` rows, with
     the evaluation's ranking (`top_k_lists`, allow-repeats: the last item is never
     recommended, items without a vector neither).
+
+    Only each target's rank is needed, so the ranking is `dense_target_ranks` (a counting
+    pass over each query's row, stopped at `k` better items) instead of a top-k heap per row
+    and the masks: the same numbers bit for bit as `vector_paths_reference` (the scores are
+    the same float32 BLAS products of the same `batch`-query blocks; tests/test_calibrate.py
+    pins the two equal). The product per block is what is left of the cost.
 
     Parameters
     ----------
@@ -466,6 +473,9 @@ def vector_paths(model: BlendModel, row_of: np.ndarray, q, *, decay: float, hist
     history : int >= 1
         Prefix items the ANN path sums.
     k : int >= 1
+    batch : int >= 1
+        Queries per product (`top_k_lists`' batch: the blocks, and so the float32 products,
+        are the evaluation's).
 
     Returns
     -------
@@ -476,6 +486,114 @@ def vector_paths(model: BlendModel, row_of: np.ndarray, q, *, decay: float, hist
         ``recall@20``, ``mrr@20``, ``objective`` (their sum) and ``se`` (the standard error
         of the per-query hit + reciprocal rank, whose mean is the objective).
     """
+    from recembed.evaluate import TIE
+
+    n = len(row_of)
+    codes = np.flatnonzero(row_of >= 0)
+    rows_item = np.empty(len(model.vectors), np.int64)
+    rows_item[row_of[codes]] = codes
+    popularity = np.zeros(n)
+    popularity[rows_item] = model.popularity
+    ctx = model.context if model.context is not None else model.vectors
+    # embedding_scorer's arrays, expression for expression (the same float32 values)
+    d = model.vectors.shape[1]
+    emb = np.zeros((n, d), np.float32)
+    emb[rows_item] = model.vectors
+    unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    has_vec = np.zeros(n, bool)
+    has_vec[rows_item] = True
+    tie = (popularity / max(popularity.max(), 1)).astype(np.float32) * TIE
+    out_m = np.zeros((n, d), np.float32)
+    out_m[rows_item] = ctx
+    target = np.asarray(q.target, np.int64)
+    out: dict[str, dict] = {}
+    for name in ("ann", "last"):
+        cand, qm = (out_m, emb) if name == "ann" else (unit, unit)
+        rank = np.zeros(len(q), np.int64)
+        for lo in range(0, len(q), batch):
+            idx = np.arange(lo, min(lo + batch, len(q)))
+            if name == "ann":
+                qv = np.zeros((len(idx), d), np.float32)
+                end = q.start[idx] + q.length[idx]
+                for j in range(history):
+                    ok = q.length[idx] > j
+                    qv[ok] += (decay ** j) * qm[q.items[end[ok] - 1 - j]]
+            else:
+                qv = qm[q.last(idx)]
+            rank[idx] = dense_target_ranks(qv @ cand.T, tie, has_vec, q.last(idx),
+                                           target[idx], k)
+        inside = rank > 0
+        hit = inside.astype(np.float64)
+        rr = np.divide(1.0, rank, out=np.zeros(len(rank)), where=inside)
+        per = hit + rr
+        out[name] = {"recall@20": float(hit.mean()) if len(per) else 0.0,
+                     "mrr@20": float(rr.mean()) if len(per) else 0.0,
+                     "objective": float(per.mean()) if len(per) else 0.0,
+                     "se": float(per.std(ddof=1) / np.sqrt(len(per))) if len(per) > 1 else 0.0}
+    return out
+
+
+def dense_target_ranks(scores: np.ndarray, tie: np.ndarray, allowed: np.ndarray,
+                       last: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+    """int64 [n]: the rank (1 = first) of each row's target in `top_k` of ``scores + tie``
+    with the columns outside `allowed` and each row's `last` column at -inf, 0 when it is not
+    in the top `k` (`per_query_objective` of `top_k_lists`' allow-repeats lists).
+
+    Parameters
+    ----------
+    scores : float32 [n, m]
+    tie : float32 [m]
+        Added to every row (the popularity tie-break), in float32 as numpy adds it.
+    allowed : bool [m]
+        Columns that may be ranked.
+    last : int [n]
+        Each row's excluded column (the query's last item).
+    targets : int [n]
+        The column to rank per row (outside [0, m) = never ranked).
+    k : int >= 1
+    """
+    scores = np.ascontiguousarray(scores, np.float32)
+    n, m = scores.shape
+    tie = np.ascontiguousarray(tie, np.float32)
+    allowed = np.ascontiguousarray(allowed, np.bool_)
+    if tie.shape != (m,) or allowed.shape != (m,) or len(last) != n or len(targets) != n:
+        raise ValueError(f"scores {scores.shape} need tie and allowed of {m} and last and "
+                         f"targets of {n}: got {tie.shape}, {allowed.shape}, {len(last)}, "
+                         f"{len(targets)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return _dense_ranks(scores, tie, allowed, np.ascontiguousarray(last, np.int64),
+                        np.ascontiguousarray(targets, np.int64), int(k))
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _dense_ranks(scores, tie, allowed, last, targets, k):
+    n, m = scores.shape
+    out = np.zeros(n, np.int64)
+    for i in prange(n):
+        t, x = targets[i], last[i]
+        if t < 0 or t >= m or not allowed[t] or t == x:
+            continue
+        ts = scores[i, t] + tie[t]
+        if ts != ts or ts == -np.inf:  # top_k never lists NaN or -inf
+            continue
+        better = 0  # columns top_k puts before t: higher score, or equal with a lower index
+        for j in range(m):
+            if allowed[j] and j != x:
+                s = scores[i, j] + tie[j]
+                if s > ts or (s == ts and j < t):
+                    better += 1
+                    if better >= k:
+                        break
+        if better < k:
+            out[i] = better + 1
+    return out
+
+
+def vector_paths_reference(model: BlendModel, row_of: np.ndarray, q, *, decay: float,
+                           history: int, k: int = 20) -> dict[str, dict]:
+    """`vector_paths` through `recembed.evaluate.embedding_scorer` and `top_k_lists` (full
+    top-k lists of every query): the reference the fast path is tested against."""
     from recembed.evaluate import embedding_scorer, per_query_objective, top_k_lists
 
     n = len(row_of)
