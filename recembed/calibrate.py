@@ -364,7 +364,8 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
                        plan: CalibrationPlan, *, corpus: str, tokens: int, seed: int,
                        threads: int, catalog: CalibrationCatalog | None = None,
                        listing: np.ndarray | None = None, walk_params: WalkParams | None = None,
-                       train_params: TrainParams | None = None, callbacks: tuple = ()) -> dict:
+                       train_params: TrainParams | None = None, callbacks: tuple = (),
+                       parts: dict | None = None) -> dict:
     """Train one candidate (`recembed.candidates.train_model`) and choose its blend on the
     validation queries `q`: the candidate's record (corpus, target_tokens, epochs,
     corpus_tokens, tokens_trained (= corpus_tokens x epochs), recall@20, mrr@20, objective,
@@ -379,7 +380,9 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
     ANN objective, `recembed.postprocess.choose`) and ``postprocess_tried``. The transforms are
     fitted on the rows the candidate trained (training count > 0), as the train stage fits
     the final one.
-    `walk_params` / `train_params` replace the plan's (`recembed.tune`'s trials)."""
+    `walk_params` / `train_params` replace the plan's (`recembed.tune`'s trials); `parts`
+    (one dict per `ct`) lets candidates with the same rows share the rules and session index
+    (`train_model`)."""
     from recembed.postprocess import VectorTransform
     from recembed.postprocess import choose as choose_transform
 
@@ -389,7 +392,8 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
                      walk_params=plan.walk_params if walk_params is None else walk_params,
                      train_params=plan.train_params if train_params is None else train_params,
                      rule_steps=plan.rule_steps, seed=seed, threads=threads, catalog=catalog,
-                     listing=listing, callbacks=callbacks, line_params=plan.line_params)
+                     listing=listing, callbacks=callbacks, line_params=plan.line_params,
+                     parts=parts)
     trained = cm.model.popularity > 0
     fit_on = cm.model.vectors[trained] if trained.any() else cm.model.vectors
     kw = {"decay": plan.base_blend.decay, "history": plan.base_blend.history}
@@ -867,6 +871,7 @@ def calibrate_run(
                   candidate_scale=plan.scale())
     bar = progress_bar(plan.planned(), plan.progress, unit="candidate", desc="calibrate")
     n_done = 0
+    parts: dict = {}  # the candidates' shared rules and session index (`train_model`)
 
     def run_one(corpus: str, amount: int, *, fixed: dict | None = None,
                 sgns: dict | None = None) -> dict:
@@ -876,7 +881,7 @@ def calibrate_run(
         tp = replace(plan.train_params, **sgns) if sgns else None
         cand = evaluate_candidate(ct, weights, n_items, q, workdir, p, corpus=corpus,
                                   tokens=tokens, seed=seed, threads=threads, catalog=catalog,
-                                  listing=vs.listing, train_params=tp)
+                                  listing=vs.listing, train_params=tp, parts=parts)
         cand["option_tokens"] = amount
         if sgns:
             cand["sgns"] = dict(sgns)
