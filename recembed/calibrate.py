@@ -418,6 +418,52 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
             "seconds": round(time.perf_counter() - t0, 3), "choice": choice}
 
 
+def validation_baselines(train: pd.DataFrame, test: pd.DataFrame, n_items: int,
+                         baselines: list[str], *, max_queries: int, seed: int,
+                         train_ts: np.ndarray | None = None, catalog: np.ndarray | None = None,
+                         categories: np.ndarray | None = None,
+                         listed: np.ndarray | None = None, k: int = 20) -> dict[str, dict]:
+    """{name: {"recall@20", "mrr@20"}} of each baseline on the validation queries: the
+    allow-repeats numbers of `recembed.evaluate.evaluate_all` (same queries, scorers, blocks
+    and candidates), bit for bit (tests/test_calibrate.py pins them), without the
+    exclude-prefix variant, the other metrics and the top-k lists calibration never reads:
+    each target's rank comes from `dense_target_ranks`.
+
+    Parameters are `evaluate_all`'s (``ks = [k]``, no intervals).
+    """
+    from recembed import evaluate as E
+
+    popularity = np.bincount(train["item"].to_numpy(), minlength=n_items).astype(np.float64)
+    warm = popularity > 0
+    known = warm if catalog is None else warm | np.asarray(catalog, bool)[:n_items]
+    q, _ = E.make_queries(test, known, max_queries=max_queries, seed=seed)
+    makers = {
+        "pop": lambda: E.popularity_scorer(popularity),
+        "session_pop": lambda: E.session_popularity_scorer(popularity),
+        "item_knn": lambda: E.item_knn_scorer(train, n_items, popularity),
+        "sr": lambda: E.sequential_rules_scorer(train, n_items, popularity),
+        **{m: (lambda m=m: E._sknn_maker(m, train, n_items, train_ts)) for m in E.METHODS},
+        "category": lambda: E.category_scorer(
+            np.full(n_items, -1) if categories is None else categories[:n_items],
+            np.zeros(n_items) if listed is None else listed[:n_items], popularity),
+    }
+    zero = np.zeros(n_items, np.float32)  # no tie-break beyond the scorer's own
+    target = np.asarray(q.target, np.int64)
+    out: dict[str, dict] = {}
+    for name in baselines:
+        scorer = makers[name]()
+        rank = np.zeros(len(q), np.int64)
+        for lo in range(0, len(q), 512):  # top_k_lists' blocks
+            idx = np.arange(lo, min(lo + 512, len(q)))
+            rank[idx] = dense_target_ranks(np.asarray(scorer(q, idx), np.float32), zero, known,
+                                           q.last(idx), target[idx], k)
+        inside = rank > 0
+        out[name] = {"recall@20": float(inside.mean()) if len(q) else 0.0,
+                     "mrr@20": float(np.divide(1.0, rank, out=np.zeros(len(q)),
+                                               where=inside).mean()) if len(q) else 0.0}
+    return out
+
+
 def _options_for(specs: list[str], dim: int) -> list[str]:
     """The transforms of `specs` that exist for `dim`-dimensional vectors (`recembed.tune`'s
     trials change train.vector_size under a plan built for the configured one): invalid ones
@@ -842,8 +888,6 @@ def calibrate_run(
         Item id per ingest code (the vocabulary), to compare today's validation items with
         the previous version's; None = no turnover check (the choice is recalibrated).
     """
-    from recembed.evaluate import evaluate_all
-
     t0 = time.perf_counter()
     split = calibration_split(train, table, max_events=plan.max_train_tokens)
     record: dict = {"enabled": True, "validation_sessions": split.n_validation_sessions,
@@ -858,12 +902,9 @@ def calibrate_run(
     if catalog is not None and catalog.categories is not None and "category" not in baselines:
         baselines = (*baselines, "category")
     record["validation_queries"] = vs.stats
-    base = evaluate_all(ct, val, vs.n_items, ks=[20], baselines=list(baselines),
-                        max_queries=plan.max_queries, seed=seed, train_ts=ct["ts"].to_numpy(),
-                        intervals=False, **vs.cold_kw)
-    record["baselines"] = {n: {"recall@20": m["allow_repeats"]["recall@20"],
-                               "mrr@20": m["allow_repeats"]["mrr@20"]}
-                           for n, m in base["methods"].items()}
+    record["baselines"] = validation_baselines(
+        ct, val, vs.n_items, list(baselines), max_queries=plan.max_queries, seed=seed,
+        train_ts=ct["ts"].to_numpy(), **vs.cold_kw)
     workdir.mkdir(parents=True, exist_ok=True)
     data_end = float(train["ts"].max())
     log_share = len(ct) / max(len(train), 1)  # the final model trains on all of `train`

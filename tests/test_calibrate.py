@@ -584,3 +584,35 @@ def test_candidates_with_the_same_rows_share_the_rules_and_session_index(tmp_pat
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
     assert list(parts) == [key]
+
+
+@pytest.mark.parametrize("with_catalog", [False, True])
+def test_validation_baselines_equal_evaluate_alls_allow_repeats_numbers(with_catalog):
+    from recembed.calibrate import validation_baselines
+    from recembed.evaluate import evaluate_all
+
+    rng = np.random.default_rng(1)
+    n_items = 80
+
+    def log(n_sessions, first):
+        lens = rng.integers(2, 7, n_sessions)
+        sess = np.repeat(np.arange(first, first + n_sessions), lens)
+        item = (rng.zipf(1.4, len(sess)) - 1) % n_items  # ties in every popularity scorer
+        return pd.DataFrame({"session": sess, "item": item,
+                             "ts": np.arange(len(sess), dtype=np.float64) * 60.0})
+
+    train, test = log(400, 0), log(150, 400)
+    kw = {}
+    if with_catalog:
+        kw = {"catalog": rng.random(n_items) < 0.9,
+              "categories": rng.integers(-1, 5, n_items),
+              "listed": rng.random(n_items)}
+    names = ["pop", "session_pop", "item_knn", "sr", "vsknn", "stan", "vstan"] + \
+        (["category"] if with_catalog else [])
+    want = evaluate_all(train, test, n_items, ks=[20], baselines=names, max_queries=300, seed=3,
+                        intervals=False, **kw)["methods"]
+    got = validation_baselines(train, test, n_items, names, max_queries=300, seed=3, **kw)
+    assert list(got) == names
+    for name in names:
+        assert got[name] == {"recall@20": want[name]["allow_repeats"]["recall@20"],
+                             "mrr@20": want[name]["allow_repeats"]["mrr@20"]}
