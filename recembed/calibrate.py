@@ -84,6 +84,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from numba import njit, prange
 
 from recembed.blend import SIGNALS, BlendModel, BlendSettings, Signals, blended_scores
 from recembed.blend.kernels import COSINE, DIRECTIONAL, flat_ranks
@@ -363,7 +364,8 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
                        plan: CalibrationPlan, *, corpus: str, tokens: int, seed: int,
                        threads: int, catalog: CalibrationCatalog | None = None,
                        listing: np.ndarray | None = None, walk_params: WalkParams | None = None,
-                       train_params: TrainParams | None = None, callbacks: tuple = ()) -> dict:
+                       train_params: TrainParams | None = None, callbacks: tuple = (),
+                       parts: dict | None = None) -> dict:
     """Train one candidate (`recembed.candidates.train_model`) and choose its blend on the
     validation queries `q`: the candidate's record (corpus, target_tokens, epochs,
     corpus_tokens, tokens_trained (= corpus_tokens x epochs), recall@20, mrr@20, objective,
@@ -378,7 +380,9 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
     ANN objective, `recembed.postprocess.choose`) and ``postprocess_tried``. The transforms are
     fitted on the rows the candidate trained (training count > 0), as the train stage fits
     the final one.
-    `walk_params` / `train_params` replace the plan's (`recembed.tune`'s trials)."""
+    `walk_params` / `train_params` replace the plan's (`recembed.tune`'s trials); `parts`
+    (one dict per `ct`) lets candidates with the same rows share the rules and session index
+    (`train_model`)."""
     from recembed.postprocess import VectorTransform
     from recembed.postprocess import choose as choose_transform
 
@@ -388,7 +392,8 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
                      walk_params=plan.walk_params if walk_params is None else walk_params,
                      train_params=plan.train_params if train_params is None else train_params,
                      rule_steps=plan.rule_steps, seed=seed, threads=threads, catalog=catalog,
-                     listing=listing, callbacks=callbacks, line_params=plan.line_params)
+                     listing=listing, callbacks=callbacks, line_params=plan.line_params,
+                     parts=parts)
     trained = cm.model.popularity > 0
     fit_on = cm.model.vectors[trained] if trained.any() else cm.model.vectors
     kw = {"decay": plan.base_blend.decay, "history": plan.base_blend.history}
@@ -411,6 +416,52 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
             "vectors_objective": best["ann"]["objective"], "vectors_se": best["ann"]["se"],
             "postprocess": chosen, "postprocess_tried": tried,
             "seconds": round(time.perf_counter() - t0, 3), "choice": choice}
+
+
+def validation_baselines(train: pd.DataFrame, test: pd.DataFrame, n_items: int,
+                         baselines: list[str], *, max_queries: int, seed: int,
+                         train_ts: np.ndarray | None = None, catalog: np.ndarray | None = None,
+                         categories: np.ndarray | None = None,
+                         listed: np.ndarray | None = None, k: int = 20) -> dict[str, dict]:
+    """{name: {"recall@20", "mrr@20"}} of each baseline on the validation queries: the
+    allow-repeats numbers of `recembed.evaluate.evaluate_all` (same queries, scorers, blocks
+    and candidates), bit for bit (tests/test_calibrate.py pins them), without the
+    exclude-prefix variant, the other metrics and the top-k lists calibration never reads:
+    each target's rank comes from `dense_target_ranks`.
+
+    Parameters are `evaluate_all`'s (``ks = [k]``, no intervals).
+    """
+    from recembed import evaluate as E
+
+    popularity = np.bincount(train["item"].to_numpy(), minlength=n_items).astype(np.float64)
+    warm = popularity > 0
+    known = warm if catalog is None else warm | np.asarray(catalog, bool)[:n_items]
+    q, _ = E.make_queries(test, known, max_queries=max_queries, seed=seed)
+    makers = {
+        "pop": lambda: E.popularity_scorer(popularity),
+        "session_pop": lambda: E.session_popularity_scorer(popularity),
+        "item_knn": lambda: E.item_knn_scorer(train, n_items, popularity),
+        "sr": lambda: E.sequential_rules_scorer(train, n_items, popularity),
+        **{m: (lambda m=m: E._sknn_maker(m, train, n_items, train_ts)) for m in E.METHODS},
+        "category": lambda: E.category_scorer(
+            np.full(n_items, -1) if categories is None else categories[:n_items],
+            np.zeros(n_items) if listed is None else listed[:n_items], popularity),
+    }
+    zero = np.zeros(n_items, np.float32)  # no tie-break beyond the scorer's own
+    target = np.asarray(q.target, np.int64)
+    out: dict[str, dict] = {}
+    for name in baselines:
+        scorer = makers[name]()
+        rank = np.zeros(len(q), np.int64)
+        for lo in range(0, len(q), 512):  # top_k_lists' blocks
+            idx = np.arange(lo, min(lo + 512, len(q)))
+            rank[idx] = dense_target_ranks(np.asarray(scorer(q, idx), np.float32), zero, known,
+                                           q.last(idx), target[idx], k)
+        inside = rank > 0
+        out[name] = {"recall@20": float(inside.mean()) if len(q) else 0.0,
+                     "mrr@20": float(np.divide(1.0, rank, out=np.zeros(len(q)),
+                                               where=inside).mean()) if len(q) else 0.0}
+    return out
 
 
 def _options_for(specs: list[str], dim: int) -> list[str]:
@@ -448,11 +499,17 @@ def transformed_model(model: BlendModel, tf) -> BlendModel:
 
 
 def vector_paths(model: BlendModel, row_of: np.ndarray, q, *, decay: float, history: int,
-                 k: int = 20) -> dict[str, dict]:
-    """The vectors alone on the validation queries `q` (ingest codes), scored by
-    `recembed.evaluate.embedding_scorer` as the holdout's `:ann` and `:last` rows are, with
+                 k: int = 20, batch: int = 512) -> dict[str, dict]:
+    """The vectors alone on the validation queries `q` (ingest codes), scored as
+    `recembed.evaluate.embedding_scorer` scores the holdout's `:ann` and `:last` rows, with
     the evaluation's ranking (`top_k_lists`, allow-repeats: the last item is never
     recommended, items without a vector neither).
+
+    Only each target's rank is needed, so the ranking is `dense_target_ranks` (a counting
+    pass over each query's row, stopped at `k` better items) instead of a top-k heap per row
+    and the masks: the same numbers bit for bit as `vector_paths_reference` (the scores are
+    the same float32 BLAS products of the same `batch`-query blocks; tests/test_calibrate.py
+    pins the two equal). The product per block is what is left of the cost.
 
     Parameters
     ----------
@@ -466,6 +523,9 @@ def vector_paths(model: BlendModel, row_of: np.ndarray, q, *, decay: float, hist
     history : int >= 1
         Prefix items the ANN path sums.
     k : int >= 1
+    batch : int >= 1
+        Queries per product (`top_k_lists`' batch: the blocks, and so the float32 products,
+        are the evaluation's).
 
     Returns
     -------
@@ -476,6 +536,114 @@ def vector_paths(model: BlendModel, row_of: np.ndarray, q, *, decay: float, hist
         ``recall@20``, ``mrr@20``, ``objective`` (their sum) and ``se`` (the standard error
         of the per-query hit + reciprocal rank, whose mean is the objective).
     """
+    from recembed.evaluate import TIE
+
+    n = len(row_of)
+    codes = np.flatnonzero(row_of >= 0)
+    rows_item = np.empty(len(model.vectors), np.int64)
+    rows_item[row_of[codes]] = codes
+    popularity = np.zeros(n)
+    popularity[rows_item] = model.popularity
+    ctx = model.context if model.context is not None else model.vectors
+    # embedding_scorer's arrays, expression for expression (the same float32 values)
+    d = model.vectors.shape[1]
+    emb = np.zeros((n, d), np.float32)
+    emb[rows_item] = model.vectors
+    unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    has_vec = np.zeros(n, bool)
+    has_vec[rows_item] = True
+    tie = (popularity / max(popularity.max(), 1)).astype(np.float32) * TIE
+    out_m = np.zeros((n, d), np.float32)
+    out_m[rows_item] = ctx
+    target = np.asarray(q.target, np.int64)
+    out: dict[str, dict] = {}
+    for name in ("ann", "last"):
+        cand, qm = (out_m, emb) if name == "ann" else (unit, unit)
+        rank = np.zeros(len(q), np.int64)
+        for lo in range(0, len(q), batch):
+            idx = np.arange(lo, min(lo + batch, len(q)))
+            if name == "ann":
+                qv = np.zeros((len(idx), d), np.float32)
+                end = q.start[idx] + q.length[idx]
+                for j in range(history):
+                    ok = q.length[idx] > j
+                    qv[ok] += (decay ** j) * qm[q.items[end[ok] - 1 - j]]
+            else:
+                qv = qm[q.last(idx)]
+            rank[idx] = dense_target_ranks(qv @ cand.T, tie, has_vec, q.last(idx),
+                                           target[idx], k)
+        inside = rank > 0
+        hit = inside.astype(np.float64)
+        rr = np.divide(1.0, rank, out=np.zeros(len(rank)), where=inside)
+        per = hit + rr
+        out[name] = {"recall@20": float(hit.mean()) if len(per) else 0.0,
+                     "mrr@20": float(rr.mean()) if len(per) else 0.0,
+                     "objective": float(per.mean()) if len(per) else 0.0,
+                     "se": float(per.std(ddof=1) / np.sqrt(len(per))) if len(per) > 1 else 0.0}
+    return out
+
+
+def dense_target_ranks(scores: np.ndarray, tie: np.ndarray, allowed: np.ndarray,
+                       last: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+    """int64 [n]: the rank (1 = first) of each row's target in `top_k` of ``scores + tie``
+    with the columns outside `allowed` and each row's `last` column at -inf, 0 when it is not
+    in the top `k` (`per_query_objective` of `top_k_lists`' allow-repeats lists).
+
+    Parameters
+    ----------
+    scores : float32 [n, m]
+    tie : float32 [m]
+        Added to every row (the popularity tie-break), in float32 as numpy adds it.
+    allowed : bool [m]
+        Columns that may be ranked.
+    last : int [n]
+        Each row's excluded column (the query's last item).
+    targets : int [n]
+        The column to rank per row (outside [0, m) = never ranked).
+    k : int >= 1
+    """
+    scores = np.ascontiguousarray(scores, np.float32)
+    n, m = scores.shape
+    tie = np.ascontiguousarray(tie, np.float32)
+    allowed = np.ascontiguousarray(allowed, np.bool_)
+    if tie.shape != (m,) or allowed.shape != (m,) or len(last) != n or len(targets) != n:
+        raise ValueError(f"scores {scores.shape} need tie and allowed of {m} and last and "
+                         f"targets of {n}: got {tie.shape}, {allowed.shape}, {len(last)}, "
+                         f"{len(targets)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return _dense_ranks(scores, tie, allowed, np.ascontiguousarray(last, np.int64),
+                        np.ascontiguousarray(targets, np.int64), int(k))
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _dense_ranks(scores, tie, allowed, last, targets, k):
+    n, m = scores.shape
+    out = np.zeros(n, np.int64)
+    for i in prange(n):
+        t, x = targets[i], last[i]
+        if t < 0 or t >= m or not allowed[t] or t == x:
+            continue
+        ts = scores[i, t] + tie[t]
+        if ts != ts or ts == -np.inf:  # top_k never lists NaN or -inf
+            continue
+        better = 0  # columns top_k puts before t: higher score, or equal with a lower index
+        for j in range(m):
+            if allowed[j] and j != x:
+                s = scores[i, j] + tie[j]
+                if s > ts or (s == ts and j < t):
+                    better += 1
+                    if better >= k:
+                        break
+        if better < k:
+            out[i] = better + 1
+    return out
+
+
+def vector_paths_reference(model: BlendModel, row_of: np.ndarray, q, *, decay: float,
+                           history: int, k: int = 20) -> dict[str, dict]:
+    """`vector_paths` through `recembed.evaluate.embedding_scorer` and `top_k_lists` (full
+    top-k lists of every query): the reference the fast path is tested against."""
     from recembed.evaluate import embedding_scorer, per_query_objective, top_k_lists
 
     n = len(row_of)
@@ -720,8 +888,6 @@ def calibrate_run(
         Item id per ingest code (the vocabulary), to compare today's validation items with
         the previous version's; None = no turnover check (the choice is recalibrated).
     """
-    from recembed.evaluate import evaluate_all
-
     t0 = time.perf_counter()
     split = calibration_split(train, table, max_events=plan.max_train_tokens)
     record: dict = {"enabled": True, "validation_sessions": split.n_validation_sessions,
@@ -736,12 +902,9 @@ def calibrate_run(
     if catalog is not None and catalog.categories is not None and "category" not in baselines:
         baselines = (*baselines, "category")
     record["validation_queries"] = vs.stats
-    base = evaluate_all(ct, val, vs.n_items, ks=[20], baselines=list(baselines),
-                        max_queries=plan.max_queries, seed=seed, train_ts=ct["ts"].to_numpy(),
-                        intervals=False, **vs.cold_kw)
-    record["baselines"] = {n: {"recall@20": m["allow_repeats"]["recall@20"],
-                               "mrr@20": m["allow_repeats"]["mrr@20"]}
-                           for n, m in base["methods"].items()}
+    record["baselines"] = validation_baselines(
+        ct, val, vs.n_items, list(baselines), max_queries=plan.max_queries, seed=seed,
+        train_ts=ct["ts"].to_numpy(), **vs.cold_kw)
     workdir.mkdir(parents=True, exist_ok=True)
     data_end = float(train["ts"].max())
     log_share = len(ct) / max(len(train), 1)  # the final model trains on all of `train`
@@ -749,6 +912,7 @@ def calibrate_run(
                   candidate_scale=plan.scale())
     bar = progress_bar(plan.planned(), plan.progress, unit="candidate", desc="calibrate")
     n_done = 0
+    parts: dict = {}  # the candidates' shared rules and session index (`train_model`)
 
     def run_one(corpus: str, amount: int, *, fixed: dict | None = None,
                 sgns: dict | None = None) -> dict:
@@ -758,7 +922,7 @@ def calibrate_run(
         tp = replace(plan.train_params, **sgns) if sgns else None
         cand = evaluate_candidate(ct, weights, n_items, q, workdir, p, corpus=corpus,
                                   tokens=tokens, seed=seed, threads=threads, catalog=catalog,
-                                  listing=vs.listing, train_params=tp)
+                                  listing=vs.listing, train_params=tp, parts=parts)
         cand["option_tokens"] = amount
         if sgns:
             cand["sgns"] = dict(sgns)

@@ -164,3 +164,39 @@ def test_scorer_reuses_a_ranking_only_where_the_scores_cannot_differ():
     for st in (replace(with_dir, temperature=0.05), replace(no_dir, exclude_last=False)):
         fresh = BlendScorer(SignalBatch(m, sessions), targets)
         assert scorer(st) == fresh(st) == _recall_mrr(m.signals(sessions, st), st, targets, 20)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_verified_search_returns_the_sets_of_faiss_exact_search(seed, monkeypatch):
+    import recembed.blend.model as bm
+
+    rng = np.random.default_rng(seed)
+    items = rng.normal(size=(500, 16)).astype(np.float32)
+    items[100:110] = items[7]  # exact ties at any boundary they fall on
+    q = rng.normal(size=(300, 16)).astype(np.float32)
+    q[:20] = items[7]
+    fallback = []
+    faiss_top = bm.faiss_exact_top
+    monkeypatch.setattr(bm, "faiss_exact_top",
+                        lambda a, b, k: (fallback.append(len(a)), faiss_top(a, b, k))[1])
+    for k in (1, 3, 50, 499, 500, 800):
+        got = bm.verified_exact_top(q, items, k, block=64)
+        want = faiss_top(q, items, k)
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(want, axis=1))
+    assert 0 < sum(fallback) < 6 * len(q)  # the ties went to faiss, most queries did not
+    assert bm.verified_exact_top(q[:0], items, 5).shape == (0, 5)
+
+
+@pytest.mark.parametrize("kind", ["plain", "categories"])
+def test_batch_signals_over_a_large_catalogue_equal_the_models(kind, monkeypatch):
+    # from FAISS_EXACT_FROM items the batch takes its candidates from verified_exact_top,
+    # the model from faiss_exact_top: the same signals bit for bit
+    import recembed.blend.model as bm
+
+    monkeypatch.setattr(bm, "FAISS_EXACT_FROM", 100)
+    m = _model(4, kind)
+    sessions = random_sessions(4, len(m.vectors), n=120)
+    batch = SignalBatch(m, sessions, block=32)
+    for st in (settings(4, decay=0.5, candidates=40), settings(5, decay=0.8, candidates=9)):
+        assert_identical(batch.padded(st), m.signals(sessions, st))

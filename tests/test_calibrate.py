@@ -546,3 +546,73 @@ def test_the_amount_ladder_skips_a_candidate_that_would_train_the_same_model():
     assert same_training(dict(walks, corpus="sessions"), 3_000_000)
     # a record the rule cannot explain (epochs capped by train.max_tokens) is not skipped
     assert not same_training(dict(walks, corpus="sessions", epochs=2), 3_000_000)
+
+
+def test_candidates_with_the_same_rows_share_the_rules_and_session_index(tmp_path):
+    # `train_model(parts=...)`: a second candidate over the same rows reuses the first one's
+    # vector-free parts, and its model equals a fresh build array for array
+    from recembed.candidates import train_model
+    from recembed.graph import GraphParams
+    from recembed.train import TrainParams
+    from recembed.walks import WalkParams
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(300):
+        start = rng.integers(0, 40)
+        rows += [(s, (start + k) % 40, float(s * 10 + k)) for k in range(int(rng.integers(2, 6)))]
+    ct = pd.DataFrame(rows, columns=["session", "item", "ts"])
+    weights = pd.Series(np.ones(300), index=np.arange(300))
+
+    def train(tokens, parts):
+        return train_model(ct, weights, 45, tmp_path, corpus="sessions", tokens=tokens,
+                           graph_params=GraphParams(), walk_params=WalkParams(),
+                           train_params=TrainParams(vector_size=8, workers=1), rule_steps=2,
+                           seed=1, threads=1, parts=parts)
+
+    parts: dict = {}
+    first = train(5_000, parts)
+    (key,) = parts
+    second = train(20_000, parts)
+    assert second.model.rules is first.model.rules
+    assert second.model.neighbours is first.model.neighbours
+    fresh = train(20_000, None)
+    np.testing.assert_array_equal(second.row_of, fresh.row_of)
+    np.testing.assert_array_equal(second.model.vectors, fresh.model.vectors)
+    a, b = second.model.to_arrays(), fresh.model.to_arrays()
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert list(parts) == [key]
+
+
+@pytest.mark.parametrize("with_catalog", [False, True])
+def test_validation_baselines_equal_evaluate_alls_allow_repeats_numbers(with_catalog):
+    from recembed.calibrate import validation_baselines
+    from recembed.evaluate import evaluate_all
+
+    rng = np.random.default_rng(1)
+    n_items = 80
+
+    def log(n_sessions, first):
+        lens = rng.integers(2, 7, n_sessions)
+        sess = np.repeat(np.arange(first, first + n_sessions), lens)
+        item = (rng.zipf(1.4, len(sess)) - 1) % n_items  # ties in every popularity scorer
+        return pd.DataFrame({"session": sess, "item": item,
+                             "ts": np.arange(len(sess), dtype=np.float64) * 60.0})
+
+    train, test = log(400, 0), log(150, 400)
+    kw = {}
+    if with_catalog:
+        kw = {"catalog": rng.random(n_items) < 0.9,
+              "categories": rng.integers(-1, 5, n_items),
+              "listed": rng.random(n_items)}
+    names = ["pop", "session_pop", "item_knn", "sr", "vsknn", "stan", "vstan"] + \
+        (["category"] if with_catalog else [])
+    want = evaluate_all(train, test, n_items, ks=[20], baselines=names, max_queries=300, seed=3,
+                        intervals=False, **kw)["methods"]
+    got = validation_baselines(train, test, n_items, names, max_queries=300, seed=3, **kw)
+    assert list(got) == names
+    for name in names:
+        assert got[name] == {"recall@20": want[name]["allow_repeats"]["recall@20"],
+                             "mrr@20": want[name]["allow_repeats"]["mrr@20"]}

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from recembed.blend import BlendModel
-from recembed.calibrate import transformed_model, vector_paths
+from recembed.calibrate import transformed_model, vector_paths, vector_paths_reference
 from recembed.config import ConfigError, load_config
 from recembed.evaluate import Queries
 from recembed.postprocess import VectorTransform, auto_options, choose, output_dim, parse_spec
@@ -372,3 +372,54 @@ def test_a_plan_built_for_one_dimension_keeps_only_what_another_dimension_allows
     assert _options_for(opts, 32) == ["none", "center", "abtt:1", "abtt:2", "whiten"]
     assert _options_for(opts, 2) == ["none", "center", "abtt:1", "whiten"]
     assert _options_for(["abtt:5"], 4) == ["none"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_vector_paths_equal_the_top_k_reference_bit_for_bit(seed):
+    # the counting pass (`dense_target_ranks`) against embedding_scorer + top_k_lists: items
+    # without a vector, repeated vectors (exact ties), popularity ties, targets equal to the
+    # last item or without a vector, several product blocks
+    rng = np.random.default_rng(seed)
+    n, d = 90, 6
+    vectors = rng.normal(size=(70, d)).astype(np.float32)
+    vectors[5:9] = vectors[4]  # exact ties
+    context = rng.normal(size=(70, d)).astype(np.float32)
+    context[10:14] = context[3]
+    row_of = np.full(n, -1, np.int64)
+    row_of[np.sort(rng.choice(n, 70, replace=False))] = np.arange(70)
+    model = BlendModel(vectors, context, popularity=rng.integers(0, 3, 70))
+    items = rng.integers(0, n, 900).astype(np.int32)
+    start = np.arange(0, 880, 4, dtype=np.int64)
+    length = rng.integers(1, 4, len(start)).astype(np.int32)
+    target = items[start + length]
+    target[:5] = items[start[:5] + length[:5] - 1]  # the last item: never recommended
+    q = Queries(items, start, length, target)
+    for model_ in (model, BlendModel(vectors, None, popularity=np.ones(70))):
+        for k in (1, 5, 20):
+            got = vector_paths(model_, row_of, q, decay=0.6, history=3, k=k, batch=64)
+            assert got == vector_paths_reference(model_, row_of, q, decay=0.6, history=3, k=k)
+
+
+def test_dense_target_ranks_equal_the_rank_in_top_k_lists():
+    from recembed.calibrate import dense_target_ranks
+    from recembed.evaluate import query_ranks, top_k
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 6, (200, 40)).astype(np.float32)  # many exact ties
+    scores[rng.random(scores.shape) < 0.05] = np.nan
+    scores[rng.random(scores.shape) < 0.05] = -np.inf
+    tie = (rng.integers(0, 3, 40) * 1e-6).astype(np.float32)
+    allowed = rng.random(40) < 0.8
+    last = rng.integers(0, 40, 200)
+    targets = rng.integers(0, 40, 200)  # (query_ranks would match -1 to top_k's padding)
+    for k in (1, 3, 20, 40):
+        full = scores + tie
+        full[:, ~allowed] = -np.inf
+        full[np.arange(200), last] = -np.inf
+        want = query_ranks(top_k(full, k), targets)
+        np.testing.assert_array_equal(dense_target_ranks(scores, tie, allowed, last, targets, k),
+                                      want)
+    with pytest.raises(ValueError):
+        dense_target_ranks(scores, tie[:3], allowed, last, targets, 5)
+    with pytest.raises(ValueError):
+        dense_target_ranks(scores, tie, allowed, last, targets, 0)
