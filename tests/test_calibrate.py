@@ -616,3 +616,43 @@ def test_validation_baselines_equal_evaluate_alls_allow_repeats_numbers(with_cat
     for name in names:
         assert got[name] == {"recall@20": want[name]["allow_repeats"]["recall@20"],
                              "mrr@20": want[name]["allow_repeats"]["mrr@20"]}
+
+
+def test_the_ladder_climbs_on_vectors_gains_within_a_budget_of_the_model_it_would_train():
+    """Equal blend objectives at every amount, vectors-alone objectives that rise beyond their
+    standard error: the ladder climbs to 10M although the three 1M candidates and a 3M one
+    pass 6 x the 1M final model (the budget of the model the candidate would train)."""
+    from recembed.calibrate import _successive_halving
+
+    plan = replace(calibration_plan(load_config(None, [])),
+                   target_tokens=[1_000_000, 3_000_000, 10_000_000])
+    assert plan.cost_ratio == 6.0 and plan.corpora == ["both", "sessions", "walks"]
+    blend = np.r_[np.ones(300), np.zeros(700)]  # the same per query: no blend gain at all
+    vectors = {1_000_000: 0.20, 3_000_000: 0.25, 10_000_000: 0.30}
+
+    def climb(vectors_at: dict, blend_at: dict | None = None) -> tuple[list, dict]:
+        calls, record = [], {"candidates": []}
+
+        def run_one(corpus, amount, **kw):
+            calls.append((corpus, amount))
+            pq = blend if blend_at is None else blend_at[amount]
+            c = _cand(corpus, int(amount * 1.1), pq, corpus_tokens=100_000,
+                      epochs=round(amount * 1.1 / 100_000), target_tokens=amount,
+                      option_tokens=amount, objective_se=0.014,
+                      vectors_objective=vectors_at[amount], vectors_se=0.01)
+            record["candidates"].append(c)
+            return c
+        _successive_halving(plan, run_one, record, log_share=1.0)
+        return calls, record
+
+    calls, record = climb(vectors)
+    amounts = [a for _, a in calls]
+    assert amounts[:3] == [1_000_000] * 3 and 3_000_000 in amounts and 10_000_000 in amounts
+    assert "not_tried" not in record
+    # a vectors gain inside its standard error: no climb beyond the first rung's next amount
+    calls, _ = climb({1_000_000: 0.20, 3_000_000: 0.205, 10_000_000: 0.21})
+    assert 10_000_000 not in [a for _, a in calls]
+    # a vectors gain that costs the blend more than its standard error: no climb either
+    worse = np.r_[np.ones(250), np.zeros(750)]
+    calls, _ = climb(vectors, {1_000_000: blend, 3_000_000: worse, 10_000_000: worse})
+    assert 10_000_000 not in [a for _, a in calls]
