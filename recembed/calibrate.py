@@ -47,12 +47,9 @@ benchmarks/RESULTS.md, "calibration cost_ratio"). Every
 corpus starts at the smallest amount; at each larger amount only the leader and the candidates
 tied with it (within one paired standard error of the per-query objective difference; at most
 half, rounded up) continue, the leader alone when its margin exceeds that error; the climb stops
-when the larger amount beat the smaller by no more than the noise (`climb_pays`: neither the
-blend objective by more than its paired standard error nor the vectors-alone objective by more
-than its standard error within the blend's), or when the next candidate would take the tokens
-past cost_ratio x the larger of the final model the current choice trains and the one the
-candidate would train if chosen (so a climb that then ties gives way to the cheaper amount and
-may spend up to cost_ratio x the larger model). The choice
+when the larger amount did not beat the smaller by more than its standard error, or when the
+next candidate would take the tokens past cost_ratio x the final model the current choice
+trains. The choice
 (`choose_candidate`): inside the tie set on the blend objective, the candidates whose
 `vectors_objective` (when present) is not below the best one's by more than `vectors_se`, and
 among them the cheapest (fewer tokens, then "sessions", which needs no walks).
@@ -1183,8 +1180,8 @@ def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
     """Every corpus at the smallest amount; then, amount by amount, the leader and the
     candidates tied with it (at most half, rounded up; the leader alone when its margin over
     every other exceeds the paired standard error) at the next amount, while the larger amount
-    paid beyond the noise (`climb_pays`) and the tokens stay within `cost_ratio` x the larger of
-    the final model the current choice would train and the one the candidate would train."""
+    beat the smaller by more than its standard error and the tokens stay within
+    `cost_ratio` x the final model the current choice would train."""
     amounts = sorted(set(plan.target_tokens))
     cands = [run_one(c, amounts[0]) for c in plan.corpora]
     rung = cands
@@ -1196,19 +1193,13 @@ def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
             lead = choose_candidate(cands + nxt)
             spent = sum(int(x["tokens_trained"]) for x in record["candidates"])
             est = max(plan.candidate_tokens(amount), int(c["corpus_tokens"]))
-            # against the larger final model of the current choice and of this candidate,
-            # were it chosen: a budget against the current (smallest) choice alone never let
-            # a sparse purchase log try the amounts whose vectors beat item-kNN (benchmarks/
-            # RESULTS.md, "the training amount and the exported vectors")
-            budget = plan.cost_ratio * max(
-                final_tokens_planned(lead["option_tokens"], lead["corpus_tokens"], log_share,
-                                     lead["epochs"]),
-                final_tokens_planned(amount, int(c["corpus_tokens"]), log_share))
+            budget = plan.cost_ratio * final_tokens_planned(
+                lead["option_tokens"], lead["corpus_tokens"], log_share, lead["epochs"])
             if spent + est > budget:
                 # the budget at work, not a problem: recorded and logged, not a warning
                 why = (f"{c['corpus']} at {amount:,} tokens (about {est:,} more tokens would "
-                       f"pass {budget:,.0f}, {plan.cost_ratio:g} x the final model it would "
-                       "train)")
+                       f"pass {budget:,.0f}, {plan.cost_ratio:g} x the final model the current "
+                       "choice trains)")
                 record.setdefault("not_tried", []).append(why)
                 log.info("calibrate: not tried: %s", why)
                 continue
@@ -1227,37 +1218,13 @@ def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
         cands += nxt
         if not nxt:
             break
-        if not climb_pays(nxt, rung):
+        top = max(nxt, key=lambda x: x["objective"])
+        prev = next(x for x in rung if x["corpus"] == top["corpus"])
+        if top["objective"] - prev["objective"] <= paired_se(top.get("per_query"),
+                                                             prev.get("per_query")):
             break  # more training did not pay beyond the noise: stop climbing
         rung = nxt
     return cands
-
-
-def climb_pays(nxt: list[dict], rung: list[dict]) -> bool:
-    """Whether the candidates `nxt`, at a larger amount, beat their corpus's candidate in
-    `rung` beyond the noise: the best blend objective by more than the paired standard error,
-    or the best vectors-alone objective by more than its standard error (the larger of the
-    two candidates') while that candidate's blend objective fell by no more than its own
-    standard error: the exported vectors are chosen for their own sake within the blend's
-    noise (`choose_candidate`), so the climb follows them too."""
-    def before(x: dict) -> dict:
-        return next(p for p in rung if p["corpus"] == x["corpus"])
-
-    top = max(nxt, key=lambda x: x["objective"])
-    prev = before(top)
-    if top["objective"] - prev["objective"] > paired_se(top.get("per_query"),
-                                                        prev.get("per_query")):
-        return True
-    with_vectors = [x for x in nxt if "vectors_objective" in x
-                    and "vectors_objective" in before(x)]
-    if not with_vectors:
-        return False
-    top = max(with_vectors, key=lambda x: x["vectors_objective"])
-    prev = before(top)
-    noise = max(float(top.get("vectors_se", 0.0)), float(prev.get("vectors_se", 0.0)))
-    blend_noise = max(float(top.get("objective_se", 0.0)), float(prev.get("objective_se", 0.0)))
-    return (top["vectors_objective"] - prev["vectors_objective"] > noise
-            and prev["objective"] - top["objective"] <= blend_noise)
 
 
 def same_training(cand: dict, tokens: int) -> bool:
