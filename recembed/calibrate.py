@@ -539,12 +539,7 @@ def vector_paths(model: BlendModel, row_of: np.ndarray, q, *, decay: float, hist
     from recembed.evaluate import TIE
 
     n = len(row_of)
-    codes = np.flatnonzero(row_of >= 0)
-    rows_item = np.empty(len(model.vectors), np.int64)
-    rows_item[row_of[codes]] = codes
-    popularity = np.zeros(n)
-    popularity[rows_item] = model.popularity
-    ctx = model.context if model.context is not None else model.vectors
+    rows_item, popularity, ctx = _item_rows(model, row_of)
     # embedding_scorer's arrays, expression for expression (the same float32 values)
     d = model.vectors.shape[1]
     emb = np.zeros((n, d), np.float32)
@@ -647,12 +642,7 @@ def vector_paths_reference(model: BlendModel, row_of: np.ndarray, q, *, decay: f
     from recembed.evaluate import embedding_scorer, per_query_objective, top_k_lists
 
     n = len(row_of)
-    codes = np.flatnonzero(row_of >= 0)
-    rows_item = np.empty(len(model.vectors), np.int64)
-    rows_item[row_of[codes]] = codes
-    pop = np.zeros(n)
-    pop[rows_item] = model.popularity
-    ctx = model.context if model.context is not None else model.vectors
+    rows_item, pop, ctx = _item_rows(model, row_of)
     out: dict[str, dict] = {}
     for name in ("ann", "last"):
         sc = embedding_scorer(model.vectors, rows_item, n, pop, strategy=name, context=ctx,
@@ -665,6 +655,19 @@ def vector_paths_reference(model: BlendModel, row_of: np.ndarray, q, *, decay: f
                      "objective": float(per.mean()) if len(per) else 0.0,
                      "se": float(per.std(ddof=1) / np.sqrt(len(per))) if len(per) > 1 else 0.0}
     return out
+
+
+def _item_rows(model: BlendModel, row_of: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows_item: the ingest code of each model row, popularity per ingest code, the
+    candidate side's vectors: context vectors, else the item vectors) of `vector_paths`."""
+    codes = np.flatnonzero(row_of >= 0)
+    rows_item = np.empty(len(model.vectors), np.int64)
+    rows_item[row_of[codes]] = codes
+    popularity = np.zeros(len(row_of))
+    popularity[rows_item] = model.popularity
+    ctx = model.context if model.context is not None else model.vectors
+    return rows_item, popularity, ctx
 
 
 @dataclass
