@@ -570,11 +570,7 @@ def vector_paths(model: BlendModel, row_of: np.ndarray, q, *, decay: float, hist
         inside = rank > 0
         hit = inside.astype(np.float64)
         rr = np.divide(1.0, rank, out=np.zeros(len(rank)), where=inside)
-        per = hit + rr
-        out[name] = {"recall@20": float(hit.mean()) if len(per) else 0.0,
-                     "mrr@20": float(rr.mean()) if len(per) else 0.0,
-                     "objective": float(per.mean()) if len(per) else 0.0,
-                     "se": float(per.std(ddof=1) / np.sqrt(len(per))) if len(per) > 1 else 0.0}
+        out[name] = _path_metrics(hit, rr)
     return out
 
 
@@ -649,12 +645,18 @@ def vector_paths_reference(model: BlendModel, row_of: np.ndarray, q, *, decay: f
                               decay=decay, history=history)
         hit, rr = per_query_objective(top_k_lists(sc, q, n, k=k)["allow_repeats"],
                                       q.target, k)
-        per = hit + rr
-        out[name] = {"recall@20": float(hit.mean()) if len(per) else 0.0,
-                     "mrr@20": float(rr.mean()) if len(per) else 0.0,
-                     "objective": float(per.mean()) if len(per) else 0.0,
-                     "se": float(per.std(ddof=1) / np.sqrt(len(per))) if len(per) > 1 else 0.0}
+        out[name] = _path_metrics(hit, rr)
     return out
+
+
+def _path_metrics(hit: np.ndarray, rr: np.ndarray) -> dict:
+    """Recall@20, MRR@20, their sum (the objective) and its standard error over the queries,
+    from per-query hits (0 / 1) and reciprocal ranks (0 past 20)."""
+    per = hit + rr
+    return {"recall@20": float(hit.mean()) if len(per) else 0.0,
+            "mrr@20": float(rr.mean()) if len(per) else 0.0,
+            "objective": float(per.mean()) if len(per) else 0.0,
+            "se": float(per.std(ddof=1) / np.sqrt(len(per))) if len(per) > 1 else 0.0}
 
 
 def _item_rows(model: BlendModel, row_of: np.ndarray
