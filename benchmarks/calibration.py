@@ -39,8 +39,10 @@ SAMPLES = ("yoochoose", "diginetica")
 PIPELINES = {"demo": "nightly"}  # other datasets run pipelines/<name>.toml
 
 
-def worker(dataset: str, events: int, workdir: Path, out: Path) -> None:
-    """One default run of `dataset` with whatever `recembed` is on sys.path; facts to `out`."""
+def worker(dataset: str, events: int, workdir: Path, out: Path,
+           overrides: list[str] | None = None) -> None:
+    """One default run of `dataset` with whatever `recembed` is on sys.path (and the config
+    `overrides`, `--set` style); facts to `out`."""
     # recembed first, from PYTHONPATH (the measured checkout): profiles.py would put this
     # checkout first on sys.path
     from recembed.config import load_config
@@ -50,7 +52,8 @@ def worker(dataset: str, events: int, workdir: Path, out: Path) -> None:
     prepare = __import__("profiles").prepare
 
     code_root = Path(sys.modules["recembed"].__file__).resolve().parents[1]
-    ov = [f"run.runs_dir='{workdir}'", "run.progress=false", "publish.enabled=false"]
+    ov = [f"run.runs_dir='{workdir}'", "run.progress=false", "publish.enabled=false",
+          *(overrides or [])]
     if dataset in SAMPLES or dataset in PIPELINES:
         cfg = load_config(code_root / "pipelines" / f"{PIPELINES.get(dataset, dataset)}.toml",
                           ov)
@@ -63,8 +66,16 @@ def worker(dataset: str, events: int, workdir: Path, out: Path) -> None:
     cal = json.loads((rep.run_dir / "calibration.json").read_text())
     train = json.loads((rep.run_dir / "train.json").read_text())
     metrics = json.loads((rep.run_dir / "metrics.json").read_text())
-    serving = next(v for n, v in metrics["methods"].items() if n.endswith(":serving"))
+    methods = metrics["methods"]
+    serving = next(v for n, v in methods.items() if n.endswith(":serving"))
     ar = serving["allow_repeats"]
+
+    def holdout(suffix: str) -> dict:
+        # a method's holdout R@20 / MRR@20 (the exported vectors' ":ann", ":last"; baselines)
+        m = next((v for n, v in methods.items() if n == suffix or n.endswith(":" + suffix)),
+                 None)
+        return {} if m is None else {"recall": m["allow_repeats"]["recall@20"],
+                                     "mrr": m["allow_repeats"]["mrr@20"]}
     spent = sum(int(c.get("tokens_trained", c["corpus_tokens"] * c["epochs"]))
                 for c in cal.get("candidates", []))
     st = train.get("stats", train)
@@ -85,12 +96,17 @@ def worker(dataset: str, events: int, workdir: Path, out: Path) -> None:
         "reuse": (cal.get("reuse") or {}).get("decision", "-"),
         "val_objective": v.get("recall@20", 0) + v.get("mrr@20", 0),
         "val_se": v.get("objective_se"),
+        "val_vectors": v.get("vectors_objective"), "val_vectors_se": v.get("vectors_se"),
+        "val_item_knn": sum((cal.get("baselines", {}).get("item_knn") or {}).get(m, 0.0)
+                            for m in ("recall@20", "mrr@20")),
+        "holdout_ann": holdout("ann"), "holdout_last": holdout("last"),
+        "holdout_item_knn": holdout("item_knn"), "holdout_vsknn": holdout("vsknn"),
         "holdout_recall": ar["recall@20"], "holdout_recall_se": se("recall"),
         "holdout_mrr": ar["mrr@20"], "holdout_mrr_se": se("mrr"),
         "holdout_queries": metrics["queries"]["queries"]}))
 
 
-def measure(code: Path, dataset: str, events: int) -> dict:
+def measure(code: Path, dataset: str, events: int, overrides: list[str] | None = None) -> dict:
     """One run of `dataset` on the checkout `code` (a subprocess), with the subprocess's wall
     and CPU seconds (`resource.getrusage` of the children) and the load average around it."""
     import resource
@@ -103,7 +119,9 @@ def measure(code: Path, dataset: str, events: int) -> dict:
         r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         subprocess.run([sys.executable, __file__, "--worker", dataset, "--events", str(events),
-                        "--workdir", tmp, "--out", str(out)], check=True, env=env, cwd=code)
+                        "--workdir", tmp, "--out", str(out),
+                        *[a for o in overrides or [] for a in ("--set", o)]],
+                       check=True, env=env, cwd=code)
         wall = time.perf_counter() - t0
         r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         facts = json.loads(out.read_text())
@@ -131,7 +149,16 @@ def row(label: str, dataset: str, f: dict) -> dict:
             "ratio": round(f["tokens_trained"] / max(f["final_tokens"], 1), 2),
             "choice": f["choice"], "validation R+MRR": pm(f["val_objective"], f["val_se"]),
             "holdout R@20": pm(f["holdout_recall"], f["holdout_recall_se"]),
-            "holdout MRR@20": pm(f["holdout_mrr"], f["holdout_mrr_se"])}
+            "holdout MRR@20": pm(f["holdout_mrr"], f["holdout_mrr_se"]),
+            "validation vectors R+MRR": (pm(f["val_vectors"], f.get("val_vectors_se"))
+                                         if f.get("val_vectors") is not None else "-"),
+            "validation item-kNN R+MRR": (f"{f['val_item_knn']:.4f}"
+                                          if f.get("val_item_knn") else "-"),
+            **{f"holdout {name} R@20 / MRR@20": (
+                f"{f[key]['recall']:.4f} / {f[key]['mrr']:.4f}" if f.get(key) else "-")
+               for name, key in ((":ann", "holdout_ann"), (":last", "holdout_last"),
+                                 ("item-kNN", "holdout_item_knn"),
+                                 ("V-SKNN", "holdout_vsknn"))}}
 
 
 def main() -> None:
@@ -146,12 +173,15 @@ def main() -> None:
                     "from this folder (runs made earlier, e.g. in the background) instead of "
                     "running; a missing file skips that row")
     ap.add_argument("--save", type=Path, help="also write each run's facts into this folder")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="a config override for every run, e.g. --set train.workers=1 "
+                    "(repeatable): train.workers=1 makes a run's candidates reproducible")
     ap.add_argument("--worker")
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.events, args.workdir, args.out)
+        worker(args.worker, args.events, args.workdir, args.out, args.overrides)
         return
     from common import append_results, markdown_table
 
@@ -165,7 +195,7 @@ def main() -> None:
                     continue
                 facts = json.loads(saved.read_text())
             else:
-                facts = measure(code.resolve(), ds, args.events)
+                facts = measure(code.resolve(), ds, args.events, args.overrides)
             if args.save:
                 args.save.mkdir(parents=True, exist_ok=True)
                 (args.save / f"{name}.json").write_text(json.dumps(facts))

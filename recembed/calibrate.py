@@ -54,6 +54,16 @@ trains. The choice
 `vectors_objective` (when present) is not below the best one's by more than `vectors_se`, and
 among them the cheapest (fewer tokens, then "sessions", which needs no walks).
 
+The vectors floor (issue 24: the exported vectors alone at least the item-kNN baseline;
+`vectors_floor`): while the current choice's vectors-alone objective is below item-kNN's on the
+same validation queries, the climb also goes on when the vectors gain more than their standard
+error with the blend no more than its own standard error lower (`climb_pays`), a larger amount
+is budgeted against the model it would train, and the choice widens to every candidate within
+the blend's own standard error of the leader. Above the floor nothing changes, so the samples,
+whose vectors beat item-kNN at the smallest amount, choose as before; a sparse purchase log,
+whose vectors need many passes over rare items, climbs (benchmarks/RESULTS.md, "the vectors
+floor"). A choice left below the floor is a warning and a note in calibration.json.
+
 Reuse across nights (`calibrate.reuse = "auto"`, `PreviousChoice`): when the publish root holds
 a version with a calibration record, its choice (corpus, amount, blend) is trained once and
 scored on today's validation queries, and kept unless (a) its objective fell by more than one
@@ -910,6 +920,8 @@ def calibrate_run(
     record["baselines"] = validation_baselines(
         ct, val, vs.n_items, list(baselines), max_queries=plan.max_queries, seed=seed,
         train_ts=ct["ts"].to_numpy(), **vs.cold_kw)
+    floor = vectors_floor(record["baselines"])
+    record["vectors_floor"] = {"baseline": "item_knn", "objective": floor}
     workdir.mkdir(parents=True, exist_ok=True)
     data_end = float(train["ts"].max())
     log_share = len(ct) / max(len(train), 1)  # the final model trains on all of `train`
@@ -965,8 +977,8 @@ def calibrate_run(
             if reuse["decision"] == "kept":
                 cands = [kept]
         if not cands:
-            cands = _successive_halving(plan, run_one, record, log_share)
-        best = choose_candidate(cands)
+            cands = _successive_halving(plan, run_one, record, log_share, floor)
+        best = choose_candidate(cands, floor)
         if reuse["decision"] == "kept":
             if prev_sgns:
                 record["sgns"] = {"keys": list(plan.sgns), "chosen": prev_sgns,
@@ -997,6 +1009,14 @@ def calibrate_run(
                             "vectors_last": best["vectors_last"],
                             "vectors_objective": best["vectors_objective"],
                             "vectors_se": best["vectors_se"]}
+    if below_floor(best, floor):
+        why = (f"the exported vectors alone (the ANN path) reach {best['vectors_objective']:.4f} "
+               f"(Recall@20 + MRR@20) on validation, below the item-kNN baseline's "
+               f"{floor:.4f}: no candidate tried within the blend's standard error did better "
+               "(see not_tried); more training may help: calibrate.cost_ratio or a larger "
+               "calibrate.target_tokens")
+        record["notes"].append(why)
+        log.warning("calibrate: %s", why)
     log.info("calibrate: %s (%s); chose %s at %s tokens; %s tokens trained across %d "
              "candidates = %.2f x the final model's planned %s tokens",
              reuse["decision"], reuse["reason"], best["corpus"], f"{best['option_tokens']:,}",
@@ -1155,17 +1175,50 @@ def _cost_key(c: dict) -> tuple:
     return (int(c.get("tokens_trained", 0)), c.get("corpus") != "sessions", -c["objective"])
 
 
-def choose_candidate(cands: list[dict]) -> dict:
+def choose_candidate(cands: list[dict], floor: float | None = None) -> dict:
     """The chosen candidate: inside the tie set on the blend objective (`tie_set`), the ones
     whose `vectors_objective` (when every tied candidate has one) is not below the best one's
     by more than their `vectors_se`; among those the cheapest (`tokens_trained`, then
-    "sessions", which needs no walks, then the higher objective)."""
+    "sessions", which needs no walks, then the higher objective).
+
+    When `floor` (the item-kNN baseline's validation objective, Recall@20 + MRR@20) is given
+    and that choice's vectors fall below it, the exported vectors would lose to a baseline the
+    run measured: the choice then widens to issue 24's rule, every candidate whose blend
+    objective is within the blend's own standard error of the leader's (not the far narrower
+    paired one), and takes one whose vectors beat the first choice's by more than their
+    standard error, when there is one (the best vectors, then the cheapest within their
+    standard error of them)."""
     _, tied = tie_set(cands)
     if len(tied) > 1 and all("vectors_objective" in c for c in tied):
         top = max(tied, key=lambda c: c["vectors_objective"])
         tied = [c for c in tied if top["vectors_objective"] - c["vectors_objective"]
-                <= max(float(top.get("vectors_se", 0.0)), float(c.get("vectors_se", 0.0)))]
-    return min(tied, key=_cost_key)
+                <= _vectors_noise(top, c)]
+    chosen = min(tied, key=_cost_key)
+    if floor is None or chosen.get("vectors_objective", floor) >= floor:
+        return chosen
+    best = max(cands, key=lambda c: c["objective"])
+    wide = [c for c in cands if "vectors_objective" in c and best["objective"] - c["objective"]
+            <= max(float(best.get("objective_se", 0.0)), float(c.get("objective_se", 0.0)))]
+    if not wide:
+        return chosen
+    top = max(wide, key=lambda c: c["vectors_objective"])
+    if top["vectors_objective"] - chosen["vectors_objective"] <= _vectors_noise(top, chosen):
+        return chosen
+    return min((c for c in wide if top["vectors_objective"] - c["vectors_objective"]
+                <= _vectors_noise(top, c)), key=_cost_key)
+
+
+def _vectors_noise(a: dict, b: dict) -> float:
+    # the larger of two candidates' vectors-alone standard errors
+    return max(float(a.get("vectors_se", 0.0)), float(b.get("vectors_se", 0.0)))
+
+
+def vectors_floor(baselines: dict[str, dict]) -> float | None:
+    """The validation objective (Recall@20 + MRR@20) the exported vectors must reach: the
+    item-kNN baseline's (issue 24: the vectors alone at least item-kNN), None when the run did
+    not measure it (`calibrate` baselines without ``item_knn``)."""
+    m = baselines.get("item_knn")
+    return None if m is None else float(m["recall@20"]) + float(m["mrr@20"])
 
 
 def final_tokens_planned(amount: int, corpus_tokens: int, log_share: float,
@@ -1181,12 +1234,14 @@ def final_tokens_planned(amount: int, corpus_tokens: int, log_share: float,
 
 
 def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
-                        log_share: float) -> list[dict]:
+                        log_share: float, floor: float | None = None) -> list[dict]:
     """Every corpus at the smallest amount; then, amount by amount, the leader and the
     candidates tied with it (at most half, rounded up; the leader alone when its margin over
     every other exceeds the paired standard error) at the next amount, while the larger amount
-    beat the smaller by more than its standard error and the tokens stay within
-    `cost_ratio` x the final model the current choice would train."""
+    paid beyond the noise (`climb_pays`) and the tokens stay within `cost_ratio` x the final
+    model the current choice would train; while the current choice's vectors are below the
+    vectors `floor` (`vectors_floor`), within `cost_ratio` x the larger of that model and the
+    one the candidate would train."""
     amounts = sorted(set(plan.target_tokens))
     cands = [run_one(c, amounts[0]) for c in plan.corpora]
     rung = cands
@@ -1195,16 +1250,25 @@ def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
         keep = tied[:max(1, -(-len(rung) // 2))]
         nxt = []
         for c in keep:
-            lead = choose_candidate(cands + nxt)
+            lead = choose_candidate(cands + nxt, floor)
             spent = sum(int(x["tokens_trained"]) for x in record["candidates"])
             est = max(plan.candidate_tokens(amount), int(c["corpus_tokens"]))
-            budget = plan.cost_ratio * final_tokens_planned(
-                lead["option_tokens"], lead["corpus_tokens"], log_share, lead["epochs"])
+            final = final_tokens_planned(lead["option_tokens"], lead["corpus_tokens"], log_share,
+                                         lead["epochs"])
+            below = below_floor(lead, floor)
+            if below:
+                # the vectors lose to item-kNN: a larger amount is budgeted against the model
+                # it would train, or a sparse purchase log never tries the amounts whose
+                # vectors reach item-kNN (benchmarks/RESULTS.md, "the training amount and the
+                # exported vectors: synth purchases")
+                final = max(final, final_tokens_planned(amount, int(c["corpus_tokens"]),
+                                                        log_share))
+            budget = plan.cost_ratio * final
             if spent + est > budget:
                 # the budget at work, not a problem: recorded and logged, not a warning
                 why = (f"{c['corpus']} at {amount:,} tokens (about {est:,} more tokens would "
-                       f"pass {budget:,.0f}, {plan.cost_ratio:g} x the final model the current "
-                       "choice trains)")
+                       f"pass {budget:,.0f}, {plan.cost_ratio:g} x the final model "
+                       + ("it would train)" if below else "the current choice trains)"))
                 record.setdefault("not_tried", []).append(why)
                 log.info("calibrate: not tried: %s", why)
                 continue
@@ -1221,15 +1285,41 @@ def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
                 continue
             nxt.append(run_one(c["corpus"], amount))
         cands += nxt
-        if not nxt:
-            break
-        top = max(nxt, key=lambda x: x["objective"])
-        prev = next(x for x in rung if x["corpus"] == top["corpus"])
-        if top["objective"] - prev["objective"] <= paired_se(top.get("per_query"),
-                                                             prev.get("per_query")):
+        if not nxt or not climb_pays(nxt, rung, floor):
             break  # more training did not pay beyond the noise: stop climbing
         rung = nxt
     return cands
+
+
+def below_floor(cand: dict, floor: float | None) -> bool:
+    """Whether `cand`'s vectors-alone objective is below the vectors `floor` (None: never)."""
+    return floor is not None and "vectors_objective" in cand and \
+        float(cand["vectors_objective"]) < floor
+
+
+def climb_pays(nxt: list[dict], rung: list[dict], floor: float | None = None) -> bool:
+    """Whether the candidates `nxt`, at a larger amount, beat their corpus's candidate in
+    `rung` beyond the noise: the best blend objective by more than the paired standard error;
+    or, while that corpus's vectors in `rung` are below the vectors `floor`, the best
+    vectors-alone objective by more than its standard error (the larger of the two
+    candidates') with that candidate's blend objective no more than its own standard error
+    lower (the rule `choose_candidate` widens to below the floor)."""
+    def before(x: dict) -> dict:
+        return next(p for p in rung if p["corpus"] == x["corpus"])
+
+    top = max(nxt, key=lambda x: x["objective"])
+    prev = before(top)
+    if top["objective"] - prev["objective"] > paired_se(top.get("per_query"),
+                                                        prev.get("per_query")):
+        return True
+    low = [x for x in nxt if "vectors_objective" in x and below_floor(before(x), floor)]
+    if not low:
+        return False
+    top = max(low, key=lambda x: x["vectors_objective"])
+    prev = before(top)
+    blend_noise = max(float(top.get("objective_se", 0.0)), float(prev.get("objective_se", 0.0)))
+    return (top["vectors_objective"] - prev["vectors_objective"] > _vectors_noise(top, prev)
+            and prev["objective"] - top["objective"] <= blend_noise)
 
 
 def same_training(cand: dict, tokens: int) -> bool:
