@@ -292,7 +292,7 @@ class TrainConfig(_Section):
     min_alpha: float = Field(0.0001, ge=0)
     min_count: int = Field(1, ge=1)
     hs: bool = False
-    workers: int = Field(0, ge=0)  # 0 = run.threads
+    workers: int = Field(1, ge=0)  # 1 = reproducible; 0 = run.threads (Hogwild)
     export_context_vectors: bool = True
     warm_start: bool = False
     # incremental nights (recembed.incremental): "full" retrains from scratch every run;

@@ -11,6 +11,7 @@ candidates' source. Nothing below this module sees a Config.
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -378,7 +379,12 @@ def calibration_plan(cfg: Config, *, progress: bool | None = None) -> Calibratio
     return CalibrationPlan(
         corpora=corpora, target_tokens=tokens, half_life_days=cfg.session.half_life_days,
         graph_params=graph_params(cfg), walk_params=walk_params(cfg),
-        train_params=train_params(cfg), line_params=line_params(cfg), blend_fixed=fixed, base_blend=blend_settings(cfg),
+        # candidates train on one gensim thread whatever train.workers says: Hogwild threads
+        # make every candidate's vectors, and so the choice, depend on how busy the machine is
+        # (the demo chose walks 3M from 8 candidates with 2 threads, both 1M from 4 with one;
+        # benchmarks/RESULTS.md, "one thread for the candidates"); LINE's are line.workers
+        train_params=replace(train_params(cfg), workers=1), line_params=line_params(cfg),
+        blend_fixed=fixed, base_blend=blend_settings(cfg),
         neighbour_options=neighbour_options(cfg), rule_steps=cfg.serving.rule_steps,
         max_queries=cfg.calibrate.max_queries, max_train_tokens=cfg.calibrate.max_train_tokens,
         max_seconds=cfg.calibrate.max_seconds, enabled=cfg.calibrate.enabled,

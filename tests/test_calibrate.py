@@ -446,6 +446,91 @@ def test_the_tie_rule_prefers_clearly_better_vectors_inside_the_tie():
     assert choose_candidate([lead, other]) is lead
 
 
+def _floor_pair() -> tuple[np.ndarray, np.ndarray]:
+    # 12 of 1,000 queries better, none worse: margin 0.012, outside the paired standard error
+    # (about 0.0034) and inside the blend's own (about 0.0158)
+    a, b = _pair(1000, 12, 0)
+    from recembed.calibrate import objective_se, paired_se
+
+    assert paired_se(a, b) < 0.012 < objective_se(b)
+    return a, b
+
+
+def test_below_the_vectors_floor_the_choice_widens_to_the_blends_own_standard_error():
+    from recembed.calibrate import choose_candidate, objective_se, vectors_floor
+
+    a, b = _floor_pair()
+    cheap = _cand("sessions", 1_000_000, a, objective_se=objective_se(a),
+                  vectors_objective=0.25, vectors_se=0.02)
+    dear = _cand("sessions", 10_000_000, b, objective_se=objective_se(b),
+                 vectors_objective=0.40, vectors_se=0.02)
+    assert choose_candidate([cheap, dear]) is cheap  # the paired tie rule alone
+    assert choose_candidate([cheap, dear], floor=0.20) is cheap  # vectors above the floor
+    assert choose_candidate([cheap, dear], floor=0.30) is dear  # below it: the vectors decide
+    # vectors within their standard error of the first choice's: the cheaper one stays
+    assert choose_candidate([cheap, dict(dear, vectors_objective=0.26)], floor=0.30) is cheap
+    # a blend beyond its own standard error lower is never taken for its vectors
+    a, b = _pair(1000, 40, 0)
+    cheap = dict(cheap, per_query=a, objective=float(a.mean()))
+    dear = dict(dear, per_query=b, objective=float(b.mean()))
+    assert choose_candidate([cheap, dear], floor=0.30) is cheap
+    # the floor is item-kNN's validation Recall@20 + MRR@20; no item-kNN measured, no floor
+    assert vectors_floor({"item_knn": {"recall@20": 0.25, "mrr@20": 0.125}}) == 0.375
+    assert vectors_floor({"pop": {"recall@20": 0.1, "mrr@20": 0.1}}) is None
+
+
+def test_the_climb_follows_the_vectors_only_below_the_floor():
+    from recembed.calibrate import climb_pays, objective_se
+
+    a, b = _floor_pair()
+    rung = [_cand("sessions", 1_000_000, a, objective_se=objective_se(a),
+                  vectors_objective=0.25, vectors_se=0.02)]
+    nxt = [_cand("sessions", 3_000_000, b, objective_se=objective_se(b),
+                 vectors_objective=0.35, vectors_se=0.02)]
+    assert not climb_pays(nxt, rung)  # the blend did not gain
+    assert climb_pays(nxt, rung, floor=0.30)  # the vectors gained 5 SE below the floor
+    assert not climb_pays(nxt, rung, floor=0.20)  # above the floor the blend alone decides
+    assert not climb_pays([dict(nxt[0], vectors_objective=0.26)], rung, floor=0.30)
+    # a blend gain beyond the paired error climbs whatever the vectors do
+    assert climb_pays([dict(rung[0], per_query=a + 0.05, objective=float(a.mean()) + 0.05,
+                            vectors_objective=0.0)], rung)
+
+
+def test_below_the_floor_a_larger_amount_is_budgeted_against_its_own_model():
+    from recembed.calibrate import _successive_halving, choose_candidate, objective_se
+
+    a, b = _floor_pair()
+    # one corpus, cost_ratio 4: candidates at full size (1 x 1M + 3M = 4 x 1M)
+    plan = replace(calibration_plan(load_config(None, ["calibrate.cost_ratio=4"])),
+                   corpora=["sessions"], target_tokens=[1_000_000, 3_000_000, 10_000_000])
+    assert plan.candidate_tokens(10_000_000) == 10_000_000
+    vectors = {1_000_000: 0.25, 3_000_000: 0.35, 10_000_000: 0.45}
+
+    def climb(floor):
+        record, calls = {"candidates": []}, []
+
+        def run_one(corpus, amount, **kw):
+            calls.append(amount)
+            pq = a if amount == 1_000_000 else b  # the blend flat: no gain beyond the noise
+            c = _cand(corpus, amount, pq, objective_se=objective_se(pq), corpus_tokens=100_000,
+                      epochs=amount // 100_000, target_tokens=amount, option_tokens=amount,
+                      vectors_objective=vectors[amount], vectors_se=0.02)
+            record["candidates"].append(c)
+            return c
+        return _successive_halving(plan, run_one, record, 1.0, floor), calls, record
+
+    # no floor / vectors above it: 3M fits 4 x the 1M model (1M + 3M spent), then the flat
+    # blend stops the climb
+    for floor in (None, 0.10):
+        _, calls, _ = climb(floor)
+        assert calls == [1_000_000, 3_000_000]
+    # below the floor the vectors climb; 10M (4M spent + 10M) passes 4 x the 3M choice's
+    # model (12M) but not 4 x the 10M model it would train, so it is tried and then chosen
+    cands, calls, record = climb(0.50)
+    assert calls == [1_000_000, 3_000_000, 10_000_000] and "not_tried" not in record
+    assert choose_candidate(cands, 0.50)["option_tokens"] == 10_000_000
+
+
 def test_candidate_amounts_fit_the_cheapest_final_model_at_cost_ratio_1():
     cfg = load_config(None, ["calibrate.cost_ratio=1"])
     plan = calibration_plan(cfg)
@@ -456,6 +541,18 @@ def test_candidate_amounts_fit_the_cheapest_final_model_at_cost_ratio_1():
     assert plan.corpora == ["both", "sessions", "walks"]
     assert base <= 1_000_000
     assert plan.candidate_tokens(3_000_000) > plan.candidate_tokens(1_000_000)
+
+
+def test_candidates_train_on_one_thread_whatever_train_workers_says():
+    # Hogwild threads would make every candidate's vectors, and so the choice, depend on how
+    # busy the machine is; the final model's threads are the user's (default 1: reproducible)
+    from recembed.settings import train_params
+
+    assert load_config(None, []).train.workers == 1
+    for workers in ("0", "2"):
+        cfg = load_config(None, [f"train.workers={workers}", "run.threads=2"])
+        assert train_params(cfg).workers == 2
+        assert calibration_plan(cfg).train_params.workers == 1
 
 
 def test_at_the_default_cost_ratio_candidates_train_full_amounts():
