@@ -21,14 +21,18 @@ endef
 
 .PHONY: demo install install-test test test-slow lint clean
 
+# the install ends by compiling the numba kernels into their on-disk cache (`recembed warmup`):
+# otherwise the first run pays it (make demo: 75 s cold, 35 s warm; benchmarks/RESULTS.md)
 $(STAMP_CORE): pyproject.toml
 	$(call install,.)
+	$(VENV)/bin/recembed warmup
 	@touch $@
 
 # the test extras: pytest, hypothesis, ruff, the notebook runner (dev), pyspark (spark), the HTTP
 # service (serve) and the vector databases (export): the tests use the real engines
 $(STAMP_TEST): pyproject.toml
 	$(call install,$(TEST_EXTRAS))
+	$(VENV)/bin/recembed warmup
 	@touch $(STAMP_CORE) $@
 
 install: $(STAMP_CORE)

@@ -514,6 +514,18 @@ def synth(
     typer.echo(f"wrote {len(log.events):,} events to {ev} and {len(log.items):,} items to {items}")
 
 
+@app.command()
+def warmup() -> None:
+    """Compile the numba kernels now (a small synthetic run and the serving calls), so that the
+    first real run and the first query do not pay for it (~40 s on 2 cores); `make install`
+    runs it. Writes nothing but numba's on-disk cache."""
+    from recembed.warmup import compile_kernels
+
+    t = compile_kernels()
+    typer.echo(f"kernels compiled and cached in {t['total_s']:.1f} s (run {t['run_s']:.1f} s, "
+               f"serving {t['serving_s']:.1f} s)")
+
+
 def _warn_exit(msg: str, code: int) -> None:
     typer.secho(msg, fg=typer.colors.YELLOW, err=True)
     raise typer.Exit(code)
