@@ -276,7 +276,7 @@ LAYERS = [
     {"recembed.stages.evaluate"},
     {"recembed.stages.publish"},
     {"recembed.stages"},
-    {"recembed.tune"},
+    {"recembed.tune", "recembed.warmup"},  # warmup: a whole run, to compile its kernels
     {"recembed.cli"},
 ]
 
