@@ -159,3 +159,20 @@ def test_a_second_night_keeps_the_choice_and_the_manifest_says_so(tmp_path):
     man = json.loads((published / latest / "manifest.json").read_text())
     assert man["calibration"]["reuse"]["decision"] == "kept"
     assert man["calibration"]["cost"]["tokens_trained"] == c2["cost"]["tokens_trained"]
+
+
+def test_the_fall_is_judged_against_the_standard_error_of_the_difference():
+    # the 10M nightly's night 2: recorded 0.9690 +- 0.0107, today 0.9562 +- 0.0107. The fall
+    # (0.0128) is more than one recorded SE but less than the difference's sqrt(2) x 0.0107 =
+    # 0.0151: the choice still holds
+    from recembed.calibrate import _revalidated
+
+    prev = {"validation": {"objective": 0.9690, "objective_se": 0.0107}}
+    kept = _revalidated(prev, {"objective": 0.9562, "objective_se": 0.0107})
+    assert kept["decision"] == "kept"
+    assert kept["difference_se"] == pytest.approx(0.0107 * 2 ** 0.5)
+    fell = _revalidated(prev, {"objective": 0.9530, "objective_se": 0.0107})
+    assert fell["decision"] == "full" and "standard error of the difference" in fell["reason"]
+    # a version that recorded no standard error: today's alone
+    assert _revalidated({"validation": {"objective": 0.9}},
+                        {"objective": 0.85, "objective_se": 0.03})["decision"] == "full"
