@@ -1603,7 +1603,7 @@ def _revalidated(prev: dict, kept: dict) -> dict:
     estimates, and the recorded one is the best of the candidates (biased upward by the
     choice), so one standard error of the old one alone refused a choice that still held: the
     10M nightly's night 2 fell 0.0128 against 0.0107 and recalibrated in full (benchmarks/
-    RESULTS.md, "the reuse rule")."""
+    RESULTS.md, "night 2 again, after the reuse rule changed")."""
     v = prev.get("validation") or {}
     before = float(v.get("objective", v.get("recall@20", 0.0) + v.get("mrr@20", 0.0)))
     se_before = float(v.get("objective_se", prev.get("blend", {}).get("objective_se", 0.0)))

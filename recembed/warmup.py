@@ -3,7 +3,7 @@
 numba compiles a kernel on its first call and caches the machine code on disk (`cache=True`,
 the folder `recembed.numba_cache_dir` picks); a fresh install has an empty cache, so its first
 run paid ~40 s of compilation on 2 cores: `make demo` took 75 s cold and 35 s warm
-(benchmarks/RESULTS.md, "one thread for the candidates, and the kernels compiled at install").
+(benchmarks/RESULTS.md, "make demo: the candidates' threads and the kernels' compilation").
 `compile_kernels` runs the whole pipeline (self-calibrated, evaluated, with a category side
 file) on a small synthetic log in a temporary folder, then loads the run as a serving system
 would and warms `similar` and `recommend` (`recembed.server.warm`), so that every kernel a run
