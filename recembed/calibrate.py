@@ -1195,11 +1195,11 @@ def choose_candidate(cands: list[dict], floor: float | None = None) -> dict:
         tied = [c for c in tied if top["vectors_objective"] - c["vectors_objective"]
                 <= _vectors_noise(top, c)]
     chosen = min(tied, key=_cost_key)
-    if floor is None or chosen.get("vectors_objective", floor) >= floor:
+    if not below_floor(chosen, floor):
         return chosen
     best = max(cands, key=lambda c: c["objective"])
-    wide = [c for c in cands if "vectors_objective" in c and best["objective"] - c["objective"]
-            <= max(float(best.get("objective_se", 0.0)), float(c.get("objective_se", 0.0)))]
+    wide = [c for c in cands if "vectors_objective" in c
+            and best["objective"] - c["objective"] <= _blend_noise(best, c)]
     if not wide:
         return chosen
     top = max(wide, key=lambda c: c["vectors_objective"])
@@ -1212,6 +1212,12 @@ def choose_candidate(cands: list[dict], floor: float | None = None) -> dict:
 def _vectors_noise(a: dict, b: dict) -> float:
     # the larger of two candidates' vectors-alone standard errors
     return max(float(a.get("vectors_se", 0.0)), float(b.get("vectors_se", 0.0)))
+
+
+def _blend_noise(a: dict, b: dict) -> float:
+    # the larger of two candidates' own standard errors of the blend objective (issue 24's
+    # "within the blend's noise"; the tie set uses the far narrower paired one)
+    return max(float(a.get("objective_se", 0.0)), float(b.get("objective_se", 0.0)))
 
 
 def vectors_floor(baselines: dict[str, dict]) -> float | None:
@@ -1318,9 +1324,8 @@ def climb_pays(nxt: list[dict], rung: list[dict], floor: float | None = None) ->
         return False
     top = max(low, key=lambda x: x["vectors_objective"])
     prev = before(top)
-    blend_noise = max(float(top.get("objective_se", 0.0)), float(prev.get("objective_se", 0.0)))
     return (top["vectors_objective"] - prev["vectors_objective"] > _vectors_noise(top, prev)
-            and prev["objective"] - top["objective"] <= blend_noise)
+            and prev["objective"] - top["objective"] <= _blend_noise(top, prev))
 
 
 def same_training(cand: dict, tokens: int) -> bool:
@@ -1380,8 +1385,8 @@ def choose_sgns(cands: list[dict], default: dict, reference: list[dict] | None =
     # whose blend differs by a fraction of a query can have a paired SE far below it, and a
     # blend gain that small must not exclude the default whose vectors are better (measured
     # on synth music: window 1 taken at 4 SE worse vectors for +0.0025 blend)
-    eligible = [c for c in cands if c is ref or ref["objective"] - c["objective"]
-                <= max(float(ref.get("objective_se", 0.0)), float(c.get("objective_se", 0.0)))]
+    eligible = [c for c in cands
+                if c is ref or ref["objective"] - c["objective"] <= _blend_noise(ref, c)]
     if not eligible:
         return default
     top = max(eligible, key=lambda c: c["vectors_objective"])

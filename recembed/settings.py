@@ -382,7 +382,8 @@ def calibration_plan(cfg: Config, *, progress: bool | None = None) -> Calibratio
         # candidates train on one gensim thread whatever train.workers says: Hogwild threads
         # make every candidate's vectors, and so the choice, depend on how busy the machine is
         # (the demo chose walks 3M from 8 candidates with 2 threads, both 1M from 4 with one;
-        # benchmarks/RESULTS.md, "one thread for the candidates"); LINE's are line.workers
+        # benchmarks/RESULTS.md, "make demo: the candidates' threads and the kernels'
+        # compilation"); LINE's are line.workers
         train_params=replace(train_params(cfg), workers=1), line_params=line_params(cfg),
         blend_fixed=fixed, base_blend=blend_settings(cfg),
         neighbour_options=neighbour_options(cfg), rule_steps=cfg.serving.rule_steps,
