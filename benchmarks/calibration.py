@@ -93,6 +93,7 @@ def worker(dataset: str, events: int, workdir: Path, out: Path,
         "stage_s": {n: st.get("seconds", 0) for n, st in rep.stages.items()},
         "candidates": len(cal.get("candidates", [])), "tokens_trained": spent,
         "final_tokens": final, "choice": f"{cal.get('corpus')} {cal.get('target_tokens'):,}",
+        "postprocess": cal.get("postprocess", "-"),
         "reuse": (cal.get("reuse") or {}).get("decision", "-"),
         "val_objective": v.get("recall@20", 0) + v.get("mrr@20", 0),
         "val_se": v.get("objective_se"),
@@ -147,7 +148,8 @@ def row(label: str, dataset: str, f: dict) -> dict:
             "candidates": f["candidates"],
             "tokens trained": f["tokens_trained"], "final tokens": f["final_tokens"],
             "ratio": round(f["tokens_trained"] / max(f["final_tokens"], 1), 2),
-            "choice": f["choice"], "validation R+MRR": pm(f["val_objective"], f["val_se"]),
+            "choice": f["choice"], "post-processing": f.get("postprocess", "-"),
+            "validation R+MRR": pm(f["val_objective"], f["val_se"]),
             "holdout R@20": pm(f["holdout_recall"], f["holdout_recall_se"]),
             "holdout MRR@20": pm(f["holdout_mrr"], f["holdout_mrr_se"]),
             "validation vectors R+MRR": (pm(f["val_vectors"], f.get("val_vectors_se"))
@@ -176,6 +178,8 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="a config override for every run, e.g. --set train.workers=1 "
                     "(repeatable): train.workers=1 makes a run's candidates reproducible")
+    ap.add_argument("--title", default="calibration: cost and quality, before vs after "
+                    "(issue 23)", help="the RESULTS.md section's title")
     ap.add_argument("--worker")
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--out", type=Path)
@@ -214,8 +218,7 @@ def main() -> None:
         print(table + "\n\n" + notes)
     else:
         cmd = "python benchmarks/calibration.py " + " ".join(sys.argv[1:])
-        append_results("calibration: cost and quality, before vs after (issue 23)", cmd, table,
-                       notes)
+        append_results(args.title, cmd, table, notes)
 
 
 if __name__ == "__main__":

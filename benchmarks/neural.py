@@ -1,4 +1,4 @@
-"""GRU4Rec baseline on a finished recembed run's exact splits (issue 24).
+"""GRU4Rec and SASRec baselines on a finished recembed run's exact splits (issue 24).
 
 Two parts, two interpreters (torch must not become a recembed dependency):
 
@@ -7,9 +7,11 @@ Two parts, two interpreters (torch must not become a recembed dependency):
   queries with `recembed.evaluate.make_queries` (each position of a session with a next item;
   targets unknown to the training side dropped), checks
   them by reproducing the POP baseline's holdout R@20 from metrics.json, and writes npz.
-* ``train`` runs in the torch venv: GRU4Rec (embedding + GRU + full softmax), a small grid
-  tuned on the validation queries (early stopping on validation R@20), retrained on all
-  training sessions with the chosen setting, scored on the holdout queries.
+* ``train`` runs in the torch venv: GRU4Rec (embedding + GRU + full softmax; Hidasi et al.
+  2016) or SASRec (Kang & McAuley 2018: item + position embeddings, causal self-attention
+  blocks, scores = the last position's output . the shared item embeddings; padded keys are
+  masked), a small grid tuned on the validation queries (early stopping on validation R@20),
+  retrained on all training sessions with the chosen setting, scored on the holdout queries.
 
 Setup (once)::
 
@@ -21,8 +23,9 @@ Run::
 
     recembed run pipelines/diginetica.toml --run-dir /tmp/neural2/diginetica
     python benchmarks/neural.py RUN_DIR [BUDGET_S [RESULT_JSON]]   # driver, recembed venv
+    NEURAL_MODEL=sasrec python benchmarks/neural.py RUN_DIR 300     # SASRec instead
 
-It appends a table to benchmarks/RESULTS.md (recembed's metrics.json rows + GRU4Rec).
+It appends a table to benchmarks/RESULTS.md (recembed's metrics.json rows + the model).
 """
 from __future__ import annotations
 
@@ -142,6 +145,32 @@ def _train_main(npz: Path, budget_s: float, out: Path) -> None:
             h, _ = self.gru(self.drop(self.emb(x)))
             return self.out(self.drop(h))
 
+    class SASRec(torch.nn.Module):
+        def __init__(self, dim, drop, maxlen=50, blocks=2):
+            super().__init__()
+            self.dim = dim
+            self.emb = torch.nn.Embedding(n + 1, dim, padding_idx=0)
+            self.pos = torch.nn.Embedding(maxlen, dim)
+            layer = torch.nn.TransformerEncoderLayer(dim, 1, dim_feedforward=dim, dropout=drop,
+                                                     batch_first=True, norm_first=True)
+            self.enc = torch.nn.TransformerEncoder(layer, blocks, enable_nested_tensor=False)
+            self.norm = torch.nn.LayerNorm(dim)
+            self.drop = torch.nn.Dropout(drop)
+
+        def forward(self, x):
+            length = x.shape[1]
+            h = self.emb(x) * self.dim ** 0.5 + self.pos(torch.arange(length))
+            # causal, and padded keys masked; a position always sees itself (no empty row)
+            eye = torch.eye(length, dtype=torch.bool)
+            future = torch.triu(torch.ones(length, length, dtype=torch.bool), 1)
+            blocked = (future | (x == 0).unsqueeze(1)) & ~eye
+            mask = torch.zeros(blocked.shape).masked_fill(blocked, -torch.inf)
+            h = self.norm(self.enc(self.drop(h), mask=mask))
+            return h @ self.emb.weight[1:].T
+
+    kind = os.environ.get("NEURAL_MODEL", "gru4rec")
+    net = {"gru4rec": GRU4Rec, "sasrec": SASRec}[kind]
+
     def score(model, x, y, known, exclude):
         model.eval()
         ranks = []
@@ -163,7 +192,7 @@ def _train_main(npz: Path, budget_s: float, out: Path) -> None:
     def fit(seqs, dim, lr, drop, epochs, val=None, deadline=None):
         torch.manual_seed(0)
         x, y = examples(seqs)
-        model = GRU4Rec(dim, drop)
+        model = net(dim, drop)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         best, best_ep, hist = -1.0, 0, []
         g = torch.Generator().manual_seed(0)
@@ -212,7 +241,7 @@ def _train_main(npz: Path, budget_s: float, out: Path) -> None:
     idx = rng.integers(0, len(rr), (1000, len(rr)))
     ci = {k: [float(np.quantile(v[idx].mean(1), 0.025)), float(np.quantile(v[idx].mean(1), 0.975))]
           for k, v in (("r", rr), ("m", mm))}
-    out.write_text(json.dumps({"grid": tried, "best": best, "train_s": train_s,
+    out.write_text(json.dumps({"model": kind, "grid": tried, "best": best, "train_s": train_s,
                                "tune_s": t1 - t0, "R@20": rr.mean(), "MRR@20": mm.mean(),
                                "R@20_ci": ci["r"], "MRR@20_ci": ci["m"], "exclude": exclude},
                               default=float))
@@ -231,7 +260,8 @@ def main() -> None:
     exclude = False
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "OPENBLAS_NUM_THREADS": "1", "NEURAL_EXCLUDE": str(int(exclude))}
-    res = Path(sys.argv[3]) if len(sys.argv) > 3 else run / "neural_gru4rec.json"
+    kind = os.environ.get("NEURAL_MODEL", "gru4rec")
+    res = Path(sys.argv[3]) if len(sys.argv) > 3 else run / f"neural_{kind}.json"
     if len(sys.argv) <= 3:  # a third argument: an existing result file, no retraining
         subprocess.run(["nice", "-n", "10", str(NEURAL_PY), "-P", __file__, "--train", str(npz),
                         str(budget), str(res)], check=True, env=env)
@@ -255,7 +285,9 @@ def table(run: Path, check: dict, gru: dict, command: str) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     variant = "exclude_prefix" if gru["exclude"] else "allow_repeats"
     rows = []
-    head = metrics.get("headline", {}).get("method", "")
+    # `recommend` is the served blend (":serving"), whatever metrics.json's headline names
+    head = next((k for k in metrics["methods"] if k.endswith(":serving")),
+                metrics.get("headline", {}).get("method", ""))
     sknn = max(("vsknn", "stan", "vstan"), key=lambda k: metrics["methods"].get(k, {}).get(
         variant, {}).get(f"recall@{K}", -1))
     keep = ["pop", "session_pop", "item_knn", sknn, head.replace(":serving", ":ann"), head]
@@ -268,15 +300,16 @@ def table(run: Path, check: dict, gru: dict, command: str) -> None:
                      "holdout R@20 [95%]": _ci(m, f"recall@{K}"),
                      "MRR@20 [95%]": _ci(m, f"mrr@{K}"), "train s": "", "grid points": ""})
     b = gru["best"]
-    rows.append({"method": "GRU4Rec", "val R@20": f"{b['val_R@20']:.3f}",
+    name = {"gru4rec": "GRU4Rec", "sasrec": "SASRec"}[gru.get("model", "gru4rec")]
+    rows.append({"method": name, "val R@20": f"{b['val_R@20']:.3f}",
                  "val MRR@20": f"{b['val_MRR@20']:.3f}",
                  "holdout R@20 [95%]": _ci(gru, "R@20"), "MRR@20 [95%]": _ci(gru, "MRR@20"),
                  "train s": f"{gru['train_s']:.0f}", "grid points": len(gru["grid"])})
     grid = "; ".join(f"dim {g['dim']} lr {g['lr']} drop {g['dropout']} ep {g['epochs']}: "
                      f"val R@20 {g['val_R@20']:.3f}" for g in gru["grid"])
-    notes = (f"Query check: {json.dumps(check)}. Variant: {variant}. GRU4Rec grid (tune "
+    notes = (f"Query check: {json.dumps(check)}. Variant: {variant}. {name} grid (tune "
              f"{gru['tune_s']:.0f} s): {grid}.")
-    append_results(f"GRU4Rec on {run.name} (benchmarks/neural.py, issue 24)", command,
+    append_results(f"{name} on {run.name} (benchmarks/neural.py, issue 24)", command,
                    markdown_table(rows), notes)
 
 

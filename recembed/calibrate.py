@@ -8,7 +8,8 @@ settings. Nothing here ever sees the holdout.
 What is chosen (explicit config values always win; only keys left at "auto" are searched):
 
 - the corpus: sessions only / walks only / both, and the training amount (corpus tokens x
-  epochs; DESIGN.md: winners saw about 2-3M tokens whatever the corpus size);
+  epochs; DESIGN.md: winners saw about 2-3M tokens whatever the corpus size); or "svd",
+  item-kNN's similarity factorized (`recembed.factorize`), trained once whatever the amount;
 - the serving blend (`recembed.blend`): signal weights, query decay, directional temperature,
   neighbour method. Coordinate ascent from the best single signal, so the chosen blend is at
   least as good on validation as each signal alone (rules, neighbours, repeats, popularity;
@@ -233,11 +234,13 @@ class CalibrationPlan:
     def scale(self) -> float:
         """Candidate amount / option amount, in (0, 1]: the schedule's base (every corpus at
         the smallest amount, one at the next) costs at most `cost_ratio` x the smallest
-        amount, the cheapest final model calibration may choose."""
+        amount, the cheapest final model calibration may choose. "svd" trains nothing at an
+        amount (`recembed.factorize`), so it is not counted."""
         t = sorted(self.target_tokens)
         if not t or t[0] <= 0:
             return 1.0
-        base = len(self.corpora) * t[0] + (t[1] if len(t) > 1 else 0)
+        trained = sum(c != "svd" for c in self.corpora)
+        base = max(trained, 1) * t[0] + (t[1] if len(t) > 1 else 0)
         return min(1.0, self.cost_ratio * t[0] / base)
 
     def candidate_tokens(self, amount: int) -> int:
@@ -1244,7 +1247,8 @@ def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
                         log_share: float, floor: float | None = None) -> list[dict]:
     """Every corpus at the smallest amount; then, amount by amount, the leader and the
     candidates tied with it (at most half, rounded up; the leader alone when its margin over
-    every other exceeds the paired standard error) at the next amount, while the larger amount
+    every other exceeds the paired standard error) at the next amount ("svd" is trained once:
+    it neither climbs nor counts in the half), while the larger amount
     paid beyond the noise (`climb_pays`) and the tokens stay within `cost_ratio` x the final
     model the current choice would train; while the current choice's vectors are below the
     vectors `floor` (`vectors_floor`), within `cost_ratio` x the larger of that model and the
@@ -1254,9 +1258,24 @@ def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
     rung = cands
     for amount in amounts[1:]:
         _, tied = tie_set(rung)
-        keep = tied[:max(1, -(-len(rung) // 2))]
+        # "svd" has no amount to climb (`same_training`): it takes no climbing slot
+        trained = sum(c["corpus"] != "svd" for c in rung)
+        keep = [c for c in tied if c["corpus"] != "svd"][:max(1, -(-trained // 2))]
         nxt = []
         for c in keep:
+            if same_training(c, plan.candidate_tokens(amount)):
+                # one pass of the corpus is already more than either amount: the candidate
+                # would be c again (a 10M-event log trained 3.2M tokens for both 1M and 3M,
+                # 153 s for an identical model; benchmarks/RESULTS.md, "nightly run end to end
+                # (10,000,000 events), two nights")
+                why = (f"svd at {amount:,} tokens (the factorization does not depend on the "
+                       "amount)" if c["corpus"] == "svd" else
+                       f"{c['corpus']} at {amount:,} tokens (the same training as at "
+                       f"{int(c['option_tokens']):,}: {c['epochs']} epoch(s) of its "
+                       f"{int(c['corpus_tokens']):,}-token corpus)")
+                record.setdefault("not_tried", []).append(why)
+                log.info("calibrate: not tried: %s", why)
+                continue
             lead = choose_candidate(cands + nxt, floor)
             spent = sum(int(x["tokens_trained"]) for x in record["candidates"])
             est = max(plan.candidate_tokens(amount), int(c["corpus_tokens"]))
@@ -1276,17 +1295,6 @@ def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
                 why = (f"{c['corpus']} at {amount:,} tokens (about {est:,} more tokens would "
                        f"pass {budget:,.0f}, {plan.cost_ratio:g} x the final model "
                        + ("it would train)" if below else "the current choice trains)"))
-                record.setdefault("not_tried", []).append(why)
-                log.info("calibrate: not tried: %s", why)
-                continue
-            if same_training(c, plan.candidate_tokens(amount)):
-                # one pass of the corpus is already more than either amount: the candidate
-                # would be c again (a 10M-event log trained 3.2M tokens for both 1M and 3M,
-                # 153 s for an identical model; benchmarks/RESULTS.md, "nightly run end to end
-                # (10,000,000 events), two nights")
-                why = (f"{c['corpus']} at {amount:,} tokens (the same training as at "
-                       f"{int(c['option_tokens']):,}: {c['epochs']} epoch(s) of its "
-                       f"{int(c['corpus_tokens']):,}-token corpus)")
                 record.setdefault("not_tried", []).append(why)
                 log.info("calibrate: not tried: %s", why)
                 continue
@@ -1330,11 +1338,13 @@ def climb_pays(nxt: list[dict], rung: list[dict], floor: float | None = None) ->
 
 def same_training(cand: dict, tokens: int) -> bool:
     """Whether a candidate for the training amount `tokens` would train exactly what `cand`
-    trained: a sessions corpus (it does not depend on the amount; walk corpora and LINE's
-    samples do) with the same epochs by `recembed.train.epochs_for`. Checked only when the
+    trained: "svd" always; a sessions corpus (it does not depend on the amount; walk corpora
+    and LINE's samples do) with the same epochs by `recembed.train.epochs_for`. Checked only when the
     rule reproduces `cand`'s own epochs, so a record it cannot explain is never skipped."""
     from recembed.train import epochs_for
 
+    if cand.get("corpus") == "svd":
+        return True  # the factorization does not depend on the amount (recembed.factorize)
     if cand.get("corpus") != "sessions" or tokens <= 0 or cand.get("sgns"):
         return False
     own, corpus = int(cand.get("target_tokens") or 0), int(cand.get("corpus_tokens") or 0)

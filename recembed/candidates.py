@@ -131,9 +131,11 @@ def train_model(ct: pd.DataFrame, weights: pd.Series, n_items: int, workdir: Pat
         Catalogue size (ingest codes).
     workdir : Path
         Scratch folder for the corpora (the caller removes it).
-    corpus : {"both", "sessions", "walks", "line", "both+line", "sessions+line", "walks+line"}
+    corpus : {"both", "sessions", "walks", "line", "both+line", "sessions+line", "walks+line",
+              "svd"}
         What to train on (`recembed.line.split_corpus`: "line" = LINE vectors alone, "+line" =
-        LINE's appended to the skip-gram's).
+        LINE's appended to the skip-gram's; "svd" = item-kNN's similarity factorized,
+        `recembed.factorize`, whatever `tokens`).
     tokens : int >= 0, tokens
         Training amount (corpus tokens x epochs); 0 = `train_params.epochs`.
     graph_params, walk_params : GraphParams, WalkParams
@@ -160,6 +162,46 @@ def train_model(ct: pd.DataFrame, weights: pd.Series, n_items: int, workdir: Pat
         reuses them (`BlendModel.build` took ~11 CPU s per candidate on the 10M-event log).
         The caller keeps one dict per `ct`; None = always build.
     """
+    w = weights.reindex(np.arange(int(weights.index.max()) + 1)).fillna(0).to_numpy()
+    if corpus == "svd":
+        from recembed.factorize import factorize_sessions
+
+        res = factorize_sessions(ct["session"].to_numpy(), ct["item"].to_numpy(), n_items,
+                                 dimension=train_params.vector_size,
+                                 min_count=train_params.min_count, seed=seed)
+    else:
+        res = _trained_vectors(ct, w, n_items, workdir, corpus=corpus, tokens=tokens,
+                               graph_params=graph_params, walk_params=walk_params,
+                               train_params=train_params, seed=seed, threads=threads,
+                               callbacks=callbacks, line_params=line_params)
+    codes, vectors, context, category = res.codes, res.vectors, res.context, None
+    n_model = n_items
+    if catalog is not None:
+        codes, vectors, context, category = calibration_rows(catalog, res, ct, listing)
+        n_model = catalog.n_total
+    key = (n_model, int(rule_steps), len(codes), hashlib.sha1(
+        np.ascontiguousarray(codes, np.int64).tobytes()).hexdigest())
+    if parts is not None and key in parts:
+        # the rules, session index and popularity depend on the rows, not on the vectors
+        rules, neighbours, popularity, row_of = parts[key]
+        model = BlendModel(vectors, context, rules=rules, neighbours=neighbours,
+                           popularity=popularity, **(category or {}))
+    else:
+        model, row_of = BlendModel.build(ct, n_model, codes, vectors, context,
+                                         rule_steps=rule_steps, category=category)
+        if parts is not None:
+            parts.clear()  # one set kept: a session index of the calibration log is large
+            parts[key] = (model.rules, model.neighbours, model.popularity, row_of)
+    return CandidateModel(model, row_of, int(res.stats["epochs"]),
+                          int(res.stats["corpus_tokens"]))
+
+
+def _trained_vectors(ct: pd.DataFrame, w: np.ndarray, n_items: int, workdir: Path, *,
+                     corpus: str, tokens: int, graph_params: GraphParams,
+                     walk_params: WalkParams, train_params: TrainParams, seed: int,
+                     threads: int, callbacks: tuple, line_params: LineParams | None):
+    """The skip-gram and / or LINE vectors of a candidate (`train_model`'s parameters; `w` =
+    weight per session id): a `recembed.train.TrainResult`."""
     from recembed.graph import build_item_graph
     from recembed.line import samples_for, split_corpus, train_line, with_line
     from recembed.sequences import write_session_corpus
@@ -168,7 +210,6 @@ def train_model(ct: pd.DataFrame, weights: pd.Series, n_items: int, workdir: Pat
 
     base, kind = split_corpus(corpus)
     files = []
-    w = weights.reindex(np.arange(int(weights.index.max()) + 1)).fillna(0).to_numpy()
     if base in ("both", "sessions"):
         write_session_corpus(ct, w, A.SESSION_CORPUS.path(workdir), seed=seed)
         files.append(A.SESSION_CORPUS.path(workdir))
@@ -192,26 +233,7 @@ def train_model(ct: pd.DataFrame, weights: pd.Series, n_items: int, workdir: Pat
         lp = line_params or LineParams()
         lp = replace(lp, seed=seed, samples=samples_for(lp, tokens, g.nnz, train_params.epochs))
         res = with_line(res, train_line(g, **lp.kwargs()))
-    codes, vectors, context, category = res.codes, res.vectors, res.context, None
-    n_model = n_items
-    if catalog is not None:
-        codes, vectors, context, category = calibration_rows(catalog, res, ct, listing)
-        n_model = catalog.n_total
-    key = (n_model, int(rule_steps), len(codes), hashlib.sha1(
-        np.ascontiguousarray(codes, np.int64).tobytes()).hexdigest())
-    if parts is not None and key in parts:
-        # the rules, session index and popularity depend on the rows, not on the vectors
-        rules, neighbours, popularity, row_of = parts[key]
-        model = BlendModel(vectors, context, rules=rules, neighbours=neighbours,
-                           popularity=popularity, **(category or {}))
-    else:
-        model, row_of = BlendModel.build(ct, n_model, codes, vectors, context,
-                                         rule_steps=rule_steps, category=category)
-        if parts is not None:
-            parts.clear()  # one set kept: a session index of the calibration log is large
-            parts[key] = (model.rules, model.neighbours, model.popularity, row_of)
-    return CandidateModel(model, row_of, int(res.stats["epochs"]),
-                          int(res.stats["corpus_tokens"]))
+    return res
 
 
 def calibration_rows(catalog: CalibrationCatalog, res, ct: pd.DataFrame,

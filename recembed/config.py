@@ -201,8 +201,8 @@ class CalibrateConfig(_Section):
     max_queries: int = Field(5000, ge=10)
     max_train_tokens: int = Field(3_000_000, ge=1000)
     corpora: list[Literal["both", "sessions", "walks", "line", "both+line", "sessions+line",
-                          "walks+line"]] = Field(
-        default_factory=lambda: ["both", "sessions", "walks"])
+                          "walks+line", "svd"]] = Field(
+        default_factory=lambda: ["both", "sessions", "walks", "svd"])
     target_tokens: list[int] = Field(default_factory=lambda: [1_000_000, 3_000_000, 10_000_000])
     reuse: Literal["auto", "never"] = "auto"
     max_age_days: float = Field(7.0, gt=0)
@@ -267,6 +267,14 @@ class LineConfig(_Section):
             raise ValueError(f'line.order = "both" trains half of line.dimension per order: '
                              f"line.dimension={self.dimension} must be even")
         return self
+
+
+class SvdConfig(_Section):
+    """Item vectors factorizing item-kNN's similarity (`recembed.factorize`), instead of the
+    skip-gram: "auto" = calibration may choose the corpus option "svd", "alone" = always,
+    "off" = never."""
+
+    mode: Literal["auto", "off", "alone"] = "auto"
 
 
 class ColdConfig(_Section):
@@ -429,6 +437,7 @@ class Config(_Section):
     walks: WalksConfig = Field(default_factory=WalksConfig)
     sequences: SequencesConfig = Field(default_factory=SequencesConfig)
     line: LineConfig = Field(default_factory=LineConfig)
+    svd: SvdConfig = Field(default_factory=SvdConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     cold: ColdConfig = Field(default_factory=ColdConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
@@ -456,7 +465,7 @@ class Config(_Section):
     def _runnable(self) -> Config:
         # combinations of sections, every key of which is valid alone, that no run can execute
         # (those within one section are that section's validators: InputConfig._needs_columns)
-        t, ln = self.train, self.line
+        t, ln, sv = self.train, self.line, self.svd
         # vector_size left at its default: the skip-gram search may change it
         searched_dim = ("vector_size" in self.calibrate.sgns and
                         t.vector_size == type(t).model_fields["vector_size"].default)
@@ -464,9 +473,23 @@ class Config(_Section):
             (t.negative == 0 and not t.hs,
              "train.negative = 0 with train.hs = false leaves no training objective; set "
              "train.negative > 0 or train.hs = true"),
-            (not self.sequences.enabled and not self.walks.enabled and ln.mode != "alone",
+            (not self.sequences.enabled and not self.walks.enabled and ln.mode != "alone"
+             and sv.mode != "alone",
              "sequences.enabled = false and walks.enabled = false leave no training corpus; "
-             'enable one (or set line.mode = "alone")'),
+             'enable one (or set line.mode = "alone" or svd.mode = "alone")'),
+            (sv.mode == "alone" and True in (self.sequences.enabled, self.walks.enabled),
+             'svd.mode = "alone" trains no skip-gram, but sequences.enabled or walks.enabled '
+             'is true; leave them at "auto" / false or set svd.mode = "off"'),
+            (sv.mode == "alone" and ln.mode in ("alone", "concat"),
+             f'svd.mode = "alone" with line.mode = "{ln.mode}": the vectors are either the '
+             'factorization or LINE\'s; set one of them to "off"'),
+            (sv.mode == "alone" and (t.warm_start or t.mode == "incremental"),
+             'svd.mode = "alone" with train.warm_start = true or train.mode = "incremental": '
+             "both continue skip-gram vectors; set svd.mode = \"off\" or turn them off"),
+            (sv.mode == "alone" and bool(self.input.catalog.path)
+             and self.cold.scheme == "context",
+             'svd.mode = "alone" with cold.scheme = "context": attribute tokens are trained in '
+             'the skip-gram only; use cold.scheme = "pooling" or "knn"'),
             (ln.mode == "alone" and True in (self.sequences.enabled, self.walks.enabled),
              'line.mode = "alone" trains no skip-gram, but sequences.enabled or walks.enabled '
              'is true; set line.mode = "concat" or leave them at "auto" / false'),

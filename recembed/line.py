@@ -232,8 +232,11 @@ def train_line(g: sp.csr_matrix, *, order: int | str = 1, dimension: int = 64, s
 
 def split_corpus(option: str) -> tuple[str | None, str]:
     """A corpus option (`calibrate.corpora`) as (skip-gram corpus or None, line mode):
-    "both" -> ("both", "off"), "line" -> (None, "alone"), "walks+line" -> ("walks", "concat").
+    "both" -> ("both", "off"), "line" -> (None, "alone"), "walks+line" -> ("walks", "concat");
+    "svd" (`recembed.factorize`, no skip-gram and no LINE) -> (None, "off").
     """
+    if option == "svd":
+        return None, "off"
     if option == "line":
         return None, "alone"
     if option.endswith("+line"):

@@ -627,7 +627,7 @@ def _calibration_line(run_dir: Path) -> str:
     if not rec.get("enabled"):
         return f"off ({rec.get('reason') or 'calibrate.enabled = false'})"
     parts = [f"corpus {rec.get('corpus')}"]
-    if rec.get("target_tokens"):
+    if rec.get("target_tokens") and rec.get("corpus") != "svd":  # svd trains no amount
         parts.append(f"{int(rec['target_tokens']):,} training tokens")
     sg = rec.get("sgns") or {}
     if sg.get("chosen"):

@@ -161,9 +161,9 @@ def writes_context(cfg: Config) -> bool:
 
 def corpus_names(cfg: Config) -> list[str]:
     """The skip-gram corpora training reads, in concatenation order: "sessions" (the item2vec
-    corpus) and/or "walks" (none with line.mode = "alone"). A key still at "auto" (not yet
-    resolved by calibrate) counts as on, as the stages' declarations need."""
-    if cfg.line.mode == "alone":
+    corpus) and/or "walks" (none with line.mode or svd.mode = "alone"). A key still at "auto"
+    (not yet resolved by calibrate) counts as on, as the stages' declarations need."""
+    if cfg.line.mode == "alone" or cfg.svd.mode == "alone":
         return []
     return ["sessions"] * (cfg.sequences.enabled is not False) + [
         "walks"] * (cfg.walks.enabled is not False)
@@ -180,13 +180,25 @@ def uses_line(cfg: Config) -> bool:
                                            for c in calibrated_corpora(cfg))
 
 
+def uses_svd(cfg: Config) -> bool:
+    """Whether training may factorize item-kNN's similarity (`recembed.factorize`): svd.mode
+    "alone", or "auto" while calibration may still choose the option "svd"; the train stage
+    then reads the training sessions."""
+    if cfg.svd.mode != "auto":
+        return cfg.svd.mode == "alone"
+    return corpus_set(cfg) is None and "svd" in calibrated_corpora(cfg)
+
+
 def uses_graph(cfg: Config) -> bool:
     """Whether the graph stage runs: the walks or LINE need it."""
     return cfg.walks.enabled is not False or uses_line(cfg)
 
 
 def model_name(cfg: Config) -> str:
-    """item2vec, deepwalk, node2vec, line or a '+' of them: what the vectors were trained on."""
+    """item2vec, deepwalk, node2vec, line or a '+' of them, or svd: what the vectors were
+    trained on."""
+    if cfg.svd.mode == "alone":
+        return "svd"
     parts = [] if cfg.line.mode == "alone" else (
         ["item2vec"] * (cfg.sequences.enabled is not False)
         + [cfg.walks.method] * (cfg.walks.enabled is not False))
@@ -446,6 +458,8 @@ def corpus_set(cfg: Config) -> str | None:
     as on), line.mode "alone" ("line"); line.mode "concat" appends "+line" to a set corpus,
     and line.mode "auto" beside a set switch counts as "off". None = calibration chooses."""
     w, sq, mode = cfg.walks.enabled, cfg.sequences.enabled, cfg.line.mode
+    if cfg.svd.mode == "alone":
+        return "svd"
     if mode == "alone":
         return "line"
     if w == "auto" and sq == "auto":
@@ -459,10 +473,15 @@ def calibrated_corpora(cfg: Config) -> list[str]:
     """The corpus options calibration tries when `corpus_set` is None: `calibrate.corpora`,
     with line.mode "concat" each skip-gram corpus with "+line" appended, with "off" none of
     LINE's; under train.warm_start or the "context" cold scheme LINE options are dropped (the
-    config refuses them set explicitly)."""
+    config refuses them set explicitly); "svd" is dropped under the same conditions, with
+    svd.mode "off" and with line.mode "concat" (it trains no skip-gram to append to)."""
     mode, out = cfg.line.mode, []
     no_line = continues_published(cfg) or (has_catalog(cfg) and cfg.cold.scheme == "context")
     for c in cfg.calibrate.corpora:
+        if c == "svd":
+            if not (no_line or mode == "concat" or cfg.svd.mode == "off") and c not in out:
+                out.append(c)
+            continue
         base, kind = split_corpus(c)
         if mode == "concat":
             c = None if base is None else base + "+line"
@@ -485,7 +504,9 @@ def resolve_config(cfg: Config, record: dict | None) -> Config:
     base, kind = split_corpus(corpus)
     if out.line.mode == "auto":
         out.line.mode = kind
-    if out.line.mode == "alone":
+    if out.svd.mode == "auto":
+        out.svd.mode = "alone" if corpus == "svd" else "off"
+    if out.line.mode == "alone" or out.svd.mode == "alone":
         base = None
         out.walks.enabled = out.walks.enabled is True
         out.sequences.enabled = out.sequences.enabled is True

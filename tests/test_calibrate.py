@@ -374,7 +374,7 @@ def test_calibrate_max_seconds_stops_the_run_with_a_clear_error(tmp_path):
                        "calibrate.target_tokens=[20000]", "train.vector_size=8",
                        "calibrate.max_seconds=0.001", "validation.min_sessions=50",
                        "calibrate.sgns=[]")
-    with pytest.raises(PipelineError, match=r"past calibrate\.max_seconds.*after 1 of at most 3") as e:
+    with pytest.raises(PipelineError, match=r"past calibrate\.max_seconds.*after 1 of at most 4") as e:
         run_pipeline(cfg, plan=STAGES, echo=lambda s: None)
     assert e.value.exit_code == 1
     assert not list(tmp_path.glob("*/calibration.json"))  # nothing was chosen
@@ -536,9 +536,9 @@ def test_candidate_amounts_fit_the_cheapest_final_model_at_cost_ratio_1():
     plan = calibration_plan(cfg)
     # every corpus at the smallest amount and one at the middle one: at most the smallest
     # amount itself, the cheapest final model calibration may choose
-    base = (len(plan.corpora) * plan.candidate_tokens(1_000_000)
-            + plan.candidate_tokens(3_000_000))
-    assert plan.corpora == ["both", "sessions", "walks"]
+    # "svd" trains nothing at an amount (recembed.factorize)
+    base = (3 * plan.candidate_tokens(1_000_000) + plan.candidate_tokens(3_000_000))
+    assert plan.corpora == ["both", "sessions", "walks", "svd"]
     assert base <= 1_000_000
     assert plan.candidate_tokens(3_000_000) > plan.candidate_tokens(1_000_000)
 
@@ -556,7 +556,8 @@ def test_candidates_train_on_one_thread_whatever_train_workers_says():
 
 
 def test_at_the_default_cost_ratio_candidates_train_full_amounts():
-    # cost_ratio 6: 3 corpora x 1M + one 3M candidate = 6 x the smallest amount, so scale 1
+    # cost_ratio 6: 3 skip-gram corpora x 1M + one 3M candidate = 6 x the smallest amount, so
+    # scale 1 ("svd" trains no tokens at an amount)
     plan = calibration_plan(load_config(None, []))
     assert plan.cost_ratio == 6.0
     assert plan.candidate_tokens(1_000_000) == 1_000_000

@@ -24,7 +24,9 @@ def _overrides(path, tmp_path) -> list[str]:
     return [f"input.paths=['{path}']", "input.categories_path=''",
             f"run.runs_dir='{tmp_path}'", "run.progress=false",
             "calibrate.target_tokens=[20000, 60000]", "train.vector_size=8",
-            "calibrate.max_queries=400", "train.workers=1"]
+            "calibrate.max_queries=400", "train.workers=1",
+            # skip-gram corpora only: the kept choice must carry the skip-gram search's settings
+            "calibrate.corpora=['both', 'sessions', 'walks']"]
 
 
 def _sessionized(tmp_path, log, name: str):

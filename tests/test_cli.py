@@ -51,8 +51,8 @@ def test_evaluate_a_run_and_a_published_version(tmp_path):
     assert r.exit_code == 0, r.output
     assert "[ingest]" not in r.output  # the table, not the stages' lines again
     rows = {line.split()[0]: line.split()[1:] for line in r.output.splitlines()
-            if line.startswith(("pop", "item2vec", "deepwalk"))}
-    # the model's name is the corpus that calibration chose (item2vec, deepwalk or both)
+            if line.startswith(("pop", "item2vec", "deepwalk", "svd"))}
+    # the model's name is the corpus that calibration chose (item2vec, deepwalk, both or svd)
     model = next(n for n in rows if n != "pop").split(":")[0]
     assert set(rows) == {"pop", *(f"{model}:{s}" for s in ("last", "decayed", "directional",
                                                              "ann", "serving"))}

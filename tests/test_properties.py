@@ -310,6 +310,14 @@ def config_raw(draw) -> dict:
             or (mode == "concat" and tr.get("negative") == 0) or continues
             or (cat.get("path") and raw.get("cold", {}).get("scheme") == "context")):
         ln["mode"] = "auto"
+    # svd.mode = "alone" is refused beside a skip-gram switched on, LINE, warm start /
+    # incremental training or the "context" cold scheme of a catalog run
+    sv = raw.get("svd", {})
+    if sv.get("mode") == "alone" and (
+            True in (raw.get("walks", {}).get("enabled"), raw.get("sequences", {}).get("enabled"))
+            or ln.get("mode") in ("alone", "concat") or continues
+            or (cat.get("path") and raw.get("cold", {}).get("scheme") == "context")):
+        sv["mode"] = "auto"
     # calibrate.sgns refuses to search vector_size beside warm start or an explicit index.type
     cal = raw.get("calibrate", {})
     if "vector_size" in cal.get("sgns", []) and tr.get("vector_size", 64) == 64 and (

@@ -258,7 +258,7 @@ LAYERS = [
      "recembed.spark.walks", "recembed.spark.sequences"},
     {"recembed.incremental"},  # what an incremental night trains on (train counts its tokens)
     {"recembed.train"},
-    {"recembed.line"},  # LINE beside the skip-gram (its results become a TrainResult)
+    {"recembed.line", "recembed.factorize"},  # beside the skip-gram (results: a TrainResult)
     {"recembed.index"},
     {"recembed.evaluate", "recembed.serving", "recembed.report"},
     {"recembed.server", "recembed.export"},  # the HTTP service, vector database export

@@ -112,6 +112,6 @@ def resolved(cfg: Config, run_dir) -> Config:
 
 STAGE = Stage("calibrate", run, reads=_reads,
               writes=(A.CALIBRATION,),
-              sections=("calibrate", "session", "graph", "walks", "sequences", "line",
+              sections=("calibrate", "session", "graph", "walks", "sequences", "line", "svd",
                         "train", "serving", "cold"),
               resolve=resolved)

@@ -2,7 +2,9 @@
 current published version, or with train.mode = "incremental" continued from the previous
 published version on the sessions added since it (`recembed.incremental`: which mode ran and
 why goes into train.json); with line.mode "alone" / "concat" LINE vectors over the item graph
-(`recembed.line`) replace or extend them; post-processed (`recembed.postprocess`: postprocess.npz)."""
+(`recembed.line`) replace or extend them; with svd.mode "alone" the factorization of item-kNN's
+similarity (`recembed.factorize`) replaces them; post-processed (`recembed.postprocess`:
+postprocess.npz)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from recembed import artifacts as A
 from recembed import settings as S
 from recembed.catalog import cold_rows, delisting_warning, item_categories, write_side_sentences
 from recembed.config import Config
+from recembed.factorize import factorize_sessions
 from recembed.graph import load_graph
 from recembed.incremental import (
     PreviousModel,
@@ -48,9 +51,10 @@ def run(ctx: StageContext) -> dict:
     cfg = ctx.cfg
     params, cold = S.train_params(cfg), S.cold_params(cfg)
     vocab = pd.read_parquet(ctx.read(A.VOCABULARY), columns=["code", "id"])
-    if cfg.line.mode == "alone":
+    if cfg.line.mode == "alone" or cfg.svd.mode == "alone":
         catalog = pd.read_parquet(ctx.read(A.CATALOG)) if S.has_catalog(cfg) else None
-        return _export(ctx, _line(ctx, None), vocab, catalog, {})
+        res = _line(ctx, None) if cfg.line.mode == "alone" else _svd(ctx, vocab)
+        return _export(ctx, res, vocab, catalog, {})
     corpus = concat_corpora([ctx.read(a) for a in corpora(cfg)], ctx.scratch / A.SCRATCH_CORPUS)
     mode, prev, train_file = _mode(ctx, vocab)
     if prev is not None:  # incremental: the previous version's trained rows
@@ -155,6 +159,26 @@ def _line(ctx: StageContext, res: TrainResult | None) -> TrainResult:
     return with_line(res, line)
 
 
+def _svd(ctx: StageContext, vocab: pd.DataFrame) -> TrainResult:
+    """item-kNN's similarity factorized (`recembed.factorize`) over the training sessions."""
+    cfg = ctx.cfg
+    events = pd.read_parquet(ctx.read(A.SESSIONS_TRAIN), columns=["session", "item"])
+    n_items = int(vocab["code"].max()) + 1 if len(vocab) else 0
+    try:
+        res = factorize_sessions(events["session"].to_numpy(), events["item"].to_numpy(),
+                                 n_items, dimension=cfg.train.vector_size,
+                                 min_count=cfg.train.min_count, seed=cfg.run.seed)
+    except EmptyVocabulary as e:
+        raise PipelineError(f"train.min_count={cfg.train.min_count} is above the session "
+                            "count of every item: nothing left to factorize; lower "
+                            "train.min_count", EXIT_BAD_INPUT) from e
+    sv = res.stats["svd"]
+    log.info("svd: rank %d (%s) over %s items and %s sessions, %.1f%% of the squared norm",
+             sv["rank"], sv["solver"], f"{len(res.codes):,}", f"{sv['sessions']:,}",
+             100 * sv["norm_kept"])
+    return res
+
+
 def _export(ctx: StageContext, res: TrainResult, vocab: pd.DataFrame,
             catalog: pd.DataFrame | None, side: dict) -> dict:
     """Write the vectors (cold rows with a catalog) and train.json; the stage statistics."""
@@ -215,8 +239,10 @@ def _reads(cfg: Config) -> tuple:
     incr = (A.SESSIONS_TRAIN, A.PreviousVersion(str(cfg.publish.dir))) \
         if cfg.train.mode == "incremental" else ()
     graph = (A.GRAPH,) if S.uses_line(cfg) else ()
+    # the factorization reads the training sessions themselves
+    svd = (A.SESSIONS_TRAIN,) if S.uses_svd(cfg) and cfg.train.mode != "incremental" else ()
     return (*corpora(cfg), *graph, A.VOCABULARY, A.CATEGORIES, A.CALIBRATION, A.SESSION_TABLE,
-            *incr, *warm,
+            *incr, *svd, *warm,
             *([A.CATALOG] if S.has_catalog(cfg) else []))
 
 
@@ -226,4 +252,4 @@ def _writes(cfg: Config) -> tuple:
 
 
 STAGE = Stage("train", run, reads=_reads, writes=_writes,
-              sections=("train", "sequences", "walks", "line", "cold"))
+              sections=("train", "sequences", "walks", "line", "svd", "cold"))
