@@ -1247,8 +1247,8 @@ def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
                         log_share: float, floor: float | None = None) -> list[dict]:
     """Every corpus at the smallest amount; then, amount by amount, the leader and the
     candidates tied with it (at most half, rounded up; the leader alone when its margin over
-    every other exceeds the paired standard error) at the next amount ("svd" is trained once:
-    it neither climbs nor counts in the half), while the larger amount
+    every other exceeds the paired standard error) at the next amount ("svd" is trained once
+    and left out of the ladder, whose leader and ties are the trained corpora's), while the larger amount
     paid beyond the noise (`climb_pays`) and the tokens stay within `cost_ratio` x the final
     model the current choice would train; while the current choice's vectors are below the
     vectors `floor` (`vectors_floor`), within `cost_ratio` x the larger of that model and the
@@ -1257,10 +1257,15 @@ def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
     cands = [run_one(c, amounts[0]) for c in plan.corpora]
     rung = cands
     for amount in amounts[1:]:
-        _, tied = tie_set(rung)
-        # "svd" has no amount to climb (`same_training`): it takes no climbing slot
-        trained = sum(c["corpus"] != "svd" for c in rung)
-        keep = [c for c in tied if c["corpus"] != "svd"][:max(1, -(-trained // 2))]
+        # "svd" has no amount to climb (`same_training`): the ladder is the trained corpora's,
+        # as if it were not there (an svd leader stopped a histories log's skip-gram climb
+        # short of the vectors the floor asks for: benchmarks/RESULTS.md, "item-kNN
+        # factorized"); it competes in the choice
+        trained = [c for c in rung if c["corpus"] != "svd"]
+        if not trained:
+            break
+        _, tied = tie_set(trained)
+        keep = tied[:max(1, -(-len(trained) // 2))]
         nxt = []
         for c in keep:
             if same_training(c, plan.candidate_tokens(amount)):
