@@ -63,7 +63,8 @@ def main() -> None:
             title = f"nightly run end to end ({args.events:,} events)" if args.nights == 1 else \
                 f"nightly run end to end ({args.events:,} events), night {i} of 2"
             append_results(title, f"python benchmarks/nightly.py --events {args.events}"
-                           f" --nights {args.nights}", table,
+                           f" --nights {args.nights}" + " --first-only" * args.first_only,
+                           table,
                            facts + ". Target: < 10 min and < 8 GB on 2 cores with default "
                            "settings (issue 23: <= 300 s, <= 6 GB; a night with reuse <= 60% "
                            "of a full one)")
