@@ -190,8 +190,8 @@ def test_a_default_run_calibrates_and_serves_what_it_chose(tmp_path):
     rep = run_pipeline(cfg, plan=STAGES, echo=lambda s: None)
     run = rep.run_dir
     cal = json.loads((run / "calibration.json").read_text())
-    assert cal["enabled"] and cal["corpus"] in ("both", "sessions", "walks")
-    assert {c["corpus"] for c in cal["candidates"]} == {"both", "sessions", "walks"}
+    assert cal["enabled"] and cal["corpus"] in ("both", "sessions", "walks", "svd")
+    assert {c["corpus"] for c in cal["candidates"]} == {"both", "sessions", "walks", "svd"}
     assert set(cal["baselines"]) >= {"pop", "sr", "vsknn", "stan"}
     served = json.loads((run / "serving.json").read_text())
     assert served["weights"] == cal["blend"]["settings"]["weights"]
@@ -571,8 +571,11 @@ def test_cost_ratio_1_calibration_trains_fewer_tokens_than_the_final_model(tmp_p
     """calibrate.cost_ratio = 1 (1M / 3M / 10M, three corpora) on a small synth log: every
     candidate records its tokens, calibration.json their total and the final model's plan, and
     the total is at most what the train stage then trained (train.json)."""
+    # the skip-gram corpora only: an svd choice trains no SGD tokens (its final "tokens" are
+    # the matrix's nonzeros, 15k here), so the rule under test is the trained corpora's
     cfg = synth_config(tmp_path, "clicks", 20_000, 11,
-                       "evaluate.enabled=false", "publish.enabled=false", "calibrate.cost_ratio=1")
+                       "evaluate.enabled=false", "publish.enabled=false", "calibrate.cost_ratio=1",
+                       "calibrate.corpora=['both', 'sessions', 'walks']")
     rep = run_pipeline(cfg, plan=STAGES, echo=lambda s: None)
     cal = json.loads((rep.run_dir / "calibration.json").read_text())
     train = json.loads((rep.run_dir / "train.json").read_text())
