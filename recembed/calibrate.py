@@ -1248,8 +1248,8 @@ def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
     """Every corpus at the smallest amount; then, amount by amount, the leader and the
     candidates tied with it (at most half, rounded up; the leader alone when its margin over
     every other exceeds the paired standard error) at the next amount ("svd" is trained once
-    and left out of the ladder, whose leader and ties are the trained corpora's), while the larger amount
-    paid beyond the noise (`climb_pays`) and the tokens stay within `cost_ratio` x the final
+    and left out of the ladder, whose leader and ties are the trained corpora's), while the
+    larger amount paid beyond the noise (`climb_pays`) and the tokens stay within `cost_ratio` x the final
     model the current choice would train; while the current choice's vectors are below the
     vectors `floor` (`vectors_floor`), within `cost_ratio` x the larger of that model and the
     one the candidate would train."""
@@ -1257,7 +1257,7 @@ def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
     cands = [run_one(c, amounts[0]) for c in plan.corpora]
     rung = cands
     for amount in amounts[1:]:
-        # "svd" has no amount to climb (`same_training`): the ladder is the trained corpora's,
+        # "svd" has no amount to climb: the ladder is the trained corpora's,
         # as if it were not there (an svd leader stopped a histories log's skip-gram climb
         # short of the vectors the floor asks for: benchmarks/RESULTS.md, "item-kNN
         # factorized"); it competes in the choice
@@ -1273,9 +1273,7 @@ def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
                 # would be c again (a 10M-event log trained 3.2M tokens for both 1M and 3M,
                 # 153 s for an identical model; benchmarks/RESULTS.md, "nightly run end to end
                 # (10,000,000 events), two nights")
-                why = (f"svd at {amount:,} tokens (the factorization does not depend on the "
-                       "amount)" if c["corpus"] == "svd" else
-                       f"{c['corpus']} at {amount:,} tokens (the same training as at "
+                why = (f"{c['corpus']} at {amount:,} tokens (the same training as at "
                        f"{int(c['option_tokens']):,}: {c['epochs']} epoch(s) of its "
                        f"{int(c['corpus_tokens']):,}-token corpus)")
                 record.setdefault("not_tried", []).append(why)
@@ -1344,8 +1342,9 @@ def climb_pays(nxt: list[dict], rung: list[dict], floor: float | None = None) ->
 def same_training(cand: dict, tokens: int) -> bool:
     """Whether a candidate for the training amount `tokens` would train exactly what `cand`
     trained: "svd" always; a sessions corpus (it does not depend on the amount; walk corpora
-    and LINE's samples do) with the same epochs by `recembed.train.epochs_for`. Checked only when the
-    rule reproduces `cand`'s own epochs, so a record it cannot explain is never skipped."""
+    and LINE's samples do) with the same epochs by `recembed.train.epochs_for`. Checked only
+    when the rule reproduces `cand`'s own epochs, so a record it cannot explain is never
+    skipped."""
     from recembed.train import epochs_for
 
     if cand.get("corpus") == "svd":

@@ -162,7 +162,6 @@ def train_model(ct: pd.DataFrame, weights: pd.Series, n_items: int, workdir: Pat
         reuses them (`BlendModel.build` took ~11 CPU s per candidate on the 10M-event log).
         The caller keeps one dict per `ct`; None = always build.
     """
-    w = weights.reindex(np.arange(int(weights.index.max()) + 1)).fillna(0).to_numpy()
     if corpus == "svd":
         from recembed.factorize import factorize_sessions
 
@@ -170,6 +169,7 @@ def train_model(ct: pd.DataFrame, weights: pd.Series, n_items: int, workdir: Pat
                                  dimension=train_params.vector_size,
                                  min_count=train_params.min_count, seed=seed)
     else:
+        w = weights.reindex(np.arange(int(weights.index.max()) + 1)).fillna(0).to_numpy()
         res = _trained_vectors(ct, w, n_items, workdir, corpus=corpus, tokens=tokens,
                                graph_params=graph_params, walk_params=walk_params,
                                train_params=train_params, seed=seed, threads=threads,

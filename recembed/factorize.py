@@ -63,8 +63,9 @@ def factorize_sessions(sessions: np.ndarray, items: np.ndarray, n_items: int, *,
         vectors = context (float32, [n_rows, dimension]), the item code of each row
         (ascending), the session count of each row, and `stats` (vocab, corpus_tokens =
         tokens_trained = the matrix's nonzeros, the work calibration's budgets count for it:
-        one pass over the matrix, no SGD; train_seconds, and
-        ``svd``: rank, solver, the share of the squared norm the rank keeps).
+        one pass over the matrix, no SGD; train_seconds, and ``svd``: rank, solver, sessions,
+        the items seen but dropped by `min_count`, the share of the squared norm the rank
+        keeps).
     """
     from recembed.train import EmptyVocabulary, TrainResult
 
@@ -86,17 +87,17 @@ def factorize_sessions(sessions: np.ndarray, items: np.ndarray, n_items: int, *,
     codes = np.flatnonzero(counts >= max(min_count, 1)).astype(np.int32)
     if len(codes) == 0:
         raise EmptyVocabulary(f"no item is in {min_count} or more sessions")
-    x = x[:, codes]
-    norm = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel())
-    x = (x @ sp.diags(np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0))).tocsr()
+    # a binary column's norm is the root of its session count (>= 1 for every kept code)
+    x = (x[:, codes] @ sp.diags(1.0 / np.sqrt(counts[codes]))).tocsr()
     vectors, solver, rank, kept = _top_factors(x, dimension, seed)
-    total = float(x.multiply(x).sum())
+    total = float(len(codes))  # each unit-norm column adds 1 to the squared norm
     seconds = time.perf_counter() - t0
     stats = {"vocab": len(codes), "corpus_tokens": int(x.nnz), "epochs": 1,
              "epochs_requested": 1, "tokens_trained": int(x.nnz), "train_seconds": round(seconds, 3),
              "words_per_s": 0,
              "svd": {"rank": rank, "solver": solver, "sessions": n_sess,
-                     "norm_kept": round(kept / total, 6) if total > 0 else 0.0}}
+                     "below_min_count": int((counts > 0).sum()) - len(codes),
+                     "norm_kept": round(kept / total, 6)}}
     v = vectors.astype(np.float32)
     return TrainResult(v, v.copy(), codes, counts[codes].astype(np.int64), stats)
 

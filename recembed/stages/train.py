@@ -173,9 +173,10 @@ def _svd(ctx: StageContext, vocab: pd.DataFrame) -> TrainResult:
                             "count of every item: nothing left to factorize; lower "
                             "train.min_count", EXIT_BAD_INPUT) from e
     sv = res.stats["svd"]
-    log.info("svd: rank %d (%s) over %s items and %s sessions, %.1f%% of the squared norm",
-             sv["rank"], sv["solver"], f"{len(res.codes):,}", f"{sv['sessions']:,}",
-             100 * sv["norm_kept"])
+    log.info("svd: rank %d (%s) over %s items and %s sessions, %.1f%% of the squared norm; "
+             "%s items in fewer than train.min_count sessions left out", sv["rank"],
+             sv["solver"], f"{len(res.codes):,}", f"{sv['sessions']:,}",
+             100 * sv["norm_kept"], f"{sv['below_min_count']:,}")
     return res
 
 
@@ -240,7 +241,8 @@ def _reads(cfg: Config) -> tuple:
         if cfg.train.mode == "incremental" else ()
     graph = (A.GRAPH,) if S.uses_line(cfg) else ()
     # the factorization reads the training sessions themselves
-    svd = (A.SESSIONS_TRAIN,) if S.uses_svd(cfg) and cfg.train.mode != "incremental" else ()
+    # (never beside incremental training, which the config refuses and calibration drops)
+    svd = (A.SESSIONS_TRAIN,) if S.uses_svd(cfg) else ()
     return (*corpora(cfg), *graph, A.VOCABULARY, A.CATEGORIES, A.CALIBRATION, A.SESSION_TABLE,
             *incr, *svd, *warm,
             *([A.CATALOG] if S.has_catalog(cfg) else []))
