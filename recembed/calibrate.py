@@ -113,6 +113,11 @@ log = logging.getLogger("recembed")
 
 WEIGHT_GRID = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0)
 DECAYS = (0.5, 0.65, 0.8)
+# the exported vectors' query decay (`serving.vectors_decay`), the default first: the ANN path
+# gained 5-11 standard errors at 0.15-0.35 on synth music and histories, 2.8 at 1.0 (a plain
+# sum) on synth ratings, and tied or gained about one on the samples (benchmarks/RESULTS.md,
+# "the vectors' query decay")
+VECTORS_DECAYS = (0.65, 0.35, 1.0, 0.15)
 TEMPERATURES = (0.5, 1.0, 2.0)
 CANDIDATES = (50, 100)  # serving.candidates tried below the default (200), fewest first
 NEIGHBOUR_SAMPLES = (500, 1000)  # serving.neighbour_sample tried below the method's default
@@ -195,6 +200,9 @@ class CalibrationPlan:
     sgns_values : dict of str to tuple
         The values tried per setting (default `SGNS_VALUES`); the current value (the plan's
         `train_params`) is the start and wins ties.
+    vectors_decays : tuple of float in (0, 1]
+        The exported directional query's decays scored per candidate (`choose_vectors_decay`),
+        the default first: `VECTORS_DECAYS`, or the one `serving.vectors_decay` sets.
     """
 
     corpora: list[str]
@@ -221,6 +229,7 @@ class CalibrationPlan:
     cost_ratio: float = 6.0
     sgns: list[str] = field(default_factory=list)
     sgns_values: dict = field(default_factory=dict)
+    vectors_decays: tuple = (0.65,)
 
     def planned(self) -> int:
         """Candidates `calibrate_run` trains at most: every corpus at the smallest amount, then
@@ -391,9 +400,13 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
     and mrr@20), ``vectors_objective`` (the ANN path's Recall@20 + MRR@20: what an exported
     vector database answers) and ``vectors_se`` (its standard error over the queries),
     ``postprocess`` (the simplest of `plan.postprocess` within one standard error of the best
-    ANN objective, `recembed.postprocess.choose`) and ``postprocess_tried``. The transforms are
+    ANN objective, `recembed.postprocess.choose`) and ``postprocess_tried`` (the ANN path of
+    each, the cosine path of the chosen one). The transforms are
     fitted on the rows the candidate trained (training count > 0), as the train stage fits
-    the final one.
+    the final one. The transforms are compared at the first of `plan.vectors_decays`; on the
+    chosen one the ANN path is then scored at the others, and ``vectors_decay`` is the
+    exported query's decay (`choose_vectors_decay`; ``vectors_decays_tried``): the vectors
+    fields are at that decay.
     `walk_params` / `train_params` replace the plan's (`recembed.tune`'s trials); `parts`
     (one dict per `ct`) lets candidates with the same rows share the rules and session index
     (`train_model`)."""
@@ -410,13 +423,24 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
                      parts=parts)
     trained = cm.model.popularity > 0
     fit_on = cm.model.vectors[trained] if trained.any() else cm.model.vectors
-    kw = {"decay": plan.base_blend.decay, "history": plan.base_blend.history}
+    decays, history = plan.vectors_decays, plan.base_blend.history
     tried: dict[str, dict] = {}
     for spec in _options_for(plan.postprocess, fit_on.shape[1]):
         tf = VectorTransform.fit(spec, fit_on)
-        tried[spec] = vector_paths(transformed_model(cm.model, tf), cm.row_of, q, **kw)
+        tried[spec] = vector_paths(transformed_model(cm.model, tf), cm.row_of, q,
+                                   decay=decays[0], history=history, paths=("ann",))
     chosen = choose_transform({s: r["ann"] for s, r in tried.items()})
     model = transformed_model(cm.model, VectorTransform.fit(chosen, fit_on))
+    # on the chosen transform only: the cosine path (`similar`, no decay) and the exported
+    # query's other decays; the transforms' `last` paths chose nothing and cost one product
+    # each (benchmarks/RESULTS.md, "the vectors' query decay")
+    tried[chosen].update(vector_paths(model, cm.row_of, q, decay=decays[0], history=history,
+                                      paths=("last",)))
+    by_decay = {decays[0]: tried[chosen]["ann"]}
+    for dcy in decays[1:]:
+        by_decay[dcy] = vector_paths(model, cm.row_of, q, decay=dcy, history=history,
+                                     paths=("ann",))["ann"]
+    vdecay = choose_vectors_decay(by_decay)
     prefixes = [cm.row_of[q.items[s: s + n]] for s, n in zip(q.start, q.length, strict=True)]
     choice = choose_blend(model, prefixes, cm.row_of[q.target], base=plan.base_blend,
                           fixed=plan.blend_fixed, neighbour_options=plan.neighbour_options)
@@ -426,8 +450,11 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
             "recall@20": choice.recall, "mrr@20": choice.mrr,
             "objective": choice.recall + choice.mrr, "objective_se": choice.se,
             "per_query": choice.per_query,
-            "vectors_ann": _rm(best["ann"]), "vectors_last": _rm(best["last"]),
-            "vectors_objective": best["ann"]["objective"], "vectors_se": best["ann"]["se"],
+            "vectors_ann": _rm(by_decay[vdecay]), "vectors_last": _rm(best["last"]),
+            "vectors_objective": by_decay[vdecay]["objective"],
+            "vectors_se": by_decay[vdecay]["se"], "vectors_decay": vdecay,
+            "vectors_decays_tried": {str(d): {**_rm(r), "se": r["se"]}
+                                     for d, r in by_decay.items()},
             "postprocess": chosen, "postprocess_tried": tried,
             "seconds": round(time.perf_counter() - t0, 3), "choice": choice}
 
@@ -512,8 +539,26 @@ def transformed_model(model: BlendModel, tf) -> BlendModel:
                                   tf.apply(model.context))
 
 
+def choose_vectors_decay(results: dict[float, dict]) -> float:
+    """The exported directional query's decay (`serving.vectors_decay`): the first of
+    `results` (the default, then `VECTORS_DECAYS`' order) whose ANN objective is within one
+    standard error of the best one's, as `recembed.postprocess.choose` keeps a transform.
+
+    Parameters
+    ----------
+    results : dict
+        decay in (0, 1] -> {"objective": float, "se": float >= 0}, the default first.
+    """
+    from recembed.postprocess import choose
+
+    if not results:
+        raise ValueError("no decay scored")
+    return float(choose(results))
+
+
 def vector_paths(model: BlendModel, row_of: np.ndarray, q, *, decay: float, history: int,
-                 k: int = 20, batch: int = 512) -> dict[str, dict]:
+                 k: int = 20, batch: int = 512,
+                 paths: tuple[str, ...] = ("ann", "last")) -> dict[str, dict]:
     """The vectors alone on the validation queries `q` (ingest codes), scored as
     `recembed.evaluate.embedding_scorer` scores the holdout's `:ann` and `:last` rows, with
     the evaluation's ranking (`top_k_lists`, allow-repeats: the last item is never
@@ -540,6 +585,8 @@ def vector_paths(model: BlendModel, row_of: np.ndarray, q, *, decay: float, hist
     batch : int >= 1
         Queries per product (`top_k_lists`' batch: the blocks, and so the float32 products,
         are the evaluation's).
+    paths : tuple of {"ann", "last"}
+        The paths to score (each costs one product per block).
 
     Returns
     -------
@@ -565,8 +612,10 @@ def vector_paths(model: BlendModel, row_of: np.ndarray, q, *, decay: float, hist
     out_m = np.zeros((n, d), np.float32)
     out_m[rows_item] = ctx
     target = np.asarray(q.target, np.int64)
+    if not paths or set(paths) - {"ann", "last"}:
+        raise ValueError(f"paths must name 'ann' and / or 'last', got {paths!r}")
     out: dict[str, dict] = {}
-    for name in ("ann", "last"):
+    for name in paths:
         cand, qm = (out_m, emb) if name == "ann" else (unit, unit)
         rank = np.zeros(len(q), np.int64)
         for lo in range(0, len(q), batch):
@@ -1007,8 +1056,10 @@ def calibrate_run(
     record["cost"] = {"tokens_trained": spent, "final_tokens_planned": final,
                       "ratio": round(spent / final, 4) if final else None,
                       "candidates": len(record["candidates"])}
+    record["vectors_decay"] = best["vectors_decay"]
     record["validation"] = {"recall@20": choice.recall, "mrr@20": choice.mrr,
                             "objective": choice.recall + choice.mrr, "objective_se": choice.se,
+                            "vectors_decay": best["vectors_decay"],
                             "vectors_ann": best["vectors_ann"],
                             "vectors_last": best["vectors_last"],
                             "vectors_objective": best["vectors_objective"],
@@ -1416,8 +1467,8 @@ def _sgns_row(c: dict, settings: dict) -> dict:
     return {"settings": dict(settings), "objective": c["objective"],
             "objective_se": c["objective_se"], "vectors_objective": c["vectors_objective"],
             "vectors_se": c["vectors_se"], "vectors_ann": c["vectors_ann"],
-            "vectors_last": c["vectors_last"], "tokens_trained": int(c["tokens_trained"]),
-            "postprocess": c["postprocess"]}
+            "vectors_last": c["vectors_last"], "vectors_decay": c.get("vectors_decay"),
+            "tokens_trained": int(c["tokens_trained"]), "postprocess": c["postprocess"]}
 
 
 def sgns_search(plan: CalibrationPlan, base: dict, run_sgns, record: dict,

@@ -339,6 +339,7 @@ class ServingConfig(_Section):
     # one list of signals: recembed.blend.settings, a leaf module below the config
     weights: dict[Literal[SIGNALS], float] | Literal["auto"] = "auto"  # type: ignore[valid-type]
     decay: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] = "auto"
+    vectors_decay: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] = "auto"
     temperature: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
     neighbours: Literal["auto", "vsknn", "stan", "off"] = "auto"
     neighbour_sample: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"

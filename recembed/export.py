@@ -22,8 +22,9 @@ What a client runs, one query each (tests/test_export.py checks both against fai
 - ``similar(x)``: the ``item`` vector of x, searched in ``item`` (cosine), k + 1 results, x
   dropped;
 - directional candidates of a session: ``q = sum_j decay**j * item_vector(the item j steps
-  back)`` over the `history` most recent items (``decay`` and ``history`` from the version's
-  serving.json, `ExportResult.decay` / `.history`), searched in ``context`` (inner product).
+  back)`` over the `history` most recent items (``decay`` = the version's
+  ``vectors_decay`` and ``history`` from its serving.json, `ExportResult.decay` / `.history`),
+  searched in ``context`` (inner product).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class ExportResult:
     reused: bool  # the collection was already complete
     dropped: list[str]
     seconds: float
-    decay: float
+    decay: float  # the directional query's decay: the version's serving.json vectors_decay
     history: int
 
 
@@ -310,7 +311,7 @@ def export_version(published: str | Path, target: Target, *, alias: str = "recem
     for c in dropped:
         target.drop(c)
     return ExportResult(version, name, alias, n, reused, dropped,
-                        round(time.perf_counter() - t0, 3), float(rec.settings.decay),
+                        round(time.perf_counter() - t0, 3), float(rec.settings.vectors_decay),
                         int(rec.settings.history))
 
 

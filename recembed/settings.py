@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from recembed.blend import BlendSettings
-from recembed.calibrate import CalibrationPlan
+from recembed.calibrate import VECTORS_DECAYS, CalibrationPlan
 from recembed.catalog import ColdParams
 from recembed.config import Config
 from recembed.graph import GraphParams
@@ -338,7 +338,7 @@ def blend_settings(cfg: Config) -> BlendSettings:
     nb = neighbours_setting(d.neighbours["method"] if sv.neighbours == "auto"
                             else sv.neighbours, sv.neighbour_sample)
     return BlendSettings(weights=dict(pick("weights")), decay=float(pick("decay")),
-                         temperature=float(pick("temperature")), history=sv.history,
+                         vectors_decay=float(pick("vectors_decay")), temperature=float(pick("temperature")), history=sv.history,
                          repeat_decay=sv.repeat_decay, candidates=int(pick("candidates")),
                          popular=sv.popular, neighbours=dict(nb),
                          retrieval="index" if sv.retrieval == "auto" else sv.retrieval)
@@ -388,6 +388,8 @@ def calibration_plan(cfg: Config, *, progress: bool | None = None) -> Calibratio
         tokens = amounts
     fixed = blend_fixed(cfg)
     sgns = sgns_searched(cfg)
+    decays = (VECTORS_DECAYS if cfg.serving.vectors_decay == "auto"
+              else (float(cfg.serving.vectors_decay),))
     return CalibrationPlan(
         corpora=corpora, target_tokens=tokens, half_life_days=cfg.session.half_life_days,
         graph_params=graph_params(cfg), walk_params=walk_params(cfg),
@@ -406,8 +408,9 @@ def calibration_plan(cfg: Config, *, progress: bool | None = None) -> Calibratio
         reuse=cfg.calibrate.reuse,
         max_age_days=cfg.calibrate.max_age_days, max_turnover=cfg.calibrate.max_turnover,
         cost_ratio=cfg.calibrate.cost_ratio, sgns=sgns, sgns_values=sgns_values(cfg, sgns),
+        vectors_decays=decays,
         searches=len(corpora) > 1 or len(tokens) > 1 or len(fixed) < 6
-        or len(transforms) > 1 or bool(sgns))
+        or len(transforms) > 1 or bool(sgns) or len(decays) > 1)
 
 
 def sgns_searched(cfg: Config) -> list[str]:
@@ -533,6 +536,8 @@ def resolve_config(cfg: Config, record: dict | None) -> Config:
     for key in ("weights", "decay", "temperature", "candidates"):
         if getattr(out.serving, key) == "auto":
             setattr(out.serving, key, chosen.get(key, getattr(default, key)))
+    if out.serving.vectors_decay == "auto":
+        out.serving.vectors_decay = float(rec.get("vectors_decay") or default.vectors_decay)
     nb = chosen.get("neighbours") or default.neighbours
     if out.serving.neighbours == "auto":
         out.serving.neighbours = nb["method"]

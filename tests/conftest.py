@@ -123,7 +123,7 @@ def make_version(published: Path, name: str, *, n: int = 400, d: int = 16, seed:
     model.save(A.BLEND.path(out))
     write_settings(A.SERVING.path(out), BlendSettings(
         weights={"directional": 1.0, "rules": 0.5, "neighbours": 0.3, "repeat": 0.3,
-                 "popularity": 0.01}))
+                 "popularity": 0.01}, vectors_decay=0.3))
     A.write_parquet(pa.table({"id": [*ids, "cold one", "cold two"],
                               "code": np.arange(n + 2, dtype=np.int32),
                               "origin": [*origin, "none", "none"],

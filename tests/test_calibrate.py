@@ -717,3 +717,20 @@ def test_validation_baselines_equal_evaluate_alls_allow_repeats_numbers(with_cat
     for name in names:
         assert got[name] == {"recall@20": want[name]["allow_repeats"]["recall@20"],
                              "mrr@20": want[name]["allow_repeats"]["mrr@20"]}
+
+
+def test_the_vectors_decay_is_the_default_unless_another_beats_it_by_one_standard_error():
+    from recembed.calibrate import choose_vectors_decay
+
+    def r(obj, se=0.01):
+        return {"objective": obj, "se": se}
+
+    # within one SE of the best: the default (first) stays
+    assert choose_vectors_decay({0.65: r(0.500), 0.35: r(0.509), 1.0: r(0.40)}) == 0.65
+    # beaten by more than one SE: the first in order within one SE of the best
+    assert choose_vectors_decay({0.65: r(0.50), 0.35: r(0.525), 1.0: r(0.40),
+                                 0.15: r(0.53)}) == 0.35
+    assert choose_vectors_decay({0.65: r(0.05), 0.35: r(0.04), 1.0: r(0.07),
+                                 0.15: r(0.03)}) == 1.0
+    with pytest.raises(ValueError, match="no decay"):
+        choose_vectors_decay({})

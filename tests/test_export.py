@@ -109,6 +109,8 @@ def test_export_matches_faiss_roundtrips_ids_and_moves_the_alias(published, tmp_
         res = export_version(published, target, alias="rec", keep=2)
         assert res.collection == collection_name("rec", "v1") == "rec_v1" and res.items == N
         assert target.alias_target("rec") == "rec_v1"
+        # the directional query's decay is the version's vectors_decay, not the blend's
+        assert (res.decay, rec.settings.decay) == (0.3, 0.65)
         _check_matches_faiss(target, "rec", rec, res.decay, res.history)
 
         payload = _payloads(target, "rec")

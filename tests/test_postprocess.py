@@ -237,6 +237,7 @@ def test_vector_paths_match_a_brute_force_ranking():
 
 @pytest.mark.slow
 def test_calibration_records_both_objectives_and_the_transform(tmp_path):
+    from recembed.calibrate import choose_vectors_decay
     from recembed.pipeline import run_pipeline
     from recembed.stages import STAGES
 
@@ -249,19 +250,32 @@ def test_calibration_records_both_objectives_and_the_transform(tmp_path):
     cal = json.loads((run / "calibration.json").read_text())
     cand = cal["candidates"][0]
     assert list(cand["postprocess_tried"]) == auto_options(16)
-    for r in cand["postprocess_tried"].values():
-        for path_ in ("ann", "last"):
-            m = r[path_]
+    chosen = cand["postprocess"]
+    for spec, r in cand["postprocess_tried"].items():
+        # every transform's ANN path; the cosine path of the chosen one only
+        assert set(r) == ({"ann", "last"} if spec == chosen else {"ann"})
+        for m in r.values():
             assert m["objective"] == pytest.approx(m["recall@20"] + m["mrr@20"])
             assert 0 < m["se"] < 0.1
-    chosen = cand["postprocess"]
     assert cal["postprocess"] == chosen
-    assert cand["vectors_objective"] == cand["postprocess_tried"][chosen]["ann"]["objective"]
-    assert cand["vectors_se"] == cand["postprocess_tried"][chosen]["ann"]["se"]
     assert cand["vectors_last"]["recall@20"] == \
         cand["postprocess_tried"][chosen]["last"]["recall@20"]
     assert choose({s: r["ann"] for s, r in cand["postprocess_tried"].items()}) == chosen
+    # the exported query's decays, on the chosen transform: the default's numbers are the
+    # transform search's; the vectors fields are those of the decay kept
+    tried = cand["vectors_decays_tried"]
+    assert list(tried) == ["0.65", "0.35", "1.0", "0.15"]
+    assert tried["0.65"]["recall@20"] == cand["postprocess_tried"][chosen]["ann"]["recall@20"]
+    assert cand["vectors_decay"] == choose_vectors_decay(
+        {float(d): {"objective": m["recall@20"] + m["mrr@20"], "se": m["se"]}
+         for d, m in tried.items()})
+    kept = tried[str(cand["vectors_decay"])]
+    assert cand["vectors_objective"] == pytest.approx(kept["recall@20"] + kept["mrr@20"])
     assert cal["validation"]["vectors_objective"] == cand["vectors_objective"]
+    assert cal["vectors_decay"] == cal["validation"]["vectors_decay"] == cand["vectors_decay"]
+    # served and exported with it
+    assert json.loads((run / "serving.json").read_text())["vectors_decay"] == \
+        cand["vectors_decay"]
     # the final run applies the choice: train.json and the saved transform say it
     train = json.loads((run / "train.json").read_text())
     assert train["postprocess"]["spec"] == chosen

@@ -192,6 +192,19 @@ def test_a_settings_file_from_before_the_tables_searches_the_indexes(tmp_path):
     assert len(rec.recommend(["sku1", "sku2"], 5).ids[0]) == 5
 
 
+def test_a_settings_file_from_before_vectors_decay_exports_with_the_blends_decay(tmp_path):
+    import json
+
+    _version(tmp_path)
+    p = tmp_path / "serving.json"
+    d = json.loads(p.read_text())
+    del d["vectors_decay"]  # versions published before serving.vectors_decay existed
+    p.write_text(json.dumps({**d, "decay": 0.5}))
+    _write_manifest(tmp_path)
+    rec = Recommender.load(tmp_path)
+    assert (rec.settings.decay, rec.settings.vectors_decay) == (0.5, 0.5)
+
+
 def test_a_fresh_process_serves_without_pandas_and_imports_light(tmp_path):
     """`import recembed.serving` loads numpy and the standard library only; loading a version
     and answering both calls never imports pandas (pyarrow's read_table and to_numpy would:

@@ -33,3 +33,27 @@ def test_the_walks_cap_message_names_what_set_it():
     by_key = walk_params(load_config(None, ["train.target_tokens=3000000",
                                             "walks.max_tokens=200000"]))
     assert by_key.max_tokens_source == "walks.max_tokens"
+
+
+def test_the_vectors_decay_is_calibrations_choice_unless_the_config_sets_it():
+    import pytest
+
+    from recembed.config import ConfigError
+    from recembed.settings import blend_settings, calibration_plan
+
+    record = {"enabled": True, "corpus": "both", "target_tokens": 1_000_000,
+              "vectors_decay": 0.15, "blend": {"settings": {"decay": 0.8}}}
+    chosen = resolve_config(load_config(None), record)
+    st = blend_settings(chosen)
+    # the exported query's decay and the blend's are two settings
+    assert (chosen.serving.vectors_decay, st.vectors_decay, st.decay) == (0.15, 0.15, 0.8)
+    # no calibration record: the documented default
+    assert resolve_config(load_config(None), None).serving.vectors_decay == 0.65
+    # set in the config: kept, and calibration scores only that one
+    fixed = load_config(None, ["serving.vectors_decay=0.5"])
+    assert resolve_config(fixed, record).serving.vectors_decay == 0.5
+    assert calibration_plan(fixed).vectors_decays == (0.5,)
+    assert calibration_plan(load_config(None)).vectors_decays == (0.65, 0.35, 1.0, 0.15)
+    for bad in ("0", "1.5"):
+        with pytest.raises(ConfigError, match=r"serving\.vectors_decay"):
+            load_config(None, [f"serving.vectors_decay={bad}"])

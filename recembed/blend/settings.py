@@ -24,7 +24,13 @@ class BlendSettings:
     weights : dict of signal name -> float >= 0
         Weight of each signal in `SIGNALS`; missing = 0.
     decay : float in (0, 1]
-        Query vector weight of the item j steps back: decay ** j.
+        Query vector weight of the item j steps back: decay ** j (the blend's candidates and
+        directional signal).
+    vectors_decay : float in (0, 1]
+        The same weight in the directional query of the exported vectors alone
+        (`recembed.export.directional_query`, the evaluation's ``:ann`` row), chosen on the
+        vectors-alone objective (`recembed.calibrate`, "the vectors' query decay"). Settings
+        files without the key (older versions) mean `decay`.
     history : int >= 1
         Recent session items in the query vector.
     temperature : float > 0
@@ -55,6 +61,7 @@ class BlendSettings:
     weights: dict = field(default_factory=lambda: {"directional": 1.0, "repeat": 0.3,
                                                    "popularity": 0.01})
     decay: float = 0.65
+    vectors_decay: float = 0.65
     history: int = 10
     temperature: float = 1.0
     repeat_decay: float = 0.7
@@ -73,7 +80,10 @@ class BlendSettings:
     def from_dict(cls, d: dict) -> BlendSettings:
         """Settings from serving.json (unknown keys ignored, so old files still load)."""
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        kw = {k: v for k, v in d.items() if k in known}
+        if "vectors_decay" not in kw and "decay" in kw:
+            kw["vectors_decay"] = kw["decay"]  # older versions exported with the blend's decay
+        return cls(**kw)
 
     def to_dict(self) -> dict:
         """The settings as serving.json stores them (plain JSON types)."""

@@ -53,11 +53,16 @@ def run(ctx: StageContext) -> dict:
     if len(strategies) < len(e.strategies):
         log.warning("evaluate.strategies: 'directional' skipped, the run has no context vectors "
                     "(train.negative = 0 or train.export_context_vectors = false)")
+    recommender = Recommender.load(ctx.run_dir)
+    # the ANN row scores the exported directional query, at the version's own decay
+    # (serving.vectors_decay, chosen on the vectors-alone objective); `decayed` at evaluate.decay
+    vdecay = recommender.settings.vectors_decay
     embeddings = {f"{model}:{s}": embedding_scorer(emb.vectors, emb.codes, n_items, pop,
                                                    strategy=s, context=emb.context,
-                                                   decay=e.decay, history=e.history)
+                                                   decay=vdecay if s == "ann" else e.decay,
+                                                   history=e.history)
                   for s in strategies}
-    serving = serving_recommend(Recommender.load(ctx.run_dir), emb.codes, n_items)
+    serving = serving_recommend(recommender, emb.codes, n_items)
     raw = evaluate_all(train, test, n_items, ks=e.ks, baselines=baselines,
                        embeddings=embeddings, recommenders={f"{model}:serving": serving},
                        max_queries=e.max_queries, seed=seed, **cold_kw)
