@@ -427,6 +427,9 @@ def export(
                f"{' (already complete)' if res.reused else ''}; alias {res.alias!r} moved"
                + (f"; dropped {', '.join(res.dropped)}" if res.dropped else "")
                + f" ({res.seconds:.1f} s)")
+    typer.echo(f"directional query: sum of decay**j x item vector j steps back over the "
+               f"{res.history} most recent items, decay = {res.decay:g}, searched in "
+               f"'context' (inner product); similar: 'item' (cosine)")
 
 
 def _load(path: Path):

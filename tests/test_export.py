@@ -166,6 +166,8 @@ def test_cli_export_to_qdrant(published, tmp_path):
                                  "--alias", "shop"])
     assert r.exit_code == 0, r.output
     assert "1,500 items of v1 in shop_v1" in r.stdout and "alias 'shop' moved" in r.stdout
+    # the query a client must build, with the version's vectors_decay (0.3; its blend's is 0.65)
+    assert "10 most recent items, decay = 0.3, searched in 'context'" in r.stdout
     target = open_target(str(tmp_path / "q"))
     try:
         assert target.alias_target("shop") == "shop_v1" and target.count("shop") == N

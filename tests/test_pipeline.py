@@ -98,3 +98,29 @@ def test_index_stage_writes_candidate_tables_when_they_fit_and_serves_them(synth
     rec.settings = replace(rec.settings, retrieval="table")
     tabled = rec.recommend([[x] for x in ids], 10)
     assert [list(r) for r in searched.ids] == [list(r) for r in tabled.ids]
+
+
+@pytest.mark.slow
+def test_the_ann_row_scores_the_versions_vectors_decay(synth_csv, tmp_path):
+    """serving.vectors_decay reaches serving.json and the evaluation's `:ann` row (the exported
+    directional query); the `decayed` strategy keeps evaluate.decay."""
+    def run(vdecay: str):
+        cfg = _cfg(synth_csv, tmp_path, "evaluate.enabled=true", "evaluate.baselines=['pop']",
+                   "evaluate.strategies=['decayed', 'ann']", "evaluate.ks=[20]",
+                   "train.vector_size=16", "train.target_tokens=60000", "train.workers=1",
+                   f"serving.vectors_decay={vdecay}")
+        rep = run_pipeline(cfg, tmp_path / "r", plan=STAGES, echo=lambda s: None)
+        served = json.loads((rep.run_dir / "serving.json").read_text())
+        methods = json.loads((rep.run_dir / "metrics.json").read_text())["methods"]
+        rows = {n.split(":")[-1]: m["allow_repeats"] for n, m in methods.items() if ":" in n}
+        return rep, served, rows
+
+    _, s1, m1 = run("1.0")
+    _, s2, m2 = run("0.15")
+    assert (s1["vectors_decay"], s2["vectors_decay"]) == (1.0, 0.15)
+    assert s1["decay"] == s2["decay"] == 0.65  # the blend's own decay is another setting
+    def timeless(m: dict) -> dict:
+        return {k: v for k, v in m.items() if "seconds" not in k}
+
+    assert timeless(m1["decayed"]) == timeless(m2["decayed"])
+    assert m1["ann"]["recall@20"] != m2["ann"]["recall@20"]

@@ -227,6 +227,14 @@ def test_vector_paths_match_a_brute_force_ranking():
         assert res[name]["mrr@20"] == pytest.approx(m, abs=1e-6)
         assert res[name]["objective"] == pytest.approx(r + m, abs=1e-6)
         assert res[name]["se"] == pytest.approx(per.std(ddof=1) / np.sqrt(len(per)), abs=1e-6)
+    # one path alone: the same numbers; the ANN path at another decay is that decay's
+    assert vector_paths(model, np.arange(n), q, decay=0.5, history=3, paths=("ann",)) == \
+        {"ann": res["ann"]}
+    r9, m9, _ = _reference(vectors, context, q, 0.9, 3, "ann")
+    other = vector_paths(model, np.arange(n), q, decay=0.9, history=3, paths=("ann",))["ann"]
+    assert (other["recall@20"], other["mrr@20"]) == (pytest.approx(r9), pytest.approx(m9, abs=1e-6))
+    with pytest.raises(ValueError, match="paths must name"):
+        vector_paths(model, np.arange(n), q, decay=0.5, history=3, paths=("cosine",))
     # the transformed model scores its transformed vectors (centering: context @ (q - a mean))
     tf = VectorTransform.fit("center", vectors)
     res = vector_paths(transformed_model(model, tf), np.arange(n), q, decay=0.5, history=3)
