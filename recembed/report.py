@@ -610,6 +610,8 @@ def _calibration_html(cal: dict) -> str:
     chosen = [("corpus", cal.get("corpus")), ("training amount (target tokens)",
                                                _num(cal.get("target_tokens"))),
               ("post-processing of the vectors", cal.get("postprocess") or "none"),
+              *((("the exported vectors' query decay", _num(cal["vectors_decay"])),)
+                if cal.get("vectors_decay") is not None else ()),
               *((f"blend: {k}", ", ".join(f"{a}={_num(b)}" for a, b in v.items())
                  if isinstance(v, dict) else _num(v)) for k, v in blend.items())]
     q = cal.get("validation_queries") or {}
@@ -631,7 +633,7 @@ def _calibration_html(cal: dict) -> str:
     cands = cal.get("candidates") or []
     if cands:
         cols = ("corpus", "target_tokens", "epochs", "recall@20", "mrr@20", "postprocess",
-                "vectors_objective", "seconds", "option_tokens", "tokens_trained", "objective_se",
+                "vectors_objective", "vectors_decay", "seconds", "option_tokens", "tokens_trained", "objective_se",
                 "sgns")
         parts.append("<h3>Candidates tried</h3><table><tr>"
                      + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"

@@ -281,9 +281,12 @@ def test_calibration_records_both_objectives_and_the_transform(tmp_path):
     assert cand["vectors_objective"] == pytest.approx(kept["recall@20"] + kept["mrr@20"])
     assert cal["validation"]["vectors_objective"] == cand["vectors_objective"]
     assert cal["vectors_decay"] == cal["validation"]["vectors_decay"] == cand["vectors_decay"]
-    # served and exported with it
+    # served and exported with it, and said in metrics.json and the report
     assert json.loads((run / "serving.json").read_text())["vectors_decay"] == \
         cand["vectors_decay"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["calibration"]["vectors_decay"] == cand["vectors_decay"]
+    assert "the exported vectors&#x27; query decay" in (run / "report.html").read_text()
     # the final run applies the choice: train.json and the saved transform say it
     train = json.loads((run / "train.json").read_text())
     assert train["postprocess"]["spec"] == chosen

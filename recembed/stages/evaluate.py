@@ -123,14 +123,15 @@ def _calibration_summary(rec: dict) -> dict:
         return {"enabled": False, "reason": rec.get("reason", "")}
     blend = rec.get("blend", {})
     return {"enabled": True, "corpus": rec.get("corpus"), "target_tokens": rec.get("target_tokens"),
-            "postprocess": rec.get("postprocess"), "blend": blend.get("settings"), "validation": rec.get("validation"),
+            "postprocess": rec.get("postprocess"), "vectors_decay": rec.get("vectors_decay"),
+            "blend": blend.get("settings"), "validation": rec.get("validation"),
             "signals_alone": blend.get("signals_alone"), "baselines": rec.get("baselines"),
             "validation_queries": rec.get("validation_queries"), "notes": rec.get("notes", []),
             "candidates": [{k: c.get(k) for k in ("corpus", "option_tokens", "target_tokens",
                                                   "epochs", "tokens_trained", "recall@20",
                                                   "mrr@20", "objective_se", "postprocess",
                                                   "vectors_objective", "vectors_se",
-                                                  "sgns", "seconds")}
+                                                  "vectors_decay", "sgns", "seconds")}
                            for c in rec.get("candidates", [])],
             "reuse": rec.get("reuse"), "cost": rec.get("cost"), "sgns": rec.get("sgns"),
             "seconds": rec.get("seconds")}
