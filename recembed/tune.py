@@ -14,7 +14,8 @@ session.half_life_days (categorical incl. inf), and the blend. Keys a config set
 where "auto" is allowed win, as in calibration: walks.enabled / sequences.enabled (then the
 corpus is fixed), train.epochs or train.target_tokens (then the training amount is fixed),
 serving.weights / decay / temperature / neighbours / candidates / neighbour_sample (never
-changed by the blend search).
+changed by the blend search); serving.vectors_decay (the exported query's decay) as calibration
+chooses it, per trial.
 `space` fixes or narrows any other key.
 
 Pruning: a gensim epoch-end callback (`train_word2vec(callbacks=...)`) scores the model's
@@ -466,6 +467,7 @@ def _objective(plan, run: Path, data: dict, vs, sp: dict, prune_queries: int, ec
         st = cand["choice"].settings
         # the blend was chosen on the post-processed vectors: the final run takes the same
         settings["train.postprocess"] = cand["postprocess"]
+        settings["serving.vectors_decay"] = float(cand["vectors_decay"])
         settings.update({f"serving.{k}": v for k, v in S.serving_values(
             st, neighbour_sample_size(st.neighbours)).items()})
         for k, v in {"recall@20": cand["recall@20"], "mrr@20": cand["mrr@20"],

@@ -207,6 +207,9 @@ def test_tuned_toml_loads_through_include_and_changes_the_resolved_config(clicks
     assert out.train.target_tokens == best.params["train.target_tokens"]
     assert out.walks.enabled == (best.params["corpus"] in ("both", "walks"))
     assert isinstance(out.serving.weights, dict) and out.serving.decay != "auto"
+    # the exported query's decay, chosen as calibration chooses it
+    assert out.serving.vectors_decay == best.user_attrs["settings"]["serving.vectors_decay"]
+    assert out.serving.vectors_decay in (0.65, 0.35, 1.0, 0.15)
     assert not calibration_plan(out).searches  # nothing left for the run to calibrate
     assert load_config(conf, ["train.window=4"]).train.window == 4  # --set wins over both
 
