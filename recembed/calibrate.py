@@ -113,10 +113,10 @@ log = logging.getLogger("recembed")
 
 WEIGHT_GRID = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0)
 DECAYS = (0.5, 0.65, 0.8)
-# the exported vectors' query decay (`serving.vectors_decay`), the default first: the ANN path
-# gained 5-11 standard errors at 0.15-0.35 on synth music and histories, 2.8 at 1.0 (a plain
-# sum) on synth ratings, and tied or gained about one on the samples (benchmarks/RESULTS.md,
-# "the vectors' query decay")
+# the exported vectors' query decay (`serving.vectors_decay`), the default first: on the same
+# validation queries the ANN path gained 9-14 standard errors at 0.02-0.35 on synth music, up to
+# 5 at 0.2-0.5 on histories, 2.8 at 1.0 (a plain sum) on ratings' sessions candidate, and tied
+# or gained about one on the samples (benchmarks/RESULTS.md, "the vectors' query decay")
 VECTORS_DECAYS = (0.65, 0.35, 1.0, 0.15)
 TEMPERATURES = (0.5, 1.0, 2.0)
 CANDIDATES = (50, 100)  # serving.candidates tried below the default (200), fewest first
