@@ -129,6 +129,7 @@ SGNS_VALUES: dict[str, tuple] = {
     "window": (1, 3, 5, 10),
     "sample": (0.0, 1e-4, 1e-3),
     "vector_size": (32, 64, 128),
+    "alpha": (0.025, 0.05, 0.1),
 }
 
 
@@ -195,7 +196,7 @@ class CalibrationPlan:
         amount for the candidates' scale, `scale`); module docstring.
     sgns : list of str
         The skip-gram settings searched for the exported vectors after the corpus / amount
-        search (`sgns_search`), in search order: "ns_exponent", "window", "sample",
+        search (`sgns_search`), in search order: "ns_exponent", "window", "sample", "alpha",
         "vector_size" (`calibrate.sgns` less the train keys the config sets); [] = off.
     sgns_values : dict of str to tuple
         The values tried per setting (default `SGNS_VALUES`); the current value (the plan's
@@ -1411,7 +1412,7 @@ def same_training(cand: dict, tokens: int) -> bool:
 def sgns_cost(key: str, value: float) -> float:
     """Training cost rank of one skip-gram setting's value, for ties (lower = cheaper): a
     smaller window or dimension trains fewer pairs / weights, a larger `sample` drops more
-    occurrences; every `ns_exponent` costs the same (0)."""
+    occurrences; every `ns_exponent` and learning rate `alpha` costs the same (0)."""
     if key in ("window", "vector_size"):
         return float(value)
     if key == "sample":

@@ -55,7 +55,7 @@ class TrainParams:
     negative: int = 10
     ns_exponent: float = 0.5
     sample: float = 0.0
-    alpha: float = 0.025
+    alpha: float = 0.05
     min_alpha: float = 0.0001
     min_count: int = 1
     hs: bool = False
@@ -84,7 +84,7 @@ def train_word2vec(
     ns_exponent: float = 0.5,
     sample: float = 0.0,
     epochs: int = 20,
-    alpha: float = 0.025,
+    alpha: float = 0.05,
     min_alpha: float = 0.0001,
     min_count: int = 1,
     hs: bool = False,

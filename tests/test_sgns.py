@@ -140,6 +140,23 @@ def test_impossible_search_lists_are_refused_naming_the_key():
                        "train.vector_size=32"])
 
 
+def test_the_learning_rate_is_searched_on_request_and_resolved_into_train():
+    cfg = load_config(None, ["calibrate.sgns=['window', 'alpha']"])
+    plan = calibration_plan(cfg)
+    assert plan.sgns == ["window", "alpha"]
+    assert plan.sgns_values["alpha"] == (0.025, 0.05, 0.1)
+    assert plan.train_params.alpha == 0.05  # the default the search starts from
+    record = {"enabled": True, "corpus": "sessions", "target_tokens": 1_000_000,
+              "sgns": {"chosen": {"window": 3, "alpha": 0.1}}}
+    assert resolve_config(cfg, record).train.alpha == 0.1
+    # an explicit learning rate is the user's: never searched, never replaced
+    mine = load_config(None, ["calibrate.sgns=['window', 'alpha']", "train.alpha=0.02"])
+    assert calibration_plan(mine).sgns == ["window"]
+    assert resolve_config(mine, record).train.alpha == 0.02
+    with pytest.raises(ConfigError, match=r"calibrate\.sgns"):
+        load_config(None, ["calibrate.sgns=['learning_rate']"])
+
+
 def test_a_kept_previous_choice_trains_with_its_skip_gram_settings():
     from recembed.calibrate import PreviousChoice, _previous_sgns
 

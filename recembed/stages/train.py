@@ -219,7 +219,7 @@ def _export(ctx: StageContext, res: TrainResult, vocab: pd.DataFrame,
     # the skip-gram settings trained with (calibration's `sgns` choice where it searched them)
     tp = S.train_params(cfg)
     sgns = {k: getattr(tp, k) for k in ("vector_size", "window", "ns_exponent", "sample",
-                                        "negative")}
+                                        "negative", "alpha")}
     A.write_json(ctx.write(A.TRAIN_STATS), {"model": S.model_name(cfg), "sgns": sgns,
                                             **res.stats})
     log.info("trained %s tokens at %s words/s", f"{res.stats['tokens_trained']:,}",
