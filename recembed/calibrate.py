@@ -106,6 +106,7 @@ from recembed.candidates import CalibrationCatalog, train_model
 from recembed.graph import GraphParams
 from recembed.line import LineParams
 from recembed.progress import progress_bar
+from recembed.topk import ScoreBuffer
 from recembed.train import TrainParams
 from recembed.walks import WalkParams
 
@@ -616,6 +617,7 @@ def vector_paths(model: BlendModel, row_of: np.ndarray, q, *, decay: float, hist
     if not paths or set(paths) - {"ann", "last"}:
         raise ValueError(f"paths must name 'ann' and / or 'last', got {paths!r}")
     out: dict[str, dict] = {}
+    buf = ScoreBuffer(n)
     for name in paths:
         cand, qm = (out_m, emb) if name == "ann" else (unit, unit)
         rank = np.zeros(len(q), np.int64)
@@ -629,8 +631,8 @@ def vector_paths(model: BlendModel, row_of: np.ndarray, q, *, decay: float, hist
                     qv[ok] += (decay ** j) * qm[q.items[end[ok] - 1 - j]]
             else:
                 qv = qm[q.last(idx)]
-            rank[idx] = dense_target_ranks(qv @ cand.T, tie, has_vec, q.last(idx),
-                                           target[idx], k)
+            s = np.matmul(qv, cand.T, out=buf.rows(len(idx)))  # qv @ cand.T, bit for bit
+            rank[idx] = dense_target_ranks(s, tie, has_vec, q.last(idx), target[idx], k)
         inside = rank > 0
         hit = inside.astype(np.float64)
         rr = np.divide(1.0, rank, out=np.zeros(len(rank)), where=inside)

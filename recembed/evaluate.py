@@ -11,7 +11,8 @@ item catalog: then targets unseen in training but listed in the catalog are scor
 A method that has nothing for a cold item simply never hits it.
 
 A method is a *scorer*: `scorer(queries, idx) -> float32 [len(idx), n_items]`, higher is better,
--inf for items it must not recommend. Scorers add `1e-6 * popularity` so ties fall to popular
+-inf for items it must not recommend; the dense scorers return a buffer they overwrite on the
+next call (`recembed.topk.ScoreBuffer`), which the caller may change in place. Scorers add `1e-6 * popularity` so ties fall to popular
 items (the usual popularity fill); `top_k` then breaks exact ties by lower item code.
 """
 
@@ -28,7 +29,7 @@ import scipy.sparse as sp
 from recembed.graph import build_item_graph
 from recembed.sknn import METHODS, SessionIndex, method_params, session_end_times
 from recembed.sknn_kernels import dense_scorer
-from recembed.topk import heap_top_k
+from recembed.topk import ScoreBuffer, heap_top_k
 
 Scorer = Callable[["Queries", np.ndarray], np.ndarray]
 Recommend = Callable[["Queries", np.ndarray, int, bool], np.ndarray]
@@ -375,15 +376,26 @@ def popularity_buckets(popularity: np.ndarray) -> np.ndarray:
 def popularity_scorer(popularity: np.ndarray) -> Scorer:
     """Most popular items overall."""
     pop = (popularity / max(popularity.max(), 1)).astype(np.float32)
-    return lambda q, idx: np.broadcast_to(pop, (len(idx), len(pop))).copy()
+    buf = ScoreBuffer(len(pop))
+
+    def score(q: Queries, idx: np.ndarray) -> np.ndarray:
+        s = buf.rows(len(idx))
+        s[:] = pop
+        return s
+
+    return score
 
 
 def session_popularity_scorer(popularity: np.ndarray) -> Scorer:
     """Items of the current session by their count in it, then overall popularity."""
     pop = (popularity / max(popularity.max(), 1)).astype(np.float32)
+    tie = TIE * pop
+    buf = ScoreBuffer(len(pop))
 
     def score(q: Queries, idx: np.ndarray) -> np.ndarray:
-        return q.prefix_matrix(idx, len(pop)).toarray() + TIE * pop
+        s = q.prefix_matrix(idx, len(pop)).toarray(out=buf.rows(len(idx)))
+        s += tie
+        return s
 
     return score
 
@@ -451,6 +463,7 @@ def embedding_scorer(
     has_vec = np.zeros(n_items, bool)
     has_vec[rows_item] = True
     pop = (popularity / max(popularity.max(), 1)).astype(np.float32) * TIE
+    buf = ScoreBuffer(n_items)
     if strategy in ("directional", "ann"):
         if context is None:
             raise ValueError(f"the {strategy} strategy needs output (context) vectors")
@@ -471,7 +484,7 @@ def embedding_scorer(
                 qv[ok] += (decay ** k) * qm[q.items[end[ok] - 1 - k]]
         else:
             qv = qm[q.last(idx)]
-        s = qv @ cand.T
+        s = np.matmul(qv, cand.T, out=buf.rows(len(idx)))  # the same float32 values as qv @ cand.T
         s += pop
         s[:, ~has_vec] = -np.inf
         return s
@@ -549,9 +562,12 @@ def _sparse_row_scorer(m: sp.csr_matrix, popularity: np.ndarray) -> Scorer:
     m = m.tocsr().astype(np.float32)
     mx = float(m.max()) if m.nnz else 1.0
     pop = (popularity / max(popularity.max(), 1)).astype(np.float32) * TIE * max(mx, 1e-6)
+    buf = ScoreBuffer(m.shape[1])
 
     def score(q: Queries, idx: np.ndarray) -> np.ndarray:
-        return m[q.last(idx)].toarray() + pop
+        s = m[q.last(idx)].toarray(out=buf.rows(len(idx)))
+        s += pop
+        return s
 
     return score
 

@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from recembed.sknn import MATCH_WEIGHTINGS, PREFIX_WEIGHTINGS, SessionIndex, SknnParams
-from recembed.topk import PARALLEL_FROM, heap_replace_min, offsets, top_stable
+from recembed.topk import PARALLEL_FROM, ScoreBuffer, heap_replace_min, offsets, top_stable
 
 PREFIX_CODE = {name: i for i, name in enumerate(PREFIX_WEIGHTINGS)}  # the kernels' kind codes
 MATCH_CODE = {name: i for i, name in enumerate(MATCH_WEIGHTINGS)}
@@ -465,7 +465,7 @@ _sknn_ser = _make_sknn_kernel(False)
 
 def dense_scores(index: SessionIndex, params: SknnParams, prefixes: list[np.ndarray],
                  n_items: int | None = None, *, block: int = 128,
-                 scratch: Scratch | None = None) -> np.ndarray:
+                 scratch: Scratch | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """`recembed.sknn.score_queries` of many prefixes through the kernels: float32
     [len(prefixes), n_items], each row the prefix's `score_session` scores divided by their
     maximum, items it does not score ``TIE * popularity * (smallest score in the row)``.
@@ -486,6 +486,8 @@ def dense_scores(index: SessionIndex, params: SknnParams, prefixes: list[np.ndar
         Prefixes per kernel call (bounds its [block, top] work arrays).
     scratch : Scratch or None
         Reusable work arrays for `index`.
+    out : float32 [len(prefixes), n_items] or None
+        Where to write the rows (every entry is written); None = a new array.
     """
     from recembed.sknn import TIE
 
@@ -496,7 +498,11 @@ def dense_scores(index: SessionIndex, params: SknnParams, prefixes: list[np.ndar
     sizes = np.sort(np.diff(index.session_indptr))[::-1]
     top = max(1, min(index.n_items, int(sizes[:max(int(params.k), 1)].sum())))
     scratch = scratch or Scratch(index.n_items)
-    out = np.empty((len(prefixes), n_items), np.float32)
+    if out is None:
+        out = np.empty((len(prefixes), n_items), np.float32)
+    elif out.shape != (len(prefixes), n_items) or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 [{len(prefixes)}, {n_items}], got {out.dtype} "
+                         f"{out.shape}")
     for lo in range(0, len(prefixes), block):
         counts, items, scores = score_sessions(index, prefixes[lo:lo + block], params, top,
                                                scratch)
@@ -515,11 +521,14 @@ def dense_scores(index: SessionIndex, params: SknnParams, prefixes: list[np.ndar
 
 def dense_scorer(index: SessionIndex, params: SknnParams, n_items: int | None = None):
     """`dense_scores` as an evaluation scorer, ``scorer(queries, idx) -> float32`` (the
-    kernel twin of `recembed.sknn.sknn_scorer`)."""
+    kernel twin of `recembed.sknn.sknn_scorer`); the rows it returns are overwritten by the
+    next call (`recembed.topk.ScoreBuffer`)."""
     scratch = Scratch(index.n_items)
+    buf = ScoreBuffer(index.n_items if n_items is None else int(n_items))
 
     def score(q, idx: np.ndarray) -> np.ndarray:
         prefixes = [q.items[q.start[i]:q.start[i] + q.length[i]] for i in np.asarray(idx)]
-        return dense_scores(index, params, prefixes, n_items, scratch=scratch)
+        return dense_scores(index, params, prefixes, n_items, scratch=scratch,
+                            out=buf.rows(len(prefixes)))
 
     return score

@@ -510,3 +510,67 @@ def test_faiss_exact_top_finds_the_same_rows_as_a_full_sort():
     assert (got == full).mean() > 0.99  # best first, as faiss orders them
     assert faiss_exact_top(q, items[:10], 25).shape == (40, 10)  # k capped at the items
     assert faiss_exact_top(q[:0], items, 5).shape == (0, 5)
+
+
+def reference_rules(item: np.ndarray, sid: np.ndarray, n: int, steps: int, top: int):
+    """`sequential_rules` as it was before its numba kernels (commit e001d58): np.unique over
+    (source, target) keys, np.bincount of the weights, lexsort for the `top` per row."""
+    src, dst, wt = [], [], []
+    for d in range(1, steps + 1):
+        same = (sid[d:] == sid[:-d]) & (item[d:] != item[:-d])
+        same &= (item[d:] >= 0) & (item[:-d] >= 0)
+        src.append(item[:-d][same])
+        dst.append(item[d:][same])
+        wt.append(np.full(int(same.sum()), 1.0 / d))
+    s, t, w = np.concatenate(src), np.concatenate(dst), np.concatenate(wt)
+    uk, inv = np.unique(s.astype(np.int64) * n + t, return_inverse=True)
+    ws = np.bincount(inv, weights=w)
+    rs, cs = uk // n, uk % n
+    order = np.lexsort((cs, -ws, rs))
+    rs, cs, ws = rs[order], cs[order], ws[order]
+    keep = (np.arange(len(rs)) - np.searchsorted(rs, rs)) < top
+    rs, cs, ws = rs[keep], cs[keep], ws[keep]
+    order = np.lexsort((cs, rs))
+    rs, cs, ws = rs[order], cs[order], ws[order]
+    indptr = np.zeros(n + 1, np.int64)
+    np.add.at(indptr, rs + 1, 1)
+    return np.cumsum(indptr), cs.astype(np.int32), ws.astype(np.float32)
+
+
+def test_sequential_rules_by_hand():
+    # session 0: a b a c; session 1: b c (rows a=0, b=1, c=2, one -1 without a vector)
+    item = np.array([0, 1, 0, 2, 1, -1, 2])
+    sid = np.array([0, 0, 0, 0, 1, 1, 1])
+    r = sequential_rules(item, sid, 3, steps=2)
+    got = {(a, int(b)): float(w) for a in range(3)
+           for b, w in zip(*r.row(a), strict=True)}
+    # a->b 1 (pos 0 -> 1), a->c 1 (pos 2 -> 3; pos 0 -> 3 is 3 steps), b->a 1 (pos 1 -> 2),
+    # b->c 1/2 (pos 1 -> 3) + 1/2 (pos 4 -> 6, across the -1); a->a never counts, and c's
+    # next event is in another session
+    assert got == {(0, 1): 1.0, (0, 2): 1.0, (1, 0): 1.0, (1, 2): 1.0}
+    assert r.indptr.tolist() == [0, 2, 4, 4]
+    top1 = sequential_rules(item, sid, 3, steps=2, top=1)
+    assert top1.indices.tolist() == [1, 0]  # ties go to the lower column
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sequential_rules_equal_the_numpy_reference_bit_for_bit(seed):
+    rng = np.random.default_rng(seed)
+    n, e = 300, 20_000
+    # Zipf-like rows (many ties at the top-k cut among rare pairs), some without a vector
+    item = np.minimum(rng.zipf(1.3, e) - 1, n - 1).astype(np.int64)
+    item[rng.random(e) < 0.05] = -1
+    sid = np.sort(rng.integers(0, e // 6, e))
+    for steps, top in ((10, 100), (3, 5), (1, 1)):
+        r = sequential_rules(item, sid, n, steps=steps, top=top)
+        indptr, indices, data = reference_rules(item, sid, n, steps, top)
+        assert r.indptr.dtype == np.int64 and r.indices.dtype == np.int32
+        assert r.data.dtype == np.float32
+        assert np.array_equal(r.indptr, indptr)
+        assert np.array_equal(r.indices, indices)
+        assert np.array_equal(r.data, data)
+
+
+def test_sequential_rules_refuse_rows_outside_n():
+    with pytest.raises(ValueError, match="row 5 >= n=3"):
+        sequential_rules(np.array([0, 5]), np.array([0, 0]), 3)

@@ -154,3 +154,54 @@ def test_the_session_knn_baselines_share_one_session_index_with_the_same_scores(
         alone = _sknn_maker(method, train, 40, None)(q, idx)
         assert np.array_equal(got, alone)
     assert "index" in shared
+
+
+def test_dense_scorers_reusing_their_buffer_equal_fresh_scores_block_after_block():
+    """Every scorer writes each block into one reused buffer (recembed.topk.ScoreBuffer): a
+    block scored after a larger one, whose rows the caller set to -inf in place as
+    top_k_lists does, equals the same block scored by a new scorer, and the numpy expressions
+    the scorers replaced."""
+    from recembed.evaluate import _sknn_maker, embedding_scorer, popularity_scorer
+
+    rng = np.random.default_rng(4)
+    n = 40
+    sess = np.repeat(np.arange(300), 4)
+    train = pd.DataFrame({"session": sess, "item": rng.integers(0, n, len(sess)),
+                          "ts": np.arange(len(sess), dtype=np.int64) * 60})
+    pop = np.bincount(train["item"], minlength=n).astype(np.float64)
+    q = Queries(items=rng.integers(0, n, 60).astype(np.int32), start=np.arange(0, 60, 3),
+                length=np.full(20, 3, np.int32), target=np.zeros(20, np.int32))
+    vectors = rng.standard_normal((n, 8)).astype(np.float32)
+    context = rng.standard_normal((n, 8)).astype(np.float32)
+    rows = np.arange(n)
+    makers = {
+        "pop": lambda: popularity_scorer(pop),
+        "session_pop": lambda: session_popularity_scorer(pop),
+        "item_knn": lambda: item_knn_scorer(train, n, pop),
+        "sr": lambda: sequential_rules_scorer(train, n, pop),
+        "vsknn": lambda: _sknn_maker("vsknn", train, n, None),
+        **{f"emb_{s}": (lambda s=s: embedding_scorer(vectors, rows, n, pop, strategy=s,
+                                                      context=context))
+           for s in ("last", "decayed", "directional", "ann")},
+    }
+    first, second = np.arange(0, 12), np.arange(12, 17)
+    for name, make in makers.items():
+        scorer = make()
+        a = scorer(q, first)
+        a[:] = -np.inf  # the caller's masks, in place
+        b = np.array(scorer(q, second))
+        assert np.array_equal(b, make()(q, second)), name
+    # against the expressions the buffers replaced
+    norm = pop / pop.max()
+    p32 = norm.astype(np.float32)
+    assert np.array_equal(makers["pop"]()(q, second),
+                          np.broadcast_to(p32, (len(second), n)))
+    ann = makers["emb_last"]()
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    ann(q, first)
+    expect = unit[q.last(second)] @ unit.T + p32 * np.float32(1e-6)
+    assert np.array_equal(ann(q, second), expect)
+    sp_ = makers["session_pop"]()
+    sp_(q, first)
+    expect = q.prefix_matrix(second, n).toarray() + 1e-6 * p32
+    assert np.array_equal(sp_(q, second), expect)

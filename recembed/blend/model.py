@@ -33,7 +33,7 @@ from recembed.blend.scores import COSINE_TEMPERATURE, Signals, signal_weights
 from recembed.blend.settings import CATEGORY_KEYS, SIGNALS, BlendSettings
 from recembed.sknn import SessionIndex, SknnParams, method_params, session_end_times
 from recembed.sknn_kernels import Scratch, score_sessions
-from recembed.topk import offsets
+from recembed.topk import ScoreBuffer, offsets
 
 Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # (queries, k) -> (D, I)
 
@@ -679,29 +679,100 @@ def sequential_rules(sessions_item: np.ndarray, sessions_id: np.ndarray, n: int,
     -------
     Csr [n, n]: indptr int64, indices int32, data float32.
     """
-    src, dst, wt = [], [], []
-    for d in range(1, steps + 1):
-        same = (sessions_id[d:] == sessions_id[:-d]) & (sessions_item[d:] != sessions_item[:-d])
-        same &= (sessions_item[d:] >= 0) & (sessions_item[:-d] >= 0)
-        src.append(sessions_item[:-d][same])
-        dst.append(sessions_item[d:][same])
-        wt.append(np.full(int(same.sum()), 1.0 / d))
-    s, t, w = np.concatenate(src), np.concatenate(dst), np.concatenate(wt)
-    key = s.astype(np.int64) * n + t
-    uk, inv = np.unique(key, return_inverse=True)
-    ws = np.bincount(inv, weights=w)
-    rs, cs = uk // n, uk % n
-    # keep the heaviest `top` per row: order by (row, -weight)
-    order = np.lexsort((cs, -ws, rs))
-    rs, cs, ws = rs[order], cs[order], ws[order]
-    rank = np.arange(len(rs)) - np.searchsorted(rs, rs)
-    keep = rank < top
-    rs, cs, ws = rs[keep], cs[keep], ws[keep]
-    order = np.lexsort((cs, rs))
-    rs, cs, ws = rs[order], cs[order], ws[order]
+    item = np.ascontiguousarray(sessions_item, np.int64)
+    sid = np.ascontiguousarray(sessions_id)
+    if item.shape != sid.shape or item.ndim != 1:
+        raise ValueError(f"sessions_item {item.shape} and sessions_id {sid.shape} must be "
+                         "1-d of one length")
+    if steps < 1 or top < 1:
+        raise ValueError(f"steps={steps} and top={top} must be >= 1")
+    if len(item) and int(item.max()) >= n:
+        raise ValueError(f"sessions_item holds row {int(item.max())} >= n={n}")
+    # one pass per source row over its occurrences into a dense accumulator, instead of
+    # np.unique over every (source, target) key: the same sums in the same order (d, then
+    # position), so the same float64 weights and lists (benchmarks/RESULTS.md, "the rules
+    # without np.unique")
+    start, pos = _occurrences(item, n)
+    length = np.zeros(n, np.int64)
+    _rule_rows(item, sid, start, pos, steps, top, np.zeros(n + 1, np.int64), length,
+               np.zeros(0, np.int32), np.zeros(0, np.float32), True)
     indptr = np.zeros(n + 1, np.int64)
-    np.add.at(indptr, rs + 1, 1)
-    return Csr(np.cumsum(indptr), cs.astype(np.int32), ws.astype(np.float32))
+    np.cumsum(length, out=indptr[1:])
+    indices = np.empty(int(indptr[-1]), np.int32)
+    data = np.empty(int(indptr[-1]), np.float32)
+    _rule_rows(item, sid, start, pos, steps, top, indptr, length, indices, data, False)
+    return Csr(indptr, indices, data)
+
+
+# rows are dealt to this many interleaved chunks, each with its own accumulator: popular rows
+# spread over the threads, and the result does not depend on the thread count
+_RULE_CHUNKS = 64
+
+
+@njit(cache=True, nogil=True)
+def _occurrences(item, n):
+    """(start int64 [n + 1], pos int64 [...]): the positions of each row's events, ascending."""
+    start = np.zeros(n + 1, np.int64)
+    for p in range(len(item)):
+        if item[p] >= 0:
+            start[item[p] + 1] += 1
+    for a in range(n):
+        start[a + 1] += start[a]
+    pos = np.empty(start[n], np.int64)
+    fill = start[:n].copy()
+    for p in range(len(item)):
+        a = item[p]
+        if a >= 0:
+            pos[fill[a]] = p
+            fill[a] += 1
+    return start, pos
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _rule_rows(item, sid, start, pos, steps, top, indptr, length, indices, data, count_only):
+    """Per source row a: weight 1/d summed over the events d <= `steps` after each occurrence
+    in its session (other rows, with a vector), the `top` heaviest kept (ties: lower column),
+    written in column order at indptr[a]; `count_only` writes only the kept `length`."""
+    n = len(start) - 1
+    e = len(item)
+    chunks = _RULE_CHUNKS
+    for c in prange(chunks):
+        acc = np.zeros(n, np.float64)
+        seen = np.zeros(n, np.bool_)
+        touched = np.empty(n, np.int64)
+        for a in range(c, n, chunks):
+            m = 0
+            for d in range(1, steps + 1):
+                w = 1.0 / d
+                for j in range(start[a], start[a + 1]):
+                    p = pos[j]
+                    q = p + d
+                    if q >= e or sid[q] != sid[p]:
+                        continue
+                    b = item[q]
+                    if b < 0 or b == a:
+                        continue
+                    if not seen[b]:
+                        seen[b] = True
+                        touched[m] = b
+                        m += 1
+                    acc[b] += w
+            k = min(m, top)
+            if count_only:
+                length[a] = k
+            elif k > 0:
+                cols = np.sort(touched[:m])
+                ws = np.empty(m, np.float64)
+                for i in range(m):
+                    ws[i] = -acc[cols[i]]
+                keep = np.sort(cols[np.argsort(ws, kind="mergesort")[:k]])
+                o = indptr[a]
+                for i in range(k):
+                    indices[o + i] = keep[i]
+                    data[o + i] = acc[keep[i]]
+            for i in range(m):
+                acc[touched[i]] = 0.0
+                seen[touched[i]] = False
 
 
 # from this many items the exact searches without an index (calibration's candidate models)
@@ -761,9 +832,10 @@ def verified_exact_top(q: np.ndarray, items: np.ndarray, k: int, *, block: int =
     gamma = d * u / (1.0 - d * u)
     item_max = float(np.sqrt((items.astype(np.float64) ** 2).sum(axis=1).max()))
     out = np.empty((len(q), k), np.int64)
+    buf = ScoreBuffer(n)
     for lo in range(0, len(q), block):
         qb = q[lo:lo + block]
-        rows, gap = _top_set(qb @ items.T, k)
+        rows, gap = _top_set(np.matmul(qb, items.T, out=buf.rows(len(qb))), k)
         bound = 4.0 * gamma * np.sqrt((qb.astype(np.float64) ** 2).sum(axis=1)) * item_max
         ok = gap > bound
         out[lo:lo + len(qb)][ok] = rows[ok]
