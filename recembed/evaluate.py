@@ -12,8 +12,9 @@ A method that has nothing for a cold item simply never hits it.
 
 A method is a *scorer*: `scorer(queries, idx) -> float32 [len(idx), n_items]`, higher is better,
 -inf for items it must not recommend; the dense scorers return a buffer they overwrite on the
-next call (`recembed.topk.ScoreBuffer`), which the caller may change in place. Scorers add `1e-6 * popularity` so ties fall to popular
-items (the usual popularity fill); `top_k` then breaks exact ties by lower item code.
+next call (`recembed.topk.ScoreBuffer`), which the caller may change in place. Scorers add
+`1e-6 * popularity` so ties fall to popular items (the usual popularity fill); `top_k` then
+breaks exact ties by lower item code.
 """
 
 from __future__ import annotations
@@ -484,7 +485,7 @@ def embedding_scorer(
                 qv[ok] += (decay ** k) * qm[q.items[end[ok] - 1 - k]]
         else:
             qv = qm[q.last(idx)]
-        s = np.matmul(qv, cand.T, out=buf.rows(len(idx)))  # the same float32 values as qv @ cand.T
+        s = np.matmul(qv, cand.T, out=buf.rows(len(idx)))  # qv @ cand.T, bit for bit
         s += pop
         s[:, ~has_vec] = -np.inf
         return s

@@ -22,8 +22,8 @@ class ScoreBuffer:
 
     A fresh [512, 197k] product (400 MB) per block of queries had the kernel zero new pages
     every time: 76 ms of system time beside the product's 95 ms on the 10M-event log's
-    catalogue, and 36 of the evaluate stage's 147 CPU seconds (benchmarks/RESULTS.md, "reused
-    score buffers"). The view `rows` returns is overwritten by the next call.
+    catalogue, and 35.6 of the 147 CPU seconds of that log's evaluate stage run alone
+    (benchmarks/RESULTS.md, "reused score buffers"). The view `rows` returns is overwritten by the next call.
 
     Parameters
     ----------
