@@ -55,6 +55,15 @@ trains. The choice
 `vectors_objective` (when present) is not below the best one's by more than `vectors_se`, and
 among them the cheapest (fewer tokens, then "sessions", which needs no walks).
 
+Two threads, one result: scoring a candidate is mostly one core's work and gensim with
+`workers = 1` is another's, so the next candidate of the first rung (and the next value of a
+skip-gram setting) trains in a worker thread while the current one is scored
+(`recembed.candidates.VectorJob`: the corpora are written in the calling thread, the worker runs
+gensim alone). Each training is the one it would be alone (its seed, one gensim thread, its own
+folder), candidates are scored and recorded in the plan's order, and a prefetch never changes
+what is recorded or chosen, only when the second core works (benchmarks/RESULTS.md,
+"candidates trained ahead").
+
 The vectors floor (issue 24: the exported vectors alone at least the item-kNN baseline;
 `vectors_floor`): while the current choice's vectors-alone objective is below item-kNN's on the
 same validation queries, the climb also goes on when the vectors gain more than their standard
@@ -91,6 +100,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -102,7 +112,7 @@ from recembed.blend import SIGNALS, BlendModel, BlendSettings, Signals, blended_
 from recembed.blend.kernels import COSINE, DIRECTIONAL, flat_ranks
 from recembed.blend.model import SignalBatch
 from recembed.blend.scores import signal_weights
-from recembed.candidates import CalibrationCatalog, train_model
+from recembed.candidates import CalibrationCatalog, prepare_vectors, train_model
 from recembed.graph import GraphParams
 from recembed.line import LineParams
 from recembed.progress import progress_bar
@@ -390,7 +400,8 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
                        threads: int, catalog: CalibrationCatalog | None = None,
                        listing: np.ndarray | None = None, walk_params: WalkParams | None = None,
                        train_params: TrainParams | None = None, callbacks: tuple = (),
-                       parts: dict | None = None) -> dict:
+                       parts: dict | None = None, vectors=None,
+                       signal_parts: dict | None = None) -> dict:
     """Train one candidate (`recembed.candidates.train_model`) and choose its blend on the
     validation queries `q`: the candidate's record (corpus, target_tokens, epochs,
     corpus_tokens, tokens_trained (= corpus_tokens x epochs), recall@20, mrr@20, objective,
@@ -411,7 +422,9 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
     fields are at that decay.
     `walk_params` / `train_params` replace the plan's (`recembed.tune`'s trials); `parts`
     (one dict per `ct`) lets candidates with the same rows share the rules and session index
-    (`train_model`)."""
+    (`train_model`); `vectors`, the candidate's vectors trained ahead (`train_model`);
+    `signal_parts` (one dict per run), the session-kNN parts the blend searches of candidates
+    with the same session index share (`choose_blend`'s `shared`)."""
     from recembed.postprocess import VectorTransform
     from recembed.postprocess import choose as choose_transform
 
@@ -422,7 +435,7 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
                      train_params=plan.train_params if train_params is None else train_params,
                      rule_steps=plan.rule_steps, seed=seed, threads=threads, catalog=catalog,
                      listing=listing, callbacks=callbacks, line_params=plan.line_params,
-                     parts=parts)
+                     parts=parts, vectors=vectors)
     trained = cm.model.popularity > 0
     fit_on = cm.model.vectors[trained] if trained.any() else cm.model.vectors
     decays, history = plan.vectors_decays, plan.base_blend.history
@@ -445,7 +458,8 @@ def evaluate_candidate(ct: pd.DataFrame, weights: pd.Series, n_items: int, q, wo
     vdecay = choose_vectors_decay(by_decay)
     prefixes = [cm.row_of[q.items[s: s + n]] for s, n in zip(q.start, q.length, strict=True)]
     choice = choose_blend(model, prefixes, cm.row_of[q.target], base=plan.base_blend,
-                          fixed=plan.blend_fixed, neighbour_options=plan.neighbour_options)
+                          fixed=plan.blend_fixed, neighbour_options=plan.neighbour_options,
+                          shared=signal_parts)
     best = tried[chosen]
     return {"corpus": corpus, "target_tokens": tokens, "epochs": cm.epochs,
             "corpus_tokens": cm.corpus_tokens, "tokens_trained": cm.corpus_tokens * cm.epochs,
@@ -523,6 +537,11 @@ def _options_for(specs: list[str], dim: int) -> list[str]:
         if not (kind == "whiten" and ":" in s and p == dim and "whiten" in specs):
             out.append(s)
     return out or ["none"]
+
+
+def _frozen(d: dict | None) -> tuple:
+    """A dict of settings as a hashable key (None and {} alike)."""
+    return tuple(sorted((d or {}).items()))
 
 
 def _rm(r: dict) -> dict:
@@ -770,7 +789,7 @@ class BlendChoice:
 def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndarray, *,
                  base: BlendSettings | None = None, fixed: dict | None = None, k: int = 20,
                  neighbour_options: list[dict] | None = None,
-                 max_rounds: int = 3) -> BlendChoice:
+                 max_rounds: int = 3, shared: dict | None = None) -> BlendChoice:
     """Search the blend on validation queries (rows of `model`), coordinate ascent.
 
     Parameters
@@ -790,6 +809,9 @@ def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndar
     max_rounds : int >= 1
         Rounds of coordinate ascent at most (each round tries every coordinate's values; it
         stops earlier when a round improves nothing). The search's cost is work, never time.
+    shared : dict, optional
+        Session-kNN parts kept across searches over the same session index and queries
+        (`SignalBatch`'s `shared`).
     """
     t0 = time.perf_counter()
     fixed = dict(fixed or {})
@@ -805,7 +827,7 @@ def choose_blend(model: BlendModel, prefixes: list[np.ndarray], targets: np.ndar
     decays = [st.decay] if "decay" in fixed else sorted(set(DECAYS) | {st.decay})
     # every signal set computed once per distinct (decay, neighbour option, candidates, ...),
     # its parts once per what each depends on; scored by a kernel (`BlendScorer`)
-    scorer = BlendScorer(SignalBatch(model, prefixes), targets, k)
+    scorer = BlendScorer(SignalBatch(model, prefixes, shared=shared), targets, k)
 
     def signals(decay: float, opt: int) -> None:
         scorer.batch.flat(replace(st, decay=decay, neighbours=options[opt]))
@@ -973,11 +995,8 @@ def calibrate_run(
     if catalog is not None and catalog.categories is not None and "category" not in baselines:
         baselines = (*baselines, "category")
     record["validation_queries"] = vs.stats
-    record["baselines"] = validation_baselines(
-        ct, val, vs.n_items, list(baselines), max_queries=plan.max_queries, seed=seed,
-        train_ts=ct["ts"].to_numpy(), **vs.cold_kw)
-    floor = vectors_floor(record["baselines"])
-    record["vectors_floor"] = {"baseline": "item_knn", "objective": floor}
+    record["baselines"] = {}  # below, while the first candidate trains
+    record["vectors_floor"] = {}
     workdir.mkdir(parents=True, exist_ok=True)
     data_end = float(train["ts"].max())
     log_share = len(ct) / max(len(train), 1)  # the final model trains on all of `train`
@@ -986,16 +1005,52 @@ def calibrate_run(
     bar = progress_bar(plan.planned(), plan.progress, unit="candidate", desc="calibrate")
     n_done = 0
     parts: dict = {}  # the candidates' shared rules and session index (`train_model`)
+    signal_parts: dict = {}  # and the session-kNN items of their blend searches
+
+    # the skip-gram of the next candidate trains in this thread while the current one is
+    # scored (`run_one(..., then=...)`): scoring is mostly one core's work and gensim with
+    # workers = 1 the other's, and neither depends on the thread
+    # (benchmarks/RESULTS.md, "candidates trained ahead")
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calibrate-train")
+    ahead: dict[tuple, tuple] = {}  # (corpus, amount, sgns) -> (its folder, job, future)
+    started = 0
+
+    def train_ahead(corpus: str, amount: int, sgns: dict | None = None) -> None:
+        nonlocal started
+        key = (corpus, amount, _frozen(sgns))
+        if corpus == "svd" or key in ahead:
+            return
+        started += 1
+        where = workdir / f"ahead-{started}"
+        tp = replace(plan.train_params, **sgns) if sgns else plan.train_params
+        job = prepare_vectors(ct, weights, n_items, where, corpus=corpus,
+                              tokens=plan.candidate_tokens(amount),
+                              graph_params=plan.graph_params, walk_params=plan.walk_params,
+                              train_params=tp, seed=seed, threads=threads,
+                              line_params=plan.line_params)
+        ahead[key] = (where, job, pool.submit(job.run))
 
     def run_one(corpus: str, amount: int, *, fixed: dict | None = None,
-                sgns: dict | None = None) -> dict:
+                sgns: dict | None = None, then: str | None = None) -> dict:
+        """Candidate `corpus` at `amount`; `then`, the corpus trained next at the same
+        amount, starts training before this one is scored."""
         nonlocal n_done
         tokens = plan.candidate_tokens(amount)
         p = plan if fixed is None else replace(plan, blend_fixed=fixed)
         tp = replace(plan.train_params, **sgns) if sgns else None
+        vectors = None
+        if then is not None:
+            train_ahead(corpus, amount, sgns)  # a no-op when it was started ahead
+        if (corpus, amount, _frozen(sgns)) in ahead:
+            where, job, running = ahead.pop((corpus, amount, _frozen(sgns)))
+            vectors = job.finish(running.result())
+            shutil.rmtree(where, ignore_errors=True)
+        if then is not None:
+            train_ahead(then, amount)
         cand = evaluate_candidate(ct, weights, n_items, q, workdir, p, corpus=corpus,
                                   tokens=tokens, seed=seed, threads=threads, catalog=catalog,
-                                  listing=vs.listing, train_params=tp, parts=parts)
+                                  listing=vs.listing, train_params=tp, parts=parts,
+                                  vectors=vectors, signal_parts=signal_parts)
         cand["option_tokens"] = amount
         if sgns:
             cand["sgns"] = dict(sgns)
@@ -1024,6 +1079,15 @@ def calibrate_run(
     try:
         cands: list[dict] = []
         reuse = _reuse_check(plan, previous, data_end, vs, item_ids)
+        trained = [c for c in plan.corpora if c != "svd"]
+        if reuse["decision"] != "revalidate" and trained and plan.target_tokens:
+            # the first rung's first skip-gram trains while the baselines are scored
+            train_ahead(trained[0], min(plan.target_tokens))
+        record["baselines"] = validation_baselines(
+            ct, val, vs.n_items, list(baselines), max_queries=plan.max_queries, seed=seed,
+            train_ts=ct["ts"].to_numpy(), **vs.cold_kw)
+        floor = vectors_floor(record["baselines"])
+        record["vectors_floor"] = {"baseline": "item_knn", "objective": floor}
         prev_sgns = _previous_sgns(plan, previous)
         if reuse["decision"] == "revalidate":
             prev = previous.record
@@ -1040,8 +1104,9 @@ def calibrate_run(
                 record["sgns"] = {"keys": list(plan.sgns), "chosen": prev_sgns,
                                   "decision": "kept", "changed": True}
         else:
-            _sgns_stage(plan, best, cands, run_one, record, log_share)
+            _sgns_stage(plan, best, cands, run_one, record, log_share, prefetch=train_ahead)
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.close()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -1308,7 +1373,20 @@ def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
     vectors `floor` (`vectors_floor`), within `cost_ratio` x the larger of that model and the
     one the candidate would train."""
     amounts = sorted(set(plan.target_tokens))
-    cands = [run_one(c, amounts[0]) for c in plan.corpora]
+    first = list(plan.corpora)
+    # each corpus of the first rung starts training while the one before it is scored, and
+    # "svd" (no skip-gram) is scored first, while the first skip-gram trains; the record and
+    # the choice keep the plan's order
+    order = sorted(range(len(first)), key=lambda i: first[i] != "svd")
+    n0 = len(record["candidates"])
+    done = {}
+    for j, i in enumerate(order):
+        done[i] = run_one(first[i], amounts[0],
+                          then=first[order[j + 1]] if j + 1 < len(order) else None)
+    cands = [done[i] for i in range(len(first))]
+    ran = record["candidates"][n0:]
+    if len(ran) == len(first):
+        record["candidates"][n0:] = [ran[order.index(i)] for i in range(len(first))]
     rung = cands
     for amount in amounts[1:]:
         # "svd" has no amount to climb: the ladder is the trained corpora's,
@@ -1475,7 +1553,7 @@ def _sgns_row(c: dict, settings: dict) -> dict:
 
 
 def sgns_search(plan: CalibrationPlan, base: dict, run_sgns, record: dict,
-                budget: float) -> tuple[dict, dict]:
+                budget: float, prefetch=None) -> tuple[dict, dict]:
     """Coordinate search over the skip-gram settings of the exported vectors (issue 24).
 
     After the corpus / amount search, from the plan's settings (`plan.train_params`), one
@@ -1500,6 +1578,10 @@ def sgns_search(plan: CalibrationPlan, base: dict, run_sgns, record: dict,
         The calibration record (its ``candidates`` give the tokens spent so far).
     budget : float, tokens
         Tokens all candidates may train (``cost_ratio`` x the final model's).
+    prefetch : callable, optional
+        ``prefetch(settings)``: starts training the next value of the same setting while
+        the current one trains and is scored (`calibrate_run`'s worker thread), when both
+        fit the budget at the base candidate's tokens; what is chosen does not change.
 
     Returns
     -------
@@ -1518,9 +1600,8 @@ def sgns_search(plan: CalibrationPlan, base: dict, run_sgns, record: dict,
     est = int(base["tokens_trained"])
     for key in plan.sgns:
         cands = [cur]
-        for v in values.get(key, ()):
-            if v == current[key]:
-                continue
+        todo = [v for v in values.get(key, ()) if v != current[key]]
+        for i, v in enumerate(todo):
             spent = sum(int(x["tokens_trained"]) for x in record["candidates"])
             if spent + est > budget:
                 why = (f"{key} = {v} (about {est:,} more tokens would pass {budget:,.0f}, "
@@ -1528,6 +1609,8 @@ def sgns_search(plan: CalibrationPlan, base: dict, run_sgns, record: dict,
                 not_tried.append(why)
                 log.info("calibrate: skip-gram search: not tried: %s", why)
                 continue
+            if prefetch is not None and i + 1 < len(todo) and spent + 2 * est <= budget:
+                prefetch({**current, key: todo[i + 1]})
             settings = {**current, key: v}
             c = run_sgns(settings)
             c["sgns_cost"] = sgns_cost(key, v) - sgns_cost(key, current[key])
@@ -1568,11 +1651,12 @@ def _previous_sgns(plan: CalibrationPlan, previous: PreviousChoice | None) -> di
 
 
 def _sgns_stage(plan: CalibrationPlan, best: dict, cands: list[dict], run_one, record: dict,
-                log_share: float) -> None:
+                log_share: float, prefetch=None) -> None:
     """Run `sgns_search` after the corpus / amount choice `best` (when `plan.sgns` lists a
     setting and the corpus has a skip-gram) and record it: ``record["sgns"]``, and when the
     settings changed, the chosen candidate's post-processing (chosen on its vectors) as the
-    run's. The blend stays `best`'s."""
+    run's. The blend stays `best`'s. `prefetch(corpus, amount, settings)` starts a
+    candidate's training ahead (`sgns_search`)."""
     from recembed.line import split_corpus
 
     if not plan.sgns:
@@ -1587,9 +1671,10 @@ def _sgns_stage(plan: CalibrationPlan, best: dict, cands: list[dict], run_one, r
     fixed = _fixed_blend({"blend": base["choice"].as_dict()})
     budget = plan.cost_ratio * final_tokens_planned(best["option_tokens"], best["corpus_tokens"],
                                                     log_share, best["epochs"])
+    corpus, amount = base["corpus"], int(base["option_tokens"])
     rec, chosen = sgns_search(
-        plan, base, lambda st: run_one(base["corpus"], int(base["option_tokens"]), fixed=fixed,
-                                       sgns=st), record, budget)
+        plan, base, lambda st: run_one(corpus, amount, fixed=fixed, sgns=st), record, budget,
+        prefetch=None if prefetch is None else (lambda st: prefetch(corpus, amount, st)))
     record["sgns"] = rec
     if rec["changed"]:
         record["postprocess"] = chosen["postprocess"]

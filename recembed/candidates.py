@@ -118,7 +118,7 @@ def train_model(ct: pd.DataFrame, weights: pd.Series, n_items: int, workdir: Pat
                 train_params: TrainParams, rule_steps: int, seed: int, threads: int,
                 catalog: CalibrationCatalog | None = None, listing: np.ndarray | None = None,
                 callbacks: tuple = (), line_params: LineParams | None = None,
-                parts: dict | None = None) -> CandidateModel:
+                parts: dict | None = None, vectors=None) -> CandidateModel:
     """Train one candidate model on the calibration-train events `ct`.
 
     Parameters
@@ -161,19 +161,25 @@ def train_model(ct: pd.DataFrame, weights: pd.Series, n_items: int, workdir: Pat
         for candidates of the same `ct`: a candidate with the same rows as the last one built
         reuses them (`BlendModel.build` took ~11 CPU s per candidate on the 10M-event log).
         The caller keeps one dict per `ct`; None = always build.
+    vectors : TrainResult, optional
+        The candidate's vectors, trained ahead with these same arguments
+        (`prepare_vectors(...)`, its `run` in a worker thread, then `finish`): only the blend
+        model is built here. None = train them here.
     """
-    if corpus == "svd":
+    if vectors is not None:
+        res = vectors
+    elif corpus == "svd":
         from recembed.factorize import factorize_sessions
 
         res = factorize_sessions(ct["session"].to_numpy(), ct["item"].to_numpy(), n_items,
                                  dimension=train_params.vector_size,
                                  min_count=train_params.min_count, seed=seed)
     else:
-        w = weights.reindex(np.arange(int(weights.index.max()) + 1)).fillna(0).to_numpy()
-        res = _trained_vectors(ct, w, n_items, workdir, corpus=corpus, tokens=tokens,
-                               graph_params=graph_params, walk_params=walk_params,
-                               train_params=train_params, seed=seed, threads=threads,
-                               callbacks=callbacks, line_params=line_params)
+        job = prepare_vectors(ct, weights, n_items, workdir, corpus=corpus, tokens=tokens,
+                              graph_params=graph_params, walk_params=walk_params,
+                              train_params=train_params, seed=seed, threads=threads,
+                              callbacks=callbacks, line_params=line_params)
+        res = job.finish(job.run())
     codes, vectors, context, category = res.codes, res.vectors, res.context, None
     n_model = n_items
     if catalog is not None:
@@ -196,18 +202,64 @@ def train_model(ct: pd.DataFrame, weights: pd.Series, n_items: int, workdir: Pat
                           int(res.stats["corpus_tokens"]))
 
 
-def _trained_vectors(ct: pd.DataFrame, w: np.ndarray, n_items: int, workdir: Path, *,
-                     corpus: str, tokens: int, graph_params: GraphParams,
-                     walk_params: WalkParams, train_params: TrainParams, seed: int,
-                     threads: int, callbacks: tuple, line_params: LineParams | None):
-    """The skip-gram and / or LINE vectors of a candidate (`train_model`'s parameters; `w` =
-    weight per session id): a `recembed.train.TrainResult`."""
+@dataclass
+class VectorJob:
+    """A candidate's vectors, split where a thread may run them: `prepare_vectors` wrote the
+    corpora (walks are numba kernels: the calling thread), `run` trains the skip-gram on them
+    (gensim alone, which releases the GIL and calls no numba kernel, so a worker thread may
+    run it while the calling thread scores the previous candidate), `finish` adds LINE
+    (numba) in the calling thread. One `run` at a time per job; the result does not depend on
+    the thread (gensim with workers = 1 is seeded by `seed`)."""
+
+    corpus_file: Path | None
+    graph: object | None
+    line_mode: str
+    tokens: int
+    train_params: TrainParams
+    seed: int
+    callbacks: tuple
+    line_params: LineParams | None
+
+    def run(self):
+        """The skip-gram's `recembed.train.TrainResult` (None for LINE alone)."""
+        from recembed.train import train_word2vec
+
+        if self.corpus_file is None:
+            return None
+        return train_word2vec(self.corpus_file, seed=self.seed, target_tokens=self.tokens,
+                              progress=False, callbacks=self.callbacks,
+                              **self.train_params.kwargs())
+
+    def finish(self, res):
+        """`res` (from `run`) with LINE's vectors, alone or appended, per the corpus option."""
+        from recembed.line import samples_for, train_line, with_line
+
+        if self.line_mode == "off":
+            return res
+        lp = self.line_params or LineParams()
+        lp = replace(lp, seed=self.seed, samples=samples_for(lp, self.tokens, self.graph.nnz,
+                                                             self.train_params.epochs))
+        return with_line(res, train_line(self.graph, **lp.kwargs()))
+
+
+def prepare_vectors(ct: pd.DataFrame, weights: pd.Series, n_items: int, workdir: Path, *,
+                    corpus: str, tokens: int, graph_params: GraphParams,
+                    walk_params: WalkParams, train_params: TrainParams, seed: int,
+                    threads: int, callbacks: tuple = (),
+                    line_params: LineParams | None = None) -> VectorJob:
+    """The corpora of a skip-gram and / or LINE candidate written into `workdir` (created),
+    and the training left to run (`VectorJob`); `train_model`'s parameters ("svd" has no
+    job: `train_model` factorizes)."""
     from recembed.graph import build_item_graph
-    from recembed.line import samples_for, split_corpus, train_line, with_line
+    from recembed.line import split_corpus
     from recembed.sequences import write_session_corpus
-    from recembed.train import concat_corpora, train_word2vec
+    from recembed.train import concat_corpora
     from recembed.walks import random_walks
 
+    if corpus == "svd":
+        raise ValueError('corpus "svd" trains no skip-gram: train_model factorizes it')
+    workdir.mkdir(parents=True, exist_ok=True)
+    w = weights.reindex(np.arange(int(weights.index.max()) + 1)).fillna(0).to_numpy()
     base, kind = split_corpus(corpus)
     files = []
     if base in ("both", "sessions"):
@@ -224,16 +276,10 @@ def _trained_vectors(ct: pd.DataFrame, w: np.ndarray, n_items: int, workdir: Pat
             wp = replace(wp, max_tokens=min(wp.max_tokens or tokens, max(tokens // 2, 1000)))
         random_walks(g, A.WALKS.path(workdir), threads=threads, **asdict(wp))
         files.append(A.WALKS.path(workdir))
-    res = None
-    if base is not None:
-        path = concat_corpora(files, workdir / A.SCRATCH_CORPUS)
-        res = train_word2vec(path, seed=seed, target_tokens=tokens, progress=False,
-                             callbacks=callbacks, **train_params.kwargs())
-    if kind != "off":
-        lp = line_params or LineParams()
-        lp = replace(lp, seed=seed, samples=samples_for(lp, tokens, g.nnz, train_params.epochs))
-        res = with_line(res, train_line(g, **lp.kwargs()))
-    return res
+    path = concat_corpora(files, workdir / A.SCRATCH_CORPUS) if base is not None else None
+    return VectorJob(corpus_file=path, graph=g, line_mode=kind, tokens=tokens,
+                     train_params=train_params, seed=seed, callbacks=tuple(callbacks),
+                     line_params=line_params)
 
 
 def calibration_rows(catalog: CalibrationCatalog, res, ct: pd.DataFrame,

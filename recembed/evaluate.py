@@ -30,11 +30,15 @@ import scipy.sparse as sp
 from recembed.graph import build_item_graph
 from recembed.sknn import METHODS, SessionIndex, method_params, session_end_times
 from recembed.sknn_kernels import dense_scorer
-from recembed.topk import ScoreBuffer, heap_top_k
+from recembed.topk import ScoreBuffer, heap_top_k, without_listed
 
 Scorer = Callable[["Queries", np.ndarray], np.ndarray]
 Recommend = Callable[["Queries", np.ndarray, int, bool], np.ndarray]
 TIE = 1e-6
+# the longest query prefix (distinct items) for which both variants share one top-k pass of
+# k + that many columns (`top_k_lists`); longer ones take a second pass (a long-history log's
+# heap of thousands would cost more than the second scan it saves)
+MAX_SHARED_EXTRA = 200
 
 
 @dataclass
@@ -160,12 +164,28 @@ def top_k_lists(
         if allowed is not None:
             scores[:, ~allowed] = -np.inf
         scores[np.arange(len(idx)), q.last(idx)] = -np.inf
+        if "exclude_prefix" not in variants:
+            recs["allow_repeats"][idx] = top_k(scores, k)
+            continue
+        pm = q.prefix_matrix(idx, n_items)
+        pm.sum_duplicates()  # canonical: sorted, distinct columns per row
+        extra = int(np.diff(pm.indptr).max(initial=0))
+        if extra <= MAX_SHARED_EXTRA:
+            # one heap pass for both variants: the top k + extra lists, and each row without
+            # its prefix items (`without_listed`) is the exclude-prefix list, the same lists
+            # as a second pass over the scores with those items at -inf
+            # (benchmarks/RESULTS.md, "one top-k pass for both variants")
+            wide = top_k(scores, k + extra)
+            if "allow_repeats" in variants:
+                recs["allow_repeats"][idx] = wide[:, :k]
+            recs["exclude_prefix"][idx] = without_listed(
+                wide, pm.indptr.astype(np.int64), pm.indices.astype(np.int32), k)
+            continue
         if "allow_repeats" in variants:
             recs["allow_repeats"][idx] = top_k(scores, k)
-        if "exclude_prefix" in variants:
-            pm = q.prefix_matrix(idx, n_items).tocoo()
-            scores[pm.row, pm.col] = -np.inf
-            recs["exclude_prefix"][idx] = top_k(scores, k)
+        coo = pm.tocoo()
+        scores[coo.row, coo.col] = -np.inf
+        recs["exclude_prefix"][idx] = top_k(scores, k)
     return recs
 
 

@@ -134,6 +134,29 @@ def heap_top_k(scores, k):
     return out
 
 
+@njit(parallel=True, cache=True)
+def without_listed(lists, indptr, listed, k):
+    """int32 [n, k]: each row of the top lists `lists` (int32 [n, K], best first, -1 padded)
+    without the columns ``listed[indptr[i]:indptr[i + 1]]`` (sorted) of its row, the first k
+    kept, -1 padded: the top-k of the same scores with those columns at -inf, when K is at
+    least k plus the row's listed count."""
+    n, width = lists.shape
+    out = np.full((n, k), -1, np.int32)
+    for i in prange(n):
+        mine = listed[indptr[i]:indptr[i + 1]]
+        c = 0
+        for j in range(width):
+            x = lists[i, j]
+            if x < 0 or c == k:
+                break
+            p = np.searchsorted(mine, x)
+            if p < len(mine) and mine[p] == x:
+                continue
+            out[i, c] = x
+            c += 1
+    return out
+
+
 @njit(inline="always")
 def _sift_down(hs, hi, size):
     c = 0

@@ -166,15 +166,22 @@ def test_scorer_reuses_a_ranking_only_where_the_scores_cannot_differ():
         assert scorer(st) == fresh(st) == _recall_mrr(m.signals(sessions, st), st, targets, 20)
 
 
+def _tied_items_and_queries(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """500 items, 10 of them copies of item 7 (exact ties at any boundary they fall on), and
+    300 queries, the first 20 equal to item 7."""
+    rng = np.random.default_rng(seed)
+    items = rng.normal(size=(500, 16)).astype(np.float32)
+    items[100:110] = items[7]
+    q = rng.normal(size=(300, 16)).astype(np.float32)
+    q[:20] = items[7]
+    return items, q
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_verified_search_returns_the_sets_of_faiss_exact_search(seed, monkeypatch):
     import recembed.blend.model as bm
 
-    rng = np.random.default_rng(seed)
-    items = rng.normal(size=(500, 16)).astype(np.float32)
-    items[100:110] = items[7]  # exact ties at any boundary they fall on
-    q = rng.normal(size=(300, 16)).astype(np.float32)
-    q[:20] = items[7]
+    items, q = _tied_items_and_queries(seed)
     fallback = []
     faiss_top = bm.faiss_exact_top
     monkeypatch.setattr(bm, "faiss_exact_top",
@@ -186,6 +193,30 @@ def test_verified_search_returns_the_sets_of_faiss_exact_search(seed, monkeypatc
         np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(want, axis=1))
     assert 0 < sum(fallback) < 6 * len(q)  # the ties went to faiss, most queries did not
     assert bm.verified_exact_top(q[:0], items, 5).shape == (0, 5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_exact_top_returns_argpartitions_sets_ties_included(seed, monkeypatch):
+    import recembed.blend.model as bm
+
+    items, q = _tied_items_and_queries(seed)
+    scores = q @ items.T
+    scores[30, 5] = np.nan
+    scores[31, :] = 0.0  # every column tied
+    fallback = []
+    argpartition = bm._argpartition_top
+    monkeypatch.setattr(bm, "_argpartition_top",
+                        lambda s, k: (fallback.append(len(s)), argpartition(s, k))[1])
+    for k in (1, 3, 50, 499, 500, 800):
+        got = bm.exact_top(scores, k)
+        # the reference written out: numpy's own selection, the sets compared
+        want = np.argpartition(-scores, min(k, 500) - 1, axis=1)[:, :min(k, 500)]
+        assert got.shape == want.shape and got.dtype == np.int64
+        np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(want, axis=1))
+    # the heap answered most rows; the ties, the NaN row and k >= columns went to numpy
+    assert 2 * len(scores) < sum(fallback) < 4 * len(scores)
+    assert bm.exact_top(scores[:0], 5).shape == (0, 5)
+    assert bm.exact_top(scores, 0).shape == (300, 0)
 
 
 @pytest.mark.parametrize("kind", ["plain", "categories"])
@@ -200,3 +231,35 @@ def test_batch_signals_over_a_large_catalogue_equal_the_models(kind, monkeypatch
     batch = SignalBatch(m, sessions, block=32)
     for st in (settings(4, decay=0.5, candidates=40), settings(5, decay=0.8, candidates=9)):
         assert_identical(batch.padded(st), m.signals(sessions, st))
+
+
+def test_batches_over_one_session_index_share_its_session_knn_items(monkeypatch):
+    """`SignalBatch(shared=...)`: a second model with other vectors over the same session
+    index and queries (calibration's next candidate) takes the session-kNN items the first
+    batch computed, and its signals equal an unshared batch's bit for bit; another index or
+    other queries compute their own."""
+    import recembed.blend.model as bm
+
+    calls = []
+    real = bm.score_sessions
+    monkeypatch.setattr(bm, "score_sessions", lambda *a: (calls.append(1), real(*a))[1])
+    first = random_model(4)
+    second = random_model(5)  # other vectors, rules and index
+    second = bm.BlendModel(second.vectors, second.context, rules=second.rules,
+                           neighbours=first.neighbours, popularity=second.popularity)
+    sessions = random_sessions(4, len(first.vectors))
+    sts = [settings(4), replace(settings(4), candidates=12),
+           replace(settings(4), neighbours={"method": "vsknn", "sample_size": 50})]
+    shared: dict = {}
+    for st in sts:
+        SignalBatch(first, sessions, shared=shared).flat(st)
+    n_first = len(calls)
+    assert n_first == len(sts)
+    batch = SignalBatch(second, sessions, shared=shared)
+    for st in sts:
+        assert_identical(batch.padded(st), second.signals(sessions, st))
+    # the model's own signals call the kernel; the shared batch did not
+    assert len(calls) == n_first + len(sts)
+    SignalBatch(second, sessions[:-3], shared=shared).flat(sts[0])  # other queries
+    SignalBatch(random_model(6), sessions, shared=shared).flat(sts[0])  # another index
+    assert len(calls) == n_first + len(sts) + 2

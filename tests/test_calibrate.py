@@ -734,3 +734,71 @@ def test_the_vectors_decay_is_the_default_unless_another_beats_it_by_one_standar
                                  0.15: r(0.03)}) == 1.0
     with pytest.raises(ValueError, match="no decay"):
         choose_vectors_decay({})
+
+
+def test_candidates_trained_ahead_in_a_thread_give_the_record_trained_inline(tmp_path,
+                                                                           monkeypatch):
+    """The first rung's next skip-gram trains in a worker thread while the current candidate
+    is scored (`calibrate_run`'s `train_ahead`): the same calibration record, every number,
+    as when each candidate trains in the calling thread just before its scoring."""
+    import recembed.calibrate as cal_mod
+    from recembed.candidates import prepare_vectors
+
+    def run(name: str) -> dict:
+        cfg = synth_config(tmp_path, "clicks", 6000, 3, "evaluate.enabled=false",
+                           "publish.enabled=false", "train.vector_size=16",
+                           "calibrate.target_tokens=[20000]",
+                           "calibrate.corpora=['both', 'svd', 'sessions', 'walks']")
+        rep = run_pipeline(cfg, plan=STAGES, stages=["calibrate"], run_dir=tmp_path / name,
+                           echo=lambda s: None)
+        record = json.loads((rep.run_dir / "calibration.json").read_text())
+
+        def strip(o):
+            if isinstance(o, dict):
+                return {k: strip(v) for k, v in o.items() if k != "seconds"}
+            return [strip(v) for v in o] if isinstance(o, list) else o
+        return strip(record)
+
+    order: list[tuple[str, str, bool]] = []
+    real_evaluate = cal_mod.evaluate_candidate
+
+    def evaluate(*a, corpus, vectors=None, **kw):
+        order.append(("score", corpus, vectors is not None))
+        return real_evaluate(*a, corpus=corpus, vectors=vectors, **kw)
+
+    def ahead(*a, corpus, **kw):
+        order.append(("train", corpus, True))
+        return prepare_vectors(*a, corpus=corpus, **kw)
+
+    monkeypatch.setattr(cal_mod, "evaluate_candidate", evaluate)
+    monkeypatch.setattr(cal_mod, "prepare_vectors", ahead)
+    threaded = run("threaded")
+    # svd (no skip-gram) is scored first while the first skip-gram trains, and each corpus
+    # of the first rung starts training before the one before it is scored; any later
+    # candidate trains in its own scoring call
+    assert order[:7] == [("train", "both", True), ("score", "svd", False),
+                         ("train", "sessions", True), ("score", "both", True),
+                         ("train", "walks", True), ("score", "sessions", True),
+                         ("score", "walks", True)]
+    assert all(not ahead for _, _, ahead in order[7:])
+    # the record keeps the plan's order
+    assert [c["corpus"] for c in threaded["candidates"][:4]] == ["both", "svd", "sessions",
+                                                                 "walks"]
+
+    def inline(*a, **kw):
+        job = prepare_vectors(*a, **kw)
+        res = job.run()  # here, in the calling thread, before anything else is scored
+        return _Done(job, res)
+
+    class _Done:
+        def __init__(self, job, res):
+            self.job, self.res = job, res
+
+        def run(self):
+            return self.res
+
+        def finish(self, res):
+            return self.job.finish(res)
+
+    monkeypatch.setattr(cal_mod, "prepare_vectors", inline)
+    assert run("inline") == threaded

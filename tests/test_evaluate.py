@@ -205,3 +205,39 @@ def test_dense_scorers_reusing_their_buffer_equal_fresh_scores_block_after_block
     sp_(q, first)
     expect = q.prefix_matrix(second, n).toarray() + 1e-6 * p32
     assert np.array_equal(sp_(q, second), expect)
+
+
+@pytest.mark.parametrize("longest", [6, 260])
+def test_both_variants_from_one_top_k_pass_equal_a_pass_each(longest):
+    """`top_k_lists` ranks both variants from one pass of k + the longest prefix columns (a
+    prefix up to `MAX_SHARED_EXTRA` items; past it, a second pass): the lists equal a full
+    stable sort of each query's scores with its last item, the items outside the candidates
+    and (exclude-prefix) every prefix item removed. Ties, -inf rows and repeated prefix items
+    included."""
+    from recembed.evaluate import MAX_SHARED_EXTRA, top_k_lists
+
+    rng = np.random.default_rng(longest)
+    n_items, n_q, k = 1000, 300, 20
+    lengths = rng.integers(1, longest + 1, n_q)
+    items = rng.integers(0, n_items, int(lengths.sum())).astype(np.int32)
+    start = np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64)
+    q = Queries(items, start, lengths.astype(np.int32), rng.integers(0, n_items, n_q)
+                .astype(np.int32))
+    scores = np.round(rng.normal(size=(n_q, n_items)), 1).astype(np.float32)  # many ties
+    scores[5, :] = -np.inf
+    allowed = rng.random(n_items) > 0.1
+    recs = top_k_lists(lambda q_, idx: scores[idx].copy(), q, n_items, k=k,
+                       candidates=allowed, variants=("allow_repeats", "exclude_prefix"),
+                       batch=64)
+    for i in range(n_q):
+        prefix = set(items[start[i]:start[i] + lengths[i]].tolist())
+        for variant, drop in (("allow_repeats", {int(items[start[i] + lengths[i] - 1])}),
+                              ("exclude_prefix", prefix)):
+            ok = [j for j in range(n_items)
+                  if allowed[j] and j not in drop and np.isfinite(scores[i, j])]
+            want = sorted(ok, key=lambda j: (-scores[i, j], j))[:k]
+            want += [-1] * (k - len(want))
+            assert recs[variant][i].tolist() == want, (variant, i)
+    # the long case takes the second pass for some blocks, the short one never
+    distinct = max(len(set(items[s:s + n].tolist())) for s, n in zip(start, lengths, strict=True))
+    assert (distinct > MAX_SHARED_EXTRA) == (longest > MAX_SHARED_EXTRA)

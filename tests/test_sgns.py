@@ -105,6 +105,19 @@ def test_the_search_moves_one_setting_at_a_time_and_stops_at_the_token_budget():
     for r in rec["tried"]:
         assert {"objective", "objective_se", "vectors_objective", "vectors_se",
                 "tokens_trained"} <= set(r)
+    # with a prefetch (calibration's worker thread): the next value of a setting starts
+    # training before the current one is run, only when both fit the budget; the same record
+    events: list = []
+    record["candidates"] = [{"tokens_trained": 1000}]
+    trained.clear()
+    again, _ = sgns_search(plan, base, lambda st: (events.append(("run", st)), run_sgns(st))[1],
+                           record, budget=4000,
+                           prefetch=lambda st: events.append(("prefetch", st)))
+    assert again == rec
+    assert events == [("prefetch", {"ns_exponent": 1.0, "window": 3}),
+                      ("run", {"ns_exponent": -0.5, "window": 3}),
+                      ("run", {"ns_exponent": 1.0, "window": 3}),
+                      ("run", {"ns_exponent": -0.5, "window": 1})]  # window 10: no budget
 
 
 def test_explicit_train_keys_are_never_searched_and_win_over_the_record(tmp_path):
