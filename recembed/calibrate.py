@@ -110,7 +110,7 @@ from numba import njit, prange
 
 from recembed.blend import SIGNALS, BlendModel, BlendSettings, Signals, blended_scores
 from recembed.blend.kernels import COSINE, DIRECTIONAL, flat_ranks
-from recembed.blend.model import SignalBatch
+from recembed.blend.model import SignalBatch, _frozen
 from recembed.blend.scores import signal_weights
 from recembed.candidates import CalibrationCatalog, prepare_vectors, train_model
 from recembed.graph import GraphParams
@@ -537,11 +537,6 @@ def _options_for(specs: list[str], dim: int) -> list[str]:
         if not (kind == "whiten" and ":" in s and p == dim and "whiten" in specs):
             out.append(s)
     return out or ["none"]
-
-
-def _frozen(d: dict | None) -> tuple:
-    """A dict of settings as a hashable key (None and {} alike)."""
-    return tuple(sorted((d or {}).items()))
 
 
 def _rm(r: dict) -> dict:
@@ -1017,7 +1012,7 @@ def calibrate_run(
 
     def train_ahead(corpus: str, amount: int, sgns: dict | None = None) -> None:
         nonlocal started
-        key = (corpus, amount, _frozen(sgns))
+        key = (corpus, amount, _frozen(sgns or {}))
         if corpus == "svd" or key in ahead:
             return
         started += 1
@@ -1041,8 +1036,9 @@ def calibrate_run(
         vectors = None
         if then is not None:
             train_ahead(corpus, amount, sgns)  # a no-op when it was started ahead
-        if (corpus, amount, _frozen(sgns)) in ahead:
-            where, job, running = ahead.pop((corpus, amount, _frozen(sgns)))
+        key = (corpus, amount, _frozen(sgns or {}))
+        if key in ahead:
+            where, job, running = ahead.pop(key)
             vectors = job.finish(running.result())
             shutil.rmtree(where, ignore_errors=True)
         if then is not None:
@@ -1384,9 +1380,8 @@ def _successive_halving(plan: CalibrationPlan, run_one, record: dict,
         done[i] = run_one(first[i], amounts[0],
                           then=first[order[j + 1]] if j + 1 < len(order) else None)
     cands = [done[i] for i in range(len(first))]
-    ran = record["candidates"][n0:]
-    if len(ran) == len(first):
-        record["candidates"][n0:] = [ran[order.index(i)] for i in range(len(first))]
+    ran = record["candidates"][n0:]  # recorded in the order they ran
+    record["candidates"][n0:] = [ran[order.index(i)] for i in range(len(first))]
     rung = cands
     for amount in amounts[1:]:
         # "svd" has no amount to climb: the ladder is the trained corpora's,

@@ -460,6 +460,9 @@ class SignalBatch:
         self.packed = pack_sessions(self.sessions)
         self.block, self.keep = int(block), int(keep)
         self.shared = shared
+        # what `shared` entries are keyed by besides the settings: these exact sessions
+        self._sessions_key = (self.packed.indptr.tobytes(), self.packed.items.tobytes()) \
+            if shared is not None else None
         self._parts: dict[tuple, object] = {}
         self._flat: dict[tuple, FlatSignals] = {}
         self.built = 0  # signal sets computed (kernel runs), for the search's record
@@ -509,7 +512,7 @@ class SignalBatch:
         if self.shared.get("index") is not m.neighbours:
             self.shared.clear()  # another index: nothing kept applies
             self.shared["index"] = m.neighbours
-        full = (key, len(m.vectors), self.packed.indptr.tobytes(), self.packed.items.tobytes())
+        full = (key, len(m.vectors), self._sessions_key)
         if full not in self.shared:
             self.shared[full] = m._neighbour_items(self.sessions, st, n_c)
         return self.shared[full]
